@@ -1,0 +1,330 @@
+/**
+ * File engines: many transfers packed into one descriptor batch, one native call, one promise.
+ * The native side runs them on kvtier's own threads (never libuv's pool) and never calls back into
+ * JavaScript per descriptor.
+ */
+import { abortError, errnoError, KvtierError } from './errors.js';
+import type { KvFile } from './file.js';
+import { native, type NativeEngine, type NativeTarget } from './native.js';
+import { Region } from './region.js';
+
+export type EngineKind = 'io_uring' | 'threads';
+
+export interface EngineOptions {
+  /** `'auto'` (default) takes io_uring where the kernel allows it and says why not otherwise. */
+  kind?: EngineKind | 'auto';
+  /** io_uring: operations kept in the kernel at once. threads: the number of I/O threads. */
+  queueDepth?: number;
+}
+
+/** Memory a transfer reads into or writes from. */
+export type Target = Region | ArrayBufferView | ArrayBuffer;
+
+const enum Op {
+  Read = 0,
+  Write = 1,
+  Sync = 2,
+}
+const STRIDE = 6;
+
+function byteLengthOf(target: Target): number {
+  return target instanceof Region ? target.byteLength : target.byteLength;
+}
+
+/**
+ * A set of transfers to submit together. Offsets and lengths are checked natively when the batch
+ * is submitted; a batch with any bad descriptor is refused whole and moves nothing.
+ */
+export class TransferBatch {
+  private descriptors = new Float64Array(STRIDE * 16);
+  private count = 0;
+  /** @internal */ readonly targets: NativeTarget[] = [];
+  private readonly targetIndex = new Map<object, number>();
+  /** @internal */ readonly files: KvFile[] = [];
+  private readonly fileIndex = new Map<KvFile, number>();
+  /** @internal */ readonly regions = new Set<Region>();
+  private readonly ops: Op[] = [];
+
+  get length(): number {
+    return this.count;
+  }
+
+  /** Reads `length` bytes at `fileOffset` into `target` at `targetOffset`. */
+  read(file: KvFile, fileOffset: number, target: Target, targetOffset = 0, length?: number): this {
+    return this.add(Op.Read, file, fileOffset, target, targetOffset, length);
+  }
+
+  /** Writes `length` bytes of `source` at `sourceOffset` to `fileOffset`. */
+  write(file: KvFile, fileOffset: number, source: Target, sourceOffset = 0, length?: number): this {
+    return this.add(Op.Write, file, fileOffset, source, sourceOffset, length);
+  }
+
+  /** Makes the file's data durable (fdatasync), ordered after nothing: submit it in its own batch
+   * after the writes it must cover have resolved. */
+  sync(file: KvFile): this {
+    this.push(Op.Sync, 0, 0, 0, this.fileSlot(file), 0);
+    return this;
+  }
+
+  /** @internal */
+  packed(): Float64Array {
+    return this.descriptors.subarray(0, this.count * STRIDE);
+  }
+
+  /** @internal */
+  opAt(i: number): number {
+    return this.ops[i] ?? Op.Read;
+  }
+
+  private add(
+    op: Op,
+    file: KvFile,
+    fileOffset: number,
+    target: Target,
+    targetOffset: number,
+    length: number | undefined,
+  ): this {
+    const len = length ?? byteLengthOf(target) - targetOffset;
+    let where = target;
+    let offset = targetOffset;
+    // A view of a Region is the Region itself, so closing the Region waits for this transfer.
+    if (!(target instanceof Region) && ArrayBuffer.isView(target)) {
+      const region = Region.owning(target.buffer);
+      if (region) {
+        where = region;
+        offset = target.byteOffset + targetOffset;
+        if (targetOffset + len > target.byteLength) {
+          throw new KvtierError(
+            'KVTIER_BAD_ARGUMENT',
+            `descriptor ${this.count}: ${len} bytes at offset ${targetOffset} do not fit a view of ${target.byteLength} bytes`,
+          );
+        }
+      }
+    }
+    this.push(op, this.targetSlot(where), offset, len, this.fileSlot(file), fileOffset);
+    return this;
+  }
+
+  private push(op: Op, t: number, toff: number, len: number, f: number, foff: number): void {
+    if ((this.count + 1) * STRIDE > this.descriptors.length) {
+      const grown = new Float64Array(this.descriptors.length * 2);
+      grown.set(this.descriptors);
+      this.descriptors = grown;
+    }
+    const d = this.descriptors;
+    const at = this.count * STRIDE;
+    d[at] = op;
+    d[at + 1] = t;
+    d[at + 2] = toff;
+    d[at + 3] = len;
+    d[at + 4] = f;
+    d[at + 5] = foff;
+    this.ops.push(op);
+    this.count++;
+  }
+
+  private targetSlot(target: Target): number {
+    let slot = this.targetIndex.get(target);
+    if (slot === undefined) {
+      slot = this.targets.length;
+      if (target instanceof Region) {
+        target.assertOpen();
+        this.regions.add(target);
+        this.targets.push(target.native);
+      } else {
+        this.targets.push(target);
+      }
+      this.targetIndex.set(target, slot);
+    }
+    return slot;
+  }
+
+  private fileSlot(file: KvFile): number {
+    let slot = this.fileIndex.get(file);
+    if (slot === undefined) {
+      file.assertOpen();
+      slot = this.files.length;
+      this.files.push(file);
+      this.fileIndex.set(file, slot);
+    }
+    return slot;
+  }
+}
+
+/** What happened to each descriptor of a batch, in order. */
+export class BatchResult {
+  /** Bytes moved per descriptor (short for a read that hit end of file; 0 when it failed). */
+  readonly bytes: number[];
+  /** The failure of each descriptor, or undefined where it succeeded. */
+  readonly errors: (KvtierError | undefined)[];
+  readonly failed: number;
+
+  /** @internal */
+  constructor(raw: Float64Array, batch: TransferBatch, engineKind: EngineKind) {
+    this.bytes = new Array<number>(raw.length);
+    this.errors = new Array<KvtierError | undefined>(raw.length);
+    let failed = 0;
+    for (let i = 0; i < raw.length; i++) {
+      const v = raw[i] ?? 0;
+      if (v < 0) {
+        failed++;
+        this.bytes[i] = 0;
+        const op = batch.opAt(i);
+        const file = batch.files[(batch.packed()[i * STRIDE + 4] ?? 0) | 0];
+        this.errors[i] = errnoError(
+          -v,
+          syscallName(engineKind, op),
+          `descriptor ${i}: ${opName(op)} on ${file?.path ?? 'a file'} failed`,
+        );
+      } else {
+        this.bytes[i] = v;
+      }
+    }
+    this.failed = failed;
+  }
+
+  get ok(): boolean {
+    return this.failed === 0;
+  }
+
+  /** Throws the first failure, if any. */
+  throwIfFailed(): void {
+    const first = this.errors.find((e) => e !== undefined);
+    if (first) throw first;
+  }
+}
+
+function opName(op: number): string {
+  return op === Op.Read ? 'read' : op === Op.Write ? 'write' : 'sync';
+}
+
+function syscallName(kind: EngineKind, op: number): string {
+  if (kind === 'io_uring') return `io_uring:${opName(op)}`;
+  return op === Op.Read ? 'pread' : op === Op.Write ? 'pwrite' : 'fdatasync';
+}
+
+export class IoEngine {
+  /** Why this kind was chosen (for `kind: 'auto'`), e.g. why io_uring was not. */
+  readonly reason: string;
+  private readonly native: NativeEngine;
+  private closing: Promise<void> | undefined;
+  private pending = 0;
+  private drainWaiters: (() => void)[] = [];
+
+  /** @internal */
+  constructor(nativeEngine: NativeEngine, reason: string) {
+    this.native = nativeEngine;
+    this.reason = reason;
+  }
+
+  get kind(): EngineKind {
+    return this.native.kind;
+  }
+
+  get queueDepth(): number {
+    return this.native.queueDepth;
+  }
+
+  /** Runs every transfer of the batch; resolves with a status per descriptor. */
+  async submit(batch: TransferBatch, options: { signal?: AbortSignal } = {}): Promise<BatchResult> {
+    if (this.closing) throw new KvtierError('KVTIER_CLOSED', 'engine is closed');
+    // Once in the kernel a transfer cannot be recalled, so a signal can only stop it beforehand.
+    if (options.signal?.aborted) throw abortError(options.signal);
+    for (const file of batch.files) file.assertOpen();
+    for (const region of batch.regions) region.assertOpen();
+    const promise = this.native.submit(
+      batch.packed(),
+      batch.targets,
+      batch.files.map((f) => f.native),
+    );
+    this.begin(batch);
+    try {
+      return new BatchResult(await promise, batch, this.kind);
+    } finally {
+      this.end(batch);
+    }
+  }
+
+  /** Reads into `target`; resolves with the bytes read (fewer at end of file). */
+  async read(
+    file: KvFile,
+    fileOffset: number,
+    target: Target,
+    targetOffset = 0,
+    length?: number,
+  ): Promise<number> {
+    const result = await this.submit(
+      new TransferBatch().read(file, fileOffset, target, targetOffset, length),
+    );
+    result.throwIfFailed();
+    return result.bytes[0] ?? 0;
+  }
+
+  /** Writes from `source`; resolves with the bytes written. */
+  async write(
+    file: KvFile,
+    fileOffset: number,
+    source: Target,
+    sourceOffset = 0,
+    length?: number,
+  ): Promise<number> {
+    const result = await this.submit(
+      new TransferBatch().write(file, fileOffset, source, sourceOffset, length),
+    );
+    result.throwIfFailed();
+    return result.bytes[0] ?? 0;
+  }
+
+  /** Makes the file's written data durable. */
+  async sync(file: KvFile): Promise<void> {
+    (await this.submit(new TransferBatch().sync(file))).throwIfFailed();
+  }
+
+  /** Lets submitted batches finish, then stops the engine's threads. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= new Promise<void>((resolve) => {
+      if (this.pending === 0) resolve();
+      else this.drainWaiters.push(resolve);
+    }).then(() => this.native.close());
+    return this.closing;
+  }
+
+  private begin(batch: TransferBatch): void {
+    this.pending++;
+    for (const file of batch.files) file.inFlight.begin();
+    for (const region of batch.regions) region.inFlight.begin();
+  }
+
+  private end(batch: TransferBatch): void {
+    for (const file of batch.files) file.inFlight.end();
+    for (const region of batch.regions) region.inFlight.end();
+    if (--this.pending === 0) {
+      const waiters = this.drainWaiters;
+      this.drainWaiters = [];
+      for (const wake of waiters) wake();
+    }
+  }
+}
+
+/** Opens a file engine. */
+export function createEngine(options: EngineOptions = {}): IoEngine {
+  const addon = native();
+  const asked = options.kind ?? 'auto';
+  if (asked !== 'auto' && asked !== 'io_uring' && asked !== 'threads') {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `engine kind must be 'auto', 'io_uring' or 'threads', got '${String(asked)}'`,
+    );
+  }
+  const queueDepth = options.queueDepth ?? 32;
+  let kind: EngineKind = asked === 'auto' ? 'io_uring' : asked;
+  let reason = asked === 'auto' ? 'io_uring is usable' : `${asked} was requested`;
+  if (asked === 'auto') {
+    const uring = addon.probe().ioUring;
+    if (!uring.available) {
+      kind = 'threads';
+      reason = `io_uring is not usable (${uring.reason ?? 'unknown'}); using the thread pool`;
+    }
+  }
+  return new IoEngine(new addon.NativeEngine({ kind, queueDepth }), reason);
+}

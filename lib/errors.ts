@@ -1,0 +1,79 @@
+import { constants } from 'node:os';
+
+/**
+ * The one error class kvtier throws. `code` is stable and safe to branch on; the message is for
+ * people and may change.
+ */
+export const ErrorCodes = [
+  'KVTIER_BAD_ARGUMENT',
+  'KVTIER_NOT_AVAILABLE',
+  'KVTIER_IO',
+  'KVTIER_NO_SPACE',
+  'KVTIER_CORRUPT',
+  'KVTIER_ABORTED',
+  'KVTIER_PEER',
+  'KVTIER_AUTH',
+  'KVTIER_CLOSED',
+  'KVTIER_LOCKED',
+] as const;
+
+export type ErrorCode = (typeof ErrorCodes)[number];
+
+export interface KvtierErrorOptions {
+  /** The OS error number, when a system call failed. */
+  errno?: number;
+  /** The system call that failed. */
+  syscall?: string;
+  /** The error beneath this one. */
+  cause?: unknown;
+}
+
+export class KvtierError extends Error {
+  readonly code: ErrorCode;
+  readonly errno?: number;
+  readonly syscall?: string;
+
+  constructor(code: ErrorCode, message: string, options: KvtierErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'KvtierError';
+    this.code = code;
+    if (options.errno !== undefined) this.errno = options.errno;
+    if (options.syscall !== undefined) this.syscall = options.syscall;
+  }
+}
+
+export function isKvtierError(e: unknown, code?: ErrorCode): e is KvtierError {
+  return e instanceof KvtierError && (code === undefined || e.code === code);
+}
+
+/** errno values kvtier treats specially (Linux numbering). */
+const ENOSPC = 28;
+const EDQUOT = 122;
+const EFBIG = 27;
+
+/** The code an I/O failure with this errno carries: a full disk is not a broken one. */
+export function codeForErrno(errno: number): ErrorCode {
+  return errno === ENOSPC || errno === EDQUOT || errno === EFBIG ? 'KVTIER_NO_SPACE' : 'KVTIER_IO';
+}
+
+/** Builds the error for a failed system call, with the OS's own name for the errno. */
+export function errnoError(errno: number, syscall: string, what: string): KvtierError {
+  return new KvtierError(codeForErrno(errno), `${what}: ${errnoName(errno)}`, { errno, syscall });
+}
+
+const errnoNames = new Map<number, string>(
+  Object.entries(constants.errno).map(([name, value]) => [value, name]),
+);
+
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
+
+/** An AbortSignal's rejection, as the platform spells it. */
+export function abortError(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  if (reason instanceof Error && reason.name === 'AbortError') return reason;
+  const err = new KvtierError('KVTIER_ABORTED', 'the operation was aborted', { cause: reason });
+  err.name = 'AbortError';
+  return err;
+}

@@ -1,0 +1,98 @@
+/** Files that the engines read and write, with O_DIRECT by default. */
+import { KvtierError } from './errors.js';
+import { InFlight } from './inflight.js';
+import { native, type NativeFile } from './native.js';
+
+export interface OpenFileOptions {
+  /** Create the file when missing. */
+  create?: boolean;
+  /** Empty the file on open. */
+  truncate?: boolean;
+  readOnly?: boolean;
+  /**
+   * Bypass the page cache. `true` (default) fails with KVTIER_NOT_AVAILABLE where the filesystem
+   * refuses O_DIRECT, and refuses requests whose file offset or length is not aligned. `'auto'`
+   * falls back to buffered I/O for such a filesystem or such a request, and says so in
+   * `direct`/`directReason`. `false` always uses the page cache.
+   */
+  direct?: boolean | 'auto';
+  /** Preallocate at least this many bytes (fallocate), so a full disk shows up now. */
+  size?: number;
+}
+
+export class KvFile {
+  /** @internal */
+  readonly native: NativeFile;
+  /** @internal */
+  readonly inFlight = new InFlight();
+  private closing: Promise<void> | undefined;
+
+  /** @internal */
+  constructor(nativeFile: NativeFile) {
+    this.native = nativeFile;
+  }
+
+  get path(): string {
+    return this.native.path;
+  }
+
+  /** Whether I/O bypasses the page cache. */
+  get direct(): boolean {
+    return this.native.direct;
+  }
+
+  /** Why `direct` is false although O_DIRECT was allowed; empty otherwise. */
+  get directReason(): string {
+    return this.native.directReason;
+  }
+
+  /** Alignment O_DIRECT needs for file offsets and lengths (1 when buffered). */
+  get offsetAlign(): number {
+    return this.native.offsetAlign;
+  }
+
+  /** Alignment O_DIRECT needs for memory addresses; misaligned buffers go through a bounce buffer. */
+  get memAlign(): number {
+    return this.native.memAlign;
+  }
+
+  get closed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /** Current size in bytes. */
+  size(): number {
+    this.assertOpen();
+    return this.native.size();
+  }
+
+  /** Waits for transfers on the file, then closes it. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.inFlight.drained().then(() => this.native.close());
+    return this.closing;
+  }
+
+  /** @internal */
+  assertOpen(): void {
+    if (this.closing) throw new KvtierError('KVTIER_CLOSED', `file ${this.path} is closed`);
+  }
+}
+
+export async function openFile(path: string, options: OpenFileOptions = {}): Promise<KvFile> {
+  if (typeof path !== 'string' || path.length === 0) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'path must be a non-empty string');
+  }
+  const direct = options.direct ?? true;
+  if (direct !== 'auto' && typeof direct !== 'boolean') {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `direct must be true, false or 'auto'`);
+  }
+  const addon = native();
+  const nativeOptions: ConstructorParameters<typeof addon.NativeFile>[1] = {
+    create: options.create ?? false,
+    truncate: options.truncate ?? false,
+    readOnly: options.readOnly ?? false,
+    direct: direct === 'auto' ? 'auto' : direct ? 'on' : 'off',
+  };
+  if (options.size !== undefined) nativeOptions.size = options.size;
+  return new KvFile(new addon.NativeFile(path, nativeOptions));
+}

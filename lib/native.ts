@@ -1,0 +1,123 @@
+/**
+ * Loads the native addon: a prebuilt binary for this platform wins, a local build is used
+ * otherwise (node-gyp-build decides). Loading is lazy so `kvtier info` can still report why the
+ * addon is missing.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { KvtierError } from './errors.js';
+
+export interface LibraryStatus {
+  available: boolean;
+  reason?: string;
+  loaded: boolean;
+  path?: string;
+  version?: string;
+}
+
+export interface NativeProbe {
+  addonVersion: string;
+  cpus: number;
+  pageSize: number;
+  ioUring: { available: boolean; reason?: string; compiled: boolean; liburingVersion?: string };
+  cuda: LibraryStatus & {
+    driverVersion?: number;
+    devices: {
+      ordinal: number;
+      name: string;
+      pciBusId: string;
+      memoryBytes: number;
+      computeCapability: string;
+    }[];
+  };
+  cufile: LibraryStatus & { mode?: 'gds' | 'compat'; modeReason?: string };
+  ibverbs: LibraryStatus & { devices: { name: string; guid: string; transport: string }[] };
+}
+
+export interface DirectProbe {
+  available: boolean;
+  reason?: string;
+  memAlign?: number;
+  offsetAlign?: number;
+}
+
+export interface NativeRegion {
+  readonly buffer: ArrayBuffer;
+  readonly pinned: boolean;
+  readonly pinReason: string;
+  readonly byteLength: number;
+  readonly closed: boolean;
+  close(): void;
+}
+
+export interface NativeFile {
+  readonly path: string;
+  readonly direct: boolean;
+  readonly directReason: string;
+  readonly memAlign: number;
+  readonly offsetAlign: number;
+  readonly closed: boolean;
+  size(): number;
+  close(): void;
+}
+
+export type NativeTarget = NativeRegion | ArrayBufferView | ArrayBuffer;
+
+export interface NativeEngine {
+  readonly kind: 'io_uring' | 'threads';
+  readonly queueDepth: number;
+  readonly inFlight: number;
+  submit(descriptors: Float64Array, targets: NativeTarget[], files: NativeFile[]): Promise<Float64Array>;
+  close(): void;
+}
+
+export interface NativeAddon {
+  init(errorClass: typeof KvtierError): void;
+  probe(): NativeProbe;
+  probeDirect(dir: string): DirectProbe;
+  NativeRegion: new (bytes: number, pin: 'auto' | 'on' | 'off') => NativeRegion;
+  NativeFile: new (
+    path: string,
+    options: {
+      create?: boolean;
+      truncate?: boolean;
+      readOnly?: boolean;
+      direct?: 'on' | 'off' | 'auto';
+      size?: number;
+    },
+  ) => NativeFile;
+  NativeEngine: new (options: { kind: 'io_uring' | 'threads'; queueDepth: number }) => NativeEngine;
+}
+
+/** The package root: dist/ and lib/ both sit one level below it. */
+export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+let loaded: NativeAddon | undefined;
+let loadError: Error | undefined;
+
+/** Where the addon was loaded from, once it was. */
+export let addonPath: string | undefined;
+
+export function native(): NativeAddon {
+  if (loaded) return loaded;
+  if (loadError) throw loadError;
+  const require = createRequire(import.meta.url);
+  try {
+    const build = require('node-gyp-build') as { path(dir: string): string };
+    // KVTIER_ADDON lets sanitizer builds and tests point at a specific binary.
+    addonPath = process.env.KVTIER_ADDON ?? build.path(packageRoot);
+    const addon = require(addonPath) as NativeAddon;
+    addon.init(KvtierError);
+    loaded = addon;
+    return addon;
+  } catch (e) {
+    loadError = new KvtierError(
+      'KVTIER_NOT_AVAILABLE',
+      `the kvtier native addon could not be loaded: ${(e as Error).message}`,
+      { cause: e },
+    );
+    throw loadError;
+  }
+}

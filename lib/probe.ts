@@ -1,0 +1,59 @@
+/** What this machine offers kvtier, as `kvtier info` reports it. */
+import { tmpdir } from 'node:os';
+
+import { addonPath, native, type NativeProbe } from './native.js';
+import { version } from './version.js';
+
+interface Capability {
+  available: boolean;
+  /** Present whenever `available` is false. */
+  reason?: string;
+}
+
+export interface ProbeReport {
+  version: string;
+  addon: Capability & { version?: string; path?: string; prebuilt?: boolean };
+  platform: { node: string; arch: string; cpus: number; pageSize: number | null };
+  ioUring: Capability & { compiled?: boolean; liburingVersion?: string };
+  oDirect: Capability & { dir: string; memAlign?: number; offsetAlign?: number };
+  cuda: Capability & Partial<Omit<NativeProbe['cuda'], 'available' | 'reason'>>;
+  cufile: Capability & Partial<Omit<NativeProbe['cufile'], 'available' | 'reason'>>;
+  ibverbs: Capability & Partial<Omit<NativeProbe['ibverbs'], 'available' | 'reason'>>;
+}
+
+export function probe(options: { dir?: string } = {}): ProbeReport {
+  const dir = options.dir ?? tmpdir();
+  let raw: NativeProbe;
+  try {
+    raw = native().probe();
+  } catch (e) {
+    const reason = (e as Error).message;
+    const missing = { available: false, reason: `unknown: ${reason}` };
+    return {
+      version,
+      addon: { available: false, reason },
+      platform: { node: process.version, arch: process.arch, cpus: 0, pageSize: null },
+      ioUring: missing,
+      oDirect: { ...missing, dir },
+      cuda: missing,
+      cufile: missing,
+      ibverbs: missing,
+    };
+  }
+  const { addonVersion, cpus, pageSize, ioUring, cuda, cufile, ibverbs } = raw;
+  const direct = native().probeDirect(dir);
+  return {
+    version,
+    addon: {
+      available: true,
+      version: addonVersion,
+      ...(addonPath ? { path: addonPath, prebuilt: addonPath.includes('/prebuilds/') } : {}),
+    },
+    platform: { node: process.version, arch: process.arch, cpus, pageSize },
+    ioUring,
+    oDirect: { ...direct, dir },
+    cuda,
+    cufile,
+    ibverbs,
+  };
+}

@@ -1,0 +1,111 @@
+/**
+ * Regions: page-aligned host memory allocated natively and shown to JavaScript as an external
+ * ArrayBuffer, so I/O lands where JavaScript reads without a copy.
+ */
+import { KvtierError } from './errors.js';
+import { InFlight } from './inflight.js';
+import { native, type NativeRegion } from './native.js';
+
+export type PinOption = 'auto' | boolean;
+
+export interface RegionOptions {
+  /**
+   * Page-lock the memory with the CUDA driver so GPU copies can DMA from it. `'auto'` (default)
+   * pins when a CUDA device is present and reports the outcome in `pinned`/`pinReason`; `true`
+   * fails with KVTIER_NOT_AVAILABLE when it cannot pin; `false` never pins.
+   */
+  pin?: PinOption;
+}
+
+/** Which Region a buffer belongs to, so views passed as I/O targets are tracked as the region. */
+const regionOfBuffer = new WeakMap<ArrayBuffer, Region>();
+
+export class Region {
+  /** @internal */
+  readonly native: NativeRegion;
+  /** @internal */
+  readonly inFlight = new InFlight();
+  private closing: Promise<void> | undefined;
+  private readonly arrayBuffer: ArrayBuffer;
+
+  private constructor(nativeRegion: NativeRegion) {
+    this.native = nativeRegion;
+    this.arrayBuffer = nativeRegion.buffer;
+    regionOfBuffer.set(this.arrayBuffer, this);
+  }
+
+  /** Allocates `bytes` of zeroed, page-aligned memory. */
+  static allocate(bytes: number, options: RegionOptions = {}): Region {
+    const pin = options.pin ?? 'auto';
+    if (pin !== 'auto' && typeof pin !== 'boolean') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', `pin must be 'auto', true or false`);
+    }
+    const addon = native();
+    return new Region(new addon.NativeRegion(bytes, pin === 'auto' ? 'auto' : pin ? 'on' : 'off'));
+  }
+
+  /** @internal The region a view or buffer lies in, if any. */
+  static owning(buffer: ArrayBufferLike): Region | undefined {
+    return buffer instanceof ArrayBuffer ? regionOfBuffer.get(buffer) : undefined;
+  }
+
+  get byteLength(): number {
+    return this.native.byteLength;
+  }
+
+  get pinned(): boolean {
+    return this.native.pinned;
+  }
+
+  /** Why the region is not pinned although pinning was allowed; empty otherwise. */
+  get pinReason(): string {
+    return this.native.pinReason;
+  }
+
+  get closed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /** The whole region as an ArrayBuffer (zero-copy; detached once the region closes). */
+  get buffer(): ArrayBuffer {
+    this.assertOpen();
+    return this.arrayBuffer;
+  }
+
+  /** A zero-copy byte view of part of the region (the whole region by default). */
+  view(offset = 0, length = this.byteLength - offset): Uint8Array {
+    this.assertOpen();
+    checkRange(offset, length, this.byteLength);
+    return new Uint8Array(this.arrayBuffer, offset, length);
+  }
+
+  /**
+   * Waits for transfers that use the region, then frees it. Every view of it becomes empty at
+   * once, so no JavaScript can read freed memory. Idempotent.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.inFlight.drained().then(() => this.native.close());
+    return this.closing;
+  }
+
+  /** @internal */
+  assertOpen(): void {
+    if (this.closing) throw new KvtierError('KVTIER_CLOSED', 'region is closed');
+  }
+}
+
+/** Throws KVTIER_BAD_ARGUMENT unless [offset, offset + length) lies within [0, size). */
+export function checkRange(offset: number, length: number, size: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `offset must be a non-negative integer, got ${offset}`);
+  }
+  if (!Number.isSafeInteger(length) || length < 0) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `length must be a non-negative integer, got ${length}`);
+  }
+  if (offset + length > size) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `${length} bytes at offset ${offset} do not fit ${size} bytes`,
+    );
+  }
+}

@@ -1,0 +1,34 @@
+// Registers the addon's classes and functions. The addon moves bytes and knows nothing of keys or
+// policy; lib/ decides what moves.
+#include <napi.h>
+
+#include "common/errors.h"
+#include "io/engine.h"
+#include "io/file.h"
+#include "memory/region.h"
+#include "probe.h"
+
+namespace {
+
+// init(KvtierError): errors thrown from here on are instances of the library's error class.
+Napi::Value Init(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) {
+    kvtier::Throw(info.Env(), kvtier::kBadArgument, "init needs the KvtierError class");
+  }
+  kvtier::RegisterErrorClass(info.Env(), info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
+  exports.Set("init", Napi::Function::New(env, Init, "init"));
+  exports.Set("probe", Napi::Function::New(env, kvtier::Probe, "probe"));
+  exports.Set("probeDirect", Napi::Function::New(env, kvtier::ProbeDirect, "probeDirect"));
+  exports.Set("NativeRegion", kvtier::Region::Define(env));
+  exports.Set("NativeFile", kvtier::File::Define(env));
+  exports.Set("NativeEngine", kvtier::Engine::Define(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kvtier, RegisterAll)

@@ -1,0 +1,346 @@
+#include "engine.h"
+
+#include <thread>
+#include <utility>
+
+#include "../common/args.h"
+#include "../common/errors.h"
+#include "../common/instance_data.h"
+#include "../memory/region.h"
+#include "file.h"
+#include "thread_pool_engine.h"
+#include "uring_engine.h"
+
+namespace kvtier {
+
+namespace {
+
+// Fields of one descriptor in the Float64Array the control plane packs.
+constexpr size_t kStride = 6;
+enum Field { kOp = 0, kTarget = 1, kTargetOffset = 2, kLength = 3, kFile = 4, kFileOffset = 5 };
+// Alignment of bounce buffers: a page satisfies every device's DMA alignment.
+constexpr uint32_t kBounceAlign = 4096;
+
+struct Target {
+  uint8_t* data = nullptr;
+  uint64_t size = 0;
+  std::shared_ptr<RegionMemory> memory;  // set for native regions
+  Napi::Value js;                        // set for JavaScript buffers (kept referenced)
+};
+
+std::string Where(size_t i) { return "descriptor " + std::to_string(i) + ": "; }
+
+Target ResolveTarget(Napi::Env env, Napi::Value v, size_t index) {
+  Target t;
+  std::string what = "target " + std::to_string(index);
+  InstanceData& data = InstanceData::Get(env);
+  if (v.IsObject() && v.As<Napi::Object>().InstanceOf(data.regionCtor.Value())) {
+    Region* region = Region::Unwrap(v.As<Napi::Object>());
+    t.memory = region->memory();
+    if (!t.memory) Throw(env, kClosed, what + " is a closed region");
+    t.data = t.memory->data();
+    t.size = t.memory->size();
+    return t;
+  }
+  Napi::ArrayBuffer ab;
+  size_t byteOffset = 0;
+  size_t byteLength = 0;
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    ab = ta.ArrayBuffer();
+    byteOffset = ta.ByteOffset();
+    byteLength = ta.ByteLength();
+  } else if (v.IsDataView()) {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    ab = dv.ArrayBuffer();
+    byteOffset = dv.ByteOffset();
+    byteLength = dv.ByteLength();
+  } else if (v.IsArrayBuffer()) {
+    ab = v.As<Napi::ArrayBuffer>();
+    byteLength = ab.ByteLength();
+  } else {
+    Throw(env, kBadArgument, what + " must be a Region, a TypedArray, a DataView or an ArrayBuffer");
+  }
+  if (ab.IsDetached()) Throw(env, kBadArgument, what + " is backed by a detached ArrayBuffer");
+  t.data = static_cast<uint8_t*>(ab.Data()) + byteOffset;
+  t.size = byteLength;
+  t.js = v;
+  return t;
+}
+
+std::shared_ptr<FileHandle> ResolveFile(Napi::Env env, Napi::Value v, size_t index) {
+  InstanceData& data = InstanceData::Get(env);
+  std::string what = "file " + std::to_string(index);
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.fileCtor.Value())) {
+    Throw(env, kBadArgument, what + " must be a NativeFile");
+  }
+  std::shared_ptr<FileHandle> h = File::Unwrap(v.As<Napi::Object>())->handle();
+  if (!h) Throw(env, kClosed, what + " is closed");
+  return h;
+}
+
+uint64_t Field64(Napi::Env env, const double* d, size_t i, Field f, const char* name) {
+  double v = d[f];
+  if (!IsByteCount(v)) {
+    Throw(env, kBadArgument,
+          Where(i) + name + " must be a non-negative safe integer, got " + std::to_string(v));
+  }
+  return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+struct Engine::JsBatch : Batch {
+  explicit JsBatch(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise::Deferred deferred;
+  std::vector<napi_ref> borrowed;  // user buffers, released on the main thread
+};
+
+Napi::Function Engine::Define(Napi::Env env) {
+  Napi::Function ctor = DefineClass(
+      env, "NativeEngine",
+      {InstanceMethod<&Engine::Submit>("submit"), InstanceMethod<&Engine::Close>("close"),
+       InstanceAccessor<&Engine::Kind>("kind"), InstanceAccessor<&Engine::QueueDepth>("queueDepth"),
+       InstanceAccessor<&Engine::InFlight>("inFlight")});
+  InstanceData::Get(env).engineCtor = Napi::Persistent(ctor);
+  return ctor;
+}
+
+// new NativeEngine({ kind: 'io_uring' | 'threads', queueDepth })
+// queueDepth is the ring depth for io_uring and the thread count for the thread pool.
+Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
+  Napi::Env env = info.Env();
+  env_ = env;
+  Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
+  kind_ = StringOption(opts, "kind", "threads");
+  Napi::Value qd = opts.Get("queueDepth");
+  uint64_t depth = qd.IsUndefined() ? 32 : ByteCountArg(env, qd, "queueDepth");
+  if (depth < 1 || depth > 4096) Throw(env, kBadArgument, "queueDepth must be between 1 and 4096");
+  queueDepth_ = static_cast<unsigned>(depth);
+
+  if (kind_ == "threads") {
+    io_.reset(new ThreadPoolEngine(queueDepth_));
+  } else if (kind_ == "io_uring") {
+    std::string reason;
+    if (!UringUsable(&reason)) Throw(env, kNotAvailable, "io_uring is not usable: " + reason);
+    io_.reset(NewUringEngine(queueDepth_));
+  } else {
+    Throw(env, kBadArgument, "engine kind must be 'io_uring' or 'threads', got '" + kind_ + "'");
+  }
+  std::string error;
+  if (!io_->Start(&error)) {
+    io_.reset();
+    Throw(env, kNotAvailable, error);
+  }
+  tsfn_ = Tsfn::New(env, "kvtier-io", 0, 1, this);
+  // An idle engine must not keep the process alive; submit() refs it while batches are out.
+  tsfn_.Unref(env);
+  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) cleanupHooked_ = true;
+}
+
+Engine::~Engine() {
+  Shutdown();
+  if (cleanupHooked_) {
+    (void)napi_remove_env_cleanup_hook(env_, CleanupHook, this);
+    cleanupHooked_ = false;
+  }
+}
+
+void Engine::CleanupHook(void* arg) {
+  // The environment is going away (process exit or worker termination): finish the I/O the
+  // kernel holds buffers for, join the threads, and drop completions nobody can receive.
+  auto* self = static_cast<Engine*>(arg);
+  self->cleanupHooked_ = false;
+  if (self->closed_) return;
+  self->closed_ = true;
+  if (self->io_) self->io_->Stop();
+  self->tsfn_.Abort();
+}
+
+void Engine::Shutdown() {
+  if (closed_) return;
+  closed_ = true;
+  if (io_) io_->Stop();
+  // Batches already queued are still delivered; the function is finalized after them.
+  tsfn_.Release();
+}
+
+void Engine::Post(Batch* batch) {
+  if (tsfn_.NonBlockingCall(batch) != napi_ok) {
+    // Only during environment teardown: nobody is left to resolve, and the references cannot be
+    // deleted without the environment, so the batch is dropped with it.
+  }
+}
+
+void Engine::Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* raw) {
+  std::unique_ptr<JsBatch> batch(static_cast<JsBatch*>(raw));
+  if (env == nullptr) {
+    batch.release();  // env torn down: see Post()
+    return;
+  }
+  Napi::Float64Array results = Napi::Float64Array::New(env, batch->ops.size());
+  for (size_t i = 0; i < batch->ops.size(); ++i) {
+    const Op& op = batch->ops[i];
+    results[i] = op.err != 0 ? -static_cast<double>(op.err) : static_cast<double>(op.done);
+  }
+  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  batch->borrowed.clear();
+  batch->keepAlive.clear();
+  batch->deferred.Resolve(results);
+  engine->Finished(env);
+}
+
+void Engine::Finished(Napi::Env env) {
+  if (--inFlight_ == 0 && !closed_) tsfn_.Unref(env);
+  Unref();
+}
+
+// submit(descriptors: Float64Array, targets: (NativeRegion | ArrayBufferView | ArrayBuffer)[],
+//        files: NativeFile[]) -> Promise<Float64Array>
+// Each result is the bytes transferred (short only at end of file) or -errno.
+Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "engine is closed");
+  if (!info[0].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Throw(env, kBadArgument, "descriptors must be a Float64Array");
+  }
+  if (!info[1].IsArray() || !info[2].IsArray()) {
+    Throw(env, kBadArgument, "targets and files must be arrays");
+  }
+  Napi::Float64Array descs = info[0].As<Napi::Float64Array>();
+  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
+  if (descs.ElementLength() % kStride != 0) {
+    Throw(env, kBadArgument, "descriptors length must be a multiple of 6");
+  }
+  size_t count = descs.ElementLength() / kStride;
+
+  Napi::Array targetList = info[1].As<Napi::Array>();
+  Napi::Array fileList = info[2].As<Napi::Array>();
+  std::vector<Target> targets;
+  targets.reserve(targetList.Length());
+  for (uint32_t i = 0; i < targetList.Length(); ++i) {
+    targets.push_back(ResolveTarget(env, targetList.Get(i), i));
+  }
+  std::vector<std::shared_ptr<FileHandle>> files;
+  files.reserve(fileList.Length());
+  for (uint32_t i = 0; i < fileList.Length(); ++i) {
+    files.push_back(ResolveFile(env, fileList.Get(i), i));
+  }
+
+  // Validate everything before queueing anything: a refused batch moves no byte.
+  auto batch = std::make_unique<JsBatch>(env);
+  batch->ops.resize(count);
+  const double* d = descs.Data();
+  size_t queued = 0;
+  for (size_t i = 0; i < count; ++i, d += kStride) {
+    Op& op = batch->ops[i];
+    op.batch = batch.get();
+    double opCode = d[kOp];
+    if (opCode != 0 && opCode != 1 && opCode != 2) {
+      Throw(env, kBadArgument, Where(i) + "op must be 0 (read), 1 (write) or 2 (sync)");
+    }
+    op.kind = static_cast<OpKind>(static_cast<int>(opCode));
+    double fi = d[kFile];
+    if (!IsByteCount(fi) || fi >= static_cast<double>(files.size())) {
+      Throw(env, kBadArgument, Where(i) + "file index out of range");
+    }
+    const FileHandle& file = *files[static_cast<size_t>(fi)];
+    op.fd = file.fd;
+    if (op.kind == OpKind::kSync) {
+      ++queued;
+      continue;
+    }
+    if (op.kind == OpKind::kWrite && file.readOnly) {
+      Throw(env, kBadArgument, Where(i) + "cannot write to " + file.path + ": opened read-only");
+    }
+    double ti = d[kTarget];
+    if (!IsByteCount(ti) || ti >= static_cast<double>(targets.size())) {
+      Throw(env, kBadArgument, Where(i) + "target index out of range");
+    }
+    const Target& target = targets[static_cast<size_t>(ti)];
+    uint64_t toff = Field64(env, d, i, kTargetOffset, "target offset");
+    op.len = Field64(env, d, i, kLength, "length");
+    op.offset = Field64(env, d, i, kFileOffset, "file offset");
+    if (toff > target.size || op.len > target.size - toff) {
+      Throw(env, kBadArgument,
+            Where(i) + std::to_string(op.len) + " bytes at offset " + std::to_string(toff) +
+                " do not fit a target of " + std::to_string(target.size) + " bytes");
+    }
+    op.mem = target.data + toff;
+    if (file.direct) {
+      if (op.offset % file.offsetAlign != 0 || op.len % file.offsetAlign != 0) {
+        if (file.bufferedFd < 0) {
+          Throw(env, kBadArgument,
+                Where(i) + "O_DIRECT on " + file.path + " needs file offsets and lengths in " +
+                    "multiples of " + std::to_string(file.offsetAlign) + ", got offset " +
+                    std::to_string(op.offset) + " and length " + std::to_string(op.len) +
+                    " (open the file with direct: 'auto' to allow buffered I/O for such requests)");
+        }
+        op.fd = file.bufferedFd;  // direct: 'auto' — reported per file, chosen per request
+      } else {
+        op.align = file.offsetAlign;
+        if (reinterpret_cast<uintptr_t>(op.mem) % file.memAlign != 0) {
+          op.bounceAlign = file.memAlign > kBounceAlign ? file.memAlign : kBounceAlign;
+        }
+      }
+    }
+    if (op.len > 0) ++queued;
+  }
+
+  for (const Target& t : targets) {
+    if (t.memory) {
+      batch->keepAlive.push_back(t.memory);
+    } else {
+      napi_ref ref;
+      if (napi_create_reference(env, t.js, 1, &ref) != napi_ok) {
+        for (napi_ref r : batch->borrowed) (void)napi_delete_reference(env, r);
+        Throw(env, kIo, "cannot reference a target buffer");
+      }
+      batch->borrowed.push_back(ref);
+    }
+  }
+  for (const auto& f : files) batch->keepAlive.push_back(f);
+
+  Napi::Promise promise = batch->deferred.Promise();
+  if (queued == 0) {
+    // Nothing to do in the kernel (empty batch or only zero-length transfers).
+    Napi::Float64Array results = Napi::Float64Array::New(env, count);
+    for (size_t i = 0; i < count; ++i) results[i] = 0;
+    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    batch->deferred.Resolve(results);
+    return promise;
+  }
+
+  std::vector<Op*> work;
+  work.reserve(queued);
+  for (Op& op : batch->ops) {
+    if (op.kind == OpKind::kSync || op.len > 0) work.push_back(&op);
+  }
+  batch->remaining.store(queued, std::memory_order_relaxed);
+  batch->sink = this;
+  if (inFlight_++ == 0) tsfn_.Ref(env);
+  Ref();  // the JS engine object stays alive while its batches are out
+  batch.release();
+  io_->Submit(work);
+  return promise;
+}
+
+Napi::Value Engine::Close(const Napi::CallbackInfo& info) {
+  Shutdown();
+  return info.Env().Undefined();
+}
+
+Napi::Value Engine::Kind(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), kind_);
+}
+
+Napi::Value Engine::QueueDepth(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), queueDepth_);
+}
+
+Napi::Value Engine::InFlight(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(inFlight_));
+}
+
+}  // namespace kvtier

@@ -1,0 +1,35 @@
+#include "op.h"
+
+#include <cerrno>
+#include <cstring>
+
+namespace kvtier {
+
+bool AcquireBounce(Op& op) {
+  if (op.bounceAlign == 0 || op.bounce != nullptr || op.kind == OpKind::kSync) return true;
+  uint64_t size = (op.len + op.bounceAlign - 1) / op.bounceAlign * op.bounceAlign;
+  void* p = nullptr;
+  if (posix_memalign(&p, op.bounceAlign < sizeof(void*) ? sizeof(void*) : op.bounceAlign,
+                     size == 0 ? op.bounceAlign : size) != 0) {
+    op.err = ENOMEM;
+    return false;
+  }
+  op.bounce = static_cast<uint8_t*>(p);
+  if (op.kind == OpKind::kWrite) std::memcpy(op.bounce, op.mem, op.len);
+  return true;
+}
+
+void ReleaseBounce(Op& op) {
+  if (op.bounce == nullptr) return;
+  if (op.kind == OpKind::kRead && op.done > 0) std::memcpy(op.mem, op.bounce, op.done);
+  std::free(op.bounce);
+  op.bounce = nullptr;
+}
+
+void CompleteOp(Op& op) {
+  ReleaseBounce(op);
+  Batch* batch = op.batch;
+  if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) batch->sink->Post(batch);
+}
+
+}  // namespace kvtier

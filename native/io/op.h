@@ -1,0 +1,58 @@
+// One descriptor of a batch as the engines see it, and the batch that owns it.
+#pragma once
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace kvtier {
+
+enum class OpKind : uint8_t { kRead = 0, kWrite = 1, kSync = 2 };
+
+struct Batch;
+
+struct Op {
+  OpKind kind = OpKind::kRead;
+  int fd = -1;
+  uint8_t* mem = nullptr;  // caller memory (stays valid: the batch holds its owner)
+  uint64_t len = 0;
+  uint64_t offset = 0;     // file offset
+  uint32_t align = 1;      // O_DIRECT offset alignment of fd (1 when buffered)
+  uint32_t bounceAlign = 0;  // nonzero: mem is misaligned for O_DIRECT, go through a bounce buffer
+  uint8_t* bounce = nullptr;  // owned while the op runs
+  uint64_t done = 0;       // bytes transferred so far
+  int err = 0;             // errno of the failure, 0 when none
+  Batch* batch = nullptr;
+};
+
+// Receives a batch once every op in it has finished (called on an engine thread).
+class CompletionSink {
+ public:
+  virtual ~CompletionSink() = default;
+  virtual void Post(Batch* batch) = 0;
+};
+
+struct Batch {
+  std::vector<Op> ops;
+  std::atomic<size_t> remaining{0};
+  CompletionSink* sink = nullptr;
+  // Anything the ops point into stays alive while they run (memory, file descriptors, JS buffers).
+  std::vector<std::shared_ptr<void>> keepAlive;
+};
+
+// Largest single read/write handed to the kernel: Linux caps one call at just under 2 GiB and
+// io_uring lengths are 32-bit.
+inline constexpr uint64_t kMaxChunk = uint64_t{1} << 30;
+
+// Prepares the bounce buffer of a misaligned op; false (with op.err set) when memory is short.
+bool AcquireBounce(Op& op);
+// Copies a read's bytes out of its bounce buffer and frees it.
+void ReleaseBounce(Op& op);
+// Marks an op finished; the last op of a batch hands the batch to its sink.
+void CompleteOp(Op& op);
+// Whether a read that stopped short at `done` bytes reached end of file: for O_DIRECT, a position
+// that is no longer aligned can only come from EOF and cannot be read from again.
+inline bool ShortReadEnds(const Op& op) { return (op.offset + op.done) % op.align != 0; }
+
+}  // namespace kvtier

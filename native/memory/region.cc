@@ -1,0 +1,88 @@
+#include "region.h"
+
+#include "../common/args.h"
+#include "../common/errors.h"
+#include "../common/instance_data.h"
+
+namespace kvtier {
+
+Napi::Function Region::Define(Napi::Env env) {
+  Napi::Function ctor =
+      DefineClass(env, "NativeRegion",
+                  {InstanceAccessor<&Region::Buffer>("buffer"),
+                   InstanceAccessor<&Region::Pinned>("pinned"),
+                   InstanceAccessor<&Region::PinReason>("pinReason"),
+                   InstanceAccessor<&Region::ByteLength>("byteLength"),
+                   InstanceAccessor<&Region::Closed>("closed"), InstanceMethod<&Region::Close>("close")});
+  InstanceData::Get(env).regionCtor = Napi::Persistent(ctor);
+  return ctor;
+}
+
+// new NativeRegion(bytes, pin: 'auto' | 'on' | 'off')
+Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) {
+  Napi::Env env = info.Env();
+  uint64_t bytes = ByteCountArg(env, info[0], "region size");
+  if (bytes == 0) Throw(env, kBadArgument, "region size must be at least 1 byte");
+  std::string pinText = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "auto";
+  RegionMemory::PinMode pin;
+  if (pinText == "auto") {
+    pin = RegionMemory::PinMode::kAuto;
+  } else if (pinText == "on") {
+    pin = RegionMemory::PinMode::kOn;
+  } else if (pinText == "off") {
+    pin = RegionMemory::PinMode::kOff;
+  } else {
+    Throw(env, kBadArgument, "pin must be 'auto', 'on' or 'off', got '" + pinText + "'");
+  }
+
+  std::string error;
+  bool notAvailable = false;
+  memory_ = RegionMemory::Allocate(bytes, pin, &error, &notAvailable);
+  if (!memory_) Throw(env, notAvailable ? kNotAvailable : kNoSpace, error);
+
+  // The ArrayBuffer's finalizer owns one reference, so memory outlives neither JS views nor
+  // in-flight I/O, whichever ends last.
+  auto* hint = new std::shared_ptr<RegionMemory>(memory_);
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+      env, memory_->data(), memory_->size(),
+      [](Napi::Env, void*, std::shared_ptr<RegionMemory>* h) { delete h; }, hint);
+  buffer_ = Napi::Persistent(ab);
+  size_ = memory_->size();
+  pinned_ = memory_->pinned();
+  pinReason_ = memory_->pinReason();
+}
+
+Napi::Value Region::Buffer(const Napi::CallbackInfo& info) {
+  if (closed()) Throw(info.Env(), kClosed, "region is closed");
+  return buffer_.Value();
+}
+
+Napi::Value Region::Pinned(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), pinned_);
+}
+
+Napi::Value Region::PinReason(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), pinReason_);
+}
+
+Napi::Value Region::ByteLength(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(size_));
+}
+
+Napi::Value Region::Closed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), closed());
+}
+
+Napi::Value Region::Close(const Napi::CallbackInfo& info) {
+  if (closed()) return info.Env().Undefined();
+  // Detaching makes every JS view of the memory zero-length at once, so nothing in JavaScript can
+  // reach the pages after they are unmapped.
+  Napi::ArrayBuffer ab = buffer_.Value();
+  if (!ab.IsDetached()) ab.Detach();
+  buffer_.Reset();
+  // In-flight transfers hold their own references; the pages go when the last of them finishes.
+  memory_.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,37 @@
+// JavaScript face of a RegionMemory: an external ArrayBuffer over native memory, closed explicitly
+// or by the garbage collector.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "region_memory.h"
+
+namespace kvtier {
+
+class Region : public Napi::ObjectWrap<Region> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit Region(const Napi::CallbackInfo& info);
+
+  // The memory, or nullptr once closed.
+  std::shared_ptr<RegionMemory> memory() const { return memory_; }
+  bool closed() const { return !memory_; }
+
+ private:
+  Napi::Value Buffer(const Napi::CallbackInfo& info);
+  Napi::Value Pinned(const Napi::CallbackInfo& info);
+  Napi::Value PinReason(const Napi::CallbackInfo& info);
+  Napi::Value ByteLength(const Napi::CallbackInfo& info);
+  Napi::Value Closed(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<RegionMemory> memory_;  // reset by close()
+  Napi::Reference<Napi::ArrayBuffer> buffer_;
+  // Kept apart from memory_ so a closed region still describes itself.
+  size_t size_ = 0;
+  bool pinned_ = false;
+  std::string pinReason_;
+};
+
+}  // namespace kvtier

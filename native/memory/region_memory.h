@@ -1,0 +1,37 @@
+// Native memory that I/O can target. Shared ownership lets in-flight transfers keep the bytes alive
+// after JavaScript closed or collected the Region: the memory goes away with its last user.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kvtier {
+
+class RegionMemory {
+ public:
+  enum class PinMode { kAuto, kOn, kOff };
+
+  // Allocates page-aligned, zeroed memory with mmap. Returns nullptr and sets *error on failure
+  // (including kOn when no CUDA device can pin it).
+  static std::shared_ptr<RegionMemory> Allocate(size_t bytes, PinMode pin, std::string* error,
+                                                bool* notAvailable);
+  ~RegionMemory();
+  RegionMemory(const RegionMemory&) = delete;
+  RegionMemory& operator=(const RegionMemory&) = delete;
+
+  uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool pinned() const { return pinned_; }
+  // Why the memory is not pinned (empty when pinned or when pinning was not asked for).
+  const std::string& pinReason() const { return pinReason_; }
+
+ private:
+  RegionMemory(uint8_t* data, size_t size) : data_(data), size_(size) {}
+  uint8_t* data_;
+  size_t size_;
+  bool pinned_ = false;
+  std::string pinReason_;
+};
+
+}  // namespace kvtier

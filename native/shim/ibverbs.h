@@ -1,0 +1,34 @@
+// Runtime loader for RDMA verbs (libibverbs.so.1). This issue only loads it and lists devices.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "lib_status.h"
+
+namespace kvtier::shim {
+
+struct VerbsDevice {
+  std::string name;       // e.g. "mlx5_0"
+  std::string guid;       // node GUID as hex, may be empty
+  std::string transport;  // "InfiniBand", "iWARP", "unknown" ... (from the device struct or sysfs)
+};
+
+class Verbs {
+ public:
+  static Verbs& instance();  // loads once (thread-safe), never throws
+
+  const LibStatus& status() const { return status_; }  // loaded: library and symbols found
+  const std::vector<VerbsDevice>& devices() const { return devices_; }
+  bool usable() const { return status_.loaded && !devices_.empty(); }
+  // Why unusable when loaded but no devices were found.
+  const std::string& devicesReason() const { return devicesReason_; }
+
+ private:
+  Verbs();
+  LibStatus status_;
+  std::vector<VerbsDevice> devices_;
+  std::string devicesReason_;
+  void* lib_ = nullptr;
+};
+
+}  // namespace kvtier::shim
