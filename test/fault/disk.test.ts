@@ -1,0 +1,149 @@
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { createEngine, openFile, Region, TransferBatch, type EngineKind } from '../../lib/index.js';
+import { engineKinds } from '../engines.js';
+import { prerequisite, randomBytes, tempDir } from '../helpers.js';
+
+const fixtures = fileURLToPath(new URL('./fixtures/', import.meta.url));
+const dir = tempDir();
+afterAll(() => dir.remove());
+
+/** Mounts a filesystem of our own for the test (needs root and a mount namespace that allows it). */
+function mount(type: string, options: string): string | undefined {
+  const at = join(dir.path, `${type}-${Math.random().toString(36).slice(2)}`);
+  mkdirSync(at);
+  const r = spawnSync('mount', ['-t', type, '-o', options, type, at], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    prerequisite(false, `cannot mount ${type} (${r.stderr.trim() || 'not permitted'})`, 'privilege');
+    return undefined;
+  }
+  mounts.push(at);
+  return at;
+}
+const mounts: string[] = [];
+afterAll(() => {
+  for (const m of mounts) spawnSync('umount', ['-l', m]);
+});
+
+beforeAll(() => {
+  // The child fixtures run the built package, as a user would.
+  if (!existsSync(fileURLToPath(new URL('../../dist/index.js', import.meta.url)))) {
+    throw new Error('dist/ is missing: npm test builds it first (npm run build:ts)');
+  }
+});
+
+describe.each(engineKinds())('%s engine on a full disk', (kind: EngineKind) => {
+  it('fails the writes that do not fit with KVTIER_NO_SPACE and keeps the ones that did', async () => {
+    const at = mount('tmpfs', 'size=1m');
+    if (!at) return;
+    const engine = createEngine({ kind, queueDepth: 4 });
+    const file = await openFile(join(at, 'full.bin'), { create: true });
+    const data = randomBytes(256 * 1024);
+    const batch = new TransferBatch();
+    for (let i = 0; i < 8; i++) batch.write(file, i * data.length, data);
+    const result = await engine.submit(batch);
+    expect(result.failed).toBeGreaterThan(0);
+    const failure = result.errors.find((e) => e !== undefined);
+    expect(failure).toMatchObject({ code: 'KVTIER_NO_SPACE', errno: 28 });
+    // Every write reported complete reads back intact.
+    for (let i = 0; i < 8; i++) {
+      if (result.bytes[i] !== data.length) continue;
+      const back = Buffer.alloc(data.length);
+      expect(await engine.read(file, i * data.length, back)).toBe(data.length);
+      expect(Buffer.compare(back, data)).toBe(0);
+    }
+    await file.close();
+    await engine.close();
+  });
+
+  it('reports RLIMIT_FSIZE as KVTIER_NO_SPACE with EFBIG', () => {
+    const path = join(dir.path, `fsize-${kind}.bin`);
+    // ulimit -f counts 1 KiB blocks in bash: 2 MiB.
+    const out = execFileSync(
+      'bash',
+      ['-c', `ulimit -f 2048 && exec "${process.execPath}" "${fixtures}fsize-child.mjs" "$0" "$1"`, path, kind],
+      { encoding: 'utf8' },
+    );
+    const report = JSON.parse(out) as { written: number; error: Record<string, unknown> | null };
+    expect(report.written).toBe(2 << 20);
+    expect(report.error).toMatchObject({ code: 'KVTIER_NO_SPACE', errno: 27 });
+  });
+});
+
+describe('preallocation on a full disk', () => {
+  it('fails with KVTIER_NO_SPACE and leaves no file behind', async () => {
+    const at = mount('tmpfs', 'size=1m');
+    if (!at) return;
+    const error = await openFile(join(at, 'big.bin'), { create: true, size: 8 << 20 }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toMatchObject({ code: 'KVTIER_NO_SPACE', syscall: 'fallocate' });
+    expect(readdirSync(at)).toEqual([]);
+  });
+});
+
+describe('a filesystem without O_DIRECT', () => {
+  it('refuses direct: true clearly and creates nothing', async () => {
+    const at = mount('ramfs', 'mode=755');
+    if (!at) return;
+    const path = join(at, 'x.bin');
+    const error = await openFile(path, { create: true }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'KVTIER_NOT_AVAILABLE', errno: 22 });
+    expect((error as Error).message).toMatch(/O_DIRECT is not supported/);
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it("falls back to buffered I/O with direct: 'auto' and says so", async () => {
+    const at = mount('ramfs', 'mode=755');
+    if (!at) return;
+    const file = await openFile(join(at, 'y.bin'), { create: true, direct: 'auto' });
+    expect(file.direct).toBe(false);
+    expect(file.directReason).toMatch(/O_DIRECT/);
+    const engine = createEngine({ kind: 'threads', queueDepth: 2 });
+    const data = randomBytes(10_000);
+    expect(await engine.write(file, 3, data)).toBe(10_000);
+    const back = Buffer.alloc(10_000);
+    expect(await engine.read(file, 3, back)).toBe(10_000);
+    expect(Buffer.compare(back, data)).toBe(0);
+    await file.close();
+    await engine.close();
+  });
+});
+
+describe.each(engineKinds())('%s engine lifecycle', (kind: EngineKind) => {
+  it('lets an idle process exit without close()', () => {
+    const r = spawnSync(process.execPath, [`${fixtures}idle-exit.mjs`, join(dir.path, `idle-${kind}.bin`), kind], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe('done');
+  });
+
+  it('survives a worker thread terminated with I/O in flight', async () => {
+    const worker = new Worker(`${fixtures}worker-io.mjs`, {
+      workerData: { path: join(dir.path, `worker-${kind}.bin`), kind },
+    });
+    await new Promise<void>((resolve, reject) => {
+      worker.once('message', () => resolve());
+      worker.once('error', reject);
+    });
+    await worker.terminate();
+    // The main thread's own addon instance still works afterwards.
+    const engine = createEngine({ kind, queueDepth: 2 });
+    const region = Region.allocate(4096);
+    const path = join(dir.path, `after-${kind}.bin`);
+    writeFileSync(path, randomBytes(4096));
+    const file = await openFile(path);
+    expect(await engine.read(file, 0, region)).toBe(4096);
+    await Promise.all([file.close(), region.close()]);
+    await engine.close();
+  });
+});
