@@ -13,18 +13,19 @@ export type EngineKind = 'io_uring' | 'threads';
 export interface EngineOptions {
   /** `'auto'` (default) takes io_uring where the kernel allows it and says why not otherwise. */
   kind?: EngineKind | 'auto';
-  /** io_uring: operations kept in the kernel at once. threads: the number of I/O threads. */
+  /** io_uring: operations kept in the kernel at once. threads: the number of I/O threads,
+   * which is also how many operations are in flight. Default 32. */
   queueDepth?: number;
+  /** Thread count of the thread-pool engine (default: queueDepth). */
+  threads?: number;
 }
 
 /** Memory a transfer reads into or writes from. */
 export type Target = Region | ArrayBufferView | ArrayBuffer;
 
-const enum Op {
-  Read = 0,
-  Write = 1,
-  Sync = 2,
-}
+/** Descriptor op codes, as native/io/engine.cc reads them. */
+const Op = { Read: 0, Write: 1, Sync: 2 } as const;
+type Op = (typeof Op)[keyof typeof Op];
 const STRIDE = 6;
 
 function byteLengthOf(target: Target): number {
@@ -72,7 +73,7 @@ export class TransferBatch {
   }
 
   /** @internal */
-  opAt(i: number): number {
+  opAt(i: number): Op {
     return this.ops[i] ?? Op.Read;
   }
 
@@ -194,11 +195,11 @@ export class BatchResult {
   }
 }
 
-function opName(op: number): string {
+function opName(op: Op): string {
   return op === Op.Read ? 'read' : op === Op.Write ? 'write' : 'sync';
 }
 
-function syscallName(kind: EngineKind, op: number): string {
+function syscallName(kind: EngineKind, op: Op): string {
   if (kind === 'io_uring') return `io_uring:${opName(op)}`;
   return op === Op.Read ? 'pread' : op === Op.Write ? 'pwrite' : 'fdatasync';
 }
@@ -316,7 +317,6 @@ export function createEngine(options: EngineOptions = {}): IoEngine {
       `engine kind must be 'auto', 'io_uring' or 'threads', got '${String(asked)}'`,
     );
   }
-  const queueDepth = options.queueDepth ?? 32;
   let kind: EngineKind = asked === 'auto' ? 'io_uring' : asked;
   let reason = asked === 'auto' ? 'io_uring is usable' : `${asked} was requested`;
   if (asked === 'auto') {
@@ -326,5 +326,7 @@ export function createEngine(options: EngineOptions = {}): IoEngine {
       reason = `io_uring is not usable (${uring.reason ?? 'unknown'}); using the thread pool`;
     }
   }
+  const queueDepth =
+    kind === 'threads' ? (options.threads ?? options.queueDepth ?? 32) : (options.queueDepth ?? 32);
   return new IoEngine(new addon.NativeEngine({ kind, queueDepth }), reason);
 }

@@ -78,7 +78,14 @@ export class KvFile {
   }
 }
 
-export async function openFile(path: string, options: OpenFileOptions = {}): Promise<KvFile> {
+/** Opens a file for the engines. Refusals reject; nothing is created when the open fails. */
+export function openFile(path: string, options: OpenFileOptions = {}): Promise<KvFile> {
+  // Today the open itself is synchronous (it costs one open and one fallocate); the promise keeps
+  // the door open to doing it on kvtier's threads without changing callers.
+  return new Promise((resolve) => resolve(openFileNow(path, options)));
+}
+
+function openFileNow(path: string, options: OpenFileOptions): KvFile {
   if (typeof path !== 'string' || path.length === 0) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'path must be a non-empty string');
   }

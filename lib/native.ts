@@ -3,6 +3,7 @@
  * otherwise (node-gyp-build decides). Loading is lazy so `kvtier info` can still report why the
  * addon is missing.
  */
+import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -69,7 +70,11 @@ export interface NativeEngine {
   readonly kind: 'io_uring' | 'threads';
   readonly queueDepth: number;
   readonly inFlight: number;
-  submit(descriptors: Float64Array, targets: NativeTarget[], files: NativeFile[]): Promise<Float64Array>;
+  submit(
+    descriptors: Float64Array,
+    targets: NativeTarget[],
+    files: NativeFile[],
+  ): Promise<Float64Array>;
   close(): void;
 }
 
@@ -100,18 +105,49 @@ let loadError: Error | undefined;
 /** Where the addon was loaded from, once it was. */
 export let addonPath: string | undefined;
 
+/** The prebuilt Node-API binary shipped for this platform, if any (prebuildify's layout). */
+function prebuiltPath(): string | undefined {
+  const dir = join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
+  if (!existsSync(dir)) return undefined;
+  const name = readdirSync(dir).find((f) => f.endsWith('.node'));
+  return name === undefined ? undefined : join(dir, name);
+}
+
+/** Candidates in order of preference: an explicit KVTIER_ADDON (sanitizer builds, tests), the
+ * prebuilt binary, then whatever node-gyp-build finds (a local build). */
+function candidates(require: NodeJS.Require): string[] {
+  if (process.env.KVTIER_ADDON) return [process.env.KVTIER_ADDON];
+  const list: string[] = [];
+  const prebuilt = prebuiltPath();
+  if (prebuilt) list.push(prebuilt);
+  try {
+    const build = require('node-gyp-build') as { path(dir: string): string };
+    list.push(build.path(packageRoot));
+  } catch (e) {
+    if (list.length === 0) throw e;
+  }
+  return list;
+}
+
 export function native(): NativeAddon {
   if (loaded) return loaded;
   if (loadError) throw loadError;
   const require = createRequire(import.meta.url);
   try {
-    const build = require('node-gyp-build') as { path(dir: string): string };
-    // KVTIER_ADDON lets sanitizer builds and tests point at a specific binary.
-    addonPath = process.env.KVTIER_ADDON ?? build.path(packageRoot);
-    const addon = require(addonPath) as NativeAddon;
-    addon.init(KvtierError);
-    loaded = addon;
-    return addon;
+    const failures: string[] = [];
+    for (const path of candidates(require)) {
+      try {
+        const addon = require(path) as NativeAddon;
+        addon.init(KvtierError);
+        addonPath = path;
+        loaded = addon;
+        return addon;
+      } catch (e) {
+        // A prebuilt binary for another libc or an older Node-API falls through to the build.
+        failures.push(`${path}: ${(e as Error).message}`);
+      }
+    }
+    throw new Error(failures.join('; '));
   } catch (e) {
     loadError = new KvtierError(
       'KVTIER_NOT_AVAILABLE',

@@ -97,10 +97,16 @@ export class Region {
 /** Throws KVTIER_BAD_ARGUMENT unless [offset, offset + length) lies within [0, size). */
 export function checkRange(offset: number, length: number, size: number): void {
   if (!Number.isSafeInteger(offset) || offset < 0) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', `offset must be a non-negative integer, got ${offset}`);
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `offset must be a non-negative integer, got ${offset}`,
+    );
   }
   if (!Number.isSafeInteger(length) || length < 0) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', `length must be a non-negative integer, got ${length}`);
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `length must be a non-negative integer, got ${length}`,
+    );
   }
   if (offset + length > size) {
     throw new KvtierError(

@@ -48,7 +48,8 @@ Napi::Object CudaStatus(Napi::Env env) {
   }
   Napi::Object o = Status(env, cuda.usable(), reason);
   SetLibrary(o, cuda.status());
-  if (cuda.driverVersion() != 0) o.Set("driverVersion", Napi::Number::New(env, cuda.driverVersion()));
+  if (cuda.driverVersion() != 0)
+    o.Set("driverVersion", Napi::Number::New(env, cuda.driverVersion()));
   Napi::Array devices = Napi::Array::New(env);
   uint32_t i = 0;
   for (const shim::CudaDevice& d : cuda.devices()) {
@@ -142,9 +143,8 @@ Napi::Value ProbeDirect(const Napi::CallbackInfo& info) {
   std::shared_ptr<FileHandle> h = OpenFileHandle(templ, options, &error);
   if (!h) {
     return Status(env, false,
-                  error.errnum == EINVAL
-                      ? "the filesystem of " + dir + " refuses O_DIRECT (EINVAL)"
-                      : error.message + ": " + std::strerror(error.errnum));
+                  error.errnum == EINVAL ? "the filesystem of " + dir + " refuses O_DIRECT (EINVAL)"
+                                         : error.message + ": " + std::strerror(error.errnum));
   }
   // A real aligned write and read back: some filesystems accept the flag and fail the I/O.
   size_t len = h->offsetAlign > 4096 ? h->offsetAlign : 4096;

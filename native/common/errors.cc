@@ -25,8 +25,8 @@ Napi::Error MakeError(Napi::Env env, const char* code, const std::string& messag
 
   InstanceData& data = InstanceData::Get(env);
   if (!data.errorClass.IsEmpty()) {
-    Napi::Object err = data.errorClass.New(
-        {Napi::String::New(env, code), Napi::String::New(env, text), options});
+    Napi::Object err =
+        data.errorClass.New({Napi::String::New(env, code), Napi::String::New(env, text), options});
     return Napi::Error(env, err);
   }
   Napi::Error err = Napi::Error::New(env, text);

@@ -59,7 +59,8 @@ Target ResolveTarget(Napi::Env env, Napi::Value v, size_t index) {
     ab = v.As<Napi::ArrayBuffer>();
     byteLength = ab.ByteLength();
   } else {
-    Throw(env, kBadArgument, what + " must be a Region, a TypedArray, a DataView or an ArrayBuffer");
+    Throw(env, kBadArgument,
+          what + " must be a Region, a TypedArray, a DataView or an ArrayBuffer");
   }
   if (ab.IsDetached()) Throw(env, kBadArgument, what + " is backed by a detached ArrayBuffer");
   t.data = static_cast<uint8_t*>(ab.Data()) + byteOffset;

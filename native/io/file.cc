@@ -11,14 +11,14 @@
 namespace kvtier {
 
 Napi::Function File::Define(Napi::Env env) {
-  Napi::Function ctor = DefineClass(
-      env, "NativeFile",
-      {InstanceAccessor<&File::Path>("path"), InstanceAccessor<&File::Direct>("direct"),
-       InstanceAccessor<&File::DirectReason>("directReason"),
-       InstanceAccessor<&File::MemAlign>("memAlign"),
-       InstanceAccessor<&File::OffsetAlign>("offsetAlign"),
-       InstanceAccessor<&File::Closed>("closed"), InstanceMethod<&File::Size>("size"),
-       InstanceMethod<&File::Close>("close")});
+  Napi::Function ctor =
+      DefineClass(env, "NativeFile",
+                  {InstanceAccessor<&File::Path>("path"), InstanceAccessor<&File::Direct>("direct"),
+                   InstanceAccessor<&File::DirectReason>("directReason"),
+                   InstanceAccessor<&File::MemAlign>("memAlign"),
+                   InstanceAccessor<&File::OffsetAlign>("offsetAlign"),
+                   InstanceAccessor<&File::Closed>("closed"), InstanceMethod<&File::Size>("size"),
+                   InstanceMethod<&File::Close>("close")});
   InstanceData::Get(env).fileCtor = Napi::Persistent(ctor);
   return ctor;
 }

@@ -137,8 +137,8 @@ std::shared_ptr<FileHandle> OpenFileHandle(const std::string& path, const OpenOp
         // posix_fallocate returns the error instead of setting errno.
         if (existed) (void)ftruncate(h->fd, st.st_size);
         return fail(CodeForErrno(rc),
-                    "cannot preallocate " + std::to_string(options.size) + " bytes for " + path,
-                    rc, "fallocate");
+                    "cannot preallocate " + std::to_string(options.size) + " bytes for " + path, rc,
+                    "fallocate");
       }
     }
   }

@@ -11,9 +11,9 @@ struct FileHandle {
   enum class DirectMode { kOn, kOff, kAuto };
 
   std::string path;
-  int fd = -1;              // the descriptor I/O uses (O_DIRECT when direct is true)
-  int bufferedFd = -1;      // direct:'auto' only: for requests O_DIRECT cannot take
-  bool direct = false;      // whether fd bypasses the page cache
+  int fd = -1;          // the descriptor I/O uses (O_DIRECT when direct is true)
+  int bufferedFd = -1;  // direct:'auto' only: for requests O_DIRECT cannot take
+  bool direct = false;  // whether fd bypasses the page cache
   bool readOnly = false;
   DirectMode mode = DirectMode::kOn;
   std::string directReason;  // why direct is false although it was asked for ('auto')

@@ -17,12 +17,12 @@ struct Op {
   int fd = -1;
   uint8_t* mem = nullptr;  // caller memory (stays valid: the batch holds its owner)
   uint64_t len = 0;
-  uint64_t offset = 0;     // file offset
-  uint32_t align = 1;      // O_DIRECT offset alignment of fd (1 when buffered)
-  uint32_t bounceAlign = 0;  // nonzero: mem is misaligned for O_DIRECT, go through a bounce buffer
+  uint64_t offset = 0;        // file offset
+  uint32_t align = 1;         // O_DIRECT offset alignment of fd (1 when buffered)
+  uint32_t bounceAlign = 0;   // nonzero: mem is misaligned for O_DIRECT, go through a bounce buffer
   uint8_t* bounce = nullptr;  // owned while the op runs
-  uint64_t done = 0;       // bytes transferred so far
-  int err = 0;             // errno of the failure, 0 when none
+  uint64_t done = 0;          // bytes transferred so far
+  int err = 0;                // errno of the failure, 0 when none
   Batch* batch = nullptr;
 };
 

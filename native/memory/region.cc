@@ -7,13 +7,12 @@
 namespace kvtier {
 
 Napi::Function Region::Define(Napi::Env env) {
-  Napi::Function ctor =
-      DefineClass(env, "NativeRegion",
-                  {InstanceAccessor<&Region::Buffer>("buffer"),
-                   InstanceAccessor<&Region::Pinned>("pinned"),
-                   InstanceAccessor<&Region::PinReason>("pinReason"),
-                   InstanceAccessor<&Region::ByteLength>("byteLength"),
-                   InstanceAccessor<&Region::Closed>("closed"), InstanceMethod<&Region::Close>("close")});
+  Napi::Function ctor = DefineClass(
+      env, "NativeRegion",
+      {InstanceAccessor<&Region::Buffer>("buffer"), InstanceAccessor<&Region::Pinned>("pinned"),
+       InstanceAccessor<&Region::PinReason>("pinReason"),
+       InstanceAccessor<&Region::ByteLength>("byteLength"),
+       InstanceAccessor<&Region::Closed>("closed"), InstanceMethod<&Region::Close>("close")});
   InstanceData::Get(env).regionCtor = Napi::Persistent(ctor);
   return ctor;
 }

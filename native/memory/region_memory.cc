@@ -16,8 +16,8 @@ std::shared_ptr<RegionMemory> RegionMemory::Allocate(size_t bytes, PinMode pin, 
   // region costs nothing until it is touched.
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
-    *error = std::string("mmap of ") + std::to_string(bytes) + " bytes failed: " +
-             std::strerror(errno);
+    *error =
+        std::string("mmap of ") + std::to_string(bytes) + " bytes failed: " + std::strerror(errno);
     return nullptr;
   }
   std::shared_ptr<RegionMemory> mem(new RegionMemory(static_cast<uint8_t*>(p), bytes));

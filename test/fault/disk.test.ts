@@ -20,7 +20,11 @@ function mount(type: string, options: string): string | undefined {
   mkdirSync(at);
   const r = spawnSync('mount', ['-t', type, '-o', options, type, at], { encoding: 'utf8' });
   if (r.status !== 0) {
-    prerequisite(false, `cannot mount ${type} (${r.stderr.trim() || 'not permitted'})`, 'privilege');
+    prerequisite(
+      false,
+      `cannot mount ${type} (${r.stderr.trim() || 'not permitted'})`,
+      'privilege',
+    );
     return undefined;
   }
   mounts.push(at);
@@ -67,7 +71,12 @@ describe.each(engineKinds())('%s engine on a full disk', (kind: EngineKind) => {
     // ulimit -f counts 1 KiB blocks in bash: 2 MiB.
     const out = execFileSync(
       'bash',
-      ['-c', `ulimit -f 2048 && exec "${process.execPath}" "${fixtures}fsize-child.mjs" "$0" "$1"`, path, kind],
+      [
+        '-c',
+        `ulimit -f 2048 && exec "${process.execPath}" "${fixtures}fsize-child.mjs" "$0" "$1"`,
+        path,
+        kind,
+      ],
       { encoding: 'utf8' },
     );
     const report = JSON.parse(out) as { written: number; error: Record<string, unknown> | null };
@@ -118,10 +127,14 @@ describe('a filesystem without O_DIRECT', () => {
 
 describe.each(engineKinds())('%s engine lifecycle', (kind: EngineKind) => {
   it('lets an idle process exit without close()', () => {
-    const r = spawnSync(process.execPath, [`${fixtures}idle-exit.mjs`, join(dir.path, `idle-${kind}.bin`), kind], {
-      encoding: 'utf8',
-      timeout: 30_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [`${fixtures}idle-exit.mjs`, join(dir.path, `idle-${kind}.bin`), kind],
+      {
+        encoding: 'utf8',
+        timeout: 30_000,
+      },
+    );
     expect(r.signal).toBeNull();
     expect(r.status).toBe(0);
     expect(r.stdout).toBe('done');

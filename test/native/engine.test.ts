@@ -235,6 +235,29 @@ describe.each(engineKinds())('%s engine', (kind: EngineKind) => {
     expect(src.closed && file.closed).toBe(true);
   });
 
+  it('keeps native memory and descriptors alive when closed natively mid-flight', async () => {
+    // Bypasses the TypeScript layer's waiting on purpose: the native side alone must keep the
+    // pages mapped and the descriptor open until the kernel is done (the ASan run checks this).
+    const engine = createEngine({ kind, queueDepth: 2 });
+    const block = 1 << 20;
+    const count = 16;
+    const path = fresh();
+    const content = randomBytes(block * count);
+    writeFileSync(path, content);
+    const file = await openFile(path);
+    const dst = Region.allocate(block * count);
+    const batch = new TransferBatch();
+    for (let i = 0; i < count; i++) batch.read(file, i * block, dst, i * block, block);
+    const reading = engine.submit(batch);
+    dst.native.close();
+    file.native.close();
+    const result = await reading;
+    expect(result.ok).toBe(true);
+    expect(result.bytes.every((b) => b === block)).toBe(true);
+    expect(dst.native.closed).toBe(true);
+    await engine.close();
+  });
+
   it('makes data durable with sync()', async () => {
     const engine = createEngine({ kind, queueDepth: 4 });
     const file = await openFile(fresh(), { create: true });
