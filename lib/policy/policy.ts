@@ -1,0 +1,47 @@
+/**
+ * Eviction and admission policies. One policy instance decides for one tier. The same code runs
+ * inside the Warehouse and inside `kvtier sim`, so what the simulator measures is what ships.
+ *
+ * Keys are opaque to a policy: strings (hex block keys) in the Warehouse, numbers in the
+ * simulator. Policies must not allocate per access on the hot path where avoidable: the simulator
+ * replays tens of millions of accesses.
+ */
+
+/** What the caller knows about one access or insertion. */
+export interface AccessInfo {
+  /** A clock that never goes backwards: milliseconds in the Warehouse, trace time in the sim. */
+  now: number;
+  /** Engine-given priority; higher should survive longer (a system prompt over a one-off). */
+  priority: number;
+  /** Position of the block in its request's chain (0 = the root block). */
+  depth: number;
+  /** Number of blocks in the request's chain. */
+  chainLength: number;
+}
+
+export interface EvictionPolicy<K> {
+  readonly name: string;
+  /** Keys currently tracked as resident. */
+  readonly size: number;
+  /** The key became resident in the tier. */
+  insert(key: K, info: AccessInfo): void;
+  /** A resident key was read (or written again). */
+  touch(key: K, info: AccessInfo): void;
+  /** The key left the tier (evicted, demoted, deleted). */
+  remove(key: K): void;
+  /**
+   * The key to evict next, among those for which `evictable` holds (pinned or in-flight keys do
+   * not). Does not remove it: the caller calls remove() once the eviction is done.
+   */
+  victim(evictable?: (key: K) => boolean): K | undefined;
+  /** A lookup missed this key in this tier (for policies that learn from misses/ghosts). */
+  miss?(key: K, info: AccessInfo): void;
+  /**
+   * Whether a new key should displace `victim` in a full tier. Policies without an admission
+   * filter admit everything.
+   */
+  admit?(key: K, info: AccessInfo, victim: K): boolean;
+}
+
+/** Creates a policy for a tier of `capacity` blocks. */
+export type PolicyFactory = <K>(capacity: number) => EvictionPolicy<K>;
