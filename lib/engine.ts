@@ -20,12 +20,19 @@ export interface EngineOptions {
   threads?: number;
 }
 
+export interface ChecksumOption {
+  /** Also compute the CRC-32C of the bytes moved, on the engine thread. */
+  checksum?: boolean;
+}
+
 /** Memory a transfer reads into or writes from. */
 export type Target = Region | ArrayBufferView | ArrayBuffer;
 
 /** Descriptor op codes, as native/io/engine.cc reads them. */
-const Op = { Read: 0, Write: 1, Sync: 2 } as const;
+const Op = { Read: 0, Write: 1, Sync: 2, Copy: 3, Checksum: 4 } as const;
 type Op = (typeof Op)[keyof typeof Op];
+/** Op-code flag: also return the CRC-32C of the bytes moved. */
+const CRC = 16;
 const STRIDE = 6;
 
 function byteLengthOf(target: Target): number {
@@ -51,13 +58,50 @@ export class TransferBatch {
   }
 
   /** Reads `length` bytes at `fileOffset` into `target` at `targetOffset`. */
-  read(file: KvFile, fileOffset: number, target: Target, targetOffset = 0, length?: number): this {
-    return this.add(Op.Read, file, fileOffset, target, targetOffset, length);
+  read(
+    file: KvFile,
+    fileOffset: number,
+    target: Target,
+    targetOffset = 0,
+    length?: number,
+    options: ChecksumOption = {},
+  ): this {
+    return this.add(Op.Read, file, fileOffset, target, targetOffset, length, options);
   }
 
   /** Writes `length` bytes of `source` at `sourceOffset` to `fileOffset`. */
-  write(file: KvFile, fileOffset: number, source: Target, sourceOffset = 0, length?: number): this {
-    return this.add(Op.Write, file, fileOffset, source, sourceOffset, length);
+  write(
+    file: KvFile,
+    fileOffset: number,
+    source: Target,
+    sourceOffset = 0,
+    length?: number,
+    options: ChecksumOption = {},
+  ): this {
+    return this.add(Op.Write, file, fileOffset, source, sourceOffset, length, options);
+  }
+
+  /** Copies memory to memory on an engine thread (never on the event loop). */
+  copy(
+    target: Target,
+    targetOffset: number,
+    source: Target,
+    sourceOffset: number,
+    length: number,
+    options: ChecksumOption = {},
+  ): this {
+    const [t, toff] = this.resolve(target, targetOffset, length);
+    const [s, soff] = this.resolve(source, sourceOffset, length);
+    const op = Op.Copy | (options.checksum ? CRC : 0);
+    this.push(op, this.targetSlot(t), toff, length, this.targetSlot(s), soff);
+    return this;
+  }
+
+  /** Computes the CRC-32C of a memory range on an engine thread (see BatchResult.checksums). */
+  checksum(target: Target, offset: number, length: number): this {
+    const [t, off] = this.resolve(target, offset, length);
+    this.push(Op.Checksum, this.targetSlot(t), off, length, 0, 0);
+    return this;
   }
 
   /** Makes the file's data durable (fdatasync), ordered after nothing: submit it in its own batch
@@ -84,29 +128,30 @@ export class TransferBatch {
     target: Target,
     targetOffset: number,
     length: number | undefined,
+    options: ChecksumOption,
   ): this {
     const len = length ?? byteLengthOf(target) - targetOffset;
-    let where = target;
-    let offset = targetOffset;
-    // A view of a Region is the Region itself, so closing the Region waits for this transfer.
-    if (!(target instanceof Region) && ArrayBuffer.isView(target)) {
-      const region = Region.owning(target.buffer);
-      if (region) {
-        where = region;
-        offset = target.byteOffset + targetOffset;
-        if (targetOffset + len > target.byteLength) {
-          throw new KvtierError(
-            'KVTIER_BAD_ARGUMENT',
-            `descriptor ${this.count}: ${len} bytes at offset ${targetOffset} do not fit a view of ${target.byteLength} bytes`,
-          );
-        }
-      }
-    }
-    this.push(op, this.targetSlot(where), offset, len, this.fileSlot(file), fileOffset);
+    const [where, offset] = this.resolve(target, targetOffset, len);
+    const code = op | (options.checksum ? CRC : 0);
+    this.push(code, this.targetSlot(where), offset, len, this.fileSlot(file), fileOffset);
     return this;
   }
 
-  private push(op: Op, t: number, toff: number, len: number, f: number, foff: number): void {
+  /** A view of a Region is the Region itself, so closing the Region waits for this transfer. */
+  private resolve(target: Target, offset: number, len: number): [Target, number] {
+    if (target instanceof Region || !ArrayBuffer.isView(target)) return [target, offset];
+    const region = Region.owning(target.buffer);
+    if (!region) return [target, offset];
+    if (offset + len > target.byteLength) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `descriptor ${this.count}: ${len} bytes at offset ${offset} do not fit a view of ${target.byteLength} bytes`,
+      );
+    }
+    return [region, target.byteOffset + offset];
+  }
+
+  private push(op: number, t: number, toff: number, len: number, f: number, foff: number): void {
     if ((this.count + 1) * STRIDE > this.descriptors.length) {
       const grown = new Float64Array(this.descriptors.length * 2);
       grown.set(this.descriptors);
@@ -120,7 +165,7 @@ export class TransferBatch {
     d[at + 3] = len;
     d[at + 4] = f;
     d[at + 5] = foff;
-    this.ops.push(op);
+    this.ops.push((op & 0xf) as Op);
     this.count++;
   }
 
@@ -159,13 +204,17 @@ export class BatchResult {
   /** The failure of each descriptor, or undefined where it succeeded. */
   readonly errors: (KvtierError | undefined)[];
   readonly failed: number;
+  /** CRC-32C per descriptor where one was asked for (checksum ops, or { checksum: true }). */
+  readonly checksums: number[] | undefined;
 
   /** @internal */
   constructor(raw: Float64Array, batch: TransferBatch, engineKind: EngineKind) {
-    this.bytes = new Array<number>(raw.length);
-    this.errors = new Array<KvtierError | undefined>(raw.length);
+    const n = batch.length;
+    this.bytes = new Array<number>(n);
+    this.errors = new Array<KvtierError | undefined>(n);
+    this.checksums = raw.length === 2 * n && n > 0 ? Array.from(raw.subarray(n)) : undefined;
     let failed = 0;
-    for (let i = 0; i < raw.length; i++) {
+    for (let i = 0; i < n; i++) {
       const v = raw[i] ?? 0;
       if (v < 0) {
         failed++;
@@ -196,7 +245,7 @@ export class BatchResult {
 }
 
 function opName(op: Op): string {
-  return op === Op.Read ? 'read' : op === Op.Write ? 'write' : 'sync';
+  return ['read', 'write', 'sync', 'copy', 'checksum'][op] ?? 'op';
 }
 
 function syscallName(kind: EngineKind, op: Op): string {

@@ -9,5 +9,30 @@ export {
   type EngineKind,
   type EngineOptions,
   type Target,
+  type ChecksumOption,
 } from './engine.js';
 export { probe, type ProbeReport } from './probe.js';
+export {
+  chainKeys,
+  KeyChain,
+  namespaceRoot,
+  toKey,
+  type Key,
+  type KeyLike,
+  type ChainOptions,
+} from './warehouse/keys.js';
+export {
+  Warehouse,
+  type WarehouseOptions,
+  type TierOptions,
+  type PutResult,
+  type GetResult,
+  type LookupResult,
+  type PrefetchResult,
+  type Lease,
+  type WarehouseStats,
+  type TierStats,
+} from './warehouse/warehouse.js';
+export { BlockIndex } from './warehouse/block-index.js';
+export type { AccessInfo, EvictionPolicy } from './policy/policy.js';
+export { LruPolicy } from './policy/lru.js';

@@ -61,6 +61,7 @@ export interface NativeFile {
   readonly offsetAlign: number;
   readonly closed: boolean;
   size(): number;
+  lock(): void;
   close(): void;
 }
 
@@ -82,6 +83,8 @@ export interface NativeAddon {
   init(errorClass: typeof KvtierError): void;
   probe(): NativeProbe;
   probeDirect(dir: string): DirectProbe;
+  chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
+  crc32c(data: ArrayBufferView, seed?: number): number;
   NativeRegion: new (bytes: number, pin: 'auto' | 'on' | 'off') => NativeRegion;
   NativeFile: new (
     path: string,

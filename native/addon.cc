@@ -5,6 +5,7 @@
 #include "common/errors.h"
 #include "io/engine.h"
 #include "io/file.h"
+#include "keys.h"
 #include "memory/region.h"
 #include "probe.h"
 
@@ -23,6 +24,8 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("init", Napi::Function::New(env, Init, "init"));
   exports.Set("probe", Napi::Function::New(env, kvtier::Probe, "probe"));
   exports.Set("probeDirect", Napi::Function::New(env, kvtier::ProbeDirect, "probeDirect"));
+  exports.Set("chainHash", Napi::Function::New(env, kvtier::ChainHash, "chainHash"));
+  exports.Set("crc32c", Napi::Function::New(env, kvtier::Crc32cJs, "crc32c"));
   exports.Set("NativeRegion", kvtier::Region::Define(env));
   exports.Set("NativeFile", kvtier::File::Define(env));
   exports.Set("NativeEngine", kvtier::Engine::Define(env));

@@ -26,7 +26,10 @@ const UNITS: Record<string, number> = {
 export function parseSize(text: string | number, what = 'size'): number {
   if (typeof text === 'number') {
     if (!Number.isSafeInteger(text) || text < 0) {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', `${what} must be a whole number of bytes, got ${text}`);
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${what} must be a whole number of bytes, got ${text}`,
+      );
     }
     return text;
   }
@@ -52,7 +55,10 @@ export function parseSize(text: string | number, what = 'size'): number {
 export function parseSizeList(text: string, what = 'size'): number[] {
   const parts = text.split(',').map((s) => s.trim());
   if (parts.some((p) => p.length === 0)) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', `${what} must be a comma-separated list of sizes, got '${text}'`);
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `${what} must be a comma-separated list of sizes, got '${text}'`,
+    );
   }
   return parts.map((p) => parseSize(p, what));
 }

@@ -1,6 +1,152 @@
 /** `kvtier bench <path>`: measure a data path next to the obvious peer, in the same run. */
+import { unlinkSync } from 'node:fs';
+
 import type { Command } from 'commander';
 
+import { KvtierError } from '../errors.js';
+import { DEFAULTS, runFileBench, type FileBenchOptions } from '../bench/file-bench.js';
+import { fileBenchJson, formatFileBench } from '../bench/report.js';
+import { formatSize, parseSize, parseSizeList } from '../bench/stats.js';
+
+interface FileCommandOptions {
+  dir?: string;
+  size: string;
+  blockSize: string;
+  blockSizes?: string;
+  queueDepth: string;
+  engine?: string;
+  reps: string;
+  fio: string | boolean;
+  fioMem?: string;
+  nodeFs: boolean;
+  json?: boolean;
+}
+
+function count(text: string, what: string): number {
+  if (!/^\s*\d+\s*$/.test(text)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `${what} must be a positive integer, got '${text}'`,
+    );
+  }
+  return Number(text);
+}
+
+/** Turns the command line into benchmark options; bad input throws KVTIER_BAD_ARGUMENT. */
+export function fileBenchOptions(opts: FileCommandOptions): FileBenchOptions {
+  const out: FileBenchOptions = {
+    size: parseSize(opts.size, 'size'),
+    blockSizes:
+      opts.blockSizes !== undefined
+        ? parseSizeList(opts.blockSizes, 'block size')
+        : [parseSize(opts.blockSize, 'block size')],
+    queueDepth: count(opts.queueDepth, 'queue depth'),
+    reps: count(opts.reps, 'reps'),
+    nodeFs: opts.nodeFs,
+  };
+  if (opts.dir !== undefined) out.dir = opts.dir;
+  if (opts.engine !== undefined) {
+    if (opts.engine !== 'io_uring' && opts.engine !== 'threads') {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `engine must be 'io_uring' or 'threads', got '${opts.engine}'`,
+      );
+    }
+    out.engines = [opts.engine];
+  }
+  if (opts.fio === false) out.fio = false;
+  else if (typeof opts.fio === 'string') out.fio = opts.fio;
+  if (opts.fioMem !== undefined) out.fioMem = opts.fioMem;
+  return out;
+}
+
+async function fileCommand(opts: FileCommandOptions): Promise<void> {
+  const options = fileBenchOptions(opts);
+  const tty = process.stderr.isTTY === true;
+  let shown = false;
+  const clear = (): void => {
+    if (shown) process.stderr.write('\r\x1b[K');
+    shown = false;
+  };
+  options.onProgress = (message) => {
+    if (!tty) return;
+    process.stderr.write(`\r\x1b[K${message.slice(0, (process.stderr.columns || 80) - 1)}`);
+    shown = true;
+  };
+  options.onNotice = (message) => {
+    if (opts.json) return; // in JSON the report says it (fioMissing)
+    clear();
+    process.stderr.write(`kvtier: ${message}\n`);
+  };
+
+  // Ctrl-C: stop between passes (a running fio is killed) and remove the test files; a second
+  // Ctrl-C exits at once, still removing them.
+  const files: string[] = [];
+  options.onFile = (path) => files.push(path);
+  const controller = new AbortController();
+  options.signal = controller.signal;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (!controller.signal.aborted) {
+      controller.abort(new KvtierError('KVTIER_ABORTED', `interrupted by ${signal}`));
+      return;
+    }
+    for (const path of files) {
+      try {
+        unlinkSync(path);
+      } catch {
+        // gone already
+      }
+    }
+    clear();
+    process.exit(130);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const report = await runFileBench(options);
+    clear();
+    process.stdout.write(opts.json ? fileBenchJson(report) : formatFileBench(report));
+  } catch (e) {
+    clear();
+    if (controller.signal.aborted) {
+      process.stderr.write('kvtier: interrupted; test files removed\n');
+      process.exit(130);
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
 export function registerBench(program: Command): void {
-  program.command('bench').description('measure a kvtier data path next to its obvious peer');
+  const bench = program
+    .command('bench')
+    .description('measure a kvtier data path next to its obvious peer');
+  bench
+    .command('file')
+    .description(
+      'O_DIRECT sequential and random reads and writes through kvtier, next to fio on the same ' +
+        'file (and a plain fs.promises loop), alternating runs; reports medians and ratios',
+    )
+    .option('--dir <dir>', 'directory for the test files (default: the OS temp dir)')
+    .option('--size <size>', 'file size, e.g. 1GiB', formatSize(DEFAULTS.size))
+    .option('--block-size <size>', 'bytes per transfer, e.g. 1MiB', formatSize(DEFAULTS.blockSize))
+    .option(
+      '--block-sizes <list>',
+      'several block sizes, e.g. 256KiB,1MiB,4MiB (overrides --block-size)',
+    )
+    .option(
+      '--queue-depth <n>',
+      'transfers in flight (io_uring depth / pool threads / fio iodepth or numjobs)',
+      String(DEFAULTS.queueDepth),
+    )
+    .option('--engine <kind>', 'io_uring or threads (default: both, io_uring where usable)')
+    .option('--reps <n>', 'repetitions; the median is reported', String(DEFAULTS.reps))
+    .option('--fio <path>', 'the fio to run (default: fio on PATH)')
+    .option('--no-fio', 'do not run fio')
+    .option('--fio-mem <type>', "fio's buffer type (fio --mem), e.g. mmaphuge")
+    .option('--no-node-fs', 'do not run the fs.promises peer')
+    .option('--json', 'print the report as JSON on stdout')
+    .action(fileCommand);
 }

@@ -165,7 +165,11 @@ export class BlockIndex<K> {
       return { key, tier, slot: existing.slots[tier]!, fresh: false, moves: [] };
     }
     const moves: Move<K>[] = [];
+    // The key's own copies are the source of this placement (a promotion): while the plan makes
+    // room, they must not be chosen as victims, or a demotion could overwrite the copy to be read.
+    if (existing) existing.pins++;
     const got = this.reserve(tier, key, info, moves, 0);
+    if (existing) existing.pins--;
     if (got === undefined) {
       this.rollback(moves);
       return undefined;
@@ -184,7 +188,7 @@ export class BlockIndex<K> {
     const tier = this.tiers[plan.tier]!;
     if (e === undefined) {
       e = {
-        slots: this.tiers.map(() => ABSENT),
+        slots: this.absentSlots(),
         length: meta.length,
         checksum: meta.checksum,
         priority: info.priority,
@@ -207,6 +211,30 @@ export class BlockIndex<K> {
     } else {
       tier.policy.touch(plan.key, info);
     }
+  }
+
+  /**
+   * plan() and commit() at once, for callers that move no bytes (`kvtier sim`): a key already in
+   * the tier is only touched, without allocating a plan. Returns whether the key is now there.
+   */
+  place(
+    key: K,
+    tier: number,
+    info: AccessInfo,
+    meta: { length: number; checksum: number },
+  ): boolean {
+    const e = this.entries.get(key);
+    if (e !== undefined && e.slots[tier] !== ABSENT && (e.busy & (1 << tier)) === 0) {
+      e.length = meta.length;
+      e.checksum = meta.checksum;
+      if (info.priority > e.priority) e.priority = info.priority;
+      this.tiers[tier]!.policy.touch(key, info);
+      return true;
+    }
+    const plan = this.plan(key, tier, info);
+    if (plan === undefined) return false;
+    this.commit(plan, info, meta);
+    return true;
   }
 
   /** Releases what plan() reserved, leaving everything as it was. */
@@ -254,11 +282,17 @@ export class BlockIndex<K> {
    * Records a block found at a known place (rebuilding a file tier's index on open). The slot
    * must be free.
    */
-  restore(key: K, tier: number, slot: number, meta: { length: number; checksum: number }, info: AccessInfo): void {
+  restore(
+    key: K,
+    tier: number,
+    slot: number,
+    meta: { length: number; checksum: number },
+    info: AccessInfo,
+  ): void {
     let e = this.entries.get(key);
     if (e === undefined) {
       e = {
-        slots: this.tiers.map(() => ABSENT),
+        slots: this.absentSlots(),
         length: meta.length,
         checksum: meta.checksum,
         priority: info.priority,
@@ -302,7 +336,14 @@ export class BlockIndex<K> {
     const v = this.entries.get(victim)!;
     const vSlot = v.slots[tier]!;
     v.busy |= 1 << tier;
-    const drop = { key: victim, fromTier: tier, fromSlot: vSlot, toTier: ABSENT, toSlot: ABSENT, toFresh: false };
+    const drop = {
+      key: victim,
+      fromTier: tier,
+      fromSlot: vSlot,
+      toTier: ABSENT,
+      toSlot: ABSENT,
+      toFresh: false,
+    };
     if (this.lowerCopy(v, tier) === ABSENT && this.demote && tier + 1 < this.tiers.length) {
       // Nested moves are pushed first: the lower tier must make room before the victim lands.
       const to = this.reserve(tier + 1, victim, info, moves, depth + 1);
@@ -317,6 +358,12 @@ export class BlockIndex<K> {
     }
     // The victim's slot passes straight to the new key; `used` stays the same.
     return { slot: vSlot, fresh: false };
+  }
+
+  private absentSlots(): number[] {
+    const slots: number[] = [];
+    for (let t = 0; t < this.tiers.length; t++) slots.push(ABSENT);
+    return slots;
   }
 
   private lowerCopy(e: BlockEntry, tier: number): number {

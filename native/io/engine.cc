@@ -89,12 +89,32 @@ uint64_t Field64(Napi::Env env, const double* d, size_t i, Field f, const char* 
   return static_cast<uint64_t>(v);
 }
 
+// The memory a descriptor names: target index field, offset field and the length field (or *len
+// when it is already known, for a copy's source).
+uint8_t* TargetRange(Napi::Env env, const std::vector<Target>& targets, const double* d, size_t i,
+                     Field indexField, Field offsetField, const char* what, uint64_t* len) {
+  double ti = d[indexField];
+  if (!IsByteCount(ti) || ti >= static_cast<double>(targets.size())) {
+    Throw(env, kBadArgument, Where(i) + what + " index out of range");
+  }
+  const Target& target = targets[static_cast<size_t>(ti)];
+  uint64_t off = Field64(env, d, i, offsetField, "offset");
+  if (indexField == kTarget) *len = Field64(env, d, i, kLength, "length");
+  if (off > target.size || *len > target.size - off) {
+    Throw(env, kBadArgument,
+          Where(i) + std::to_string(*len) + " bytes at offset " + std::to_string(off) +
+              " do not fit a " + what + " of " + std::to_string(target.size) + " bytes");
+  }
+  return target.data + off;
+}
+
 }  // namespace
 
 struct Engine::JsBatch : Batch {
   explicit JsBatch(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise::Deferred deferred;
   std::vector<napi_ref> borrowed;  // user buffers, released on the main thread
+  bool withCrc = false;            // results carry a second half of CRC-32C values
 };
 
 Napi::Function Engine::Define(Napi::Env env) {
@@ -179,10 +199,12 @@ void Engine::Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* raw) 
     batch.release();  // env torn down: see Post()
     return;
   }
-  Napi::Float64Array results = Napi::Float64Array::New(env, batch->ops.size());
-  for (size_t i = 0; i < batch->ops.size(); ++i) {
+  size_t n = batch->ops.size();
+  Napi::Float64Array results = Napi::Float64Array::New(env, batch->withCrc ? 2 * n : n);
+  for (size_t i = 0; i < n; ++i) {
     const Op& op = batch->ops[i];
     results[i] = op.err != 0 ? -static_cast<double>(op.err) : static_cast<double>(op.done);
+    if (batch->withCrc) results[n + i] = op.crc;
   }
   for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
   batch->borrowed.clear();
@@ -198,7 +220,9 @@ void Engine::Finished(Napi::Env env) {
 
 // submit(descriptors: Float64Array, targets: (NativeRegion | ArrayBufferView | ArrayBuffer)[],
 //        files: NativeFile[]) -> Promise<Float64Array>
-// Each result is the bytes transferred (short only at end of file) or -errno.
+// Each result is the bytes transferred (short only at end of file) or -errno. When any descriptor
+// asked for a checksum, the array is twice as long and its second half holds the CRC-32C values.
+// Copy descriptors (op 3) name their source in the file index and file offset fields.
 Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "engine is closed");
@@ -234,14 +258,30 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   batch->ops.resize(count);
   const double* d = descs.Data();
   size_t queued = 0;
+  bool anyCrc = false;
   for (size_t i = 0; i < count; ++i, d += kStride) {
     Op& op = batch->ops[i];
     op.batch = batch.get();
     double opCode = d[kOp];
-    if (opCode != 0 && opCode != 1 && opCode != 2) {
-      Throw(env, kBadArgument, Where(i) + "op must be 0 (read), 1 (write) or 2 (sync)");
+    int code = IsByteCount(opCode) && opCode < 64 ? static_cast<int>(opCode) : -1;
+    int base = code & 0xf;
+    if (code < 0 || (code & ~(0xf | kOpCrcFlag)) != 0 || base > 4) {
+      Throw(env, kBadArgument,
+            Where(i) + "op must be 0 (read), 1 (write), 2 (sync), 3 (copy) or 4 (checksum), " +
+                "optionally with the checksum flag 16");
     }
-    op.kind = static_cast<OpKind>(static_cast<int>(opCode));
+    op.kind = static_cast<OpKind>(base);
+    op.wantCrc = (code & kOpCrcFlag) != 0 || op.kind == OpKind::kChecksum;
+    anyCrc = anyCrc || op.wantCrc;
+    if (op.kind == OpKind::kCopy || op.kind == OpKind::kChecksum) {
+      op.mem = TargetRange(env, targets, d, i, kTarget, kTargetOffset, "target", &op.len);
+      if (op.kind == OpKind::kCopy) {
+        uint64_t len = op.len;
+        op.src = TargetRange(env, targets, d, i, kFile, kFileOffset, "source", &len);
+      }
+      if (op.len > 0) ++queued;
+      continue;
+    }
     double fi = d[kFile];
     if (!IsByteCount(fi) || fi >= static_cast<double>(files.size())) {
       Throw(env, kBadArgument, Where(i) + "file index out of range");
@@ -255,20 +295,8 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
     if (op.kind == OpKind::kWrite && file.readOnly) {
       Throw(env, kBadArgument, Where(i) + "cannot write to " + file.path + ": opened read-only");
     }
-    double ti = d[kTarget];
-    if (!IsByteCount(ti) || ti >= static_cast<double>(targets.size())) {
-      Throw(env, kBadArgument, Where(i) + "target index out of range");
-    }
-    const Target& target = targets[static_cast<size_t>(ti)];
-    uint64_t toff = Field64(env, d, i, kTargetOffset, "target offset");
-    op.len = Field64(env, d, i, kLength, "length");
     op.offset = Field64(env, d, i, kFileOffset, "file offset");
-    if (toff > target.size || op.len > target.size - toff) {
-      Throw(env, kBadArgument,
-            Where(i) + std::to_string(op.len) + " bytes at offset " + std::to_string(toff) +
-                " do not fit a target of " + std::to_string(target.size) + " bytes");
-    }
-    op.mem = target.data + toff;
+    op.mem = TargetRange(env, targets, d, i, kTarget, kTargetOffset, "target", &op.len);
     if (file.direct) {
       if (op.offset % file.offsetAlign != 0 || op.len % file.offsetAlign != 0) {
         if (file.bufferedFd < 0) {
@@ -306,13 +334,14 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   Napi::Promise promise = batch->deferred.Promise();
   if (queued == 0) {
     // Nothing to do in the kernel (empty batch or only zero-length transfers).
-    Napi::Float64Array results = Napi::Float64Array::New(env, count);
-    for (size_t i = 0; i < count; ++i) results[i] = 0;
+    Napi::Float64Array results = Napi::Float64Array::New(env, anyCrc ? 2 * count : count);
+    for (size_t i = 0; i < results.ElementLength(); ++i) results[i] = 0;  // CRC of nothing is 0
     for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
     batch->deferred.Resolve(results);
     return promise;
   }
 
+  batch->withCrc = anyCrc;
   std::vector<Op*> work;
   work.reserve(queued);
   for (Op& op : batch->ops) {

@@ -1,5 +1,6 @@
 #include "file.h"
 
+#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -18,7 +19,7 @@ Napi::Function File::Define(Napi::Env env) {
                    InstanceAccessor<&File::MemAlign>("memAlign"),
                    InstanceAccessor<&File::OffsetAlign>("offsetAlign"),
                    InstanceAccessor<&File::Closed>("closed"), InstanceMethod<&File::Size>("size"),
-                   InstanceMethod<&File::Close>("close")});
+                   InstanceMethod<&File::Close>("close"), InstanceMethod<&File::Lock>("lock")});
   InstanceData::Get(env).fileCtor = Napi::Persistent(ctor);
   return ctor;
 }
@@ -94,6 +95,29 @@ Napi::Value File::Close(const Napi::CallbackInfo& info) {
   // In-flight operations keep their own reference; the descriptor closes after the last one.
   handle_.reset();
   return info.Env().Undefined();
+}
+
+}  // namespace kvtier
+
+namespace kvtier {
+
+// lock(): an exclusive advisory lock (flock) held until the file closes, so two processes never
+// open the same warehouse directory. Fails with KVTIER_LOCKED when another process holds it.
+Napi::Value File::Lock(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!handle_) Throw(env, kClosed, "file " + path_ + " is closed");
+  int rc;
+  do {
+    rc = flock(handle_->fd, LOCK_EX | LOCK_NB);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    int e = errno;
+    if (e == EWOULDBLOCK) {
+      Throw(env, "KVTIER_LOCKED", path_ + " is locked by another process", e, "flock");
+    }
+    Throw(env, kIo, "cannot lock " + path_, e, "flock");
+  }
+  return env.Undefined();
 }
 
 }  // namespace kvtier

@@ -25,6 +25,7 @@ class File : public Napi::ObjectWrap<File> {
   Napi::Value Closed(const Napi::CallbackInfo& info);
   Napi::Value Size(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Lock(const Napi::CallbackInfo& info);
 
   std::shared_ptr<FileHandle> handle_;  // reset by close()
   std::string path_;

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "../common/crc32c.h"
+
 namespace kvtier {
 
 bool AcquireBounce(Op& op) {
@@ -26,8 +28,14 @@ void ReleaseBounce(Op& op) {
   op.bounce = nullptr;
 }
 
+void ExecuteMemoryOp(Op& op) {
+  if (op.kind == OpKind::kCopy && op.len > 0) std::memmove(op.mem, op.src, op.len);
+  op.done = op.len;
+}
+
 void CompleteOp(Op& op) {
   ReleaseBounce(op);
+  if (op.wantCrc && op.err == 0) op.crc = Crc32c(0, op.mem, op.done);
   Batch* batch = op.batch;
   if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) batch->sink->Post(batch);
 }

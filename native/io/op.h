@@ -8,14 +8,19 @@
 
 namespace kvtier {
 
-enum class OpKind : uint8_t { kRead = 0, kWrite = 1, kSync = 2 };
+// kCopy copies between two memory targets; kChecksum only checksums a memory range. Both run on
+// engine threads so large copies and checksums never stall the event loop.
+enum class OpKind : uint8_t { kRead = 0, kWrite = 1, kSync = 2, kCopy = 3, kChecksum = 4 };
+// Flag on the op code: also return the CRC-32C of the bytes moved (kChecksum always does).
+inline constexpr int kOpCrcFlag = 0x10;
 
 struct Batch;
 
 struct Op {
   OpKind kind = OpKind::kRead;
   int fd = -1;
-  uint8_t* mem = nullptr;  // caller memory (stays valid: the batch holds its owner)
+  uint8_t* mem = nullptr;        // caller memory (stays valid: the batch holds its owner)
+  const uint8_t* src = nullptr;  // kCopy: where the bytes come from (mem is the destination)
   uint64_t len = 0;
   uint64_t offset = 0;        // file offset
   uint32_t align = 1;         // O_DIRECT offset alignment of fd (1 when buffered)
@@ -23,6 +28,8 @@ struct Op {
   uint8_t* bounce = nullptr;  // owned while the op runs
   uint64_t done = 0;          // bytes transferred so far
   int err = 0;                // errno of the failure, 0 when none
+  bool wantCrc = false;
+  uint32_t crc = 0;  // CRC-32C of mem[0, done) once complete, when wantCrc
   Batch* batch = nullptr;
 };
 
@@ -49,6 +56,8 @@ inline constexpr uint64_t kMaxChunk = uint64_t{1} << 30;
 bool AcquireBounce(Op& op);
 // Copies a read's bytes out of its bounce buffer and frees it.
 void ReleaseBounce(Op& op);
+// Runs a kCopy or kChecksum op (pure memory work) to completion.
+void ExecuteMemoryOp(Op& op);
 // Marks an op finished; the last op of a batch hands the batch to its sink.
 void CompleteOp(Op& op);
 // Whether a read that stopped short at `done` bytes reached end of file: for O_DIRECT, a position

@@ -18,6 +18,7 @@ void ExecuteBlocking(Op& op) {
     }
     return;
   }
+  if (op.kind == OpKind::kCopy || op.kind == OpKind::kChecksum) return ExecuteMemoryOp(op);
   if (!AcquireBounce(op)) return;
   uint8_t* buf = op.bounce != nullptr ? op.bounce : op.mem;
   while (op.done < op.len) {

@@ -150,6 +150,13 @@ class UringEngine final : public IoEngine {
       if (!wakeArmed_ && !stopping) (void)ArmWake();
       while (!backlog_.empty() && inflight_ < depth_) {
         Op* op = backlog_.front();
+        if (op->kind == OpKind::kCopy || op->kind == OpKind::kChecksum) {
+          // Memory work has no kernel side: do it here, between submissions.
+          backlog_.pop_front();
+          ExecuteMemoryOp(*op);
+          Finish(op);
+          continue;
+        }
         if (!AcquireBounce(*op)) {
           backlog_.pop_front();
           Finish(op);

@@ -27,9 +27,12 @@ class RegionMemory {
   const std::string& pinReason() const { return pinReason_; }
 
  private:
-  RegionMemory(uint8_t* data, size_t size) : data_(data), size_(size) {}
+  RegionMemory(uint8_t* data, size_t size, size_t mapped)
+      : data_(data), size_(size), mapped_(mapped) {}
+  static constexpr size_t kHugePage = size_t{2} << 20;
   uint8_t* data_;
   size_t size_;
+  size_t mapped_;  // length of the mapping (size_ rounded up for huge pages)
   bool pinned_ = false;
   std::string pinReason_;
 };

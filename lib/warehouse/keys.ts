@@ -1,0 +1,153 @@
+/**
+ * Block keys: a chained prefix hash, so equal keys mean equal prefixes (docs/keys.md has the exact
+ * byte layout and test vectors, for engines in other languages).
+ *
+ *   root    = SHA-256("kvtier-key-v1" || 0x00 || UTF-8(namespace))
+ *   key[0]  = SHA-256(root   || tokens[0 .. B)   as uint32 little-endian)
+ *   key[i]  = SHA-256(key[i-1] || tokens[iB .. iB+B) as uint32 little-endian)
+ *
+ * Only full blocks get keys. In the API a key is a lowercase hex string: cheap to compare, to use
+ * as a Map key, to log and to store in Redis.
+ */
+import { createHash } from 'node:crypto';
+
+import { KvtierError } from '../errors.js';
+import { native } from '../native.js';
+
+export type Key = string;
+/** What callers may pass as a key: hex text, or raw bytes (16 to 32 of them). */
+export type KeyLike = string | Uint8Array;
+
+export const KEY_BYTES = 32;
+const MIN_KEY_BYTES = 16;
+const HEX = /^[0-9a-f]+$/;
+
+const roots = new Map<string, Buffer>();
+
+/** The root every chain of a namespace starts from. */
+export function namespaceRoot(namespace = ''): Buffer {
+  let root = roots.get(namespace);
+  if (!root) {
+    root = createHash('sha256').update('kvtier-key-v1\0').update(namespace, 'utf8').digest();
+    roots.set(namespace, root);
+  }
+  return root;
+}
+
+/**
+ * The keys of one token sequence, hashed in one native call. Hex strings are made on first use,
+ * so an engine that only needs the bytes pays nothing for them.
+ */
+export class KeyChain implements Iterable<Key> {
+  /** Key i is bytes[32i, 32i + 32). */
+  readonly bytes: Buffer;
+  readonly length: number;
+  private cached: Key[] | undefined;
+
+  constructor(bytes: Buffer) {
+    this.bytes = bytes;
+    this.length = bytes.length / KEY_BYTES;
+  }
+
+  key(i: number): Key {
+    return this.keys()[i]!;
+  }
+
+  /** All keys as hex strings. */
+  keys(): Key[] {
+    if (!this.cached) {
+      const hex = this.bytes.toString('hex');
+      const keys = new Array<Key>(this.length);
+      for (let i = 0; i < this.length; i++) keys[i] = hex.slice(i * 64, i * 64 + 64);
+      this.cached = keys;
+    }
+    return this.cached;
+  }
+
+  [Symbol.iterator](): Iterator<Key> {
+    return this.keys()[Symbol.iterator]();
+  }
+}
+
+export interface ChainOptions {
+  /** Tokens per block. */
+  blockTokens: number;
+  /** Tenant: keys of different namespaces never collide. Default ''. */
+  namespace?: string;
+  /** Continue a chain: the key of the block before tokens[0] (default: the namespace root). */
+  parent?: KeyLike;
+}
+
+export function chainKeys(
+  tokens: ArrayLike<number> | Uint32Array,
+  options: ChainOptions,
+): KeyChain {
+  const { blockTokens } = options;
+  if (!Number.isSafeInteger(blockTokens) || blockTokens < 1) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `blockTokens must be a positive integer, got ${blockTokens}`,
+    );
+  }
+  let ids: Uint32Array;
+  if (tokens instanceof Uint32Array) {
+    ids = tokens;
+  } else {
+    const full = Math.floor(tokens.length / blockTokens) * blockTokens;
+    ids = new Uint32Array(full);
+    for (let i = 0; i < full; i++) {
+      const t = tokens[i]!;
+      if (!Number.isInteger(t) || t < 0 || t > 0xffffffff) {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', `token ${i} is not a uint32: ${t}`);
+      }
+      ids[i] = t;
+    }
+  }
+  const root =
+    options.parent === undefined
+      ? namespaceRoot(options.namespace ?? '')
+      : keyBytes(options.parent);
+  if (root.length !== KEY_BYTES) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a parent key for chainKeys must be 32 bytes');
+  }
+  return new KeyChain(native().chainHash(ids, blockTokens, root));
+}
+
+/** Validates a key and returns its hex form. */
+export function toKey(k: KeyLike): Key {
+  if (typeof k === 'string') {
+    const lower = k.toLowerCase();
+    if (
+      lower.length % 2 !== 0 ||
+      lower.length < MIN_KEY_BYTES * 2 ||
+      lower.length > KEY_BYTES * 2 ||
+      !HEX.test(lower)
+    ) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `a key must be 16 to 32 bytes as hex (32 to 64 hex digits), got ${JSON.stringify(k.slice(0, 80))}`,
+      );
+    }
+    return lower;
+  }
+  if (!(k instanceof Uint8Array) || k.length < MIN_KEY_BYTES || k.length > KEY_BYTES) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `a key must be 16 to 32 bytes, got ${k instanceof Uint8Array ? `${k.length} bytes` : typeof k}`,
+    );
+  }
+  return Buffer.from(k.buffer, k.byteOffset, k.length).toString('hex');
+}
+
+export function keyBytes(k: KeyLike): Buffer {
+  return Buffer.from(toKey(k), 'hex');
+}
+
+/** Normalizes what callers pass as a list of keys. */
+export function toKeys(keys: KeyChain | readonly KeyLike[]): Key[] {
+  if (keys instanceof KeyChain) return keys.keys();
+  if (!Array.isArray(keys)) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'keys must be a KeyChain or an array of keys');
+  }
+  return keys.map(toKey);
+}

@@ -1,0 +1,49 @@
+/**
+ * A tier stores fixed-size slots. It knows where each slot's bytes are; the Warehouse decides what
+ * goes where (through the BlockIndex) and moves the bytes with the engines. The GPU and peer tiers
+ * of later releases implement this same interface.
+ */
+import type { Target, TransferBatch } from '../engine.js';
+import type { KvFile } from '../file.js';
+import type { Key } from './keys.js';
+
+export type TierKind = 'host' | 'file';
+
+/** Where a slot's payload lives: in memory an engine can copy, or in a file it can read. */
+export type SlotPlace =
+  | { kind: 'memory'; target: Target; offset: number }
+  | { kind: 'file'; file: KvFile; offset: number };
+
+export interface BlockMeta {
+  length: number;
+  checksum: number;
+}
+
+/** A block a tier found in its storage on open. */
+export interface FoundBlock extends BlockMeta {
+  key: Key;
+  slot: number;
+  generation: number;
+}
+
+export interface Tier {
+  readonly kind: TierKind;
+  readonly name: string;
+  /** Capacity in blocks. */
+  readonly slots: number;
+  place(slot: number): SlotPlace;
+  /**
+   * Adds to `batch` whatever makes the slot's new content self-describing (a file tier writes the
+   * slot header). Called together with the payload write.
+   */
+  describe?(batch: TransferBatch, slot: number, key: Key, meta: BlockMeta): void;
+  /** Adds to `batch` what makes an explicitly deleted slot stay deleted after a restart. */
+  forget?(batch: TransferBatch, slot: number): void;
+  /** Blocks already stored (a file tier reopened after a restart or a crash). */
+  scan?(): Promise<FoundBlock[]>;
+  /** Whether writes to this tier must be followed by a sync before put() resolves. */
+  readonly durable: boolean;
+  /** Adds a sync of the tier's storage to `batch` (durable tiers). */
+  sync?(batch: TransferBatch): void;
+  close(): Promise<void>;
+}

@@ -1,0 +1,905 @@
+/**
+ * The Warehouse: put, lookup, get, prefetch, pin and evict blocks across tiers. It decides with
+ * the BlockIndex and its policies, moves bytes with the engines (memory copies and file I/O on
+ * kvtier's own threads), and checks every block's CRC-32C on the way out: a block that fails it
+ * is dropped and counted, never returned.
+ */
+import { createEngine, type EngineOptions, type IoEngine, type Target } from '../engine.js';
+import { abortError, KvtierError } from '../errors.js';
+import { Region } from '../region.js';
+import { LruPolicy } from '../policy/lru.js';
+import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
+import { ABSENT, BlockIndex, type Plan } from './block-index.js';
+import { FileTier, type Durability } from './file-tier.js';
+import { HostTier } from './host-tier.js';
+import { toKeys, type Key, type KeyChain, type KeyLike } from './keys.js';
+import { PrefetchQueue } from './prefetch.js';
+import type { SlotPlace, Tier } from './tier.js';
+import { TransferRound } from './transfers.js';
+
+export interface HostTierOptions {
+  kind: 'host';
+  /** Capacity in bytes (rounded down to whole blocks). */
+  bytes: number;
+  name?: string;
+}
+
+export interface FileTierOptions {
+  kind: 'file';
+  dir: string;
+  bytes: number;
+  name?: string;
+}
+
+export type TierOptions = HostTierOptions | FileTierOptions;
+
+export type PolicyOption = 'lru' | (<K>(capacity: number) => EvictionPolicy<K>);
+
+export interface WarehouseOptions {
+  /** Bytes per block: all layers' K and V for one block of tokens. */
+  blockBytes: number;
+  /** Fastest first: at most one host tier, then at most one file tier. */
+  tiers: TierOptions[];
+  policy?: PolicyOption;
+  /** 'sync': a put resolves only once its file-tier copy is durable (fdatasync). */
+  durability?: Durability;
+  /** Write every put to the file tier too, not only on eviction. */
+  writeThrough?: boolean;
+  /** Copy blocks read from a lower tier into the top tier (default true). */
+  promote?: boolean;
+  /** The file engine (default: io_uring where usable, queue depth 32). */
+  engine?: EngineOptions;
+  /** Bound on bytes that prefetches move at once (default 64 blocks). */
+  prefetchBytes?: number;
+  /** Clock for policies and leases, in milliseconds (default Date.now). */
+  now?: () => number;
+}
+
+export interface PutOptions {
+  /** Engine-given priority: higher survives eviction longer. */
+  priority?: number;
+  writeThrough?: boolean;
+}
+
+export interface PutResult {
+  /** Blocks newly stored. */
+  stored: number;
+  /** Blocks that were already there (equal keys mean equal content). */
+  present: number;
+  /** Blocks that found no room (every candidate pinned) or failed to write. */
+  rejected: number;
+}
+
+export interface LookupResult {
+  /** Leading keys cached: the prefix an engine need not recompute. */
+  prefix: number;
+  /** Per key, the index of the fastest tier holding it, or -1. */
+  tiers: number[];
+}
+
+export interface GetOptions {
+  signal?: AbortSignal;
+  promote?: boolean;
+}
+
+export interface GetResult {
+  /** Per key, whether dst now holds its block. */
+  found: boolean[];
+  count: number;
+  /** Leading keys found. */
+  prefix: number;
+  /** Per key, the tier it was read from, or -1. */
+  tiers: number[];
+}
+
+export interface PrefetchOptions {
+  /** Tier index or name to bring blocks up to (default: the top tier). */
+  to?: number | string;
+  priority?: number;
+  signal?: AbortSignal;
+  /** Drop the prefetch if it has not started by this time (ms, same clock as `now`). */
+  deadline?: number;
+}
+
+export interface PrefetchResult {
+  moved: number;
+  alreadyThere: number;
+  missing: number;
+}
+
+export interface Lease {
+  readonly id: number;
+  readonly keys: readonly Key[];
+  readonly expiresAt: number;
+}
+
+export interface TierStats {
+  name: string;
+  kind: 'host' | 'file';
+  capacityBlocks: number;
+  usedBlocks: number;
+  hits: number;
+  misses: number;
+  bytesIn: number;
+  bytesOut: number;
+  evictions: number;
+  promotions: number;
+  demotions: number;
+  corrupt: number;
+}
+
+export interface WarehouseStats {
+  blockBytes: number;
+  blocks: number;
+  gets: number;
+  hits: number;
+  misses: number;
+  /** hits / (hits + misses) over every key asked for by get(). */
+  hitRate: number;
+  corrupt: number;
+  ioErrors: number;
+  tiers: TierStats[];
+}
+
+interface TierExtra {
+  bytesIn: number;
+  bytesOut: number;
+  corrupt: number;
+}
+
+const MEMORY_THREADS = 2;
+
+export class Warehouse {
+  readonly blockBytes: number;
+  private readonly index: BlockIndex<Key>;
+  private readonly tiers: Tier[];
+  private readonly extra: TierExtra[];
+  private readonly fileEngine: IoEngine;
+  private readonly memoryEngine: IoEngine;
+  private readonly now: () => number;
+  private readonly promoteDefault: boolean;
+  private readonly writeThroughDefault: boolean;
+  private readonly durability: Durability;
+  /** Keys with a put, promotion or eviction in progress: others wait for them to settle. */
+  private readonly settling = new Map<Key, Promise<unknown>>();
+  private readonly operations = new Set<Promise<unknown>>();
+  private readonly leases = new Map<number, { lease: Lease; timer: NodeJS.Timeout }>();
+  private nextLease = 1;
+  private readonly prefetcher: PrefetchQueue;
+  private closing: Promise<void> | undefined;
+  private counters = { gets: 0, hits: 0, misses: 0, corrupt: 0, ioErrors: 0 };
+
+  private constructor(
+    options: WarehouseOptions,
+    tiers: Tier[],
+    fileEngine: IoEngine,
+    memoryEngine: IoEngine,
+    policy: <K>(capacity: number) => EvictionPolicy<K>,
+  ) {
+    this.blockBytes = options.blockBytes;
+    this.tiers = tiers;
+    this.extra = tiers.map(() => ({ bytesIn: 0, bytesOut: 0, corrupt: 0 }));
+    this.fileEngine = fileEngine;
+    this.memoryEngine = memoryEngine;
+    this.now = options.now ?? Date.now;
+    this.promoteDefault = options.promote ?? true;
+    this.writeThroughDefault = options.writeThrough ?? false;
+    this.durability = options.durability ?? 'none';
+    this.index = new BlockIndex<Key>(
+      tiers.map((t) => ({ name: t.name, capacity: t.slots, policy: policy<Key>(t.slots) })),
+    );
+    this.prefetcher = new PrefetchQueue(options.prefetchBytes ?? 64 * options.blockBytes, this.now);
+  }
+
+  static async open(options: WarehouseOptions): Promise<Warehouse> {
+    const { blockBytes } = options;
+    if (!Number.isSafeInteger(blockBytes) || blockBytes < 1) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `blockBytes must be a positive integer, got ${blockBytes}`,
+      );
+    }
+    if (!Array.isArray(options.tiers) || options.tiers.length === 0) {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a warehouse needs at least one tier');
+    }
+    const kinds = options.tiers.map((t) => t?.kind);
+    const order = kinds.join(',');
+    if (!['host', 'file', 'host,file'].includes(order)) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `tiers must be [host], [file] or [host, file] (fastest first), got [${order}]`,
+      );
+    }
+    for (const t of options.tiers) {
+      if (!Number.isSafeInteger(t.bytes) || t.bytes < blockBytes) {
+        throw new KvtierError(
+          'KVTIER_BAD_ARGUMENT',
+          `tier ${t.name ?? t.kind} needs a capacity of at least one block (${blockBytes} bytes), got ${t.bytes}`,
+        );
+      }
+    }
+    const policy = resolvePolicy(options.policy ?? 'lru');
+    const durability = options.durability ?? 'none';
+    if (durability !== 'none' && durability !== 'sync') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', `durability must be 'none' or 'sync'`);
+    }
+
+    const fileEngine = createEngine(options.engine ?? {});
+    const memoryEngine = createEngine({ kind: 'threads', queueDepth: MEMORY_THREADS });
+    const tiers: Tier[] = [];
+    try {
+      for (const t of options.tiers) {
+        const slots = Math.floor(t.bytes / blockBytes);
+        if (t.kind === 'host') {
+          tiers.push(new HostTier(t.name ?? 'host', slots, blockBytes));
+        } else {
+          tiers.push(
+            await FileTier.open({
+              name: t.name ?? 'file',
+              dir: t.dir,
+              slots,
+              blockBytes,
+              durability,
+              engine: fileEngine,
+            }),
+          );
+        }
+      }
+      const warehouse = new Warehouse(options, tiers, fileEngine, memoryEngine, policy);
+      await warehouse.restore();
+      return warehouse;
+    } catch (e) {
+      await Promise.allSettled(tiers.map((t) => t.close()));
+      await Promise.allSettled([fileEngine.close(), memoryEngine.close()]);
+      throw e;
+    }
+  }
+
+  /** Rebuilds the index from what the file tier already holds. */
+  private async restore(): Promise<void> {
+    for (let t = 0; t < this.tiers.length; t++) {
+      const tier = this.tiers[t]!;
+      if (!tier.scan) continue;
+      const found = await tier.scan();
+      found.sort((a, b) => a.generation - b.generation); // oldest first, so LRU order survives
+      for (const b of found) this.index.restore(b.key, t, b.slot, b, this.info(0, 0, 1));
+      this.index.rebuildFreeSlots(t);
+    }
+  }
+
+  private info(priority: number, depth: number, chainLength: number): AccessInfo {
+    return { now: this.now(), priority, depth, chainLength };
+  }
+
+  private tierIndex(to: number | string | undefined): number {
+    if (to === undefined) return 0;
+    const t = typeof to === 'number' ? to : this.tiers.findIndex((x) => x.name === to);
+    if (!Number.isInteger(t) || t < 0 || t >= this.tiers.length) {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', `no tier ${String(to)}`);
+    }
+    return t;
+  }
+
+  private assertOpen(): void {
+    if (this.closing) throw new KvtierError('KVTIER_CLOSED', 'the warehouse is closed');
+  }
+
+  /** Runs an operation so that close() can wait for it. */
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.operations.add(p);
+    const done = (): void => {
+      this.operations.delete(p);
+    };
+    p.then(done, done);
+    return p;
+  }
+
+  private checkSpan(what: string, target: Target, blocks: number): void {
+    const size = target instanceof Region ? target.byteLength : target.byteLength;
+    if (target instanceof Region) target.assertOpen();
+    if (size < blocks * this.blockBytes) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${what} holds ${size} bytes; ${blocks} blocks of ${this.blockBytes} bytes need ${blocks * this.blockBytes}`,
+      );
+    }
+  }
+
+  /**
+   * Waits until none of `keys` is being changed by another operation. The check that ends the wait
+   * runs synchronously before the caller continues, so no other operation can slip in between.
+   */
+  private async settle(keys: readonly Key[]): Promise<void> {
+    for (;;) {
+      const waits: Promise<unknown>[] = [];
+      for (const k of keys) {
+        const p = this.settling.get(k);
+        if (p) waits.push(p);
+      }
+      if (waits.length === 0) return;
+      await Promise.allSettled(waits);
+    }
+  }
+
+  private unsettled(keys: readonly Key[]): boolean {
+    for (const k of keys) if (this.settling.has(k)) return true;
+    return false;
+  }
+
+  /**
+   * Marks keys as changing until release() is called: operations on them wait (settle()) rather
+   * than read a slot that is being rewritten.
+   */
+  private hold(): { add(keys: Iterable<Key>): void; release(): void } {
+    let release!: () => void;
+    const p = new Promise<void>((r) => (release = r));
+    const held: Key[] = [];
+    return {
+      add: (keys) => {
+        for (const k of keys) {
+          this.settling.set(k, p);
+          held.push(k);
+        }
+      },
+      release: () => {
+        for (const k of held) if (this.settling.get(k) === p) this.settling.delete(k);
+        release();
+      },
+    };
+  }
+
+  /** Keys of plans and their victims. */
+  private static planKeys(plans: readonly { plan: Plan<Key> }[]): Key[] {
+    const keys: Key[] = [];
+    for (const { plan } of plans) {
+      keys.push(plan.key);
+      for (const m of plan.moves) keys.push(m.key);
+    }
+    return keys;
+  }
+
+  // ---------------------------------------------------------------------------------------- put
+
+  /**
+   * Stores blocks: block i of `src` (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i], in the
+   * top tier (and the file tier too with writeThrough). Resolves once every stored block is
+   * readable; with durability 'sync', once its file copy is durable.
+   */
+  async put(
+    keys: KeyChain | readonly KeyLike[],
+    src: Target,
+    options: PutOptions = {},
+  ): Promise<PutResult> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    this.checkSpan('src', src, list.length);
+    const priority = options.priority ?? 0;
+    return this.track(
+      this.putNow(list, src, priority, options.writeThrough ?? this.writeThroughDefault),
+    );
+  }
+
+  private async putNow(
+    keys: Key[],
+    src: Target,
+    priority: number,
+    writeThrough: boolean,
+  ): Promise<PutResult> {
+    while (this.unsettled(keys)) await this.settle(keys);
+    const result: PutResult = { stored: 0, present: 0, rejected: 0 };
+    const fresh: number[] = [];
+    const seen = new Set<Key>();
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      if (this.index.get(key)) {
+        result.present++;
+      } else {
+        fresh.push(i);
+      }
+    }
+    if (fresh.length === 0) return result;
+    const stored = await this.storeBlocks(keys, fresh, src, priority, writeThrough);
+    result.stored = stored;
+    result.rejected = fresh.length - stored;
+    return result;
+  }
+
+  private async storeBlocks(
+    keys: Key[],
+    fresh: number[],
+    src: Target,
+    priority: number,
+    writeThrough: boolean,
+  ): Promise<number> {
+    // 1. Plans: a slot in the top tier (and the file tier when writing through) for each block.
+    const targets = writeThrough && this.tiers.length > 1 ? [0, this.tiers.length - 1] : [0];
+    const plans: { plan: Plan<Key>; i: number; crc: number }[] = [];
+    for (const i of fresh) {
+      const info = this.info(priority, i, keys.length);
+      for (const t of targets) {
+        // A put larger than a tier's evictable room spills into the tiers below it.
+        for (let at = t; at < this.tiers.length; at++) {
+          const plan = this.index.plan(keys[i]!, at, info);
+          if (plan) {
+            plans.push({ plan, i, crc: 0 });
+            break;
+          }
+          if (targets.includes(at + 1)) break;
+        }
+      }
+    }
+    const held = this.hold();
+    held.add(fresh.map((i) => keys[i]!));
+    held.add(Warehouse.planKeys(plans));
+    try {
+      return await this.executeStore(keys, src, priority, plans);
+    } finally {
+      held.release();
+    }
+  }
+
+  private async executeStore(
+    keys: Key[],
+    src: Target,
+    priority: number,
+    plans: { plan: Plan<Key>; i: number; crc: number }[],
+  ): Promise<number> {
+    const bs = this.blockBytes;
+    // 2. Checksums of the new blocks, on the memory engine's threads.
+    const sums = new TransferRound();
+    for (const p of plans) sums.checksum({ kind: 'memory', target: src, offset: p.i * bs }, bs);
+    (await sums.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
+      plans[n]!.crc = o.checksum ?? 0;
+    });
+
+    // 3. Make room: move victims down, deepest tier first, so each freed slot is free before reuse.
+    const failed = new Set<Plan<Key>>();
+    for (let from = this.tiers.length - 1; from >= 0; from--) {
+      const round = new TransferRound();
+      const owners: Plan<Key>[] = [];
+      for (const { plan } of plans) {
+        for (const m of plan.moves) {
+          if (m.fromTier !== from || m.toTier === ABSENT) continue;
+          const e = this.index.get(m.key)!;
+          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
+          this.tiers[m.toTier]!.describe?.(round.file, m.toSlot, m.key, e);
+          owners.push(plan);
+          this.extra[m.fromTier]!.bytesOut += e.length;
+          this.extra[m.toTier]!.bytesIn += e.length;
+        }
+      }
+      if (round.length === 0) continue;
+      const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+      outcomes.forEach((o, n) => {
+        if (!o.ok) {
+          failed.add(owners[n]!);
+          this.counters.ioErrors++;
+        }
+      });
+    }
+
+    // 4. The blocks themselves, with their self-describing headers where the tier keeps them.
+    const round = new TransferRound();
+    const writes: { plan: Plan<Key>; crc: number; at: number }[] = [];
+    for (const { plan, i, crc } of plans) {
+      if (failed.has(plan)) continue;
+      const at = round.move(
+        { kind: 'memory', target: src, offset: i * bs },
+        this.place(plan.tier, plan.slot),
+        bs,
+      );
+      this.tiers[plan.tier]!.describe?.(round.file, plan.slot, plan.key, {
+        length: bs,
+        checksum: crc,
+      });
+      this.extra[plan.tier]!.bytesIn += bs;
+      writes.push({ plan, crc, at });
+    }
+    const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+    for (const w of writes) {
+      if (!outcomes[w.at]!.ok) {
+        failed.add(w.plan);
+        this.counters.ioErrors++;
+      }
+    }
+
+    // 5. Durability before anyone is told the block is there.
+    if (this.durability === 'sync' && this.tiers.some((t) => t.durable)) {
+      const sync = new TransferRound();
+      for (const t of this.tiers) if (t.durable) t.sync?.(sync.file);
+      const r = sync.file.length > 0 ? await this.fileEngine.submit(sync.file) : undefined;
+      if (r && !r.ok) {
+        // Nothing written by this put can be promised durable: none of it is committed.
+        for (const { plan } of plans) failed.add(plan);
+        this.counters.ioErrors++;
+      }
+    }
+
+    // 6. Commit: the index changes only now, all at once.
+    const storedKeys = new Set<Key>();
+    for (const { plan, crc } of plans) {
+      if (failed.has(plan)) {
+        this.index.abort(plan);
+        continue;
+      }
+      this.index.commit(plan, this.info(priority, 0, keys.length), { length: bs, checksum: crc });
+      storedKeys.add(plan.key);
+    }
+    return storedKeys.size;
+  }
+
+  private place(tier: number, slot: number): SlotPlace {
+    return this.tiers[tier]!.place(slot);
+  }
+
+  // ------------------------------------------------------------------------------------- lookup
+
+  /** How much of a chain is cached, and where; changes nothing. */
+  lookup(keys: KeyChain | readonly KeyLike[]): LookupResult {
+    this.assertOpen();
+    const list = toKeys(keys);
+    const tiers = list.map((k) => this.index.topTier(k));
+    let prefix = 0;
+    while (prefix < tiers.length && tiers[prefix] !== ABSENT) prefix++;
+    return { prefix, tiers };
+  }
+
+  // ---------------------------------------------------------------------------------------- get
+
+  /**
+   * Copies the blocks of `keys` that are cached into `dst` (block i at i*blockBytes). A block that
+   * is not cached is reported missing, which is not an error. Every block read is checked against
+   * its CRC-32C; one that fails is dropped, counted as corrupt, and read from a lower copy if any.
+   */
+  async get(
+    keys: KeyChain | readonly KeyLike[],
+    dst: Target,
+    options: GetOptions = {},
+  ): Promise<GetResult> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    this.checkSpan('dst', dst, list.length);
+    if (options.signal?.aborted) throw abortError(options.signal);
+    return this.track(this.getNow(list, dst, options));
+  }
+
+  private async getNow(keys: Key[], dst: Target, options: GetOptions): Promise<GetResult> {
+    while (this.unsettled(keys)) await this.settle(keys);
+    const bs = this.blockBytes;
+    const n = keys.length;
+    const found = new Array<boolean>(n).fill(false);
+    const tiers = new Array<number>(n).fill(ABSENT);
+    const pinned: Key[] = [];
+    this.counters.gets++;
+    try {
+      // Who holds what: one policy touch per key, then reads until every key is served or lost.
+      let pending: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const t = this.index.access(keys[i]!, this.info(0, i, n));
+        if (t === ABSENT) continue;
+        this.index.pin(keys[i]!);
+        pinned.push(keys[i]!);
+        tiers[i] = t;
+        pending.push(i);
+      }
+      while (pending.length > 0) {
+        const round = new TransferRound();
+        const at: number[] = [];
+        for (const i of pending) {
+          const e = this.index.get(keys[i]!)!;
+          at.push(
+            round.move(
+              this.place(tiers[i]!, e.slots[tiers[i]!]!),
+              { kind: 'memory', target: dst, offset: i * bs },
+              e.length,
+              true,
+            ),
+          );
+        }
+        const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+        const retry: number[] = [];
+        pending.forEach((i, j) => {
+          const o = outcomes[at[j]!]!;
+          const key = keys[i]!;
+          const e = this.index.get(key)!;
+          const t = tiers[i]!;
+          if (o.ok && o.bytes === e.length && o.checksum === e.checksum) {
+            found[i] = true;
+            this.extra[t]!.bytesOut += e.length;
+            return;
+          }
+          // Corrupt, torn or unreadable: this copy is gone; a lower copy may still serve.
+          if (o.ok) {
+            this.extra[t]!.corrupt++;
+            this.counters.corrupt++;
+          } else {
+            this.counters.ioErrors++;
+          }
+          this.index.remove(key, t);
+          const lower = this.index.topTier(key);
+          if (lower !== ABSENT) {
+            tiers[i] = lower;
+            retry.push(i);
+          } else {
+            tiers[i] = ABSENT;
+          }
+        });
+        pending = retry;
+      }
+      if (options.signal?.aborted) throw abortError(options.signal);
+      if (options.promote ?? this.promoteDefault) await this.promoteFrom(keys, dst, tiers, found);
+    } finally {
+      for (const k of pinned) this.index.unpin(k);
+    }
+    let count = 0;
+    for (const f of found) if (f) count++;
+    let prefix = 0;
+    while (prefix < n && found[prefix]) prefix++;
+    this.counters.hits += count;
+    this.counters.misses += n - count;
+    return { found, count, prefix, tiers: tiers.map((t, i) => (found[i] ? t : ABSENT)) };
+  }
+
+  /** Copies blocks just read from a lower tier into the top tier, from the verified dst bytes. */
+  private async promoteFrom(
+    keys: Key[],
+    dst: Target,
+    tiers: number[],
+    found: boolean[],
+  ): Promise<void> {
+    const items: { i: number; key: Key }[] = [];
+    for (let i = 0; i < keys.length; i++) {
+      if (found[i] && tiers[i]! > 0 && !this.settling.has(keys[i]!))
+        items.push({ i, key: keys[i]! });
+    }
+    if (items.length === 0) return;
+    await this.copyUp(
+      items.map(({ i, key }) => ({
+        key,
+        from: { kind: 'memory' as const, target: dst, offset: i * this.blockBytes },
+      })),
+      0,
+    );
+  }
+
+  /**
+   * Gives each key a slot in tier `to` (making room as put does) and copies its bytes there from
+   * `from`. Returns how many landed.
+   */
+  private async copyUp(items: { key: Key; from: SlotPlace }[], to: number): Promise<number> {
+    const plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[] = [];
+    for (const { key, from } of items) {
+      const e = this.index.get(key);
+      if (!e || e.slots[to] !== ABSENT) continue;
+      const plan = this.index.plan(key, to, this.info(e.priority, 0, 1));
+      if (plan) plans.push({ plan, from, length: e.length, checksum: e.checksum });
+    }
+    const held = this.hold();
+    held.add(Warehouse.planKeys(plans));
+    try {
+      return await this.executeCopyUp(plans, to);
+    } finally {
+      held.release();
+    }
+  }
+
+  private async executeCopyUp(
+    plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[],
+    to: number,
+  ): Promise<number> {
+    const failed = new Set<Plan<Key>>();
+    for (let t = this.tiers.length - 1; t >= to; t--) {
+      const round = new TransferRound();
+      const owners: Plan<Key>[] = [];
+      for (const { plan } of plans) {
+        for (const m of plan.moves) {
+          if (m.fromTier !== t || m.toTier === ABSENT) continue;
+          const e = this.index.get(m.key)!;
+          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
+          this.tiers[m.toTier]!.describe?.(round.file, m.toSlot, m.key, e);
+          owners.push(plan);
+          this.extra[m.toTier]!.bytesIn += e.length;
+        }
+      }
+      if (round.length === 0) continue;
+      (await round.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
+        if (!o.ok) failed.add(owners[n]!);
+      });
+    }
+    const round = new TransferRound();
+    const at: number[] = [];
+    for (const p of plans) {
+      at.push(
+        failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
+      );
+      this.tiers[to]!.describe?.(round.file, p.plan.slot, p.plan.key, p);
+    }
+    const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+    let landed = 0;
+    plans.forEach((p, n) => {
+      const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
+      if (o?.ok && o.checksum === p.checksum) {
+        this.index.commit(p.plan, this.info(0, 0, 1), p);
+        this.extra[to]!.bytesIn += p.length;
+        landed++;
+      } else {
+        this.index.abort(p.plan);
+      }
+    });
+    return landed;
+  }
+
+  // ----------------------------------------------------------------------------------- prefetch
+
+  /**
+   * Brings cached blocks up to tier `to` ahead of need. Queued by priority, bounded in bytes in
+   * flight, joined with transfers already under way, cancellable with a signal, dropped past its
+   * deadline.
+   */
+  async prefetch(
+    keys: KeyChain | readonly KeyLike[],
+    options: PrefetchOptions = {},
+  ): Promise<PrefetchResult> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    const to = this.tierIndex(options.to);
+    if (options.signal?.aborted) throw abortError(options.signal);
+    const job = this.prefetcher.enqueue(
+      {
+        bytes: list.length * this.blockBytes,
+        priority: options.priority ?? 0,
+        ...(options.deadline !== undefined ? { deadline: options.deadline } : {}),
+        ...(options.signal !== undefined ? { signal: options.signal } : {}),
+      },
+      () => this.prefetchNow(list, to),
+    );
+    return this.track(job);
+  }
+
+  private async prefetchNow(keys: Key[], to: number): Promise<PrefetchResult> {
+    while (this.unsettled(keys)) await this.settle(keys);
+    const result: PrefetchResult = { moved: 0, alreadyThere: 0, missing: 0 };
+    const items: { key: Key; from: SlotPlace }[] = [];
+    const pinned: Key[] = [];
+    for (const key of new Set(keys)) {
+      const e = this.index.get(key);
+      if (!e) {
+        result.missing++;
+        continue;
+      }
+      const top = this.index.topTier(key);
+      if (top <= to) {
+        result.alreadyThere++;
+        continue;
+      }
+      this.index.pin(key);
+      pinned.push(key);
+      items.push({ key, from: this.place(top, e.slots[top]!) });
+    }
+    if (items.length === 0) return result;
+    try {
+      result.moved = await this.copyUp(items, to);
+    } finally {
+      for (const k of pinned) this.index.unpin(k);
+    }
+    result.missing += items.length - result.moved;
+    return result;
+  }
+
+  // ------------------------------------------------------------------------------ pins, eviction
+
+  /**
+   * Leases the blocks against eviction for `ttlMs` (default 30 s), so a client that crashes cannot
+   * pin them forever. Keys not cached are skipped.
+   */
+  pin(keys: KeyChain | readonly KeyLike[], options: { ttlMs?: number } = {}): Lease {
+    this.assertOpen();
+    const ttl = options.ttlMs ?? 30_000;
+    if (!Number.isFinite(ttl) || ttl <= 0) {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', `ttlMs must be a positive number, got ${ttl}`);
+    }
+    const held = toKeys(keys).filter((k) => this.index.pin(k));
+    const lease: Lease = { id: this.nextLease++, keys: held, expiresAt: this.now() + ttl };
+    const timer = setTimeout(() => this.unpin(lease), ttl);
+    timer.unref();
+    this.leases.set(lease.id, { lease, timer });
+    return lease;
+  }
+
+  /** Ends a lease early. Idempotent. */
+  unpin(lease: Lease): void {
+    const held = this.leases.get(lease.id);
+    if (!held) return;
+    clearTimeout(held.timer);
+    this.leases.delete(lease.id);
+    for (const k of held.lease.keys) this.index.unpin(k);
+  }
+
+  /**
+   * Removes blocks from every tier (pinned ones stay). A file tier forgets them on disk too, so
+   * they do not come back after a restart. Resolves with the number removed.
+   */
+  async evict(keys: KeyChain | readonly KeyLike[]): Promise<number> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    return this.track(this.evictNow(list));
+  }
+
+  private async evictNow(keys: Key[]): Promise<number> {
+    while (this.unsettled(keys)) await this.settle(keys);
+    const round = new TransferRound();
+    const removed: Key[] = [];
+    for (const key of new Set(keys)) {
+      const e = this.index.get(key);
+      if (!e || e.pins > 0) continue;
+      this.tiers.forEach((t, i) => {
+        if (e.slots[i] !== ABSENT) t.forget?.(round.file, e.slots[i]!);
+      });
+      removed.push(key);
+    }
+    if (round.file.length > 0) (await this.fileEngine.submit(round.file)).throwIfFailed();
+    for (const key of removed) {
+      this.index.remove(key);
+      for (const t of this.index.tiers) t.stats.evictions++;
+    }
+    return removed.length;
+  }
+
+  // -------------------------------------------------------------------------------- stats, close
+
+  stats(): WarehouseStats {
+    const { gets, hits, misses, corrupt, ioErrors } = this.counters;
+    return {
+      blockBytes: this.blockBytes,
+      blocks: this.index.size,
+      gets,
+      hits,
+      misses,
+      hitRate: hits + misses === 0 ? 0 : hits / (hits + misses),
+      corrupt,
+      ioErrors,
+      tiers: this.tiers.map((t, i) => {
+        const a = this.index.tiers[i]!;
+        return {
+          name: t.name,
+          kind: t.kind,
+          capacityBlocks: t.slots,
+          usedBlocks: a.used,
+          hits: a.stats.hits,
+          misses: a.stats.misses,
+          evictions: a.stats.evictions,
+          promotions: a.stats.promotions,
+          demotions: a.stats.demotions,
+          ...this.extra[i]!,
+        };
+      }),
+    };
+  }
+
+  /**
+   * Lets every put, get, prefetch and eviction in flight finish (queued prefetches are dropped),
+   * makes the file tier durable, then frees memory, closes files and releases the directory lock.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.prefetcher.cancelQueued();
+      while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
+      for (const { timer } of this.leases.values()) clearTimeout(timer);
+      this.leases.clear();
+      const sync = new TransferRound();
+      for (const t of this.tiers) t.sync?.(sync.file);
+      if (sync.file.length > 0) await this.fileEngine.submit(sync.file);
+      await Promise.allSettled(this.tiers.map((t) => t.close()));
+      await Promise.all([this.fileEngine.close(), this.memoryEngine.close()]);
+    })();
+    return this.closing;
+  }
+}
+
+function resolvePolicy(policy: PolicyOption): <K>(capacity: number) => EvictionPolicy<K> {
+  if (policy === 'lru') return <K>() => new LruPolicy<K>();
+  if (typeof policy === 'function') return policy;
+  throw new KvtierError('KVTIER_BAD_ARGUMENT', `unknown policy ${String(policy)}`);
+}

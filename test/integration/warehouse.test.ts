@@ -1,0 +1,262 @@
+import { openSync, writeSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { afterAll, describe, expect, it } from 'vitest';
+
+import {
+  chainKeys,
+  KvtierError,
+  Region,
+  Warehouse,
+  type WarehouseOptions,
+} from '../../lib/index.js';
+import { blockFor, blocksFor } from '../blocks.js';
+import { tempDir } from '../helpers.js';
+
+const BS = 16 * 1024;
+const dirs: { remove(): void }[] = [];
+afterAll(() => dirs.forEach((d) => d.remove()));
+function dir(): string {
+  const d = tempDir('kvtier-wh-');
+  dirs.push(d);
+  return d.path;
+}
+
+function chain(n: number, namespace = 'test', offset = 0): string[] {
+  const tokens = Uint32Array.from({ length: n * 4 }, (_, i) => i + offset);
+  return chainKeys(tokens, { blockTokens: 4, namespace }).keys();
+}
+
+async function open(
+  options: Partial<WarehouseOptions> & { dir?: string } = {},
+): Promise<Warehouse> {
+  const d = options.dir ?? dir();
+  return Warehouse.open({
+    blockBytes: BS,
+    tiers: [
+      { kind: 'host', bytes: 8 * BS },
+      { kind: 'file', dir: d, bytes: 64 * BS },
+    ],
+    ...options,
+  });
+}
+
+describe('Warehouse', () => {
+  it('stores, finds and returns blocks bit for bit, spilling past the top tier', async () => {
+    const wh = await open();
+    const keys = chain(20);
+    const src = blocksFor(keys, BS);
+    expect(await wh.put(keys, src)).toEqual({ stored: 20, present: 0, rejected: 0 });
+    expect(await wh.put(keys, src)).toEqual({ stored: 0, present: 20, rejected: 0 });
+    const look = wh.lookup(keys);
+    expect(look.prefix).toBe(20);
+    expect(look.tiers.filter((t) => t === 0)).toHaveLength(8);
+    const dst = Region.allocate(20 * BS);
+    const got = await wh.get(keys, dst);
+    expect(got.count).toBe(20);
+    expect(Buffer.compare(Buffer.from(dst.view()), src)).toBe(0);
+    const s = wh.stats();
+    expect(s.hits).toBe(20);
+    expect(s.tiers[0]!.usedBlocks + s.tiers[1]!.usedBlocks).toBe(20);
+    await dst.close();
+    await wh.close();
+  });
+
+  it('reports missing blocks as missing, not as errors, and the cached prefix', async () => {
+    const wh = await open();
+    const keys = chain(6);
+    await wh.put(keys.slice(0, 3), blocksFor(keys.slice(0, 3), BS));
+    const dst = Buffer.alloc(6 * BS, 0xaa);
+    const got = await wh.get(keys, dst);
+    expect(got.found).toEqual([true, true, true, false, false, false]);
+    expect(got.prefix).toBe(3);
+    expect(dst.subarray(3 * BS).every((b) => b === 0xaa)).toBe(true);
+    expect(wh.stats().misses).toBe(3);
+    await wh.close();
+  });
+
+  it('evicts LRU blocks down to the file tier and promotes them back on get', async () => {
+    const wh = await open();
+    const keys = chain(12);
+    for (const k of keys) await wh.put([k], blockFor(k, BS));
+    // The first four were evicted from host (capacity 8) and demoted to the file tier.
+    expect(wh.lookup(keys).tiers).toEqual([1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    const s = wh.stats();
+    expect(s.tiers[0]!.evictions).toBe(4);
+    expect(s.tiers[1]!.demotions).toBe(4);
+    const dst = Buffer.alloc(BS);
+    expect((await wh.get([keys[0]!], dst)).tiers).toEqual([1]);
+    expect(Buffer.compare(dst, blockFor(keys[0]!, BS))).toBe(0);
+    expect(wh.lookup([keys[0]!]).tiers).toEqual([0]);
+    expect(wh.stats().tiers[0]!.promotions).toBe(1);
+    await wh.close();
+  });
+
+  it('never evicts pinned blocks, and leases expire', async () => {
+    let now = 1_000;
+    const wh = await open({ now: () => now });
+    const keys = chain(8);
+    await wh.put(keys, blocksFor(keys, BS));
+    const lease = wh.pin(keys.slice(0, 8), { ttlMs: 60_000 });
+    expect(lease.keys).toHaveLength(8);
+    const more = chain(4, 'other');
+    expect((await wh.put(more, blocksFor(more, BS))).stored).toBe(4);
+    // Every host slot is pinned: the new blocks went to the file tier instead.
+    expect(wh.lookup(keys).tiers.every((t) => t === 0)).toBe(true);
+    expect(wh.lookup(more).tiers.every((t) => t === 1)).toBe(true);
+    wh.unpin(lease);
+    now += 1;
+    await wh.close();
+  });
+
+  it('drops a corrupt block on read, counts it, and never returns it', async () => {
+    const d = dir();
+    const wh = await open({ dir: d, tiers: [{ kind: 'file', dir: d, bytes: 16 * BS }] });
+    const keys = chain(4);
+    await wh.put(keys, blocksFor(keys, BS));
+    await wh.close();
+    // Flip one byte in the payload of some slot.
+    const meta = JSON.parse(readFileSync(join(d, 'kvtier.meta.json'), 'utf8')) as {
+      payloadOffset: number;
+    };
+    const fd = openSync(join(d, 'blocks.kvt'), 'r+');
+    writeSync(fd, Buffer.from([0x5a ^ 0xff]), 0, 1, meta.payloadOffset + 100);
+    closeSync(fd);
+    const again = await open({ dir: d, tiers: [{ kind: 'file', dir: d, bytes: 16 * BS }] });
+    expect(again.lookup(keys).prefix).toBe(4);
+    const dst = Buffer.alloc(4 * BS);
+    const got = await again.get(keys, dst);
+    expect(got.count).toBe(3);
+    expect(again.stats().corrupt).toBe(1);
+    got.found.forEach((f, i) => {
+      if (f)
+        expect(Buffer.compare(dst.subarray(i * BS, (i + 1) * BS), blockFor(keys[i]!, BS))).toBe(0);
+    });
+    expect(again.lookup(keys).prefix).toBeLessThan(4);
+    await again.close();
+  });
+
+  it('survives a restart with the file tier, and refuses a second opener', async () => {
+    const d = dir();
+    const wh = await open({ dir: d, writeThrough: true, durability: 'sync' });
+    const keys = chain(10);
+    await wh.put(keys, blocksFor(keys, BS));
+    const error = await open({ dir: d }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'KVTIER_LOCKED' });
+    await wh.close();
+    const again = await open({ dir: d });
+    expect(again.lookup(keys).tiers.every((t) => t === 1)).toBe(true);
+    const dst = Buffer.alloc(10 * BS);
+    expect((await again.get(keys, dst)).count).toBe(10);
+    expect(Buffer.compare(dst, blocksFor(keys, BS))).toBe(0);
+    await again.close();
+  });
+
+  it('forgets evicted blocks on disk too', async () => {
+    const d = dir();
+    const wh = await open({ dir: d, writeThrough: true });
+    const keys = chain(3);
+    await wh.put(keys, blocksFor(keys, BS));
+    expect(await wh.evict([keys[1]!])).toBe(1);
+    expect(wh.lookup(keys).tiers).toEqual([0, -1, 0]);
+    await wh.close();
+    const again = await open({ dir: d });
+    expect(again.lookup(keys).tiers).toEqual([1, -1, 1]);
+    await again.close();
+  });
+
+  it('prefetches blocks up to the top tier, by priority, and honours abort', async () => {
+    const wh = await open();
+    const keys = chain(12);
+    for (const k of keys) await wh.put([k], blockFor(k, BS));
+    const r = await wh.prefetch(keys.slice(0, 2), { to: 'host' });
+    expect(r).toEqual({ moved: 2, alreadyThere: 0, missing: 0 });
+    expect(wh.lookup(keys.slice(0, 2)).tiers).toEqual([0, 0]);
+    const ac = new AbortController();
+    ac.abort();
+    await expect(wh.prefetch(keys, { signal: ac.signal })).rejects.toMatchObject({
+      name: 'AbortError',
+    });
+    const late = await wh.prefetch(keys.slice(2, 3), { deadline: 0 }).catch((e: unknown) => e);
+    expect(late).toMatchObject({ code: 'KVTIER_ABORTED' });
+    expect((await wh.prefetch(chain(1, 'nobody'))).missing).toBe(1);
+    await wh.close();
+  });
+
+  it('joins concurrent puts and gets of the same keys', async () => {
+    const wh = await open();
+    const keys = chain(6);
+    const src = blocksFor(keys, BS);
+    const dst = Buffer.alloc(6 * BS);
+    const [a, b, g] = await Promise.all([wh.put(keys, src), wh.put(keys, src), wh.get(keys, dst)]);
+    expect(a.stored + b.stored).toBe(6);
+    expect(a.present + b.present).toBe(6);
+    // The get waited for the put of the same keys, so it finds them all.
+    expect(g.count).toBe(6);
+    expect(Buffer.compare(dst, src)).toBe(0);
+    await wh.close();
+  });
+
+  it('rejects bad input with clear codes and stays usable', async () => {
+    const wh = await open();
+    const keys = chain(2);
+    const bad: [string, () => unknown][] = [
+      ['short src', () => wh.put(keys, Buffer.alloc(BS))],
+      ['short key', () => wh.put(['abcd'], Buffer.alloc(BS))],
+      ['long key', () => wh.put([Buffer.alloc(33)], Buffer.alloc(BS))],
+      ['non-hex key', () => wh.put(['z'.repeat(64)], Buffer.alloc(BS))],
+      ['short dst', () => wh.get(keys, Buffer.alloc(BS))],
+      ['bad ttl', () => wh.pin(keys, { ttlMs: -1 })],
+      ['unknown tier', () => wh.prefetch(keys, { to: 'gpu' })],
+    ];
+    for (const [what, call] of bad) {
+      let error: unknown;
+      try {
+        await call();
+      } catch (e) {
+        error = e;
+      }
+      expect(error, what).toBeInstanceOf(KvtierError);
+      expect((error as KvtierError).code, what).toBe('KVTIER_BAD_ARGUMENT');
+    }
+    expect(wh.stats().blocks).toBe(0);
+    expect((await wh.put(keys, blocksFor(keys, BS))).stored).toBe(2);
+    await wh.close();
+    await expect(wh.put(keys, blocksFor(keys, BS))).rejects.toMatchObject({
+      code: 'KVTIER_CLOSED',
+    });
+  });
+
+  it('refuses bad configurations and foreign directories without touching them', async () => {
+    const bad: Partial<WarehouseOptions>[] = [
+      { blockBytes: 0 },
+      { blockBytes: -5 },
+      { tiers: [] },
+      { tiers: [{ kind: 'host', bytes: 0 }] },
+      { tiers: [{ kind: 'file', dir: dir(), bytes: 1 }] },
+      {
+        tiers: [
+          { kind: 'file', dir: dir(), bytes: 4 * BS },
+          { kind: 'host', bytes: 4 * BS },
+        ],
+      },
+    ];
+    for (const options of bad) {
+      await expect(open(options)).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+    }
+    const d = dir();
+    const first = await open({ dir: d });
+    await first.close();
+    const mismatch = (await open({ dir: d, blockBytes: BS * 2 }).catch((e: unknown) => e)) as Error;
+    expect(mismatch).toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+    expect(mismatch.message).toMatch(/blockBytes/);
+    const metaPath = join(d, 'kvtier.meta.json');
+    const meta = readFileSync(metaPath, 'utf8');
+    writeFileSync(metaPath, meta.replace('"version": 1', '"version": 99'));
+    await expect(open({ dir: d })).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+    expect(readFileSync(metaPath, 'utf8')).toContain('"version": 99');
+    await expect(
+      open({ tiers: [{ kind: 'file', dir: '/proc/kvtier-cannot-exist', bytes: 4 * BS }] }),
+    ).rejects.toMatchObject({ code: 'KVTIER_IO' });
+  });
+});
