@@ -454,31 +454,8 @@ export class Warehouse {
       plans[n]!.crc = o.checksum ?? 0;
     });
 
-    // 3. Make room: move victims down, deepest tier first, so each freed slot is free before reuse.
-    const failed = new Set<Plan<Key>>();
-    for (let from = this.tiers.length - 1; from >= 0; from--) {
-      const round = new TransferRound();
-      const owners: Plan<Key>[] = [];
-      for (const { plan } of plans) {
-        for (const m of plan.moves) {
-          if (m.fromTier !== from || m.toTier === ABSENT) continue;
-          const e = this.index.get(m.key)!;
-          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          this.tiers[m.toTier]!.describe?.(round.file, m.toSlot, m.key, e);
-          owners.push(plan);
-          this.extra[m.fromTier]!.bytesOut += e.length;
-          this.extra[m.toTier]!.bytesIn += e.length;
-        }
-      }
-      if (round.length === 0) continue;
-      const outcomes = await round.run(this.memoryEngine, this.fileEngine);
-      outcomes.forEach((o, n) => {
-        if (!o.ok) {
-          failed.add(owners[n]!);
-          this.counters.ioErrors++;
-        }
-      });
-    }
+    // 3. Make room for them.
+    const failed = await this.makeRoom(plans.map((p) => p.plan));
 
     // 4. The blocks themselves, with their self-describing headers where the tier keeps them.
     const round = new TransferRound();
@@ -528,6 +505,38 @@ export class Warehouse {
       storedKeys.add(plan.key);
     }
     return storedKeys.size;
+  }
+
+  /**
+   * Carries out the moves of plans: victims written down a tier, deepest tier first, so every
+   * slot a move frees is free before the next move (or the new block) reuses it. Returns the
+   * plans whose moves failed; those must be aborted, not committed.
+   */
+  private async makeRoom(plans: readonly Plan<Key>[]): Promise<Set<Plan<Key>>> {
+    const failed = new Set<Plan<Key>>();
+    for (let from = this.tiers.length - 1; from >= 0; from--) {
+      const round = new TransferRound();
+      const owners: Plan<Key>[] = [];
+      for (const plan of plans) {
+        for (const m of plan.moves) {
+          if (m.fromTier !== from || m.toTier === ABSENT) continue;
+          const e = this.index.get(m.key)!;
+          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
+          this.tiers[m.toTier]!.describe?.(round.file, m.toSlot, m.key, e);
+          owners.push(plan);
+          this.extra[m.fromTier]!.bytesOut += e.length;
+          this.extra[m.toTier]!.bytesIn += e.length;
+        }
+      }
+      if (round.length === 0) continue;
+      (await round.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
+        if (!o.ok) {
+          failed.add(owners[n]!);
+          this.counters.ioErrors++;
+        }
+      });
+    }
+    return failed;
   }
 
   private place(tier: number, slot: number): SlotPlace {
@@ -689,25 +698,7 @@ export class Warehouse {
     plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[],
     to: number,
   ): Promise<number> {
-    const failed = new Set<Plan<Key>>();
-    for (let t = this.tiers.length - 1; t >= to; t--) {
-      const round = new TransferRound();
-      const owners: Plan<Key>[] = [];
-      for (const { plan } of plans) {
-        for (const m of plan.moves) {
-          if (m.fromTier !== t || m.toTier === ABSENT) continue;
-          const e = this.index.get(m.key)!;
-          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          this.tiers[m.toTier]!.describe?.(round.file, m.toSlot, m.key, e);
-          owners.push(plan);
-          this.extra[m.toTier]!.bytesIn += e.length;
-        }
-      }
-      if (round.length === 0) continue;
-      (await round.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
-        if (!o.ok) failed.add(owners[n]!);
-      });
-    }
+    const failed = await this.makeRoom(plans.map((p) => p.plan));
     const round = new TransferRound();
     const at: number[] = [];
     for (const p of plans) {
