@@ -8,6 +8,7 @@ import { KvtierError } from '../errors.js';
 import { version } from '../version.js';
 import { registerBench } from './bench.js';
 import { registerInfo } from './info.js';
+import { registerSim } from './sim.js';
 
 const program = new Command()
   .name('kvtier')
@@ -18,6 +19,7 @@ const program = new Command()
 
 registerInfo(program);
 registerBench(program);
+registerSim(program);
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) process.exit(e.exitCode);

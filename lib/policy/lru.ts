@@ -1,34 +1,29 @@
+import { KeyList } from './list.js';
 import type { AccessInfo, EvictionPolicy } from './policy.js';
 
-/**
- * Least recently used. A Map keeps insertion order, so deleting and re-inserting a key moves it
- * to the most recent end in O(1) with no per-key node objects.
- */
+/** Least recently used, on an intrusive linked list (O(1) per access, no per-access allocation). */
 export class LruPolicy<K> implements EvictionPolicy<K> {
   readonly name = 'lru';
-  private readonly order = new Map<K, true>();
+  private readonly list = new KeyList<K>();
 
   get size(): number {
-    return this.order.size;
+    return this.list.size;
   }
 
   insert(key: K, _info: AccessInfo): void {
-    this.order.delete(key);
-    this.order.set(key, true);
+    this.list.push(key);
   }
 
   touch(key: K, _info: AccessInfo): void {
-    if (this.order.delete(key)) this.order.set(key, true);
+    const n = this.list.node.get(key);
+    if (n !== undefined) this.list.moveToTail(n);
   }
 
   remove(key: K): void {
-    this.order.delete(key);
+    this.list.delete(key);
   }
 
   victim(evictable?: (key: K) => boolean): K | undefined {
-    for (const key of this.order.keys()) {
-      if (!evictable || evictable(key)) return key;
-    }
-    return undefined;
+    return this.list.first(evictable);
   }
 }

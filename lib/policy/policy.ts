@@ -17,6 +17,11 @@ export interface AccessInfo {
   depth: number;
   /** Number of blocks in the request's chain. */
   chainLength: number;
+  /**
+   * Offline policies only (Belady, in `kvtier sim`): when the key will be read next, on the same
+   * clock as an access counter (Infinity: never). Online callers leave it out.
+   */
+  next?: number;
 }
 
 export interface EvictionPolicy<K> {

@@ -1,0 +1,83 @@
+/** The eviction policies kvtier ships, by name. */
+import { KvtierError } from '../errors.js';
+import { BeladyPolicy } from './belady.js';
+import { ArcPolicy } from './arc.js';
+import { LeafLruPolicy } from './lru-leaf.js';
+import { LruPolicy } from './lru.js';
+import type { EvictionPolicy } from './policy.js';
+
+export type { AccessInfo, EvictionPolicy, PolicyFactory } from './policy.js';
+export { BeladyPolicy } from './belady.js';
+export { LruPolicy } from './lru.js';
+
+interface PolicyEntry {
+  create: <K>(capacity: number) => EvictionPolicy<K>;
+  /** Needs AccessInfo.next (the future): only the simulator can run it. */
+  offline: boolean;
+  description: string;
+}
+
+const registry = new Map<string, PolicyEntry>([
+  ['lru', { create: () => new LruPolicy(), offline: false, description: 'least recently used' }],
+  [
+    'lru-leaf',
+    {
+      create: () => new LeafLruPolicy(),
+      offline: false,
+      description: 'LRU, deepest block of a request first',
+    },
+  ],
+  [
+    'arc',
+    {
+      create: (c) => new ArcPolicy(c),
+      offline: false,
+      description: 'adaptive replacement cache (recency and frequency, ghost-tuned)',
+    },
+  ],
+  [
+    'arc-leaf',
+    {
+      create: (c) => new ArcPolicy(c, true),
+      offline: false,
+      description: 'ARC, deepest block of a request first',
+    },
+  ],
+  [
+    'belady',
+    {
+      create: () => new BeladyPolicy(),
+      offline: true,
+      description: 'offline optimum (evicts the block used farthest ahead); simulator only',
+    },
+  ],
+]);
+
+/** The policy a tier gets when none is named. */
+export const DEFAULT_POLICY = 'arc-leaf';
+
+export function policyNames(options: { offline?: boolean } = {}): string[] {
+  return [...registry].filter(([, e]) => options.offline !== false || !e.offline).map(([n]) => n);
+}
+
+export function policyInfo(name: string): { offline: boolean; description: string } | undefined {
+  const e = registry.get(name);
+  return e && { offline: e.offline, description: e.description };
+}
+
+/** A new policy instance for a tier of `capacity` blocks; unknown names are a bad argument. */
+export function policyByName<K>(name: string, capacity: number): EvictionPolicy<K> {
+  const e = registry.get(name);
+  if (!e) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `unknown policy "${name}" (known: ${policyNames().join(', ')})`,
+    );
+  }
+  return e.create<K>(capacity);
+}
+
+/** Whether a policy needs to see the future (AccessInfo.next). */
+export function isOffline(name: string): boolean {
+  return registry.get(name)?.offline ?? false;
+}

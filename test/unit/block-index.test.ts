@@ -1,0 +1,144 @@
+import { describe, expect, it } from 'vitest';
+
+import { LruPolicy } from '../../lib/policy/lru.js';
+import type { AccessInfo } from '../../lib/policy/policy.js';
+import { ABSENT, BlockIndex } from '../../lib/warehouse/block-index.js';
+
+const info = (now = 0): AccessInfo => ({ now, priority: 0, depth: 0, chainLength: 1 });
+const meta = { length: 10, checksum: 1 };
+
+function index(...caps: number[]): BlockIndex<string> {
+  return new BlockIndex<string>(
+    caps.map((capacity, i) => ({ name: `t${i}`, capacity, policy: new LruPolicy<string>() })),
+  );
+}
+
+function put(ix: BlockIndex<string>, key: string, tier = 0): void {
+  const plan = ix.plan(key, tier, info());
+  expect(plan, key).toBeDefined();
+  ix.commit(plan!, info(), meta);
+}
+
+/** Every tier's `used` equals the copies it holds and its policy's size, and slots are unique. */
+function consistent(ix: BlockIndex<string>): void {
+  ix.tiers.forEach((t, i) => {
+    const slots = [...ix].map(([, e]) => e.slots[i]!).filter((s) => s !== ABSENT);
+    expect(new Set(slots).size, t.name).toBe(slots.length);
+    expect(t.used, t.name).toBe(slots.length);
+    expect(t.policy.size, t.name).toBe(slots.length);
+    expect(slots.length).toBeLessThanOrEqual(t.capacity);
+  });
+  for (const [, e] of ix) expect(e.busy).toBe(0);
+}
+
+describe('BlockIndex', () => {
+  it('evicts the LRU block from a full single tier', () => {
+    const ix = index(2);
+    put(ix, 'a');
+    put(ix, 'b');
+    ix.access('a', info());
+    const plan = ix.plan('c', 0, info())!;
+    expect(plan.moves).toEqual([
+      expect.objectContaining({ key: 'b', fromTier: 0, toTier: ABSENT }),
+    ]);
+    expect(plan.fresh).toBe(false);
+    ix.commit(plan, info(), meta);
+    expect(ix.topTier('b')).toBe(ABSENT);
+    expect(ix.topTier('c')).toBe(0);
+    expect(ix.tiers[0]!.stats.evictions).toBe(1);
+    consistent(ix);
+  });
+
+  it('demotes across three tiers and promotes back', () => {
+    const ix = index(1, 1, 1);
+    put(ix, 'a');
+    put(ix, 'b'); // a → t1
+    put(ix, 'c'); // b → t1, a → t2
+    expect([ix.topTier('a'), ix.topTier('b'), ix.topTier('c')]).toEqual([2, 1, 0]);
+    expect(ix.tiers[1]!.stats.demotions).toBe(2);
+    expect(ix.tiers[2]!.stats.demotions).toBe(1);
+    expect(ix.access('a', info())).toBe(2);
+    expect(ix.tiers[0]!.stats.misses).toBe(1);
+    put(ix, 'a'); // promote: c → t1, b dropped (t2 holds a, the source of the promotion)
+    expect(ix.topTier('a')).toBe(0);
+    expect(ix.tiers[0]!.stats.promotions).toBe(1);
+    expect(ix.prefix(['a', 'c', 'zz'])).toBe(2);
+    consistent(ix);
+  });
+
+  it('never evicts a pinned block, and fails when everything is pinned', () => {
+    const ix = index(2);
+    put(ix, 'a');
+    put(ix, 'b');
+    ix.pin('a');
+    put(ix, 'c');
+    expect(ix.topTier('a')).toBe(0);
+    expect(ix.topTier('b')).toBe(ABSENT);
+    ix.pin('c');
+    expect(ix.plan('d', 0, info())).toBeUndefined();
+    consistent(ix);
+    ix.unpin('c');
+    put(ix, 'd');
+    expect(ix.topTier('c')).toBe(ABSENT);
+    consistent(ix);
+  });
+
+  it('abort rolls back a plan with nested demotions, leaving counts as they were', () => {
+    const ix = index(2, 2, 2);
+    for (const k of ['a', 'b', 'c', 'd', 'e', 'f']) put(ix, k);
+    const before = ix.tiers.map((t) => ({ used: t.used, size: t.policy.size, ...t.stats }));
+    const plan = ix.plan('g', 0, info())!;
+    expect(plan.moves.length).toBe(3);
+    // While planned, the victims are busy: a second plan must pick other ones.
+    const other = ix.plan('h', 0, info())!;
+    expect(other.moves[other.moves.length - 1]!.key).not.toBe(
+      plan.moves[plan.moves.length - 1]!.key,
+    );
+    ix.abort(other);
+    ix.abort(plan);
+    expect(ix.tiers.map((t) => ({ used: t.used, size: t.policy.size, ...t.stats }))).toEqual(
+      before,
+    );
+    consistent(ix);
+    // And the same plan can then be made and committed.
+    put(ix, 'g');
+    consistent(ix);
+    expect(ix.size).toBe(6);
+  });
+
+  it('rolls back when a lower tier cannot take a victim (drops it instead)', () => {
+    const ix = index(1, 1);
+    put(ix, 'a');
+    put(ix, 'b'); // a → t1
+    ix.pin('a');
+    put(ix, 'c'); // b cannot go down (a pinned in t1): b is dropped
+    expect(ix.topTier('b')).toBe(ABSENT);
+    expect(ix.topTier('a')).toBe(1);
+    consistent(ix);
+  });
+
+  it('place() touches a resident key without a plan and inserts a new one', () => {
+    const ix = index(2);
+    expect(ix.place('a', 0, info(), meta)).toBe(true);
+    expect(ix.place('b', 0, info(), meta)).toBe(true);
+    expect(ix.place('a', 0, info(), meta)).toBe(true); // a is now most recent
+    expect(ix.place('c', 0, info(), meta)).toBe(true);
+    expect(ix.topTier('b')).toBe(ABSENT);
+    expect(ix.topTier('a')).toBe(0);
+    consistent(ix);
+  });
+
+  it('remove frees slots and restore/rebuildFreeSlots reuse them', () => {
+    const ix = index(4);
+    ix.restore('x', 0, 3, meta, info());
+    ix.restore('y', 0, 1, meta, info());
+    ix.rebuildFreeSlots(0);
+    put(ix, 'z');
+    put(ix, 'w');
+    const slots = [...ix].map(([, e]) => e.slots[0]);
+    expect(new Set(slots)).toEqual(new Set([0, 1, 2, 3]));
+    expect(ix.remove('x')).toBe(true);
+    expect(ix.remove('x')).toBe(false);
+    consistent(ix);
+  });
+});
