@@ -7,6 +7,14 @@ import { KvtierError } from '../errors.js';
 import { DEFAULTS, runFileBench, type FileBenchOptions } from '../bench/file-bench.js';
 import { fileBenchJson, formatFileBench } from '../bench/report.js';
 import { formatSize, parseSize, parseSizeList } from '../bench/stats.js';
+import { KEYS_DEFAULTS } from '../bench/keys-bench.js';
+import {
+  formatWarehouseBench,
+  runWarehouseBench,
+  WAREHOUSE_DEFAULTS,
+  warehouseBenchJson,
+  type WarehouseBenchOptions,
+} from '../bench/warehouse-bench.js';
 
 interface FileCommandOptions {
   dir?: string;
@@ -119,6 +127,97 @@ async function fileCommand(opts: FileCommandOptions): Promise<void> {
   }
 }
 
+interface WarehouseCommandOptions {
+  dir?: string;
+  size: string;
+  blockSizes: string;
+  batch: string;
+  inFlight: string;
+  queueDepth: string;
+  engine?: string;
+  reps: string;
+  tokens: string;
+  blockTokens: string;
+  chainSamples: string;
+  lookupKeys: string;
+  lookupSamples: string;
+  io: boolean;
+  chainKeys: boolean;
+  lookup: boolean;
+  json?: boolean;
+}
+
+/** Turns `bench warehouse`'s command line into options; bad input throws KVTIER_BAD_ARGUMENT. */
+export function warehouseBenchOptions(opts: WarehouseCommandOptions): WarehouseBenchOptions {
+  const out: WarehouseBenchOptions = {
+    size: parseSize(opts.size, 'size'),
+    blockSizes: parseSizeList(opts.blockSizes, 'block size'),
+    batch: count(opts.batch, 'batch'),
+    inFlight: count(opts.inFlight, 'in-flight'),
+    queueDepth: count(opts.queueDepth, 'queue depth'),
+    reps: count(opts.reps, 'reps'),
+    io: opts.io,
+    chainKeys: opts.chainKeys,
+    lookup: opts.lookup,
+    keys: {
+      tokens: count(opts.tokens, 'tokens'),
+      blockTokens: count(opts.blockTokens, 'block tokens'),
+      chainSamples: count(opts.chainSamples, 'chain samples'),
+      lookupKeys: count(opts.lookupKeys, 'lookup keys'),
+      lookupSamples: count(opts.lookupSamples, 'lookup samples'),
+    },
+  };
+  if (opts.dir !== undefined) out.dir = opts.dir;
+  if (opts.engine !== undefined) {
+    if (opts.engine !== 'io_uring' && opts.engine !== 'threads') {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `engine must be 'io_uring' or 'threads', got '${opts.engine}'`,
+      );
+    }
+    out.engine = opts.engine;
+  }
+  return out;
+}
+
+async function warehouseCommand(opts: WarehouseCommandOptions): Promise<void> {
+  const options = warehouseBenchOptions(opts);
+  const tty = process.stderr.isTTY === true;
+  let shown = false;
+  const clear = (): void => {
+    if (shown) process.stderr.write('\r\x1b[K');
+    shown = false;
+  };
+  options.onProgress = (message) => {
+    if (!tty) return;
+    process.stderr.write(`\r\x1b[K${message.slice(0, (process.stderr.columns || 80) - 1)}`);
+    shown = true;
+  };
+  // Ctrl-C: stop between passes and remove the test files (the run's finally does).
+  const controller = new AbortController();
+  options.signal = controller.signal;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    controller.abort(new KvtierError('KVTIER_ABORTED', `interrupted by ${signal}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const report = await runWarehouseBench(options);
+    clear();
+    process.stdout.write(opts.json ? warehouseBenchJson(report) : formatWarehouseBench(report));
+  } catch (e) {
+    clear();
+    if (controller.signal.aborted) {
+      process.stderr.write('kvtier: interrupted; test files removed\n');
+      process.exit(130);
+    }
+    throw e;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
 export function registerBench(program: Command): void {
   const bench = program
     .command('bench')
@@ -149,4 +248,61 @@ export function registerBench(program: Command): void {
     .option('--no-node-fs', 'do not run the fs.promises peer')
     .option('--json', 'print the report as JSON on stdout')
     .action(fileCommand);
+  bench
+    .command('warehouse')
+    .description(
+      'Warehouse put/get on an O_DIRECT file tier next to the raw file engine moving the same ' +
+        'bytes; chainKeys next to a createHash loop; prefix lookups next to a Map; alternating ' +
+        'runs, medians and ratios',
+    )
+    .option('--dir <dir>', 'directory for the test files (default: the OS temp dir)')
+    .option(
+      '--size <size>',
+      'bytes put and got per pass and block size',
+      formatSize(WAREHOUSE_DEFAULTS.size),
+    )
+    .option(
+      '--block-sizes <list>',
+      'block sizes, e.g. 256KiB,1MiB,4MiB',
+      WAREHOUSE_DEFAULTS.blockSizes.map(formatSize).join(','),
+    )
+    .option(
+      '--batch <n>',
+      'blocks per put/get call and per engine batch',
+      String(WAREHOUSE_DEFAULTS.batch),
+    )
+    .option('--in-flight <n>', 'calls in flight at once', String(WAREHOUSE_DEFAULTS.inFlight))
+    .option(
+      '--queue-depth <n>',
+      'engine queue depth (both sides)',
+      String(WAREHOUSE_DEFAULTS.queueDepth),
+    )
+    .option('--engine <kind>', 'io_uring or threads (default: io_uring where usable)')
+    .option(
+      '--reps <n>',
+      'repetitions of the put/get passes; the median is reported',
+      String(WAREHOUSE_DEFAULTS.reps),
+    )
+    .option('--tokens <n>', 'prompt length for chainKeys', String(KEYS_DEFAULTS.tokens))
+    .option('--block-tokens <n>', 'tokens per block', String(KEYS_DEFAULTS.blockTokens))
+    .option(
+      '--chain-samples <n>',
+      'timed chainKeys samples per variant',
+      String(KEYS_DEFAULTS.chainSamples),
+    )
+    .option(
+      '--lookup-keys <n>',
+      'chain length for the prefix lookups',
+      String(KEYS_DEFAULTS.lookupKeys),
+    )
+    .option(
+      '--lookup-samples <n>',
+      'timed lookup samples per variant',
+      String(KEYS_DEFAULTS.lookupSamples),
+    )
+    .option('--no-io', 'skip the put/get section')
+    .option('--no-chain-keys', 'skip the chainKeys section')
+    .option('--no-lookup', 'skip the lookup section')
+    .option('--json', 'print the report as JSON on stdout')
+    .action(warehouseCommand);
 }

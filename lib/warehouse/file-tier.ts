@@ -11,7 +11,7 @@ import { KvtierError } from '../errors.js';
 import { openFile, type KvFile } from '../file.js';
 import { native } from '../native.js';
 import { Region } from '../region.js';
-import type { BlockMeta, FoundBlock, SlotPlace, Tier } from './tier.js';
+import type { FoundBlock, SlotBlock, SlotPlace, Tier } from './tier.js';
 import { KEY_BYTES, type Key } from './keys.js';
 
 export const FORMAT = 'kvtier-file-tier';
@@ -198,17 +198,30 @@ export class FileTier implements Tier {
     };
   }
 
-  describe(batch: TransferBatch, slot: number, key: Key, meta: BlockMeta): void {
-    const header = Buffer.alloc(this.meta.headerBytes);
+  describe(batch: TransferBatch, blocks: readonly SlotBlock[]): void {
+    const { headerBytes } = this.meta;
+    const sorted = [...blocks].sort((x, y) => x.slot - y.slot);
+    // Consecutive slots share one write: fewer descriptors, and one larger O_DIRECT request.
+    for (let start = 0; start < sorted.length; ) {
+      let end = start + 1;
+      while (end < sorted.length && sorted[end]!.slot === sorted[end - 1]!.slot + 1) end++;
+      const run = Buffer.alloc((end - start) * headerBytes);
+      for (let i = start; i < end; i++) this.encodeHeader(run, (i - start) * headerBytes, sorted[i]!);
+      batch.write(this.file, sorted[start]!.slot * headerBytes, run);
+      start = end;
+    }
+  }
+
+  private encodeHeader(out: Buffer, at: number, block: SlotBlock): void {
+    const header = out.subarray(at, at + this.meta.headerBytes);
     MAGIC.copy(header, 0);
-    const keyBuf = Buffer.from(key, 'hex');
+    const keyBuf = Buffer.from(block.key, 'hex');
     header.writeUInt32LE(keyBuf.length, 8);
     keyBuf.copy(header, 16);
-    header.writeBigUInt64LE(BigInt(meta.length), 48);
-    header.writeUInt32LE(meta.checksum >>> 0, 56);
+    header.writeBigUInt64LE(BigInt(block.length), 48);
+    header.writeUInt32LE(block.checksum >>> 0, 56);
     header.writeBigUInt64LE(BigInt(++this.generation), 64);
     header.writeUInt32LE(native().crc32c(header.subarray(0, HEADER_FIELDS)), HEADER_FIELDS);
-    batch.write(this.file, slot * this.meta.headerBytes, header);
   }
 
   forget(batch: TransferBatch, slot: number): void {

@@ -19,6 +19,12 @@ export interface BlockMeta {
   checksum: number;
 }
 
+/** A block about to occupy a slot. */
+export interface SlotBlock extends BlockMeta {
+  slot: number;
+  key: Key;
+}
+
 /** A block a tier found in its storage on open. */
 export interface FoundBlock extends BlockMeta {
   key: Key;
@@ -33,10 +39,10 @@ export interface Tier {
   readonly slots: number;
   place(slot: number): SlotPlace;
   /**
-   * Adds to `batch` whatever makes the slot's new content self-describing (a file tier writes the
-   * slot header). Called together with the payload write.
+   * Adds to `batch` whatever makes the slots' new content self-describing (a file tier writes the
+   * slot headers, consecutive slots in one write).
    */
-  describe?(batch: TransferBatch, slot: number, key: Key, meta: BlockMeta): void;
+  describe?(batch: TransferBatch, blocks: readonly SlotBlock[]): void;
   /** Adds to `batch` what makes an explicitly deleted slot stay deleted after a restart. */
   forget?(batch: TransferBatch, slot: number): void;
   /** Blocks already stored (a file tier reopened after a restart or a crash). */

@@ -14,7 +14,7 @@ import { FileTier, type Durability } from './file-tier.js';
 import { HostTier } from './host-tier.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from './keys.js';
 import { PrefetchQueue } from './prefetch.js';
-import type { SlotPlace, Tier } from './tier.js';
+import type { SlotBlock, SlotPlace, Tier } from './tier.js';
 import { TransferRound } from './transfers.js';
 
 export interface HostTierOptions {
@@ -447,37 +447,46 @@ export class Warehouse {
     plans: { plan: Plan<Key>; i: number; crc: number }[],
   ): Promise<number> {
     const bs = this.blockBytes;
-    // 2. Checksums of the new blocks, on the memory engine's threads.
-    const sums = new TransferRound();
-    for (const p of plans) sums.checksum({ kind: 'memory', target: src, offset: p.i * bs }, bs);
-    (await sums.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
-      plans[n]!.crc = o.checksum ?? 0;
-    });
-
-    // 3. Make room for them.
+    // 2. Make room for them.
     const failed = await this.makeRoom(plans.map((p) => p.plan));
 
-    // 4. The blocks themselves, with their self-describing headers where the tier keeps them.
+    // 3. The blocks themselves; the engine threads checksum each one as it is written.
     const round = new TransferRound();
-    const writes: { plan: Plan<Key>; crc: number; at: number }[] = [];
-    for (const { plan, i, crc } of plans) {
+    const writes: { entry: (typeof plans)[number]; at: number }[] = [];
+    for (const entry of plans) {
+      const { plan, i } = entry;
       if (failed.has(plan)) continue;
-      const at = round.move(
-        { kind: 'memory', target: src, offset: i * bs },
-        this.place(plan.tier, plan.slot),
-        bs,
-      );
-      this.tiers[plan.tier]!.describe?.(round.file, plan.slot, plan.key, {
-        length: bs,
-        checksum: crc,
-      });
+      const at = round.move({ kind: 'memory', target: src, offset: i * bs }, this.place(plan.tier, plan.slot), bs, true);
       this.extra[plan.tier]!.bytesIn += bs;
-      writes.push({ plan, crc, at });
+      writes.push({ entry, at });
     }
     const outcomes = await round.run(this.memoryEngine, this.fileEngine);
-    for (const w of writes) {
-      if (!outcomes[w.at]!.ok) {
-        failed.add(w.plan);
+    for (const { entry, at } of writes) {
+      const o = outcomes[at]!;
+      if (o.ok && o.checksum !== undefined) {
+        entry.crc = o.checksum;
+      } else {
+        failed.add(entry.plan);
+        this.counters.ioErrors++;
+      }
+    }
+
+    // 4. Headers, once the payloads are down and their checksums known: a slot never describes
+    // bytes that were not written.
+    const headers = new TransferRound();
+    const landing = this.tiers.map((): SlotBlock[] => []);
+    const described: Plan<Key>[][] = this.tiers.map(() => []);
+    for (const { plan, crc } of plans) {
+      if (failed.has(plan) || !this.tiers[plan.tier]!.describe) continue;
+      landing[plan.tier]!.push({ slot: plan.slot, key: plan.key, length: bs, checksum: crc });
+      described[plan.tier]!.push(plan);
+    }
+    this.describeAll(headers, landing);
+    if (headers.file.length > 0) {
+      const r = await this.fileEngine.submit(headers.file);
+      if (!r.ok) {
+        // Headers are few and grouped; one failing leaves its tier's new blocks undescribed.
+        for (const group of described) for (const plan of group) failed.add(plan);
         this.counters.ioErrors++;
       }
     }
@@ -517,18 +526,20 @@ export class Warehouse {
     for (let from = this.tiers.length - 1; from >= 0; from--) {
       const round = new TransferRound();
       const owners: Plan<Key>[] = [];
+      const landing = this.tiers.map((): SlotBlock[] => []);
       for (const plan of plans) {
         for (const m of plan.moves) {
           if (m.fromTier !== from || m.toTier === ABSENT) continue;
           const e = this.index.get(m.key)!;
           round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          this.tiers[m.toTier]!.describe?.(round.file, m.toSlot, m.key, e);
+          landing[m.toTier]!.push({ slot: m.toSlot, key: m.key, length: e.length, checksum: e.checksum });
           owners.push(plan);
           this.extra[m.fromTier]!.bytesOut += e.length;
           this.extra[m.toTier]!.bytesIn += e.length;
         }
       }
       if (round.length === 0) continue;
+      this.describeAll(round, landing);
       (await round.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
         if (!o.ok) {
           failed.add(owners[n]!);
@@ -537,6 +548,13 @@ export class Warehouse {
       });
     }
     return failed;
+  }
+
+  /** Adds the header writes of blocks landing in each tier that keeps headers. */
+  private describeAll(round: TransferRound, landing: readonly SlotBlock[][]): void {
+    landing.forEach((blocks, t) => {
+      if (blocks.length > 0) this.tiers[t]!.describe?.(round.file, blocks);
+    });
   }
 
   private place(tier: number, slot: number): SlotPlace {
@@ -701,12 +719,14 @@ export class Warehouse {
     const failed = await this.makeRoom(plans.map((p) => p.plan));
     const round = new TransferRound();
     const at: number[] = [];
+    const landing = this.tiers.map((): SlotBlock[] => []);
     for (const p of plans) {
       at.push(
         failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
       );
-      this.tiers[to]!.describe?.(round.file, p.plan.slot, p.plan.key, p);
+      landing[to]!.push({ slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum });
     }
+    this.describeAll(round, landing);
     const outcomes = await round.run(this.memoryEngine, this.fileEngine);
     let landed = 0;
     plans.forEach((p, n) => {

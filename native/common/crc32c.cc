@@ -34,9 +34,8 @@ uint32_t Portable(uint32_t crc, const uint8_t* p, size_t len) {
     uint64_t v;
     std::memcpy(&v, p, 8);
     v ^= crc;
-    crc = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^
-          t[4][(v >> 24) & 0xff] ^ t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^
-          t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
+    crc = t[7][v & 0xff] ^ t[6][(v >> 8) & 0xff] ^ t[5][(v >> 16) & 0xff] ^ t[4][(v >> 24) & 0xff] ^
+          t[3][(v >> 32) & 0xff] ^ t[2][(v >> 40) & 0xff] ^ t[1][(v >> 48) & 0xff] ^ t[0][v >> 56];
     p += 8;
     len -= 8;
   }
@@ -45,9 +44,12 @@ uint32_t Portable(uint32_t crc, const uint8_t* p, size_t len) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t Hardware(uint32_t crc, const uint8_t* p, size_t len) {
-  // One stream of 8-byte steps runs at several GB/s, far above the disks and links a block
-  // crosses, so the extra speed of interleaved streams is not worth their combining code.
+// Bytes per stream when three streams run side by side. The crc32 instruction has a latency of
+// three cycles and a throughput of one per cycle, so one stream uses a third of the unit; three
+// independent streams fill it (about 3x faster), and their results are merged by shifting.
+constexpr size_t kStreamBytes = 4096;
+
+__attribute__((target("sse4.2"))) uint32_t OneStream(uint32_t crc, const uint8_t* p, size_t len) {
   uint64_t c = crc;
   while (len >= 8) {
     uint64_t v;
@@ -59,6 +61,50 @@ __attribute__((target("sse4.2"))) uint32_t Hardware(uint32_t crc, const uint8_t*
   uint32_t c32 = static_cast<uint32_t>(c);
   while (len-- > 0) c32 = _mm_crc32_u8(c32, *p++);
   return c32;
+}
+
+// Appending kStreamBytes zero bytes to a CRC register is a linear map; this table applies it a
+// byte of the register at a time. Entry [k][v] is the shift of v placed in byte k.
+struct ShiftTable {
+  uint32_t t[4][256];
+  __attribute__((target("sse4.2"))) ShiftTable() {
+    static const uint8_t zeros[kStreamBytes] = {};
+    for (int k = 0; k < 4; ++k) {
+      for (uint32_t v = 0; v < 256; ++v) t[k][v] = OneStream(v << (8 * k), zeros, kStreamBytes);
+    }
+  }
+  uint32_t Shift(uint32_t c) const {
+    return t[0][c & 0xff] ^ t[1][(c >> 8) & 0xff] ^ t[2][(c >> 16) & 0xff] ^ t[3][c >> 24];
+  }
+};
+
+__attribute__((target("sse4.2"))) uint32_t Hardware(uint32_t crc, const uint8_t* p, size_t len) {
+  static const ShiftTable shift;
+  while (len >= 3 * kStreamBytes) {
+    uint64_t c0 = crc;
+    uint64_t c1 = 0;
+    uint64_t c2 = 0;
+    const uint8_t* a = p;
+    const uint8_t* b = p + kStreamBytes;
+    const uint8_t* c = p + 2 * kStreamBytes;
+    for (size_t i = 0; i < kStreamBytes; i += 8) {
+      uint64_t va;
+      uint64_t vb;
+      uint64_t vc;
+      std::memcpy(&va, a + i, 8);
+      std::memcpy(&vb, b + i, 8);
+      std::memcpy(&vc, c + i, 8);
+      c0 = _mm_crc32_u64(c0, va);
+      c1 = _mm_crc32_u64(c1, vb);
+      c2 = _mm_crc32_u64(c2, vc);
+    }
+    // crc(A||B||C) = shift(shift(crc(A)) ^ crc(B)) ^ crc(C), all as raw registers.
+    crc = shift.Shift(shift.Shift(static_cast<uint32_t>(c0)) ^ static_cast<uint32_t>(c1)) ^
+          static_cast<uint32_t>(c2);
+    p += 3 * kStreamBytes;
+    len -= 3 * kStreamBytes;
+  }
+  return OneStream(crc, p, len);
 }
 
 bool HasSse42() {
