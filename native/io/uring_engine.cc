@@ -8,22 +8,85 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <fstream>
 #include <mutex>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 namespace kvtier {
 
 namespace {
+
+// Runs the completion work of finished ops (copying out of bounce buffers, checksums) on threads
+// of its own, so the ring thread goes straight back to reaping and submitting: a checksum of a
+// freshly read megabyte costs tens of microseconds of memory bandwidth, enough to leave the queue
+// half empty if the ring thread did it.
+class Finisher {
+ public:
+  bool Start(unsigned threads, std::string* error) {
+    try {
+      for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+    } catch (const std::system_error& e) {
+      *error = std::string("cannot start completion threads: ") + e.what();
+      Stop();
+      return false;
+    }
+    return true;
+  }
+
+  void Push(Op* op) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(op);
+    }
+    cv_.notify_one();
+  }
+
+  // Completes everything queued, then joins.
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    threads_.clear();
+  }
+
+ private:
+  void Work() {
+    for (;;) {
+      Op* op;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        op = queue_.front();
+        queue_.pop_front();
+      }
+      CompleteOp(*op);
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Op*> queue_;
+  bool stopping_ = false;
+};
 
 class UringEngine final : public IoEngine {
  public:
   explicit UringEngine(unsigned depth) : depth_(depth) {}
   ~UringEngine() override {
     Stop();
+    finisher_.Stop();
     if (ringReady_) io_uring_queue_exit(&ring_);
     if (wakeFd_ >= 0) (void)close(wakeFd_);
   }
@@ -36,6 +99,7 @@ class UringEngine final : public IoEngine {
       return false;
     }
     ringReady_ = true;
+    if (!finisher_.Start(kFinisherThreads, error)) return false;
     wakeFd_ = eventfd(0, EFD_CLOEXEC);
     if (wakeFd_ < 0) {
       *error = std::string("eventfd failed: ") + std::strerror(errno);
@@ -66,9 +130,12 @@ class UringEngine final : public IoEngine {
     }
     Wake();
     if (thread_.joinable()) thread_.join();
+    finisher_.Stop();  // after the ring: every op the ring finished gets completed
   }
 
  private:
+  static constexpr unsigned kFinisherThreads = 2;
+
   void Wake() {
     uint64_t one = 1;
     // eventfd writes only fail on counter overflow, which a pending wake-up already covers.
@@ -106,7 +173,13 @@ class UringEngine final : public IoEngine {
     return true;
   }
 
-  void Finish(Op* op) { CompleteOp(*op); }
+  void Finish(Op* op) {
+    if ((op->wantCrc || op->bounce != nullptr) && op->err == 0 && op->done > 0) {
+      finisher_.Push(op);
+    } else {
+      CompleteOp(*op);
+    }
+  }
 
   void HandleCompletion(io_uring_cqe* cqe) {
     void* data = io_uring_cqe_get_data(cqe);
@@ -206,6 +279,7 @@ class UringEngine final : public IoEngine {
   bool stopping_ = false;     // guarded by mu_
   std::deque<Op*> backlog_;   // ring thread only
   unsigned inflight_ = 0;     // ring thread only
+  Finisher finisher_;
 };
 
 }  // namespace
