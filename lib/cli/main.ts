@@ -7,6 +7,7 @@ import { Command, CommanderError } from 'commander';
 import { KvtierError } from '../errors.js';
 import { version } from '../version.js';
 import { registerBench } from './bench.js';
+import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
 import { registerSim } from './sim.js';
 
@@ -18,6 +19,7 @@ const program = new Command()
   .exitOverride();
 
 registerInfo(program);
+registerDemo(program);
 registerBench(program);
 registerSim(program);
 
