@@ -456,7 +456,12 @@ export class Warehouse {
     for (const entry of plans) {
       const { plan, i } = entry;
       if (failed.has(plan)) continue;
-      const at = round.move({ kind: 'memory', target: src, offset: i * bs }, this.place(plan.tier, plan.slot), bs, true);
+      const at = round.move(
+        { kind: 'memory', target: src, offset: i * bs },
+        this.place(plan.tier, plan.slot),
+        bs,
+        true,
+      );
       this.extra[plan.tier]!.bytesIn += bs;
       writes.push({ entry, at });
     }
@@ -532,7 +537,12 @@ export class Warehouse {
           if (m.fromTier !== from || m.toTier === ABSENT) continue;
           const e = this.index.get(m.key)!;
           round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          landing[m.toTier]!.push({ slot: m.toSlot, key: m.key, length: e.length, checksum: e.checksum });
+          landing[m.toTier]!.push({
+            slot: m.toSlot,
+            key: m.key,
+            length: e.length,
+            checksum: e.checksum,
+          });
           owners.push(plan);
           this.extra[m.fromTier]!.bytesOut += e.length;
           this.extra[m.toTier]!.bytesIn += e.length;
@@ -682,7 +692,7 @@ export class Warehouse {
         items.push({ i, key: keys[i]! });
     }
     if (items.length === 0) return;
-    await this.copyUp(
+    await this.copyTo(
       items.map(({ i, key }) => ({
         key,
         from: { kind: 'memory' as const, target: dst, offset: i * this.blockBytes },
@@ -695,7 +705,7 @@ export class Warehouse {
    * Gives each key a slot in tier `to` (making room as put does) and copies its bytes there from
    * `from`. Returns how many landed.
    */
-  private async copyUp(items: { key: Key; from: SlotPlace }[], to: number): Promise<number> {
+  private async copyTo(items: { key: Key; from: SlotPlace }[], to: number): Promise<number> {
     const plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[] = [];
     for (const { key, from } of items) {
       const e = this.index.get(key);
@@ -706,13 +716,13 @@ export class Warehouse {
     const held = this.hold();
     held.add(Warehouse.planKeys(plans));
     try {
-      return await this.executeCopyUp(plans, to);
+      return await this.executeCopyTo(plans, to);
     } finally {
       held.release();
     }
   }
 
-  private async executeCopyUp(
+  private async executeCopyTo(
     plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[],
     to: number,
   ): Promise<number> {
@@ -724,7 +734,12 @@ export class Warehouse {
       at.push(
         failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
       );
-      landing[to]!.push({ slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum });
+      landing[to]!.push({
+        slot: p.plan.slot,
+        key: p.plan.key,
+        length: p.length,
+        checksum: p.checksum,
+      });
     }
     this.describeAll(round, landing);
     const outcomes = await round.run(this.memoryEngine, this.fileEngine);
@@ -791,7 +806,7 @@ export class Warehouse {
     }
     if (items.length === 0) return result;
     try {
-      result.moved = await this.copyUp(items, to);
+      result.moved = await this.copyTo(items, to);
     } finally {
       for (const k of pinned) this.index.unpin(k);
     }
@@ -860,6 +875,24 @@ export class Warehouse {
 
   // -------------------------------------------------------------------------------- stats, close
 
+  /**
+   * On a clean close, writes blocks that live only in the top tier down to the file tier (making
+   * room there as eviction would), so a restart finds them: with write-back, the hottest blocks
+   * are exactly the ones never evicted, and they would otherwise be lost on every restart.
+   */
+  private async flushDown(): Promise<void> {
+    const last = this.tiers.length - 1;
+    if (last === 0 || !this.tiers[last]!.scan) return;
+    const items: { key: Key; from: SlotPlace }[] = [];
+    for (const [key, e] of this.index) {
+      if (e.slots[0] === ABSENT || e.slots.some((s, t) => t > 0 && s !== ABSENT)) continue;
+      items.push({ key, from: this.place(0, e.slots[0]!) });
+    }
+    for (let i = 0; i < items.length; i += FLUSH_BATCH) {
+      await this.copyTo(items.slice(i, i + FLUSH_BATCH), last);
+    }
+  }
+
   stats(): WarehouseStats {
     const { gets, hits, misses, corrupt, ioErrors } = this.counters;
     return {
@@ -899,6 +932,7 @@ export class Warehouse {
       while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
       for (const { timer } of this.leases.values()) clearTimeout(timer);
       this.leases.clear();
+      await this.flushDown();
       const sync = new TransferRound();
       for (const t of this.tiers) t.sync?.(sync.file);
       if (sync.file.length > 0) await this.fileEngine.submit(sync.file);
@@ -908,6 +942,8 @@ export class Warehouse {
     return this.closing;
   }
 }
+
+const FLUSH_BATCH = 64;
 
 function resolvePolicy(policy: PolicyOption): <K>(capacity: number) => EvictionPolicy<K> {
   if (policy === 'lru') return <K>() => new LruPolicy<K>();

@@ -152,6 +152,21 @@ describe('Warehouse', () => {
     await again.close();
   });
 
+  it('writes host-only blocks down on close, so a write-back warehouse restarts warm', async () => {
+    const d = dir();
+    const wh = await open({ dir: d });
+    const keys = chain(5);
+    await wh.put(keys, blocksFor(keys, BS));
+    expect(wh.lookup(keys).tiers).toEqual([0, 0, 0, 0, 0]);
+    await wh.close();
+    const again = await open({ dir: d });
+    expect(again.lookup(keys).tiers).toEqual([1, 1, 1, 1, 1]);
+    const dst = Buffer.alloc(5 * BS);
+    expect((await again.get(keys, dst)).count).toBe(5);
+    expect(Buffer.compare(dst, blocksFor(keys, BS))).toBe(0);
+    await again.close();
+  });
+
   it('forgets evicted blocks on disk too', async () => {
     const d = dir();
     const wh = await open({ dir: d, writeThrough: true });
