@@ -202,11 +202,12 @@ export class FileTier implements Tier {
     const { headerBytes } = this.meta;
     const sorted = [...blocks].sort((x, y) => x.slot - y.slot);
     // Consecutive slots share one write: fewer descriptors, and one larger O_DIRECT request.
-    for (let start = 0; start < sorted.length; ) {
+    for (let start = 0; start < sorted.length;) {
       let end = start + 1;
       while (end < sorted.length && sorted[end]!.slot === sorted[end - 1]!.slot + 1) end++;
       const run = Buffer.alloc((end - start) * headerBytes);
-      for (let i = start; i < end; i++) this.encodeHeader(run, (i - start) * headerBytes, sorted[i]!);
+      for (let i = start; i < end; i++)
+        this.encodeHeader(run, (i - start) * headerBytes, sorted[i]!);
       batch.write(this.file, sorted[start]!.slot * headerBytes, run);
       start = end;
     }
