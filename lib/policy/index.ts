@@ -2,6 +2,7 @@
 import { KvtierError } from '../errors.js';
 import { BeladyPolicy } from './belady.js';
 import { ArcPolicy } from './arc.js';
+import { DensityPolicy } from './density.js';
 import { LeafLruPolicy } from './lru-leaf.js';
 import { LruPolicy } from './lru.js';
 import type { EvictionPolicy } from './policy.js';
@@ -38,9 +39,25 @@ const registry = new Map<string, PolicyEntry>([
   [
     'arc-leaf',
     {
-      create: (c) => new ArcPolicy(c, true),
+      create: (c) => new ArcPolicy(c, { leafFirst: true }),
       offline: false,
       description: 'ARC, deepest block of a request first',
+    },
+  ],
+  [
+    'arc-tree',
+    {
+      create: (c) => new ArcPolicy(c, { leafFirst: true, orphans: true }),
+      offline: false,
+      description: 'ARC on the prefix tree: deepest block of a request first, orphans first',
+    },
+  ],
+  [
+    'density',
+    {
+      create: (c) => new DensityPolicy(c),
+      offline: false,
+      description: 'hit density by age and use class, learned online (LHD-style; experimental)',
     },
   ],
   [
@@ -53,8 +70,21 @@ const registry = new Map<string, PolicyEntry>([
   ],
 ]);
 
+/** Adds (or replaces) a named policy: for experiments and embedders. */
+export function registerPolicy(
+  name: string,
+  create: <K>(capacity: number) => EvictionPolicy<K>,
+  options: { offline?: boolean; description?: string } = {},
+): void {
+  registry.set(name, {
+    create,
+    offline: options.offline ?? false,
+    description: options.description ?? name,
+  });
+}
+
 /** The policy a tier gets when none is named. */
-export const DEFAULT_POLICY = 'arc-leaf';
+export const DEFAULT_POLICY = 'arc-tree';
 
 export function policyNames(options: { offline?: boolean } = {}): string[] {
   return [...registry].filter(([, e]) => options.offline !== false || !e.offline).map(([n]) => n);

@@ -198,3 +198,135 @@ export class KeyList<K> {
     return undefined;
   }
 }
+
+/**
+ * Several intrusive lists over one node pool and one key index: a key is in at most one of them,
+ * and finding it (and which list holds it) is a single lookup. For policies with several queues
+ * (ARC's T1, T2 and ghosts): a hit moves a node between lists without a second lookup.
+ */
+export class KeyLists<K> {
+  readonly node = new NodeIndex<K>();
+  keys: (K | undefined)[] = [];
+  prev: Int32Array;
+  next: Int32Array;
+  /** Which list each node is in. */
+  list: Uint8Array;
+  /** Per-node number a policy may use (a timestamp, a class, a counter). */
+  tag: Float64Array;
+  /** Per-node integer a policy may use. */
+  aux: Int32Array;
+  /** Keys in each list. */
+  readonly sizes: Int32Array;
+  private freeNodes: number[] = [];
+  private used: number;
+
+  /** Nodes 0 .. lists-1 are the sentinels: next[l] is list l's head (oldest), prev[l] its tail. */
+  constructor(readonly lists: number) {
+    const size = 16 + lists;
+    this.prev = new Int32Array(size);
+    this.next = new Int32Array(size);
+    this.list = new Uint8Array(size);
+    this.tag = new Float64Array(size);
+    this.aux = new Int32Array(size);
+    this.sizes = new Int32Array(lists);
+    for (let l = 0; l < lists; l++) {
+      this.keys.push(undefined);
+      this.prev[l] = l;
+      this.next[l] = l;
+      this.list[l] = l;
+    }
+    this.used = lists;
+  }
+
+  /** The key's node, or 0 (never a key's node... node 0 is a sentinel). */
+  find(key: K): number {
+    return this.node.get(key) ?? 0;
+  }
+
+  head(l: number): number {
+    const n = this.next[l]!;
+    return n === l ? 0 : n;
+  }
+
+  private alloc(): number {
+    const f = this.freeNodes.pop();
+    if (f !== undefined) return f;
+    const n = this.used++;
+    if (n >= this.prev.length) {
+      const size = this.prev.length * 2;
+      const grow = <T extends Int32Array | Float64Array | Uint8Array>(a: T, b: T): T => {
+        b.set(a);
+        return b;
+      };
+      this.prev = grow(this.prev, new Int32Array(size));
+      this.next = grow(this.next, new Int32Array(size));
+      this.list = grow(this.list, new Uint8Array(size));
+      this.tag = grow(this.tag, new Float64Array(size));
+      this.aux = grow(this.aux, new Int32Array(size));
+    }
+    return n;
+  }
+
+  /** Links node n before node `at` (a sentinel l: at list l's tail), in list l. */
+  private link(n: number, at: number, l: number): void {
+    const p = this.prev[at]!;
+    this.prev[n] = p;
+    this.next[n] = at;
+    this.next[p] = n;
+    this.prev[at] = n;
+    this.list[n] = l;
+    this.sizes[l]!++;
+  }
+
+  private unlink(n: number): void {
+    const p = this.prev[n]!;
+    const q = this.next[n]!;
+    this.next[p] = q;
+    this.prev[q] = p;
+    this.sizes[this.list[n]!]!--;
+  }
+
+  /** Adds a new key at the tail of list l; returns its node. The key must not be present. */
+  add(key: K, l: number): number {
+    const n = this.alloc();
+    this.node.set(key, n);
+    this.keys[n] = key;
+    this.link(n, l, l);
+    return n;
+  }
+
+  /** Moves node n to the tail of list l. */
+  moveToTail(n: number, l: number): void {
+    this.unlink(n);
+    this.link(n, l, l);
+  }
+
+  /** Moves node n just before node `at` (in at's list). */
+  moveBefore(n: number, at: number): void {
+    if (n === at) return;
+    this.unlink(n);
+    this.link(n, at, this.list[at]!);
+  }
+
+  /** Moves node n to the head (oldest end) of list l. */
+  moveToHead(n: number, l: number): void {
+    this.unlink(n);
+    this.link(n, this.next[l]!, l);
+  }
+
+  /** Removes node n and forgets its key. */
+  free(n: number): void {
+    this.node.delete(this.keys[n] as K);
+    this.unlink(n);
+    this.keys[n] = undefined;
+    this.freeNodes.push(n);
+  }
+
+  /** The oldest node of list l whose key passes `ok` (0: none). */
+  first(l: number, ok?: (key: K) => boolean): number {
+    for (let n = this.next[l]!; n !== l; n = this.next[n]!) {
+      if (!ok || ok(this.keys[n] as K)) return n;
+    }
+    return 0;
+  }
+}

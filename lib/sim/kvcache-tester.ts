@@ -134,13 +134,28 @@ export class KvCacheTesterTrace implements Trace {
     const files = await KvCacheTesterTrace.files(this.path);
     const sessions: Session[] = [];
     let base = 0;
-    for (const file of files) {
+    // Reading and gunzip run on the thread pool: keep a few files in flight while parsing.
+    const fetch = (file: string): Promise<{ buf?: Buffer; error?: Error }> =>
+      readFile(file)
+        .then((buf) => (file.endsWith('.gz') ? gunzip(buf, { chunkSize: 1 << 20 }) : buf))
+        .then(
+          (buf) => ({ buf }),
+          (error: unknown) => ({
+            error: error instanceof Error ? error : new Error(String(error)),
+          }),
+        );
+    const AHEAD = 3;
+    const inFlight = files.slice(0, AHEAD).map(fetch);
+    for (let fi = 0; fi < files.length; fi++) {
+      const file = files[fi]!;
+      const got = await inFlight[fi]!;
+      if (fi + AHEAD < files.length) inFlight.push(fetch(files[fi + AHEAD]!));
+      inFlight[fi] = Promise.resolve({}); // let the buffer go
       const problems: string[] = [];
       let doc: unknown;
       try {
-        let buf = await readFile(file);
-        if (file.endsWith('.gz')) buf = await gunzip(buf);
-        doc = JSON.parse(buf.toString('utf8'));
+        if (got.error !== undefined) throw got.error;
+        doc = JSON.parse(got.buf!.toString('utf8'));
       } catch (e) {
         const what =
           (e as { code?: string }).code === 'Z_BUF_ERROR'

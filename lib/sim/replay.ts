@@ -10,7 +10,13 @@
 import { KvtierError } from '../errors.js';
 import { isOffline, policyByName } from '../policy/index.js';
 import type { AccessInfo } from '../policy/policy.js';
-import { ABSENT, BlockIndex } from '../warehouse/block-index.js';
+import {
+  ABSENT,
+  BlockIndex,
+  DENSE_KEY_LIMIT,
+  DenseKeyIds,
+  MapKeyIds,
+} from '../warehouse/block-index.js';
 import type { Trace } from './trace.js';
 
 export interface TraceStats {
@@ -19,11 +25,15 @@ export interface TraceStats {
   distinct: number;
   /** Hit rates with infinite capacity. */
   ceiling: { prefix: number; any: number };
+  /** The largest key (-1 for an empty trace). */
+  maxKey: number;
   /** Access index of each access's next access to the same key (0x7fffffff: never). */
   next?: Int32Array;
 }
 
 const NEVER = 0x7fffffff;
+/** Keys below this are counted in a flat array. */
+const DENSE_KEYS = 1 << 28;
 
 /** One pass over a trace: sizes, the infinite-capacity ceiling and, on request, next uses. */
 export async function scanTrace(
@@ -33,16 +43,15 @@ export async function scanTrace(
   let requests = 0;
   let accesses = 0;
   let distinct = 0;
+  let maxKey = -1;
   let prefixHits = 0;
   let anyHits = 0;
   let next: Int32Array | undefined = options.next ? new Int32Array(1 << 20).fill(NEVER) : undefined;
-  // Keys in a known small range use flat arrays; others a Map.
+  await trace.open?.();
+  // Small non-negative integer keys use a flat array (grown as needed); others a Map.
   const space = trace.keySpace;
-  const dense = space !== undefined && space <= 1 << 28;
-  let last: Int32Array | undefined;
-  let lastMap: Map<number, number> | undefined;
-  if (dense) last = new Int32Array(space).fill(-1);
-  else lastMap = new Map();
+  let last = new Int32Array(space !== undefined && space <= DENSE_KEYS ? space : 1 << 16).fill(-1);
+  const lastMap = new Map<number, number>();
   for await (const r of trace.requests()) {
     requests++;
     const keys = r.keys;
@@ -59,15 +68,24 @@ export async function scanTrace(
       const key = keys[i]!;
       const idx = accesses + i;
       let prev: number;
-      if (last) {
+      if (key < last.length) {
         prev = last[key]!;
         last[key] = idx;
+      } else if (key < DENSE_KEYS && (key | 0) === key) {
+        let size = last.length * 2;
+        while (size <= key) size *= 2;
+        const grown = new Int32Array(size).fill(-1);
+        grown.set(last);
+        last = grown;
+        prev = -1;
+        last[key] = idx;
       } else {
-        prev = lastMap!.get(key) ?? -1;
-        lastMap!.set(key, idx);
+        prev = lastMap.get(key) ?? -1;
+        lastMap.set(key, idx);
       }
       if (prev < 0) {
         distinct++;
+        if (key > maxKey) maxKey = key;
         prefix = false;
       } else {
         anyHits++;
@@ -82,6 +100,7 @@ export async function scanTrace(
     requests,
     accesses,
     distinct,
+    maxKey,
     ceiling: {
       prefix: accesses === 0 ? 0 : prefixHits / accesses,
       any: accesses === 0 ? 0 : anyHits / accesses,
@@ -155,15 +174,17 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
       );
     }
   }
+  let stats = options.stats;
+  if (!stats || (offline && !stats.next)) stats = await scanTrace(trace, { next: offline });
   const index = new BlockIndex<number>(
     options.tiers.map((t) => ({
       name: t.name,
       capacity: t.capacity,
       policy: policyByName<number>(options.policy, t.capacity),
     })),
+    // Integer keys in a compact range are their own row ids: no hashing per access.
+    { ids: stats.maxKey < DENSE_KEY_LIMIT ? new DenseKeyIds(stats.maxKey + 1) : new MapKeyIds() },
   );
-  let stats = options.stats;
-  if (!stats || (offline && !stats.next)) stats = await scanTrace(trace, { next: offline });
   const next = stats.next;
   const blockTokens = options.blockTokens ?? trace.blockTokens ?? 1;
   const blockBytes = options.blockBytes ?? 0;

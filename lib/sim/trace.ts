@@ -45,8 +45,10 @@ export interface Trace {
   readonly path: string;
   /** Tokens per block, when the trace says (Mooncake 512, kv-cache-tester 64). */
   readonly blockTokens: number | undefined;
-  /** Keys lie in [0, keySpace) when known: lets the replay count with a bitmap. */
+  /** Keys lie in [0, keySpace) when known (after open()): lets the replay use flat arrays. */
   readonly keySpace: number | undefined;
+  /** Loads what must be loaded before keySpace is known (optional). */
+  open?(): Promise<unknown>;
   /** Lines or files skipped so far (with onError 'skip'). */
   readonly skipped: number;
   /** Streams the requests in replay order. */

@@ -75,16 +75,149 @@ export interface TierConfig<K> {
   policy: EvictionPolicy<K>;
 }
 
+/**
+ * Maps keys to small integer ids (the index's rows). The Warehouse's keys are strings: a Map. The
+ * simulator's are small non-negative integers: the key is its own id, with no hashing at all.
+ */
+export interface KeyIds<K> {
+  readonly size: number;
+  /** The key's id, or -1. */
+  get(key: K): number;
+  /** A new id for a key that has none. */
+  add(key: K): number;
+  delete(key: K, id: number): void;
+  key(id: number): K;
+  /** Every id in use. */
+  ids(): IterableIterator<number>;
+}
+
+/** Ids from a Map, for any key type (the default). */
+export class MapKeyIds<K> implements KeyIds<K> {
+  private readonly map = new Map<K, number>();
+  private readonly keys: K[] = [];
+  private readonly spare: number[] = [];
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  get(key: K): number {
+    return this.map.get(key) ?? -1;
+  }
+
+  add(key: K): number {
+    const id = this.spare.pop() ?? this.keys.length;
+    this.keys[id] = key;
+    this.map.set(key, id);
+    return id;
+  }
+
+  delete(key: K, id: number): void {
+    this.map.delete(key);
+    this.spare.push(id);
+  }
+
+  key(id: number): K {
+    return this.keys[id]!;
+  }
+
+  ids(): IterableIterator<number> {
+    return this.map.values();
+  }
+}
+
+/** Keys at or above this cannot be their own ids. */
+export const DENSE_KEY_LIMIT = 1 << 28;
+
+/**
+ * Non-negative integer keys that are their own ids (the simulator's: readers move ids into a
+ * compact range). Keys must be below DENSE_KEY_LIMIT; size the space to the largest key + 1.
+ */
+export class DenseKeyIds implements KeyIds<number> {
+  private present: Uint8Array;
+  private count = 0;
+
+  constructor(space = 1024) {
+    this.present = new Uint8Array(Math.max(1, space));
+  }
+
+  get size(): number {
+    return this.count;
+  }
+
+  get(key: number): number {
+    return this.present[key] === 1 ? key : -1;
+  }
+
+  add(key: number): number {
+    if (!(key >= 0 && key < DENSE_KEY_LIMIT && Math.floor(key) === key)) {
+      throw new RangeError(`key ${key} cannot index a dense table`);
+    }
+    if (key >= this.present.length) {
+      let size = this.present.length * 2;
+      while (size <= key) size *= 2;
+      const p = new Uint8Array(Math.min(size, DENSE_KEY_LIMIT));
+      p.set(this.present);
+      this.present = p;
+    }
+    this.present[key] = 1;
+    this.count++;
+    return key;
+  }
+
+  delete(key: number, _id: number): void {
+    if (this.present[key] === 1) {
+      this.present[key] = 0;
+      this.count--;
+    }
+  }
+
+  key(id: number): number {
+    return id;
+  }
+
+  *ids(): IterableIterator<number> {
+    const p = this.present;
+    for (let k = 0; k < p.length; k++) if (p[k] === 1) yield k;
+  }
+}
+
+export interface BlockIndexOptions<K> {
+  /** Whether a block evicted from its last tier is written to the next one (default true). */
+  demote?: boolean;
+  /** How keys map to rows (default: a Map, for any key type). */
+  ids?: KeyIds<K>;
+}
+
+/**
+ * The index keeps each block's row in typed arrays (slots per tier, length, checksum, priority,
+ * pins, busy bits), by id: no object per block, so no allocation per insertion and good locality.
+ * get() and the iterator hand out snapshots (BlockEntry objects).
+ */
 export class BlockIndex<K> {
   readonly tiers: TierAccount<K>[];
-  private readonly entries = new Map<K, BlockEntry>();
+  private readonly ids: KeyIds<K>;
+  private readonly nt: number;
+  private rows = 0;
+  private slot: Int32Array = new Int32Array(0);
+  private len: Float64Array = new Float64Array(0);
+  private sum: Float64Array = new Float64Array(0);
+  private prio: Float64Array = new Float64Array(0);
+  private pinned: Int32Array = new Int32Array(0);
+  private busyBits: Int32Array = new Int32Array(0);
   private readonly free: number[][];
   private readonly nextSlot: number[];
   /** Whether a block evicted from its last tier is written to the next one (write-back). */
   private readonly demote: boolean;
   private readonly evictable: ((key: K) => boolean)[];
+  /** Moves of place(): pooled, since place() hands no plan out. */
+  private readonly scratch: Move<K>[] = [];
+  private scratchN = 0;
+  private readonly demoteInfo: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 0 };
+  /** Whether the slot the last reserve() returned was free (else an evicted block's). */
+  private fresh = false;
 
-  constructor(tiers: TierConfig<K>[], options: { demote?: boolean } = {}) {
+  constructor(tiers: TierConfig<K>[], options: BlockIndexOptions<K> = {}) {
     this.tiers = tiers.map((t) => ({
       name: t.name,
       capacity: t.capacity,
@@ -92,27 +225,32 @@ export class BlockIndex<K> {
       used: 0,
       stats: { hits: 0, misses: 0, inserts: 0, evictions: 0, promotions: 0, demotions: 0 },
     }));
+    this.nt = tiers.length;
+    this.ids = options.ids ?? new MapKeyIds<K>();
     this.free = tiers.map(() => []);
     this.nextSlot = tiers.map(() => 0);
     this.demote = options.demote ?? true;
     this.evictable = tiers.map((_, t) => (key: K) => {
-      const e = this.entries.get(key);
-      return e !== undefined && e.pins === 0 && (e.busy & (1 << t)) === 0;
+      const id = this.ids.get(key);
+      return id >= 0 && this.pinned[id] === 0 && (this.busyBits[id]! & (1 << t)) === 0;
     });
+    this.grow(1024);
   }
 
   get size(): number {
-    return this.entries.size;
+    return this.ids.size;
   }
 
+  /** A snapshot of the block's entry (changes to the index later do not show in it). */
   get(key: K): BlockEntry | undefined {
-    return this.entries.get(key);
+    const id = this.ids.get(key);
+    return id < 0 ? undefined : this.entry(id);
   }
 
   /** The highest tier (lowest number) holding the key, or ABSENT. */
   topTier(key: K): number {
-    const e = this.entries.get(key);
-    return e === undefined ? ABSENT : topOf(e);
+    const id = this.ids.get(key);
+    return id < 0 ? ABSENT : this.top(id);
   }
 
   /**
@@ -122,9 +260,9 @@ export class BlockIndex<K> {
   prefix(keys: readonly K[], tiersOut?: number[]): number {
     let n = 0;
     for (const key of keys) {
-      const e = this.entries.get(key);
-      if (e === undefined) break;
-      if (tiersOut) tiersOut[n] = topOf(e);
+      const id = this.ids.get(key);
+      if (id < 0) break;
+      if (tiersOut) tiersOut[n] = this.top(id);
       n++;
     }
     return n;
@@ -135,19 +273,14 @@ export class BlockIndex<K> {
    * Returns the tier it was found in, or ABSENT.
    */
   access(key: K, info: AccessInfo): number {
-    const e = this.entries.get(key);
-    if (e === undefined) {
-      for (const t of this.tiers) {
-        t.stats.misses++;
-        t.policy.miss?.(key, info);
-      }
-      return ABSENT;
-    }
-    const top = topOf(e);
+    const id = this.ids.get(key);
+    const top = id < 0 ? this.nt : this.top(id);
     for (let t = 0; t < top; t++) {
-      this.tiers[t]!.stats.misses++;
-      this.tiers[t]!.policy.miss?.(key, info);
+      const tier = this.tiers[t]!;
+      tier.stats.misses++;
+      tier.policy.miss?.(key, info);
     }
+    if (id < 0) return ABSENT;
     const tier = this.tiers[top]!;
     tier.stats.hits++;
     tier.policy.touch(key, info);
@@ -160,22 +293,14 @@ export class BlockIndex<K> {
    * will not admit the key. Reserved slots and victims stay reserved until commit() or abort().
    */
   plan(key: K, tier: number, info: AccessInfo): Plan<K> | undefined {
-    const existing = this.entries.get(key);
-    if (existing !== undefined && existing.slots[tier] !== ABSENT) {
-      return { key, tier, slot: existing.slots[tier]!, fresh: false, moves: [] };
+    const id = this.ids.get(key);
+    if (id >= 0 && this.slot[id * this.nt + tier] !== ABSENT) {
+      return { key, tier, slot: this.slot[id * this.nt + tier]!, fresh: false, moves: [] };
     }
     const moves: Move<K>[] = [];
-    // The key's own copies are the source of this placement (a promotion): while the plan makes
-    // room, they must not be chosen as victims, or a demotion could overwrite the copy to be read.
-    if (existing) existing.pins++;
-    const got = this.reserve(tier, key, info, moves, 0);
-    if (existing) existing.pins--;
-    if (got === undefined) {
-      this.rollback(moves);
-      return undefined;
-    }
-    if (existing) existing.busy |= 1 << tier;
-    return { key, tier, slot: got.slot, fresh: got.fresh, moves };
+    const slot = this.makeRoom(key, tier, info, id, moves);
+    if (slot === ABSENT) return undefined;
+    return { key, tier, slot, fresh: this.fresh, moves };
   }
 
   /**
@@ -183,39 +308,12 @@ export class BlockIndex<K> {
    * counters change together.
    */
   commit(plan: Plan<K>, info: AccessInfo, meta: { length: number; checksum: number }): void {
-    for (const m of plan.moves) this.applyMove(m, info);
-    let e = this.entries.get(plan.key);
-    const tier = this.tiers[plan.tier]!;
-    if (e === undefined) {
-      e = {
-        slots: this.absentSlots(),
-        length: meta.length,
-        checksum: meta.checksum,
-        priority: info.priority,
-        pins: 0,
-        busy: 0,
-      };
-      this.entries.set(plan.key, e);
-    } else {
-      e.length = meta.length;
-      e.checksum = meta.checksum;
-      e.priority = Math.max(e.priority, info.priority);
-    }
-    e.busy &= ~(1 << plan.tier);
-    if (e.slots[plan.tier] === ABSENT) {
-      const from = topOf(e);
-      e.slots[plan.tier] = plan.slot;
-      tier.policy.insert(plan.key, info);
-      if (from !== ABSENT && from > plan.tier) tier.stats.promotions++;
-      else tier.stats.inserts++;
-    } else {
-      tier.policy.touch(plan.key, info);
-    }
+    this.finish(plan.key, plan.tier, plan.slot, plan.moves, plan.moves.length, info, meta);
   }
 
   /**
-   * plan() and commit() at once, for callers that move no bytes (`kvtier sim`): a key already in
-   * the tier is only touched, without allocating a plan. Returns whether the key is now there.
+   * plan() and commit() at once, for callers that move no bytes (`kvtier sim`): nothing is
+   * allocated (the moves are pooled). Returns whether the key is now there.
    */
   place(
     key: K,
@@ -223,59 +321,65 @@ export class BlockIndex<K> {
     info: AccessInfo,
     meta: { length: number; checksum: number },
   ): boolean {
-    const e = this.entries.get(key);
-    if (e !== undefined && e.slots[tier] !== ABSENT && (e.busy & (1 << tier)) === 0) {
-      e.length = meta.length;
-      e.checksum = meta.checksum;
-      if (info.priority > e.priority) e.priority = info.priority;
-      this.tiers[tier]!.policy.touch(key, info);
+    const id = this.ids.get(key);
+    if (id >= 0 && this.slot[id * this.nt + tier] !== ABSENT) {
+      if ((this.busyBits[id]! & (1 << tier)) === 0) {
+        this.len[id] = meta.length;
+        this.sum[id] = meta.checksum;
+        if (info.priority > this.prio[id]!) this.prio[id] = info.priority;
+        this.tiers[tier]!.policy.touch(key, info);
+      } else {
+        this.commit(this.plan(key, tier, info)!, info, meta);
+      }
       return true;
     }
-    const plan = this.plan(key, tier, info);
-    if (plan === undefined) return false;
-    this.commit(plan, info, meta);
+    this.scratchN = 0;
+    const slot = this.makeRoom(key, tier, info, id, this.scratch);
+    if (slot === ABSENT) return false;
+    this.finish(key, tier, slot, this.scratch, this.scratchN, info, meta);
     return true;
   }
 
   /** Releases what plan() reserved, leaving everything as it was. */
   abort(plan: Plan<K>): void {
-    const e = this.entries.get(plan.key);
-    if (e !== undefined && e.slots[plan.tier] === plan.slot) return; // it was already there
-    if (e !== undefined) e.busy &= ~(1 << plan.tier);
-    this.rollback(plan.moves);
+    const id = this.ids.get(plan.key);
+    if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
+    if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
+    this.rollback(plan.moves, plan.moves.length);
     if (plan.fresh) this.release(plan.tier, plan.slot);
   }
 
   /** Drops the copy of `key` in `tier` (or every copy), freeing the slots. */
   remove(key: K, tier?: number): boolean {
-    const e = this.entries.get(key);
-    if (e === undefined) return false;
-    for (let t = 0; t < this.tiers.length; t++) {
-      if ((tier === undefined || tier === t) && e.slots[t] !== ABSENT) {
-        this.release(t, e.slots[t]!);
-        e.slots[t] = ABSENT;
+    const id = this.ids.get(key);
+    if (id < 0) return false;
+    const row = id * this.nt;
+    for (let t = 0; t < this.nt; t++) {
+      if ((tier === undefined || tier === t) && this.slot[row + t] !== ABSENT) {
+        this.release(t, this.slot[row + t]!);
+        this.slot[row + t] = ABSENT;
         this.tiers[t]!.policy.remove(key);
       }
     }
-    if (topOf(e) === ABSENT) this.entries.delete(key);
+    if (this.top(id) === ABSENT) this.ids.delete(key, id);
     return true;
   }
 
   pin(key: K): boolean {
-    const e = this.entries.get(key);
-    if (e === undefined) return false;
-    e.pins++;
+    const id = this.ids.get(key);
+    if (id < 0) return false;
+    this.pinned[id]!++;
     return true;
   }
 
   unpin(key: K): void {
-    const e = this.entries.get(key);
-    if (e !== undefined && e.pins > 0) e.pins--;
+    const id = this.ids.get(key);
+    if (id >= 0 && this.pinned[id]! > 0) this.pinned[id]!--;
   }
 
-  /** Every (key, entry), for persistence and checks. */
+  /** Every (key, entry snapshot), for persistence and checks. */
   *[Symbol.iterator](): IterableIterator<[K, BlockEntry]> {
-    yield* this.entries;
+    for (const id of [...this.ids.ids()]) yield [this.ids.key(id), this.entry(id)];
   }
 
   /**
@@ -289,19 +393,9 @@ export class BlockIndex<K> {
     meta: { length: number; checksum: number },
     info: AccessInfo,
   ): void {
-    let e = this.entries.get(key);
-    if (e === undefined) {
-      e = {
-        slots: this.absentSlots(),
-        length: meta.length,
-        checksum: meta.checksum,
-        priority: info.priority,
-        pins: 0,
-        busy: 0,
-      };
-      this.entries.set(key, e);
-    }
-    e.slots[tier] = slot;
+    let id = this.ids.get(key);
+    if (id < 0) id = this.newRow(key, meta, info.priority);
+    this.slot[id * this.nt + tier] = slot;
     const t = this.tiers[tier]!;
     t.used++;
     this.nextSlot[tier] = Math.max(this.nextSlot[tier]!, slot + 1);
@@ -311,92 +405,226 @@ export class BlockIndex<K> {
   /** After restore(): slots below the highest used one that nobody holds become free. */
   rebuildFreeSlots(tier: number): void {
     const taken = new Set<number>();
-    for (const e of this.entries.values()) if (e.slots[tier] !== ABSENT) taken.add(e.slots[tier]!);
+    for (const id of this.ids.ids()) {
+      const s = this.slot[id * this.nt + tier]!;
+      if (s !== ABSENT) taken.add(s);
+    }
     const free: number[] = [];
     for (let s = this.nextSlot[tier]! - 1; s >= 0; s--) if (!taken.has(s)) free.push(s);
     this.free[tier] = free;
   }
 
+  private entry(id: number): BlockEntry {
+    const slots: number[] = [];
+    for (let t = 0; t < this.nt; t++) slots.push(this.slot[id * this.nt + t]!);
+    return {
+      slots,
+      length: this.len[id]!,
+      checksum: this.sum[id]!,
+      priority: this.prio[id]!,
+      pins: this.pinned[id]!,
+      busy: this.busyBits[id]!,
+    };
+  }
+
+  /** The highest tier holding row `id`, or ABSENT. */
+  private top(id: number): number {
+    const s = this.slot;
+    const row = id * this.nt;
+    for (let t = 0; t < this.nt; t++) if (s[row + t] !== ABSENT) return t;
+    return ABSENT;
+  }
+
+  private grow(rows: number): void {
+    if (rows <= this.rows) return;
+    let n = Math.max(1024, this.rows * 2);
+    while (n < rows) n *= 2;
+    const nt = this.nt;
+    const slot = new Int32Array(n * nt).fill(ABSENT);
+    slot.set(this.slot);
+    this.slot = slot;
+    const f64 = (a: Float64Array): Float64Array => {
+      const b = new Float64Array(n);
+      b.set(a);
+      return b;
+    };
+    const i32 = (a: Int32Array): Int32Array => {
+      const b = new Int32Array(n);
+      b.set(a);
+      return b;
+    };
+    this.len = f64(this.len);
+    this.sum = f64(this.sum);
+    this.prio = f64(this.prio);
+    this.pinned = i32(this.pinned);
+    this.busyBits = i32(this.busyBits);
+    this.rows = n;
+  }
+
+  private newRow(key: K, meta: { length: number; checksum: number }, priority: number): number {
+    const id = this.ids.add(key);
+    if (id >= this.rows) this.grow(id + 1);
+    const row = id * this.nt;
+    for (let t = 0; t < this.nt; t++) this.slot[row + t] = ABSENT;
+    this.len[id] = meta.length;
+    this.sum[id] = meta.checksum;
+    this.prio[id] = priority;
+    this.pinned[id] = 0;
+    this.busyBits[id] = 0;
+    return id;
+  }
+
+  /** Reserves a slot for `key` in `tier` (its moves into `moves`); ABSENT when there is none. */
+  private makeRoom(key: K, tier: number, info: AccessInfo, id: number, moves: Move<K>[]): number {
+    // The key's own copies are the source of this placement (a promotion): while the plan makes
+    // room, they must not be chosen as victims, or a demotion could overwrite the copy to be read.
+    if (id >= 0) this.pinned[id]!++;
+    const slot = this.reserve(tier, key, info, moves, 0);
+    if (id >= 0) this.pinned[id]!--;
+    if (slot === ABSENT) {
+      this.rollback(moves, moves === this.scratch ? this.scratchN : moves.length);
+      return ABSENT;
+    }
+    if (id >= 0) this.busyBits[id]! |= 1 << tier;
+    return slot;
+  }
+
+  private finish(
+    key: K,
+    tierNo: number,
+    slot: number,
+    moves: readonly Move<K>[],
+    count: number,
+    info: AccessInfo,
+    meta: { length: number; checksum: number },
+  ): void {
+    for (let i = 0; i < count; i++) this.applyMove(moves[i]!, info);
+    let id = this.ids.get(key);
+    const tier = this.tiers[tierNo]!;
+    if (id < 0) {
+      id = this.newRow(key, meta, info.priority);
+    } else {
+      this.len[id] = meta.length;
+      this.sum[id] = meta.checksum;
+      this.prio[id] = Math.max(this.prio[id]!, info.priority);
+    }
+    this.busyBits[id]! &= ~(1 << tierNo);
+    const at = id * this.nt + tierNo;
+    if (this.slot[at] === ABSENT) {
+      const from = this.top(id);
+      this.slot[at] = slot;
+      tier.policy.insert(key, info);
+      if (from !== ABSENT && from > tierNo) tier.stats.promotions++;
+      else tier.stats.inserts++;
+    } else {
+      tier.policy.touch(key, info);
+    }
+  }
+
+  /** A slot for a new copy in `tier` (ABSENT: none); sets `fresh`. */
   private reserve(
     tier: number,
     forKey: K,
     info: AccessInfo,
     moves: Move<K>[],
     depth: number,
-  ): { slot: number; fresh: boolean } | undefined {
+  ): number {
     const t = this.tiers[tier]!;
     if (t.used < t.capacity) {
       t.used++;
       const free = this.free[tier]!;
-      return { slot: free.length > 0 ? free.pop()! : this.nextSlot[tier]!++, fresh: true };
+      this.fresh = true;
+      return free.length > 0 ? free.pop()! : this.nextSlot[tier]!++;
     }
     const victim = t.policy.victim(this.evictable[tier]);
-    if (victim === undefined) return undefined;
-    if (depth === 0 && t.policy.admit && !t.policy.admit(forKey, info, victim)) return undefined;
-    const v = this.entries.get(victim)!;
-    const vSlot = v.slots[tier]!;
-    v.busy |= 1 << tier;
-    const drop = {
-      key: victim,
-      fromTier: tier,
-      fromSlot: vSlot,
-      toTier: ABSENT,
-      toSlot: ABSENT,
-      toFresh: false,
-    };
-    if (this.lowerCopy(v, tier) === ABSENT && this.demote && tier + 1 < this.tiers.length) {
+    if (victim === undefined) return ABSENT;
+    if (depth === 0 && t.policy.admit && !t.policy.admit(forKey, info, victim)) return ABSENT;
+    const v = this.ids.get(victim);
+    const vSlot = this.slot[v * this.nt + tier]!;
+    this.busyBits[v]! |= 1 << tier;
+    if (this.lowerCopy(v, tier) === ABSENT && this.demote && tier + 1 < this.nt) {
       // Nested moves are pushed first: the lower tier must make room before the victim lands.
       const to = this.reserve(tier + 1, victim, info, moves, depth + 1);
-      if (to === undefined) {
-        moves.push(drop);
+      if (to === ABSENT) {
+        this.addMove(moves, victim, tier, vSlot, ABSENT, ABSENT, false);
       } else {
-        v.busy |= 1 << (tier + 1);
-        moves.push({ ...drop, toTier: tier + 1, toSlot: to.slot, toFresh: to.fresh });
+        this.busyBits[v]! |= 1 << (tier + 1);
+        this.addMove(moves, victim, tier, vSlot, tier + 1, to, this.fresh);
       }
     } else {
-      moves.push(drop);
+      this.addMove(moves, victim, tier, vSlot, ABSENT, ABSENT, false);
     }
     // The victim's slot passes straight to the new key; `used` stays the same.
-    return { slot: vSlot, fresh: false };
+    this.fresh = false;
+    return vSlot;
   }
 
-  private absentSlots(): number[] {
-    const slots: number[] = [];
-    for (let t = 0; t < this.tiers.length; t++) slots.push(ABSENT);
-    return slots;
+  private addMove(
+    moves: Move<K>[],
+    key: K,
+    fromTier: number,
+    fromSlot: number,
+    toTier: number,
+    toSlot: number,
+    toFresh: boolean,
+  ): void {
+    if (moves !== this.scratch) {
+      moves.push({ key, fromTier, fromSlot, toTier, toSlot, toFresh });
+      return;
+    }
+    const m = moves[this.scratchN];
+    if (m === undefined) {
+      moves.push({ key, fromTier, fromSlot, toTier, toSlot, toFresh });
+    } else {
+      m.key = key;
+      m.fromTier = fromTier;
+      m.fromSlot = fromSlot;
+      m.toTier = toTier;
+      m.toSlot = toSlot;
+      m.toFresh = toFresh;
+    }
+    this.scratchN++;
   }
 
-  private lowerCopy(e: BlockEntry, tier: number): number {
-    for (let t = tier + 1; t < this.tiers.length; t++) if (e.slots[t] !== ABSENT) return t;
+  private lowerCopy(id: number, tier: number): number {
+    const row = id * this.nt;
+    for (let t = tier + 1; t < this.nt; t++) if (this.slot[row + t] !== ABSENT) return t;
     return ABSENT;
   }
 
   private applyMove(m: Move<K>, info: AccessInfo): void {
-    const e = this.entries.get(m.key);
-    if (e === undefined) return;
+    const id = this.ids.get(m.key);
+    if (id < 0) return;
+    const row = id * this.nt;
     const from = this.tiers[m.fromTier]!;
-    e.busy &= ~(1 << m.fromTier);
-    e.slots[m.fromTier] = ABSENT;
+    this.busyBits[id]! &= ~(1 << m.fromTier);
+    this.slot[row + m.fromTier] = ABSENT;
     from.policy.remove(m.key);
     from.stats.evictions++;
     if (m.toTier !== ABSENT) {
       const to = this.tiers[m.toTier]!;
-      e.busy &= ~(1 << m.toTier);
-      e.slots[m.toTier] = m.toSlot;
-      to.policy.insert(m.key, { ...info, priority: e.priority });
+      this.busyBits[id]! &= ~(1 << m.toTier);
+      this.slot[row + m.toTier] = m.toSlot;
+      const d = this.demoteInfo;
+      d.now = info.now;
+      d.priority = this.prio[id]!;
+      d.depth = info.depth;
+      d.chainLength = info.chainLength;
+      d.next = info.next;
+      to.policy.insert(m.key, d);
       to.stats.demotions++;
     }
-    if (topOf(e) === ABSENT) this.entries.delete(m.key);
+    if (this.top(id) === ABSENT) this.ids.delete(m.key, id);
   }
 
-  private rollback(moves: Move<K>[]): void {
+  private rollback(moves: readonly Move<K>[], count: number): void {
     // Undo in reverse: victims become evictable again and reserved lower slots are released.
-    for (let i = moves.length - 1; i >= 0; i--) {
+    for (let i = count - 1; i >= 0; i--) {
       const m = moves[i]!;
-      const e = this.entries.get(m.key);
-      if (e !== undefined) e.busy &= ~(1 << m.fromTier);
+      const id = this.ids.get(m.key);
+      if (id >= 0) this.busyBits[id]! &= ~(1 << m.fromTier);
       if (m.toTier !== ABSENT) {
-        if (e !== undefined) e.busy &= ~(1 << m.toTier);
+        if (id >= 0) this.busyBits[id]! &= ~(1 << m.toTier);
         if (m.toFresh) this.release(m.toTier, m.toSlot);
       }
     }
@@ -406,10 +634,4 @@ export class BlockIndex<K> {
     this.tiers[tier]!.used--;
     this.free[tier]!.push(slot);
   }
-}
-
-function topOf(e: BlockEntry): number {
-  const s = e.slots;
-  for (let t = 0; t < s.length; t++) if (s[t] !== ABSENT) return t;
-  return ABSENT;
 }
