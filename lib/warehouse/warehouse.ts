@@ -7,7 +7,7 @@
 import { createEngine, type EngineOptions, type IoEngine, type Target } from '../engine.js';
 import { abortError, KvtierError } from '../errors.js';
 import { Region } from '../region.js';
-import { LruPolicy } from '../policy/lru.js';
+import { DEFAULT_POLICY, isOffline, policyByName } from '../policy/index.js';
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
 import { ABSENT, BlockIndex, type Plan } from './block-index.js';
 import { FileTier, type Durability } from './file-tier.js';
@@ -33,7 +33,8 @@ export interface FileTierOptions {
 
 export type TierOptions = HostTierOptions | FileTierOptions;
 
-export type PolicyOption = 'lru' | (<K>(capacity: number) => EvictionPolicy<K>);
+/** A policy name from lib/policy (default: the simulator-tested default), or a factory. */
+export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>);
 
 export interface WarehouseOptions {
   /** Bytes per block: all layers' K and V for one block of tokens. */
@@ -218,7 +219,7 @@ export class Warehouse {
         );
       }
     }
-    const policy = resolvePolicy(options.policy ?? 'lru');
+    const policy = resolvePolicy(options.policy ?? DEFAULT_POLICY);
     const durability = options.durability ?? 'none';
     if (durability !== 'none' && durability !== 'sync') {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', `durability must be 'none' or 'sync'`);
@@ -955,7 +956,16 @@ export class Warehouse {
 const FLUSH_BATCH = 64;
 
 function resolvePolicy(policy: PolicyOption): <K>(capacity: number) => EvictionPolicy<K> {
-  if (policy === 'lru') return <K>() => new LruPolicy<K>();
   if (typeof policy === 'function') return policy;
-  throw new KvtierError('KVTIER_BAD_ARGUMENT', `unknown policy ${String(policy)}`);
+  if (typeof policy !== 'string') {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'policy must be a policy name or a factory');
+  }
+  if (isOffline(policy)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `policy ${policy} needs the future; only kvtier sim can run it`,
+    );
+  }
+  policyByName(policy, 1); // refuses unknown names now, before anything is opened
+  return <K>(capacity: number) => policyByName<K>(policy, capacity);
 }

@@ -76,7 +76,7 @@ describe('Warehouse', () => {
   });
 
   it('evicts LRU blocks down to the file tier and promotes them back on get', async () => {
-    const wh = await open();
+    const wh = await open({ policy: 'lru' });
     const keys = chain(12);
     for (const k of keys) await wh.put([k], blockFor(k, BS));
     // The first four were evicted from host (capacity 8) and demoted to the file tier.
