@@ -114,8 +114,22 @@ export function chainKeys(
 }
 
 /** Validates a key and returns its hex form. */
+/** Whether s is already a key in canonical form: 32 to 64 lowercase hex digits, even length. */
+function isCanonical(s: string): boolean {
+  const n = s.length;
+  if (n < MIN_KEY_BYTES * 2 || n > KEY_BYTES * 2 || (n & 1) !== 0) return false;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    // 0-9 or a-f
+    if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
+  }
+  return true;
+}
+
 export function toKey(k: KeyLike): Key {
   if (typeof k === 'string') {
+    // The common case (keys that came from chainKeys or from this library) costs one scan.
+    if (isCanonical(k)) return k;
     const lower = k.toLowerCase();
     if (
       lower.length % 2 !== 0 ||

@@ -12,7 +12,7 @@ import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
 import { ABSENT, BlockIndex, type Plan } from './block-index.js';
 import { FileTier, type Durability } from './file-tier.js';
 import { HostTier } from './host-tier.js';
-import { toKeys, type Key, type KeyChain, type KeyLike } from './keys.js';
+import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
 import { PrefetchQueue } from './prefetch.js';
 import type { SlotBlock, SlotPlace, Tier } from './tier.js';
 import { TransferRound } from './transfers.js';
@@ -586,8 +586,24 @@ export class Warehouse {
   /** How much of a chain is cached, and where; changes nothing. */
   lookup(keys: KeyChain | readonly KeyLike[]): LookupResult {
     this.assertOpen();
-    const list = toKeys(keys);
-    const tiers = list.map((k) => this.index.topTier(k));
+    let tiers: number[];
+    if (keys instanceof KeyChain) {
+      tiers = keys.keys().map((k) => this.index.topTier(k));
+    } else {
+      if (!Array.isArray(keys)) toKeys(keys); // throws the usual error
+      tiers = new Array<number>(keys.length);
+      for (let i = 0; i < keys.length; i++) {
+        const k = keys[i]!;
+        // Only valid keys are ever stored, so a string found as it is needs no validation; the
+        // check runs for the misses, which may be malformed (and then throw) or differ in case.
+        let t = typeof k === 'string' ? this.index.topTier(k) : ABSENT;
+        if (t === ABSENT) {
+          const canonical = toKey(k);
+          if (canonical !== k) t = this.index.topTier(canonical);
+        }
+        tiers[i] = t;
+      }
+    }
     let prefix = 0;
     while (prefix < tiers.length && tiers[prefix] !== ABSENT) prefix++;
     return { prefix, tiers };

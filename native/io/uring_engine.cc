@@ -38,12 +38,20 @@ class Finisher {
     return true;
   }
 
-  void Push(Op* op) {
+  // Hands over every op finished in one pass over the completion queue at once: one lock and one
+  // wake-up per pass, not per op.
+  void PushAll(std::vector<Op*>* ops) {
+    if (ops->empty()) return;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(op);
+      queue_.insert(queue_.end(), ops->begin(), ops->end());
     }
-    cv_.notify_one();
+    if (ops->size() == 1) {
+      cv_.notify_one();
+    } else {
+      cv_.notify_all();
+    }
+    ops->clear();
   }
 
   // Completes everything queued, then joins.
@@ -175,7 +183,7 @@ class UringEngine final : public IoEngine {
 
   void Finish(Op* op) {
     if ((op->wantCrc || op->bounce != nullptr) && op->err == 0 && op->done > 0) {
-      finisher_.Push(op);
+      toFinish_.push_back(op);
     } else {
       CompleteOp(*op);
     }
@@ -240,6 +248,8 @@ class UringEngine final : public IoEngine {
       }
       // Exit only once the armed wake-up read has completed, so the kernel never writes into
       // wakeBuf_ after the engine is gone. Stop() always writes the eventfd, so it does complete.
+      // Ops finished outside a completion pass (memory work, failures) go out before any wait.
+      finisher_.PushAll(&toFinish_);
       if (stopping && inflight_ == 0 && backlog_.empty() && !wakeArmed_) break;
 
       int rc = io_uring_submit_and_wait(&ring_, 1);
@@ -255,6 +265,7 @@ class UringEngine final : public IoEngine {
         ++seen;
       }
       io_uring_cq_advance(&ring_, seen);
+      finisher_.PushAll(&toFinish_);
     }
   }
 
@@ -280,6 +291,7 @@ class UringEngine final : public IoEngine {
   std::deque<Op*> backlog_;   // ring thread only
   unsigned inflight_ = 0;     // ring thread only
   Finisher finisher_;
+  std::vector<Op*> toFinish_;  // ring thread only: finished ops waiting for the finisher
 };
 
 }  // namespace

@@ -223,6 +223,7 @@ describe('Warehouse', () => {
       ['short dst', () => wh.get(keys, Buffer.alloc(BS))],
       ['bad ttl', () => wh.pin(keys, { ttlMs: -1 })],
       ['unknown tier', () => wh.prefetch(keys, { to: 'gpu' })],
+      ['malformed key in lookup', () => wh.lookup([keys[0]!, 'not-a-key'])],
     ];
     for (const [what, call] of bad) {
       let error: unknown;
@@ -236,6 +237,8 @@ describe('Warehouse', () => {
     }
     expect(wh.stats().blocks).toBe(0);
     expect((await wh.put(keys, blocksFor(keys, BS))).stored).toBe(2);
+    // Keys in upper case or as bytes name the same blocks.
+    expect(wh.lookup([keys[0]!.toUpperCase(), Buffer.from(keys[1]!, 'hex')]).prefix).toBe(2);
     await wh.close();
     await expect(wh.put(keys, blocksFor(keys, BS))).rejects.toMatchObject({
       code: 'KVTIER_CLOSED',
