@@ -590,10 +590,11 @@ export class Warehouse {
     if (keys instanceof KeyChain) {
       tiers = keys.keys().map((k) => this.index.topTier(k));
     } else {
-      if (!Array.isArray(keys)) toKeys(keys); // throws the usual error
-      tiers = new Array<number>(keys.length);
-      for (let i = 0; i < keys.length; i++) {
-        const k = keys[i]!;
+      const list: readonly KeyLike[] = keys;
+      if (!Array.isArray(list)) toKeys(list); // throws the usual error
+      tiers = new Array<number>(list.length);
+      for (let i = 0; i < list.length; i++) {
+        const k = list[i]!;
         // Only valid keys are ever stored, so a string found as it is needs no validation; the
         // check runs for the misses, which may be malformed (and then throw) or differ in case.
         let t = typeof k === 'string' ? this.index.topTier(k) : ABSENT;
