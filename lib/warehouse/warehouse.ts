@@ -591,10 +591,10 @@ export class Warehouse {
       tiers = keys.keys().map((k) => this.index.topTier(k));
     } else {
       const list: readonly KeyLike[] = keys;
-      if (!Array.isArray(list)) toKeys(list); // throws the usual error
+      if (!Array.isArray(keys)) toKeys(list); // throws the usual error
       tiers = new Array<number>(list.length);
       for (let i = 0; i < list.length; i++) {
-        const k = list[i]!;
+        const k: KeyLike = list[i]!;
         // Only valid keys are ever stored, so a string found as it is needs no validation; the
         // check runs for the misses, which may be malformed (and then throw) or differ in case.
         let t = typeof k === 'string' ? this.index.topTier(k) : ABSENT;
