@@ -35,7 +35,7 @@ void ExecuteMemoryOp(Op& op) {
 
 void CompleteOp(Op& op) {
   ReleaseBounce(op);
-  if (op.wantCrc && op.err == 0) op.crc = Crc32c(0, op.mem, op.done);
+  if (op.wantCrc && op.err == 0 && !op.crcDone) op.crc = Crc32c(0, op.mem, op.done);
   Batch* batch = op.batch;
   if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) batch->sink->Post(batch);
 }

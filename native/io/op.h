@@ -29,7 +29,12 @@ struct Op {
   uint64_t done = 0;          // bytes transferred so far
   int err = 0;                // errno of the failure, 0 when none
   bool wantCrc = false;
-  uint32_t crc = 0;  // CRC-32C of mem[0, done) once complete, when wantCrc
+  bool crcDone = false;    // crc was computed alongside the transfer (a write's source bytes)
+  bool crcBeside = false;  // the checksum runs beside the transfer (io_uring writes)
+  uint32_t crc = 0;        // CRC-32C of mem[0, done) once complete, when wantCrc
+  // Parts still running when the checksum runs beside the transfer (2, then 1, then 0); only
+  // touched with atomic builtins, since std::atomic would make Op immovable.
+  int parts = 1;
   Batch* batch = nullptr;
 };
 

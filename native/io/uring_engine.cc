@@ -1,5 +1,7 @@
 #include "uring_engine.h"
 
+#include "../common/crc32c.h"
+
 #ifdef KVTIER_HAVE_LIBURING
 
 #include <liburing.h>
@@ -44,7 +46,7 @@ class Finisher {
     if (ops->empty()) return;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      queue_.insert(queue_.end(), ops->begin(), ops->end());
+      for (Op* op : *ops) queue_.push_back({op, false});
     }
     if (ops->size() == 1) {
       cv_.notify_one();
@@ -52,6 +54,15 @@ class Finisher {
       cv_.notify_all();
     }
     ops->clear();
+  }
+
+  // Checksums a write's source bytes while the kernel writes them.
+  void PushChecksum(Op* op) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({op, true});
+    }
+    cv_.notify_one();
   }
 
   // Completes everything queued, then joins.
@@ -68,24 +79,37 @@ class Finisher {
   }
 
  private:
+  struct Job {
+    Op* op;
+    bool checksumOnly;
+  };
+
   void Work() {
     for (;;) {
-      Op* op;
+      Job job;
       {
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
         if (queue_.empty()) return;
-        op = queue_.front();
+        job = queue_.front();
         queue_.pop_front();
       }
-      CompleteOp(*op);
+      if (job.checksumOnly) {
+        Op* op = job.op;
+        op->crc = Crc32c(0, op->mem, op->len);
+        op->crcDone = true;
+        // The write may still be in the kernel: whichever part ends last completes the op.
+        if (__atomic_sub_fetch(&op->parts, 1, __ATOMIC_ACQ_REL) == 0) CompleteOp(*op);
+      } else {
+        CompleteOp(*job.op);
+      }
     }
   }
 
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Op*> queue_;
+  std::deque<Job> queue_;
   bool stopping_ = false;
 };
 
@@ -182,6 +206,12 @@ class UringEngine final : public IoEngine {
   }
 
   void Finish(Op* op) {
+    if (op->crcBeside) {
+      // A write whose checksum runs beside it: the finisher may still be reading its bytes, and
+      // whichever part ends last completes the op (cheap now: the checksum is done).
+      if (__atomic_sub_fetch(&op->parts, 1, __ATOMIC_ACQ_REL) == 0) CompleteOp(*op);
+      return;
+    }
     if ((op->wantCrc || op->bounce != nullptr) && op->err == 0 && op->done > 0) {
       toFinish_.push_back(op);
     } else {
@@ -242,6 +272,13 @@ class UringEngine final : public IoEngine {
           backlog_.pop_front();
           Finish(op);
           continue;
+        }
+        if (op->kind == OpKind::kWrite && op->wantCrc && !op->crcBeside) {
+          // Checksum the source while the kernel writes it, rather than after: the op's
+          // latency stays that of the write alone.
+          op->crcBeside = true;
+          op->parts = 2;
+          finisher_.PushChecksum(op);
         }
         if (!Prepare(op)) break;
         backlog_.pop_front();
