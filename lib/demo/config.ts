@@ -4,10 +4,11 @@
  * directory given with --dir keeps its sizes in `kvtier-demo.json`, so a second run opens the
  * same file tier (a file tier refuses to be reopened with another geometry).
  */
-import { mkdir, readFile, rename, stat, statfs, writeFile } from 'node:fs/promises';
+import { readFile, rename, statfs, writeFile } from 'node:fs/promises';
 import { freemem } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 
+import { ensureDir as makeDirs } from '../dirs.js';
 import { KvtierError } from '../errors.js';
 
 export const CONFIG_FILE = 'kvtier-demo.json';
@@ -182,7 +183,7 @@ export async function writeSavedConfig(dir: string, config: SavedConfig): Promis
  */
 export async function ensureDir(dir: string): Promise<void> {
   try {
-    await makeDir(dir);
+    await makeDirs(dir);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new KvtierError(
@@ -190,20 +191,5 @@ export async function ensureDir(dir: string): Promise<void> {
       `cannot create ${dir}: ${err.message}`,
       { cause: e },
     );
-  }
-}
-
-async function makeDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') {
-      if (!(await stat(dir)).isDirectory()) throw e;
-      return;
-    }
-    if (code !== 'ENOENT' || dirname(dir) === dir) throw e;
-    await makeDir(dirname(dir));
-    await mkdir(dir);
   }
 }

@@ -3,8 +3,10 @@
  * is self-describing through a header in a table at the front of the file (docs/format.md), so a
  * restart rebuilds the index by reading the table, and a torn or corrupt slot fails its checksum.
  */
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { ensureDir } from '../dirs.js';
 
 import { TransferBatch as Batch, type IoEngine, type TransferBatch } from '../engine.js';
 import { KvtierError } from '../errors.js';
@@ -55,25 +57,6 @@ function ioError(e: unknown, what: string): never {
       cause: e,
     },
   );
-}
-
-/**
- * mkdir -p, by hand: Node 20's recursive mkdir loops forever on some paths (e.g. under /proc),
- * where one level at a time fails cleanly.
- */
-async function ensureDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') {
-      if (!(await stat(dir)).isDirectory()) throw e;
-      return;
-    }
-    if (code !== 'ENOENT' || dirname(dir) === dir) throw e;
-    await ensureDir(dirname(dir));
-    await mkdir(dir);
-  }
 }
 
 export class FileTier implements Tier {
