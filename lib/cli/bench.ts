@@ -68,54 +68,50 @@ export function fileBenchOptions(opts: FileCommandOptions): FileBenchOptions {
   return out;
 }
 
-async function fileCommand(opts: FileCommandOptions): Promise<void> {
-  const options = fileBenchOptions(opts);
+/** A one-line progress display on stderr (a terminal only). */
+function progressLine(): { show(message: string): void; clear(): void } {
   const tty = process.stderr.isTTY === true;
   let shown = false;
-  const clear = (): void => {
-    if (shown) process.stderr.write('\r\x1b[K');
-    shown = false;
+  return {
+    show(message) {
+      if (!tty) return;
+      process.stderr.write(`\r\x1b[K${message.slice(0, (process.stderr.columns || 80) - 1)}`);
+      shown = true;
+    },
+    clear() {
+      if (shown) process.stderr.write('\r\x1b[K');
+      shown = false;
+    },
   };
-  options.onProgress = (message) => {
-    if (!tty) return;
-    process.stderr.write(`\r\x1b[K${message.slice(0, (process.stderr.columns || 80) - 1)}`);
-    shown = true;
-  };
-  options.onNotice = (message) => {
-    if (opts.json) return; // in JSON the report says it (fioMissing)
-    clear();
-    process.stderr.write(`kvtier: ${message}\n`);
-  };
+}
 
-  // Ctrl-C: stop between passes (a running fio is killed) and remove the test files; a second
-  // Ctrl-C exits at once, still removing them.
-  const files: string[] = [];
-  options.onFile = (path) => files.push(path);
+/**
+ * Runs a benchmark that stops between passes on Ctrl-C (or SIGTERM) and removes its test files.
+ * `onSecondSignal` runs when a second signal arrives before the benchmark has stopped.
+ */
+async function interruptible<T>(
+  run: (signal: AbortSignal) => Promise<T>,
+  progress: { clear(): void },
+  onSecondSignal?: () => void,
+): Promise<T> {
   const controller = new AbortController();
-  options.signal = controller.signal;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (!controller.signal.aborted) {
       controller.abort(new KvtierError('KVTIER_ABORTED', `interrupted by ${signal}`));
       return;
     }
-    for (const path of files) {
-      try {
-        unlinkSync(path);
-      } catch {
-        // gone already
-      }
+    if (onSecondSignal) {
+      onSecondSignal();
+      progress.clear();
+      process.exit(130);
     }
-    clear();
-    process.exit(130);
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const report = await runFileBench(options);
-    clear();
-    process.stdout.write(opts.json ? fileBenchJson(report) : formatFileBench(report));
+    return await run(controller.signal);
   } catch (e) {
-    clear();
+    progress.clear();
     if (controller.signal.aborted) {
       process.stderr.write('kvtier: interrupted; test files removed\n');
       process.exit(130);
@@ -125,6 +121,35 @@ async function fileCommand(opts: FileCommandOptions): Promise<void> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+async function fileCommand(opts: FileCommandOptions): Promise<void> {
+  const options = fileBenchOptions(opts);
+  const progress = progressLine();
+  options.onProgress = (message) => progress.show(message);
+  options.onNotice = (message) => {
+    if (opts.json) return; // in JSON the report says it (fioMissing)
+    progress.clear();
+    process.stderr.write(`kvtier: ${message}\n`);
+  };
+  // A second Ctrl-C exits at once (a running fio is killed), still removing the test files.
+  const files: string[] = [];
+  options.onFile = (path) => files.push(path);
+  const report = await interruptible(
+    (signal) => runFileBench({ ...options, signal }),
+    progress,
+    () => {
+      for (const path of files) {
+        try {
+          unlinkSync(path);
+        } catch {
+          // gone already
+        }
+      }
+    },
+  );
+  progress.clear();
+  process.stdout.write(opts.json ? fileBenchJson(report) : formatFileBench(report));
 }
 
 interface WarehouseCommandOptions {
@@ -182,40 +207,15 @@ export function warehouseBenchOptions(opts: WarehouseCommandOptions): WarehouseB
 
 async function warehouseCommand(opts: WarehouseCommandOptions): Promise<void> {
   const options = warehouseBenchOptions(opts);
-  const tty = process.stderr.isTTY === true;
-  let shown = false;
-  const clear = (): void => {
-    if (shown) process.stderr.write('\r\x1b[K');
-    shown = false;
-  };
-  options.onProgress = (message) => {
-    if (!tty) return;
-    process.stderr.write(`\r\x1b[K${message.slice(0, (process.stderr.columns || 80) - 1)}`);
-    shown = true;
-  };
-  // Ctrl-C: stop between passes and remove the test files (the run's finally does).
-  const controller = new AbortController();
-  options.signal = controller.signal;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    controller.abort(new KvtierError('KVTIER_ABORTED', `interrupted by ${signal}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  try {
-    const report = await runWarehouseBench(options);
-    clear();
-    process.stdout.write(opts.json ? warehouseBenchJson(report) : formatWarehouseBench(report));
-  } catch (e) {
-    clear();
-    if (controller.signal.aborted) {
-      process.stderr.write('kvtier: interrupted; test files removed\n');
-      process.exit(130);
-    }
-    throw e;
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-  }
+  const progress = progressLine();
+  options.onProgress = (message) => progress.show(message);
+  // The run's own cleanup removes the test files once it stops between passes.
+  const report = await interruptible(
+    (signal) => runWarehouseBench({ ...options, signal }),
+    progress,
+  );
+  progress.clear();
+  process.stdout.write(opts.json ? warehouseBenchJson(report) : formatWarehouseBench(report));
 }
 
 export function registerBench(program: Command): void {
