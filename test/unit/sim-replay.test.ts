@@ -1,12 +1,12 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 
 import { openTrace } from '../../lib/sim/open.js';
 import { scanTrace, simulate } from '../../lib/sim/replay.js';
+import { tempDir } from '../helpers.js';
 
 const fixture = fileURLToPath(
   new URL('../fixtures/traces/conversation-head400.jsonl', import.meta.url),
@@ -123,7 +123,9 @@ describe('sim replay', () => {
 
   it('Belady matches a brute-force optimum on any-block hits and bounds LRU', async () => {
     const reqs = (await fixtureRequests()).slice(0, 120);
-    const file = join(mkdtempSync(join(tmpdir(), 'kvtier-sim-')), 'small.jsonl');
+    const dir = tempDir('kvtier-sim-');
+    onTestFinished(() => dir.remove());
+    const file = join(dir.path, 'small.jsonl');
     writeFileSync(
       file,
       reqs.map((k, i) => JSON.stringify({ timestamp: i, hash_ids: k })).join('\n') + '\n',
