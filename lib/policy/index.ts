@@ -5,11 +5,13 @@ import { ArcPolicy } from './arc.js';
 import { DensityPolicy } from './density.js';
 import { LeafLruPolicy } from './lru-leaf.js';
 import { LruPolicy } from './lru.js';
+import { PriorityPolicy } from './priority.js';
 import type { EvictionPolicy } from './policy.js';
 
 export type { AccessInfo, EvictionPolicy, PolicyFactory } from './policy.js';
 export { BeladyPolicy } from './belady.js';
 export { LruPolicy } from './lru.js';
+export { PriorityPolicy } from './priority.js';
 
 interface PolicyEntry {
   create: <K>(capacity: number) => EvictionPolicy<K>;
@@ -104,7 +106,9 @@ export function policyByName<K>(name: string, capacity: number): EvictionPolicy<
       `unknown policy "${name}" (known: ${policyNames().join(', ')})`,
     );
   }
-  return e.create<K>(capacity);
+  // Online policies honour engine-given priorities (a no-op while every priority is 0).
+  if (e.offline) return e.create<K>(capacity);
+  return new PriorityPolicy<K>((c) => e.create<K>(c), capacity);
 }
 
 /** Whether a policy needs to see the future (AccessInfo.next). */

@@ -92,6 +92,16 @@ describe('Warehouse', () => {
     await wh.close();
   });
 
+  it('keeps higher-priority blocks (a shared system prompt) over one-off blocks', async () => {
+    const wh = await open();
+    const system = chain(3, 'system');
+    await wh.put(system, blocksFor(system, BS), { priority: 5 });
+    for (const k of chain(30, 'one-off')) await wh.put([k], blockFor(k, BS));
+    // Thirty one-off blocks passed through an 8-block host tier; the system prompt stayed.
+    expect(wh.lookup(system).tiers).toEqual([0, 0, 0]);
+    await wh.close();
+  });
+
   it('never evicts pinned blocks, and leases expire', async () => {
     let now = 1_000;
     const wh = await open({ now: () => now });
