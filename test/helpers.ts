@@ -3,6 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomFillSync } from 'node:crypto';
 
+import { expect } from 'vitest';
+
+import { isKvtierError } from '../lib/errors.js';
+
 /** CI installs every prerequisite it can; there a missing one is a failure, not a skip. */
 export const inCI = process.env.CI === 'true';
 
@@ -30,4 +34,15 @@ export function tempDir(prefix = 'kvtier-test-'): { path: string; remove(): void
 
 export function randomBytes(n: number): Buffer {
   return randomFillSync(Buffer.allocUnsafe(n));
+}
+
+/** Runs f, expects a KVTIER_BAD_ARGUMENT error, and returns its message. */
+export function badArgument(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    expect(isKvtierError(e, 'KVTIER_BAD_ARGUMENT'), String(e)).toBe(true);
+    return (e as Error).message;
+  }
+  throw new Error('expected KVTIER_BAD_ARGUMENT, nothing was thrown');
 }

@@ -15,7 +15,7 @@ import { cpus, release, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { createEngine, type EngineKind, type IoEngine } from '../engine.js';
-import { KvtierError } from '../errors.js';
+import { abortError, KvtierError } from '../errors.js';
 import { openFile, type KvFile } from '../file.js';
 import { native } from '../native.js';
 import { Region } from '../region.js';
@@ -218,13 +218,7 @@ export function validateFileBenchOptions(options: FileBenchOptions): ResolvedOpt
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) {
-    const err = new KvtierError('KVTIER_ABORTED', 'the benchmark was interrupted', {
-      cause: signal.reason,
-    });
-    err.name = 'AbortError';
-    throw err;
-  }
+  if (signal?.aborted) throw abortError(signal);
 }
 
 /** Writes the whole file once through kvtier so every block is allocated and written. */

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import Table from 'cli-table3';
 
 import { createEngine, TransferBatch, type EngineKind, type IoEngine } from '../engine.js';
-import { KvtierError } from '../errors.js';
+import { abortError, KvtierError } from '../errors.js';
 import { openFile, type KvFile } from '../file.js';
 import { native } from '../native.js';
 import { Region } from '../region.js';
@@ -208,13 +208,7 @@ export function validateWarehouseBenchOptions(
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) {
-    const err = new KvtierError('KVTIER_ABORTED', 'the benchmark was interrupted', {
-      cause: signal.reason,
-    });
-    err.name = 'AbortError';
-    throw err;
-  }
+  if (signal?.aborted) throw abortError(signal);
 }
 
 /**

@@ -4,7 +4,6 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { isKvtierError } from '../../lib/errors.js';
 import { fileBenchOptions } from '../../lib/cli/bench.js';
 import {
   runFileBench,
@@ -16,20 +15,10 @@ import {
 } from '../../lib/bench/file-bench.js';
 import { findFio } from '../../lib/bench/fio.js';
 import { fileBenchJson, formatFileBench } from '../../lib/bench/report.js';
-import { prerequisite, tempDir } from '../helpers.js';
+import { badArgument, prerequisite, tempDir } from '../helpers.js';
 
 const MiB = 2 ** 20;
 const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
-
-function badArgument(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(isKvtierError(e, 'KVTIER_BAD_ARGUMENT'), String(e)).toBe(true);
-    return (e as Error).message;
-  }
-  throw new Error('expected KVTIER_BAD_ARGUMENT, nothing was thrown');
-}
 
 describe('bench file options', () => {
   const dir = tempDir();

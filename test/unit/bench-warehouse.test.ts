@@ -4,7 +4,6 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { isKvtierError } from '../../lib/errors.js';
 import { warehouseBenchOptions } from '../../lib/cli/bench.js';
 import {
   assertSameChain,
@@ -24,21 +23,11 @@ import {
   type WarehouseBenchReport,
 } from '../../lib/bench/warehouse-bench.js';
 import { chainKeys, namespaceRoot } from '../../lib/warehouse/keys.js';
-import { tempDir } from '../helpers.js';
+import { badArgument, tempDir } from '../helpers.js';
 
 const KiB = 1024;
 const MiB = 2 ** 20;
 const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
-
-function badArgument(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    expect(isKvtierError(e, 'KVTIER_BAD_ARGUMENT'), String(e)).toBe(true);
-    return (e as Error).message;
-  }
-  throw new Error('expected KVTIER_BAD_ARGUMENT, nothing was thrown');
-}
 
 describe('the createHash peer computes the same chain as chainKeys', () => {
   it.each([
