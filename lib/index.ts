@@ -36,3 +36,29 @@ export {
 export { BlockIndex } from './warehouse/block-index.js';
 export type { AccessInfo, EvictionPolicy } from './policy/policy.js';
 export { LruPolicy } from './policy/lru.js';
+export {
+  appendGather,
+  appendScatter,
+  describeKvLayout,
+  gatherBlocks,
+  KV_SEGMENT_STRIDE,
+  KvCopyPlan,
+  kvBlockBytes,
+  kvDims,
+  kvDtypeBytes,
+  planKvCopy,
+  scatterBlocks,
+  type KvCopyOptions,
+  type KvCopyResult,
+  type KvDim,
+  type KvDtype,
+  type KvLayout,
+  type KvLayoutForm,
+  type KvLayoutSpec,
+  type KvPacking,
+  type KvPlane,
+  type KvPlanOptions,
+  type KvSegment,
+  type KvShape,
+  type KvTensorRef,
+} from './layout/index.js';

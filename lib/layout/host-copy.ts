@@ -1,0 +1,189 @@
+/**
+ * The CPU executor of copy plans: gathers engine blocks out of a host-memory KV pool into packed
+ * kvtier blocks, and scatters them back, as one TransferBatch of copies (one native call, run on
+ * kvtier's engine threads).
+ */
+import { type IoEngine, type Target, TransferBatch } from '../engine.js';
+import { KvtierError } from '../errors.js';
+import { Region } from '../region.js';
+import { KV_SEGMENT_STRIDE, KvCopyPlan, type KvPlanOptions, planKvCopy } from './copy-plan.js';
+import type { KvLayout } from './kv-layout.js';
+
+export interface KvCopyOptions extends KvPlanOptions {
+  /** Byte offset of the first packed block in the packed buffer (default 0). */
+  packedOffset?: number;
+  signal?: AbortSignal;
+}
+
+export interface KvCopyResult {
+  /** Copy descriptors submitted (segments after coalescing). */
+  descriptors: number;
+  /** Bytes moved. */
+  bytes: number;
+}
+
+function bad(message: string): never {
+  throw new KvtierError('KVTIER_BAD_ARGUMENT', message);
+}
+
+function planOf(layoutOrPlan: KvLayout | KvCopyPlan, options: KvPlanOptions): KvCopyPlan {
+  if (typeof layoutOrPlan !== 'object' || layoutOrPlan === null) {
+    bad('expected a layout from describeKvLayout() or a plan from planKvCopy()');
+  }
+  if (layoutOrPlan instanceof KvCopyPlan) {
+    const plan = layoutOrPlan;
+    if (options.packing !== undefined && options.packing !== plan.packing) {
+      bad(`the plan packs '${plan.packing}', not '${options.packing}'`);
+    }
+    return plan;
+  }
+  return planKvCopy(layoutOrPlan, options);
+}
+
+/** The ArrayBuffer a target lies in and where in it the target starts. */
+function placeOf(target: Target): { buffer: ArrayBufferLike; start: number; length: number } {
+  if (target instanceof Region)
+    return { buffer: target.buffer, start: 0, length: target.byteLength };
+  if (ArrayBuffer.isView(target)) {
+    return { buffer: target.buffer, start: target.byteOffset, length: target.byteLength };
+  }
+  if (target instanceof ArrayBuffer) return { buffer: target, start: 0, length: target.byteLength };
+  return bad('pool and packed buffer must be a Region, an ArrayBufferView or an ArrayBuffer');
+}
+
+function check(
+  plan: KvCopyPlan,
+  pool: Target,
+  blocks: readonly number[],
+  packed: Target,
+  packedOffset: number,
+): void {
+  if (pool instanceof Region) pool.assertOpen();
+  if (packed instanceof Region) packed.assertOpen();
+  const p = placeOf(pool);
+  const k = placeOf(packed);
+  if (p.length < plan.layout.extent) {
+    bad(`the pool has ${p.length} bytes but the layout reaches byte ${plan.layout.extent}`);
+  }
+  if (!Number.isSafeInteger(packedOffset) || packedOffset < 0) {
+    bad(`packed offset must be a non-negative integer, got ${packedOffset}`);
+  }
+  const need = packedOffset + blocks.length * plan.blockBytes;
+  if (need > k.length) {
+    bad(
+      `${blocks.length} blocks of ${plan.blockBytes} bytes at offset ${packedOffset} do not fit ` +
+        `a packed buffer of ${k.length} bytes`,
+    );
+  }
+  if (
+    p.buffer === k.buffer &&
+    k.start + packedOffset < p.start + plan.layout.extent &&
+    p.start < k.start + need
+  ) {
+    bad('the packed buffer overlaps the KV pool');
+  }
+}
+
+function append(
+  batch: TransferBatch,
+  plan: KvCopyPlan,
+  pool: Target,
+  blocks: readonly number[],
+  packed: Target,
+  packedOffset: number,
+  direction: 'gather' | 'scatter',
+): KvCopyResult {
+  check(plan, pool, blocks, packed, packedOffset);
+  if (direction === 'scatter' && new Set(blocks).size !== blocks.length) {
+    bad('scatter: blocks must not repeat (two copies would write one engine block)');
+  }
+  const triples = plan.expand(blocks, packedOffset);
+  let bytes = 0;
+  for (let at = 0; at < triples.length; at += KV_SEGMENT_STRIDE) {
+    const poolOffset = triples[at]!;
+    const packedAt = triples[at + 1]!;
+    const length = triples[at + 2]!;
+    if (direction === 'gather') batch.copy(packed, packedAt, pool, poolOffset, length);
+    else batch.copy(pool, poolOffset, packed, packedAt, length);
+    bytes += length;
+  }
+  return { descriptors: triples.length / KV_SEGMENT_STRIDE, bytes };
+}
+
+/**
+ * Adds to `batch` the copies that gather engine blocks `blocks` out of `pool` into `packed`
+ * (block `blocks[j]` at `packedOffset + j * blockBytes`), so they can share a batch with other
+ * transfers.
+ */
+export function appendGather(
+  batch: TransferBatch,
+  layoutOrPlan: KvLayout | KvCopyPlan,
+  pool: Target,
+  blocks: readonly number[],
+  packed: Target,
+  options: KvPlanOptions & { packedOffset?: number } = {},
+): KvCopyResult {
+  const plan = planOf(layoutOrPlan, options);
+  return append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, 'gather');
+}
+
+/** Adds to `batch` the copies that scatter packed kvtier blocks back into engine blocks. */
+export function appendScatter(
+  batch: TransferBatch,
+  layoutOrPlan: KvLayout | KvCopyPlan,
+  pool: Target,
+  blocks: readonly number[],
+  packed: Target,
+  options: KvPlanOptions & { packedOffset?: number } = {},
+): KvCopyResult {
+  const plan = planOf(layoutOrPlan, options);
+  return append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, 'scatter');
+}
+
+async function run(
+  engine: IoEngine,
+  layoutOrPlan: KvLayout | KvCopyPlan,
+  pool: Target,
+  blocks: readonly number[],
+  packed: Target,
+  options: KvCopyOptions,
+  direction: 'gather' | 'scatter',
+): Promise<KvCopyResult> {
+  const plan = planOf(layoutOrPlan, options);
+  const batch = new TransferBatch();
+  const result = append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, direction);
+  if (batch.length === 0) return result;
+  const submitted = await engine.submit(
+    batch,
+    options.signal === undefined ? {} : { signal: options.signal },
+  );
+  submitted.throwIfFailed();
+  return result;
+}
+
+/**
+ * Gathers engine blocks `blocks` of a host-memory KV pool into contiguous kvtier blocks in
+ * `packed` (block `blocks[j]` at `packedOffset + j * blockBytes`), in one batch of copies.
+ */
+export function gatherBlocks(
+  engine: IoEngine,
+  pool: Target,
+  layoutOrPlan: KvLayout | KvCopyPlan,
+  blocks: readonly number[],
+  packed: Target,
+  options: KvCopyOptions = {},
+): Promise<KvCopyResult> {
+  return run(engine, layoutOrPlan, pool, blocks, packed, options, 'gather');
+}
+
+/** Scatters packed kvtier blocks back into engine blocks `blocks` of a host-memory KV pool. */
+export function scatterBlocks(
+  engine: IoEngine,
+  pool: Target,
+  layoutOrPlan: KvLayout | KvCopyPlan,
+  blocks: readonly number[],
+  packed: Target,
+  options: KvCopyOptions = {},
+): Promise<KvCopyResult> {
+  return run(engine, layoutOrPlan, pool, blocks, packed, options, 'scatter');
+}
