@@ -42,7 +42,10 @@ export interface WarehouseOptions {
   /** Fastest first: at most one host tier, then at most one file tier. */
   tiers: TierOptions[];
   policy?: PolicyOption;
-  /** 'sync': a put resolves only once its file-tier copy is durable (fdatasync). */
+  /**
+   * 'sync': a put resolves only once its file-tier copy is durable (fdatasync), so it implies
+   * writeThrough, and `stored` counts only blocks whose durable copy landed.
+   */
   durability?: Durability;
   /** Write every put to the file tier too, not only on eviction. */
   writeThrough?: boolean;
@@ -142,6 +145,21 @@ export interface WarehouseStats {
   tiers: TierStats[];
 }
 
+interface StorePlan {
+  plan: Plan<Key>;
+  /** Index of the block in the put's keys and source. */
+  i: number;
+  crc: number;
+}
+
+interface CopyPlan {
+  plan: Plan<Key>;
+  from: SlotPlace;
+  length: number;
+  checksum: number;
+  priority: number;
+}
+
 interface TierExtra {
   bytesIn: number;
   bytesOut: number;
@@ -164,6 +182,8 @@ export class Warehouse {
   /** Keys with a put, promotion or eviction in progress: others wait for them to settle. */
   private readonly settling = new Map<Key, Promise<unknown>>();
   private readonly operations = new Set<Promise<unknown>>();
+  /** Plans already committed, so that an operation failing midway aborts only the others. */
+  private readonly committed = new WeakSet<Plan<Key>>();
   private readonly leases = new Map<number, { lease: Lease; timer: NodeJS.Timeout }>();
   private nextLease = 1;
   private readonly prefetcher: PrefetchQueue;
@@ -390,11 +410,14 @@ export class Warehouse {
     const result: PutResult = { stored: 0, present: 0, rejected: 0 };
     const fresh: number[] = [];
     const seen = new Set<Key>();
+    const durable = this.durableTier();
     for (let i = 0; i < keys.length; i++) {
       const key = keys[i]!;
       if (seen.has(key)) continue;
       seen.add(key);
-      if (this.index.get(key)) {
+      const e = this.index.get(key);
+      // Under durability 'sync' a block counts as there only once its durable copy is.
+      if (e && (durable === ABSENT || e.slots[durable] !== ABSENT)) {
         result.present++;
       } else {
         fresh.push(i);
@@ -414,12 +437,17 @@ export class Warehouse {
     priority: number,
     writeThrough: boolean,
   ): Promise<number> {
-    // 1. Plans: a slot in the top tier (and the file tier when writing through) for each block.
-    const targets = writeThrough && this.tiers.length > 1 ? [0, this.tiers.length - 1] : [0];
-    const plans: { plan: Plan<Key>; i: number; crc: number }[] = [];
+    // 1. Plans: a slot in the top tier (and the file tier when writing through, which durability
+    // 'sync' implies) for each block.
+    const durable = this.durableTier();
+    const last = this.tiers.length - 1;
+    const targets = (writeThrough || durable !== ABSENT) && last > 0 ? [0, last] : [0];
+    const plans: StorePlan[] = [];
     for (const i of fresh) {
       const info = this.info(priority, i, keys.length);
+      const e = this.index.get(keys[i]!);
       for (const t of targets) {
+        if (e && e.slots[t] !== ABSENT) continue; // already there (a host copy awaiting its durable one)
         // A put larger than a tier's evictable room spills into the tiers below it.
         for (let at = t; at < this.tiers.length; at++) {
           const plan = this.index.plan(keys[i]!, at, info);
@@ -436,16 +464,26 @@ export class Warehouse {
     held.add(Warehouse.planKeys(plans));
     try {
       return await this.executeStore(keys, src, priority, plans);
+    } catch (e) {
+      this.abortUncommitted(plans.map((p) => p.plan));
+      throw e;
     } finally {
       held.release();
     }
+  }
+
+  /** The tier whose copy a put under durability 'sync' must land in, or ABSENT. */
+  private durableTier(): number {
+    if (this.durability !== 'sync') return ABSENT;
+    const last = this.tiers.length - 1;
+    return this.tiers[last]!.durable ? last : ABSENT;
   }
 
   private async executeStore(
     keys: Key[],
     src: Target,
     priority: number,
-    plans: { plan: Plan<Key>; i: number; crc: number }[],
+    plans: StorePlan[],
   ): Promise<number> {
     const bs = this.blockBytes;
     // 2. Make room for them.
@@ -519,14 +557,17 @@ export class Warehouse {
     }
 
     // 6. Commit: the index changes only now, all at once.
+    const durable = this.durableTier();
     const storedKeys = new Set<Key>();
-    for (const { plan, crc } of plans) {
+    for (const { plan, crc, i } of plans) {
       if (failed.has(plan)) {
         this.index.abort(plan);
         continue;
       }
-      this.index.commit(plan, this.info(priority, 0, keys.length), { length: bs, checksum: crc });
-      storedKeys.add(plan.key);
+      this.index.commit(plan, this.info(priority, i, keys.length), { length: bs, checksum: crc });
+      this.committed.add(plan);
+      // Under durability 'sync', only a durable copy makes a block stored.
+      if (durable === ABSENT || plan.tier === durable) storedKeys.add(plan.key);
     }
     return storedKeys.size;
   }
@@ -648,14 +689,25 @@ export class Warehouse {
         tiers[i] = t;
         pending.push(i);
       }
+      // What each read expects, fixed when it is issued: another get may drop or replace the
+      // entry while this one is in flight.
+      const expected: { slot: number; length: number; checksum: number }[] = [];
       while (pending.length > 0) {
         const round = new TransferRound();
         const at: number[] = [];
+        const reading: number[] = [];
         for (const i of pending) {
-          const e = this.index.get(keys[i]!)!;
+          const e = this.index.get(keys[i]!);
+          const t = tiers[i]!;
+          if (!e || e.slots[t] === ABSENT) {
+            tiers[i] = ABSENT; // dropped meanwhile by another reader that found it corrupt
+            continue;
+          }
+          expected[i] = { slot: e.slots[t]!, length: e.length, checksum: e.checksum };
+          reading.push(i);
           at.push(
             round.move(
-              this.place(tiers[i]!, e.slots[tiers[i]!]!),
+              this.place(t, e.slots[t]!),
               { kind: 'memory', target: dst, offset: i * bs },
               e.length,
               true,
@@ -664,14 +716,14 @@ export class Warehouse {
         }
         const outcomes = await round.run(this.memoryEngine, this.fileEngine);
         const retry: number[] = [];
-        pending.forEach((i, j) => {
+        reading.forEach((i, j) => {
           const o = outcomes[at[j]!]!;
           const key = keys[i]!;
-          const e = this.index.get(key)!;
+          const want = expected[i]!;
           const t = tiers[i]!;
-          if (o.ok && o.bytes === e.length && o.checksum === e.checksum) {
+          if (o.ok && o.bytes === want.length && o.checksum === want.checksum) {
             found[i] = true;
-            this.extra[t]!.bytesOut += e.length;
+            this.extra[t]!.bytesOut += want.length;
             return;
           }
           // Corrupt, torn or unreadable: this copy is gone; a lower copy may still serve.
@@ -681,10 +733,12 @@ export class Warehouse {
           } else {
             this.counters.ioErrors++;
           }
-          this.index.remove(key, t);
-          const lower = this.index.topTier(key);
-          if (lower !== ABSENT) {
-            tiers[i] = lower;
+          // Drop exactly the copy that failed, if the index still points there.
+          if (this.index.get(key)?.slots[t] === want.slot) this.index.remove(key, t);
+          const next = this.index.topTier(key);
+          const e = this.index.get(key);
+          if (next !== ABSENT && !(next === t && e?.slots[t] === want.slot)) {
+            tiers[i] = next;
             retry.push(i);
           } else {
             tiers[i] = ABSENT;
@@ -733,26 +787,39 @@ export class Warehouse {
    * `from`. Returns how many landed.
    */
   private async copyTo(items: { key: Key; from: SlotPlace }[], to: number): Promise<number> {
-    const plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[] = [];
+    const plans: CopyPlan[] = [];
+    const seen = new Set<Key>();
     for (const { key, from } of items) {
+      // A key named twice (two sequences sharing a prompt in one get) gets one slot, not two.
+      if (seen.has(key)) continue;
+      seen.add(key);
       const e = this.index.get(key);
       if (!e || e.slots[to] !== ABSENT) continue;
       const plan = this.index.plan(key, to, this.info(e.priority, 0, 1));
-      if (plan) plans.push({ plan, from, length: e.length, checksum: e.checksum });
+      if (plan) {
+        plans.push({ plan, from, length: e.length, checksum: e.checksum, priority: e.priority });
+      }
     }
     const held = this.hold();
     held.add(Warehouse.planKeys(plans));
     try {
       return await this.executeCopyTo(plans, to);
+    } catch (e) {
+      this.abortUncommitted(plans.map((p) => p.plan));
+      throw e;
     } finally {
       held.release();
     }
   }
 
-  private async executeCopyTo(
-    plans: { plan: Plan<Key>; from: SlotPlace; length: number; checksum: number }[],
-    to: number,
-  ): Promise<number> {
+  /** After an operation threw midway: its plans that were not committed give back what they hold. */
+  private abortUncommitted(plans: readonly Plan<Key>[]): void {
+    for (const plan of plans) {
+      if (!this.committed.has(plan)) this.index.abort(plan);
+    }
+  }
+
+  private async executeCopyTo(plans: CopyPlan[], to: number): Promise<number> {
     const failed = await this.makeRoom(plans.map((p) => p.plan));
     const round = new TransferRound();
     const at: number[] = [];
@@ -774,7 +841,8 @@ export class Warehouse {
     plans.forEach((p, n) => {
       const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
       if (o?.ok && o.checksum === p.checksum) {
-        this.index.commit(p.plan, this.info(0, 0, 1), p);
+        this.index.commit(p.plan, this.info(p.priority, 0, 1), p);
+        this.committed.add(p.plan);
         this.extra[to]!.bytesIn += p.length;
         landed++;
       } else {
@@ -850,10 +918,20 @@ export class Warehouse {
   pin(keys: KeyChain | readonly KeyLike[], options: { ttlMs?: number } = {}): Lease {
     this.assertOpen();
     const ttl = options.ttlMs ?? 30_000;
-    if (!Number.isFinite(ttl) || ttl <= 0) {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', `ttlMs must be a positive number, got ${ttl}`);
+    if (!Number.isFinite(ttl) || ttl <= 0 || ttl > MAX_TIMER_MS) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `ttlMs must be a positive number of at most ${MAX_TIMER_MS} (about 24.8 days), got ${ttl}`,
+      );
     }
-    const held = toKeys(keys).filter((k) => this.index.pin(k));
+    // A block an operation in flight is moving out of a tier (an eviction victim) cannot be
+    // held any more; the lease lists only the keys it really holds.
+    const held = toKeys(keys).filter((k) => {
+      const e = this.index.get(k);
+      if (!e || e.slots.some((slot, t) => slot !== ABSENT && (e.busy & (1 << t)) !== 0))
+        return false;
+      return this.index.pin(k);
+    });
     const lease: Lease = { id: this.nextLease++, keys: held, expiresAt: this.now() + ttl };
     const timer = setTimeout(() => this.unpin(lease), ttl);
     timer.unref();
@@ -883,21 +961,35 @@ export class Warehouse {
   private async evictNow(keys: Key[]): Promise<number> {
     while (this.unsettled(keys)) await this.settle(keys);
     const round = new TransferRound();
-    const removed: Key[] = [];
+    const chosen: Key[] = [];
     for (const key of new Set(keys)) {
       const e = this.index.get(key);
       if (!e || e.pins > 0) continue;
       this.tiers.forEach((t, i) => {
         if (e.slots[i] !== ABSENT) t.forget?.(round.file, e.slots[i]!);
       });
-      removed.push(key);
+      chosen.push(key);
     }
-    if (round.file.length > 0) (await this.fileEngine.submit(round.file)).throwIfFailed();
-    for (const key of removed) {
+    // While the headers are forgotten on disk, the blocks are pinned (no put may take their
+    // slots) and held (no other operation touches them).
+    for (const key of chosen) this.index.pin(key);
+    const held = this.hold();
+    held.add(chosen);
+    try {
+      if (round.file.length > 0) (await this.fileEngine.submit(round.file)).throwIfFailed();
+    } finally {
+      for (const key of chosen) this.index.unpin(key);
+      held.release();
+    }
+    let removed = 0;
+    for (const key of chosen) {
+      const e = this.index.get(key);
+      if (!e || e.pins > 0) continue; // pinned meanwhile by a reader: it stays (until restart)
       this.index.remove(key);
       for (const t of this.index.tiers) t.stats.evictions++;
+      removed++;
     }
-    return removed.length;
+    return removed;
   }
 
   // -------------------------------------------------------------------------------- stats, close
@@ -962,7 +1054,9 @@ export class Warehouse {
       await this.flushDown();
       const sync = new TransferRound();
       for (const t of this.tiers) t.sync?.(sync.file);
-      if (sync.file.length > 0) await this.fileEngine.submit(sync.file);
+      if (sync.file.length > 0 && !(await this.fileEngine.submit(sync.file)).ok) {
+        this.counters.ioErrors++;
+      }
       await Promise.allSettled(this.tiers.map((t) => t.close()));
       await Promise.all([this.fileEngine.close(), this.memoryEngine.close()]);
     })();
@@ -971,6 +1065,8 @@ export class Warehouse {
 }
 
 const FLUSH_BATCH = 64;
+/** setTimeout's longest delay; longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 function resolvePolicy(policy: PolicyOption): <K>(capacity: number) => EvictionPolicy<K> {
   if (typeof policy === 'function') return policy;

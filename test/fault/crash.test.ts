@@ -43,36 +43,38 @@ function runAndKill(dir: string, seed: number, acks: number, mode: string): Prom
   });
 }
 
-describe.each(['file', 'host+file'])('SIGKILL during durable puts (%s)', (mode) => {
-  it('loses no acknowledged block and returns nothing wrong, across many kills', async () => {
-    const d = tempDir('kvtier-crash-');
-    dirs.push(d);
-    const dir = join(d.path, 'wh');
-    const durable: string[] = [];
-    for (let round = 0; round < ROUNDS; round++) {
-      const acks = 1 + ((round * 7919) % 23);
-      durable.push(...(await runAndKill(dir, round + 1, acks, mode)));
-      const tiers =
-        mode === 'host+file'
+describe.each(['file', 'host+file', 'host+file+writethrough'])(
+  'SIGKILL during durable puts (%s)',
+  (mode) => {
+    it('loses no acknowledged block and returns nothing wrong, across many kills', async () => {
+      const d = tempDir('kvtier-crash-');
+      dirs.push(d);
+      const dir = join(d.path, 'wh');
+      const durable: string[] = [];
+      for (let round = 0; round < ROUNDS; round++) {
+        const acks = 1 + ((round * 7919) % 23);
+        durable.push(...(await runAndKill(dir, round + 1, acks, mode)));
+        const tiers = mode.startsWith('host+file')
           ? [
               { kind: 'host' as const, bytes: 8 * BS },
               { kind: 'file' as const, dir, bytes: 256 * BS },
             ]
           : [{ kind: 'file' as const, dir, bytes: 256 * BS }];
-      const wh = await Warehouse.open({ blockBytes: BS, tiers });
-      // The file tier holds 256 blocks: only keys acknowledged since it last filled can be
-      // required, and the writer writes fewer than that across all rounds.
-      const dst = Buffer.alloc(durable.length * BS);
-      const got = await wh.get(durable, dst, { promote: false });
-      const lost = durable.filter((_, i) => !got.found[i]);
-      expect(lost, `round ${round}: acknowledged blocks lost`).toEqual([]);
-      durable.forEach((k, i) => {
-        expect(Buffer.compare(dst.subarray(i * BS, (i + 1) * BS), blockFor(k, BS)), k).toBe(0);
-      });
-      expect(wh.stats().corrupt).toBe(0);
-      await wh.close();
-    }
-    expect(durable.length).toBeGreaterThan(ROUNDS);
-    expect(durable.length).toBeLessThan(256);
-  });
-});
+        const wh = await Warehouse.open({ blockBytes: BS, tiers });
+        // The file tier holds 256 blocks: only keys acknowledged since it last filled can be
+        // required, and the writer writes fewer than that across all rounds.
+        const dst = Buffer.alloc(durable.length * BS);
+        const got = await wh.get(durable, dst, { promote: false });
+        const lost = durable.filter((_, i) => !got.found[i]);
+        expect(lost, `round ${round}: acknowledged blocks lost`).toEqual([]);
+        durable.forEach((k, i) => {
+          expect(Buffer.compare(dst.subarray(i * BS, (i + 1) * BS), blockFor(k, BS)), k).toBe(0);
+        });
+        expect(wh.stats().corrupt).toBe(0);
+        await wh.close();
+      }
+      expect(durable.length).toBeGreaterThan(ROUNDS);
+      expect(durable.length).toBeLessThan(256);
+    });
+  },
+);

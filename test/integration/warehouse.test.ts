@@ -102,6 +102,65 @@ describe('Warehouse', () => {
     await wh.close();
   });
 
+  it('keeps its accounting when one get names a lower-tier key twice', async () => {
+    const wh = await open({ policy: 'lru' });
+    const keys = chain(12);
+    for (const k of keys) await wh.put([k], blockFor(k, BS));
+    const cold = keys[0]!;
+    expect(wh.lookup([cold]).tiers).toEqual([1]);
+    const dst = Buffer.alloc(2 * BS);
+    for (let r = 0; r < 3; r++) {
+      expect((await wh.get([cold, cold], dst)).count).toBe(2);
+      await wh.evict([cold]);
+      await wh.put([cold], blockFor(cold, BS));
+      for (const k of chain(8, 'churn', r * 100)) await wh.put([k], blockFor(k, BS));
+    }
+    const s = wh.stats();
+    let inHost = 0;
+    for (const t of wh.lookup([...keys, ...chain(8, 'churn', 200)]).tiers) if (t === 0) inHost++;
+    expect(s.tiers[0]!.usedBlocks).toBeLessThanOrEqual(8);
+    expect(s.tiers[0]!.usedBlocks).toBeGreaterThanOrEqual(inHost);
+    await wh.close();
+  });
+
+  it('gives back what a failed put reserved', async () => {
+    const wh = await open({ tiers: [{ kind: 'host', bytes: 2 * BS }] });
+    for (let r = 0; r < 3; r++) {
+      const keys = chain(2, `fail-${r}`);
+      const src = new Uint8Array(new ArrayBuffer(2 * BS));
+      const put = wh.put(keys, src);
+      structuredClone(src.buffer, { transfer: [src.buffer] }); // detached before the copy runs
+      await expect(put).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+    }
+    expect(wh.stats().tiers[0]!.usedBlocks).toBe(0);
+    const keys = chain(2, 'after');
+    expect((await wh.put(keys, blocksFor(keys, BS))).stored).toBe(2);
+    await wh.close();
+  });
+
+  it('keeps a promoted block in its priority class', async () => {
+    const wh = await open();
+    const vip = chain(1, 'vip');
+    await wh.put(vip, blocksFor(vip, BS), { priority: 5 });
+    const fillers = chain(8, 'filler');
+    for (const k of fillers) await wh.put([k], blockFor(k, BS), { priority: 9 });
+    expect(wh.lookup(vip).tiers).toEqual([1]); // pushed down by higher-priority blocks
+    await wh.evict(fillers.slice(0, 4)); // room in the host tier again
+    await wh.get(vip, Buffer.alloc(BS)); // promoted back
+    expect(wh.lookup(vip).tiers).toEqual([0]);
+    for (const k of chain(20, 'low')) await wh.put([k], blockFor(k, BS));
+    expect(wh.lookup(vip).tiers).toEqual([0]); // still priority 5: outranks the priority-0 blocks
+    await wh.close();
+  });
+
+  it('refuses a lease longer than a timer can run', async () => {
+    const wh = await open();
+    expect(() => wh.pin(chain(1), { ttlMs: 30 * 24 * 3600 * 1000 })).toThrow(
+      expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
+    );
+    await wh.close();
+  });
+
   it('never evicts pinned blocks, and leases expire', async () => {
     let now = 1_000;
     const wh = await open({ now: () => now });
