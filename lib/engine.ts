@@ -25,7 +25,11 @@ export interface ChecksumOption {
   checksum?: boolean;
 }
 
-/** Memory a transfer reads into or writes from. */
+/**
+ * Memory a transfer reads into or writes from. A plain buffer must stay attached while a
+ * transfer that uses it is in flight: transferring it away (postMessage, structuredClone with a
+ * transfer list) hands its bytes to someone else while the kernel still writes them.
+ */
 export type Target = Region | ArrayBufferView | ArrayBuffer;
 
 /** Descriptor op codes, as native/io/engine.cc reads them. */
@@ -139,7 +143,13 @@ export class TransferBatch {
 
   /** A view of a Region is the Region itself, so closing the Region waits for this transfer. */
   private resolve(target: Target, offset: number, len: number): [Target, number] {
-    if (target instanceof Region || !ArrayBuffer.isView(target)) return [target, offset];
+    if (target instanceof Region) return [target, offset];
+    if (target instanceof ArrayBuffer) {
+      // region.buffer itself: the region, so that closing it waits for this transfer.
+      const region = Region.owning(target);
+      return [region ?? target, offset];
+    }
+    if (!ArrayBuffer.isView(target)) return [target, offset];
     const region = Region.owning(target.buffer);
     if (!region) return [target, offset];
     if (offset + len > target.byteLength) {

@@ -2,6 +2,9 @@
 #pragma once
 #include <napi.h>
 
+#include <memory>
+#include <unordered_map>
+
 namespace kvtier {
 
 struct InstanceData {
@@ -9,6 +12,9 @@ struct InstanceData {
   Napi::FunctionReference regionCtor;
   Napi::FunctionReference fileCtor;
   Napi::FunctionReference engineCtor;
+  // Open regions by the address of their memory, so a plain ArrayBuffer or view of a region's
+  // memory handed to an engine is known as that region (and its memory kept alive).
+  std::unordered_map<const void*, std::weak_ptr<void>> regionMemory;
 
   static InstanceData& Get(Napi::Env env) {
     InstanceData* data = env.GetInstanceData<InstanceData>();

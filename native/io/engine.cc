@@ -30,18 +30,44 @@ struct Target {
 
 std::string Where(size_t i) { return "descriptor " + std::to_string(i) + ": "; }
 
-Target ResolveTarget(Napi::Env env, Napi::Value v, size_t index) {
-  Target t;
-  std::string what = "target " + std::to_string(index);
+// What a target is, decided while user JavaScript may still run (array getters, Proxy traps in
+// instanceof); its pointer is taken only afterwards, in TargetMemory.
+struct TargetRef {
+  Napi::Value value;
+  Region* region = nullptr;  // set for native regions
+};
+
+template <typename T>
+T* UnwrapOrThrow(Napi::Env env, Napi::Object o, const std::string& what) {
+  void* raw = nullptr;
+  // An object that only pretends to be one of ours (its prototype borrowed) wraps nothing.
+  if (napi_unwrap(env, o, &raw) != napi_ok || raw == nullptr) {
+    Throw(env, kBadArgument, what + " is not a kvtier object");
+  }
+  return static_cast<T*>(raw);
+}
+
+TargetRef ClassifyTarget(Napi::Env env, Napi::Value v, size_t index) {
+  TargetRef ref{v};
   InstanceData& data = InstanceData::Get(env);
   if (v.IsObject() && v.As<Napi::Object>().InstanceOf(data.regionCtor.Value())) {
-    Region* region = Region::Unwrap(v.As<Napi::Object>());
-    t.memory = region->memory();
+    ref.region =
+        UnwrapOrThrow<Region>(env, v.As<Napi::Object>(), "target " + std::to_string(index));
+  }
+  return ref;
+}
+
+Target TargetMemory(Napi::Env env, const TargetRef& ref, size_t index) {
+  Target t;
+  std::string what = "target " + std::to_string(index);
+  if (ref.region != nullptr) {
+    t.memory = ref.region->memory();
     if (!t.memory) Throw(env, kClosed, what + " is a closed region");
     t.data = t.memory->data();
     t.size = t.memory->size();
     return t;
   }
+  Napi::Value v = ref.value;
   Napi::ArrayBuffer ab;
   size_t byteOffset = 0;
   size_t byteLength = 0;
@@ -66,6 +92,9 @@ Target ResolveTarget(Napi::Env env, Napi::Value v, size_t index) {
   t.data = static_cast<uint8_t*>(ab.Data()) + byteOffset;
   t.size = byteLength;
   t.js = v;
+  // A view or the buffer of one of our regions: hold the region's memory itself, so a close()
+  // (and the buffer's collection) while this batch runs cannot unmap it.
+  t.memory = Region::MemoryOf(env, ab.Data());
   return t;
 }
 
@@ -75,7 +104,7 @@ std::shared_ptr<FileHandle> ResolveFile(Napi::Env env, Napi::Value v, size_t ind
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.fileCtor.Value())) {
     Throw(env, kBadArgument, what + " must be a NativeFile");
   }
-  std::shared_ptr<FileHandle> h = File::Unwrap(v.As<Napi::Object>())->handle();
+  std::shared_ptr<FileHandle> h = UnwrapOrThrow<File>(env, v.As<Napi::Object>(), what)->handle();
   if (!h) Throw(env, kClosed, what + " is closed");
   return h;
 }
@@ -188,15 +217,21 @@ void Engine::Shutdown() {
 
 void Engine::Post(Batch* batch) {
   if (tsfn_.NonBlockingCall(batch) != napi_ok) {
-    // Only during environment teardown: nobody is left to resolve, and the references cannot be
-    // deleted without the environment, so the batch is dropped with it.
+    // Only during environment teardown: nobody is left to resolve. The files and memory are let
+    // go here; the references die with the environment.
+    auto* js = static_cast<JsBatch*>(batch);
+    js->borrowed.clear();
+    delete js;
   }
 }
 
 void Engine::Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* raw) {
   std::unique_ptr<JsBatch> batch(static_cast<JsBatch*>(raw));
   if (env == nullptr) {
-    batch.release();  // env torn down: see Post()
+    // The environment is gone (worker terminated, process exiting): nobody can be resolved, but
+    // the files and memory the batch holds must still be let go. The references die with the
+    // environment, so only the list is dropped.
+    batch->borrowed.clear();
     return;
   }
   size_t n = batch->ops.size();
@@ -242,16 +277,22 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
 
   Napi::Array targetList = info[1].As<Napi::Array>();
   Napi::Array fileList = info[2].As<Napi::Array>();
-  std::vector<Target> targets;
-  targets.reserve(targetList.Length());
+  // First everything that can run user JavaScript (element getters, Proxy traps), then the
+  // pointers: no script can detach a buffer between taking its pointer and using it.
+  std::vector<TargetRef> refs;
+  refs.reserve(targetList.Length());
   for (uint32_t i = 0; i < targetList.Length(); ++i) {
-    targets.push_back(ResolveTarget(env, targetList.Get(i), i));
+    refs.push_back(ClassifyTarget(env, targetList.Get(i), i));
   }
   std::vector<std::shared_ptr<FileHandle>> files;
   files.reserve(fileList.Length());
   for (uint32_t i = 0; i < fileList.Length(); ++i) {
     files.push_back(ResolveFile(env, fileList.Get(i), i));
   }
+  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
+  std::vector<Target> targets;
+  targets.reserve(refs.size());
+  for (size_t i = 0; i < refs.size(); ++i) targets.push_back(TargetMemory(env, refs[i], i));
 
   // Validate everything before queueing anything: a refused batch moves no byte.
   auto batch = std::make_unique<JsBatch>(env);
@@ -318,8 +359,9 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   }
 
   for (const Target& t : targets) {
-    if (t.memory) {
-      batch->keepAlive.push_back(t.memory);
+    if (t.memory) batch->keepAlive.push_back(t.memory);
+    if (t.js.IsEmpty()) {
+      continue;
     } else {
       napi_ref ref;
       if (napi_create_reference(env, t.js, 1, &ref) != napi_ok) {

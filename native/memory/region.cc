@@ -46,6 +46,7 @@ Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) 
       env, memory_->data(), memory_->size(),
       [](Napi::Env, void*, std::shared_ptr<RegionMemory>* h) { delete h; }, hint);
   buffer_ = Napi::Persistent(ab);
+  InstanceData::Get(env).regionMemory[memory_->data()] = memory_;
   size_ = memory_->size();
   pinned_ = memory_->pinned();
   pinReason_ = memory_->pinReason();
@@ -79,9 +80,33 @@ Napi::Value Region::Close(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer ab = buffer_.Value();
   if (!ab.IsDetached()) ab.Detach();
   buffer_.Reset();
+  Forget();
   // In-flight transfers hold their own references; the pages go when the last of them finishes.
   memory_.reset();
   return info.Env().Undefined();
+}
+
+}  // namespace kvtier
+
+namespace kvtier {
+
+Region::~Region() { Forget(); }
+
+void Region::Forget() {
+  if (!memory_) return;
+  auto& registry = InstanceData::Get(Env()).regionMemory;
+  auto it = registry.find(memory_->data());
+  if (it != registry.end() && !it->second.owner_before(memory_) &&
+      !memory_.owner_before(it->second)) {
+    registry.erase(it);
+  }
+}
+
+std::shared_ptr<RegionMemory> Region::MemoryOf(Napi::Env env, const void* data) {
+  auto& registry = InstanceData::Get(env).regionMemory;
+  auto it = registry.find(data);
+  if (it == registry.end()) return nullptr;
+  return std::static_pointer_cast<RegionMemory>(it->second.lock());
 }
 
 }  // namespace kvtier

@@ -13,6 +13,10 @@ class Region : public Napi::ObjectWrap<Region> {
  public:
   static Napi::Function Define(Napi::Env env);
   explicit Region(const Napi::CallbackInfo& info);
+  ~Region() override;
+
+  // The memory of the open region whose buffer starts at `data`, or nullptr.
+  static std::shared_ptr<RegionMemory> MemoryOf(Napi::Env env, const void* data);
 
   // The memory, or nullptr once closed.
   std::shared_ptr<RegionMemory> memory() const { return memory_; }
@@ -25,6 +29,8 @@ class Region : public Napi::ObjectWrap<Region> {
   Napi::Value ByteLength(const Napi::CallbackInfo& info);
   Napi::Value Closed(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+
+  void Forget();
 
   std::shared_ptr<RegionMemory> memory_;  // reset by close()
   Napi::Reference<Napi::ArrayBuffer> buffer_;

@@ -258,6 +258,23 @@ describe.each(engineKinds())('%s engine', (kind: EngineKind) => {
     await engine.close();
   });
 
+  it('treats a region\'s bare buffer as the region, so close() waits for it', async () => {
+    const engine = createEngine({ kind, queueDepth: 4 });
+    const src = Region.allocate(16 << 20);
+    src.view().set(randomBytes(16 << 20));
+    for (let r = 0; r < 4; r++) {
+      const dst = Region.allocate(16 << 20);
+      const batch = new TransferBatch();
+      for (let i = 0; i < 16; i++) batch.copy(dst.buffer, i << 20, src, i << 20, 1 << 20);
+      const copying = engine.submit(batch);
+      const closing = dst.close(); // must not unmap while the copies run
+      expect((await copying).ok).toBe(true);
+      await closing;
+    }
+    await src.close();
+    await engine.close();
+  });
+
   it('makes data durable with sync()', async () => {
     const engine = createEngine({ kind, queueDepth: 4 });
     const file = await openFile(fresh(), { create: true });
