@@ -327,19 +327,16 @@ export class Warehouse {
   }
 
   /**
-   * Waits until none of `keys` is being changed by another operation. The check that ends the wait
-   * runs synchronously before the caller continues, so no other operation can slip in between.
+   * Waits for the operations changing any of `keys` to end. Callers loop on unsettled(), whose
+   * check runs synchronously right before they continue, so no other operation slips in between.
    */
   private async settle(keys: readonly Key[]): Promise<void> {
-    for (;;) {
-      const waits: Promise<unknown>[] = [];
-      for (const k of keys) {
-        const p = this.settling.get(k);
-        if (p) waits.push(p);
-      }
-      if (waits.length === 0) return;
-      await Promise.allSettled(waits);
+    const waits = new Set<Promise<unknown>>();
+    for (const k of keys) {
+      const p = this.settling.get(k);
+      if (p) waits.add(p);
     }
+    await Promise.allSettled(waits);
   }
 
   private unsettled(keys: readonly Key[]): boolean {
