@@ -5,10 +5,15 @@
  */
 import { abortError, errnoError, KvtierError } from './errors.js';
 import type { KvFile } from './file.js';
+import { DeviceRegion } from './gpu/device-region.js';
 import { native, type NativeEngine, type NativeTarget } from './native.js';
 import { Region } from './region.js';
 
-export type EngineKind = 'io_uring' | 'threads';
+/**
+ * File engines are 'io_uring' or 'threads'; GPU engines are 'cuda' (copies between host and GPU
+ * memory) and 'cufile' or 'posix' (files to and from GPU memory).
+ */
+export type EngineKind = 'io_uring' | 'threads' | 'cuda' | 'cufile' | 'posix';
 
 export interface EngineOptions {
   /** `'auto'` (default) takes io_uring where the kernel allows it and says why not otherwise. */
@@ -30,7 +35,10 @@ export interface ChecksumOption {
  * transfer that uses it is in flight: transferring it away (postMessage, structuredClone with a
  * transfer list) hands its bytes to someone else while the kernel still writes them.
  */
-export type Target = Region | ArrayBufferView | ArrayBuffer;
+export type Target = Region | DeviceRegion | ArrayBufferView | ArrayBuffer;
+
+/** Memory kvtier allocated: closing it waits for the transfers that use it. */
+type OwnedMemory = Region | DeviceRegion;
 
 /** Descriptor op codes, as native/io/engine.cc reads them. */
 const Op = { Read: 0, Write: 1, Sync: 2, Copy: 3, Checksum: 4 } as const;
@@ -40,7 +48,7 @@ const CRC = 16;
 const STRIDE = 6;
 
 function byteLengthOf(target: Target): number {
-  return target instanceof Region ? target.byteLength : target.byteLength;
+  return target.byteLength;
 }
 
 /**
@@ -54,7 +62,7 @@ export class TransferBatch {
   private readonly targetIndex = new Map<object, number>();
   /** @internal */ readonly files: KvFile[] = [];
   private readonly fileIndex = new Map<KvFile, number>();
-  /** @internal */ readonly regions = new Set<Region>();
+  /** @internal */ readonly regions = new Set<OwnedMemory>();
   private readonly ops: Op[] = [];
 
   get length(): number {
@@ -143,22 +151,23 @@ export class TransferBatch {
 
   /** A view of a Region is the Region itself, so closing the Region waits for this transfer. */
   private resolve(target: Target, offset: number, len: number): [Target, number] {
-    if (target instanceof Region) return [target, offset];
+    if (target instanceof Region || target instanceof DeviceRegion) return [target, offset];
     if (target instanceof ArrayBuffer) {
-      // region.buffer itself: the region, so that closing it waits for this transfer.
-      const region = Region.owning(target);
-      return [region ?? target, offset];
+      // region.buffer itself (or a slice of a large region): the region, so that closing it
+      // waits for this transfer.
+      const owner = Region.owning(target);
+      return owner ? [owner.region, owner.base + offset] : [target, offset];
     }
     if (!ArrayBuffer.isView(target)) return [target, offset];
-    const region = Region.owning(target.buffer);
-    if (!region) return [target, offset];
+    const owner = Region.owning(target.buffer);
+    if (!owner) return [target, offset];
     if (offset + len > target.byteLength) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
         `descriptor ${this.count}: ${len} bytes at offset ${offset} do not fit a view of ${target.byteLength} bytes`,
       );
     }
-    return [region, target.byteOffset + offset];
+    return [owner.region, owner.base + target.byteOffset + offset];
   }
 
   private push(op: number, t: number, toff: number, len: number, f: number, foff: number): void {
@@ -183,7 +192,7 @@ export class TransferBatch {
     let slot = this.targetIndex.get(target);
     if (slot === undefined) {
       slot = this.targets.length;
-      if (target instanceof Region) {
+      if (target instanceof Region || target instanceof DeviceRegion) {
         target.assertOpen();
         this.regions.add(target);
         this.targets.push(target.native);
@@ -231,10 +240,12 @@ export class BatchResult {
         this.bytes[i] = 0;
         const op = batch.opAt(i);
         const file = batch.files[(batch.packed()[i * STRIDE + 4] ?? 0) | 0];
+        const detail = (raw as { messages?: (string | undefined)[] }).messages?.[i];
         this.errors[i] = errnoError(
           -v,
           syscallName(engineKind, op),
-          `descriptor ${i}: ${opName(op)} on ${file?.path ?? 'a file'} failed`,
+          `descriptor ${i}: ${opName(op)} on ${file?.path ?? 'a file'} failed` +
+            (detail === undefined ? '' : ` (${detail})`),
         );
       } else {
         this.bytes[i] = v;
@@ -260,6 +271,9 @@ function opName(op: Op): string {
 
 function syscallName(kind: EngineKind, op: Op): string {
   if (kind === 'io_uring') return `io_uring:${opName(op)}`;
+  if (kind === 'cufile')
+    return op === Op.Read ? 'cuFileRead' : op === Op.Write ? 'cuFileWrite' : 'fdatasync';
+  if (kind === 'cuda') return 'cuMemcpyAsync';
   return op === Op.Read ? 'pread' : op === Op.Write ? 'pwrite' : 'fdatasync';
 }
 

@@ -62,3 +62,18 @@ export {
   type KvShape,
   type KvTensorRef,
 } from './layout/index.js';
+export {
+  createCopyEngine,
+  createGpuFileEngine,
+  DeviceRegion,
+  GpuCopyEngine,
+  GpuFileEngine,
+  gpuFilePath,
+  type CopyEngineOptions,
+  type DeviceOptions,
+  type GpuFileEngineOptions,
+  type GpuFileIo,
+  type GpuFileStats,
+  type ImportOptions,
+  type IpcExport,
+} from './gpu/index.js';

@@ -46,6 +46,7 @@ export interface DirectProbe {
 
 export interface NativeRegion {
   readonly buffer: ArrayBuffer;
+  slice(offset: number, length: number): ArrayBuffer;
   readonly pinned: boolean;
   readonly pinReason: string;
   readonly byteLength: number;
@@ -65,10 +66,19 @@ export interface NativeFile {
   close(): void;
 }
 
-export type NativeTarget = NativeRegion | ArrayBufferView | ArrayBuffer;
+export interface NativeDeviceRegion {
+  readonly byteLength: number;
+  readonly device: number;
+  readonly pointer: bigint;
+  readonly origin: 'owned' | 'wrapped' | 'imported';
+  ipcHandle(): { handle: Uint8Array; offset: number };
+  close(): void;
+}
+
+export type NativeTarget = NativeRegion | NativeDeviceRegion | ArrayBufferView | ArrayBuffer;
 
 export interface NativeEngine {
-  readonly kind: 'io_uring' | 'threads';
+  readonly kind: 'io_uring' | 'threads' | 'cuda' | 'cufile' | 'posix';
   readonly queueDepth: number;
   readonly inFlight: number;
   submit(
@@ -85,7 +95,11 @@ export interface NativeAddon {
   probeDirect(dir: string): DirectProbe;
   chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
   crc32c(data: ArrayBufferView, seed?: number): number;
-  NativeRegion: new (bytes: number, pin: 'auto' | 'on' | 'off') => NativeRegion;
+  NativeRegion: new (
+    bytes: number,
+    pin: 'auto' | 'on' | 'off',
+    maxArrayBuffer: number,
+  ) => NativeRegion;
   NativeFile: new (
     path: string,
     options: {
@@ -97,6 +111,25 @@ export interface NativeAddon {
     },
   ) => NativeFile;
   NativeEngine: new (options: { kind: 'io_uring' | 'threads'; queueDepth: number }) => NativeEngine;
+  NativeDeviceRegion: new (
+    options:
+      | { origin: 'owned'; device: number; bytes: number }
+      | { origin: 'wrapped'; device: number; pointer: bigint; bytes: number }
+      | { origin: 'imported'; device: number; handle: Uint8Array; offset: number; bytes: number },
+  ) => NativeDeviceRegion;
+  NativeCopyEngine: new (options: {
+    device: number;
+    streams: number;
+    batch: boolean;
+    kernel: boolean;
+  }) => NativeEngine & { readonly batchCopy: boolean; readonly kernelPath: string };
+  NativeGpuFileEngine: new (options: {
+    device: number;
+    io: 'cufile' | 'posix';
+    threads: number;
+    chunkBytes: number;
+    fallback: boolean;
+  }) => NativeEngine & { readonly fallbacks: number };
 }
 
 /** The package root: dist/ and lib/ both sit one level below it. */

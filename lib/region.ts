@@ -2,6 +2,8 @@
  * Regions: page-aligned host memory allocated natively and shown to JavaScript as an external
  * ArrayBuffer, so I/O lands where JavaScript reads without a copy.
  */
+import { constants } from 'node:buffer';
+
 import { KvtierError } from './errors.js';
 import { InFlight } from './inflight.js';
 import { native, type NativeRegion } from './native.js';
@@ -17,8 +19,14 @@ export interface RegionOptions {
   pin?: PinOption;
 }
 
-/** Which Region a buffer belongs to, so views passed as I/O targets are tracked as the region. */
-const regionOfBuffer = new WeakMap<ArrayBuffer, Region>();
+/**
+ * Which Region a buffer belongs to and where in it the buffer starts, so views passed as I/O
+ * targets are tracked as the region.
+ */
+const regionOfBuffer = new WeakMap<ArrayBuffer, { region: Region; base: number }>();
+
+/** The largest ArrayBuffer this Node makes (4 GiB on Node 20): larger regions are sliced. */
+const MAX_ARRAY_BUFFER = constants.MAX_LENGTH;
 
 export class Region {
   /** @internal */
@@ -26,12 +34,10 @@ export class Region {
   /** @internal */
   readonly inFlight = new InFlight();
   private closing: Promise<void> | undefined;
-  private readonly arrayBuffer: ArrayBuffer;
+  private arrayBuffer: ArrayBuffer | undefined;
 
   private constructor(nativeRegion: NativeRegion) {
     this.native = nativeRegion;
-    this.arrayBuffer = nativeRegion.buffer;
-    regionOfBuffer.set(this.arrayBuffer, this);
   }
 
   /** Allocates `bytes` of zeroed, page-aligned memory. */
@@ -41,11 +47,13 @@ export class Region {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', `pin must be 'auto', true or false`);
     }
     const addon = native();
-    return new Region(new addon.NativeRegion(bytes, pin === 'auto' ? 'auto' : pin ? 'on' : 'off'));
+    return new Region(
+      new addon.NativeRegion(bytes, pin === 'auto' ? 'auto' : pin ? 'on' : 'off', MAX_ARRAY_BUFFER),
+    );
   }
 
-  /** @internal The region a view or buffer lies in, if any. */
-  static owning(buffer: ArrayBufferLike): Region | undefined {
+  /** @internal The region a view or buffer lies in, if any, and where in it the buffer starts. */
+  static owning(buffer: ArrayBufferLike): { region: Region; base: number } | undefined {
     return buffer instanceof ArrayBuffer ? regionOfBuffer.get(buffer) : undefined;
   }
 
@@ -66,17 +74,37 @@ export class Region {
     return this.closing !== undefined;
   }
 
-  /** The whole region as an ArrayBuffer (zero-copy; detached once the region closes). */
+  /**
+   * The whole region as an ArrayBuffer (zero-copy; detached once the region closes). A region
+   * larger than the largest ArrayBuffer (4 GiB on Node 20) has none: use `view()`.
+   */
   get buffer(): ArrayBuffer {
     this.assertOpen();
+    if (this.byteLength > MAX_ARRAY_BUFFER) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `a region of ${this.byteLength} bytes is larger than the largest ArrayBuffer ` +
+          `(${MAX_ARRAY_BUFFER}); take views of it with view(offset, length)`,
+      );
+    }
+    if (!this.arrayBuffer) {
+      this.arrayBuffer = this.native.buffer;
+      regionOfBuffer.set(this.arrayBuffer, { region: this, base: 0 });
+    }
     return this.arrayBuffer;
   }
 
-  /** A zero-copy byte view of part of the region (the whole region by default). */
+  /**
+   * A zero-copy byte view of part of the region (the whole region by default). Any view of a
+   * region of up to 4 GiB works; beyond that, each view must itself fit an ArrayBuffer.
+   */
   view(offset = 0, length = this.byteLength - offset): Uint8Array {
     this.assertOpen();
     checkRange(offset, length, this.byteLength);
-    return new Uint8Array(this.arrayBuffer, offset, length);
+    if (this.byteLength <= MAX_ARRAY_BUFFER) return new Uint8Array(this.buffer, offset, length);
+    const slice = this.native.slice(offset, length);
+    regionOfBuffer.set(slice, { region: this, base: offset });
+    return new Uint8Array(slice);
   }
 
   /**

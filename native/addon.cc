@@ -3,6 +3,9 @@
 #include <napi.h>
 
 #include "common/errors.h"
+#include "gpu/copy_engine.h"
+#include "gpu/device_region.h"
+#include "gpu/gpu_file_engine.h"
 #include "io/engine.h"
 #include "io/file.h"
 #include "keys.h"
@@ -29,6 +32,9 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeRegion", kvtier::Region::Define(env));
   exports.Set("NativeFile", kvtier::File::Define(env));
   exports.Set("NativeEngine", kvtier::Engine::Define(env));
+  exports.Set("NativeDeviceRegion", kvtier::DeviceRegion::Define(env));
+  exports.Set("NativeCopyEngine", kvtier::CopyEngine::Define(env));
+  exports.Set("NativeGpuFileEngine", kvtier::GpuFileEngine::Define(env));
   return exports;
 }
 

@@ -4,6 +4,7 @@ import { unlinkSync } from 'node:fs';
 import type { Command } from 'commander';
 
 import { KvtierError } from '../errors.js';
+import { registerGpuBench } from './bench-gpu.js';
 import { DEFAULTS, runFileBench, type FileBenchOptions } from '../bench/file-bench.js';
 import { fileBenchJson, formatFileBench } from '../bench/report.js';
 import { formatSize, parseSize, parseSizeList } from '../bench/stats.js';
@@ -222,6 +223,7 @@ export function registerBench(program: Command): void {
   const bench = program
     .command('bench')
     .description('measure a kvtier data path next to its obvious peer');
+  registerGpuBench(bench);
   bench
     .command('file')
     .description(

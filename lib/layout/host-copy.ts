@@ -1,10 +1,12 @@
 /**
- * The CPU executor of copy plans: gathers engine blocks out of a host-memory KV pool into packed
- * kvtier blocks, and scatters them back, as one TransferBatch of copies (one native call, run on
- * kvtier's engine threads).
+ * The executor of copy plans: gathers engine blocks out of a KV pool into packed kvtier blocks, and
+ * scatters them back, as one TransferBatch of copies (one native call). With a file engine's
+ * memory threads the pool is host memory; with a GPU copy engine it is a DeviceRegion (an engine's
+ * imported KV pool) and the packed blocks are pinned host memory or GPU memory.
  */
 import { type IoEngine, type Target, TransferBatch } from '../engine.js';
 import { KvtierError } from '../errors.js';
+import { DeviceRegion } from '../gpu/device-region.js';
 import { Region } from '../region.js';
 import { KV_SEGMENT_STRIDE, KvCopyPlan, type KvPlanOptions, planKvCopy } from './copy-plan.js';
 import type { KvLayout } from './kv-layout.js';
@@ -40,15 +42,27 @@ function planOf(layoutOrPlan: KvLayout | KvCopyPlan, options: KvPlanOptions): Kv
   return planKvCopy(layoutOrPlan, options);
 }
 
-/** The ArrayBuffer a target lies in and where in it the target starts. */
-function placeOf(target: Target): { buffer: ArrayBufferLike; start: number; length: number } {
-  if (target instanceof Region)
-    return { buffer: target.buffer, start: 0, length: target.byteLength };
+/** The memory a target lies in (to tell overlaps) and where in it the target starts. */
+function placeOf(target: Target): { buffer: object; start: number; length: number } {
+  if (target instanceof DeviceRegion)
+    return { buffer: target, start: 0, length: target.byteLength };
+  if (target instanceof Region) return { buffer: target, start: 0, length: target.byteLength };
   if (ArrayBuffer.isView(target)) {
-    return { buffer: target.buffer, start: target.byteOffset, length: target.byteLength };
+    // A view of a region is that region, from where the view starts.
+    const owner = Region.owning(target.buffer);
+    return owner
+      ? { buffer: owner.region, start: owner.base + target.byteOffset, length: target.byteLength }
+      : { buffer: target.buffer, start: target.byteOffset, length: target.byteLength };
   }
-  if (target instanceof ArrayBuffer) return { buffer: target, start: 0, length: target.byteLength };
-  return bad('pool and packed buffer must be a Region, an ArrayBufferView or an ArrayBuffer');
+  if (target instanceof ArrayBuffer) {
+    const owner = Region.owning(target);
+    return owner
+      ? { buffer: owner.region, start: owner.base, length: target.byteLength }
+      : { buffer: target, start: 0, length: target.byteLength };
+  }
+  return bad(
+    'pool and packed buffer must be a Region, a DeviceRegion, an ArrayBufferView or an ArrayBuffer',
+  );
 }
 
 function check(
@@ -58,8 +72,8 @@ function check(
   packed: Target,
   packedOffset: number,
 ): void {
-  if (pool instanceof Region) pool.assertOpen();
-  if (packed instanceof Region) packed.assertOpen();
+  if (pool instanceof Region || pool instanceof DeviceRegion) pool.assertOpen();
+  if (packed instanceof Region || packed instanceof DeviceRegion) packed.assertOpen();
   const p = placeOf(pool);
   const k = placeOf(packed);
   if (p.length < plan.layout.extent) {

@@ -12,6 +12,7 @@ struct InstanceData {
   Napi::FunctionReference regionCtor;
   Napi::FunctionReference fileCtor;
   Napi::FunctionReference engineCtor;
+  Napi::FunctionReference deviceRegionCtor;
   // Open regions by the address of their memory, so a plain ArrayBuffer or view of a region's
   // memory handed to an engine is known as that region (and its memory kept alive).
   std::unordered_map<const void*, std::weak_ptr<void>> regionMemory;

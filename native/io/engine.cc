@@ -4,9 +4,10 @@
 #include <utility>
 
 #include "../common/args.h"
+#include "../common/descriptors.h"
 #include "../common/errors.h"
 #include "../common/instance_data.h"
-#include "../memory/region.h"
+#include "../common/targets.h"
 #include "file.h"
 #include "thread_pool_engine.h"
 #include "uring_engine.h"
@@ -15,127 +16,8 @@ namespace kvtier {
 
 namespace {
 
-// Fields of one descriptor in the Float64Array the control plane packs.
-constexpr size_t kStride = 6;
-enum Field { kOp = 0, kTarget = 1, kTargetOffset = 2, kLength = 3, kFile = 4, kFileOffset = 5 };
 // Alignment of bounce buffers: a page satisfies every device's DMA alignment.
 constexpr uint32_t kBounceAlign = 4096;
-
-struct Target {
-  uint8_t* data = nullptr;
-  uint64_t size = 0;
-  std::shared_ptr<RegionMemory> memory;  // set for native regions
-  Napi::Value js;                        // set for JavaScript buffers (kept referenced)
-};
-
-std::string Where(size_t i) { return "descriptor " + std::to_string(i) + ": "; }
-
-// What a target is, decided while user JavaScript may still run (array getters, Proxy traps in
-// instanceof); its pointer is taken only afterwards, in TargetMemory.
-struct TargetRef {
-  Napi::Value value;
-  Region* region = nullptr;  // set for native regions
-};
-
-template <typename T>
-T* UnwrapOrThrow(Napi::Env env, Napi::Object o, const std::string& what) {
-  void* raw = nullptr;
-  // An object that only pretends to be one of ours (its prototype borrowed) wraps nothing.
-  if (napi_unwrap(env, o, &raw) != napi_ok || raw == nullptr) {
-    Throw(env, kBadArgument, what + " is not a kvtier object");
-  }
-  return static_cast<T*>(raw);
-}
-
-TargetRef ClassifyTarget(Napi::Env env, Napi::Value v, size_t index) {
-  TargetRef ref{v};
-  InstanceData& data = InstanceData::Get(env);
-  if (v.IsObject() && v.As<Napi::Object>().InstanceOf(data.regionCtor.Value())) {
-    ref.region =
-        UnwrapOrThrow<Region>(env, v.As<Napi::Object>(), "target " + std::to_string(index));
-  }
-  return ref;
-}
-
-Target TargetMemory(Napi::Env env, const TargetRef& ref, size_t index) {
-  Target t;
-  std::string what = "target " + std::to_string(index);
-  if (ref.region != nullptr) {
-    t.memory = ref.region->memory();
-    if (!t.memory) Throw(env, kClosed, what + " is a closed region");
-    t.data = t.memory->data();
-    t.size = t.memory->size();
-    return t;
-  }
-  Napi::Value v = ref.value;
-  Napi::ArrayBuffer ab;
-  size_t byteOffset = 0;
-  size_t byteLength = 0;
-  if (v.IsTypedArray()) {
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    ab = ta.ArrayBuffer();
-    byteOffset = ta.ByteOffset();
-    byteLength = ta.ByteLength();
-  } else if (v.IsDataView()) {
-    Napi::DataView dv = v.As<Napi::DataView>();
-    ab = dv.ArrayBuffer();
-    byteOffset = dv.ByteOffset();
-    byteLength = dv.ByteLength();
-  } else if (v.IsArrayBuffer()) {
-    ab = v.As<Napi::ArrayBuffer>();
-    byteLength = ab.ByteLength();
-  } else {
-    Throw(env, kBadArgument,
-          what + " must be a Region, a TypedArray, a DataView or an ArrayBuffer");
-  }
-  if (ab.IsDetached()) Throw(env, kBadArgument, what + " is backed by a detached ArrayBuffer");
-  t.data = static_cast<uint8_t*>(ab.Data()) + byteOffset;
-  t.size = byteLength;
-  t.js = v;
-  // A view or the buffer of one of our regions: hold the region's memory itself, so a close()
-  // (and the buffer's collection) while this batch runs cannot unmap it.
-  t.memory = Region::MemoryOf(env, ab.Data());
-  return t;
-}
-
-std::shared_ptr<FileHandle> ResolveFile(Napi::Env env, Napi::Value v, size_t index) {
-  InstanceData& data = InstanceData::Get(env);
-  std::string what = "file " + std::to_string(index);
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.fileCtor.Value())) {
-    Throw(env, kBadArgument, what + " must be a NativeFile");
-  }
-  std::shared_ptr<FileHandle> h = UnwrapOrThrow<File>(env, v.As<Napi::Object>(), what)->handle();
-  if (!h) Throw(env, kClosed, what + " is closed");
-  return h;
-}
-
-uint64_t Field64(Napi::Env env, const double* d, size_t i, Field f, const char* name) {
-  double v = d[f];
-  if (!IsByteCount(v)) {
-    Throw(env, kBadArgument,
-          Where(i) + name + " must be a non-negative safe integer, got " + std::to_string(v));
-  }
-  return static_cast<uint64_t>(v);
-}
-
-// The memory a descriptor names: target index field, offset field and the length field (or *len
-// when it is already known, for a copy's source).
-uint8_t* TargetRange(Napi::Env env, const std::vector<Target>& targets, const double* d, size_t i,
-                     Field indexField, Field offsetField, const char* what, uint64_t* len) {
-  double ti = d[indexField];
-  if (!IsByteCount(ti) || ti >= static_cast<double>(targets.size())) {
-    Throw(env, kBadArgument, Where(i) + what + " index out of range");
-  }
-  const Target& target = targets[static_cast<size_t>(ti)];
-  uint64_t off = Field64(env, d, i, offsetField, "offset");
-  if (indexField == kTarget) *len = Field64(env, d, i, kLength, "length");
-  if (off > target.size || *len > target.size - off) {
-    Throw(env, kBadArgument,
-          Where(i) + std::to_string(*len) + " bytes at offset " + std::to_string(off) +
-              " do not fit a " + what + " of " + std::to_string(target.size) + " bytes");
-  }
-  return target.data + off;
-}
 
 }  // namespace
 
@@ -261,17 +143,9 @@ void Engine::Finished(Napi::Env env) {
 Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "engine is closed");
-  if (!info[0].IsTypedArray() ||
-      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    Throw(env, kBadArgument, "descriptors must be a Float64Array");
-  }
+  Napi::Float64Array descs = DescriptorArray(env, info[0]);
   if (!info[1].IsArray() || !info[2].IsArray()) {
     Throw(env, kBadArgument, "targets and files must be arrays");
-  }
-  Napi::Float64Array descs = info[0].As<Napi::Float64Array>();
-  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
-  if (descs.ElementLength() % kStride != 0) {
-    Throw(env, kBadArgument, "descriptors length must be a multiple of 6");
   }
   size_t count = descs.ElementLength() / kStride;
 
@@ -292,7 +166,15 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
   std::vector<Target> targets;
   targets.reserve(refs.size());
-  for (size_t i = 0; i < refs.size(); ++i) targets.push_back(TargetMemory(env, refs[i], i));
+  for (size_t i = 0; i < refs.size(); ++i) {
+    targets.push_back(TargetMemory(env, refs[i], i));
+    if (targets.back().device) {
+      // These threads dereference host pointers; a device address would be a wild read.
+      Throw(env, kBadArgument,
+            "target " + std::to_string(i) +
+                " is GPU memory; use a GPU copy engine or a GPU file engine for it");
+    }
+  }
 
   // Validate everything before queueing anything: a refused batch moves no byte.
   auto batch = std::make_unique<JsBatch>(env);
@@ -358,19 +240,7 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
     if (op.len > 0) ++queued;
   }
 
-  for (const Target& t : targets) {
-    if (t.memory) batch->keepAlive.push_back(t.memory);
-    if (t.js.IsEmpty()) {
-      continue;
-    } else {
-      napi_ref ref;
-      if (napi_create_reference(env, t.js, 1, &ref) != napi_ok) {
-        for (napi_ref r : batch->borrowed) (void)napi_delete_reference(env, r);
-        Throw(env, kIo, "cannot reference a target buffer");
-      }
-      batch->borrowed.push_back(ref);
-    }
-  }
+  HoldTargets(env, targets, &batch->borrowed, &batch->keepAlive);
   for (const auto& f : files) batch->keepAlive.push_back(f);
 
   Napi::Promise promise = batch->deferred.Promise();

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "../common/errors.h"
+#include "../shim/cufile.h"
 
 #ifndef STATX_DIOALIGN
 #define STATX_DIOALIGN 0x00002000U
@@ -51,6 +52,7 @@ void Fail(OpenError* error, const char* code, std::string message, int errnum,
 }  // namespace
 
 FileHandle::~FileHandle() {
+  if (cufile != nullptr) shim::CuFile::instance().handleDeregister(cufile);
   // close() errors on a descriptor used only for reads and writes already reported tell nothing
   // new (the kernel releases it regardless), so they are ignored here.
   if (fd >= 0) (void)close(fd);

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace kvtier {
@@ -19,6 +20,11 @@ struct FileHandle {
   std::string directReason;  // why direct is false although it was asked for ('auto')
   uint32_t memAlign = 1;     // buffer address alignment O_DIRECT needs (1 when buffered)
   uint32_t offsetAlign = 1;  // file offset and length alignment O_DIRECT needs
+  // cuFile's registration of fd, made by the first GPU file engine that reads or writes it and
+  // dropped before fd closes (a registration must never outlive its descriptor).
+  std::mutex cufileMutex;
+  void* cufile = nullptr;
+  std::string cufileRefused;  // why cuFile would not register fd, once it refused
 
   FileHandle() = default;
   FileHandle(const FileHandle&) = delete;

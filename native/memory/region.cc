@@ -9,7 +9,8 @@ namespace kvtier {
 Napi::Function Region::Define(Napi::Env env) {
   Napi::Function ctor = DefineClass(
       env, "NativeRegion",
-      {InstanceAccessor<&Region::Buffer>("buffer"), InstanceAccessor<&Region::Pinned>("pinned"),
+      {InstanceAccessor<&Region::Buffer>("buffer"), InstanceMethod<&Region::Slice>("slice"),
+       InstanceAccessor<&Region::Pinned>("pinned"),
        InstanceAccessor<&Region::PinReason>("pinReason"),
        InstanceAccessor<&Region::ByteLength>("byteLength"),
        InstanceAccessor<&Region::Closed>("closed"), InstanceMethod<&Region::Close>("close")});
@@ -17,7 +18,7 @@ Napi::Function Region::Define(Napi::Env env) {
   return ctor;
 }
 
-// new NativeRegion(bytes, pin: 'auto' | 'on' | 'off')
+// new NativeRegion(bytes, pin: 'auto' | 'on' | 'off', maxArrayBuffer)
 Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) {
   Napi::Env env = info.Env();
   uint64_t bytes = ByteCountArg(env, info[0], "region size");
@@ -34,27 +35,55 @@ Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) 
     Throw(env, kBadArgument, "pin must be 'auto', 'on' or 'off', got '" + pinText + "'");
   }
 
+  maxArrayBuffer_ = info[2].IsNumber() ? ByteCountArg(env, info[2], "maxArrayBuffer") : 0;
   std::string error;
   bool notAvailable = false;
   memory_ = RegionMemory::Allocate(bytes, pin, &error, &notAvailable);
   if (!memory_) Throw(env, notAvailable ? kNotAvailable : kNoSpace, error);
-
-  // The ArrayBuffer's finalizer owns one reference, so memory outlives neither JS views nor
-  // in-flight I/O, whichever ends last.
-  auto* hint = new std::shared_ptr<RegionMemory>(memory_);
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-      env, memory_->data(), memory_->size(),
-      [](Napi::Env, void*, std::shared_ptr<RegionMemory>* h) { delete h; }, hint);
-  buffer_ = Napi::Persistent(ab);
   InstanceData::Get(env).regionMemory[memory_->data()] = memory_;
   size_ = memory_->size();
   pinned_ = memory_->pinned();
   pinReason_ = memory_->pinReason();
 }
 
+Napi::ArrayBuffer Region::External(Napi::Env env, size_t offset, size_t length) {
+  if (maxArrayBuffer_ != 0 && length > maxArrayBuffer_) {
+    // Checked here because a refused external ArrayBuffer would run its finalizer twice.
+    Throw(env, kBadArgument,
+          std::to_string(length) + " bytes exceed the largest ArrayBuffer this Node makes (" +
+              std::to_string(maxArrayBuffer_) + "); take views of the region piece by piece");
+  }
+  // The ArrayBuffer's finalizer owns one reference, so memory outlives neither JS views nor
+  // in-flight I/O, whichever ends last.
+  auto* hint = new std::shared_ptr<RegionMemory>(memory_);
+  return Napi::ArrayBuffer::New(
+      env, memory_->data() + offset, length,
+      [](Napi::Env, void*, std::shared_ptr<RegionMemory>* h) { delete h; }, hint);
+}
+
 Napi::Value Region::Buffer(const Napi::CallbackInfo& info) {
   if (closed()) Throw(info.Env(), kClosed, "region is closed");
+  if (buffer_.IsEmpty()) buffer_ = Napi::Persistent(External(info.Env(), 0, memory_->size()));
   return buffer_.Value();
+}
+
+// slice(offset, length) -> ArrayBuffer over that part of the region (regions larger than the
+// largest ArrayBuffer are reached this way).
+Napi::Value Region::Slice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed()) Throw(env, kClosed, "region is closed");
+  uint64_t offset = ByteCountArg(env, info[0], "offset");
+  uint64_t length = ByteCountArg(env, info[1], "length");
+  if (offset > memory_->size() || length > memory_->size() - offset) {
+    Throw(env, kBadArgument,
+          std::to_string(length) + " bytes at offset " + std::to_string(offset) +
+              " do not fit a region of " + std::to_string(memory_->size()) + " bytes");
+  }
+  Napi::ArrayBuffer ab = External(env, offset, length);
+  // Forget slices already collected, so a long-lived region's list stays short.
+  std::erase_if(slices_, [](Napi::Reference<Napi::ArrayBuffer>& r) { return r.Value().IsEmpty(); });
+  slices_.push_back(Napi::Weak(ab));
+  return ab;
 }
 
 Napi::Value Region::Pinned(const Napi::CallbackInfo& info) {
@@ -77,9 +106,16 @@ Napi::Value Region::Close(const Napi::CallbackInfo& info) {
   if (closed()) return info.Env().Undefined();
   // Detaching makes every JS view of the memory zero-length at once, so nothing in JavaScript can
   // reach the pages after they are unmapped.
-  Napi::ArrayBuffer ab = buffer_.Value();
-  if (!ab.IsDetached()) ab.Detach();
-  buffer_.Reset();
+  if (!buffer_.IsEmpty()) {
+    Napi::ArrayBuffer ab = buffer_.Value();
+    if (!ab.IsDetached()) ab.Detach();
+    buffer_.Reset();
+  }
+  for (auto& slice : slices_) {
+    Napi::ArrayBuffer ab = slice.Value();
+    if (!ab.IsEmpty() && !ab.IsDetached()) ab.Detach();
+  }
+  slices_.clear();
   Forget();
   // In-flight transfers hold their own references; the pages go when the last of them finishes.
   memory_.reset();

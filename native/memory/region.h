@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <memory>
+#include <vector>
 
 #include "region_memory.h"
 
@@ -24,6 +25,7 @@ class Region : public Napi::ObjectWrap<Region> {
 
  private:
   Napi::Value Buffer(const Napi::CallbackInfo& info);
+  Napi::Value Slice(const Napi::CallbackInfo& info);
   Napi::Value Pinned(const Napi::CallbackInfo& info);
   Napi::Value PinReason(const Napi::CallbackInfo& info);
   Napi::Value ByteLength(const Napi::CallbackInfo& info);
@@ -31,9 +33,16 @@ class Region : public Napi::ObjectWrap<Region> {
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   void Forget();
+  // An external ArrayBuffer over [offset, offset + length) whose finalizer holds the memory.
+  Napi::ArrayBuffer External(Napi::Env env, size_t offset, size_t length);
 
-  std::shared_ptr<RegionMemory> memory_;  // reset by close()
-  Napi::Reference<Napi::ArrayBuffer> buffer_;
+  std::shared_ptr<RegionMemory> memory_;       // reset by close()
+  Napi::Reference<Napi::ArrayBuffer> buffer_;  // made on first use
+  // Slices handed out (weak): detached on close like the whole buffer.
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> slices_;
+  // The largest ArrayBuffer this Node makes (buffer.constants.MAX_LENGTH); bigger regions are
+  // reached through slices.
+  size_t maxArrayBuffer_ = 0;
   // Kept apart from memory_ so a closed region still describes itself.
   size_t size_ = 0;
   bool pinned_ = false;

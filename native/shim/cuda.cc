@@ -1,6 +1,7 @@
 #include "cuda.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,50 @@ using CuMemHostRegisterFn = CUresult (*)(void* ptr, size_t bytes, unsigned flags
 using CuMemHostUnregisterFn = CUresult (*)(void* ptr);
 using CuGetErrorTextFn = CUresult (*)(CUresult error, const char** text);
 
+// Resolves the GPU data path's entry points. A missing one does not make the driver unusable for
+// pinning host memory; it is reported when the GPU path is asked for.
+void LoadGpuApi(const detail::DlHandle& lib, cu::Api* api, std::string* missing) {
+  auto need = [&](const char* name, auto* fn) {
+    if (!lib.optionalSym(name, fn) && missing->empty()) *missing = name;
+  };
+  need("cuMemAlloc_v2", &api->memAlloc);
+  need("cuMemFree_v2", &api->memFree);
+  need("cuMemGetInfo_v2", &api->memGetInfo);
+  need("cuMemGetAddressRange_v2", &api->memGetAddressRange);
+  need("cuMemHostAlloc", &api->memHostAlloc);
+  need("cuMemFreeHost", &api->memFreeHost);
+  need("cuMemcpyAsync", &api->memcpyAsync);
+  need("cuMemcpy2DAsync_v2", &api->memcpy2DAsync);
+  need("cuStreamCreate", &api->streamCreate);
+  need("cuStreamDestroy_v2", &api->streamDestroy);
+  need("cuStreamSynchronize", &api->streamSynchronize);
+  need("cuEventCreate", &api->eventCreate);
+  need("cuEventRecord", &api->eventRecord);
+  need("cuEventSynchronize", &api->eventSynchronize);
+  need("cuEventQuery", &api->eventQuery);
+  need("cuEventDestroy_v2", &api->eventDestroy);
+  need("cuIpcGetMemHandle", &api->ipcGetMemHandle);
+  need("cuIpcOpenMemHandle_v2", &api->ipcOpenMemHandle);
+  need("cuIpcCloseMemHandle", &api->ipcCloseMemHandle);
+  need("cuMemcpyHtoD_v2", &api->memcpyHtoD);
+  need("cuMemcpyDtoH_v2", &api->memcpyDtoH);
+  (void)lib.optionalSym("cuModuleLoadData", &api->moduleLoadData);
+  (void)lib.optionalSym("cuModuleGetFunction", &api->moduleGetFunction);
+  (void)lib.optionalSym("cuModuleUnload", &api->moduleUnload);
+  (void)lib.optionalSym("cuLaunchKernel", &api->launchKernel);
+  (void)lib.optionalSym("cuMemHostGetDevicePointer_v2", &api->memHostGetDevicePointer);
+  // CUDA 13 exports the batch copy without failIdx as _v2; 12.8 and 12.9 only the first form.
+  if (!lib.optionalSym("cuMemcpyBatchAsync_v2", &api->memcpyBatchAsync)) {
+    (void)lib.optionalSym("cuMemcpyBatchAsync", &api->memcpyBatchAsync128);
+  }
+  // Opt out of the driver's batch copy, to compare against per-copy submission.
+  const char* off = std::getenv("KVTIER_CUDA_NO_BATCH_COPY");
+  if (off != nullptr && off[0] != '\0' && off[0] != '0') {
+    api->memcpyBatchAsync = nullptr;
+    api->memcpyBatchAsync128 = nullptr;
+  }
+}
+
 }  // namespace
 
 struct Cuda::Fns {
@@ -58,9 +103,9 @@ struct Cuda::Fns {
   CuMemHostUnregisterFn memHostUnregister = nullptr;
   CuGetErrorTextFn getErrorName = nullptr;
   CuGetErrorTextFn getErrorString = nullptr;
-  // Guards Cuda::ctx_: the first hostRegister calls may race on several kvtier threads, and the
-  // primary context must be retained exactly once (each retain is a reference that is never
-  // released, since pinned regions can outlive any caller).
+  // Guards Cuda::contexts_: the first calls may race on several kvtier threads, and each primary
+  // context must be retained exactly once (each retain is a reference that is never released,
+  // since pinned regions and device memory can outlive any caller).
   std::mutex ctxMutex;
 
   // "CUDA_ERROR_NO_DEVICE (no CUDA-capable device is detected)"; both lookups work before cuInit.
@@ -112,6 +157,8 @@ Cuda::Cuda() {
         !lib.sym("cuGetErrorString", &fns->getErrorString, &status_.reason)) {
       return;
     }
+
+    LoadGpuApi(lib, &api_, &gpuMissing_);
 
     // Asked before cuInit so `kvtier info` still shows the driver version when init fails.
     int version = 0;
@@ -194,44 +241,13 @@ Cuda::Cuda() {
 bool Cuda::hostRegister(void* ptr, size_t bytes, std::string* error) {
   std::string scratch;
   std::string& why = error != nullptr ? *error : scratch;
-  if (!usable()) {
-    why = "CUDA is not usable: " +
-          (status_.reason.empty() ? std::string("no CUDA device") : status_.reason);
-    return false;
-  }
   if (ptr == nullptr || bytes == 0) {
     why = "cuMemHostRegister needs a non-null pointer and a non-zero size";
     return false;
   }
-  CUcontext ctx = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(fns_->ctxMutex);
-    if (ctx_ == nullptr) {
-      // The primary context is the one the CUDA runtime (and so PyTorch) uses on device 0, so
-      // registrations made here are visible to it instead of living in a private context.
-      CUdevice dev0 = 0;
-      CUresult rc = fns_->deviceGet(&dev0, devices_.front().ordinal);
-      if (rc != kCudaSuccess) {
-        why = fns_->fail("cuDeviceGet", rc);
-        return false;
-      }
-      CUcontext retained = nullptr;
-      rc = fns_->devicePrimaryCtxRetain(&retained, dev0);
-      if (rc != kCudaSuccess) {
-        why = fns_->fail("cuDevicePrimaryCtxRetain", rc);
-        return false;
-      }
-      ctx_ = retained;
-    }
-    ctx = static_cast<CUcontext>(ctx_);
-  }
-  // The current context is per thread, and callers arrive on arbitrary kvtier threads.
-  CUresult rc = fns_->ctxSetCurrent(ctx);
-  if (rc != kCudaSuccess) {
-    why = fns_->fail("cuCtxSetCurrent", rc);
-    return false;
-  }
-  rc = fns_->memHostRegister(ptr, bytes, kMemHostRegisterPortable);
+  // Callers arrive on arbitrary kvtier threads, and the current context is per thread.
+  if (!makeCurrent(0, &why)) return false;
+  CUresult rc = fns_->memHostRegister(ptr, bytes, kMemHostRegisterPortable);
   if (rc != kCudaSuccess) {
     why = fns_->fail("cuMemHostRegister", rc) + " for " + std::to_string(bytes) + " bytes";
     return false;
@@ -241,15 +257,73 @@ bool Cuda::hostRegister(void* ptr, size_t bytes, std::string* error) {
 
 bool Cuda::hostUnregister(void* ptr) {
   if (!usable() || ptr == nullptr) return false;
+  {
+    std::lock_guard<std::mutex> lock(fns_->ctxMutex);
+    // No context means nothing was ever registered through hostRegister.
+    if (contexts_.empty() || contexts_[0] == nullptr) return false;
+  }
+  std::string why;
+  if (!makeCurrent(0, &why)) return false;
+  return fns_->memHostUnregister(ptr) == kCudaSuccess;
+}
+
+const cu::Api* Cuda::gpu(std::string* why) const {
+  if (!usable()) {
+    *why = "CUDA is not usable: " +
+           (status_.reason.empty() ? std::string("no CUDA device") : status_.reason);
+    return nullptr;
+  }
+  if (!gpuMissing_.empty()) {
+    *why = "the CUDA driver " + status_.version + " at " + status_.path + " lacks " + gpuMissing_ +
+           ", which kvtier's GPU path needs; a newer NVIDIA driver provides it";
+    return nullptr;
+  }
+  return &api_;
+}
+
+std::string Cuda::fail(const char* call, int rc) const {
+  return fns_ != nullptr ? fns_->fail(call, rc)
+                         : std::string(call) + " failed: " + std::to_string(rc);
+}
+
+bool Cuda::makeCurrent(int ordinal, std::string* why) {
+  if (!usable()) {
+    *why = "CUDA is not usable: " +
+           (status_.reason.empty() ? std::string("no CUDA device") : status_.reason);
+    return false;
+  }
   CUcontext ctx = nullptr;
   {
     std::lock_guard<std::mutex> lock(fns_->ctxMutex);
-    ctx = static_cast<CUcontext>(ctx_);
+    if (ordinal < 0 || static_cast<size_t>(ordinal) >= devices_.size()) {
+      *why = "no CUDA device " + std::to_string(ordinal) + " (this machine has " +
+             std::to_string(devices_.size()) + ")";
+      return false;
+    }
+    if (contexts_.size() < devices_.size()) contexts_.resize(devices_.size(), nullptr);
+    if (contexts_[ordinal] == nullptr) {
+      CUdevice dev = 0;
+      CUresult rc = fns_->deviceGet(&dev, devices_[ordinal].ordinal);
+      if (rc != kCudaSuccess) {
+        *why = fns_->fail("cuDeviceGet", rc);
+        return false;
+      }
+      CUcontext retained = nullptr;
+      rc = fns_->devicePrimaryCtxRetain(&retained, dev);
+      if (rc != kCudaSuccess) {
+        *why = fns_->fail("cuDevicePrimaryCtxRetain", rc);
+        return false;
+      }
+      contexts_[ordinal] = retained;
+    }
+    ctx = static_cast<CUcontext>(contexts_[ordinal]);
   }
-  // No context means nothing was ever registered through hostRegister.
-  if (ctx == nullptr) return false;
-  if (fns_->ctxSetCurrent(ctx) != kCudaSuccess) return false;
-  return fns_->memHostUnregister(ptr) == kCudaSuccess;
+  CUresult rc = fns_->ctxSetCurrent(ctx);
+  if (rc != kCudaSuccess) {
+    *why = fns_->fail("cuCtxSetCurrent", rc);
+    return false;
+  }
+  return true;
 }
 
 }  // namespace kvtier::shim

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_api.h"
 #include "lib_status.h"
 
 namespace kvtier::shim {
@@ -36,13 +37,29 @@ class Cuda {
   // Undoes hostRegister; safe from any thread. Returns false on failure.
   bool hostUnregister(void* ptr);
 
+  // The GPU data path's entry points, or nullptr with *why saying what is missing: no driver, no
+  // device, or a driver too old for a call kvtier needs (named).
+  const cu::Api* gpu(std::string* why) const;
+  // Whether the driver batches copies itself (cuMemcpyBatchAsync, CUDA 12.8 and later).
+  bool batchCopy() const {
+    return api_.memcpyBatchAsync != nullptr || api_.memcpyBatchAsync128 != nullptr;
+  }
+  // Makes `ordinal`'s primary context current on the calling thread (retained once per device and
+  // kept for the process lifetime). The primary context is the one the CUDA runtime, and so
+  // PyTorch, uses: pointers and handles are shared with it.
+  bool makeCurrent(int ordinal, std::string* why);
+  // "cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)".
+  std::string fail(const char* call, int rc) const;
+
  private:
   Cuda();
   LibStatus status_;
   int driverVersion_ = 0;
   std::vector<CudaDevice> devices_;
   void* lib_ = nullptr;
-  void* ctx_ = nullptr;  // device 0 primary context, retained for the process lifetime
+  std::vector<void*> contexts_;  // per ordinal, retained on first makeCurrent (guarded by Fns)
+  cu::Api api_;
+  std::string gpuMissing_;  // first required GPU entry point the driver lacks
   struct Fns;
   Fns* fns_ = nullptr;
 };

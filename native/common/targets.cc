@@ -1,0 +1,84 @@
+#include "targets.h"
+
+#include "../gpu/device_region.h"
+#include "../io/file.h"
+#include "../memory/region.h"
+#include "errors.h"
+#include "instance_data.h"
+
+namespace kvtier {
+
+TargetRef ClassifyTarget(Napi::Env env, Napi::Value v, size_t index) {
+  TargetRef ref{v};
+  InstanceData& data = InstanceData::Get(env);
+  if (!v.IsObject()) return ref;
+  std::string what = "target " + std::to_string(index);
+  Napi::Object o = v.As<Napi::Object>();
+  if (o.InstanceOf(data.regionCtor.Value())) {
+    ref.region = UnwrapOrThrow<Region>(env, o, what);
+  } else if (!data.deviceRegionCtor.IsEmpty() && o.InstanceOf(data.deviceRegionCtor.Value())) {
+    ref.deviceRegion = UnwrapOrThrow<DeviceRegion>(env, o, what);
+  }
+  return ref;
+}
+
+Target TargetMemory(Napi::Env env, const TargetRef& ref, size_t index) {
+  Target t;
+  std::string what = "target " + std::to_string(index);
+  if (ref.region != nullptr) {
+    t.memory = ref.region->memory();
+    if (!t.memory) Throw(env, kClosed, what + " is a closed region");
+    t.data = t.memory->data();
+    t.size = t.memory->size();
+    return t;
+  }
+  if (ref.deviceRegion != nullptr) {
+    t.device = ref.deviceRegion->memory();
+    if (!t.device) Throw(env, kClosed, what + " is a closed device region");
+    t.data = reinterpret_cast<uint8_t*>(t.device->ptr());
+    t.size = t.device->size();
+    return t;
+  }
+  Napi::Value v = ref.value;
+  Napi::ArrayBuffer ab;
+  size_t byteOffset = 0;
+  size_t byteLength = 0;
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    ab = ta.ArrayBuffer();
+    byteOffset = ta.ByteOffset();
+    byteLength = ta.ByteLength();
+  } else if (v.IsDataView()) {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    ab = dv.ArrayBuffer();
+    byteOffset = dv.ByteOffset();
+    byteLength = dv.ByteLength();
+  } else if (v.IsArrayBuffer()) {
+    ab = v.As<Napi::ArrayBuffer>();
+    byteLength = ab.ByteLength();
+  } else {
+    Throw(env, kBadArgument,
+          what + " must be a Region, a DeviceRegion, a TypedArray, a DataView or an ArrayBuffer");
+  }
+  if (ab.IsDetached()) Throw(env, kBadArgument, what + " is backed by a detached ArrayBuffer");
+  t.data = static_cast<uint8_t*>(ab.Data()) + byteOffset;
+  t.size = byteLength;
+  t.js = v;
+  // A view or the buffer of one of our regions: hold the region's memory itself, so a close()
+  // (and the buffer's collection) while this batch runs cannot unmap it.
+  t.memory = Region::MemoryOf(env, ab.Data());
+  return t;
+}
+
+std::shared_ptr<FileHandle> ResolveFile(Napi::Env env, Napi::Value v, size_t index) {
+  InstanceData& data = InstanceData::Get(env);
+  std::string what = "file " + std::to_string(index);
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.fileCtor.Value())) {
+    Throw(env, kBadArgument, what + " must be a NativeFile");
+  }
+  std::shared_ptr<FileHandle> h = UnwrapOrThrow<File>(env, v.As<Napi::Object>(), what)->handle();
+  if (!h) Throw(env, kClosed, what + " is closed");
+  return h;
+}
+
+}  // namespace kvtier
