@@ -109,6 +109,52 @@ export class TransferBatch {
     return this;
   }
 
+  /**
+   * @internal Many copies between the same two targets, from a copy plan: `runs` holds
+   * `[a, b, length]` triples; each copies source offset `a` to target offset `b` ('a-to-b') or
+   * source offset `b` to target offset `a` ('b-to-a'). One lookup per target, then a tight loop:
+   * plans of thousands of pieces are built in microseconds, not milliseconds.
+   */
+  copyRuns(
+    target: Target,
+    source: Target,
+    runs: Float64Array,
+    direction: 'a-to-b' | 'b-to-a',
+  ): this {
+    const n = Math.floor(runs.length / 3);
+    let endA = 0;
+    let endB = 0;
+    for (let i = 0; i < n; i++) {
+      const len = runs[3 * i + 2]!;
+      endA = Math.max(endA, runs[3 * i]! + len);
+      endB = Math.max(endB, runs[3 * i + 1]! + len);
+    }
+    const [srcEnd, dstEnd] = direction === 'a-to-b' ? [endA, endB] : [endB, endA];
+    const [t, tbase] = this.resolve(target, 0, dstEnd);
+    const [s, sbase] = this.resolve(source, 0, srcEnd);
+    const ts = this.targetSlot(t);
+    const ss = this.targetSlot(s);
+    while ((this.count + n) * STRIDE > this.descriptors.length) {
+      const grown = new Float64Array(this.descriptors.length * 2);
+      grown.set(this.descriptors);
+      this.descriptors = grown;
+    }
+    const d = this.descriptors;
+    const [si, ti] = direction === 'a-to-b' ? [0, 1] : [1, 0];
+    for (let i = 0; i < n; i++) {
+      const at = (this.count + i) * STRIDE;
+      d[at] = Op.Copy;
+      d[at + 1] = ts;
+      d[at + 2] = tbase + runs[3 * i + ti]!;
+      d[at + 3] = runs[3 * i + 2]!;
+      d[at + 4] = ss;
+      d[at + 5] = sbase + runs[3 * i + si]!;
+      this.ops.push(Op.Copy);
+    }
+    this.count += n;
+    return this;
+  }
+
   /** Computes the CRC-32C of a memory range on an engine thread (see BatchResult.checksums). */
   checksum(target: Target, offset: number, length: number): this {
     const [t, off] = this.resolve(target, offset, length);

@@ -19,6 +19,31 @@ export interface ProbeReport {
   cuda: Capability & Partial<Omit<NativeProbe['cuda'], 'available' | 'reason'>>;
   cufile: Capability & Partial<Omit<NativeProbe['cufile'], 'available' | 'reason'>>;
   ibverbs: Capability & Partial<Omit<NativeProbe['ibverbs'], 'available' | 'reason'>>;
+  /** How a GPU file engine with io: 'auto' moves files to and from GPU memory here. */
+  gpuFile: GpuFilePath;
+}
+
+export interface GpuFilePath {
+  io: 'cufile' | 'posix';
+  /** For cuFile: 'gds' with the nvidia-fs kernel module, 'compat' without it. */
+  cufileMode?: string;
+  reason: string;
+}
+
+/** What io: 'auto' picks, from what the loaders found. */
+export function gpuFilePathOf(cuda: Capability, cufile: ProbeReport['cufile']): GpuFilePath {
+  if (!cuda.available) return { io: 'posix', reason: `no usable CUDA: ${cuda.reason ?? ''}` };
+  if (!cufile.available) {
+    return {
+      io: 'posix',
+      reason: `cuFile is not available (${cufile.reason ?? 'unknown'}); using pinned bounce buffers`,
+    };
+  }
+  return {
+    io: 'cufile',
+    ...(cufile.mode === undefined ? {} : { cufileMode: cufile.mode }),
+    reason: `cuFile ${cufile.version ?? ''} in ${cufile.mode ?? '?'} mode: ${cufile.modeReason ?? ''}`,
+  };
 }
 
 export function probe(options: { dir?: string } = {}): ProbeReport {
@@ -38,6 +63,7 @@ export function probe(options: { dir?: string } = {}): ProbeReport {
       cuda: missing,
       cufile: missing,
       ibverbs: missing,
+      gpuFile: { io: 'posix', reason: `unknown: ${reason}` },
     };
   }
   const { addonVersion, cpus, pageSize, ioUring, cuda, cufile, ibverbs } = raw;
@@ -55,5 +81,6 @@ export function probe(options: { dir?: string } = {}): ProbeReport {
     cuda,
     cufile,
     ibverbs,
+    gpuFile: gpuFilePathOf(cuda, cufile),
   };
 }

@@ -21,6 +21,7 @@ if [[ -n "$dev" && ! -e "/run/udev/data/b$dev" && "${KVTIER_NO_UDEV_SHIM:-}" != 
   mkdir -p /run/udev/data
   printf 'E:ID_FS_USAGE=filesystem\nE:ID_FS_TYPE=%s\n' "$fstype" >"/run/udev/data/b$dev"
   echo "wrote /run/udev/data/b$dev (ID_FS_TYPE=$fstype) for cuFile"
+  export KVTIER_UDEV_SHIM="scripts/device-run.sh wrote /run/udev/data/b$dev (ID_FS_USAGE=filesystem, ID_FS_TYPE=$fstype): this VM has no udev database, without which cuFileHandleRegister fails"
 fi
 echo "node $(node --version); KVTIER_CUFILE_PATH=${KVTIER_CUFILE_PATH:-unset}"
 "$@"

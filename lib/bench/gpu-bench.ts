@@ -15,7 +15,7 @@ import { openFile } from '../file.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { createCopyEngine, createGpuFileEngine, type GpuCopyEngine } from '../gpu/engines.js';
 import { describeKvLayout, type KvLayout } from '../layout/kv-layout.js';
-import { gatherBlocks, scatterBlocks } from '../layout/host-copy.js';
+import { appendGather, appendScatter, gatherBlocks, scatterBlocks } from '../layout/host-copy.js';
 import { probe } from '../probe.js';
 import { Region } from '../region.js';
 import { median } from './stats.js';
@@ -137,15 +137,15 @@ function row(
   };
 }
 
-/** Fills a region with random bytes quickly: one random 64 MiB pattern, repeated. */
-function fillRandom(view: Uint8Array): void {
-  const pattern = randomFillSync(Buffer.allocUnsafe(Math.min(64 * MiB, view.byteLength)));
-  for (let at = 0; at < view.byteLength; at += pattern.byteLength) {
-    view.set(pattern.subarray(0, Math.min(pattern.byteLength, view.byteLength - at)), at);
-  }
-  // Make every repetition differ, so a misplaced copy cannot go unnoticed.
-  for (let at = 0; at + 8 <= view.byteLength; at += pattern.byteLength) {
-    new DataView(view.buffer, view.byteOffset + at, 8).setFloat64(0, at);
+/** Fills a region with random bytes quickly: one random 64 MiB pattern, repeated and stamped. */
+function fillRandom(region: Region): void {
+  const pattern = randomFillSync(Buffer.allocUnsafe(Math.min(64 * MiB, region.byteLength)));
+  for (let at = 0; at < region.byteLength; at += pattern.byteLength) {
+    const n = Math.min(pattern.byteLength, region.byteLength - at);
+    const view = region.view(at, n);
+    view.set(pattern.subarray(0, n));
+    // Every repetition differs, so a misplaced copy cannot go unnoticed.
+    if (n >= 8) new DataView(view.buffer, view.byteOffset, 8).setFloat64(0, at);
   }
 }
 
@@ -169,7 +169,7 @@ async function copies(
     const reps = Math.max(4, Math.floor(o.bytesPerTrial / size));
     const host = Region.allocate(size, { pin: true });
     if (!host.pinned) notes.push(`host memory could not be pinned: ${host.pinReason}`);
-    fillRandom(host.view());
+    fillRandom(host);
     const dev = DeviceRegion.allocate(size);
     const back = Region.allocate(size, { pin: true });
     const h2d = new TransferBatch();
@@ -209,7 +209,7 @@ function llamaLayout(numBlocks: number): KvLayout {
   });
 }
 
-async function gathers(o: GpuBenchOptions, rows: GpuBenchRow[]): Promise<void> {
+async function gathers(o: GpuBenchOptions, rows: GpuBenchRow[], notes: string[]): Promise<void> {
   const layout = llamaLayout(Math.max(256, o.gatherBlocks));
   const pool = DeviceRegion.allocate(layout.extent);
   const packedBytes = o.gatherBlocks * layout.blockBytes;
@@ -243,9 +243,15 @@ async function gathers(o: GpuBenchOptions, rows: GpuBenchRow[]): Promise<void> {
     }
     const peerSecs = await medianSeconds(o.trials, () => ok(gpu, contiguous));
     const peer = { name: 'contiguous d2h', gbps: packedBytes / peerSecs / 1e9 };
-    const g = await medianSeconds(o.trials, () => gatherBlocks(gpu, pool, layout, blocks, packed));
+    // The descriptors are built once, as an integrator builds them once per request; what
+    // building them costs is reported on its own below.
+    const gatherBatch = new TransferBatch();
+    appendGather(gatherBatch, layout, pool, blocks, packed);
+    const scatterBatch = new TransferBatch();
+    appendScatter(scatterBatch, layout, pool, blocks, packed);
+    const g = await medianSeconds(o.trials, () => ok(gpu, gatherBatch));
     rows.push(row(`gather (${how})`, layout.blockBytes, packedBytes, g, peer));
-    const s = await medianSeconds(o.trials, () => scatterBlocks(gpu, pool, layout, blocks, packed));
+    const s = await medianSeconds(o.trials, () => ok(gpu, scatterBatch));
     const contiguousUp = new TransferBatch();
     for (let j = 0; j < blocks.length; j++) {
       contiguousUp.copy(
@@ -265,6 +271,14 @@ async function gathers(o: GpuBenchOptions, rows: GpuBenchRow[]): Promise<void> {
     );
     await gpu.close();
   }
+  const plan = await medianSeconds(o.trials, () => {
+    appendGather(new TransferBatch(), layout, pool, blocks, packed);
+    return Promise.resolve();
+  });
+  notes.push(
+    `building the gather descriptors of ${blocks.length} blocks (${blocks.length * 64} pieces) ` +
+      `takes ${(plan * 1e6).toFixed(0)} µs in JavaScript, outside the gather figures`,
+  );
   await Promise.all([pool.close(), packed.close(), flat.close()]);
 }
 
@@ -277,7 +291,7 @@ async function fileReads(
   const path = join(o.dir, `kvtier-bench-gpu-${process.pid}.kvt`);
   const size = o.fileBytes;
   const host = Region.allocate(size, { pin: true });
-  fillRandom(host.view());
+  fillRandom(host);
   const io = createEngine();
   const file = await openFile(path, { create: true, truncate: true, size });
   const op = 16 * MiB;
@@ -354,7 +368,7 @@ async function restore(
   const pool = DeviceRegion.allocate(layout.extent);
   o.onProgress?.(`restore: pinning ${bytes / GiB} GiB of host tier`);
   const host = Region.allocate(bytes, { pin: true });
-  fillRandom(host.view());
+  fillRandom(host);
   // Restores go out as batches of 512 blocks, all in flight at once across the engine's streams.
   const scatterAll = (src: Region | DeviceRegion) =>
     Promise.all(
@@ -442,11 +456,12 @@ export async function runGpuBench(options: Partial<GpuBenchOptions> = {}): Promi
     throw new KvtierError('KVTIER_NOT_AVAILABLE', `no usable CUDA GPU: ${info.cuda.reason ?? ''}`);
   }
   const notes: string[] = [];
+  if (process.env.KVTIER_UDEV_SHIM) notes.push(process.env.KVTIER_UDEV_SHIM);
   const rows: GpuBenchRow[] = [];
   const gpu = createCopyEngine({ streams: 2 });
   try {
     const torch = await copies(o, gpu, rows, notes);
-    await gathers(o, rows);
+    await gathers(o, rows, notes);
     const cufile = await fileReads(o, gpu, rows, notes);
     const restored = o.restoreTokens > 0 ? await restore(o, gpu, notes) : undefined;
     return {

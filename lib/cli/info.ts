@@ -42,6 +42,9 @@ export function formatInfo(r: ProbeReport): string {
       `${r.cufile.version ?? ''} mode ${r.cufile.mode ?? '?'} (${r.cufile.modeReason ?? ''})`,
     ),
   );
+  out.push(
+    `  ${'gpu files'.padEnd(10)} ${r.gpuFile.io === 'cufile' ? 'cuFile' : 'posix '}  ${r.gpuFile.reason}`,
+  );
   const verbs = r.ibverbs.devices ?? [];
   out.push(line('ibverbs', r.ibverbs, verbs.map((d) => `${d.name} (${d.transport})`).join(', ')));
   return out.join('\n');

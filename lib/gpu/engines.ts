@@ -118,19 +118,7 @@ export class GpuFileEngine extends IoEngine {
 
 /** How `io: 'auto'` would move files to GPU memory here, without opening anything. */
 export function gpuFilePath(): PathInfo {
-  const r = probe();
-  if (!r.cuda.available) return { io: 'posix', reason: `no usable CUDA: ${r.cuda.reason ?? ''}` };
-  if (!r.cufile.available) {
-    return {
-      io: 'posix',
-      reason: `cuFile is not available (${r.cufile.reason ?? 'unknown'}); using pinned bounce buffers`,
-    };
-  }
-  return {
-    io: 'cufile',
-    ...(r.cufile.mode === undefined ? {} : { cufileMode: r.cufile.mode }),
-    reason: `cuFile ${r.cufile.version ?? ''} in ${r.cufile.mode ?? '?'} mode: ${r.cufile.modeReason ?? ''}`,
-  };
+  return probe().gpuFile;
 }
 
 /** Opens a GPU file engine. */

@@ -112,15 +112,15 @@ function append(
     bad('scatter: blocks must not repeat (two copies would write one engine block)');
   }
   const triples = plan.expand(blocks, packedOffset);
+  // Triples are [poolOffset, packedOffset, length]: a gather copies pool to packed.
+  batch.copyRuns(
+    direction === 'gather' ? packed : pool,
+    direction === 'gather' ? pool : packed,
+    triples,
+    direction === 'gather' ? 'a-to-b' : 'b-to-a',
+  );
   let bytes = 0;
-  for (let at = 0; at < triples.length; at += KV_SEGMENT_STRIDE) {
-    const poolOffset = triples[at]!;
-    const packedAt = triples[at + 1]!;
-    const length = triples[at + 2]!;
-    if (direction === 'gather') batch.copy(packed, packedAt, pool, poolOffset, length);
-    else batch.copy(pool, poolOffset, packed, packedAt, length);
-    bytes += length;
-  }
+  for (let at = 2; at < triples.length; at += KV_SEGMENT_STRIDE) bytes += triples[at]!;
   return { descriptors: triples.length / KV_SEGMENT_STRIDE, bytes };
 }
 

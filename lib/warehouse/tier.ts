@@ -1,13 +1,13 @@
 /**
  * A tier stores fixed-size slots. It knows where each slot's bytes are; the Warehouse decides what
- * goes where (through the BlockIndex) and moves the bytes with the engines. The GPU and peer tiers
- * of later releases implement this same interface.
+ * goes where (through the BlockIndex) and moves the bytes with the engines. GPU, host and file
+ * tiers implement it, and so will peer tiers.
  */
 import type { Target, TransferBatch } from '../engine.js';
 import type { KvFile } from '../file.js';
 import type { Key } from './keys.js';
 
-export type TierKind = 'host' | 'file';
+export type TierKind = 'gpu' | 'host' | 'file';
 
 /** Where a slot's payload lives: in memory an engine can copy, or in a file it can read. */
 export type SlotPlace =

@@ -6,16 +6,31 @@
  */
 import { createEngine, type EngineOptions, type IoEngine, type Target } from '../engine.js';
 import { abortError, KvtierError } from '../errors.js';
+import { DeviceRegion } from '../gpu/device-region.js';
+import { createCopyEngine, createGpuFileEngine } from '../gpu/engines.js';
 import { Region } from '../region.js';
 import { DEFAULT_POLICY, isOffline, policyByName } from '../policy/index.js';
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
 import { ABSENT, BlockIndex, type Plan } from './block-index.js';
 import { FileTier, type Durability } from './file-tier.js';
+import { GpuTier } from './gpu-tier.js';
 import { HostTier } from './host-tier.js';
 import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
 import { PrefetchQueue } from './prefetch.js';
-import type { SlotBlock, SlotPlace, Tier } from './tier.js';
-import { TransferRound } from './transfers.js';
+import type { SlotBlock, SlotPlace, Tier, TierKind } from './tier.js';
+import { TransferRound, type GpuEngines } from './transfers.js';
+
+/**
+ * GPU memory above the host tier: `bytes` of a pool kvtier allocates on `device`, or `region`, GPU
+ * memory the caller owns (allocated, wrapped, or imported by CUDA IPC from an inference engine),
+ * which kvtier fills and indexes but never frees.
+ */
+export type GpuTierOptions = {
+  kind: 'gpu';
+  name?: string;
+  /** CUDA device of an allocated pool (default 0). */
+  device?: number;
+} & ({ bytes: number; region?: undefined } | { region: DeviceRegion; bytes?: number });
 
 export interface HostTierOptions {
   kind: 'host';
@@ -31,7 +46,7 @@ export interface FileTierOptions {
   name?: string;
 }
 
-export type TierOptions = HostTierOptions | FileTierOptions;
+export type TierOptions = GpuTierOptions | HostTierOptions | FileTierOptions;
 
 /** A policy name from lib/policy (default: the simulator-tested default), or a factory. */
 export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>);
@@ -39,7 +54,7 @@ export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>)
 export interface WarehouseOptions {
   /** Bytes per block: all layers' K and V for one block of tokens. */
   blockBytes: number;
-  /** Fastest first: at most one host tier, then at most one file tier. */
+  /** Fastest first: at most one GPU tier, then at most one host tier, then at most one file tier. */
   tiers: TierOptions[];
   policy?: PolicyOption;
   /**
@@ -119,7 +134,7 @@ export interface Lease {
 
 export interface TierStats {
   name: string;
-  kind: 'host' | 'file';
+  kind: TierKind;
   capacityBlocks: number;
   usedBlocks: number;
   hits: number;
@@ -175,6 +190,8 @@ export class Warehouse {
   private readonly extra: TierExtra[];
   private readonly fileEngine: IoEngine;
   private readonly memoryEngine: IoEngine;
+  /** Present when a tier lives in GPU memory. */
+  private readonly gpuEngines: GpuEngines | undefined;
   private readonly now: () => number;
   private readonly promoteDefault: boolean;
   private readonly writeThroughDefault: boolean;
@@ -195,8 +212,10 @@ export class Warehouse {
     tiers: Tier[],
     fileEngine: IoEngine,
     memoryEngine: IoEngine,
+    gpuEngines: GpuEngines | undefined,
     policy: <K>(capacity: number) => EvictionPolicy<K>,
   ) {
+    this.gpuEngines = gpuEngines;
     this.blockBytes = options.blockBytes;
     this.tiers = tiers;
     this.extra = tiers.map(() => ({ bytesIn: 0, bytesOut: 0, corrupt: 0 }));
@@ -225,17 +244,24 @@ export class Warehouse {
     }
     const kinds = options.tiers.map((t) => t?.kind);
     const order = kinds.join(',');
-    if (!['host', 'file', 'host,file'].includes(order)) {
+    const orders = ['host', 'file', 'host,file'];
+    if (![...orders, 'gpu', ...orders.map((o) => `gpu,${o}`)].includes(order)) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
-        `tiers must be [host], [file] or [host, file] (fastest first), got [${order}]`,
+        `tiers must be some of gpu, host and file, in that order (fastest first), got [${order}]`,
       );
     }
     for (const t of options.tiers) {
-      if (!Number.isSafeInteger(t.bytes) || t.bytes < blockBytes) {
+      if (t.kind === 'gpu' && t.region !== undefined) {
+        if (!(t.region instanceof DeviceRegion)) {
+          throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a GPU tier region must be a DeviceRegion');
+        }
+        if (t.bytes === undefined) continue; // as many blocks as the region holds
+      }
+      if (!Number.isSafeInteger(t.bytes) || t.bytes! < blockBytes) {
         throw new KvtierError(
           'KVTIER_BAD_ARGUMENT',
-          `tier ${t.name ?? t.kind} needs a capacity of at least one block (${blockBytes} bytes), got ${t.bytes}`,
+          `tier ${t.name ?? t.kind} needs a capacity of at least one block (${blockBytes} bytes), got ${String(t.bytes)}`,
         );
       }
     }
@@ -248,8 +274,34 @@ export class Warehouse {
     const fileEngine = createEngine(options.engine ?? {});
     const memoryEngine = createEngine({ kind: 'threads', queueDepth: MEMORY_THREADS });
     const tiers: Tier[] = [];
+    let gpuEngines: GpuEngines | undefined;
     try {
+      const gpu = options.tiers.find((t): t is GpuTierOptions => t.kind === 'gpu');
+      if (gpu) {
+        const device = gpu.region?.device ?? gpu.device ?? 0;
+        const copy = createCopyEngine({ device });
+        try {
+          gpuEngines = { copy, file: createGpuFileEngine({ device, io: 'auto' }) };
+        } catch (e) {
+          await copy.close();
+          throw e;
+        }
+      }
       for (const t of options.tiers) {
+        if (t.kind === 'gpu') {
+          const name = t.name ?? 'gpu';
+          tiers.push(
+            t.region !== undefined
+              ? GpuTier.over(
+                  name,
+                  t.region,
+                  blockBytes,
+                  t.bytes === undefined ? undefined : Math.floor(t.bytes / blockBytes),
+                )
+              : GpuTier.allocate(name, Math.floor(t.bytes / blockBytes), blockBytes, t.device ?? 0),
+          );
+          continue;
+        }
         const slots = Math.floor(t.bytes / blockBytes);
         if (t.kind === 'host') {
           tiers.push(new HostTier(t.name ?? 'host', slots, blockBytes));
@@ -266,12 +318,17 @@ export class Warehouse {
           );
         }
       }
-      const warehouse = new Warehouse(options, tiers, fileEngine, memoryEngine, policy);
+      const warehouse = new Warehouse(options, tiers, fileEngine, memoryEngine, gpuEngines, policy);
       await warehouse.restore();
       return warehouse;
     } catch (e) {
       await Promise.allSettled(tiers.map((t) => t.close()));
-      await Promise.allSettled([fileEngine.close(), memoryEngine.close()]);
+      await Promise.allSettled([
+        fileEngine.close(),
+        memoryEngine.close(),
+        gpuEngines?.copy.close(),
+        gpuEngines?.file.close(),
+      ]);
       throw e;
     }
   }
@@ -316,7 +373,15 @@ export class Warehouse {
   }
 
   private checkSpan(what: string, target: Target, blocks: number): void {
-    const size = target instanceof Region ? target.byteLength : target.byteLength;
+    if (target instanceof DeviceRegion) {
+      // Blocks are checksummed on the host side of every transfer; GPU memory is a tier, and
+      // engines' GPU blocks reach the warehouse through a gather into host memory.
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${what} must be host memory (a Region or a buffer); gather GPU blocks into a pinned Region first`,
+      );
+    }
+    const size = target.byteLength;
     if (target instanceof Region) target.assertOpen();
     if (size < blocks * this.blockBytes) {
       throw new KvtierError(
@@ -501,7 +566,7 @@ export class Warehouse {
       this.extra[plan.tier]!.bytesIn += bs;
       writes.push({ entry, at });
     }
-    const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+    const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
     for (const { entry, at } of writes) {
       const o = outcomes[at]!;
       if (o.ok && o.checksum !== undefined) {
@@ -598,7 +663,7 @@ export class Warehouse {
       }
       if (round.length === 0) continue;
       this.describeAll(round, landing);
-      (await round.run(this.memoryEngine, this.fileEngine)).forEach((o, n) => {
+      (await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines)).forEach((o, n) => {
         if (!o.ok) {
           failed.add(owners[n]!);
           this.counters.ioErrors++;
@@ -711,7 +776,7 @@ export class Warehouse {
             ),
           );
         }
-        const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+        const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
         const retry: number[] = [];
         reading.forEach((i, j) => {
           const o = outcomes[at[j]!]!;
@@ -833,7 +898,7 @@ export class Warehouse {
       });
     }
     this.describeAll(round, landing);
-    const outcomes = await round.run(this.memoryEngine, this.fileEngine);
+    const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
     let landed = 0;
     plans.forEach((p, n) => {
       const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
@@ -1055,7 +1120,12 @@ export class Warehouse {
         this.counters.ioErrors++;
       }
       await Promise.allSettled(this.tiers.map((t) => t.close()));
-      await Promise.all([this.fileEngine.close(), this.memoryEngine.close()]);
+      await Promise.all([
+        this.fileEngine.close(),
+        this.memoryEngine.close(),
+        this.gpuEngines?.copy.close(),
+        this.gpuEngines?.file.close(),
+      ]);
     })();
     return this.closing;
   }

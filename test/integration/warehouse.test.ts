@@ -10,6 +10,7 @@ import {
   Warehouse,
   type WarehouseOptions,
 } from '../../lib/index.js';
+import { probe } from '../../lib/probe.js';
 import { blockFor, blocksFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
 
@@ -345,5 +346,32 @@ describe('Warehouse', () => {
     await expect(
       open({ tiers: [{ kind: 'file', dir: '/proc/kvtier-cannot-exist', bytes: 4 * BS }] }),
     ).rejects.toMatchObject({ code: 'KVTIER_IO' });
+  });
+});
+
+describe('Warehouse GPU tier options', () => {
+  it('refuses a GPU tier below another tier', async () => {
+    await expect(
+      Warehouse.open({
+        blockBytes: BS,
+        tiers: [
+          { kind: 'host', bytes: 8 * BS },
+          { kind: 'gpu', bytes: 8 * BS },
+        ],
+      }),
+    ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+  });
+
+  it('says why a GPU tier cannot open without a GPU, and leaves nothing open', async () => {
+    if (probe().cuda.available) return; // the GPU suite covers a working GPU tier
+    await expect(
+      Warehouse.open({
+        blockBytes: BS,
+        tiers: [
+          { kind: 'gpu', bytes: 8 * BS },
+          { kind: 'host', bytes: 8 * BS },
+        ],
+      }),
+    ).rejects.toMatchObject({ code: 'KVTIER_NOT_AVAILABLE' });
   });
 });

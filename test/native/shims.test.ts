@@ -138,6 +138,37 @@ describe('runtime loaders', () => {
     expect(r.pinned).toBe(true);
   });
 
+  const gpuCalls = `const codes = {}; const why = {};
+    const attempt = (name, f) => { try { f(); codes[name] = 'ok'; } catch (e) { codes[name] = e.code; why[name] = e.message; } };
+    attempt('deviceRegion', () => kv.DeviceRegion.allocate(4096));
+    attempt('copyEngine', () => kv.createCopyEngine());
+    attempt('posixFile', () => kv.createGpuFileEngine({ io: 'posix' }));
+    attempt('cufile', () => kv.createGpuFileEngine({ io: 'cufile' }));
+    attempt('auto', () => kv.createGpuFileEngine({ io: 'auto' }));
+    process.stdout.write(JSON.stringify({ codes, why }));`;
+  type GpuReport = { codes: Record<string, string>; why: Record<string, string> };
+
+  it('refuse every GPU object with KVTIER_NOT_AVAILABLE without a CUDA driver', () => {
+    const r = child(gpuCalls, { LD_LIBRARY_PATH: '', KVTIER_CUFILE_PATH: '/nonexistent' }) as GpuReport;
+    for (const name of ['deviceRegion', 'copyEngine', 'posixFile', 'cufile', 'auto']) {
+      expect(r.codes[name], name).toBe('KVTIER_NOT_AVAILABLE');
+    }
+    expect(r.why.deviceRegion).toMatch(/libcuda/);
+    expect(r.why.cufile).toMatch(/KVTIER_CUFILE_PATH|cuFile|CUDA/);
+  });
+
+  it('name the entry point an old driver lacks, and the missing device', () => {
+    if (!prerequisite(compiler !== undefined, 'no C compiler (cc) to build stub libraries')) return;
+    // The stub has what probing needs and none of the GPU data path: an "old driver".
+    const old = child(gpuCalls, { LD_LIBRARY_PATH: build('old', CUDA_STUB, 'libcuda.so.1', ['DEVICES=1']) }) as GpuReport;
+    expect(old.codes.deviceRegion).toBe('KVTIER_NOT_AVAILABLE');
+    expect(old.why.deviceRegion).toMatch(/lacks cuMemAlloc_v2.*newer NVIDIA driver/);
+    expect(old.codes.copyEngine).toBe('KVTIER_NOT_AVAILABLE');
+    const none = child(gpuCalls, { LD_LIBRARY_PATH: build('none', CUDA_STUB, 'libcuda.so.1') }) as GpuReport;
+    expect(none.codes.deviceRegion).toBe('KVTIER_NOT_AVAILABLE');
+    expect(none.why.deviceRegion).toMatch(/CUDA_ERROR_NO_DEVICE/);
+  });
+
   it('load cuFile from KVTIER_CUFILE_PATH and report compat mode without nvidia-fs', () => {
     if (!prerequisite(compiler !== undefined, 'no C compiler (cc) to build stub libraries')) return;
     const lib = build('cufile', CUFILE_STUB, 'libcufile.so.0');

@@ -1,0 +1,91 @@
+// The Warehouse with a GPU tier on a real GPU: blocks spill from GPU memory to host and file and
+// come back byte for byte; a pool the caller owns is filled but never freed.
+import { afterAll, describe, expect, it } from 'vitest';
+
+import {
+  chainKeys,
+  createCopyEngine,
+  DeviceRegion,
+  Region,
+  TransferBatch,
+  Warehouse,
+} from '../../lib/index.js';
+import { blocksFor } from '../blocks.js';
+import { tempDir } from '../helpers.js';
+import { hasGpu } from './gpu.js';
+
+const BS = 256 * 1024;
+const dir = tempDir('kvtier-gpu-wh-');
+afterAll(() => dir.remove());
+
+function chain(n: number, namespace: string): string[] {
+  const tokens = Uint32Array.from({ length: n * 4 }, (_, i) => i);
+  return chainKeys(tokens, { blockTokens: 4, namespace }).keys();
+}
+
+describe.skipIf(!hasGpu)('Warehouse with a GPU tier', () => {
+  it('spills from GPU to host and file and returns every byte', async () => {
+    const w = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [
+        { kind: 'gpu', bytes: 8 * BS },
+        { kind: 'host', bytes: 16 * BS },
+        { kind: 'file', dir: dir.path, bytes: 64 * BS },
+      ],
+    });
+    const keys = chain(40, 'spill');
+    const src = blocksFor(keys, BS);
+    for (let at = 0; at < keys.length; at += 8) {
+      const r = await w.put(keys.slice(at, at + 8), src.subarray(at * BS, (at + 8) * BS));
+      expect(r.stored).toBe(8);
+    }
+    const stats = w.stats();
+    expect(stats.tiers.map((t) => t.kind)).toEqual(['gpu', 'host', 'file']);
+    expect(stats.tiers[0]!.usedBlocks).toBe(8);
+    expect(stats.tiers[0]!.demotions).toBeGreaterThan(0);
+    const dst = Region.allocate(keys.length * BS, { pin: true });
+    const got = await w.get(keys, dst);
+    expect(got.count).toBe(keys.length);
+    expect(Buffer.from(dst.view()).equals(Buffer.from(src))).toBe(true);
+    expect(w.stats().corrupt).toBe(0);
+    // Device memory is refused as a put source or get destination.
+    const dev = DeviceRegion.allocate(BS);
+    await expect(w.put(chain(1, 'x'), dev as never)).rejects.toMatchObject({
+      code: 'KVTIER_BAD_ARGUMENT',
+    });
+    await dev.close();
+    await w.close();
+    await dst.close();
+  });
+
+  it("fills a pool the caller owns and leaves it the caller's", async () => {
+    const pool = DeviceRegion.allocate(4 * BS + 1000);
+    const w = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [
+        { kind: 'gpu', region: pool },
+        { kind: 'host', bytes: 8 * BS },
+      ],
+    });
+    expect(w.stats().tiers[0]!.capacityBlocks).toBe(4);
+    const keys = chain(4, 'owned');
+    const src = blocksFor(keys, BS);
+    expect((await w.put(keys, src)).stored).toBe(4);
+    const dst = new Uint8Array(4 * BS);
+    expect((await w.get(keys, dst)).count).toBe(4);
+    expect(Buffer.from(dst).equals(Buffer.from(src))).toBe(true);
+    await w.close();
+    expect(pool.closed).toBe(false);
+    // The blocks are still in the caller's memory, in kvtier's slots.
+    const copy = createCopyEngine();
+    const back = new Uint8Array(4 * BS);
+    (await copy.submit(new TransferBatch().copy(back, 0, pool, 0, 4 * BS))).throwIfFailed();
+    const slots = new Set<string>();
+    for (let i = 0; i < 4; i++)
+      slots.add(Buffer.from(back.subarray(i * BS, (i + 1) * BS)).toString('hex', 0, 32));
+    for (let i = 0; i < 4; i++)
+      expect(slots.has(Buffer.from(src.subarray(i * BS, i * BS + 32)).toString('hex'))).toBe(true);
+    await copy.close();
+    await pool.close();
+  });
+});
