@@ -15,6 +15,9 @@ export const ErrorCodes = [
   'KVTIER_AUTH',
   'KVTIER_CLOSED',
   'KVTIER_LOCKED',
+  // The cluster index (TS only: the native side never meets Redis).
+  'KVTIER_REDIS',
+  'KVTIER_CONFLICT',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

@@ -62,3 +62,19 @@ export {
   type KvShape,
   type KvTensorRef,
 } from './layout/index.js';
+export {
+  ClusterNode,
+  ClusterView,
+  connectCluster,
+  INDEX_FORMAT,
+  RedisIndex,
+  type ClusterStatus,
+  type JoinOptions,
+  type NodeRecord,
+  type NodeStats,
+  type NodeStatus,
+  type PeerFetch,
+  type RankedNode,
+  type RankOptions,
+} from './cluster/index.js';
+export type { BlockSource, ChangeListener, ClusterStats } from './warehouse/warehouse.js';

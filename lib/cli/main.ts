@@ -7,6 +7,7 @@ import { Command, CommanderError } from 'commander';
 import { KvtierError } from '../errors.js';
 import { version } from '../version.js';
 import { registerBench } from './bench.js';
+import { registerCluster } from './cluster.js';
 import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
 import { registerSim } from './sim.js';
@@ -22,6 +23,7 @@ registerInfo(program);
 registerDemo(program);
 registerBench(program);
 registerSim(program);
+registerCluster(program);
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) process.exit(e.exitCode);

@@ -92,9 +92,39 @@ export interface GetResult {
   count: number;
   /** Leading keys found. */
   prefix: number;
-  /** Per key, the tier it was read from, or -1. */
+  /**
+   * Per key, the tier it was read from, or -1. A block fetched from another node of the cluster
+   * (see setRemote) reads `tiers.length` here: one past the last local tier.
+   */
   tiers: number[];
 }
+
+/**
+ * Blocks this warehouse does not hold but can fetch (the cluster: another node's warehouse).
+ * Consulted on a local miss. A block it cannot deliver, stale or gone, is reported not found:
+ * fetch never rejects for that, only for an abort.
+ */
+export interface BlockSource {
+  /** Writes the block of keys[j] at dst offset offsets[j] where it can; per key, whether it did. */
+  fetch(
+    keys: readonly Key[],
+    dst: Target,
+    offsets: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<boolean[]>;
+  /** Reported as stats().cluster. */
+  stats?(): ClusterStats;
+}
+
+export interface ClusterStats {
+  /** 'ok', or 'degraded' while the cluster index cannot be reached (local tiers still serve). */
+  state: string;
+  degraded: boolean;
+  [field: string]: unknown;
+}
+
+/** Told, after each operation, which keys entered the warehouse and which left it entirely. */
+export type ChangeListener = (added: readonly Key[], removed: readonly Key[]) => void;
 
 export interface PrefetchOptions {
   /** Tier index or name to bring blocks up to (default: the top tier). */
@@ -142,7 +172,11 @@ export interface WarehouseStats {
   hitRate: number;
   corrupt: number;
   ioErrors: number;
+  /** Blocks served by other nodes of the cluster after a local miss (counted in hits too). */
+  remoteHits: number;
   tiers: TierStats[];
+  /** Present when the warehouse is in a cluster (setRemote). */
+  cluster?: ClusterStats;
 }
 
 interface StorePlan {
@@ -188,7 +222,9 @@ export class Warehouse {
   private nextLease = 1;
   private readonly prefetcher: PrefetchQueue;
   private closing: Promise<void> | undefined;
-  private counters = { gets: 0, hits: 0, misses: 0, corrupt: 0, ioErrors: 0 };
+  private counters = { gets: 0, hits: 0, misses: 0, corrupt: 0, ioErrors: 0, remoteHits: 0 };
+  private readonly listeners = new Set<ChangeListener>();
+  private remote: BlockSource | undefined;
 
   private constructor(
     options: WarehouseOptions,
@@ -556,6 +592,8 @@ export class Warehouse {
     // 6. Commit: the index changes only now, all at once.
     const durable = this.durableTier();
     const storedKeys = new Set<Key>();
+    const added: Key[] = [];
+    const removed: Key[] = [];
     for (const { plan, crc, i } of plans) {
       if (failed.has(plan)) {
         this.index.abort(plan);
@@ -563,9 +601,12 @@ export class Warehouse {
       }
       this.index.commit(plan, this.info(priority, i, keys.length), { length: bs, checksum: crc });
       this.committed.add(plan);
+      added.push(plan.key);
+      this.evictedBy(plan, removed);
       // Under durability 'sync', only a durable copy makes a block stored.
       if (durable === ABSENT || plan.tier === durable) storedKeys.add(plan.key);
     }
+    this.changed(added, removed);
     return storedKeys.size;
   }
 
@@ -731,7 +772,10 @@ export class Warehouse {
             this.counters.ioErrors++;
           }
           // Drop exactly the copy that failed, if the index still points there.
-          if (this.index.get(key)?.slots[t] === want.slot) this.index.remove(key, t);
+          if (this.index.get(key)?.slots[t] === want.slot) {
+            this.index.remove(key, t);
+            if (!this.index.get(key)) this.changed([], [key]);
+          }
           const next = this.index.topTier(key);
           const e = this.index.get(key);
           if (next !== ABSENT && !(next === t && e?.slots[t] === want.slot)) {
@@ -744,7 +788,9 @@ export class Warehouse {
         pending = retry;
       }
       if (options.signal?.aborted) throw abortError(options.signal);
-      if (options.promote ?? this.promoteDefault) await this.promoteFrom(keys, dst, tiers, found);
+      const promote = options.promote ?? this.promoteDefault;
+      if (this.remote) await this.fetchRemote(keys, dst, found, tiers, promote, options.signal);
+      if (promote) await this.promoteFrom(keys, dst, tiers, found);
     } finally {
       for (const k of pinned) this.index.unpin(k);
     }
@@ -766,7 +812,12 @@ export class Warehouse {
   ): Promise<void> {
     const items: { i: number; key: Key }[] = [];
     for (let i = 0; i < keys.length; i++) {
-      if (found[i] && tiers[i]! > 0 && !this.settling.has(keys[i]!))
+      if (
+        found[i] &&
+        tiers[i]! > 0 &&
+        tiers[i]! < this.tiers.length &&
+        !this.settling.has(keys[i]!)
+      )
         items.push({ i, key: keys[i]! });
     }
     if (items.length === 0) return;
@@ -835,17 +886,20 @@ export class Warehouse {
     this.describeAll(round, landing);
     const outcomes = await round.run(this.memoryEngine, this.fileEngine);
     let landed = 0;
+    const removed: Key[] = [];
     plans.forEach((p, n) => {
       const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
       if (o?.ok && o.checksum === p.checksum) {
         this.index.commit(p.plan, this.info(p.priority, 0, 1), p);
         this.committed.add(p.plan);
+        this.evictedBy(p.plan, removed);
         this.extra[to]!.bytesIn += p.length;
         landed++;
       } else {
         this.index.abort(p.plan);
       }
     });
+    this.changed([], removed);
     return landed;
   }
 
@@ -978,15 +1032,120 @@ export class Warehouse {
       for (const key of chosen) this.index.unpin(key);
       held.release();
     }
-    let removed = 0;
+    const removed: Key[] = [];
     for (const key of chosen) {
       const e = this.index.get(key);
       if (!e || e.pins > 0) continue; // pinned meanwhile by a reader: it stays (until restart)
       this.index.remove(key);
       for (const t of this.index.tiers) t.stats.evictions++;
-      removed++;
+      removed.push(key);
     }
-    return removed;
+    this.changed([], removed);
+    return removed.length;
+  }
+
+  // -------------------------------------------------------------------------------- cluster
+
+  /**
+   * Calls `listener` after every operation that added keys to the warehouse or removed them
+   * from its last tier (eviction, evict(), a corrupt copy dropped), so a cluster index can follow.
+   * Returns the function that stops it.
+   */
+  watch(listener: ChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** Every key held now, in any tier. */
+  keys(): Key[] {
+    const out: Key[] = [];
+    for (const [key] of this.index) out.push(key);
+    return out;
+  }
+
+  /** Where a local miss is looked for next (a cluster), or undefined for none. */
+  setRemote(source: BlockSource | undefined): void {
+    this.remote = source;
+  }
+
+  private changed(added: readonly Key[], removed: readonly Key[]): void {
+    if (this.listeners.size === 0 || (added.length === 0 && removed.length === 0)) return;
+    for (const l of this.listeners) {
+      try {
+        l(added, removed);
+      } catch {
+        // A listener's bug must not fail the operation that already changed the store.
+      }
+    }
+  }
+
+  /** Victims of a committed plan that left the warehouse entirely. */
+  private evictedBy(plan: Plan<Key>, out: Key[]): void {
+    for (const m of plan.moves) {
+      if (m.toTier === ABSENT && !this.index.get(m.key)) out.push(m.key);
+    }
+  }
+
+  /**
+   * After a local miss: asks the remote source for the blocks still missing, then keeps what it
+   * delivered in the top tier (as a put would), unless promotion is off.
+   */
+  private async fetchRemote(
+    keys: Key[],
+    dst: Target,
+    found: boolean[],
+    tiers: number[],
+    keep: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const missing: number[] = [];
+    const seen = new Set<Key>();
+    for (let i = 0; i < keys.length; i++) {
+      if (!found[i] && !seen.has(keys[i]!)) {
+        seen.add(keys[i]!);
+        missing.push(i);
+      }
+    }
+    if (missing.length === 0) return;
+    const got = await this.remote!.fetch(
+      missing.map((i) => keys[i]!),
+      dst,
+      missing.map((i) => i * this.blockBytes),
+      signal,
+    );
+    const fetched: number[] = [];
+    missing.forEach((i, j) => {
+      if (got[j] !== true) return;
+      fetched.push(i);
+      this.counters.remoteHits++;
+    });
+    // A key named twice in one get is filled once from the remote and copied to its twin.
+    for (let i = 0; i < keys.length; i++) {
+      if (found[i]) continue;
+      const first = missing.find((m) => keys[m] === keys[i]);
+      if (first === undefined || !fetched.includes(first)) continue;
+      if (first !== i) await this.copyWithin(dst, first, i);
+      found[i] = true;
+      tiers[i] = this.tiers.length;
+    }
+    if (!keep || fetched.length === 0) return;
+    const fetchedKeys = fetched.map((i) => keys[i]!);
+    while (this.unsettled(fetchedKeys)) await this.settle(fetchedKeys);
+    const fresh = fetched.filter((i) => !this.index.get(keys[i]!));
+    if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
+  }
+
+  private async copyWithin(dst: Target, from: number, to: number): Promise<void> {
+    const round = new TransferRound();
+    const bs = this.blockBytes;
+    round.move(
+      { kind: 'memory', target: dst, offset: from * bs },
+      { kind: 'memory', target: dst, offset: to * bs },
+      bs,
+    );
+    await round.run(this.memoryEngine, this.fileEngine);
   }
 
   // -------------------------------------------------------------------------------- stats, close
@@ -1010,7 +1169,8 @@ export class Warehouse {
   }
 
   stats(): WarehouseStats {
-    const { gets, hits, misses, corrupt, ioErrors } = this.counters;
+    const { gets, hits, misses, corrupt, ioErrors, remoteHits } = this.counters;
+    const cluster = this.remote?.stats?.();
     return {
       blockBytes: this.blockBytes,
       blocks: this.index.size,
@@ -1020,6 +1180,8 @@ export class Warehouse {
       hitRate: hits + misses === 0 ? 0 : hits / (hits + misses),
       corrupt,
       ioErrors,
+      remoteHits,
+      ...(cluster ? { cluster } : {}),
       tiers: this.tiers.map((t, i) => {
         const a = this.index.tiers[i]!;
         return {
