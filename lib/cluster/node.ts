@@ -182,8 +182,9 @@ export class ClusterNode implements BlockSource {
     const removed: Key[] = [];
     for (const [k, present] of batch) (present ? added : removed).push(k);
     try {
-      const held = await this.index.publish(this.id, this.instance, this.leaseMs, added, removed);
-      if (!held) {
+      const r = await this.index.publish(this.id, this.instance, this.leaseMs, added, removed);
+      if (r === 'conflict') return this.displaced();
+      if (r === 'lost') {
         // The lease lapsed (Redis restarted empty, or the node stalled): claim it again.
         this.setState('resyncing');
         await this.resync();
@@ -243,16 +244,18 @@ export class ClusterNode implements BlockSource {
       try {
         const r = await this.index.renew(this.id, this.instance, this.leaseMs, this.facts());
         if (r === 'lost') await this.resync();
-        if (r === 'conflict') {
-          this.setState('conflict', `node id ${this.id} was claimed by another process`);
-          this.log(
-            `node ${this.id}: another process holds this node id now; this node stops publishing`,
-          );
-        }
+        if (r === 'conflict') this.displaced();
       } catch (e) {
         this.degrade(message(e));
       }
     });
+  }
+
+  /** Another process took this node id over (a restart at the same address): step aside. */
+  private displaced(): void {
+    this.setState('conflict', `node id ${this.id} was taken over by another process`);
+    this.pending.clear();
+    this.log(`node ${this.id}: another process holds this node id now; this node stops publishing`);
   }
 
   private facts(): NodeFacts {

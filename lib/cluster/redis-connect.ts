@@ -126,7 +126,9 @@ export async function openRedis(
     // The first connection either works or fails; retrying belongs to established ones.
     retryStrategy: () => null,
   });
-  probe.on('error', () => {}); // reported through connect()'s rejection
+  // A refused AUTH arrives as an 'error' event; connect() then only says the connection closed.
+  let reason: unknown;
+  probe.on('error', (e) => (reason ??= e));
   let clusterEnabled: boolean;
   try {
     await probe.connect();
@@ -134,7 +136,7 @@ export async function openRedis(
     clusterEnabled = /cluster_enabled:1/.test(info);
   } catch (e) {
     probe.disconnect();
-    throw redisError(e, `cannot use Redis at ${target.display}`);
+    throw redisError(reason ?? e, `cannot use Redis at ${target.display}`);
   }
   probe.disconnect();
 

@@ -191,14 +191,14 @@ export class RedisIndex extends EventEmitter {
     return reply as LeaseOutcome;
   }
 
-  /** Adds and removes block keys; false when this instance no longer holds the lease. */
+  /** Adds and removes block keys, while this instance holds the lease. */
   async publish(
     id: string,
     instance: string,
     leaseMs: number,
     added: readonly Key[],
     removed: readonly Key[],
-  ): Promise<boolean> {
+  ): Promise<LeaseOutcome> {
     const k = nodeKeys(id);
     const calls: Promise<ScriptResult>[] = [];
     let a = 0;
@@ -222,7 +222,8 @@ export class RedisIndex extends EventEmitter {
     }
     // Issued together: auto-pipelining sends them in one write, in order.
     const replies = await this.call('publishing blocks', () => Promise.all(calls));
-    return replies.every((x) => x === 1);
+    if (replies.some((x) => x === 0)) return 'conflict';
+    return replies.every((x) => x === 1) ? 'ok' : 'lost';
   }
 
   /** Replaces the node's whole block set with `keys`, atomically for readers. */

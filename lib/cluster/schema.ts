@@ -83,9 +83,11 @@ return 'ok'`;
 
 /**
  * Adds and removes block keys, only while this instance holds the lease (a node that lost it
- * must not write into a successor's set). ARGV: instance, leaseMs, count of adds, adds, removes.
+ * must not write into a successor's set): 1, or -1 when the lease is gone, 0 when another
+ * instance holds it. ARGV: instance, leaseMs, count of adds, adds, removes.
  */
 export const PUBLISH = `local cur = redis.call('HGET', KEYS[1], 'instance')
+if not cur then return -1 end
 if cur ~= ARGV[1] then return 0 end
 local nAdd = tonumber(ARGV[3])
 if nAdd > 0 then redis.call('SADD', KEYS[2], unpack(ARGV, 4, 3 + nAdd)) end
