@@ -171,7 +171,9 @@ export async function openRedis(
     redisOptions,
     lazyConnect: true,
     enableOfflineQueue: false,
-    enableAutoPipelining: true,
+    // Its auto-pipelines must stay within one slot group, which scripts with a variable key
+    // count defeat; commands issued together still share each shard's connection unanswered.
+    enableAutoPipelining: false,
     clusterRetryStrategy: (times) => Math.min(50 * times, maxDelay),
   });
   client.on('error', () => {});
