@@ -1,6 +1,11 @@
 /** `kvtier cluster status`: the nodes of a cluster, their capacity, fill and lease age. */
 import type { Command } from 'commander';
 
+import {
+  CLUSTER_BENCH_DEFAULTS,
+  formatClusterBench,
+  runClusterBench,
+} from '../bench/cluster-bench.js';
 import { connectCluster, type ClusterStatus } from '../cluster/view.js';
 
 function bytes(n: number): string {
@@ -62,4 +67,52 @@ export function registerCluster(program: Command): void {
         await view.close();
       }
     });
+  const d = CLUSTER_BENCH_DEFAULTS;
+  cluster
+    .command('bench')
+    .description(
+      'chain lookups and publishing against the Redis at --redis, next to a one-GET-per-key client (use a scratch server)',
+    )
+    .requiredOption('--redis <url>', 'redis:// or rediss:// URL of a scratch Redis')
+    .option('--nodes <n>', 'nodes holding prefixes of the chains', String(d.nodes))
+    .option('--chain-keys <n>', 'keys per chain looked up', String(d.chainKeys))
+    .option('--chains <n>', 'distinct chains', String(d.chains))
+    .option('--seconds <s>', 'seconds per lookup measurement', String(d.seconds))
+    .option('--publish-keys <n>', 'keys published', String(d.publishKeys))
+    .option('--in-flight <n>', 'lookups in flight in the concurrent rows', String(d.inFlight))
+    .option('--json', 'print the report as JSON on stdout')
+    .action(
+      async (opts: {
+        redis: string;
+        nodes: string;
+        chainKeys: string;
+        chains: string;
+        seconds: string;
+        publishKeys: string;
+        inFlight: string;
+        json?: boolean;
+      }) => {
+        const ac = new AbortController();
+        const stop = (): void => ac.abort();
+        process.once('SIGINT', stop);
+        try {
+          const report = await runClusterBench({
+            redis: opts.redis,
+            nodes: Number(opts.nodes),
+            chainKeys: Number(opts.chainKeys),
+            chains: Number(opts.chains),
+            seconds: Number(opts.seconds),
+            publishKeys: Number(opts.publishKeys),
+            inFlight: Number(opts.inFlight),
+            signal: ac.signal,
+            progress: (line) => process.stderr.write(`${line}\n`),
+          });
+          process.stdout.write(
+            opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatClusterBench(report)}\n`,
+          );
+        } finally {
+          process.off('SIGINT', stop);
+        }
+      },
+    );
 }

@@ -16,6 +16,7 @@ import {
   type RedisMode,
 } from './redis-connect.js';
 import {
+  chainArgument,
   CLAIM,
   INDEX_FORMAT,
   LEAVE,
@@ -313,7 +314,7 @@ export class RedisIndex extends EventEmitter {
       for (const id of ids) out.set(id, 0);
       return keys.length === 0 ? out : new Map();
     }
-    const args = [INDEX_FORMAT, ...keys.map(keyBytes)];
+    const args = [INDEX_FORMAT, chainArgument(keys.map(keyBytes))];
     const pairs = (list: readonly string[]): string[] =>
       list.flatMap((id) => {
         const k = nodeKeys(id);

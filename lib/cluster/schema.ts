@@ -115,12 +115,20 @@ redis.call('DEL', KEYS[1], KEYS[2])
 return 1`;
 
 /**
- * For each node (KEYS in pairs: node hash, block set), how many leading keys of the chain in
- * ARGV[2..] it holds: -1 when its lease is gone, -2 when it runs another format (ARGV[1] is
- * ours). A node is asked key by key until its first miss, so the cost is the sum over nodes of
- * (prefix + 1) set probes, all inside the server: one round trip however long the chain.
+ * For each node (KEYS in pairs: node hash, block set), how many leading keys of a chain it
+ * holds: -1 when its lease is gone, -2 when it runs another format (ARGV[1] is ours). The chain
+ * comes as one argument, each key preceded by its length in one byte: one bulk string instead
+ * of hundreds halves the cost of a 256-key lookup. One round trip however long the chain.
  */
-export const LOOKUP = `local out = {}
+export const LOOKUP = `local blob = ARGV[2]
+local chain = {}
+local pos = 1
+while pos <= #blob do
+  local n = string.byte(blob, pos)
+  chain[#chain + 1] = string.sub(blob, pos + 1, pos + n)
+  pos = pos + 1 + n
+end
+local out = {}
 for j = 1, #KEYS, 2 do
   local fmt = redis.call('HGET', KEYS[j], 'format')
   if not fmt then
@@ -128,11 +136,33 @@ for j = 1, #KEYS, 2 do
   elseif fmt ~= ARGV[1] then
     out[#out + 1] = -2
   else
+    -- Probes in doubling runs (1, 2, 4, ... keys), each one SMISMEMBER: a node holding a
+    -- prefix of p keys costs about 2p probes in log2(p) calls, however long the chain.
     local n = 0
-    for i = 2, #ARGV do
-      if redis.call('SISMEMBER', KEYS[j + 1], ARGV[i]) == 1 then n = n + 1 else break end
+    local run = 1
+    local open = true
+    while open and n < #chain do
+      local last = math.min(n + run, #chain)
+      local hit = redis.call('SMISMEMBER', KEYS[j + 1], unpack(chain, n + 1, last))
+      for i = 1, #hit do
+        if hit[i] == 1 then n = n + 1 else open = false break end
+      end
+      run = run * 2
     end
     out[#out + 1] = n
   end
 end
 return out`;
+
+/** The chain argument of LOOKUP: each key's length in one byte, then its bytes. */
+export function chainArgument(keys: readonly Buffer[]): Buffer {
+  let size = 0;
+  for (const k of keys) size += 1 + k.length;
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const k of keys) {
+    out[at++] = k.length;
+    at += k.copy(out, at);
+  }
+  return out;
+}

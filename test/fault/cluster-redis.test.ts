@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ClusterNode } from '../../lib/cluster/node.js';
-import { connectCluster, type ClusterView } from '../../lib/cluster/view.js';
+import { connectCluster } from '../../lib/cluster/view.js';
 import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';
 import { prerequisite } from '../helpers.js';

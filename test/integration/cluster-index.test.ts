@@ -273,6 +273,43 @@ describe.runIf(haveRedis)('cluster index on a real redis-server', () => {
     }
   });
 
+  it('looks a chain up in one script: prefixes stop at the first hole, any chain length', async () => {
+    const idx = await RedisIndex.open(redis.url);
+    const keys = chain(700, 8);
+    try {
+      await idx.claim('holes', 'i1', 60_000, {
+        address: 'h:1',
+        capacityBytes: 0,
+        usedBytes: 0,
+        blocks: 0,
+        load: 0,
+        resyncs: 0,
+      });
+      // Holds 0..299 and 301..699: the prefix ends at the hole.
+      expect(
+        await idx.publish('holes', 'i1', 60_000, [...keys.slice(0, 300), ...keys.slice(301)], []),
+      ).toBe('ok');
+      expect([...(await idx.lookup(keys, ['holes']))]).toEqual([['holes', 300]]);
+      expect([...(await idx.lookup(keys.slice(301), ['holes']))]).toEqual([['holes', 399]]);
+      expect([...(await idx.lookup(keys.slice(300, 301), ['holes']))]).toEqual([['holes', 0]]);
+      // 16-byte keys (an engine's own hashes) next to 32-byte ones.
+      const short = ['00112233445566778899aabbccddeeff', 'ffeeddccbbaa99887766554433221100'];
+      expect(await idx.publish('holes', 'i1', 60_000, short, [])).toBe('ok');
+      expect([...(await idx.lookup([...short, keys[0]!], ['holes']))]).toEqual([['holes', 3]]);
+      // An unknown node and an empty chain.
+      expect([...(await idx.lookup(keys, ['no-such-node']))]).toEqual([]);
+      // Another instance may not write into this node's set.
+      expect(await idx.publish('holes', 'intruder', 60_000, [], keys.slice(0, 10))).toBe(
+        'conflict',
+      );
+      expect([...(await idx.lookup(keys, ['holes']))]).toEqual([['holes', 300]]);
+      await idx.leave('holes', 'i1');
+      expect(await idx.publish('holes', 'i1', 60_000, keys.slice(0, 1), [])).toBe('lost');
+    } finally {
+      await idx.close();
+    }
+  });
+
   it('ignores and logs nodes that publish another index format', async () => {
     const keys = chain(4, 6);
     const own = await open();
