@@ -15,6 +15,8 @@ export const ErrorCodes = [
   'KVTIER_AUTH',
   'KVTIER_CLOSED',
   'KVTIER_LOCKED',
+  'KVTIER_PROTOCOL',
+  'KVTIER_TIMEOUT',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

@@ -62,3 +62,13 @@ export {
   type KvShape,
   type KvTensorRef,
 } from './layout/index.js';
+export {
+  connect,
+  PeerClient,
+  type ConnectOptions,
+  type PeerGetResult,
+  type PeerLookupResult,
+  type PeerPutResult,
+} from './peer/client.js';
+export { PeerServer, type PeerServerOptions } from './peer/server.js';
+export { PROTOCOL_VERSION } from './peer/protocol.js';

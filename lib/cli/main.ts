@@ -9,6 +9,7 @@ import { version } from '../version.js';
 import { registerBench } from './bench.js';
 import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
+import { registerServe } from './serve.js';
 import { registerSim } from './sim.js';
 
 const program = new Command()
@@ -22,6 +23,7 @@ registerInfo(program);
 registerDemo(program);
 registerBench(program);
 registerSim(program);
+registerServe(program);
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) process.exit(e.exitCode);
