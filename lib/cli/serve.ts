@@ -25,6 +25,7 @@ export interface ServeOptions {
   tokenFile: string;
   transport?: string;
   maxConnections?: string;
+  handshakeTimeout?: string;
 }
 
 function log(event: string, fields: Record<string, unknown> = {}): void {
@@ -67,6 +68,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       secret,
       transport,
       maxConnections,
+      handshakeTimeoutMs: Number(opts.handshakeTimeout ?? 5000),
       log,
     });
   } catch (e) {
@@ -119,6 +121,7 @@ export function registerServe(program: Command): void {
     .requiredOption('--token-file <file>', 'file holding the shared secret (at least 16 bytes)')
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
+    .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')
     .action(async (opts: ServeOptions) => {
       await serve(opts);
     });

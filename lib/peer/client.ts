@@ -177,6 +177,7 @@ export class PeerClient {
       const clientNonce = nonce();
       let phase: 'connecting' | 'challenge' | 'ready' | 'done' = 'connecting';
       let session: Session | undefined;
+      let serverNonce: Buffer | undefined;
       let conn = 0;
       const fail = (e: KvtierError): void => {
         if (phase === 'done') return;
@@ -231,16 +232,7 @@ export class PeerClient {
                   ),
                 );
               }
-              const serverNonce = Buffer.from(meta.subarray(32, 32 + NONCE_BYTES));
-              const proof = meta.subarray(64, 96);
-              if (!proofMatches(serverProof(this.secret, clientNonce, serverNonce), proof)) {
-                return fail(
-                  new KvtierError(
-                    'KVTIER_AUTH',
-                    `${this.url} could not prove it knows the shared secret`,
-                  ),
-                );
-              }
+              serverNonce = Buffer.from(meta.subarray(32, 32 + NONCE_BYTES));
               const caps = meta.readUInt32LE(4);
               const useVerbs = this.wantTransport === 'verbs' && (caps & Capability.VERBS) !== 0;
               if (this.options.transport === 'verbs' && !useVerbs) {
@@ -276,6 +268,12 @@ export class PeerClient {
             }
             if (ev.type !== MsgType.READY || meta.length !== READY_BYTES || !session) {
               return fail(new KvtierError('KVTIER_PROTOCOL', `${this.url}: expected READY`));
+            }
+            const proof = meta.subarray(0, 32);
+            if (!proofMatches(serverProof(this.secret, clientNonce, serverNonce!), proof)) {
+              return fail(
+                new KvtierError('KVTIER_AUTH', `${this.url} could not prove it knows the secret`),
+              );
             }
             phase = 'done';
             clearTimeout(timer);
@@ -457,7 +455,7 @@ export class PeerClient {
         this.pending.delete(rid);
         clearTimeout(p.timer);
         this.done(p);
-        reject(e as Error);
+        reject(e);
       }
     });
   }

@@ -51,9 +51,9 @@ export const KEY_ENTRY_BYTES = 40;
 export const RESULT_ENTRY_BYTES = 8;
 export const BATCH_FIXED_BYTES = 8;
 export const HELLO_BYTES = 48;
-export const CHALLENGE_BYTES = 96;
+export const CHALLENGE_BYTES = 64;
 export const AUTH_BYTES = 40;
-export const READY_BYTES = 8;
+export const READY_BYTES = 40;
 /** Handshake frames are tiny; before authentication nothing larger is read. */
 export const HANDSHAKE_META_LIMIT = 4096;
 export const MAX_BATCH = 1024;

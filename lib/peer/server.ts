@@ -233,7 +233,6 @@ export class PeerServer {
     out.writeUInt32LE(maxMetaFor(this.maxBatch), 20);
     out.writeBigUInt64LE(BigInt(this.maxBatch * mine), 24);
     state.serverNonce.copy(out, 32);
-    serverProof(this.options.secret, state.clientNonce, state.serverNonce).copy(out, 64);
     state.phase = 'auth';
     this.net.send(state.id, frame(MsgType.CHALLENGE, 0, out));
   }
@@ -261,8 +260,11 @@ export class PeerServer {
     const bs = this.options.warehouse.blockBytes;
     // Only now may the peer send frames larger than a handshake.
     this.net.setLimits(state.id, maxMetaFor(this.maxBatch), this.maxBatch * bs);
+    // The server proves itself only to a client that proved itself first: nobody without the
+    // secret gets an HMAC computed with it.
     const out = Buffer.alloc(READY_BYTES);
-    out.writeUInt32LE(wanted, 0);
+    serverProof(this.options.secret, state.clientNonce!, state.serverNonce!).copy(out, 0);
+    out.writeUInt32LE(wanted, 32);
     this.net.send(state.id, frame(MsgType.READY, 0, out));
     this.log('connection_ready', {
       conn: state.id,

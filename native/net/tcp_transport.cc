@@ -146,10 +146,10 @@ struct TcpTransport::Conn {
   std::vector<uint8_t> meta;
   size_t metaHave = 0;
   uint64_t payloadHave = 0;
-  uint8_t* payload = nullptr;     // malloc'd, when not placed
-  std::vector<Span> place;        // destinations, when placed
-  size_t placeAt = 0;             // current span
-  uint64_t placeOff = 0;          // offset in it
+  uint8_t* payload = nullptr;  // malloc'd, when not placed
+  std::vector<Span> place;     // destinations, when placed
+  size_t placeAt = 0;          // current span
+  uint64_t placeOff = 0;       // offset in it
   std::unordered_map<uint32_t, Expect> expects;
 
   std::vector<uint8_t> stage;
@@ -176,16 +176,16 @@ struct TcpTransport::Command {
 };
 
 Napi::Function TcpTransport::Define(Napi::Env env) {
-  return DefineClass(env, "NativeTcpTransport",
-                     {InstanceMethod<&TcpTransport::Listen>("listen"),
-                      InstanceMethod<&TcpTransport::Connect>("connect"),
-                      InstanceMethod<&TcpTransport::Send>("send"),
-                      InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
-                      InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
-                      InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
-                      InstanceMethod<&TcpTransport::RefJs>("ref"),
-                      InstanceMethod<&TcpTransport::UnrefJs>("unref"),
-                      InstanceMethod<&TcpTransport::Close>("close")});
+  return DefineClass(
+      env, "NativeTcpTransport",
+      {InstanceMethod<&TcpTransport::Listen>("listen"),
+       InstanceMethod<&TcpTransport::Connect>("connect"),
+       InstanceMethod<&TcpTransport::Send>("send"),
+       InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
+       InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
+       InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
+       InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
+       InstanceMethod<&TcpTransport::Close>("close")});
 }
 
 // new NativeTcpTransport({ maxConnections }, onEvents(events[]))
@@ -325,8 +325,7 @@ Napi::Value TcpTransport::Connect(const Napi::CallbackInfo& info) {
   bool connecting = false;
   if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     if (errno != EINPROGRESS) {
-      Throw(env, kPeer, "cannot connect to " + host + ":" + std::to_string(port), errno,
-            "connect");
+      Throw(env, kPeer, "cannot connect to " + host + ":" + std::to_string(port), errno, "connect");
     }
     connecting = true;
   }
@@ -436,7 +435,8 @@ Napi::Value TcpTransport::Send(const Napi::CallbackInfo& info) {
   uint64_t total = 0;
   cmd->msg.spans = Spans(env, mems, info[3], &total);
   cmd->msg.total = cmd->msg.head.size() + total;
-  cmd->msg.token = info[4].IsUndefined() ? 0 : static_cast<uint32_t>(ByteCountArg(env, info[4], "token"));
+  cmd->msg.token =
+      info[4].IsUndefined() ? 0 : static_cast<uint32_t>(ByteCountArg(env, info[4], "token"));
   cmd->msg.notify = info[5].IsBoolean() && info[5].As<Napi::Boolean>().Value();
   if (!info[6].IsUndefined()) {
     uint64_t type = ByteCountArg(env, info[6], "expectType");
@@ -559,9 +559,8 @@ void TcpTransport::Deliver(Napi::Env env, Napi::Function fn, TcpTransport*,
         o.Set("payloadBytes", Napi::Number::New(env, static_cast<double>(e.payloadBytes)));
         if (e.payload != nullptr) {
           uint8_t* p = e.payload.release();  // owned by the Buffer from here
-          o.Set("payload",
-                Napi::Buffer<uint8_t>::New(env, p, e.payloadBytes,
-                                           [](Napi::Env, uint8_t* d) { std::free(d); }));
+          o.Set("payload", Napi::Buffer<uint8_t>::New(env, p, e.payloadBytes,
+                                                      [](Napi::Env, uint8_t* d) { std::free(d); }));
         }
         break;
       }
@@ -728,8 +727,8 @@ void TcpTransport::AcceptAll(Listener& l) {
   for (int i = 0; i < 64; ++i) {
     sockaddr_storage ss;
     socklen_t len = sizeof(ss);
-    Fd fd(accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len,
-                  SOCK_NONBLOCK | SOCK_CLOEXEC));
+    Fd fd(
+        accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd.valid()) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) {
         return;

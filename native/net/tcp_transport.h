@@ -8,8 +8,8 @@
 #include <sys/uio.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <cstdint>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -99,8 +99,8 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   static void Deliver(Napi::Env env, Napi::Function fn, TcpTransport* self,
                       std::vector<NetEvent>* events);
   static void CleanupHook(void* arg);
-  using Tsfn = Napi::TypedThreadSafeFunction<TcpTransport, std::vector<NetEvent>,
-                                             &TcpTransport::Deliver>;
+  using Tsfn =
+      Napi::TypedThreadSafeFunction<TcpTransport, std::vector<NetEvent>, &TcpTransport::Deliver>;
 
   Napi::Value Listen(const Napi::CallbackInfo& info);
   Napi::Value Connect(const Napi::CallbackInfo& info);
