@@ -403,7 +403,7 @@ export class PeerClient {
     s: Session,
     type: number,
     keys: Key[],
-    memory?: { target: Target; firstBlock: number },
+    memory?: { target: Target; slots: readonly number[] },
   ): Promise<{ statuses: number[]; word: number }> {
     const rid = this.nextRequest;
     this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
@@ -425,7 +425,7 @@ export class PeerClient {
       const triples = new Float64Array(keys.length * 3);
       for (let i = 0; i < keys.length; i++) {
         triples[3 * i] = 0;
-        triples[3 * i + 1] = (memory.firstBlock + i) * bs;
+        triples[3 * i + 1] = memory.slots[i]! * bs;
         triples[3 * i + 2] = bs;
       }
       if (type === MsgType.PUT) spans = triples;
@@ -455,7 +455,7 @@ export class PeerClient {
         this.pending.delete(rid);
         clearTimeout(p.timer);
         this.done(p);
-        reject(e);
+        reject(e instanceof Error ? e : new Error(String(e)));
       }
     });
   }
@@ -465,23 +465,33 @@ export class PeerClient {
     type: number,
     keys: KeyChain | readonly KeyLike[],
     target?: Target,
+    at?: readonly number[],
   ): Promise<{ statuses: number[]; word: number }> {
     const s = this.ready();
     const list = toKeys(keys);
+    const slots = at ?? list.map((_, i) => i);
     if (target !== undefined) {
       const size = target.byteLength;
       if (target instanceof Region) target.assertOpen();
-      if (size < list.length * s.blockBytes) {
+      if (slots.length !== list.length) {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', 'one block index per key is needed');
+      }
+      const highest = slots.reduce((m, x) => Math.max(m, x), -1);
+      if (
+        slots.some((x) => !Number.isSafeInteger(x) || x < 0) ||
+        size < (highest + 1) * s.blockBytes
+      ) {
         throw new KvtierError(
           'KVTIER_BAD_ARGUMENT',
-          `${size} bytes cannot hold ${list.length} blocks of ${s.blockBytes} bytes`,
+          `${size} bytes cannot hold ${highest + 1} blocks of ${s.blockBytes} bytes`,
         );
       }
     }
     const chunks: Promise<{ statuses: number[]; word: number }>[] = [];
-    for (let at = 0; at < list.length || (at === 0 && list.length === 0); at += s.maxBatch) {
-      const part = list.slice(at, at + s.maxBatch);
-      chunks.push(this.request(s, type, part, target ? { target, firstBlock: at } : undefined));
+    for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
+      const part = list.slice(from, from + s.maxBatch);
+      const memory = target ? { target, slots: slots.slice(from, from + s.maxBatch) } : undefined;
+      chunks.push(this.request(s, type, part, memory));
       if (list.length === 0) break;
     }
     const results = await Promise.all(chunks);
@@ -496,8 +506,17 @@ export class PeerClient {
   }
 
   /** Stores block i of src (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i] on the peer. */
-  async put(keys: KeyChain | readonly KeyLike[], src: Target): Promise<PeerPutResult> {
-    const { statuses } = await this.batched(MsgType.PUT, keys, src);
+  put(keys: KeyChain | readonly KeyLike[], src: Target): Promise<PeerPutResult> {
+    return this.putAt(keys, src);
+  }
+
+  /** @internal put() with block `at[i]` of src under keys[i]. */
+  async putAt(
+    keys: KeyChain | readonly KeyLike[],
+    src: Target,
+    at?: readonly number[],
+  ): Promise<PeerPutResult> {
+    const { statuses } = await this.batched(MsgType.PUT, keys, src, at);
     const status = statuses.map((s) =>
       s === Status.OK ? 'stored' : s === Status.PRESENT ? 'present' : 'rejected',
     ) as PeerPutResult['status'];
@@ -514,8 +533,17 @@ export class PeerClient {
    * Reads blocks into dst (block i at i*blockBytes). A block is reported found only once all of
    * its bytes arrived; bytes of missing blocks are left untouched.
    */
-  async get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
-    const { statuses } = await this.batched(MsgType.GET, keys, dst);
+  get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+    return this.getAt(keys, dst);
+  }
+
+  /** @internal get() with block `at[i]` of dst for keys[i]. */
+  async getAt(
+    keys: KeyChain | readonly KeyLike[],
+    dst: Target,
+    at?: readonly number[],
+  ): Promise<PeerGetResult> {
+    const { statuses } = await this.batched(MsgType.GET, keys, dst, at);
     const found = statuses.map((s) => s === Status.OK);
     let prefix = 0;
     while (prefix < found.length && found[prefix]) prefix++;
