@@ -63,6 +63,16 @@ export {
   type KvTensorRef,
 } from './layout/index.js';
 export {
+  connect,
+  PeerClient,
+  type ConnectOptions,
+  type PeerGetResult,
+  type PeerLookupResult,
+  type PeerPutResult,
+} from './peer/client.js';
+export { PeerServer, type PeerServerOptions } from './peer/server.js';
+export { PROTOCOL_VERSION } from './peer/protocol.js';
+export {
   ClusterNode,
   ClusterView,
   connectCluster,

@@ -79,6 +79,45 @@ export interface NativeEngine {
   close(): void;
 }
 
+/** One event from the native TCP transport's thread (native/net/tcp_transport.h). */
+export interface NetEvent {
+  kind: 1 | 2 | 3 | 4 | 5 | 6; // accepted, connected, frame, sent, closed, refused
+  conn: number;
+  listener?: number;
+  type?: number;
+  flags?: number;
+  requestId?: number;
+  meta?: Buffer;
+  payload?: Buffer;
+  payloadBytes?: number;
+  placed?: boolean;
+  token?: number;
+  errno?: number;
+  text?: string;
+}
+
+export interface NativeTcpTransport {
+  listen(host: string, port: number, backlog?: number): { id: number; port: number };
+  connect(host: string, port: number): number;
+  send(
+    conn: number,
+    head: Uint8Array,
+    targets: NativeTarget[],
+    spans: Float64Array | undefined,
+    token: number,
+    notify: boolean,
+    expectType?: number,
+    expectRequestId?: number,
+    expectSpans?: Float64Array,
+  ): void;
+  setLimits(conn: number, maxMeta: number, maxPayload: number): void;
+  closeConnection(conn: number, why: string): void;
+  closeListener(listener: number): void;
+  ref(): void;
+  unref(): void;
+  close(): void;
+}
+
 export interface NativeAddon {
   init(errorClass: typeof KvtierError): void;
   probe(): NativeProbe;
@@ -97,6 +136,10 @@ export interface NativeAddon {
     },
   ) => NativeFile;
   NativeEngine: new (options: { kind: 'io_uring' | 'threads'; queueDepth: number }) => NativeEngine;
+  NativeTcpTransport: new (
+    options: { maxConnections?: number },
+    onEvents: (events: NetEvent[]) => void,
+  ) => NativeTcpTransport;
 }
 
 /** The package root: dist/ and lib/ both sit one level below it. */

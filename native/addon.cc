@@ -7,6 +7,7 @@
 #include "io/file.h"
 #include "keys.h"
 #include "memory/region.h"
+#include "net/tcp_transport.h"
 #include "probe.h"
 
 namespace {
@@ -29,6 +30,7 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeRegion", kvtier::Region::Define(env));
   exports.Set("NativeFile", kvtier::File::Define(env));
   exports.Set("NativeEngine", kvtier::Engine::Define(env));
+  exports.Set("NativeTcpTransport", kvtier::TcpTransport::Define(env));
   return exports;
 }
 

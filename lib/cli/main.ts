@@ -10,6 +10,7 @@ import { registerBench } from './bench.js';
 import { registerCluster } from './cluster.js';
 import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
+import { registerServe } from './serve.js';
 import { registerSim } from './sim.js';
 
 const program = new Command()
@@ -23,6 +24,7 @@ registerInfo(program);
 registerDemo(program);
 registerBench(program);
 registerSim(program);
+registerServe(program);
 registerCluster(program);
 
 function fail(e: unknown): never {

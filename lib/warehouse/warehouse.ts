@@ -16,6 +16,7 @@ import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
 import { PrefetchQueue } from './prefetch.js';
 import type { SlotBlock, SlotPlace, Tier } from './tier.js';
 import { TransferRound } from './transfers.js';
+import { PeerTier, type PeerTierOptions } from '../peer/peer-tier.js';
 
 export interface HostTierOptions {
   kind: 'host';
@@ -31,7 +32,10 @@ export interface FileTierOptions {
   name?: string;
 }
 
-export type TierOptions = HostTierOptions | FileTierOptions;
+export type { PeerTierOptions } from '../peer/peer-tier.js';
+
+/** Local tiers fastest first; a peer, when given, comes last. */
+export type TierOptions = HostTierOptions | FileTierOptions | PeerTierOptions;
 
 /** A policy name from lib/policy (default: the simulator-tested default), or a factory. */
 export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>);
@@ -39,7 +43,7 @@ export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>)
 export interface WarehouseOptions {
   /** Bytes per block: all layers' K and V for one block of tokens. */
   blockBytes: number;
-  /** Fastest first: at most one host tier, then at most one file tier. */
+  /** Fastest first: at most one host tier, then at most one file tier, then at most one peer. */
   tiers: TierOptions[];
   policy?: PolicyOption;
   /**
@@ -93,8 +97,9 @@ export interface GetResult {
   /** Leading keys found. */
   prefix: number;
   /**
-   * Per key, the tier it was read from, or -1. A block fetched from another node of the cluster
-   * (see setRemote) reads `tiers.length` here: one past the last local tier.
+   * Per key, the tier it was read from, or -1. Past the local tiers come the peer tier (when
+   * there is one) and then the cluster (setRemote): a block fetched from another node of the
+   * cluster reads one past the last of those.
    */
   tiers: number[];
 }
@@ -149,7 +154,7 @@ export interface Lease {
 
 export interface TierStats {
   name: string;
-  kind: 'host' | 'file';
+  kind: 'host' | 'file' | 'peer';
   capacityBlocks: number;
   usedBlocks: number;
   hits: number;
@@ -160,6 +165,8 @@ export interface TierStats {
   promotions: number;
   demotions: number;
   corrupt: number;
+  /** Peer tier: operations that failed (their keys counted as misses). */
+  errors?: number;
 }
 
 export interface WarehouseStats {
@@ -206,6 +213,7 @@ export class Warehouse {
   readonly blockBytes: number;
   private readonly index: BlockIndex<Key>;
   private readonly tiers: Tier[];
+  private readonly peer: PeerTier | undefined;
   private readonly extra: TierExtra[];
   private readonly fileEngine: IoEngine;
   private readonly memoryEngine: IoEngine;
@@ -232,9 +240,11 @@ export class Warehouse {
     fileEngine: IoEngine,
     memoryEngine: IoEngine,
     policy: <K>(capacity: number) => EvictionPolicy<K>,
+    peer: PeerTier | undefined,
   ) {
     this.blockBytes = options.blockBytes;
     this.tiers = tiers;
+    this.peer = peer;
     this.extra = tiers.map(() => ({ bytesIn: 0, bytesOut: 0, corrupt: 0 }));
     this.fileEngine = fileEngine;
     this.memoryEngine = memoryEngine;
@@ -261,13 +271,17 @@ export class Warehouse {
     }
     const kinds = options.tiers.map((t) => t?.kind);
     const order = kinds.join(',');
-    if (!['host', 'file', 'host,file'].includes(order)) {
+    if (!['host', 'file', 'host,file'].includes(order.replace(/,peer$/, ''))) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
-        `tiers must be [host], [file] or [host, file] (fastest first), got [${order}]`,
+        `tiers must be [host], [file] or [host, file] (fastest first), optionally followed by one peer, got [${order}]`,
       );
     }
-    for (const t of options.tiers) {
+    const peerOptions = options.tiers.find((t): t is PeerTierOptions => t.kind === 'peer');
+    const localOptions = options.tiers.filter(
+      (t): t is HostTierOptions | FileTierOptions => t.kind !== 'peer',
+    );
+    for (const t of localOptions) {
       if (!Number.isSafeInteger(t.bytes) || t.bytes < blockBytes) {
         throw new KvtierError(
           'KVTIER_BAD_ARGUMENT',
@@ -284,8 +298,9 @@ export class Warehouse {
     const fileEngine = createEngine(options.engine ?? {});
     const memoryEngine = createEngine({ kind: 'threads', queueDepth: MEMORY_THREADS });
     const tiers: Tier[] = [];
+    let peer: PeerTier | undefined;
     try {
-      for (const t of options.tiers) {
+      for (const t of localOptions) {
         const slots = Math.floor(t.bytes / blockBytes);
         if (t.kind === 'host') {
           tiers.push(new HostTier(t.name ?? 'host', slots, blockBytes));
@@ -302,11 +317,13 @@ export class Warehouse {
           );
         }
       }
-      const warehouse = new Warehouse(options, tiers, fileEngine, memoryEngine, policy);
+      if (peerOptions) peer = await PeerTier.open(peerOptions, blockBytes);
+      const warehouse = new Warehouse(options, tiers, fileEngine, memoryEngine, policy, peer);
       await warehouse.restore();
       return warehouse;
     } catch (e) {
       await Promise.allSettled(tiers.map((t) => t.close()));
+      if (peer) await peer.close();
       await Promise.allSettled([fileEngine.close(), memoryEngine.close()]);
       throw e;
     }
@@ -457,7 +474,12 @@ export class Warehouse {
       }
     }
     if (fresh.length === 0) return result;
-    const stored = await this.storeBlocks(keys, fresh, src, priority, writeThrough);
+    // The peer copy is written beside the local one; put resolves once both are done, since the
+    // caller may reuse src then. A failing peer is counted, and costs only that copy.
+    const [stored] = await Promise.all([
+      this.storeBlocks(keys, fresh, src, priority, writeThrough),
+      this.peer?.writeThrough(keys, fresh, src),
+    ]);
     result.stored = stored;
     result.rejected = fresh.length - stored;
     return result;
@@ -788,6 +810,8 @@ export class Warehouse {
         pending = retry;
       }
       if (options.signal?.aborted) throw abortError(options.signal);
+      if (this.peer) await this.readFromPeer(keys, dst, tiers, found, options);
+      if (options.signal?.aborted) throw abortError(options.signal);
       const promote = options.promote ?? this.promoteDefault;
       if (this.remote) await this.fetchRemote(keys, dst, found, tiers, promote, options.signal);
       if (promote) await this.promoteFrom(keys, dst, tiers, found);
@@ -803,6 +827,53 @@ export class Warehouse {
     return { found, count, prefix, tiers: tiers.map((t, i) => (found[i] ? t : ABSENT)) };
   }
 
+  /**
+   * Reads from the peer the keys no local tier served, then keeps them locally (unless promotion
+   * is off): the next get of the same prefix is a local hit.
+   */
+  private async readFromPeer(
+    keys: Key[],
+    dst: Target,
+    tiers: number[],
+    found: boolean[],
+    options: GetOptions,
+  ): Promise<void> {
+    const missing: number[] = [];
+    const seen = new Set<Key>();
+    for (let i = 0; i < keys.length; i++) {
+      if (!found[i] && !seen.has(keys[i]!)) {
+        seen.add(keys[i]!);
+        missing.push(i);
+      }
+    }
+    const got = await this.peer!.read(keys, missing, dst);
+    for (const i of got) {
+      found[i] = true;
+      tiers[i] = this.tiers.length;
+    }
+    // A key named twice in one get is read once; its other places get a copy.
+    for (let i = 0; i < keys.length; i++) {
+      if (found[i]) continue;
+      const first = keys.indexOf(keys[i]!);
+      if (first !== i && found[first] && tiers[first] === this.tiers.length) {
+        const bs = this.blockBytes;
+        const view = (t: Target): Uint8Array =>
+          t instanceof Region
+            ? t.view()
+            : ArrayBuffer.isView(t)
+              ? new Uint8Array(t.buffer, t.byteOffset, t.byteLength)
+              : new Uint8Array(t);
+        const bytes = view(dst);
+        bytes.copyWithin(i * bs, first * bs, (first + 1) * bs);
+        found[i] = true;
+        tiers[i] = this.tiers.length;
+      }
+    }
+    if (!(options.promote ?? this.promoteDefault)) return;
+    const fresh = got.filter((i) => !this.index.get(keys[i]!) && !this.settling.has(keys[i]!));
+    if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
+  }
+
   /** Copies blocks just read from a lower tier into the top tier, from the verified dst bytes. */
   private async promoteFrom(
     keys: Key[],
@@ -812,13 +883,8 @@ export class Warehouse {
   ): Promise<void> {
     const items: { i: number; key: Key }[] = [];
     for (let i = 0; i < keys.length; i++) {
-      if (
-        found[i] &&
-        tiers[i]! > 0 &&
-        tiers[i]! < this.tiers.length &&
-        !this.settling.has(keys[i]!)
-      )
-        items.push({ i, key: keys[i]! });
+      const local = tiers[i]! > 0 && tiers[i]! < this.tiers.length;
+      if (found[i] && local && !this.settling.has(keys[i]!)) items.push({ i, key: keys[i]! });
     }
     if (items.length === 0) return;
     await this.copyTo(
@@ -1121,6 +1187,8 @@ export class Warehouse {
       fetched.push(i);
       this.counters.remoteHits++;
     });
+    // Reported one past the last local tier (and past the peer tier, when there is one).
+    const remoteTier = this.tiers.length + (this.peer ? 1 : 0);
     // A key named twice in one get is filled once from the remote and copied to its twin.
     for (let i = 0; i < keys.length; i++) {
       if (found[i]) continue;
@@ -1128,7 +1196,7 @@ export class Warehouse {
       if (first === undefined || !fetched.includes(first)) continue;
       if (first !== i) await this.copyWithin(dst, first, i);
       found[i] = true;
-      tiers[i] = this.tiers.length;
+      tiers[i] = remoteTier;
     }
     if (!keep || fetched.length === 0) return;
     const fetchedKeys = fetched.map((i) => keys[i]!);
@@ -1182,21 +1250,42 @@ export class Warehouse {
       ioErrors,
       remoteHits,
       ...(cluster ? { cluster } : {}),
-      tiers: this.tiers.map((t, i) => {
-        const a = this.index.tiers[i]!;
-        return {
-          name: t.name,
-          kind: t.kind,
-          capacityBlocks: t.slots,
-          usedBlocks: a.used,
-          hits: a.stats.hits,
-          misses: a.stats.misses,
-          evictions: a.stats.evictions,
-          promotions: a.stats.promotions,
-          demotions: a.stats.demotions,
-          ...this.extra[i]!,
-        };
-      }),
+      tiers: this.tiers
+        .map((t, i): TierStats => {
+          const a = this.index.tiers[i]!;
+          return {
+            name: t.name,
+            kind: t.kind,
+            capacityBlocks: t.slots,
+            usedBlocks: a.used,
+            hits: a.stats.hits,
+            misses: a.stats.misses,
+            evictions: a.stats.evictions,
+            promotions: a.stats.promotions,
+            demotions: a.stats.demotions,
+            ...this.extra[i]!,
+          };
+        })
+        .concat(this.peer ? [this.peerStats(this.peer)] : []),
+    };
+  }
+
+  private peerStats(peer: PeerTier): TierStats {
+    const s = peer.stats;
+    return {
+      name: peer.name,
+      kind: 'peer',
+      capacityBlocks: 0, // the peer's own; ask it
+      usedBlocks: 0,
+      hits: s.hits,
+      misses: s.misses,
+      evictions: 0,
+      promotions: 0,
+      demotions: 0,
+      bytesIn: s.bytesIn,
+      bytesOut: s.bytesOut,
+      corrupt: 0,
+      errors: s.errors,
     };
   }
 
@@ -1217,6 +1306,7 @@ export class Warehouse {
         this.counters.ioErrors++;
       }
       await Promise.allSettled(this.tiers.map((t) => t.close()));
+      await this.peer?.close();
       await Promise.all([this.fileEngine.close(), this.memoryEngine.close()]);
     })();
     return this.closing;

@@ -1,0 +1,43 @@
+/**
+ * Which transport carries a peer connection's blocks. TCP always works; RDMA verbs needs
+ * libibverbs, a device, and a build with the verbs data path. An explicit request for verbs that
+ * cannot be met fails with KVTIER_NOT_AVAILABLE; 'auto' reports what it chose and why.
+ */
+import { KvtierError } from '../errors.js';
+import { native } from '../native.js';
+
+export type TransportOption = 'auto' | 'tcp' | 'verbs';
+
+export interface TransportChoice {
+  kind: 'tcp' | 'verbs';
+  /** Whether this end can offer verbs to the other. */
+  verbs: boolean;
+  reason: string;
+}
+
+/** Why verbs cannot carry blocks here, or undefined when it can. */
+export function verbsUnavailable(): string | undefined {
+  const probe = native().probe().ibverbs;
+  if (!probe.loaded) return `libibverbs is not loaded: ${probe.reason ?? 'unknown reason'}`;
+  if (!probe.available) return probe.reason ?? 'no RDMA device found';
+  return 'RDMA devices were found, but this build carries no verbs data path yet';
+}
+
+export function chooseTransport(option: TransportOption): TransportChoice {
+  if (option !== 'auto' && option !== 'tcp' && option !== 'verbs') {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `transport must be 'auto', 'tcp' or 'verbs', got '${String(option)}'`,
+    );
+  }
+  if (option === 'tcp') return { kind: 'tcp', verbs: false, reason: 'tcp was asked for' };
+  const why = verbsUnavailable();
+  if (option === 'verbs') {
+    if (why !== undefined) {
+      throw new KvtierError('KVTIER_NOT_AVAILABLE', `the verbs transport is not available: ${why}`);
+    }
+    return { kind: 'verbs', verbs: true, reason: 'verbs was asked for' };
+  }
+  if (why !== undefined) return { kind: 'tcp', verbs: false, reason: `tcp, since ${why}` };
+  return { kind: 'verbs', verbs: true, reason: 'verbs: both ends have an RDMA device' };
+}
