@@ -77,6 +77,7 @@ export {
   ClusterView,
   connectCluster,
   INDEX_FORMAT,
+  PeerPool,
   RedisIndex,
   type ClusterStatus,
   type JoinOptions,

@@ -15,8 +15,15 @@ import { parseAddress } from '../peer/protocol.js';
 import { PeerServer } from '../peer/server.js';
 import type { TransportOption } from '../peer/transports.js';
 import { Warehouse, type TierOptions } from '../warehouse/warehouse.js';
+import {
+  addClusterOptions,
+  checkClusterOptions,
+  joinFromServe,
+  type JoinedCluster,
+  type ServeClusterOptions,
+} from './serve-cluster.js';
 
-export interface ServeOptions {
+export interface ServeOptions extends ServeClusterOptions {
   listen: string;
   dir?: string;
   hostBytes?: string;
@@ -57,6 +64,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (!Number.isSafeInteger(maxConnections) || maxConnections < 1 || maxConnections > 65536) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--max-connections must be 1 to 65536');
   }
+  checkClusterOptions(opts);
   const secret = await readTokenFile(opts.tokenFile);
   const warehouse = await Warehouse.open({ blockBytes, tiers });
   let server: PeerServer;
@@ -72,6 +80,14 @@ export async function serve(opts: ServeOptions): Promise<void> {
       log,
     });
   } catch (e) {
+    await warehouse.close();
+    throw e;
+  }
+  let cluster: JoinedCluster | undefined;
+  try {
+    cluster = await joinFromServe(opts, warehouse, { host, port: server.port }, secret, log);
+  } catch (e) {
+    await server.close();
     await warehouse.close();
     throw e;
   }
@@ -97,6 +113,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       stopping = true;
       log('stopping', { signal, connections: server.connections });
       void (async () => {
+        await cluster?.close();
         await server.close();
         const blocks = warehouse.stats().blocks;
         await warehouse.close();
@@ -125,4 +142,5 @@ export function registerServe(program: Command): void {
     .action(async (opts: ServeOptions) => {
       await serve(opts);
     });
+  addClusterOptions(program.commands.find((c) => c.name() === 'serve')!);
 }

@@ -23,3 +23,4 @@ export {
 } from './redis-index.js';
 export { parseRedisUrl, type RedisTarget } from './redis-connect.js';
 export { INDEX_FORMAT, checkNodeId, nodeKeys } from './schema.js';
+export { PeerPool, type PeerPoolOptions } from './peer-pool.js';

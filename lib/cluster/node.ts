@@ -17,14 +17,15 @@ import { ClusterView } from './view.js';
 
 /**
  * Fetches blocks from the warehouse of the node at `address` (HOST:PORT): writes keys[j]'s block
- * at dst offset offsets[j] where the peer has it; per key, whether it did. A block the peer no
- * longer holds is false, not an error; a peer that cannot be reached rejects.
+ * into block at[j] of dst where the peer has it; per key, whether it did. A block the peer no
+ * longer holds is false, not an error; a peer that cannot be reached rejects. The peer must
+ * answer from its own tiers only (no second hop through the cluster).
  */
 export type PeerFetch = (
   address: string,
   keys: readonly Key[],
   dst: Target,
-  offsets: readonly number[],
+  at: readonly number[],
   signal?: AbortSignal,
 ) => Promise<boolean[]>;
 
@@ -64,8 +65,10 @@ export interface NodeStats extends ClusterStats {
 const MIN_LEASE_MS = 300;
 /** Keys waiting to be published before a flush is forced (else the next turn of the loop). */
 const FLUSH_KEYS = 4096;
-/** Peers tried, best first, before a miss is given up. */
+/** Peers tried per fetch, best first, before the rest is given up as a miss. */
 const FETCH_TRIES = 3;
+/** Index lookups per fetch: each continues where the peers before it stopped delivering. */
+const FETCH_ROUNDS = 4;
 
 export class ClusterNode implements BlockSource {
   readonly id: string;
@@ -308,41 +311,56 @@ export class ClusterNode implements BlockSource {
   async fetch(
     keys: readonly Key[],
     dst: Target,
-    offsets: readonly number[],
+    at: readonly number[],
     signal?: AbortSignal,
   ): Promise<boolean[]> {
     const got = new Array<boolean>(keys.length).fill(false);
     if (!this.peerFetch || this.state !== 'ok' || keys.length === 0) return got;
-    let holders;
-    try {
-      holders = await this.view.holders(keys, undefined);
-    } catch (e) {
-      this.degrade(message(e));
-      return got;
-    }
+    // From the first key not yet delivered: the peer with the longest prefix from there, then
+    // the next one if it cannot deliver; a few rounds at most.
+    let start = 0;
     let tries = 0;
-    for (const h of holders) {
-      if (h.id === this.id) continue;
-      if (tries++ >= FETCH_TRIES) break;
-      const want = keys.slice(0, h.prefix);
+    for (let round = 0; round < FETCH_ROUNDS && start < keys.length; round++) {
+      let holders;
       try {
-        const res = await this.peerFetch(h.address, want, dst, offsets.slice(0, h.prefix), signal);
-        let delivered = 0;
-        res.forEach((ok, j) => {
-          if (ok === true && !got[j]) {
-            got[j] = true;
-            delivered++;
-          }
-        });
-        this.counters.peerHits += delivered;
-        this.counters.staleEntries += want.length - delivered;
-        if (delivered === want.length) break;
+        holders = (await this.view.holders(keys.slice(start))).filter((h) => h.id !== this.id);
       } catch (e) {
-        if (signal?.aborted) throw e;
-        this.counters.peerErrors++;
-        // Its lease has not run out yet, but the peer is gone: ask the registry afresh next time.
-        this.view.invalidate();
+        this.degrade(message(e));
+        break;
       }
+      let advanced = 0;
+      for (const h of holders) {
+        if (tries++ >= FETCH_TRIES) break;
+        const want = keys.slice(start, start + h.prefix);
+        try {
+          const res = await this.peerFetch(
+            h.address,
+            want,
+            dst,
+            at.slice(start, start + h.prefix),
+            signal,
+          );
+          let delivered = 0;
+          res.forEach((ok, j) => {
+            if (ok === true && !got[start + j]) {
+              got[start + j] = true;
+              delivered++;
+            }
+          });
+          this.counters.peerHits += delivered;
+          // Entries the index promised that the peer no longer had: misses, nothing worse.
+          this.counters.staleEntries += want.length - delivered;
+          while (advanced < want.length && got[start + advanced]) advanced++;
+          if (advanced > 0) break;
+        } catch (e) {
+          if (signal?.aborted) throw e;
+          this.counters.peerErrors++;
+          // Its lease has not run out yet, but the peer is gone: read the registry afresh.
+          this.view.invalidate();
+        }
+      }
+      if (advanced === 0) break;
+      start += advanced;
     }
     return got;
   }

@@ -34,8 +34,11 @@ export interface ClusterStatus {
 }
 
 export interface NodeStatus extends NodeRecord {
-  /** 'ok'; 'late' when the node missed a renewal (it cannot reach Redis, or is dying). */
-  state: 'ok' | 'late';
+  /**
+   * 'ok'; 'degraded' when the node missed renewals: it cannot reach Redis (it still serves from
+   * its own tiers, and resynchronises when it can), or it is dying and its lease runs out.
+   */
+  state: 'ok' | 'degraded';
 }
 
 export interface ClusterViewOptions extends RedisIndexOptions {
@@ -136,7 +139,7 @@ export class ClusterView {
       nodes: nodes.map((n) => ({
         ...n,
         // Renewals come every third of a lease; missing two means trouble on the node's side.
-        state: n.leaseAgeMs > (n.leaseMs * 2) / 3 ? 'late' : 'ok',
+        state: n.leaseAgeMs > (n.leaseMs * 2) / 3 ? 'degraded' : 'ok',
       })),
     };
   }

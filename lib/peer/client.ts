@@ -38,6 +38,7 @@ import {
   parseAddress,
   PROTOCOL_VERSION,
   READY_BYTES,
+  RequestFlag,
   RESULT_ENTRY_BYTES,
   BATCH_FIXED_BYTES,
   Status,
@@ -404,6 +405,7 @@ export class PeerClient {
     type: number,
     keys: Key[],
     memory?: { target: Target; slots: readonly number[] },
+    flags = 0,
   ): Promise<{ statuses: number[]; word: number }> {
     const rid = this.nextRequest;
     this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
@@ -450,7 +452,15 @@ export class PeerClient {
       this.pending.set(rid, p);
       this.net.ref();
       try {
-        this.net.send(s.conn, frame(type, rid, meta, payload), targets, spans, 0, false, expect);
+        this.net.send(
+          s.conn,
+          frame(type, rid, meta, payload, flags),
+          targets,
+          spans,
+          0,
+          false,
+          expect,
+        );
       } catch (e) {
         this.pending.delete(rid);
         clearTimeout(p.timer);
@@ -466,6 +476,7 @@ export class PeerClient {
     keys: KeyChain | readonly KeyLike[],
     target?: Target,
     at?: readonly number[],
+    flags = 0,
   ): Promise<{ statuses: number[]; word: number }> {
     const s = this.ready();
     const list = toKeys(keys);
@@ -491,7 +502,7 @@ export class PeerClient {
     for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
       const part = list.slice(from, from + s.maxBatch);
       const memory = target ? { target, slots: slots.slice(from, from + s.maxBatch) } : undefined;
-      chunks.push(this.request(s, type, part, memory));
+      chunks.push(this.request(s, type, part, memory, flags));
       if (list.length === 0) break;
     }
     const results = await Promise.all(chunks);
@@ -537,13 +548,18 @@ export class PeerClient {
     return this.getAt(keys, dst);
   }
 
-  /** @internal get() with block `at[i]` of dst for keys[i]. */
+  /**
+   * @internal get() with block `at[i]` of dst for keys[i]; `localOnly` asks the peer not to
+   * fetch from the cluster on a miss (RequestFlag.LOCAL_ONLY).
+   */
   async getAt(
     keys: KeyChain | readonly KeyLike[],
     dst: Target,
     at?: readonly number[],
+    options: { localOnly?: boolean } = {},
   ): Promise<PeerGetResult> {
-    const { statuses } = await this.batched(MsgType.GET, keys, dst, at);
+    const flags = options.localOnly ? RequestFlag.LOCAL_ONLY : 0;
+    const { statuses } = await this.batched(MsgType.GET, keys, dst, at, flags);
     const found = statuses.map((s) => s === Status.OK);
     let prefix = 0;
     while (prefix < found.length && found[prefix]) prefix++;

@@ -41,6 +41,14 @@ export const ErrorKind = {
   TRANSPORT: 8,
 } as const;
 
+/**
+ * Bits of a request's header `flags`. LOCAL_ONLY on a GET: answer from this node's own tiers and
+ * do not fetch from the cluster (set by a node that is itself fetching for the cluster, so that
+ * stale index entries can never send two nodes asking each other in a loop). Receivers that do
+ * not know a bit ignore it.
+ */
+export const RequestFlag = { LOCAL_ONLY: 0x01 } as const;
+
 /** Capability bits of HELLO and CHALLENGE. */
 export const Capability = { TCP: 1, VERBS: 2 } as const;
 export const TransportId = { tcp: 0, verbs: 1 } as const;
@@ -69,11 +77,17 @@ export function maxMetaFor(maxBatch: number): number {
 }
 
 /** A frame's header and metadata in one buffer, ready for the transport. */
-export function frame(type: number, requestId: number, meta: Uint8Array, payloadBytes = 0): Buffer {
+export function frame(
+  type: number,
+  requestId: number,
+  meta: Uint8Array,
+  payloadBytes = 0,
+  flags = 0,
+): Buffer {
   const out = Buffer.allocUnsafe(HEADER_BYTES + meta.length);
   out.writeUInt32LE(FRAME_MAGIC, 0);
   out.writeUInt8(type, 4);
-  out.writeUInt8(0, 5);
+  out.writeUInt8(flags, 5);
   out.writeUInt16LE(0, 6);
   out.writeUInt32LE(requestId >>> 0, 8);
   out.writeUInt32LE(meta.length, 12);

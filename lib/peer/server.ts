@@ -28,6 +28,7 @@ import {
   READY_BYTES,
   Status,
   TransportId,
+  RequestFlag,
 } from './protocol.js';
 import { chooseTransport, type TransportChoice, type TransportOption } from './transports.js';
 
@@ -305,15 +306,17 @@ export class PeerServer {
       );
       return;
     }
-    const job = this.serve(state, type, rid, keys, ev.payload).catch((e: unknown) => {
-      this.log('request_failed', { conn: state.id, type, error: String(e) });
-      if (state.phase !== 'closed') {
-        this.net.send(
-          state.id,
-          frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
-        );
-      }
-    });
+    const job = this.serve(state, type, rid, keys, ev.payload, ev.flags ?? 0).catch(
+      (e: unknown) => {
+        this.log('request_failed', { conn: state.id, type, error: String(e) });
+        if (state.phase !== 'closed') {
+          this.net.send(
+            state.id,
+            frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
+          );
+        }
+      },
+    );
     this.work.add(job);
     void job.finally(() => this.work.delete(job));
   }
@@ -324,6 +327,7 @@ export class PeerServer {
     rid: number,
     keys: Key[],
     payload: Buffer | undefined,
+    flags: number,
   ): Promise<void> {
     const wh = this.options.warehouse;
     const bs = wh.blockBytes;
@@ -347,7 +351,9 @@ export class PeerServer {
         region.inFlight.begin();
         let sent = false;
         try {
-          const r = await wh.get(keys, region);
+          // A node fetching for the cluster asks for local blocks only: no second hop.
+          const localOnly = (flags & RequestFlag.LOCAL_ONLY) !== 0;
+          const r = await wh.get(keys, region, localOnly ? { remote: false } : {});
           if (state.phase === 'closed') return;
           const statuses = r.found.map((f) => (f ? Status.OK : Status.MISSING));
           const spans: number[] = [];

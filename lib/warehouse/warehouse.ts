@@ -88,6 +88,8 @@ export interface LookupResult {
 export interface GetOptions {
   signal?: AbortSignal;
   promote?: boolean;
+  /** Whether a local miss may be fetched from the cluster (setRemote; default true). */
+  remote?: boolean;
 }
 
 export interface GetResult {
@@ -110,11 +112,11 @@ export interface GetResult {
  * fetch never rejects for that, only for an abort.
  */
 export interface BlockSource {
-  /** Writes the block of keys[j] at dst offset offsets[j] where it can; per key, whether it did. */
+  /** Writes the block of keys[j] into block at[j] of dst where it can; per key, whether it did. */
   fetch(
     keys: readonly Key[],
     dst: Target,
-    offsets: readonly number[],
+    at: readonly number[],
     signal?: AbortSignal,
   ): Promise<boolean[]>;
   /** Reported as stats().cluster. */
@@ -813,7 +815,9 @@ export class Warehouse {
       if (this.peer) await this.readFromPeer(keys, dst, tiers, found, options);
       if (options.signal?.aborted) throw abortError(options.signal);
       const promote = options.promote ?? this.promoteDefault;
-      if (this.remote) await this.fetchRemote(keys, dst, found, tiers, promote, options.signal);
+      if (this.remote && options.remote !== false) {
+        await this.fetchRemote(keys, dst, found, tiers, promote, options.signal);
+      }
       if (promote) await this.promoteFrom(keys, dst, tiers, found);
     } finally {
       for (const k of pinned) this.index.unpin(k);
@@ -1178,7 +1182,7 @@ export class Warehouse {
     const got = await this.remote!.fetch(
       missing.map((i) => keys[i]!),
       dst,
-      missing.map((i) => i * this.blockBytes),
+      missing,
       signal,
     );
     const fetched: number[] = [];
