@@ -210,7 +210,11 @@ export class ClusterNode implements BlockSource {
     try {
       await this.index.claim(this.id, this.instance, this.leaseMs, this.facts());
       await this.replaceAll();
-      if (!wasOk) this.counters.resyncs++;
+      if (!wasOk) {
+        this.counters.resyncs++;
+        // The lease shows the count (and the fill) at once, not at the next renewal.
+        await this.index.renew(this.id, this.instance, this.leaseMs, this.facts());
+      }
       this.view.invalidate();
       this.setState('ok');
       this.log(
