@@ -67,10 +67,8 @@ export class PeerPool {
   }
 
   private drop(address: string, client: PeerClient): void {
-    const p = this.clients.get(address);
     this.clients.delete(address);
     void client.close().catch(() => {});
-    void p;
   }
 
   async close(): Promise<void> {

@@ -206,10 +206,12 @@ describe.runIf(haveRedis)('cluster index on a real redis-server', () => {
   it('refuses a node id that is live at another address (KVTIER_CONFLICT), and takes over at the same address', async () => {
     const a = await open();
     const b = await open();
+    const notes: string[] = [];
     const na = await ClusterNode.join(a, {
       redis: redis.url,
       nodeId: 'dup',
       advertise: '127.0.0.1:7401',
+      log: (m) => notes.push(m),
     });
     try {
       await a.put(chain(2, 4), Buffer.alloc(2 * BS));
@@ -237,6 +239,7 @@ describe.runIf(haveRedis)('cluster index on a real redis-server', () => {
       await na.settled();
       expect(await raw.scard(nodeKeys('dup').blocks)).toBe(0);
       expect(na.stats()).toMatchObject({ state: 'conflict', degraded: true });
+      expect(notes.some((m) => m.includes('stops publishing'))).toBe(true);
       expect(nb.stats().state).toBe('ok');
       await nb.close();
     } finally {
