@@ -112,15 +112,15 @@ async function startServer(
   const port = await new Promise<number>((resolve, reject) => {
     let out = '';
     let err = '';
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       const line = out.split('\n').find((l) => l.includes('"listening"'));
       if (line) resolve((JSON.parse(line) as { port: number }).port);
     });
     child.once('exit', (code) => reject(new Error(`kvtier serve exited with ${code}: ${err}`)));
   });
-  child.stdout!.resume();
+  child.stdout.resume();
   return { url: `127.0.0.1:${port}`, tokenFile, child, dir };
 }
 

@@ -208,7 +208,7 @@ export class PeerServer {
         return this.onHello(state, ev.type!, meta);
       case 'auth':
         return this.onAuth(state, ev.type!, meta);
-      default:
+      default: {
         let job: Promise<unknown> | undefined;
         try {
           job = this.onRequest(state, ev);
@@ -221,6 +221,7 @@ export class PeerServer {
           }
         }
         return;
+      }
     }
   }
 
