@@ -91,6 +91,7 @@ export interface NetEvent {
   payload?: Buffer;
   payloadBytes?: number;
   placed?: boolean;
+  area?: number;
   token?: number;
   errno?: number;
   text?: string;
@@ -111,6 +112,7 @@ export interface NativeTcpTransport {
     expectSpans?: Float64Array,
   ): void;
   setLimits(conn: number, maxMeta: number, maxPayload: number): void;
+  provide(region: NativeRegion, offset: number, length: number, token: number): void;
   closeConnection(conn: number, why: string): void;
   closeListener(listener: number): void;
   ref(): void;

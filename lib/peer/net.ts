@@ -4,6 +4,7 @@
  * handler that does is logged through onHandlerError and its connection closed.
  */
 import { native, type NativeTarget, type NativeTcpTransport, type NetEvent } from '../native.js';
+import type { Region } from '../region.js';
 
 export const EventKind = {
   ACCEPTED: 1,
@@ -84,6 +85,11 @@ export class Net {
 
   setLimits(conn: number, maxMeta: number, maxPayload: number): void {
     this.transport.setLimits(conn, maxMeta, maxPayload);
+  }
+
+  /** Memory the transport may receive one payload into; frames received there name `token`. */
+  provideArea(region: Region, offset: number, length: number, token: number): void {
+    if (!this.closed) this.transport.provide(region.native, offset, length, token);
   }
 
   closeConnection(conn: number, why: string): void {

@@ -135,28 +135,48 @@ export function decodeKeys(meta: Buffer, maxBatch: number): Key[] {
 }
 
 /** A result's metadata: count, a word (the prefix for LOOKUP_RESULT), 8-byte entries. */
-export function encodeResults(statuses: readonly number[], word = 0): Buffer {
+export function encodeResults(
+  statuses: readonly number[],
+  word = 0,
+  checksums?: readonly number[],
+): Buffer {
   const out = Buffer.alloc(BATCH_FIXED_BYTES + statuses.length * RESULT_ENTRY_BYTES);
   out.writeUInt32LE(statuses.length, 0);
   out.writeUInt32LE(word >>> 0, 4);
-  statuses.forEach((s, i) => out.writeUInt8(s, BATCH_FIXED_BYTES + i * RESULT_ENTRY_BYTES));
+  statuses.forEach((s, i) => {
+    const at = BATCH_FIXED_BYTES + i * RESULT_ENTRY_BYTES;
+    out.writeUInt8(s, at);
+    // A checksum of -1 (or none) leaves the entry's checksum flag clear.
+    const crc = checksums?.[i] ?? -1;
+    if (crc >= 0) {
+      out.writeUInt8(ENTRY_HAS_CHECKSUM, at + 1);
+      out.writeUInt32LE(crc >>> 0, at + 4);
+    }
+  });
   return out;
 }
+
+/** Entry flag: bytes 4..7 hold the block's CRC-32C (Castagnoli). */
+export const ENTRY_HAS_CHECKSUM = 1;
 
 export function decodeResults(
   meta: Buffer,
   expected: number,
-): { statuses: number[]; word: number } {
+): { statuses: number[]; word: number; checksums: number[] } {
   if (meta.length < BATCH_FIXED_BYTES) throw protocolError('result metadata shorter than 8 bytes');
   const count = meta.readUInt32LE(0);
   if (count !== expected || meta.length !== BATCH_FIXED_BYTES + count * RESULT_ENTRY_BYTES) {
     throw protocolError(`a result for ${count} descriptors answers a request of ${expected}`);
   }
   const statuses: number[] = [];
+  const checksums: number[] = [];
   for (let i = 0; i < count; i++) {
-    statuses.push(meta.readUInt8(BATCH_FIXED_BYTES + i * RESULT_ENTRY_BYTES));
+    const at = BATCH_FIXED_BYTES + i * RESULT_ENTRY_BYTES;
+    statuses.push(meta.readUInt8(at));
+    const flagged = (meta.readUInt8(at + 1) & ENTRY_HAS_CHECKSUM) !== 0;
+    checksums.push(flagged ? meta.readUInt32LE(at + 4) : -1);
   }
-  return { statuses, word: meta.readUInt32LE(4) };
+  return { statuses, word: meta.readUInt32LE(4), checksums };
 }
 
 export function encodeError(kind: number, message: string): Buffer {

@@ -3,7 +3,7 @@
  * The native transport moves the frames; this decides what they mean. A connection that breaks a
  * rule is answered with an ERROR frame and closed; the server and its other clients go on.
  */
-import type { NetEvent } from '../native.js';
+import type { NativeTarget, NetEvent } from '../native.js';
 import { KvtierError } from '../errors.js';
 import { Region } from '../region.js';
 import type { Warehouse } from '../warehouse/warehouse.js';
@@ -32,6 +32,9 @@ import {
 } from './protocol.js';
 import { chooseTransport, type TransportChoice, type TransportOption } from './transports.js';
 
+/** Receive areas per server. */
+const AREAS = 16;
+
 export type LogFn = (event: string, fields?: Record<string, unknown>) => void;
 
 export interface PeerServerOptions {
@@ -54,8 +57,8 @@ interface ConnState {
   clientNonce?: Buffer;
   serverNonce?: Buffer;
   timer?: NodeJS.Timeout;
-  /** Regions whose bytes are being sent, by send token. */
-  sending: Map<number, Region>;
+  /** Sends in progress, by token: called once the bytes are out or the connection is gone. */
+  sending: Map<number, () => void>;
 }
 
 /** Send regions are reused by size: allocating and zeroing a fresh one per get would dominate. */
@@ -104,6 +107,9 @@ export class PeerServer {
   private readonly conns = new Map<number, ConnState>();
   private readonly work = new Set<Promise<unknown>>();
   private readonly pool: RegionPool;
+  /** Receive areas: put payloads land here instead of in fresh allocations. */
+  private readonly areas: Region;
+  private readonly areaBytes: number;
   private readonly log: LogFn;
   private nextToken = 1;
   private closing: Promise<void> | undefined;
@@ -117,6 +123,10 @@ export class PeerServer {
     this.log = options.log ?? (() => {});
     this.maxBatch = maxBatchFor(wh.blockBytes);
     this.pool = new RegionPool(Math.max(64 << 20, 4 * wh.blockBytes));
+    this.areaBytes =
+      wh.blockBytes * Math.max(1, Math.min(this.maxBatch, Math.floor((4 << 20) / wh.blockBytes)));
+    this.areas = Region.allocate(AREAS * this.areaBytes, { pin: false });
+    this.areas.inFlight.begin(); // the transport may write into it until it is closed
     this.net = new Net({
       maxConnections: options.maxConnections ?? 256,
       onAccept: (conn, remote) => this.accept(conn, remote),
@@ -136,6 +146,7 @@ export class PeerServer {
       throw e;
     }
     this.host = options.host;
+    for (let a = 0; a < AREAS; a++) this.provide(a);
     this.net.ref();
   }
 
@@ -161,14 +172,14 @@ export class PeerServer {
     return {
       onFrame: (ev) => this.onFrame(state, ev),
       onSent: (token) => {
-        const r = state.sending.get(token);
+        const done = state.sending.get(token);
         state.sending.delete(token);
-        if (r) this.release(r);
+        done?.();
       },
       onClose: (errno, why) => {
         clearTimeout(state.timer);
         state.phase = 'closed';
-        for (const r of state.sending.values()) this.release(r);
+        for (const done of state.sending.values()) done();
         state.sending.clear();
         this.conns.delete(conn);
         this.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
@@ -198,8 +209,20 @@ export class PeerServer {
         return this.onHello(state, ev.type!, meta);
       case 'auth':
         return this.onAuth(state, ev.type!, meta);
-      default:
-        return this.onRequest(state, ev);
+      default: {
+        let job: Promise<unknown> | undefined;
+        try {
+          job = this.onRequest(state, ev);
+        } finally {
+          // Whatever happened to the request, its receive area is free once it is done with.
+          const area = ev.area;
+          if (area !== undefined) {
+            if (job) void job.finally(() => this.provide(area));
+            else this.provide(area);
+          }
+        }
+        return;
+      }
     }
   }
 
@@ -274,11 +297,17 @@ export class PeerServer {
     });
   }
 
-  private onRequest(state: ConnState, ev: NetEvent): void {
+  private provide(area: number): void {
+    if (this.areas.closed) return;
+    this.net.provideArea(this.areas, area * this.areaBytes, this.areaBytes, area);
+  }
+
+  private onRequest(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
     const rid = ev.requestId!;
     const type = ev.type!;
     if (![MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.DELETE].includes(type as never)) {
-      return this.drop(state, ErrorKind.PROTOCOL, `unknown message type ${type}`);
+      this.drop(state, ErrorKind.PROTOCOL, `unknown message type ${type}`);
+      return undefined;
     }
     let keys: Key[];
     try {
@@ -287,38 +316,41 @@ export class PeerServer {
       const kind = /exceeds the limit/.test((e as Error).message)
         ? ErrorKind.LIMIT
         : ErrorKind.PROTOCOL;
-      return this.drop(state, kind, (e as Error).message);
+      this.drop(state, kind, (e as Error).message);
+      return undefined;
     }
     const bs = this.options.warehouse.blockBytes;
     const payloadBytes = ev.payloadBytes ?? 0;
     const wantPayload = type === MsgType.PUT ? keys.length * bs : 0;
     if (payloadBytes !== wantPayload) {
-      return this.drop(
+      this.drop(
         state,
         ErrorKind.PROTOCOL,
         `a ${keys.length}-key request carries ${payloadBytes} payload bytes, not ${wantPayload}`,
       );
+      return undefined;
     }
     if (this.closing) {
       this.net.send(
         state.id,
         frame(MsgType.ERROR, rid, encodeError(ErrorKind.SHUTTING_DOWN, 'shutting down')),
       );
-      return;
+      return undefined;
     }
-    const job = this.serve(state, type, rid, keys, ev.payload, ev.flags ?? 0).catch(
-      (e: unknown) => {
-        this.log('request_failed', { conn: state.id, type, error: String(e) });
-        if (state.phase !== 'closed') {
-          this.net.send(
-            state.id,
-            frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
-          );
-        }
-      },
-    );
+    const payload =
+      ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, payloadBytes) : ev.payload;
+    const job = this.serve(state, type, rid, keys, payload, ev.flags ?? 0).catch((e: unknown) => {
+      this.log('request_failed', { conn: state.id, type, error: String(e) });
+      if (state.phase !== 'closed') {
+        this.net.send(
+          state.id,
+          frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
+        );
+      }
+    });
     this.work.add(job);
     void job.finally(() => this.work.delete(job));
+    return job;
   }
 
   private async serve(
@@ -326,7 +358,7 @@ export class PeerServer {
     type: number,
     rid: number,
     keys: Key[],
-    payload: Buffer | undefined,
+    payload: Uint8Array | undefined,
     flags: number,
   ): Promise<void> {
     const wh = this.options.warehouse;
@@ -347,33 +379,65 @@ export class PeerServer {
           this.reply(state, MsgType.GET_RESULT, rid, encodeResults([]));
           return;
         }
-        const region = this.pool.take(keys.length * bs);
-        region.inFlight.begin();
-        let sent = false;
-        try {
-          // A node fetching for the cluster asks for local blocks only: no second hop.
-          const localOnly = (flags & RequestFlag.LOCAL_ONLY) !== 0;
-          const r = await wh.get(keys, region, localOnly ? { remote: false } : {});
-          if (state.phase === 'closed') return;
-          const statuses = r.found.map((f) => (f ? Status.OK : Status.MISSING));
-          const spans: number[] = [];
-          r.found.forEach((f, i) => {
-            if (f) spans.push(0, i * bs, bs);
-          });
-          const token = this.nextToken++;
-          state.sending.set(token, region);
-          sent = true;
-          this.net.send(
-            state.id,
-            frame(MsgType.GET_RESULT, rid, encodeResults(statuses), r.count * bs),
-            [region.native],
-            new Float64Array(spans),
-            token,
-            true,
-          );
-        } finally {
-          if (!sent) this.release(region);
-        }
+        // Host-tier blocks go out straight from their slots (pinned meanwhile); the rest are
+        // read into a send region first. A node fetching for the cluster asks for local blocks
+        // only (LOCAL_ONLY): no second hop.
+        const localOnly = (flags & RequestFlag.LOCAL_ONLY) !== 0;
+        await wh.lend(keys, async (lent) => {
+          const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
+          const region = rest.length > 0 ? this.pool.take(rest.length * bs) : undefined;
+          region?.inFlight.begin();
+          try {
+            const got = region
+              ? await wh.get(
+                  rest.map((i) => keys[i]!),
+                  region,
+                  localOnly ? { remote: false } : {},
+                )
+              : undefined;
+            if (state.phase === 'closed') return;
+            const targets: NativeTarget[] = region ? [region.native] : [];
+            const index = new Map<unknown, number>();
+            const statuses: number[] = [];
+            const checksums: number[] = [];
+            const spans: number[] = [];
+            let j = 0;
+            keys.forEach((_, i) => {
+              const b = lent[i];
+              if (b) {
+                const t = b.target instanceof Region ? b.target.native : b.target;
+                let at = index.get(t);
+                if (at === undefined) {
+                  at = targets.push(t) - 1;
+                  index.set(t, at);
+                }
+                statuses.push(Status.OK);
+                checksums.push(b.checksum);
+                spans.push(at, b.offset, bs);
+                return;
+              }
+              const found = got!.found[j];
+              if (found) spans.push(0, j * bs, bs);
+              statuses.push(found ? Status.OK : Status.MISSING);
+              checksums.push(-1);
+              j++;
+            });
+            const token = this.nextToken++;
+            const sent = new Promise<void>((resolve) => state.sending.set(token, resolve));
+            const count = statuses.filter((x) => x === Status.OK).length;
+            this.net.send(
+              state.id,
+              frame(MsgType.GET_RESULT, rid, encodeResults(statuses, 0, checksums), count * bs),
+              targets,
+              new Float64Array(spans),
+              token,
+              true,
+            );
+            await sent;
+          } finally {
+            if (region) this.release(region);
+          }
+        });
         return;
       }
       case MsgType.LOOKUP: {
@@ -431,6 +495,8 @@ export class PeerServer {
       this.net.unref();
       this.net.close();
       await this.pool.close();
+      this.areas.inFlight.end();
+      await this.areas.close();
     })().catch((e: unknown) => {
       throw new KvtierError('KVTIER_IO', 'the peer server did not close cleanly', { cause: e });
     });

@@ -188,6 +188,14 @@ export interface WarehouseStats {
   cluster?: ClusterStats;
 }
 
+/** A block lent out of the host tier (Warehouse.lend). */
+export interface LentBlock {
+  target: Target;
+  offset: number;
+  length: number;
+  checksum: number;
+}
+
 interface StorePlan {
   plan: Plan<Key>;
   /** Index of the block in the put's keys and source. */
@@ -876,6 +884,43 @@ export class Warehouse {
     if (!(options.promote ?? this.promoteDefault)) return;
     const fresh = got.filter((i) => !this.index.get(keys[i]!) && !this.settling.has(keys[i]!));
     if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
+  }
+
+  /**
+   * @internal For the peer server: lends the host-tier copies of `keys` to `use` without copying
+   * them out (undefined for a key not in the host tier). The lent blocks are pinned until `use`
+   * settles, so the network can read their slots while nobody rewrites them. Lent blocks count as
+   * hits; their checksums are passed on for the reader to verify.
+   */
+  async lend<T>(
+    keys: readonly KeyLike[],
+    use: (places: (LentBlock | undefined)[]) => Promise<T>,
+  ): Promise<T> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    return this.track(
+      (async () => {
+        while (this.unsettled(list)) await this.settle(list);
+        const pinned: Key[] = [];
+        const places = list.map((k, i): LentBlock | undefined => {
+          const e = this.index.get(k);
+          if (!e || e.slots[0] === ABSENT || this.tiers[0]!.kind !== 'host') return undefined;
+          const p = this.place(0, e.slots[0]!);
+          if (p.kind !== 'memory' || !this.index.pin(k)) return undefined;
+          pinned.push(k);
+          this.index.access(k, this.info(0, i, list.length));
+          this.extra[0]!.bytesOut += e.length;
+          return { target: p.target, offset: p.offset, length: e.length, checksum: e.checksum };
+        });
+        this.counters.gets++;
+        this.counters.hits += pinned.length;
+        try {
+          return await use(places);
+        } finally {
+          for (const k of pinned) this.index.unpin(k);
+        }
+      })(),
+    );
   }
 
   /** Copies blocks just read from a lower tier into the top tier, from the verified dst bytes. */

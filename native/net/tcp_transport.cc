@@ -146,10 +146,12 @@ struct TcpTransport::Conn {
   std::vector<uint8_t> meta;
   size_t metaHave = 0;
   uint64_t payloadHave = 0;
-  uint8_t* payload = nullptr;  // malloc'd, when not placed
-  std::vector<Span> place;     // destinations, when placed
-  size_t placeAt = 0;          // current span
-  uint64_t placeOff = 0;       // offset in it
+  uint8_t* payload = nullptr;  // malloc'd or a receive area, when not placed
+  bool inArea = false;
+  Area area{nullptr, 0, 0};
+  std::vector<Span> place;  // destinations, when placed
+  size_t placeAt = 0;       // current span
+  uint64_t placeOff = 0;    // offset in it
   std::unordered_map<uint32_t, Expect> expects;
 
   std::vector<uint8_t> stage;
@@ -157,7 +159,9 @@ struct TcpTransport::Conn {
   size_t stageTail = 0;
   std::deque<OutMsg> out;
 
-  ~Conn() { std::free(payload); }
+  ~Conn() {
+    if (!inArea) std::free(payload);
+  }
 };
 
 struct TcpTransport::Command {
@@ -182,6 +186,7 @@ Napi::Function TcpTransport::Define(Napi::Env env) {
        InstanceMethod<&TcpTransport::Connect>("connect"),
        InstanceMethod<&TcpTransport::Send>("send"),
        InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
+       InstanceMethod<&TcpTransport::Provide>("provide"),
        InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
        InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
        InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
@@ -461,6 +466,42 @@ Napi::Value TcpTransport::Send(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// provide(region, offset, length, token): memory the transport may receive one payload into (the
+// first area large enough, else a fresh allocation). A frame received there names the token; the
+// area is the caller's again until it provides it anew. The caller keeps the region open meanwhile.
+Napi::Value TcpTransport::Provide(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  Mem m = TargetOf(env, info[0], 0);
+  uint64_t off = ByteCountArg(env, info[1], "offset");
+  uint64_t len = ByteCountArg(env, info[2], "length");
+  uint64_t token = ByteCountArg(env, info[3], "token");
+  if (off > m.size || len > m.size - off || len == 0 || token > 0xffffffffu) {
+    Throw(env, kBadArgument, "a receive area must lie inside its region");
+  }
+  std::lock_guard<std::mutex> lock(areasMu_);
+  areas_.push_back({m.data + off, len, static_cast<uint32_t>(token)});
+  return env.Undefined();
+}
+
+bool TcpTransport::TakeArea(uint64_t len, Area* out) {
+  std::lock_guard<std::mutex> lock(areasMu_);
+  for (size_t i = 0; i < areas_.size(); ++i) {
+    if (areas_[i].len >= len) {
+      *out = areas_[i];
+      areas_[i] = areas_.back();
+      areas_.pop_back();
+      return true;
+    }
+  }
+  return false;
+}
+
+void TcpTransport::ReturnArea(const Area& a) {
+  std::lock_guard<std::mutex> lock(areasMu_);
+  areas_.push_back(a);
+}
+
 // setLimits(conn, maxMeta, maxPayload): raised after the handshake authenticates the peer.
 Napi::Value TcpTransport::SetLimits(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -556,11 +597,18 @@ void TcpTransport::Deliver(Napi::Env env, Napi::Function fn, TcpTransport*,
         o.Set("requestId", Napi::Number::New(env, e.requestId));
         o.Set("meta", Napi::Buffer<uint8_t>::Copy(env, e.meta.data(), e.meta.size()));
         o.Set("placed", Napi::Boolean::New(env, e.placed));
+        if (e.area >= 0) o.Set("area", Napi::Number::New(env, static_cast<double>(e.area)));
         o.Set("payloadBytes", Napi::Number::New(env, static_cast<double>(e.payloadBytes)));
         if (e.payload != nullptr) {
           uint8_t* p = e.payload.release();  // owned by the Buffer from here
-          o.Set("payload", Napi::Buffer<uint8_t>::New(env, p, e.payloadBytes,
-                                                      [](Napi::Env, uint8_t* d) { std::free(d); }));
+          // Told to the garbage collector, so unreferenced payloads are collected under load.
+          auto bytes = static_cast<int64_t>(e.payloadBytes);
+          Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+          o.Set("payload", Napi::Buffer<uint8_t>::New(
+                               env, p, e.payloadBytes, [bytes](Napi::Env fenv, uint8_t* d) {
+                                 std::free(d);
+                                 Napi::MemoryManagement::AdjustExternalMemory(fenv, -bytes);
+                               }));
         }
         break;
       }
@@ -785,6 +833,12 @@ void TcpTransport::CloseConnNow(uint32_t id, int err, const std::string& why) {
   if (it == conns_.end()) return;
   (void)epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
   if (it->second->accepted) --accepted_;
+  if (it->second->inArea) {
+    // A payload cut short: its area was never handed to JavaScript, so it is free again.
+    ReturnArea(it->second->area);
+    it->second->inArea = false;
+    it->second->payload = nullptr;
+  }
   // The socket, the queued sends and the expectations go first: once JavaScript hears of the
   // close, no byte of its memory is read or written any more.
   conns_.erase(it);
@@ -890,7 +944,9 @@ bool TcpTransport::WriteConn(Conn& c) {
 
 bool TcpTransport::ReadConn(Conn& c) {
   size_t budget = kReadBudget;
-  while (budget > 0) {
+  // Staged bytes are always consumed, budget or not: the socket may hold nothing more, and then
+  // epoll would never report this connection again while a frame sits in the stage.
+  while (budget > 0 || c.stageHead < c.stageTail) {
     if (c.stageHead < c.stageTail) {
       size_t used = 0;
       if (!Consume(c, c.stage.data() + c.stageHead, c.stageTail - c.stageHead, &used)) {
@@ -1057,7 +1113,10 @@ bool TcpTransport::StartPayload(Conn& c) {
     }
   }
   if (c.payloadLen == 0) return FrameReady(c);
-  if (c.place.empty()) {
+  if (c.place.empty() && TakeArea(c.payloadLen, &c.area)) {
+    c.inArea = true;
+    c.payload = c.area.data;
+  } else if (c.place.empty()) {
     c.payload = static_cast<uint8_t*>(std::malloc(c.payloadLen));
     if (c.payload == nullptr) {
       CloseConnNow(c.id, ENOMEM, "cannot allocate " + std::to_string(c.payloadLen) + " bytes");
@@ -1076,7 +1135,12 @@ bool TcpTransport::FrameReady(Conn& c) {
   e.flags = c.flags;
   e.requestId = c.requestId;
   e.meta = std::move(c.meta);
-  e.payload.reset(c.payload);
+  if (c.inArea) {
+    e.area = c.area.token;
+    c.inArea = false;
+  } else {
+    e.payload.reset(c.payload);
+  }
   e.payloadBytes = c.payloadLen;
   e.placed = !c.place.empty();
   c.payload = nullptr;

@@ -64,6 +64,7 @@ struct NetEvent {
   std::unique_ptr<uint8_t, Free> payload;  // handed to JavaScript as an external Buffer
   uint64_t payloadBytes = 0;
   bool placed = false;  // the payload went straight into an expected destination
+  int64_t area = -1;    // or into this receive area (its token), handed back by provide()
   uint32_t token = 0;   // kSent
   int err = 0;          // kClosed: errno, or 0 for an orderly close
   std::string text;     // kClosed: why; kAccepted: the remote address
@@ -106,6 +107,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   Napi::Value Connect(const Napi::CallbackInfo& info);
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SetLimits(const Napi::CallbackInfo& info);
+  Napi::Value Provide(const Napi::CallbackInfo& info);
   Napi::Value CloseConn(const Napi::CallbackInfo& info);
   Napi::Value CloseListener(const Napi::CallbackInfo& info);
   Napi::Value RefJs(const Napi::CallbackInfo& info);
@@ -139,6 +141,16 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   napi_env env_ = nullptr;
   uint32_t maxConnections_ = 256;
   std::atomic<uint32_t> nextId_{1};  // ids for connections and listeners, from both threads
+
+  struct Area {
+    uint8_t* data;
+    uint64_t len;
+    uint32_t token;
+  };
+  bool TakeArea(uint64_t len, Area* out);
+  void ReturnArea(const Area& a);
+  std::mutex areasMu_;  // guards areas_: filled by the main thread, taken by the epoll thread
+  std::vector<Area> areas_;
 
   std::mutex mu_;  // guards commands_ and pending_
   std::vector<std::unique_ptr<Command>> commands_;
