@@ -174,7 +174,11 @@ async function replay(policy, engines, cluster, reqs) {
       // figure. This replay sends one request at a time, so the figure is requests routed so
       // far plus those in flight; a real router would use its engines' queue depths.
       const load = Object.fromEntries(engines.map((e) => [e.id, routed[e.id] + inFlight[e.id]]));
-      const ranked = await cluster.rank(keys, { nodes: engines.map((e) => e.id), load });
+      // Without the index (Redis down: rank() rejects with KVTIER_REDIS) the router still
+      // routes, round robin.
+      const ranked = await cluster
+        .rank(keys, { nodes: engines.map((e) => e.id), load })
+        .catch(() => []);
       engine = engines.find((e) => e.id === ranked[0]?.id) ?? engines[next++ % engines.length];
     } else {
       engine = engines[next++ % engines.length];

@@ -250,7 +250,11 @@ export class ClusterNode implements BlockSource {
       if (this.state !== 'ok') return this.resync();
       try {
         const r = await this.index.renew(this.id, this.instance, this.leaseMs, this.facts());
-        if (r === 'lost') await this.resync();
+        if (r === 'lost') {
+          // Redis restarted or was flushed between two renewals, unnoticed: resynchronise.
+          this.setState('resyncing');
+          await this.resync();
+        }
         if (r === 'conflict') this.displaced();
       } catch (e) {
         this.degrade(message(e));

@@ -8,7 +8,10 @@ import { KeyChain, toKeys, type Key, type KeyLike } from '../warehouse/keys.js';
 import { RedisIndex, type NodeRecord, type RedisIndexOptions } from './redis-index.js';
 
 export interface RankOptions {
-  /** Only these node ids (the engines a router fronts); default every live node. */
+  /**
+   * Only these node ids (the engines a router fronts); default every live node. Ids that are
+   * not live (never joined, or their lease ran out) are left out of the answer.
+   */
   nodes?: readonly string[];
   /**
    * The router's own load per node id (say, requests in flight), which breaks ties between
