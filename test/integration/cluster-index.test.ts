@@ -380,6 +380,33 @@ describe.runIf(haveRedis)('cluster index on a real redis-server', () => {
     expect(await raw.sismember(REGISTRY_KEY, 'mortal')).toBe(0);
   });
 
+  it('shows a node that missed its renewals as degraded in cluster status', async () => {
+    // A lease of 60 s renewed 50 s ago: past two thirds, so that node cannot reach Redis.
+    const k = nodeKeys('silent');
+    await raw.hset(k.node, {
+      instance: 'x',
+      address: 'h:7',
+      format: '1',
+      leaseMs: '60000',
+      capacityBytes: '1024',
+      usedBytes: '512',
+    });
+    await raw.pexpire(k.node, 10_000);
+    await raw.sadd(REGISTRY_KEY, 'silent');
+    try {
+      const me = (await view.status()).nodes.find((n) => n.id === 'silent');
+      expect(me).toMatchObject({ state: 'degraded', capacityBytes: 1024, usedBytes: 512 });
+      expect(me!.leaseAgeMs).toBeGreaterThanOrEqual(50_000);
+      const text = spawnSync(process.execPath, [cli, 'cluster', 'status', '--redis', redis.url], {
+        encoding: 'utf8',
+      });
+      expect(text.stdout).toMatch(/silent .*degraded/);
+    } finally {
+      await raw.del(k.node);
+      await raw.srem(REGISTRY_KEY, 'silent');
+    }
+  });
+
   it('kvtier cluster status lists nodes with capacity, fill and lease age', async () => {
     const w = await open(16);
     const n = await ClusterNode.join(w, {
