@@ -633,8 +633,10 @@ export class Warehouse {
       }
       this.index.commit(plan, this.info(priority, i, keys.length), { length: bs, checksum: crc });
       this.committed.add(plan);
-      added.push(plan.key);
-      this.evictedBy(plan, removed);
+      if (this.listeners.size > 0) {
+        added.push(plan.key);
+        this.evictedBy(plan, removed);
+      }
       // Under durability 'sync', only a durable copy makes a block stored.
       if (durable === ABSENT || plan.tier === durable) storedKeys.add(plan.key);
     }
@@ -1198,6 +1200,7 @@ export class Warehouse {
 
   /** Victims of a committed plan that left the warehouse entirely. */
   private evictedBy(plan: Plan<Key>, out: Key[]): void {
+    if (this.listeners.size === 0) return;
     for (const m of plan.moves) {
       if (m.toTier === ABSENT && !this.index.get(m.key)) out.push(m.key);
     }
