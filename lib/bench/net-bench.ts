@@ -233,7 +233,8 @@ function percentile(sorted: number[], p: number): number {
 export async function runNetBench(options: NetBenchOptions): Promise<NetBenchReport> {
   const { blockSize, inflight, reps } = options;
   const iperf = findIperf(options.iperf3);
-  const sizes = [blockSize, options.smallBlockSize];
+  // A running peer has one block size: --block-size must match it, and only it is measured.
+  const sizes = options.peer !== undefined ? [blockSize] : [blockSize, options.smallBlockSize];
   const servers: Awaited<ReturnType<typeof startServer>>[] = [];
   const rows: NetRow[] = [];
   const iperfRuns: number[] = [];

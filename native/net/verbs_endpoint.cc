@@ -231,15 +231,13 @@ bool VerbsEndpoint::QueuePair::Post(int opcode, uint64_t wrId, void* local, uint
   return true;
 }
 
-bool VerbsEndpoint::QueuePair::PostRead(uint64_t wrId, void* local, uint32_t lkey,
-                                        uint64_t remote, uint32_t rkey, uint32_t len,
-                                        std::string* error) {
+bool VerbsEndpoint::QueuePair::PostRead(uint64_t wrId, void* local, uint32_t lkey, uint64_t remote,
+                                        uint32_t rkey, uint32_t len, std::string* error) {
   return Post(ibv::kWrRdmaRead, wrId, local, lkey, remote, rkey, len, error);
 }
 
-bool VerbsEndpoint::QueuePair::PostWrite(uint64_t wrId, void* local, uint32_t lkey,
-                                         uint64_t remote, uint32_t rkey, uint32_t len,
-                                         std::string* error) {
+bool VerbsEndpoint::QueuePair::PostWrite(uint64_t wrId, void* local, uint32_t lkey, uint64_t remote,
+                                         uint32_t rkey, uint32_t len, std::string* error) {
   return Post(ibv::kWrRdmaWrite, wrId, local, lkey, remote, rkey, len, error);
 }
 

@@ -66,8 +66,8 @@ class VerbsEndpoint {
     friend class VerbsEndpoint;
     QueuePair(VerbsEndpoint* ep, shim::ibv::Qp* qp, VerbsAddress local)
         : ep_(ep), qp_(qp), local_(local) {}
-    bool Post(int opcode, uint64_t wrId, void* local, uint32_t lkey, uint64_t remote,
-              uint32_t rkey, uint32_t len, std::string* error);
+    bool Post(int opcode, uint64_t wrId, void* local, uint32_t lkey, uint64_t remote, uint32_t rkey,
+              uint32_t len, std::string* error);
     VerbsEndpoint* ep_;
     shim::ibv::Qp* qp_;
     VerbsAddress local_;
