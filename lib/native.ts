@@ -126,6 +126,14 @@ export interface NativeAddon {
   probeDirect(dir: string): DirectProbe;
   chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
   crc32c(data: ArrayBufferView, seed?: number): number;
+  verbsProbe(options: { device?: string; port?: number }): {
+    available: boolean;
+    reason?: string;
+    device?: string;
+    port?: number;
+    linkLayer?: string;
+    lid?: number;
+  };
   NativeRegion: new (bytes: number, pin: 'auto' | 'on' | 'off') => NativeRegion;
   NativeFile: new (
     path: string,

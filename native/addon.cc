@@ -8,6 +8,7 @@
 #include "keys.h"
 #include "memory/region.h"
 #include "net/tcp_transport.h"
+#include "net/verbs_probe.h"
 #include "probe.h"
 
 namespace {
@@ -31,6 +32,7 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeFile", kvtier::File::Define(env));
   exports.Set("NativeEngine", kvtier::Engine::Define(env));
   exports.Set("NativeTcpTransport", kvtier::TcpTransport::Define(env));
+  exports.Set("verbsProbe", Napi::Function::New(env, kvtier::VerbsProbe, "verbsProbe"));
   return exports;
 }
 

@@ -8,13 +8,13 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { accessSync, constants, statSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { randomBytes, randomFillSync } from 'node:crypto';
 import { createServer } from 'node:net';
 
 import { KvtierError } from '../errors.js';
 import { connect, type PeerClient } from '../peer/client.js';
 import { parseAddress } from '../peer/protocol.js';
+import { packageRoot } from '../native.js';
 import { Region } from '../region.js';
 import { median } from './stats.js';
 
@@ -72,7 +72,8 @@ export interface NetBenchReport {
   rows: NetRow[];
 }
 
-const CLI = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+// The built CLI, also when this module runs from lib/ (tests): the server is a separate process.
+const CLI = join(packageRoot, 'dist', 'cli', 'main.js');
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -233,7 +234,8 @@ function percentile(sorted: number[], p: number): number {
 export async function runNetBench(options: NetBenchOptions): Promise<NetBenchReport> {
   const { blockSize, inflight, reps } = options;
   const iperf = findIperf(options.iperf3);
-  const sizes = [blockSize, options.smallBlockSize];
+  // A running peer has one block size: --block-size must match it, and only it is measured.
+  const sizes = options.peer !== undefined ? [blockSize] : [blockSize, options.smallBlockSize];
   const servers: Awaited<ReturnType<typeof startServer>>[] = [];
   const rows: NetRow[] = [];
   const iperfRuns: number[] = [];

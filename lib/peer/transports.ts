@@ -17,10 +17,17 @@ export interface TransportChoice {
 
 /** Why verbs cannot carry blocks here, or undefined when it can. */
 export function verbsUnavailable(): string | undefined {
-  const probe = native().probe().ibverbs;
+  const addon = native();
+  const probe = addon.probe().ibverbs;
   if (!probe.loaded) return `libibverbs is not loaded: ${probe.reason ?? 'unknown reason'}`;
-  if (!probe.available) return probe.reason ?? 'no RDMA device found';
-  return 'RDMA devices were found, but this build carries no verbs data path yet';
+  // The endpoint's own bring-up (device, port, protection domain, completion and queue pair)
+  // names the step that fails.
+  const endpoint = addon.verbsProbe({});
+  if (!endpoint.available) return endpoint.reason ?? 'no usable RDMA device';
+  return (
+    `${endpoint.device ?? 'an RDMA device'} port ${endpoint.port ?? 1} is up, but this build ` +
+    'does not yet carry blocks over verbs in the peer protocol'
+  );
 }
 
 export function chooseTransport(option: TransportOption): TransportChoice {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { chainKeys, connect } from '../../lib/index.js';
+import { native } from '../../lib/native.js';
 import { randomBytes, tempDir } from '../helpers.js';
 import { keysMeta, RawPeer, rawFrame } from './raw.js';
 import {
@@ -202,7 +203,18 @@ describe('kvtier serve under bad input', () => {
     expect(got).toMatchObject({ type: 0x13, requestId: 8 });
     expect(got!.meta.readUInt8(8)).toBe(0);
     expect(got!.payload.equals(block)).toBe(true);
+    // Sent from the host tier: flagged with the CRC-32C computed when the block was stored.
+    expect(got!.meta.readUInt8(9) & 1).toBe(1);
+    expect(got!.meta.readUInt32LE(12)).toBe(native().crc32c(block));
     peer.close();
+  });
+
+  it('a client asking for a transport the server did not offer gets a TRANSPORT error', async () => {
+    const peer = await RawPeer.open(server.port);
+    const answer = await peer.handshake(TOKEN, { transport: 1 });
+    expect(answer && 'type' in answer ? answer.type : undefined).toBe(0x05);
+    expect(errorKind(answer as { meta: Buffer })).toBe(8);
+    await peer.ended;
   });
 
   it('a flood of connections is bounded: the excess is refused and the server keeps serving', async () => {

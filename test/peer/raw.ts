@@ -88,7 +88,7 @@ export class RawPeer {
   /** HELLO, CHALLENGE, AUTH, READY; returns the server's limits, or the ERROR frame it got. */
   async handshake(
     secret: string,
-    options: { version?: number; blockBytes?: number } = {},
+    options: { version?: number; blockBytes?: number; transport?: number } = {},
   ): Promise<{ blockBytes: number; maxBatch: number; maxPayload: number } | RawFrame | undefined> {
     const clientNonce = randomBytes(32);
     const hello = Buffer.alloc(48);
@@ -107,6 +107,7 @@ export class RawPeer {
       .update(clientNonce)
       .digest()
       .copy(auth, 0);
+    auth.writeUInt32LE(options.transport ?? 0, 32);
     this.send(rawFrame(0x03, 0, auth));
     const ready = await this.next();
     if (!ready || ready.type !== 0x04) return ready;
