@@ -42,9 +42,9 @@ export interface NetBenchOptions {
 export const NET_DEFAULTS = {
   blockSize: 1 << 20,
   inflight: 8,
-  bytes: 1 << 30,
+  bytes: 512 << 20,
   smallBlockSize: 64 << 10,
-  smallOps: 20_000,
+  smallOps: 8192,
   reps: 3,
   iperfSeconds: 3,
 };
@@ -60,6 +60,8 @@ export interface NetRow {
   peer: 'iperf3' | null;
   peerGbps: number | null;
   ratio: number | null;
+  /** GB/s of each repetition, in order. */
+  runs: number[];
 }
 
 export interface NetBenchReport {
@@ -255,7 +257,8 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
         tokenFile = options.tokenFile;
       } else {
         const working = bs === blockSize ? Math.min(options.bytes, 256 << 20) : 4096 * bs;
-        const s = await startServer(bs, 2 * working + inflight * bs);
+        const passBytes = bs === blockSize ? options.bytes : options.smallOps * bs;
+        const s = await startServer(bs, working + passBytes + 4 * inflight * bs);
         servers.push(s);
         url = s.url;
         tokenFile = s.tokenFile;
@@ -294,29 +297,47 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
           get: { gbps: [], lat: [], ops: [] },
           put: { gbps: [], lat: [], ops: [] },
         };
+        // Every put stores a new block (no key repeats within a pass), and its pass's keys are
+        // deleted afterwards, untimed, so the server's host tier never evicts the get set.
+        const putPass = async (round: number): Promise<{ seconds: number; latencies: number[] }> => {
+          const keys = Array.from({ length: ops }, (_, i) => keyOf(i, round));
+          const r = await pass(client, 'put', keys, ops, inflight, buffers, bs);
+          for (let i = 0; i < keys.length; i += 256) await client.delete(keys.slice(i, i + 256));
+          return r;
+        };
+        // Warm-up, untimed: the server's memory is touched once, as a running server's is.
+        options.onProgress?.(`warming up at ${bs} B`);
+        await putPass(0xffff);
+        await pass(client, 'get', getKeys, Math.min(ops, distinct), inflight, buffers, bs);
+        const ratios: Record<'get' | 'put', number[]> = { get: [], put: [] };
         for (let rep = 0; rep < reps; rep++) {
           if (options.signal?.aborted) throw options.signal.reason;
+          const repGbps: Record<'get' | 'put', number> = { get: 0, put: 0 };
           for (const op of ['get', 'put'] as const) {
             options.onProgress?.(`${op} ${bs} B x${inflight}, repetition ${rep + 1} of ${reps}`);
-            // Puts use fresh keys every pass, so the server really stores each block.
-            const keys =
+            const r =
               op === 'get'
-                ? getKeys
-                : Array.from({ length: Math.min(ops, distinct) }, (_, i) => keyOf(i, rep + 1));
-            const r = await pass(client, op, keys, ops, inflight, buffers, bs);
-            results[op].gbps.push((ops * bs) / r.seconds / 1e9);
+                ? await pass(client, 'get', getKeys, ops, inflight, buffers, bs)
+                : await putPass(rep + 1);
+            repGbps[op] = (ops * bs) / r.seconds / 1e9;
+            results[op].gbps.push(repGbps[op]);
             results[op].ops.push(ops / r.seconds);
             results[op].lat.push(...r.latencies);
           }
           if ('path' in iperf && bs === blockSize) {
             options.onProgress?.(`iperf3, repetition ${rep + 1} of ${reps}`);
-            iperfRuns.push(await iperfOnce(iperf.path, options.iperfSeconds));
+            const peer = await iperfOnce(iperf.path, options.iperfSeconds);
+            iperfRuns.push(peer);
+            // Each repetition's passes against the iperf3 run right after them: on a shared
+            // machine the load drifts between repetitions more than within one.
+            ratios.get.push(repGbps.get / peer);
+            ratios.put.push(repGbps.put / peer);
           }
         }
         const peerGbps = iperfRuns.length > 0 ? median(iperfRuns) : null;
         for (const op of ['get', 'put'] as const) {
           const lat = results[op].lat.sort((a, b) => a - b);
-          const gbps = median(results[op].gbps);
+          const gbps = median([...results[op].gbps]);
           rows.push({
             op,
             blockSize: bs,
@@ -325,9 +346,15 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
             opsPerSec: median(results[op].ops),
             p50Us: percentile(lat, 50),
             p99Us: percentile(lat, 99),
+            runs: results[op].gbps.slice(),
             peer: peerGbps === null ? null : 'iperf3',
             peerGbps,
-            ratio: peerGbps === null ? null : gbps / peerGbps,
+            ratio:
+              ratios[op].length > 0
+                ? median(ratios[op])
+                : peerGbps === null
+                  ? null
+                  : gbps / peerGbps,
           });
         }
       } finally {
