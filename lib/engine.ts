@@ -37,6 +37,11 @@ export interface ChecksumOption {
  */
 export type Target = Region | DeviceRegion | ArrayBufferView | ArrayBuffer;
 
+/** What the addon takes for a target: the native object behind kvtier's own memory. */
+export function nativeTargetOf(t: Target): NativeTarget {
+  return t instanceof Region || t instanceof DeviceRegion ? t.native : t;
+}
+
 /** Memory kvtier allocated: closing it waits for the transfers that use it. */
 type OwnedMemory = Region | DeviceRegion;
 

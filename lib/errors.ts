@@ -15,6 +15,11 @@ export const ErrorCodes = [
   'KVTIER_AUTH',
   'KVTIER_CLOSED',
   'KVTIER_LOCKED',
+  'KVTIER_PROTOCOL',
+  'KVTIER_TIMEOUT',
+  // The cluster index (TS only: the native side never meets Redis).
+  'KVTIER_REDIS',
+  'KVTIER_CONFLICT',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

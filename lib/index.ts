@@ -77,3 +77,30 @@ export {
   type ImportOptions,
   type IpcExport,
 } from './gpu/index.js';
+export {
+  connect,
+  PeerClient,
+  type ConnectOptions,
+  type PeerGetResult,
+  type PeerLookupResult,
+  type PeerPutResult,
+} from './peer/client.js';
+export { PeerServer, type PeerServerOptions } from './peer/server.js';
+export { PROTOCOL_VERSION } from './peer/protocol.js';
+export {
+  ClusterNode,
+  ClusterView,
+  connectCluster,
+  INDEX_FORMAT,
+  PeerPool,
+  RedisIndex,
+  type ClusterStatus,
+  type JoinOptions,
+  type NodeRecord,
+  type NodeStats,
+  type NodeStatus,
+  type PeerFetch,
+  type RankedNode,
+  type RankOptions,
+} from './cluster/index.js';
+export type { BlockSource, ChangeListener, ClusterStats } from './warehouse/warehouse.js';

@@ -89,12 +89,61 @@ export interface NativeEngine {
   close(): void;
 }
 
+/** One event from the native TCP transport's thread (native/net/tcp_transport.h). */
+export interface NetEvent {
+  kind: 1 | 2 | 3 | 4 | 5 | 6; // accepted, connected, frame, sent, closed, refused
+  conn: number;
+  listener?: number;
+  type?: number;
+  flags?: number;
+  requestId?: number;
+  meta?: Buffer;
+  payload?: Buffer;
+  payloadBytes?: number;
+  placed?: boolean;
+  area?: number;
+  token?: number;
+  errno?: number;
+  text?: string;
+}
+
+export interface NativeTcpTransport {
+  listen(host: string, port: number, backlog?: number): { id: number; port: number };
+  connect(host: string, port: number): number;
+  send(
+    conn: number,
+    head: Uint8Array,
+    targets: NativeTarget[],
+    spans: Float64Array | undefined,
+    token: number,
+    notify: boolean,
+    expectType?: number,
+    expectRequestId?: number,
+    expectSpans?: Float64Array,
+  ): void;
+  setLimits(conn: number, maxMeta: number, maxPayload: number): void;
+  provide(region: NativeRegion, offset: number, length: number, token: number): void;
+  closeConnection(conn: number, why: string): void;
+  closeListener(listener: number): void;
+  ref(): void;
+  unref(): void;
+  close(): void;
+}
+
 export interface NativeAddon {
   init(errorClass: typeof KvtierError): void;
   probe(): NativeProbe;
   probeDirect(dir: string): DirectProbe;
   chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
   crc32c(data: ArrayBufferView, seed?: number): number;
+  verbsProbe(options: { device?: string; port?: number }): {
+    available: boolean;
+    reason?: string;
+    device?: string;
+    port?: number;
+    linkLayer?: string;
+    lid?: number;
+  };
   NativeRegion: new (
     bytes: number,
     pin: 'auto' | 'on' | 'off',
@@ -130,6 +179,10 @@ export interface NativeAddon {
     chunkBytes: number;
     fallback: boolean;
   }) => NativeEngine & { readonly fallbacks: number };
+  NativeTcpTransport: new (
+    options: { maxConnections?: number },
+    onEvents: (events: NetEvent[]) => void,
+  ) => NativeTcpTransport;
 }
 
 /** The package root: dist/ and lib/ both sit one level below it. */

@@ -10,6 +10,8 @@
 #include "io/file.h"
 #include "keys.h"
 #include "memory/region.h"
+#include "net/tcp_transport.h"
+#include "net/verbs_probe.h"
 #include "probe.h"
 
 namespace {
@@ -35,6 +37,8 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeDeviceRegion", kvtier::DeviceRegion::Define(env));
   exports.Set("NativeCopyEngine", kvtier::CopyEngine::Define(env));
   exports.Set("NativeGpuFileEngine", kvtier::GpuFileEngine::Define(env));
+  exports.Set("NativeTcpTransport", kvtier::TcpTransport::Define(env));
+  exports.Set("verbsProbe", Napi::Function::New(env, kvtier::VerbsProbe, "verbsProbe"));
   return exports;
 }
 

@@ -16,6 +16,7 @@ import {
   warehouseBenchJson,
   type WarehouseBenchOptions,
 } from '../bench/warehouse-bench.js';
+import { formatNetBench, NET_DEFAULTS, netBenchJson, runNetBench } from '../bench/net-bench.js';
 
 interface FileCommandOptions {
   dir?: string;
@@ -219,6 +220,45 @@ async function warehouseCommand(opts: WarehouseCommandOptions): Promise<void> {
   process.stdout.write(opts.json ? warehouseBenchJson(report) : formatWarehouseBench(report));
 }
 
+interface NetCommandOptions {
+  peer?: string;
+  tokenFile?: string;
+  blockSize: string;
+  inflight: string;
+  bytes: string;
+  smallBlockSize: string;
+  smallOps: string;
+  reps: string;
+  iperf3: string | boolean;
+  iperfSeconds: string;
+  json?: boolean;
+}
+
+async function netCommand(opts: NetCommandOptions): Promise<void> {
+  const progress = progressLine();
+  const report = await interruptible(
+    (signal) =>
+      runNetBench({
+        ...(opts.peer !== undefined ? { peer: opts.peer } : {}),
+        ...(opts.tokenFile !== undefined ? { tokenFile: opts.tokenFile } : {}),
+        blockSize: parseSize(opts.blockSize, 'block size'),
+        inflight: count(opts.inflight, 'in flight'),
+        bytes: parseSize(opts.bytes, 'bytes'),
+        smallBlockSize: parseSize(opts.smallBlockSize, 'small block size'),
+        smallOps: count(opts.smallOps, 'small ops'),
+        reps: count(opts.reps, 'reps'),
+        ...(opts.iperf3 === false ? { iperf3: false as const } : {}),
+        ...(typeof opts.iperf3 === 'string' ? { iperf3: opts.iperf3 } : {}),
+        iperfSeconds: count(opts.iperfSeconds, 'iperf3 seconds'),
+        onProgress: (m) => progress.show(m),
+        signal,
+      }),
+    progress,
+  );
+  progress.clear();
+  process.stdout.write(opts.json ? netBenchJson(report) : formatNetBench(report));
+}
+
 export function registerBench(program: Command): void {
   const bench = program
     .command('bench')
@@ -307,4 +347,35 @@ export function registerBench(program: Command): void {
     .option('--no-lookup', 'skip the lookup section')
     .option('--json', 'print the report as JSON on stdout')
     .action(warehouseCommand);
+  bench
+    .command('net')
+    .description(
+      'put and get through a kvtier peer over TCP next to iperf3 on the same path, in the same ' +
+        'run; starts kvtier serve on loopback when no --peer is given',
+    )
+    .option('--peer <host:port>', 'a running kvtier serve (default: start one on loopback)')
+    .option('--token-file <file>', "the peer's shared secret (with --peer)")
+    .option('--block-size <size>', 'bytes per operation', formatSize(NET_DEFAULTS.blockSize))
+    .option('--inflight <n>', 'operations in flight', String(NET_DEFAULTS.inflight))
+    .option(
+      '--bytes <size>',
+      'bytes per timed pass at --block-size',
+      formatSize(NET_DEFAULTS.bytes),
+    )
+    .option(
+      '--small-block-size <size>',
+      'block size of the operations-per-second rows',
+      formatSize(NET_DEFAULTS.smallBlockSize),
+    )
+    .option(
+      '--small-ops <n>',
+      'operations per timed pass at the small block size',
+      String(NET_DEFAULTS.smallOps),
+    )
+    .option('--reps <n>', 'repetitions; medians are reported', String(NET_DEFAULTS.reps))
+    .option('--iperf3 <path>', 'the iperf3 to run (default: iperf3 on PATH)')
+    .option('--no-iperf3', 'do not run iperf3')
+    .option('--iperf-seconds <n>', 'seconds per iperf3 run', String(NET_DEFAULTS.iperfSeconds))
+    .option('--json', 'print the report as JSON on stdout')
+    .action(netCommand);
 }

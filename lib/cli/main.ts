@@ -7,8 +7,10 @@ import { Command, CommanderError } from 'commander';
 import { KvtierError } from '../errors.js';
 import { version } from '../version.js';
 import { registerBench } from './bench.js';
+import { registerCluster } from './cluster.js';
 import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
+import { registerServe } from './serve.js';
 import { registerSim } from './sim.js';
 
 const program = new Command()
@@ -22,6 +24,8 @@ registerInfo(program);
 registerDemo(program);
 registerBench(program);
 registerSim(program);
+registerServe(program);
+registerCluster(program);
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) process.exit(e.exitCode);

@@ -19,6 +19,7 @@ import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
 import { PrefetchQueue } from './prefetch.js';
 import type { SlotBlock, SlotPlace, Tier, TierKind } from './tier.js';
 import { TransferRound, type GpuEngines } from './transfers.js';
+import { PeerTier, type PeerTierOptions } from '../peer/peer-tier.js';
 
 /**
  * GPU memory above the host tier: `bytes` of a pool kvtier allocates on `device`, or `region`, GPU
@@ -46,7 +47,10 @@ export interface FileTierOptions {
   name?: string;
 }
 
-export type TierOptions = GpuTierOptions | HostTierOptions | FileTierOptions;
+export type { PeerTierOptions } from '../peer/peer-tier.js';
+
+/** Local tiers fastest first; a peer, when given, comes last. */
+export type TierOptions = GpuTierOptions | HostTierOptions | FileTierOptions | PeerTierOptions;
 
 /** A policy name from lib/policy (default: the simulator-tested default), or a factory. */
 export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>);
@@ -54,7 +58,10 @@ export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>)
 export interface WarehouseOptions {
   /** Bytes per block: all layers' K and V for one block of tokens. */
   blockBytes: number;
-  /** Fastest first: at most one GPU tier, then at most one host tier, then at most one file tier. */
+  /**
+   * Fastest first: at most one GPU tier, then at most one host tier, then at most one file tier,
+   * then at most one peer.
+   */
   tiers: TierOptions[];
   policy?: PolicyOption;
   /**
@@ -99,6 +106,8 @@ export interface LookupResult {
 export interface GetOptions {
   signal?: AbortSignal;
   promote?: boolean;
+  /** Whether a local miss may be fetched from the cluster (setRemote; default true). */
+  remote?: boolean;
 }
 
 export interface GetResult {
@@ -107,9 +116,40 @@ export interface GetResult {
   count: number;
   /** Leading keys found. */
   prefix: number;
-  /** Per key, the tier it was read from, or -1. */
+  /**
+   * Per key, the tier it was read from, or -1. Past the local tiers come the peer tier (when
+   * there is one) and then the cluster (setRemote): a block fetched from another node of the
+   * cluster reads one past the last of those.
+   */
   tiers: number[];
 }
+
+/**
+ * Blocks this warehouse does not hold but can fetch (the cluster: another node's warehouse).
+ * Consulted on a local miss. A block it cannot deliver, stale or gone, is reported not found:
+ * fetch never rejects for that, only for an abort.
+ */
+export interface BlockSource {
+  /** Writes the block of keys[j] into block at[j] of dst where it can; per key, whether it did. */
+  fetch(
+    keys: readonly Key[],
+    dst: Target,
+    at: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<boolean[]>;
+  /** Reported as stats().cluster. */
+  stats?(): ClusterStats;
+}
+
+export interface ClusterStats {
+  /** 'ok', or 'degraded' while the cluster index cannot be reached (local tiers still serve). */
+  state: string;
+  degraded: boolean;
+  [field: string]: unknown;
+}
+
+/** Told, after each operation, which keys entered the warehouse and which left it entirely. */
+export type ChangeListener = (added: readonly Key[], removed: readonly Key[]) => void;
 
 export interface PrefetchOptions {
   /** Tier index or name to bring blocks up to (default: the top tier). */
@@ -134,7 +174,7 @@ export interface Lease {
 
 export interface TierStats {
   name: string;
-  kind: TierKind;
+  kind: TierKind | 'peer';
   capacityBlocks: number;
   usedBlocks: number;
   hits: number;
@@ -145,6 +185,8 @@ export interface TierStats {
   promotions: number;
   demotions: number;
   corrupt: number;
+  /** Peer tier: operations that failed (their keys counted as misses). */
+  errors?: number;
 }
 
 export interface WarehouseStats {
@@ -157,7 +199,19 @@ export interface WarehouseStats {
   hitRate: number;
   corrupt: number;
   ioErrors: number;
+  /** Blocks served by other nodes of the cluster after a local miss (counted in hits too). */
+  remoteHits: number;
   tiers: TierStats[];
+  /** Present when the warehouse is in a cluster (setRemote). */
+  cluster?: ClusterStats;
+}
+
+/** A block lent out of the host tier (Warehouse.lend). */
+export interface LentBlock {
+  target: Target;
+  offset: number;
+  length: number;
+  checksum: number;
 }
 
 interface StorePlan {
@@ -187,6 +241,7 @@ export class Warehouse {
   readonly blockBytes: number;
   private readonly index: BlockIndex<Key>;
   private readonly tiers: Tier[];
+  private readonly peer: PeerTier | undefined;
   private readonly extra: TierExtra[];
   private readonly fileEngine: IoEngine;
   private readonly memoryEngine: IoEngine;
@@ -205,7 +260,9 @@ export class Warehouse {
   private nextLease = 1;
   private readonly prefetcher: PrefetchQueue;
   private closing: Promise<void> | undefined;
-  private counters = { gets: 0, hits: 0, misses: 0, corrupt: 0, ioErrors: 0 };
+  private counters = { gets: 0, hits: 0, misses: 0, corrupt: 0, ioErrors: 0, remoteHits: 0 };
+  private readonly listeners = new Set<ChangeListener>();
+  private remote: BlockSource | undefined;
 
   private constructor(
     options: WarehouseOptions,
@@ -214,10 +271,12 @@ export class Warehouse {
     memoryEngine: IoEngine,
     gpuEngines: GpuEngines | undefined,
     policy: <K>(capacity: number) => EvictionPolicy<K>,
+    peer: PeerTier | undefined,
   ) {
     this.gpuEngines = gpuEngines;
     this.blockBytes = options.blockBytes;
     this.tiers = tiers;
+    this.peer = peer;
     this.extra = tiers.map(() => ({ bytesIn: 0, bytesOut: 0, corrupt: 0 }));
     this.fileEngine = fileEngine;
     this.memoryEngine = memoryEngine;
@@ -244,14 +303,19 @@ export class Warehouse {
     }
     const kinds = options.tiers.map((t) => t?.kind);
     const order = kinds.join(',');
-    const orders = ['host', 'file', 'host,file'];
-    if (![...orders, 'gpu', ...orders.map((o) => `gpu,${o}`)].includes(order)) {
+    const locals = ['host', 'file', 'host,file'];
+    const allowed = [...locals, 'gpu', ...locals.map((o) => `gpu,${o}`)];
+    if (!allowed.includes(order.replace(/,peer$/, '').replace(/^peer$/, ''))) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
-        `tiers must be some of gpu, host and file, in that order (fastest first), got [${order}]`,
+        `tiers must be some of gpu, host and file, in that order (fastest first), optionally followed by one peer, got [${order}]`,
       );
     }
-    for (const t of options.tiers) {
+    const peerOptions = options.tiers.find((t): t is PeerTierOptions => t.kind === 'peer');
+    const localOptions = options.tiers.filter(
+      (t): t is GpuTierOptions | HostTierOptions | FileTierOptions => t.kind !== 'peer',
+    );
+    for (const t of localOptions) {
       if (t.kind === 'gpu' && t.region !== undefined) {
         if (!(t.region instanceof DeviceRegion)) {
           throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a GPU tier region must be a DeviceRegion');
@@ -275,6 +339,7 @@ export class Warehouse {
     const memoryEngine = createEngine({ kind: 'threads', queueDepth: MEMORY_THREADS });
     const tiers: Tier[] = [];
     let gpuEngines: GpuEngines | undefined;
+    let peer: PeerTier | undefined;
     try {
       const gpu = options.tiers.find((t): t is GpuTierOptions => t.kind === 'gpu');
       if (gpu) {
@@ -287,7 +352,7 @@ export class Warehouse {
           throw e;
         }
       }
-      for (const t of options.tiers) {
+      for (const t of localOptions) {
         if (t.kind === 'gpu') {
           const name = t.name ?? 'gpu';
           tiers.push(
@@ -318,11 +383,21 @@ export class Warehouse {
           );
         }
       }
-      const warehouse = new Warehouse(options, tiers, fileEngine, memoryEngine, gpuEngines, policy);
+      if (peerOptions) peer = await PeerTier.open(peerOptions, blockBytes);
+      const warehouse = new Warehouse(
+        options,
+        tiers,
+        fileEngine,
+        memoryEngine,
+        gpuEngines,
+        policy,
+        peer,
+      );
       await warehouse.restore();
       return warehouse;
     } catch (e) {
       await Promise.allSettled(tiers.map((t) => t.close()));
+      if (peer) await peer.close();
       await Promise.allSettled([
         fileEngine.close(),
         memoryEngine.close(),
@@ -486,7 +561,12 @@ export class Warehouse {
       }
     }
     if (fresh.length === 0) return result;
-    const stored = await this.storeBlocks(keys, fresh, src, priority, writeThrough);
+    // The peer copy is written beside the local one; put resolves once both are done, since the
+    // caller may reuse src then. A failing peer is counted, and costs only that copy.
+    const [stored] = await Promise.all([
+      this.storeBlocks(keys, fresh, src, priority, writeThrough),
+      this.peer?.writeThrough(keys, fresh, src),
+    ]);
     result.stored = stored;
     result.rejected = fresh.length - stored;
     return result;
@@ -621,6 +701,8 @@ export class Warehouse {
     // 6. Commit: the index changes only now, all at once.
     const durable = this.durableTier();
     const storedKeys = new Set<Key>();
+    const added: Key[] = [];
+    const removed: Key[] = [];
     for (const { plan, crc, i } of plans) {
       if (failed.has(plan)) {
         this.index.abort(plan);
@@ -628,9 +710,14 @@ export class Warehouse {
       }
       this.index.commit(plan, this.info(priority, i, keys.length), { length: bs, checksum: crc });
       this.committed.add(plan);
+      if (this.listeners.size > 0) {
+        added.push(plan.key);
+        this.evictedBy(plan, removed);
+      }
       // Under durability 'sync', only a durable copy makes a block stored.
       if (durable === ABSENT || plan.tier === durable) storedKeys.add(plan.key);
     }
+    this.changed(added, removed);
     return storedKeys.size;
   }
 
@@ -796,7 +883,10 @@ export class Warehouse {
             this.counters.ioErrors++;
           }
           // Drop exactly the copy that failed, if the index still points there.
-          if (this.index.get(key)?.slots[t] === want.slot) this.index.remove(key, t);
+          if (this.index.get(key)?.slots[t] === want.slot) {
+            this.index.remove(key, t);
+            if (!this.index.get(key)) this.changed([], [key]);
+          }
           const next = this.index.topTier(key);
           const e = this.index.get(key);
           if (next !== ABSENT && !(next === t && e?.slots[t] === want.slot)) {
@@ -809,7 +899,13 @@ export class Warehouse {
         pending = retry;
       }
       if (options.signal?.aborted) throw abortError(options.signal);
-      if (options.promote ?? this.promoteDefault) await this.promoteFrom(keys, dst, tiers, found);
+      if (this.peer) await this.readFromPeer(keys, dst, tiers, found, options);
+      if (options.signal?.aborted) throw abortError(options.signal);
+      const promote = options.promote ?? this.promoteDefault;
+      if (this.remote && options.remote !== false) {
+        await this.fetchRemote(keys, dst, found, tiers, promote, options.signal);
+      }
+      if (promote) await this.promoteFrom(keys, dst, tiers, found);
     } finally {
       for (const k of pinned) this.index.unpin(k);
     }
@@ -822,6 +918,90 @@ export class Warehouse {
     return { found, count, prefix, tiers: tiers.map((t, i) => (found[i] ? t : ABSENT)) };
   }
 
+  /**
+   * Reads from the peer the keys no local tier served, then keeps them locally (unless promotion
+   * is off): the next get of the same prefix is a local hit.
+   */
+  private async readFromPeer(
+    keys: Key[],
+    dst: Target,
+    tiers: number[],
+    found: boolean[],
+    options: GetOptions,
+  ): Promise<void> {
+    const missing: number[] = [];
+    const seen = new Set<Key>();
+    for (let i = 0; i < keys.length; i++) {
+      if (!found[i] && !seen.has(keys[i]!)) {
+        seen.add(keys[i]!);
+        missing.push(i);
+      }
+    }
+    const got = await this.peer!.read(keys, missing, dst);
+    for (const i of got) {
+      found[i] = true;
+      tiers[i] = this.tiers.length;
+    }
+    // A key named twice in one get is read once; its other places get a copy.
+    for (let i = 0; i < keys.length; i++) {
+      if (found[i]) continue;
+      const first = keys.indexOf(keys[i]!);
+      if (first !== i && found[first] && tiers[first] === this.tiers.length) {
+        const bs = this.blockBytes;
+        // dst is host memory (checkSpan refuses GPU memory), so it has byte views.
+        const block = (at: number): Uint8Array =>
+          dst instanceof Region
+            ? dst.view(at, bs)
+            : ArrayBuffer.isView(dst)
+              ? new Uint8Array(dst.buffer, dst.byteOffset + at, bs)
+              : new Uint8Array(dst as ArrayBuffer, at, bs);
+        block(i * bs).set(block(first * bs));
+        found[i] = true;
+        tiers[i] = this.tiers.length;
+      }
+    }
+    if (!(options.promote ?? this.promoteDefault)) return;
+    const fresh = got.filter((i) => !this.index.get(keys[i]!) && !this.settling.has(keys[i]!));
+    if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
+  }
+
+  /**
+   * @internal For the peer server: lends the host-tier copies of `keys` to `use` without copying
+   * them out (undefined for a key not in the host tier). The lent blocks are pinned until `use`
+   * settles, so the network can read their slots while nobody rewrites them. Lent blocks count as
+   * hits; their checksums are passed on for the reader to verify.
+   */
+  async lend<T>(
+    keys: readonly KeyLike[],
+    use: (places: (LentBlock | undefined)[]) => Promise<T>,
+  ): Promise<T> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    return this.track(
+      (async () => {
+        while (this.unsettled(list)) await this.settle(list);
+        const pinned: Key[] = [];
+        const places = list.map((k, i): LentBlock | undefined => {
+          const e = this.index.get(k);
+          if (!e || e.slots[0] === ABSENT || this.tiers[0]!.kind !== 'host') return undefined;
+          const p = this.place(0, e.slots[0]!);
+          if (p.kind !== 'memory' || !this.index.pin(k)) return undefined;
+          pinned.push(k);
+          this.index.access(k, this.info(0, i, list.length));
+          this.extra[0]!.bytesOut += e.length;
+          return { target: p.target, offset: p.offset, length: e.length, checksum: e.checksum };
+        });
+        this.counters.gets++;
+        this.counters.hits += pinned.length;
+        try {
+          return await use(places);
+        } finally {
+          for (const k of pinned) this.index.unpin(k);
+        }
+      })(),
+    );
+  }
+
   /** Copies blocks just read from a lower tier into the top tier, from the verified dst bytes. */
   private async promoteFrom(
     keys: Key[],
@@ -831,8 +1011,8 @@ export class Warehouse {
   ): Promise<void> {
     const items: { i: number; key: Key }[] = [];
     for (let i = 0; i < keys.length; i++) {
-      if (found[i] && tiers[i]! > 0 && !this.settling.has(keys[i]!))
-        items.push({ i, key: keys[i]! });
+      const local = tiers[i]! > 0 && tiers[i]! < this.tiers.length;
+      if (found[i] && local && !this.settling.has(keys[i]!)) items.push({ i, key: keys[i]! });
     }
     if (items.length === 0) return;
     await this.copyTo(
@@ -900,17 +1080,20 @@ export class Warehouse {
     this.describeAll(round, landing);
     const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
     let landed = 0;
+    const removed: Key[] = [];
     plans.forEach((p, n) => {
       const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
       if (o?.ok && o.checksum === p.checksum) {
         this.index.commit(p.plan, this.info(p.priority, 0, 1), p);
         this.committed.add(p.plan);
+        this.evictedBy(p.plan, removed);
         this.extra[to]!.bytesIn += p.length;
         landed++;
       } else {
         this.index.abort(p.plan);
       }
     });
+    this.changed([], removed);
     return landed;
   }
 
@@ -1043,15 +1226,123 @@ export class Warehouse {
       for (const key of chosen) this.index.unpin(key);
       held.release();
     }
-    let removed = 0;
+    const removed: Key[] = [];
     for (const key of chosen) {
       const e = this.index.get(key);
       if (!e || e.pins > 0) continue; // pinned meanwhile by a reader: it stays (until restart)
       this.index.remove(key);
       for (const t of this.index.tiers) t.stats.evictions++;
-      removed++;
+      removed.push(key);
     }
-    return removed;
+    this.changed([], removed);
+    return removed.length;
+  }
+
+  // -------------------------------------------------------------------------------- cluster
+
+  /**
+   * Calls `listener` after every operation that added keys to the warehouse or removed them
+   * from its last tier (eviction, evict(), a corrupt copy dropped), so a cluster index can follow.
+   * Returns the function that stops it.
+   */
+  watch(listener: ChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  /** Every key held now, in any tier. */
+  keys(): Key[] {
+    const out: Key[] = [];
+    for (const [key] of this.index) out.push(key);
+    return out;
+  }
+
+  /** Where a local miss is looked for next (a cluster), or undefined for none. */
+  setRemote(source: BlockSource | undefined): void {
+    this.remote = source;
+  }
+
+  private changed(added: readonly Key[], removed: readonly Key[]): void {
+    if (this.listeners.size === 0 || (added.length === 0 && removed.length === 0)) return;
+    for (const l of this.listeners) {
+      try {
+        l(added, removed);
+      } catch {
+        // A listener's bug must not fail the operation that already changed the store.
+      }
+    }
+  }
+
+  /** Victims of a committed plan that left the warehouse entirely. */
+  private evictedBy(plan: Plan<Key>, out: Key[]): void {
+    if (this.listeners.size === 0) return;
+    for (const m of plan.moves) {
+      if (m.toTier === ABSENT && !this.index.get(m.key)) out.push(m.key);
+    }
+  }
+
+  /**
+   * After a local miss: asks the remote source for the blocks still missing, then keeps what it
+   * delivered in the top tier (as a put would), unless promotion is off.
+   */
+  private async fetchRemote(
+    keys: Key[],
+    dst: Target,
+    found: boolean[],
+    tiers: number[],
+    keep: boolean,
+    signal: AbortSignal | undefined,
+  ): Promise<void> {
+    const missing: number[] = [];
+    const seen = new Set<Key>();
+    for (let i = 0; i < keys.length; i++) {
+      if (!found[i] && !seen.has(keys[i]!)) {
+        seen.add(keys[i]!);
+        missing.push(i);
+      }
+    }
+    if (missing.length === 0) return;
+    const got = await this.remote!.fetch(
+      missing.map((i) => keys[i]!),
+      dst,
+      missing,
+      signal,
+    );
+    const fetched: number[] = [];
+    missing.forEach((i, j) => {
+      if (got[j] !== true) return;
+      fetched.push(i);
+      this.counters.remoteHits++;
+    });
+    // Reported one past the last local tier (and past the peer tier, when there is one).
+    const remoteTier = this.tiers.length + (this.peer ? 1 : 0);
+    // A key named twice in one get is filled once from the remote and copied to its twin.
+    for (let i = 0; i < keys.length; i++) {
+      if (found[i]) continue;
+      const first = missing.find((m) => keys[m] === keys[i]);
+      if (first === undefined || !fetched.includes(first)) continue;
+      if (first !== i) await this.copyWithin(dst, first, i);
+      found[i] = true;
+      tiers[i] = remoteTier;
+    }
+    if (!keep || fetched.length === 0) return;
+    const fetchedKeys = fetched.map((i) => keys[i]!);
+    while (this.unsettled(fetchedKeys)) await this.settle(fetchedKeys);
+    const fresh = fetched.filter((i) => !this.index.get(keys[i]!));
+    if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
+  }
+
+  private async copyWithin(dst: Target, from: number, to: number): Promise<void> {
+    const round = new TransferRound();
+    const bs = this.blockBytes;
+    round.move(
+      { kind: 'memory', target: dst, offset: from * bs },
+      { kind: 'memory', target: dst, offset: to * bs },
+      bs,
+    );
+    await round.run(this.memoryEngine, this.fileEngine);
   }
 
   // -------------------------------------------------------------------------------- stats, close
@@ -1075,7 +1366,8 @@ export class Warehouse {
   }
 
   stats(): WarehouseStats {
-    const { gets, hits, misses, corrupt, ioErrors } = this.counters;
+    const { gets, hits, misses, corrupt, ioErrors, remoteHits } = this.counters;
+    const cluster = this.remote?.stats?.();
     return {
       blockBytes: this.blockBytes,
       blocks: this.index.size,
@@ -1085,21 +1377,44 @@ export class Warehouse {
       hitRate: hits + misses === 0 ? 0 : hits / (hits + misses),
       corrupt,
       ioErrors,
-      tiers: this.tiers.map((t, i) => {
-        const a = this.index.tiers[i]!;
-        return {
-          name: t.name,
-          kind: t.kind,
-          capacityBlocks: t.slots,
-          usedBlocks: a.used,
-          hits: a.stats.hits,
-          misses: a.stats.misses,
-          evictions: a.stats.evictions,
-          promotions: a.stats.promotions,
-          demotions: a.stats.demotions,
-          ...this.extra[i]!,
-        };
-      }),
+      remoteHits,
+      ...(cluster ? { cluster } : {}),
+      tiers: this.tiers
+        .map((t, i): TierStats => {
+          const a = this.index.tiers[i]!;
+          return {
+            name: t.name,
+            kind: t.kind,
+            capacityBlocks: t.slots,
+            usedBlocks: a.used,
+            hits: a.stats.hits,
+            misses: a.stats.misses,
+            evictions: a.stats.evictions,
+            promotions: a.stats.promotions,
+            demotions: a.stats.demotions,
+            ...this.extra[i]!,
+          };
+        })
+        .concat(this.peer ? [this.peerStats(this.peer)] : []),
+    };
+  }
+
+  private peerStats(peer: PeerTier): TierStats {
+    const s = peer.stats;
+    return {
+      name: peer.name,
+      kind: 'peer',
+      capacityBlocks: 0, // the peer's own; ask it
+      usedBlocks: 0,
+      hits: s.hits,
+      misses: s.misses,
+      evictions: 0,
+      promotions: 0,
+      demotions: 0,
+      bytesIn: s.bytesIn,
+      bytesOut: s.bytesOut,
+      corrupt: 0,
+      errors: s.errors,
     };
   }
 
@@ -1120,6 +1435,7 @@ export class Warehouse {
         this.counters.ioErrors++;
       }
       await Promise.allSettled(this.tiers.map((t) => t.close()));
+      await this.peer?.close();
       await Promise.all([
         this.fileEngine.close(),
         this.memoryEngine.close(),

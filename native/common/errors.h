@@ -13,6 +13,7 @@ inline constexpr const char* kNotAvailable = "KVTIER_NOT_AVAILABLE";
 inline constexpr const char* kIo = "KVTIER_IO";
 inline constexpr const char* kNoSpace = "KVTIER_NO_SPACE";
 inline constexpr const char* kClosed = "KVTIER_CLOSED";
+inline constexpr const char* kPeer = "KVTIER_PEER";
 
 // Remembers the KvtierError constructor for this environment (per-env instance data).
 void RegisterErrorClass(Napi::Env env, Napi::Function ctor);

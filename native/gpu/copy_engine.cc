@@ -37,14 +37,14 @@ struct Segment {
 struct CopyEngine::JsBatch {
   explicit JsBatch(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise::Deferred deferred;
-  std::vector<napi_ref> borrowed;                  // user buffers, released on the main thread
-  std::vector<std::shared_ptr<void>> keepAlive;    // regions' memory, host and device
-  std::vector<cu::DevicePtr> dsts, srcs;           // the copies, in submission order
+  std::vector<napi_ref> borrowed;                // user buffers, released on the main thread
+  std::vector<std::shared_ptr<void>> keepAlive;  // regions' memory, host and device
+  std::vector<cu::DevicePtr> dsts, srcs;         // the copies, in submission order
   std::vector<size_t> sizes;
-  std::vector<char> dstDevice, srcDevice;          // whether each side is GPU memory
-  void* table = nullptr;                           // the kernel's segment table, if any
+  std::vector<char> dstDevice, srcDevice;  // whether each side is GPU memory
+  void* table = nullptr;                   // the kernel's segment table, if any
   size_t tableBytes = 0;
-  std::vector<double> results;                     // bytes per descriptor
+  std::vector<double> results;  // bytes per descriptor
   cu::Event event = nullptr;
   cu::Result rc = cu::kSuccess;  // set by the completer
   std::string error;             // set by the completer when it cannot wait
@@ -202,7 +202,8 @@ void CopyEngine::LoadKernel() {
   }
   if (api_->moduleLoadData == nullptr || api_->moduleGetFunction == nullptr ||
       api_->launchKernel == nullptr || api_->memHostGetDevicePointer == nullptr) {
-    kernelReason_ = "the driver lacks cuModuleLoadData, cuLaunchKernel or cuMemHostGetDevicePointer";
+    kernelReason_ =
+        "the driver lacks cuModuleLoadData, cuLaunchKernel or cuMemHostGetDevicePointer";
     return;
   }
   cu::Result rc = api_->moduleLoadData(&module_, kKernelsPtx);
@@ -230,8 +231,8 @@ cu::Result CopyEngine::Dma(std::vector<cu::DevicePtr>& dsts, std::vector<cu::Dev
                                   stream);
     } else {
       size_t failIdx = 0;
-      rc = api_->memcpyBatchAsync128(dsts.data(), srcs.data(), sizes.data(), n, &attrs, &attrIdx,
-                                     1, &failIdx, stream);
+      rc = api_->memcpyBatchAsync128(dsts.data(), srcs.data(), sizes.data(), n, &attrs, &attrIdx, 1,
+                                     &failIdx, stream);
     }
     if (rc == cu::kSuccess) return rc;
     // Some memory kinds (pageable host memory on some drivers) are refused by the batch call;

@@ -73,7 +73,8 @@ std::shared_ptr<DeviceMemory> DeviceMemory::Wrap(int device, cu::DevicePtr ptr, 
              std::to_string(extent - (ptr - base)) + " bytes from that pointer on");
     return nullptr;
   }
-  return std::shared_ptr<DeviceMemory>(new DeviceMemory(device, base, ptr, bytes, Origin::kWrapped));
+  return std::shared_ptr<DeviceMemory>(
+      new DeviceMemory(device, base, ptr, bytes, Origin::kWrapped));
 }
 
 std::shared_ptr<DeviceMemory> DeviceMemory::Import(int device, const cu::IpcMemHandle& handle,
@@ -143,9 +144,8 @@ bool DeviceMemory::ipcHandle(cu::IpcMemHandle* handle, size_t* offset, std::stri
 bool DeviceMemory::registerWithCuFile() {
   std::lock_guard<std::mutex> lock(cufileMutex_);
   if (cufileState_ == 0) {
-    cufileState_ = shim::CuFile::instance().bufRegister(reinterpret_cast<void*>(ptr_), size_)
-                       ? 1
-                       : -1;
+    cufileState_ =
+        shim::CuFile::instance().bufRegister(reinterpret_cast<void*>(ptr_), size_) ? 1 : -1;
   }
   return cufileState_ == 1;
 }

@@ -11,14 +11,13 @@ namespace kvtier {
 namespace cu = shim::cu;
 
 Napi::Function DeviceRegion::Define(Napi::Env env) {
-  Napi::Function ctor = DefineClass(
-      env, "NativeDeviceRegion",
-      {InstanceAccessor<&DeviceRegion::ByteLength>("byteLength"),
-       InstanceAccessor<&DeviceRegion::Device>("device"),
-       InstanceAccessor<&DeviceRegion::Pointer>("pointer"),
-       InstanceAccessor<&DeviceRegion::Origin>("origin"),
-       InstanceMethod<&DeviceRegion::IpcHandle>("ipcHandle"),
-       InstanceMethod<&DeviceRegion::Close>("close")});
+  Napi::Function ctor = DefineClass(env, "NativeDeviceRegion",
+                                    {InstanceAccessor<&DeviceRegion::ByteLength>("byteLength"),
+                                     InstanceAccessor<&DeviceRegion::Device>("device"),
+                                     InstanceAccessor<&DeviceRegion::Pointer>("pointer"),
+                                     InstanceAccessor<&DeviceRegion::Origin>("origin"),
+                                     InstanceMethod<&DeviceRegion::IpcHandle>("ipcHandle"),
+                                     InstanceMethod<&DeviceRegion::Close>("close")});
   InstanceData::Get(env).deviceRegionCtor = Napi::Persistent(ctor);
   return ctor;
 }
@@ -48,7 +47,8 @@ DeviceRegion::DeviceRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<De
     if (!pv.IsBigInt()) Throw(env, kBadArgument, "pointer must be a bigint device address");
     bool lossless = false;
     uint64_t ptr = pv.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless || ptr == 0) Throw(env, kBadArgument, "pointer must be a non-zero 64-bit address");
+    if (!lossless || ptr == 0)
+      Throw(env, kBadArgument, "pointer must be a non-zero 64-bit address");
     if (bytes == 0) Throw(env, kBadArgument, "region size must be at least 1 byte");
     memory_ = DeviceMemory::Wrap(ordinal, ptr, bytes, &failure);
     origin_ = "wrapped";

@@ -247,9 +247,10 @@ void GpuFileEngine::Run(Op* op, Worker* w) {
     // Registered buffers let GPUDirect DMA straight into them; compat mode ignores it.
     bool registered = op->device->registerWithCuFile();
     void* base = registered ? reinterpret_cast<void*>(op->device->ptr()) : op->mem;
-    off_t devOffset = registered ? static_cast<off_t>(reinterpret_cast<cu::DevicePtr>(op->mem) -
-                                                      op->device->ptr())
-                                 : 0;
+    off_t devOffset =
+        registered
+            ? static_cast<off_t>(reinterpret_cast<cu::DevicePtr>(op->mem) - op->device->ptr())
+            : 0;
     std::string why;
     size_t done = 0;
     while (done < op->len) {
@@ -435,7 +436,8 @@ Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
       continue;
     }
     if (op.code == kWrite && op.file->readOnly) {
-      Throw(env, kBadArgument, Where(i) + "cannot write to " + op.file->path + ": opened read-only");
+      Throw(env, kBadArgument,
+            Where(i) + "cannot write to " + op.file->path + ": opened read-only");
     }
     op.offset = Field64(env, d, i, kFileOffset, "file offset");
     const Target* target = nullptr;

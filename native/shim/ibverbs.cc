@@ -83,6 +83,24 @@ Verbs::Verbs() {
         !lib.sym("ibv_get_device_guid", &getDeviceGuid, &status_.reason)) {
       return;
     }
+    // The data path's entry points; a library missing one still lists devices for `kvtier info`.
+    ibv::Api& a = api_;
+    apiLoaded_ = lib.sym("ibv_get_device_list", &a.getDeviceList, &apiReason_) &&
+                 lib.sym("ibv_free_device_list", &a.freeDeviceList, &apiReason_) &&
+                 lib.sym("ibv_get_device_name", &a.getDeviceName, &apiReason_) &&
+                 lib.sym("ibv_open_device", &a.openDevice, &apiReason_) &&
+                 lib.sym("ibv_close_device", &a.closeDevice, &apiReason_) &&
+                 lib.sym("ibv_query_port", &a.queryPort, &apiReason_) &&
+                 lib.sym("ibv_query_gid", &a.queryGid, &apiReason_) &&
+                 lib.sym("ibv_alloc_pd", &a.allocPd, &apiReason_) &&
+                 lib.sym("ibv_dealloc_pd", &a.deallocPd, &apiReason_) &&
+                 lib.sym("ibv_reg_mr", &a.regMr, &apiReason_) &&
+                 lib.sym("ibv_dereg_mr", &a.deregMr, &apiReason_) &&
+                 lib.sym("ibv_create_cq", &a.createCq, &apiReason_) &&
+                 lib.sym("ibv_destroy_cq", &a.destroyCq, &apiReason_) &&
+                 lib.sym("ibv_create_qp", &a.createQp, &apiReason_) &&
+                 lib.sym("ibv_destroy_qp", &a.destroyQp, &apiReason_) &&
+                 lib.sym("ibv_modify_qp", &a.modifyQp, &apiReason_);
     // Kept from here on: listing devices loads provider plugins (libmlx5 ...) that libibverbs
     // keeps global state for, so unloading it afterwards is not safe.
     lib_ = lib.release();

@@ -1,0 +1,146 @@
+/**
+ * `kvtier serve`: a warehouse node other processes and machines put blocks into and get blocks
+ * from (lib/peer/server.ts). Logs one JSON object per line on stdout. SIGTERM and SIGINT stop it
+ * cleanly: requests in flight finish, then the warehouse writes its host-only blocks down to the
+ * file tier and closes, so a restart on the same --dir finds them.
+ */
+import { resolve } from 'node:path';
+
+import type { Command } from 'commander';
+
+import { parseSize } from '../bench/stats.js';
+import { KvtierError } from '../errors.js';
+import { readTokenFile } from '../peer/auth.js';
+import { parseAddress } from '../peer/protocol.js';
+import { PeerServer } from '../peer/server.js';
+import type { TransportOption } from '../peer/transports.js';
+import { Warehouse, type TierOptions } from '../warehouse/warehouse.js';
+import {
+  addClusterOptions,
+  checkClusterOptions,
+  joinFromServe,
+  type JoinedCluster,
+  type ServeClusterOptions,
+} from './serve-cluster.js';
+
+export interface ServeOptions extends ServeClusterOptions {
+  listen: string;
+  dir?: string;
+  hostBytes?: string;
+  fileBytes?: string;
+  blockBytes: string;
+  tokenFile: string;
+  transport?: string;
+  maxConnections?: string;
+  handshakeTimeout?: string;
+}
+
+function log(event: string, fields: Record<string, unknown> = {}): void {
+  process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), event, ...fields })}\n`);
+}
+
+export async function serve(opts: ServeOptions): Promise<void> {
+  const { host, port } = parseAddress(opts.listen);
+  const blockBytes = parseSize(opts.blockBytes, 'block size');
+  const tiers: TierOptions[] = [];
+  if (opts.hostBytes !== undefined) {
+    tiers.push({ kind: 'host', bytes: parseSize(opts.hostBytes, 'host bytes') });
+  }
+  if (opts.fileBytes !== undefined || opts.dir !== undefined) {
+    if (opts.dir === undefined || opts.fileBytes === undefined) {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', '--dir and --file-bytes go together');
+    }
+    tiers.push({
+      kind: 'file',
+      dir: resolve(opts.dir),
+      bytes: parseSize(opts.fileBytes, 'file bytes'),
+    });
+  }
+  if (tiers.length === 0) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --host-bytes, --dir or both');
+  }
+  const transport = (opts.transport ?? 'auto') as TransportOption;
+  const maxConnections = opts.maxConnections === undefined ? 256 : Number(opts.maxConnections);
+  if (!Number.isSafeInteger(maxConnections) || maxConnections < 1 || maxConnections > 65536) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--max-connections must be 1 to 65536');
+  }
+  checkClusterOptions(opts);
+  const secret = await readTokenFile(opts.tokenFile);
+  const warehouse = await Warehouse.open({ blockBytes, tiers });
+  let server: PeerServer;
+  try {
+    server = PeerServer.start({
+      host,
+      port,
+      warehouse,
+      secret,
+      transport,
+      maxConnections,
+      handshakeTimeoutMs: Number(opts.handshakeTimeout ?? 5000),
+      log,
+    });
+  } catch (e) {
+    await warehouse.close();
+    throw e;
+  }
+  let cluster: JoinedCluster | undefined;
+  try {
+    cluster = await joinFromServe(opts, warehouse, { host, port: server.port }, secret, log);
+  } catch (e) {
+    await server.close();
+    await warehouse.close();
+    throw e;
+  }
+  const stats = warehouse.stats();
+  log('listening', {
+    host,
+    port: server.port,
+    transport: server.transport.kind,
+    transportReason: server.transport.reason,
+    blockBytes,
+    maxBatch: server.maxBatch,
+    blocks: stats.blocks,
+    tiers: stats.tiers.map((t) => ({
+      name: t.name,
+      kind: t.kind,
+      capacityBlocks: t.capacityBlocks,
+    })),
+  });
+  await new Promise<void>((done) => {
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) return;
+      stopping = true;
+      log('stopping', { signal, connections: server.connections });
+      void (async () => {
+        await cluster?.close();
+        await server.close();
+        const blocks = warehouse.stats().blocks;
+        await warehouse.close();
+        log('stopped', { blocks });
+        done();
+      })();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('run a warehouse node that peers put blocks into and get blocks from')
+    .requiredOption('--listen <host:port>', 'address to listen on (port 0 picks a free one)')
+    .option('--dir <dir>', 'file tier directory (kept across restarts)')
+    .option('--host-bytes <size>', 'host memory tier capacity, e.g. 1GiB')
+    .option('--file-bytes <size>', 'file tier capacity, e.g. 64GiB')
+    .requiredOption('--block-bytes <size>', 'bytes per block, e.g. 1MiB')
+    .requiredOption('--token-file <file>', 'file holding the shared secret (at least 16 bytes)')
+    .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
+    .option('--max-connections <n>', 'connections open at once; more are refused', '256')
+    .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')
+    .action(async (opts: ServeOptions) => {
+      await serve(opts);
+    });
+  addClusterOptions(program.commands.find((c) => c.name() === 'serve')!);
+}

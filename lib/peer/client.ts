@@ -1,0 +1,601 @@
+/**
+ * A client of a kvtier peer (`kvtier serve`): batched put, get, lookup and delete over the peer
+ * protocol. Many requests may be in flight on one connection. When the connection breaks, the
+ * requests waiting on it reject with KVTIER_PEER (a get never reports a block it did not receive
+ * whole) and the client reconnects with exponential backoff; a request that outlives its timeout
+ * rejects with KVTIER_TIMEOUT and the connection is replaced, since a stalled peer cannot be
+ * trusted to answer in order.
+ */
+import { lookup as dnsLookup } from 'node:dns/promises';
+
+import { nativeTargetOf, type Target } from '../engine.js';
+import { DeviceRegion } from '../gpu/device-region.js';
+import { KvtierError } from '../errors.js';
+import type { NativeTarget, NetEvent } from '../native.js';
+import { Region } from '../region.js';
+import { toKeys, type Key, type KeyChain, type KeyLike } from '../warehouse/keys.js';
+import {
+  checkSecret,
+  clientProof,
+  nonce,
+  proofMatches,
+  readTokenFile,
+  serverProof,
+} from './auth.js';
+import type { Secret } from './auth.js';
+import { Net } from './net.js';
+import {
+  AUTH_BYTES,
+  Capability,
+  CHALLENGE_BYTES,
+  decodeError,
+  decodeResults,
+  encodeKeys,
+  errorCodeFor,
+  frame,
+  HELLO_BYTES,
+  MsgType,
+  NONCE_BYTES,
+  parseAddress,
+  PROTOCOL_VERSION,
+  READY_BYTES,
+  RequestFlag,
+  RESULT_ENTRY_BYTES,
+  BATCH_FIXED_BYTES,
+  Status,
+  TransportId,
+} from './protocol.js';
+import { chooseTransport, type TransportOption } from './transports.js';
+
+export interface ConnectOptions {
+  /** The shared secret, or */
+  token?: string | Buffer;
+  /** a file holding it. */
+  tokenFile?: string;
+  /** The block size this client expects; the server refuses a mismatch. Default: the server's. */
+  blockBytes?: number;
+  /** Per-operation timeout (default 30 s). */
+  timeoutMs?: number;
+  /** Timeout of connecting and authenticating (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Backoff between reconnection attempts; false disables reconnecting. */
+  reconnect?: { initialMs?: number; maxMs?: number } | false;
+  transport?: TransportOption;
+}
+
+export interface PeerPutResult {
+  /** Per key: 'stored', 'present' (already there) or 'rejected' (no room or failed). */
+  status: ('stored' | 'present' | 'rejected')[];
+  stored: number;
+  present: number;
+  rejected: number;
+}
+
+export interface PeerGetResult {
+  found: boolean[];
+  count: number;
+  prefix: number;
+}
+
+export interface PeerLookupResult {
+  present: boolean[];
+  prefix: number;
+}
+
+interface Pending {
+  type: number;
+  count: number;
+  resolve(r: { statuses: number[]; word: number }): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+  timedOut: boolean;
+  release(): void;
+}
+
+interface Session {
+  conn: number;
+  blockBytes: number;
+  maxBatch: number;
+  maxMeta: number;
+  maxPayload: number;
+  transport: 'tcp' | 'verbs';
+}
+
+const REQUEST_TYPES = {
+  [MsgType.PUT]: MsgType.PUT_RESULT,
+  [MsgType.GET]: MsgType.GET_RESULT,
+  [MsgType.LOOKUP]: MsgType.LOOKUP_RESULT,
+  [MsgType.DELETE]: MsgType.DELETE_RESULT,
+} as Record<number, number>;
+
+/** Connects and authenticates; rejects with KVTIER_AUTH, KVTIER_PROTOCOL or KVTIER_PEER. */
+export async function connect(url: string, options: ConnectOptions = {}): Promise<PeerClient> {
+  const { host, port } = parseAddress(url);
+  let secret: Secret;
+  if (options.token !== undefined) secret = checkSecret(options.token, 'the token');
+  else if (options.tokenFile !== undefined) secret = await readTokenFile(options.tokenFile);
+  else throw new KvtierError('KVTIER_BAD_ARGUMENT', 'connect() needs a token or a tokenFile');
+  const choice = chooseTransport(options.transport ?? 'auto');
+  const address = (await dnsLookup(host).catch((e: unknown) => {
+    throw new KvtierError('KVTIER_PEER', `cannot resolve ${host}`, { cause: e });
+  })) as { address: string };
+  const client = new PeerClient(url, address.address, port, secret, options, choice.kind);
+  await client.open();
+  return client;
+}
+
+export class PeerClient {
+  private readonly net: Net;
+  private session: Session | undefined;
+  private readonly pending = new Map<number, Pending>();
+  private nextRequest = 1;
+  private closed = false;
+  private attempt = 0;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private lastError: KvtierError | undefined;
+  /** Resolves when a reconnection attempt ends (for tests and waiting callers). */
+  private reconnecting: Promise<void> | undefined;
+  readonly timeoutMs: number;
+  /** Why this transport was chosen. */
+  transportReason = '';
+
+  /** @internal */
+  constructor(
+    readonly url: string,
+    private readonly address: string,
+    private readonly port: number,
+    private readonly secret: Secret,
+    private readonly options: ConnectOptions,
+    private readonly wantTransport: 'tcp' | 'verbs',
+  ) {
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.net = new Net();
+  }
+
+  get blockBytes(): number {
+    return this.session?.blockBytes ?? this.options.blockBytes ?? 0;
+  }
+
+  get maxBatch(): number {
+    return this.session?.maxBatch ?? 0;
+  }
+
+  get connected(): boolean {
+    return this.session !== undefined;
+  }
+
+  get transport(): 'tcp' | 'verbs' {
+    return this.session?.transport ?? this.wantTransport;
+  }
+
+  /** @internal Connects and runs the handshake. */
+  async open(): Promise<void> {
+    this.session = await this.handshake();
+    this.attempt = 0;
+  }
+
+  private handshake(): Promise<Session> {
+    return new Promise<Session>((resolve, reject) => {
+      const clientNonce = nonce();
+      let phase: 'connecting' | 'challenge' | 'ready' | 'done' = 'connecting';
+      let session: Session | undefined;
+      let serverNonce: Buffer | undefined;
+      let conn = 0;
+      const fail = (e: KvtierError): void => {
+        if (phase === 'done') return;
+        phase = 'done';
+        clearTimeout(timer);
+        this.net.unref();
+        this.net.closeConnection(conn, e.message);
+        reject(e);
+      };
+      const timer = setTimeout(
+        () =>
+          fail(
+            new KvtierError(
+              'KVTIER_TIMEOUT',
+              `no authenticated connection to ${this.url} within ${this.options.connectTimeoutMs ?? 10_000} ms`,
+            ),
+          ),
+        this.options.connectTimeoutMs ?? 10_000,
+      );
+      this.net.ref();
+      try {
+        conn = this.net.connect(this.address, this.port, {
+          onConnected: () => {
+            const hello = Buffer.alloc(HELLO_BYTES);
+            hello.writeUInt16LE(PROTOCOL_VERSION, 0);
+            hello.writeUInt32LE(
+              Capability.TCP | (this.wantTransport === 'verbs' ? Capability.VERBS : 0),
+              4,
+            );
+            hello.writeBigUInt64LE(BigInt(this.options.blockBytes ?? 0), 8);
+            clientNonce.copy(hello, 16);
+            phase = 'challenge';
+            this.net.send(conn, frame(MsgType.HELLO, 0, hello));
+          },
+          onFrame: (ev) => {
+            if (phase === 'done') return this.onFrame(ev);
+            const meta = ev.meta!;
+            if (ev.type === MsgType.ERROR) {
+              const { kind, message } = decodeError(meta);
+              return fail(new KvtierError(errorCodeFor(kind), `${this.url}: ${message}`));
+            }
+            if (phase === 'challenge') {
+              if (ev.type !== MsgType.CHALLENGE || meta.length !== CHALLENGE_BYTES) {
+                return fail(new KvtierError('KVTIER_PROTOCOL', `${this.url}: expected CHALLENGE`));
+              }
+              const version = meta.readUInt16LE(0);
+              if (version !== PROTOCOL_VERSION) {
+                return fail(
+                  new KvtierError(
+                    'KVTIER_PROTOCOL',
+                    `${this.url} speaks protocol version ${version}, not ${PROTOCOL_VERSION}`,
+                  ),
+                );
+              }
+              serverNonce = Buffer.from(meta.subarray(32, 32 + NONCE_BYTES));
+              const caps = meta.readUInt32LE(4);
+              const useVerbs = this.wantTransport === 'verbs' && (caps & Capability.VERBS) !== 0;
+              if (this.options.transport === 'verbs' && !useVerbs) {
+                return fail(
+                  new KvtierError('KVTIER_NOT_AVAILABLE', `${this.url} does not offer verbs`),
+                );
+              }
+              session = {
+                conn,
+                blockBytes: Number(meta.readBigUInt64LE(8)),
+                maxBatch: meta.readUInt32LE(16),
+                maxMeta: meta.readUInt32LE(20),
+                maxPayload: Number(meta.readBigUInt64LE(24)),
+                transport: useVerbs ? 'verbs' : 'tcp',
+              };
+              if (session.blockBytes < 1 || session.maxBatch < 1) {
+                return fail(new KvtierError('KVTIER_PROTOCOL', `${this.url}: bad limits`));
+              }
+              this.transportReason = useVerbs
+                ? 'verbs: both ends have an RDMA device'
+                : this.wantTransport === 'verbs'
+                  ? 'tcp: the server offers no verbs'
+                  : (chooseTransport(this.options.transport ?? 'auto').reason ?? 'tcp');
+              const auth = Buffer.alloc(AUTH_BYTES);
+              clientProof(this.secret, serverNonce, clientNonce).copy(auth, 0);
+              auth.writeUInt32LE(useVerbs ? TransportId.verbs : TransportId.tcp, 32);
+              phase = 'ready';
+              // Answers may be as large as the largest batch the server allows.
+              const resultMeta = BATCH_FIXED_BYTES + session.maxBatch * RESULT_ENTRY_BYTES;
+              this.net.setLimits(conn, Math.max(resultMeta, 4096), session.maxPayload);
+              this.net.send(conn, frame(MsgType.AUTH, 0, auth));
+              return;
+            }
+            if (ev.type !== MsgType.READY || meta.length !== READY_BYTES || !session) {
+              return fail(new KvtierError('KVTIER_PROTOCOL', `${this.url}: expected READY`));
+            }
+            const proof = meta.subarray(0, 32);
+            if (!proofMatches(serverProof(this.secret, clientNonce, serverNonce!), proof)) {
+              return fail(
+                new KvtierError('KVTIER_AUTH', `${this.url} could not prove it knows the secret`),
+              );
+            }
+            phase = 'done';
+            clearTimeout(timer);
+            this.net.unref();
+            resolve(session);
+          },
+          onClose: (errno, why) => {
+            if (phase !== 'done') {
+              fail(
+                new KvtierError('KVTIER_PEER', `cannot reach ${this.url}: ${why}`, {
+                  ...(errno ? { errno } : {}),
+                }),
+              );
+              return;
+            }
+            this.onClose(conn, errno, why);
+          },
+        });
+      } catch (e) {
+        fail(
+          e instanceof KvtierError
+            ? e
+            : new KvtierError('KVTIER_PEER', `cannot reach ${this.url}`, { cause: e }),
+        );
+      }
+    });
+  }
+
+  private onFrame(ev: NetEvent): void {
+    const p = this.pending.get(ev.requestId!);
+    if (!p) return; // the answer to a request that already timed out
+    this.pending.delete(ev.requestId!);
+    clearTimeout(p.timer);
+    this.done(p);
+    if (ev.type === MsgType.ERROR) {
+      const { kind, message } = decodeError(ev.meta!);
+      return p.reject(new KvtierError(errorCodeFor(kind), `${this.url}: ${message}`));
+    }
+    if (ev.type !== REQUEST_TYPES[p.type]) {
+      p.reject(new KvtierError('KVTIER_PROTOCOL', `${this.url}: answer of the wrong type`));
+      this.net.closeConnection(this.session?.conn ?? 0, 'answer of the wrong type');
+      return;
+    }
+    try {
+      p.resolve(decodeResults(ev.meta!, p.count));
+    } catch (e) {
+      p.reject(e as Error);
+      this.net.closeConnection(this.session?.conn ?? 0, (e as Error).message);
+    }
+  }
+
+  private done(p: Pending): void {
+    p.release();
+    this.net.unref();
+  }
+
+  private onClose(conn: number, errno: number, why: string): void {
+    if (this.session?.conn === conn) this.session = undefined;
+    // Native no longer touches any buffer of these requests: they can reject now.
+    const error = new KvtierError('KVTIER_PEER', `lost the connection to ${this.url}: ${why}`, {
+      ...(errno ? { errno } : {}),
+    });
+    this.lastError = error;
+    for (const [id, p] of [...this.pending]) {
+      this.pending.delete(id);
+      clearTimeout(p.timer);
+      this.done(p);
+      p.reject(
+        p.timedOut
+          ? new KvtierError(
+              'KVTIER_TIMEOUT',
+              `${this.url} did not answer within ${this.timeoutMs} ms`,
+            )
+          : error,
+      );
+    }
+    if (!this.closed && this.options.reconnect !== false) this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.reconnectTimer || this.closed) return;
+    const initial = (this.options.reconnect || {}).initialMs ?? 100;
+    const max = (this.options.reconnect || {}).maxMs ?? 5000;
+    const base = Math.min(max, initial * 2 ** this.attempt);
+    const delay = base / 2 + Math.random() * (base / 2); // jitter: clients do not stampede back
+    this.attempt++;
+    let wake!: () => void;
+    this.reconnecting = new Promise<void>((r) => (wake = r));
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      if (this.closed) return wake();
+      this.open().then(
+        () => wake(),
+        (e: unknown) => {
+          this.lastError = e as KvtierError;
+          wake();
+          this.scheduleReconnect();
+        },
+      );
+    }, delay);
+    this.reconnectTimer.unref();
+  }
+
+  /** Waits until connected again (or `ms` pass); resolves with whether it is connected. */
+  async waitConnected(ms = this.timeoutMs): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (!this.session && !this.closed && Date.now() < deadline) {
+      const wait = this.reconnecting ?? Promise.resolve();
+      await Promise.race([wait, new Promise((r) => setTimeout(r, Math.min(50, ms)))]);
+    }
+    return this.session !== undefined;
+  }
+
+  private ready(): Session {
+    if (this.closed) throw new KvtierError('KVTIER_CLOSED', 'the peer client is closed');
+    if (!this.session) {
+      throw new KvtierError(
+        'KVTIER_PEER',
+        `not connected to ${this.url} (reconnecting)${this.lastError ? `: ${this.lastError.message}` : ''}`,
+      );
+    }
+    return this.session;
+  }
+
+  /** One request frame; chunks of a larger batch each go through here. */
+  private request(
+    s: Session,
+    type: number,
+    keys: Key[],
+    memory?: { target: Target; slots: readonly number[] },
+    flags = 0,
+  ): Promise<{ statuses: number[]; word: number }> {
+    const rid = this.nextRequest;
+    this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
+    const meta = encodeKeys(keys);
+    const bs = s.blockBytes;
+    let targets: NativeTarget[] = [];
+    let spans: Float64Array | undefined;
+    let expect: { type: number; requestId: number; spans: Float64Array } | undefined;
+    let release = (): void => {};
+    if (memory) {
+      const { target } = memory;
+      if (target instanceof DeviceRegion) {
+        throw new KvtierError(
+          'KVTIER_BAD_ARGUMENT',
+          'peer transfers move host memory; gather GPU blocks into a pinned Region first',
+        );
+      }
+      const region = target instanceof Region ? target : Region.owning(bufferOf(target))?.region;
+      if (region) {
+        region.assertOpen();
+        region.inFlight.begin();
+        release = () => region.inFlight.end();
+      }
+      targets = [nativeTargetOf(target)];
+      const triples = new Float64Array(keys.length * 3);
+      for (let i = 0; i < keys.length; i++) {
+        triples[3 * i] = 0;
+        triples[3 * i + 1] = memory.slots[i]! * bs;
+        triples[3 * i + 2] = bs;
+      }
+      if (type === MsgType.PUT) spans = triples;
+      else expect = { type: MsgType.GET_RESULT, requestId: rid, spans: triples };
+    }
+    const payload = type === MsgType.PUT ? keys.length * bs : 0;
+    return new Promise((resolve, reject) => {
+      const p: Pending = {
+        type,
+        count: keys.length,
+        resolve,
+        reject,
+        timedOut: false,
+        release,
+        timer: setTimeout(() => {
+          // The answer may still be landing in the caller's memory: close, and reject once the
+          // transport confirms it let go (onClose).
+          p.timedOut = true;
+          this.net.closeConnection(s.conn, `no answer within ${this.timeoutMs} ms`);
+        }, this.timeoutMs),
+      };
+      this.pending.set(rid, p);
+      this.net.ref();
+      try {
+        this.net.send(
+          s.conn,
+          frame(type, rid, meta, payload, flags),
+          targets,
+          spans,
+          0,
+          false,
+          expect,
+        );
+      } catch (e) {
+        this.pending.delete(rid);
+        clearTimeout(p.timer);
+        this.done(p);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    });
+  }
+
+  /** Splits a batch into frames the server accepts and runs them at once. */
+  private async batched(
+    type: number,
+    keys: KeyChain | readonly KeyLike[],
+    target?: Target,
+    at?: readonly number[],
+    flags = 0,
+  ): Promise<{ statuses: number[]; word: number }> {
+    const s = this.ready();
+    const list = toKeys(keys);
+    const slots = at ?? list.map((_, i) => i);
+    if (target !== undefined) {
+      const size = target.byteLength;
+      if (target instanceof Region) target.assertOpen();
+      if (slots.length !== list.length) {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', 'one block index per key is needed');
+      }
+      const highest = slots.reduce((m, x) => Math.max(m, x), -1);
+      if (
+        slots.some((x) => !Number.isSafeInteger(x) || x < 0) ||
+        size < (highest + 1) * s.blockBytes
+      ) {
+        throw new KvtierError(
+          'KVTIER_BAD_ARGUMENT',
+          `${size} bytes cannot hold ${highest + 1} blocks of ${s.blockBytes} bytes`,
+        );
+      }
+    }
+    const chunks: Promise<{ statuses: number[]; word: number }>[] = [];
+    for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
+      const part = list.slice(from, from + s.maxBatch);
+      const memory = target ? { target, slots: slots.slice(from, from + s.maxBatch) } : undefined;
+      chunks.push(this.request(s, type, part, memory, flags));
+      if (list.length === 0) break;
+    }
+    const results = await Promise.all(chunks);
+    const statuses = results.flatMap((r) => r.statuses);
+    // LOOKUP's word is the prefix of its chunk; the whole prefix runs through full chunks only.
+    let word = 0;
+    for (const r of results) {
+      word += r.word;
+      if (r.word < r.statuses.length) break;
+    }
+    return { statuses, word };
+  }
+
+  /** Stores block i of src (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i] on the peer. */
+  put(keys: KeyChain | readonly KeyLike[], src: Target): Promise<PeerPutResult> {
+    return this.putAt(keys, src);
+  }
+
+  /** @internal put() with block `at[i]` of src under keys[i]. */
+  async putAt(
+    keys: KeyChain | readonly KeyLike[],
+    src: Target,
+    at?: readonly number[],
+  ): Promise<PeerPutResult> {
+    const { statuses } = await this.batched(MsgType.PUT, keys, src, at);
+    const status = statuses.map((s) =>
+      s === Status.OK ? 'stored' : s === Status.PRESENT ? 'present' : 'rejected',
+    ) as PeerPutResult['status'];
+    const count = (w: string): number => status.filter((s) => s === w).length;
+    return {
+      status,
+      stored: count('stored'),
+      present: count('present'),
+      rejected: count('rejected'),
+    };
+  }
+
+  /**
+   * Reads blocks into dst (block i at i*blockBytes). A block is reported found only once all of
+   * its bytes arrived; bytes of missing blocks are left untouched.
+   */
+  get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+    return this.getAt(keys, dst);
+  }
+
+  /**
+   * @internal get() with block `at[i]` of dst for keys[i]; `localOnly` asks the peer not to
+   * fetch from the cluster on a miss (RequestFlag.LOCAL_ONLY).
+   */
+  async getAt(
+    keys: KeyChain | readonly KeyLike[],
+    dst: Target,
+    at?: readonly number[],
+    options: { localOnly?: boolean } = {},
+  ): Promise<PeerGetResult> {
+    const flags = options.localOnly ? RequestFlag.LOCAL_ONLY : 0;
+    const { statuses } = await this.batched(MsgType.GET, keys, dst, at, flags);
+    const found = statuses.map((s) => s === Status.OK);
+    let prefix = 0;
+    while (prefix < found.length && found[prefix]) prefix++;
+    return { found, count: found.filter(Boolean).length, prefix };
+  }
+
+  async lookup(keys: KeyChain | readonly KeyLike[]): Promise<PeerLookupResult> {
+    const { statuses, word } = await this.batched(MsgType.LOOKUP, keys);
+    return { present: statuses.map((s) => s === Status.OK), prefix: word };
+  }
+
+  /** Removes blocks from the peer; resolves with how many it removed (pinned ones stay). */
+  async delete(keys: KeyChain | readonly KeyLike[]): Promise<{ removed: number }> {
+    const { statuses } = await this.batched(MsgType.DELETE, keys);
+    return { removed: statuses.filter((s) => s === Status.OK).length };
+  }
+
+  /** Closes the connection; requests in flight reject with KVTIER_PEER. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.reconnectTimer);
+    if (this.session) this.net.closeConnection(this.session.conn, 'closed by the client');
+    // Requests still out reject through onClose, which the transport delivers before it stops.
+    while (this.pending.size > 0) await new Promise((r) => setTimeout(r, 5));
+    this.net.close();
+  }
+}
+
+function bufferOf(t: Exclude<Target, Region | DeviceRegion>): ArrayBufferLike {
+  return ArrayBuffer.isView(t) ? t.buffer : t;
+}

@@ -1,0 +1,173 @@
+/**
+ * The JavaScript side of one native TCP transport: routes the batches of events its thread
+ * delivers to a handler per connection. Handlers must not throw into the native callback; a
+ * handler that does is logged through onHandlerError and its connection closed.
+ */
+import { native, type NativeTarget, type NativeTcpTransport, type NetEvent } from '../native.js';
+import type { Region } from '../region.js';
+
+export const EventKind = {
+  ACCEPTED: 1,
+  CONNECTED: 2,
+  FRAME: 3,
+  SENT: 4,
+  CLOSED: 5,
+  REFUSED: 6,
+} as const;
+
+export interface ConnHandler {
+  onConnected?(): void;
+  onFrame(event: NetEvent): void;
+  onSent?(token: number): void;
+  /** Called once; after it the transport no longer touches any buffer sent on the connection. */
+  onClose(errno: number, why: string): void;
+}
+
+export interface NetOptions {
+  maxConnections?: number;
+  onAccept?: (conn: number, remote: string) => ConnHandler;
+  onRefused?: (text: string, errno: number | undefined) => void;
+  onHandlerError?: (e: unknown) => void;
+}
+
+export class Net {
+  private readonly transport: NativeTcpTransport;
+  private readonly handlers = new Map<number, ConnHandler>();
+  private refs = 0;
+  private closed = false;
+
+  constructor(private readonly options: NetOptions = {}) {
+    this.transport = new (native().NativeTcpTransport)(
+      options.maxConnections !== undefined ? { maxConnections: options.maxConnections } : {},
+      (events) => this.dispatch(events),
+    );
+  }
+
+  listen(host: string, port: number): { id: number; port: number } {
+    return this.transport.listen(host, port, 512);
+  }
+
+  closeListener(id: number): void {
+    this.transport.closeListener(id);
+  }
+
+  connect(host: string, port: number, handler: ConnHandler): number {
+    const id = this.transport.connect(host, port);
+    this.handlers.set(id, handler);
+    return id;
+  }
+
+  send(
+    conn: number,
+    head: Uint8Array,
+    targets: NativeTarget[] = [],
+    spans?: Float64Array,
+    token = 0,
+    notify = false,
+    expect?: { type: number; requestId: number; spans: Float64Array },
+  ): void {
+    if (expect) {
+      this.transport.send(
+        conn,
+        head,
+        targets,
+        spans,
+        token,
+        notify,
+        expect.type,
+        expect.requestId,
+        expect.spans,
+      );
+    } else {
+      this.transport.send(conn, head, targets, spans, token, notify);
+    }
+  }
+
+  setLimits(conn: number, maxMeta: number, maxPayload: number): void {
+    this.transport.setLimits(conn, maxMeta, maxPayload);
+  }
+
+  /** Memory the transport may receive one payload into; frames received there name `token`. */
+  provideArea(region: Region, offset: number, length: number, token: number): void {
+    if (!this.closed) this.transport.provide(region.native, offset, length, token);
+  }
+
+  closeConnection(conn: number, why: string): void {
+    if (!this.closed) this.transport.closeConnection(conn, why);
+  }
+
+  /** Keeps the process alive while something waits on the network. */
+  ref(): void {
+    if (this.refs++ === 0 && !this.closed) this.transport.ref();
+  }
+
+  unref(): void {
+    if (this.refs > 0 && --this.refs === 0 && !this.closed) this.transport.unref();
+  }
+
+  /** Closes every socket; the handlers hear onClose before this returns. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.transport.close();
+    // The thread is joined: whatever it had not delivered is gone, so close the rest here.
+    for (const [id, h] of [...this.handlers]) {
+      this.handlers.delete(id);
+      this.guard(() => h.onClose(0, 'the transport was closed'));
+    }
+  }
+
+  private guard(f: () => void): void {
+    try {
+      f();
+    } catch (e) {
+      this.options.onHandlerError?.(e);
+    }
+  }
+
+  private dispatch(events: NetEvent[]): void {
+    for (const ev of events) {
+      switch (ev.kind) {
+        case EventKind.ACCEPTED: {
+          const accept = this.options.onAccept;
+          if (!accept) {
+            this.transport.closeConnection(ev.conn, 'not accepting');
+            break;
+          }
+          this.guard(() => this.handlers.set(ev.conn, accept(ev.conn, ev.text ?? '')));
+          break;
+        }
+        case EventKind.REFUSED:
+          this.guard(() => this.options.onRefused?.(ev.text ?? '', ev.errno));
+          break;
+        case EventKind.CONNECTED: {
+          const h = this.handlers.get(ev.conn);
+          if (h) this.guard(() => h.onConnected?.());
+          break;
+        }
+        case EventKind.FRAME: {
+          const h = this.handlers.get(ev.conn);
+          if (!h) break;
+          try {
+            h.onFrame(ev);
+          } catch (e) {
+            this.options.onHandlerError?.(e);
+            this.transport.closeConnection(ev.conn, 'handler failed');
+          }
+          break;
+        }
+        case EventKind.SENT: {
+          const h = this.handlers.get(ev.conn);
+          if (h) this.guard(() => h.onSent?.(ev.token ?? 0));
+          break;
+        }
+        case EventKind.CLOSED: {
+          const h = this.handlers.get(ev.conn);
+          this.handlers.delete(ev.conn);
+          if (h) this.guard(() => h.onClose(ev.errno ?? 0, ev.text ?? ''));
+          break;
+        }
+      }
+    }
+  }
+}

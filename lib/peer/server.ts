@@ -1,0 +1,506 @@
+/**
+ * PeerServer: serves one Warehouse to remote clients over the peer protocol (docs/protocol.md).
+ * The native transport moves the frames; this decides what they mean. A connection that breaks a
+ * rule is answered with an ERROR frame and closed; the server and its other clients go on.
+ */
+import type { NativeTarget, NetEvent } from '../native.js';
+import { nativeTargetOf } from '../engine.js';
+import { KvtierError } from '../errors.js';
+import { Region } from '../region.js';
+import type { Warehouse } from '../warehouse/warehouse.js';
+import type { Key } from '../warehouse/keys.js';
+import { nonce, proofMatches, clientProof, serverProof, type Secret } from './auth.js';
+import { Net, type ConnHandler } from './net.js';
+import {
+  AUTH_BYTES,
+  Capability,
+  CHALLENGE_BYTES,
+  decodeKeys,
+  encodeError,
+  encodeResults,
+  ErrorKind,
+  frame,
+  HELLO_BYTES,
+  maxBatchFor,
+  maxMetaFor,
+  MsgType,
+  NONCE_BYTES,
+  PROTOCOL_VERSION,
+  READY_BYTES,
+  Status,
+  TransportId,
+  RequestFlag,
+} from './protocol.js';
+import { chooseTransport, type TransportChoice, type TransportOption } from './transports.js';
+
+/** Receive areas per server. */
+const AREAS = 16;
+
+export type LogFn = (event: string, fields?: Record<string, unknown>) => void;
+
+export interface PeerServerOptions {
+  host: string;
+  port: number;
+  warehouse: Warehouse;
+  secret: Secret;
+  transport?: TransportOption;
+  /** Connections open at once, authenticated or not; more are refused (default 256). */
+  maxConnections?: number;
+  /** A connection that has not authenticated by then is closed (default 5 s). */
+  handshakeTimeoutMs?: number;
+  log?: LogFn;
+}
+
+interface ConnState {
+  id: number;
+  remote: string;
+  phase: 'hello' | 'auth' | 'ready' | 'closed';
+  clientNonce?: Buffer;
+  serverNonce?: Buffer;
+  timer?: NodeJS.Timeout;
+  /** Sends in progress, by token: called once the bytes are out or the connection is gone. */
+  sending: Map<number, () => void>;
+}
+
+/** Send regions are reused by size: allocating and zeroing a fresh one per get would dominate. */
+class RegionPool {
+  private readonly free = new Map<number, Region[]>();
+  private bytes = 0;
+
+  constructor(private readonly limit: number) {}
+
+  take(bytes: number): Region {
+    const r = this.free.get(bytes)?.pop();
+    if (r) {
+      this.bytes -= bytes;
+      return r;
+    }
+    return Region.allocate(bytes, { pin: false });
+  }
+
+  give(r: Region): void {
+    if (r.closed) return;
+    if (this.bytes + r.byteLength > this.limit) {
+      void r.close();
+      return;
+    }
+    this.bytes += r.byteLength;
+    const list = this.free.get(r.byteLength) ?? [];
+    list.push(r);
+    this.free.set(r.byteLength, list);
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.free.values()].flat();
+    this.free.clear();
+    this.bytes = 0;
+    await Promise.all(all.map((r) => r.close()));
+  }
+}
+
+export class PeerServer {
+  readonly host: string;
+  readonly port: number;
+  readonly transport: TransportChoice;
+  readonly maxBatch: number;
+  private readonly net: Net;
+  private readonly listener: number;
+  private readonly conns = new Map<number, ConnState>();
+  private readonly work = new Set<Promise<unknown>>();
+  private readonly pool: RegionPool;
+  /** Receive areas: put payloads land here instead of in fresh allocations. */
+  private readonly areas: Region;
+  private readonly areaBytes: number;
+  private readonly log: LogFn;
+  private nextToken = 1;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly options: PeerServerOptions,
+    transport: TransportChoice,
+  ) {
+    const wh = options.warehouse;
+    this.transport = transport;
+    this.log = options.log ?? (() => {});
+    this.maxBatch = maxBatchFor(wh.blockBytes);
+    this.pool = new RegionPool(Math.max(64 << 20, 4 * wh.blockBytes));
+    this.areaBytes =
+      wh.blockBytes * Math.max(1, Math.min(this.maxBatch, Math.floor((4 << 20) / wh.blockBytes)));
+    this.areas = Region.allocate(AREAS * this.areaBytes, { pin: false });
+    this.areas.inFlight.begin(); // the transport may write into it until it is closed
+    this.net = new Net({
+      maxConnections: options.maxConnections ?? 256,
+      onAccept: (conn, remote) => this.accept(conn, remote),
+      onRefused: (text, errno) =>
+        this.log('connection_refused', {
+          remote: text,
+          reason: errno ? text : 'too many connections',
+        }),
+      onHandlerError: (e) => this.log('handler_error', { error: String(e) }),
+    });
+    try {
+      const bound = this.net.listen(options.host, options.port);
+      this.listener = bound.id;
+      this.port = bound.port;
+    } catch (e) {
+      this.net.close();
+      throw e;
+    }
+    this.host = options.host;
+    for (let a = 0; a < AREAS; a++) this.provide(a);
+    this.net.ref();
+  }
+
+  static start(options: PeerServerOptions): PeerServer {
+    const transport = chooseTransport(options.transport ?? 'auto');
+    return new PeerServer(options, transport);
+  }
+
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  private accept(conn: number, remote: string): ConnHandler {
+    const state: ConnState = { id: conn, remote, phase: 'hello', sending: new Map() };
+    this.conns.set(conn, state);
+    state.timer = setTimeout(
+      () => this.drop(state, ErrorKind.AUTH, 'no authenticated handshake in time'),
+      this.options.handshakeTimeoutMs ?? 5000,
+    );
+    state.timer.unref();
+    this.log('connection_open', { conn, remote });
+    if (this.closing) this.drop(state, ErrorKind.SHUTTING_DOWN, 'the server is shutting down');
+    return {
+      onFrame: (ev) => this.onFrame(state, ev),
+      onSent: (token) => {
+        const done = state.sending.get(token);
+        state.sending.delete(token);
+        done?.();
+      },
+      onClose: (errno, why) => {
+        clearTimeout(state.timer);
+        state.phase = 'closed';
+        for (const done of state.sending.values()) done();
+        state.sending.clear();
+        this.conns.delete(conn);
+        this.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
+      },
+    };
+  }
+
+  private release(r: Region): void {
+    r.inFlight.end();
+    this.pool.give(r);
+  }
+
+  /** Answers with an ERROR frame and closes the connection (the frame is sent first). */
+  private drop(state: ConnState, kind: number, message: string): void {
+    if (state.phase === 'closed') return;
+    this.log('connection_dropped', { conn: state.id, remote: state.remote, reason: message });
+    this.net.send(state.id, frame(MsgType.ERROR, 0, encodeError(kind, message)));
+    this.net.closeConnection(state.id, message);
+    state.phase = 'closed';
+  }
+
+  private onFrame(state: ConnState, ev: NetEvent): void {
+    if (state.phase === 'closed') return;
+    const meta = ev.meta!;
+    switch (state.phase) {
+      case 'hello':
+        return this.onHello(state, ev.type!, meta);
+      case 'auth':
+        return this.onAuth(state, ev.type!, meta);
+      default: {
+        let job: Promise<unknown> | undefined;
+        try {
+          job = this.onRequest(state, ev);
+        } finally {
+          // Whatever happened to the request, its receive area is free once it is done with.
+          const area = ev.area;
+          if (area !== undefined) {
+            if (job) void job.finally(() => this.provide(area));
+            else this.provide(area);
+          }
+        }
+        return;
+      }
+    }
+  }
+
+  private onHello(state: ConnState, type: number, meta: Buffer): void {
+    if (type !== MsgType.HELLO || meta.length !== HELLO_BYTES) {
+      return this.drop(state, ErrorKind.PROTOCOL, 'expected HELLO');
+    }
+    const version = meta.readUInt16LE(0);
+    if (version !== PROTOCOL_VERSION) {
+      return this.drop(
+        state,
+        ErrorKind.VERSION,
+        `this server speaks protocol version ${PROTOCOL_VERSION}, not ${version}`,
+      );
+    }
+    const blockBytes = Number(meta.readBigUInt64LE(8));
+    const mine = this.options.warehouse.blockBytes;
+    if (blockBytes !== 0 && blockBytes !== mine) {
+      return this.drop(
+        state,
+        ErrorKind.BLOCK_SIZE,
+        `this server stores blocks of ${mine} bytes, not ${blockBytes}`,
+      );
+    }
+    state.clientNonce = Buffer.from(meta.subarray(16, 16 + NONCE_BYTES));
+    state.serverNonce = nonce();
+    const out = Buffer.alloc(CHALLENGE_BYTES);
+    out.writeUInt16LE(PROTOCOL_VERSION, 0);
+    out.writeUInt32LE(this.capabilities(), 4);
+    out.writeBigUInt64LE(BigInt(mine), 8);
+    out.writeUInt32LE(this.maxBatch, 16);
+    out.writeUInt32LE(maxMetaFor(this.maxBatch), 20);
+    out.writeBigUInt64LE(BigInt(this.maxBatch * mine), 24);
+    state.serverNonce.copy(out, 32);
+    state.phase = 'auth';
+    this.net.send(state.id, frame(MsgType.CHALLENGE, 0, out));
+  }
+
+  private capabilities(): number {
+    return Capability.TCP | (this.transport.verbs ? Capability.VERBS : 0);
+  }
+
+  private onAuth(state: ConnState, type: number, meta: Buffer): void {
+    if (type !== MsgType.AUTH || meta.length !== AUTH_BYTES) {
+      return this.drop(state, ErrorKind.PROTOCOL, 'expected AUTH');
+    }
+    const expected = clientProof(this.options.secret, state.serverNonce!, state.clientNonce!);
+    if (!proofMatches(expected, meta.subarray(0, 32))) {
+      // The log names the peer, never the secret or the proofs.
+      this.log('auth_failed', { conn: state.id, remote: state.remote });
+      return this.drop(state, ErrorKind.AUTH, 'authentication failed');
+    }
+    const wanted = meta.readUInt32LE(32);
+    if (wanted !== TransportId.tcp && !(wanted === TransportId.verbs && this.transport.verbs)) {
+      return this.drop(state, ErrorKind.TRANSPORT, `transport ${wanted} is not available here`);
+    }
+    clearTimeout(state.timer);
+    state.phase = 'ready';
+    const bs = this.options.warehouse.blockBytes;
+    // Only now may the peer send frames larger than a handshake.
+    this.net.setLimits(state.id, maxMetaFor(this.maxBatch), this.maxBatch * bs);
+    // The server proves itself only to a client that proved itself first: nobody without the
+    // secret gets an HMAC computed with it.
+    const out = Buffer.alloc(READY_BYTES);
+    serverProof(this.options.secret, state.clientNonce!, state.serverNonce!).copy(out, 0);
+    out.writeUInt32LE(wanted, 32);
+    this.net.send(state.id, frame(MsgType.READY, 0, out));
+    this.log('connection_ready', {
+      conn: state.id,
+      remote: state.remote,
+      transport: wanted === TransportId.verbs ? 'verbs' : 'tcp',
+    });
+  }
+
+  private provide(area: number): void {
+    if (this.areas.closed) return;
+    this.net.provideArea(this.areas, area * this.areaBytes, this.areaBytes, area);
+  }
+
+  private onRequest(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
+    const rid = ev.requestId!;
+    const type = ev.type!;
+    if (![MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.DELETE].includes(type as never)) {
+      this.drop(state, ErrorKind.PROTOCOL, `unknown message type ${type}`);
+      return undefined;
+    }
+    let keys: Key[];
+    try {
+      keys = decodeKeys(ev.meta!, this.maxBatch);
+    } catch (e) {
+      const kind = /exceeds the limit/.test((e as Error).message)
+        ? ErrorKind.LIMIT
+        : ErrorKind.PROTOCOL;
+      this.drop(state, kind, (e as Error).message);
+      return undefined;
+    }
+    const bs = this.options.warehouse.blockBytes;
+    const payloadBytes = ev.payloadBytes ?? 0;
+    const wantPayload = type === MsgType.PUT ? keys.length * bs : 0;
+    if (payloadBytes !== wantPayload) {
+      this.drop(
+        state,
+        ErrorKind.PROTOCOL,
+        `a ${keys.length}-key request carries ${payloadBytes} payload bytes, not ${wantPayload}`,
+      );
+      return undefined;
+    }
+    if (this.closing) {
+      this.net.send(
+        state.id,
+        frame(MsgType.ERROR, rid, encodeError(ErrorKind.SHUTTING_DOWN, 'shutting down')),
+      );
+      return undefined;
+    }
+    const payload =
+      ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, payloadBytes) : ev.payload;
+    const job = this.serve(state, type, rid, keys, payload, ev.flags ?? 0).catch((e: unknown) => {
+      this.log('request_failed', { conn: state.id, type, error: String(e) });
+      if (state.phase !== 'closed') {
+        this.net.send(
+          state.id,
+          frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
+        );
+      }
+    });
+    this.work.add(job);
+    void job.finally(() => this.work.delete(job));
+    return job;
+  }
+
+  private async serve(
+    state: ConnState,
+    type: number,
+    rid: number,
+    keys: Key[],
+    payload: Uint8Array | undefined,
+    flags: number,
+  ): Promise<void> {
+    const wh = this.options.warehouse;
+    const bs = wh.blockBytes;
+    switch (type) {
+      case MsgType.PUT: {
+        const before = keys.length > 0 ? wh.lookup(keys).tiers : [];
+        if (keys.length > 0) await wh.put(keys, payload!);
+        const after = keys.length > 0 ? wh.lookup(keys).tiers : [];
+        const statuses = keys.map((_, i) =>
+          before[i]! >= 0 ? Status.PRESENT : after[i]! >= 0 ? Status.OK : Status.REJECTED,
+        );
+        this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
+        return;
+      }
+      case MsgType.GET: {
+        if (keys.length === 0) {
+          this.reply(state, MsgType.GET_RESULT, rid, encodeResults([]));
+          return;
+        }
+        // Host-tier blocks go out straight from their slots (pinned meanwhile); the rest are
+        // read into a send region first. A node fetching for the cluster asks for local blocks
+        // only (LOCAL_ONLY): no second hop.
+        const localOnly = (flags & RequestFlag.LOCAL_ONLY) !== 0;
+        await wh.lend(keys, async (lent) => {
+          const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
+          const region = rest.length > 0 ? this.pool.take(rest.length * bs) : undefined;
+          region?.inFlight.begin();
+          try {
+            const got = region
+              ? await wh.get(
+                  rest.map((i) => keys[i]!),
+                  region,
+                  localOnly ? { remote: false } : {},
+                )
+              : undefined;
+            if (state.phase === 'closed') return;
+            const targets: NativeTarget[] = region ? [region.native] : [];
+            const index = new Map<unknown, number>();
+            const statuses: number[] = [];
+            const checksums: number[] = [];
+            const spans: number[] = [];
+            let j = 0;
+            keys.forEach((_, i) => {
+              const b = lent[i];
+              if (b) {
+                const t = nativeTargetOf(b.target);
+                let at = index.get(t);
+                if (at === undefined) {
+                  at = targets.push(t) - 1;
+                  index.set(t, at);
+                }
+                statuses.push(Status.OK);
+                checksums.push(b.checksum);
+                spans.push(at, b.offset, bs);
+                return;
+              }
+              const found = got!.found[j];
+              if (found) spans.push(0, j * bs, bs);
+              statuses.push(found ? Status.OK : Status.MISSING);
+              checksums.push(-1);
+              j++;
+            });
+            const token = this.nextToken++;
+            const sent = new Promise<void>((resolve) => state.sending.set(token, resolve));
+            const count = statuses.filter((x) => x === Status.OK).length;
+            this.net.send(
+              state.id,
+              frame(MsgType.GET_RESULT, rid, encodeResults(statuses, 0, checksums), count * bs),
+              targets,
+              new Float64Array(spans),
+              token,
+              true,
+            );
+            await sent;
+          } finally {
+            if (region) this.release(region);
+          }
+        });
+        return;
+      }
+      case MsgType.LOOKUP: {
+        const r = wh.lookup(keys);
+        this.reply(
+          state,
+          MsgType.LOOKUP_RESULT,
+          rid,
+          encodeResults(
+            r.tiers.map((t) => (t >= 0 ? Status.OK : Status.MISSING)),
+            r.prefix,
+          ),
+        );
+        return;
+      }
+      case MsgType.DELETE: {
+        const before = wh.lookup(keys).tiers;
+        await wh.evict(keys);
+        const after = wh.lookup(keys).tiers;
+        const statuses = keys.map((_, i) =>
+          before[i]! < 0 ? Status.MISSING : after[i]! < 0 ? Status.OK : Status.REJECTED,
+        );
+        this.reply(state, MsgType.DELETE_RESULT, rid, encodeResults(statuses));
+        return;
+      }
+    }
+  }
+
+  private reply(state: ConnState, type: number, rid: number, meta: Buffer): void {
+    if (state.phase !== 'closed') this.net.send(state.id, frame(type, rid, meta));
+  }
+
+  /**
+   * Stops accepting, answers new requests with SHUTTING_DOWN, lets the requests in flight finish
+   * (up to graceMs), then closes every connection. The warehouse stays open: its owner closes it.
+   */
+  close(graceMs = 10_000): Promise<void> {
+    this.closing ??= (async () => {
+      this.net.closeListener(this.listener);
+      const deadline = Date.now() + graceMs;
+      while (this.work.size > 0 && Date.now() < deadline) {
+        await Promise.race([
+          Promise.allSettled([...this.work]),
+          new Promise((r) => setTimeout(r, Math.max(1, deadline - Date.now()))),
+        ]);
+      }
+      // Answers already queued go out before the sockets close.
+      while ([...this.conns.values()].some((c) => c.sending.size > 0) && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      for (const c of this.conns.values()) {
+        this.net.closeConnection(c.id, 'the server is shutting down');
+      }
+      await new Promise((r) => setTimeout(r, 20));
+      this.net.unref();
+      this.net.close();
+      await this.pool.close();
+      this.areas.inFlight.end();
+      await this.areas.close();
+    })().catch((e: unknown) => {
+      throw new KvtierError('KVTIER_IO', 'the peer server did not close cleanly', { cause: e });
+    });
+    return this.closing;
+  }
+}

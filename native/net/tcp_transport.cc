@@ -1,0 +1,1157 @@
+#include "tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <utility>
+
+#include "../common/args.h"
+#include "../common/errors.h"
+#include "../common/instance_data.h"
+#include "../memory/region.h"
+
+namespace kvtier {
+
+namespace {
+
+// Reads below this many bytes go through the staging buffer (fewer system calls for small frames);
+// larger payload remainders are read straight into their destination.
+constexpr size_t kStageBytes = 64 * 1024;
+constexpr size_t kDirectReadMin = 16 * 1024;
+// One connection yields the thread after this many bytes, so a fast sender cannot starve others.
+constexpr size_t kReadBudget = 8 * 1024 * 1024;
+constexpr int kMaxIov = 64;
+// Epoll user data: the kind of object in the top half, its id in the bottom half.
+constexpr uint64_t kTagWake = 0;
+constexpr uint64_t kTagListener = 1;
+constexpr uint64_t kTagConn = 2;
+// Pause after accept() ran out of descriptors, so a level-triggered listener does not spin.
+constexpr int kAcceptPauseMs = 100;
+// The one frame type whose payload the transport places itself (docs/protocol.md, GET_RESULT):
+// its metadata starts with a count, a reserved word, then 8-byte entries whose first byte is the
+// status; every entry with status 0 owns one destination's worth of payload, in order.
+constexpr size_t kPlaceEntryBytes = 8;
+constexpr size_t kPlaceFixedBytes = 8;
+
+uint64_t Tag(uint64_t kind, uint32_t id) { return (kind << 32) | id; }
+
+uint32_t Le32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
+}
+
+uint64_t Le64(const uint8_t* p) {
+  return static_cast<uint64_t>(Le32(p)) | static_cast<uint64_t>(Le32(p + 4)) << 32;
+}
+
+std::string AddressText(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, buf, sizeof(buf));
+    port = ntohs(a->sin_port);
+    return std::string(buf) + ":" + std::to_string(port);
+  }
+  if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof(buf));
+    port = ntohs(a->sin6_port);
+    return "[" + std::string(buf) + "]:" + std::to_string(port);
+  }
+  return "unknown";
+}
+
+// Numeric addresses only: names are resolved in JavaScript (dns.lookup), off this thread.
+bool ParseAddress(const std::string& host, uint16_t port, sockaddr_storage* ss, socklen_t* len) {
+  std::memset(ss, 0, sizeof(*ss));
+  auto* v4 = reinterpret_cast<sockaddr_in*>(ss);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    *len = sizeof(sockaddr_in);
+    return true;
+  }
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(ss);
+  if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    *len = sizeof(sockaddr_in6);
+    return true;
+  }
+  return false;
+}
+
+void NoDelay(int fd) {
+  int one = 1;
+  // Best effort: a socket without it is slower for small frames, not wrong.
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+}  // namespace
+
+Fd& Fd::operator=(Fd&& o) noexcept {
+  if (this != &o) {
+    reset();
+    fd_ = o.fd_;
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+void Fd::reset() {
+  if (fd_ >= 0) {
+    // close() errors on a socket carry nothing actionable; the descriptor is gone either way.
+    (void)::close(fd_);
+    fd_ = -1;
+  }
+}
+
+struct TcpTransport::Listener {
+  uint32_t id = 0;
+  Fd fd;
+  std::chrono::steady_clock::time_point pausedUntil{};
+  bool paused = false;
+};
+
+struct TcpTransport::Conn {
+  enum Phase { kHeader, kMeta, kPayload };
+  uint32_t id = 0;
+  Fd fd;
+  bool connecting = false;
+  bool accepted = false;
+  uint32_t interest = 0;
+  // Limits: nothing but a handshake fits until JavaScript raises them after authentication.
+  uint32_t maxMeta = 4096;
+  uint64_t maxPayload = 0;
+
+  Phase phase = kHeader;
+  uint8_t header[kFrameHeaderBytes] = {0};
+  size_t headerHave = 0;
+  uint8_t type = 0;
+  uint8_t flags = 0;
+  uint32_t requestId = 0;
+  uint64_t payloadLen = 0;
+  std::vector<uint8_t> meta;
+  size_t metaHave = 0;
+  uint64_t payloadHave = 0;
+  uint8_t* payload = nullptr;  // malloc'd or a receive area, when not placed
+  bool inArea = false;
+  Area area{nullptr, 0, 0};
+  std::vector<Span> place;  // destinations, when placed
+  size_t placeAt = 0;       // current span
+  uint64_t placeOff = 0;    // offset in it
+  std::unordered_map<uint32_t, Expect> expects;
+
+  std::vector<uint8_t> stage;
+  size_t stageHead = 0;
+  size_t stageTail = 0;
+  std::deque<OutMsg> out;
+
+  ~Conn() {
+    if (!inArea) std::free(payload);
+  }
+};
+
+struct TcpTransport::Command {
+  enum Kind { kAddListener, kAddConn, kSend, kLimits, kCloseConn, kCloseListener };
+  Kind kind = kSend;
+  uint32_t id = 0;
+  Fd fd;
+  bool connecting = false;
+  OutMsg msg;
+  bool hasExpect = false;
+  uint32_t expectId = 0;
+  Expect expect;
+  uint32_t maxMeta = 0;
+  uint64_t maxPayload = 0;
+  std::string why;
+};
+
+Napi::Function TcpTransport::Define(Napi::Env env) {
+  return DefineClass(
+      env, "NativeTcpTransport",
+      {InstanceMethod<&TcpTransport::Listen>("listen"),
+       InstanceMethod<&TcpTransport::Connect>("connect"),
+       InstanceMethod<&TcpTransport::Send>("send"),
+       InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
+       InstanceMethod<&TcpTransport::Provide>("provide"),
+       InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
+       InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
+       InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
+       InstanceMethod<&TcpTransport::Close>("close")});
+}
+
+// new NativeTcpTransport({ maxConnections }, onEvents(events[]))
+TcpTransport::TcpTransport(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TcpTransport>(info) {
+  Napi::Env env = info.Env();
+  env_ = env;
+  Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
+  if (!info[1].IsFunction()) Throw(env, kBadArgument, "the transport needs an event callback");
+  Napi::Value mc = opts.Get("maxConnections");
+  if (!mc.IsUndefined()) {
+    uint64_t n = ByteCountArg(env, mc, "maxConnections");
+    if (n < 1 || n > 65536) Throw(env, kBadArgument, "maxConnections must be 1 to 65536");
+    maxConnections_ = static_cast<uint32_t>(n);
+  }
+  epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll_.valid()) Throw(env, kIo, "cannot create an epoll instance", errno, "epoll_create1");
+  wake_ = Fd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  if (!wake_.valid()) Throw(env, kIo, "cannot create an eventfd", errno, "eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = Tag(kTagWake, 0);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, wake_.get(), &ev) != 0) {
+    Throw(env, kIo, "cannot watch the eventfd", errno, "epoll_ctl");
+  }
+  tsfn_ = Tsfn::New(env, info[1].As<Napi::Function>(), "kvtier-net", 0, 1, this);
+  tsfn_.Unref(env);  // JavaScript refs it while it listens or waits for answers
+  try {
+    thread_ = std::thread([this] { Run(); });
+  } catch (const std::exception& e) {
+    tsfn_.Release();
+    Throw(env, kIo, std::string("cannot start the network thread: ") + e.what());
+  }
+  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) cleanupHooked_ = true;
+}
+
+TcpTransport::~TcpTransport() {
+  Shutdown();
+  if (cleanupHooked_) {
+    (void)napi_remove_env_cleanup_hook(env_, CleanupHook, this);
+    cleanupHooked_ = false;
+  }
+}
+
+void TcpTransport::CleanupHook(void* arg) {
+  auto* self = static_cast<TcpTransport*>(arg);
+  self->cleanupHooked_ = false;
+  self->Shutdown();
+}
+
+void TcpTransport::Shutdown() {
+  if (closed_) return;
+  closed_ = true;
+  stop_.store(true);
+  uint64_t one = 1;
+  if (wake_.valid() && write(wake_.get(), &one, sizeof(one)) < 0) {
+    // The eventfd counter cannot overflow here; a failed wake would only delay the join.
+  }
+  if (thread_.joinable()) thread_.join();
+  tsfn_.Release();
+}
+
+void TcpTransport::Post(std::unique_ptr<Command> cmd) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commands_.push_back(std::move(cmd));
+  }
+  uint64_t one = 1;
+  if (write(wake_.get(), &one, sizeof(one)) < 0) {
+    // EAGAIN only when the counter is saturated, which means a wakeup is already pending.
+  }
+}
+
+// ------------------------------------------------------------------------------ main thread API
+
+// listen(host, port, backlog) -> { id, port }
+Napi::Value TcpTransport::Listen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  if (!info[0].IsString()) Throw(env, kBadArgument, "host must be a numeric address string");
+  std::string host = info[0].As<Napi::String>().Utf8Value();
+  uint64_t port = ByteCountArg(env, info[1], "port");
+  uint64_t backlog = info[2].IsUndefined() ? 128 : ByteCountArg(env, info[2], "backlog");
+  if (port > 65535) Throw(env, kBadArgument, "port must be 0 to 65535");
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  if (!ParseAddress(host, static_cast<uint16_t>(port), &ss, &len)) {
+    Throw(env, kBadArgument, "not a numeric IPv4 or IPv6 address: " + host);
+  }
+  Fd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) Throw(env, kIo, "cannot create a socket", errno, "socket");
+  int one = 1;
+  if (setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0) {
+    Throw(env, kIo, "cannot set SO_REUSEADDR", errno, "setsockopt");
+  }
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    Throw(env, kIo, "cannot listen on " + host + ":" + std::to_string(port), errno, "bind");
+  }
+  if (listen(fd.get(), static_cast<int>(backlog > 4096 ? 4096 : backlog)) != 0) {
+    Throw(env, kIo, "cannot listen on " + host, errno, "listen");
+  }
+  sockaddr_storage bound;
+  socklen_t boundLen = sizeof(bound);
+  if (getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &boundLen) != 0) {
+    Throw(env, kIo, "cannot read the bound address", errno, "getsockname");
+  }
+  uint16_t boundPort = bound.ss_family == AF_INET
+                           ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
+                           : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kAddListener;
+  cmd->id = nextId_.fetch_add(1);
+  cmd->fd = std::move(fd);
+  uint32_t id = cmd->id;
+  Post(std::move(cmd));
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("id", Napi::Number::New(env, id));
+  r.Set("port", Napi::Number::New(env, boundPort));
+  return r;
+}
+
+// connect(host, port) -> id; a kConnected or kClosed event follows.
+Napi::Value TcpTransport::Connect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  if (!info[0].IsString()) Throw(env, kBadArgument, "host must be a numeric address string");
+  std::string host = info[0].As<Napi::String>().Utf8Value();
+  uint64_t port = ByteCountArg(env, info[1], "port");
+  if (port < 1 || port > 65535) Throw(env, kBadArgument, "port must be 1 to 65535");
+  sockaddr_storage ss;
+  socklen_t len = 0;
+  if (!ParseAddress(host, static_cast<uint16_t>(port), &ss, &len)) {
+    Throw(env, kBadArgument, "not a numeric IPv4 or IPv6 address: " + host);
+  }
+  Fd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) Throw(env, kIo, "cannot create a socket", errno, "socket");
+  NoDelay(fd.get());
+  bool connecting = false;
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    if (errno != EINPROGRESS) {
+      Throw(env, kPeer, "cannot connect to " + host + ":" + std::to_string(port), errno, "connect");
+    }
+    connecting = true;
+  }
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kAddConn;
+  cmd->id = nextId_.fetch_add(1);
+  cmd->fd = std::move(fd);
+  cmd->connecting = connecting;
+  uint32_t id = cmd->id;
+  Post(std::move(cmd));
+  return Napi::Number::New(env, id);
+}
+
+namespace {
+
+// The memory of one send or receive target: a native region or a JavaScript buffer. The caller
+// keeps the object (and a region's in-flight count) until the matching kSent or kClosed event.
+struct Mem {
+  uint8_t* data;
+  uint64_t size;
+};
+
+Mem TargetOf(Napi::Env env, Napi::Value v, uint32_t i) {
+  InstanceData& data = InstanceData::Get(env);
+  std::string what = "target " + std::to_string(i);
+  if (v.IsObject() && v.As<Napi::Object>().InstanceOf(data.regionCtor.Value())) {
+    void* raw = nullptr;
+    if (napi_unwrap(env, v, &raw) != napi_ok || raw == nullptr) {
+      Throw(env, kBadArgument, what + " is not a kvtier object");
+    }
+    std::shared_ptr<RegionMemory> m = static_cast<Region*>(raw)->memory();
+    if (!m) Throw(env, kClosed, what + " is a closed region");
+    return {m->data(), m->size()};
+  }
+  if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = ta.ArrayBuffer();
+    if (ab.IsDetached()) Throw(env, kBadArgument, what + " is detached");
+    return {static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset(), ta.ByteLength()};
+  }
+  if (v.IsArrayBuffer()) {
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    if (ab.IsDetached()) Throw(env, kBadArgument, what + " is detached");
+    return {static_cast<uint8_t*>(ab.Data()), ab.ByteLength()};
+  }
+  Throw(env, kBadArgument, what + " must be a region, a TypedArray or an ArrayBuffer");
+}
+
+// (target index, offset, length) triples into spans, every one checked against its target.
+std::vector<TcpTransport::Span> Spans(Napi::Env env, const std::vector<Mem>& mems, Napi::Value v,
+                                      uint64_t* total) {
+  std::vector<TcpTransport::Span> spans;
+  *total = 0;
+  if (v.IsUndefined() || v.IsNull()) return spans;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Throw(env, kBadArgument, "spans must be a Float64Array");
+  }
+  Napi::Float64Array a = v.As<Napi::Float64Array>();
+  if (a.ElementLength() % 3 != 0) Throw(env, kBadArgument, "spans come in threes");
+  for (size_t i = 0; i < a.ElementLength(); i += 3) {
+    double t = a[i];
+    if (!IsByteCount(t) || t >= static_cast<double>(mems.size())) {
+      Throw(env, kBadArgument, "span target index out of range");
+    }
+    if (!IsByteCount(a[i + 1]) || !IsByteCount(a[i + 2])) {
+      Throw(env, kBadArgument, "span offsets and lengths must be non-negative safe integers");
+    }
+    const Mem& m = mems[static_cast<size_t>(t)];
+    auto off = static_cast<uint64_t>(a[i + 1]);
+    auto len = static_cast<uint64_t>(a[i + 2]);
+    if (off > m.size || len > m.size - off) {
+      Throw(env, kBadArgument,
+            std::to_string(len) + " bytes at offset " + std::to_string(off) + " do not fit a " +
+                "target of " + std::to_string(m.size) + " bytes");
+    }
+    if (len > 0) spans.push_back({m.data + off, len});
+    *total += len;
+  }
+  return spans;
+}
+
+}  // namespace
+
+// send(conn, head: Uint8Array, targets[], spans: Float64Array, token, notify,
+//      expectType?, expectRequestId?, expectSpans?: Float64Array) -> void
+// head holds the frame header and metadata; the spans are the payload. The expectation, when
+// given, says where the payload of the answer to expectRequestId goes.
+Napi::Value TcpTransport::Send(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  uint64_t conn = ByteCountArg(env, info[0], "connection");
+  if (!info[1].IsTypedArray()) Throw(env, kBadArgument, "head must be a Uint8Array");
+  if (!info[2].IsArray()) Throw(env, kBadArgument, "targets must be an array");
+  Napi::Array list = info[2].As<Napi::Array>();
+  std::vector<Napi::Value> values;
+  for (uint32_t i = 0; i < list.Length(); ++i) values.push_back(list.Get(i));
+  // Pointers only after every getter has run, so no script can detach a buffer in between.
+  std::vector<Mem> mems;
+  for (uint32_t i = 0; i < values.size(); ++i) mems.push_back(TargetOf(env, values[i], i));
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kSend;
+  cmd->id = static_cast<uint32_t>(conn);
+  Napi::TypedArray head = info[1].As<Napi::TypedArray>();
+  if (head.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "head is detached");
+  const auto* hp = static_cast<const uint8_t*>(head.ArrayBuffer().Data()) + head.ByteOffset();
+  cmd->msg.head.assign(hp, hp + head.ByteLength());
+  uint64_t total = 0;
+  cmd->msg.spans = Spans(env, mems, info[3], &total);
+  cmd->msg.total = cmd->msg.head.size() + total;
+  cmd->msg.token =
+      info[4].IsUndefined() ? 0 : static_cast<uint32_t>(ByteCountArg(env, info[4], "token"));
+  cmd->msg.notify = info[5].IsBoolean() && info[5].As<Napi::Boolean>().Value();
+  if (!info[6].IsUndefined()) {
+    uint64_t type = ByteCountArg(env, info[6], "expectType");
+    uint64_t rid = ByteCountArg(env, info[7], "expectRequestId");
+    if (type > 255 || rid > 0xffffffffu) Throw(env, kBadArgument, "expectation out of range");
+    cmd->hasExpect = true;
+    cmd->expectId = static_cast<uint32_t>(rid);
+    cmd->expect.type = static_cast<uint8_t>(type);
+    if (!info[8].IsTypedArray()) Throw(env, kBadArgument, "an expectation needs its spans");
+    uint64_t ignored = 0;
+    (void)Spans(env, mems, info[8], &ignored);  // checks every span
+    // Spans are kept per descriptor, zero-length ones included, so indexes match the answer's.
+    Napi::Float64Array a = info[8].As<Napi::Float64Array>();
+    cmd->expect.spans.clear();
+    for (size_t i = 0; i < a.ElementLength(); i += 3) {
+      const Mem& m = mems[static_cast<size_t>(a[i])];
+      cmd->expect.spans.push_back(
+          {m.data + static_cast<uint64_t>(a[i + 1]), static_cast<uint64_t>(a[i + 2])});
+    }
+  }
+  Post(std::move(cmd));
+  return env.Undefined();
+}
+
+// provide(region, offset, length, token): memory the transport may receive one payload into (the
+// first area large enough, else a fresh allocation). A frame received there names the token; the
+// area is the caller's again until it provides it anew. The caller keeps the region open meanwhile.
+Napi::Value TcpTransport::Provide(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  Mem m = TargetOf(env, info[0], 0);
+  uint64_t off = ByteCountArg(env, info[1], "offset");
+  uint64_t len = ByteCountArg(env, info[2], "length");
+  uint64_t token = ByteCountArg(env, info[3], "token");
+  if (off > m.size || len > m.size - off || len == 0 || token > 0xffffffffu) {
+    Throw(env, kBadArgument, "a receive area must lie inside its region");
+  }
+  std::lock_guard<std::mutex> lock(areasMu_);
+  areas_.push_back({m.data + off, len, static_cast<uint32_t>(token)});
+  return env.Undefined();
+}
+
+bool TcpTransport::TakeArea(uint64_t len, Area* out) {
+  std::lock_guard<std::mutex> lock(areasMu_);
+  for (size_t i = 0; i < areas_.size(); ++i) {
+    if (areas_[i].len >= len) {
+      *out = areas_[i];
+      areas_[i] = areas_.back();
+      areas_.pop_back();
+      return true;
+    }
+  }
+  return false;
+}
+
+void TcpTransport::ReturnArea(const Area& a) {
+  std::lock_guard<std::mutex> lock(areasMu_);
+  areas_.push_back(a);
+}
+
+// setLimits(conn, maxMeta, maxPayload): raised after the handshake authenticates the peer.
+Napi::Value TcpTransport::SetLimits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kLimits;
+  cmd->id = static_cast<uint32_t>(ByteCountArg(env, info[0], "connection"));
+  uint64_t meta = ByteCountArg(env, info[1], "maxMeta");
+  if (meta > (64u << 20)) Throw(env, kBadArgument, "maxMeta must be at most 64 MiB");
+  cmd->maxMeta = static_cast<uint32_t>(meta);
+  cmd->maxPayload = ByteCountArg(env, info[2], "maxPayload");
+  Post(std::move(cmd));
+  return env.Undefined();
+}
+
+// closeConnection(conn, why): a kClosed event follows once nothing refers to its buffers.
+Napi::Value TcpTransport::CloseConn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) return env.Undefined();
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kCloseConn;
+  cmd->id = static_cast<uint32_t>(ByteCountArg(env, info[0], "connection"));
+  cmd->why = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "closed locally";
+  Post(std::move(cmd));
+  return env.Undefined();
+}
+
+Napi::Value TcpTransport::CloseListener(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) return env.Undefined();
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kCloseListener;
+  cmd->id = static_cast<uint32_t>(ByteCountArg(env, info[0], "listener"));
+  Post(std::move(cmd));
+  return env.Undefined();
+}
+
+Napi::Value TcpTransport::RefJs(const Napi::CallbackInfo& info) {
+  if (!closed_ && refs_++ == 0) tsfn_.Ref(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value TcpTransport::UnrefJs(const Napi::CallbackInfo& info) {
+  if (!closed_ && refs_ > 0 && --refs_ == 0) tsfn_.Unref(info.Env());
+  return info.Env().Undefined();
+}
+
+// close(): closes every socket; kClosed events for the connections still arrive.
+Napi::Value TcpTransport::Close(const Napi::CallbackInfo& info) {
+  Shutdown();
+  return info.Env().Undefined();
+}
+
+// ------------------------------------------------------------------------------ events to JS
+
+void TcpTransport::Emit(NetEvent&& e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pending_ == nullptr) pending_ = new std::vector<NetEvent>();
+  pending_->push_back(std::move(e));
+}
+
+void TcpTransport::Flush() {
+  std::vector<NetEvent>* batch = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    batch = pending_;
+    pending_ = nullptr;
+  }
+  if (batch == nullptr) return;
+  if (tsfn_.NonBlockingCall(batch) != napi_ok) delete batch;  // teardown: nobody to tell
+}
+
+void TcpTransport::Deliver(Napi::Env env, Napi::Function fn, TcpTransport*,
+                           std::vector<NetEvent>* raw) {
+  std::unique_ptr<std::vector<NetEvent>> events(raw);
+  if (env == nullptr) return;
+  Napi::Array list = Napi::Array::New(env, events->size());
+  uint32_t i = 0;
+  for (NetEvent& e : *events) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("kind", Napi::Number::New(env, e.kind));
+    o.Set("conn", Napi::Number::New(env, e.conn));
+    switch (e.kind) {
+      case NetEvent::kAccepted:
+      case NetEvent::kRefused:
+        o.Set("listener", Napi::Number::New(env, e.listener));
+        o.Set("text", Napi::String::New(env, e.text));
+        if (e.err != 0) o.Set("errno", Napi::Number::New(env, e.err));
+        break;
+      case NetEvent::kFrame: {
+        o.Set("type", Napi::Number::New(env, e.type));
+        o.Set("flags", Napi::Number::New(env, e.flags));
+        o.Set("requestId", Napi::Number::New(env, e.requestId));
+        o.Set("meta", Napi::Buffer<uint8_t>::Copy(env, e.meta.data(), e.meta.size()));
+        o.Set("placed", Napi::Boolean::New(env, e.placed));
+        if (e.area >= 0) o.Set("area", Napi::Number::New(env, static_cast<double>(e.area)));
+        o.Set("payloadBytes", Napi::Number::New(env, static_cast<double>(e.payloadBytes)));
+        if (e.payload != nullptr) {
+          uint8_t* p = e.payload.release();  // owned by the Buffer from here
+          // Told to the garbage collector, so unreferenced payloads are collected under load.
+          auto bytes = static_cast<int64_t>(e.payloadBytes);
+          Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+          o.Set("payload", Napi::Buffer<uint8_t>::New(
+                               env, p, e.payloadBytes, [bytes](Napi::Env fenv, uint8_t* d) {
+                                 std::free(d);
+                                 Napi::MemoryManagement::AdjustExternalMemory(fenv, -bytes);
+                               }));
+        }
+        break;
+      }
+      case NetEvent::kSent:
+        o.Set("token", Napi::Number::New(env, e.token));
+        break;
+      case NetEvent::kClosed:
+        o.Set("errno", Napi::Number::New(env, e.err));
+        o.Set("text", Napi::String::New(env, e.text));
+        break;
+      default:
+        break;
+    }
+    list.Set(i++, o);
+  }
+  fn.Call({list});
+}
+
+// ------------------------------------------------------------------------------ epoll thread
+
+void TcpTransport::Run() {
+  // Nothing may escape this thread: an exception here would terminate the process.
+  try {
+    epoll_event evs[64];
+    while (!stop_.load()) {
+      int timeout = -1;
+      for (auto& [id, l] : listeners_) {
+        if (l->paused) timeout = kAcceptPauseMs;
+      }
+      int n = epoll_wait(epoll_.get(), evs, 64, timeout);
+      if (n < 0 && errno != EINTR) break;
+      for (auto& [id, l] : listeners_) {
+        if (l->paused && std::chrono::steady_clock::now() >= l->pausedUntil) {
+          l->paused = false;
+          epoll_event ev{};
+          ev.events = EPOLLIN;
+          ev.data.u64 = Tag(kTagListener, id);
+          (void)epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, l->fd.get(), &ev);
+        }
+      }
+      for (int i = 0; i < n; ++i) {
+        uint64_t tag = evs[i].data.u64;
+        auto kind = tag >> 32;
+        auto id = static_cast<uint32_t>(tag & 0xffffffffu);
+        if (kind == kTagWake) {
+          uint64_t count;
+          while (read(wake_.get(), &count, sizeof(count)) > 0) {
+          }
+          RunCommands();
+        } else if (kind == kTagListener) {
+          auto it = listeners_.find(id);
+          if (it != listeners_.end()) AcceptAll(*it->second);
+        } else {
+          auto it = conns_.find(id);
+          if (it != conns_.end()) HandleConn(*it->second, evs[i].events);
+        }
+      }
+      Flush();
+    }
+    std::vector<uint32_t> ids;
+    for (auto& [id, c] : conns_) ids.push_back(id);
+    for (uint32_t id : ids) CloseConnNow(id, 0, "the transport was closed");
+    listeners_.clear();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      commands_.clear();
+    }
+    Flush();
+  } catch (const std::exception& e) {
+    // Only allocation failures can get here; the sockets close with the transport.
+    NetEvent ev;
+    ev.kind = NetEvent::kClosed;
+    ev.text = std::string("network thread failed: ") + e.what();
+    Emit(std::move(ev));
+    Flush();
+  }
+}
+
+void TcpTransport::RunCommands() {
+  std::vector<std::unique_ptr<Command>> cmds;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cmds.swap(commands_);
+  }
+  for (auto& cmd : cmds) {
+    switch (cmd->kind) {
+      case Command::kAddListener: {
+        auto l = std::make_unique<Listener>();
+        l->id = cmd->id;
+        l->fd = std::move(cmd->fd);
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = Tag(kTagListener, l->id);
+        if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, l->fd.get(), &ev) == 0) {
+          listeners_[l->id] = std::move(l);
+        }
+        break;
+      }
+      case Command::kAddConn: {
+        auto c = std::make_unique<Conn>();
+        c->id = cmd->id;
+        c->fd = std::move(cmd->fd);
+        c->connecting = cmd->connecting;
+        c->stage.resize(kStageBytes);
+        c->interest = EPOLLIN | (c->connecting ? uint32_t{EPOLLOUT} : 0u);
+        epoll_event ev{};
+        ev.events = c->interest;
+        ev.data.u64 = Tag(kTagConn, c->id);
+        if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->fd.get(), &ev) != 0) {
+          NetEvent e;
+          e.kind = NetEvent::kClosed;
+          e.conn = c->id;
+          e.err = errno;
+          e.text = "cannot watch the socket";
+          Emit(std::move(e));
+          break;
+        }
+        uint32_t id = c->id;
+        bool connecting = c->connecting;
+        conns_[id] = std::move(c);
+        if (!connecting) {
+          NetEvent e;
+          e.kind = NetEvent::kConnected;
+          e.conn = id;
+          Emit(std::move(e));
+        }
+        break;
+      }
+      case Command::kSend: {
+        auto it = conns_.find(cmd->id);
+        if (it == conns_.end()) break;  // already closed: its kClosed event releases the buffers
+        Conn& c = *it->second;
+        if (cmd->hasExpect) c.expects[cmd->expectId] = std::move(cmd->expect);
+        c.out.push_back(std::move(cmd->msg));
+        if (!c.connecting && c.out.size() == 1) {
+          if (WriteConn(c)) UpdateInterest(c);
+        }
+        break;
+      }
+      case Command::kLimits: {
+        auto it = conns_.find(cmd->id);
+        if (it != conns_.end()) {
+          it->second->maxMeta = cmd->maxMeta;
+          it->second->maxPayload = cmd->maxPayload;
+        }
+        break;
+      }
+      case Command::kCloseConn:
+        if (conns_.count(cmd->id) != 0) CloseConnNow(cmd->id, 0, cmd->why);
+        break;
+      case Command::kCloseListener: {
+        auto it = listeners_.find(cmd->id);
+        if (it != listeners_.end()) {
+          (void)epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
+          listeners_.erase(it);
+        }
+        break;
+      }
+    }
+  }
+}
+
+void TcpTransport::AcceptAll(Listener& l) {
+  for (int i = 0; i < 64; ++i) {
+    sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    Fd fd(
+        accept4(l.fd.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED) {
+        return;
+      }
+      NetEvent e;
+      e.kind = NetEvent::kRefused;
+      e.listener = l.id;
+      e.err = errno;
+      e.text = std::string("accept failed: ") + std::strerror(errno);
+      Emit(std::move(e));
+      // Out of descriptors (EMFILE, ENFILE) or memory: stop listening for a moment rather than
+      // spin on a listener that stays readable.
+      l.paused = true;
+      l.pausedUntil = std::chrono::steady_clock::now() + std::chrono::milliseconds(kAcceptPauseMs);
+      epoll_event ev{};
+      ev.events = 0;
+      ev.data.u64 = Tag(kTagListener, l.id);
+      (void)epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, l.fd.get(), &ev);
+      return;
+    }
+    std::string remote = AddressText(ss);
+    if (accepted_ >= maxConnections_) {
+      NetEvent e;
+      e.kind = NetEvent::kRefused;
+      e.listener = l.id;
+      e.text = remote;
+      Emit(std::move(e));
+      continue;  // fd closes here: the excess connection is refused
+    }
+    NoDelay(fd.get());
+    auto c = std::make_unique<Conn>();
+    c->id = nextId_.fetch_add(1);
+    c->fd = std::move(fd);
+    c->accepted = true;
+    c->stage.resize(kStageBytes);
+    c->interest = EPOLLIN;
+    epoll_event ev{};
+    ev.events = c->interest;
+    ev.data.u64 = Tag(kTagConn, c->id);
+    if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->fd.get(), &ev) != 0) continue;
+    ++accepted_;
+    NetEvent e;
+    e.kind = NetEvent::kAccepted;
+    e.conn = c->id;
+    e.listener = l.id;
+    e.text = remote;
+    Emit(std::move(e));
+    conns_[c->id] = std::move(c);
+  }
+}
+
+void TcpTransport::CloseConnNow(uint32_t id, int err, const std::string& why) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  (void)epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
+  if (it->second->accepted) --accepted_;
+  if (it->second->inArea) {
+    // A payload cut short: its area was never handed to JavaScript, so it is free again.
+    ReturnArea(it->second->area);
+    it->second->inArea = false;
+    it->second->payload = nullptr;
+  }
+  // The socket, the queued sends and the expectations go first: once JavaScript hears of the
+  // close, no byte of its memory is read or written any more.
+  conns_.erase(it);
+  NetEvent e;
+  e.kind = NetEvent::kClosed;
+  e.conn = id;
+  e.err = err;
+  e.text = why;
+  Emit(std::move(e));
+}
+
+void TcpTransport::UpdateInterest(Conn& c) {
+  uint32_t want = EPOLLIN | ((c.connecting || !c.out.empty()) ? uint32_t{EPOLLOUT} : 0u);
+  if (want == c.interest) return;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.u64 = Tag(kTagConn, c.id);
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) == 0) c.interest = want;
+}
+
+void TcpTransport::HandleConn(Conn& c, uint32_t events) {
+  uint32_t id = c.id;
+  if (c.connecting && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0) {
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(c.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err != 0) {
+      CloseConnNow(id, err, std::string("cannot connect: ") + std::strerror(err));
+      return;
+    }
+    c.connecting = false;
+    NetEvent e;
+    e.kind = NetEvent::kConnected;
+    e.conn = id;
+    Emit(std::move(e));
+  }
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) {
+    if (!ReadConn(c)) return;  // closed
+  }
+  if (!c.out.empty() && !c.connecting) {
+    if (!WriteConn(c)) return;
+  }
+  UpdateInterest(c);
+}
+
+bool TcpTransport::WriteConn(Conn& c) {
+  while (!c.out.empty()) {
+    iovec iov[kMaxIov];
+    int n = 0;
+    for (const OutMsg& m : c.out) {
+      uint64_t skip = m.done;
+      if (skip < m.head.size()) {
+        iov[n].iov_base = const_cast<uint8_t*>(m.head.data() + skip);
+        iov[n].iov_len = m.head.size() - skip;
+        ++n;
+        skip = 0;
+      } else {
+        skip -= m.head.size();
+      }
+      for (const Span& s : m.spans) {
+        if (n == kMaxIov) break;
+        if (skip >= s.len) {
+          skip -= s.len;
+          continue;
+        }
+        iov[n].iov_base = s.data + skip;
+        iov[n].iov_len = s.len - skip;
+        skip = 0;
+        ++n;
+      }
+      if (n == kMaxIov) break;
+    }
+    msghdr mh{};
+    mh.msg_iov = iov;
+    mh.msg_iovlen = static_cast<size_t>(n);
+    ssize_t w = sendmsg(c.fd.get(), &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      if (errno == EINTR) continue;
+      int err = errno;
+      CloseConnNow(c.id, err, std::string("send failed: ") + std::strerror(err));
+      return false;
+    }
+    auto left = static_cast<uint64_t>(w);
+    while (left > 0) {
+      OutMsg& m = c.out.front();
+      uint64_t take = std::min(left, m.total - m.done);
+      m.done += take;
+      left -= take;
+      if (m.done < m.total) break;
+      if (m.notify) {
+        NetEvent e;
+        e.kind = NetEvent::kSent;
+        e.conn = c.id;
+        e.token = m.token;
+        Emit(std::move(e));
+      }
+      c.out.pop_front();
+    }
+  }
+  return true;
+}
+
+bool TcpTransport::ReadConn(Conn& c) {
+  size_t budget = kReadBudget;
+  // Staged bytes are always consumed, budget or not: the socket may hold nothing more, and then
+  // epoll would never report this connection again while a frame sits in the stage.
+  while (budget > 0 || c.stageHead < c.stageTail) {
+    if (c.stageHead < c.stageTail) {
+      size_t used = 0;
+      if (!Consume(c, c.stage.data() + c.stageHead, c.stageTail - c.stageHead, &used)) {
+        return false;
+      }
+      c.stageHead += used;
+      continue;
+    }
+    ssize_t r = 0;
+    uint64_t want = c.payloadLen - c.payloadHave;
+    if (c.phase == Conn::kPayload && want >= kDirectReadMin) {
+      // Straight into the destination: no staging copy for the bulk of a block.
+      iovec iov[kMaxIov];
+      int n = 0;
+      if (c.payload != nullptr) {
+        iov[0].iov_base = c.payload + c.payloadHave;
+        iov[0].iov_len = want;
+        n = 1;
+      } else {
+        uint64_t off = c.placeOff;
+        for (size_t s = c.placeAt; s < c.place.size() && n < kMaxIov; ++s) {
+          iov[n].iov_base = c.place[s].data + off;
+          iov[n].iov_len = c.place[s].len - off;
+          off = 0;
+          ++n;
+        }
+      }
+      r = readv(c.fd.get(), iov, n);
+      if (r > 0) {
+        size_t used = 0;
+        if (!Consume(c, nullptr, static_cast<size_t>(r), &used)) return false;
+        budget -= std::min(budget, static_cast<size_t>(r));
+        continue;
+      }
+    } else {
+      r = recv(c.fd.get(), c.stage.data(), c.stage.size(), 0);
+      if (r > 0) {
+        c.stageHead = 0;
+        c.stageTail = static_cast<size_t>(r);
+        budget -= std::min(budget, static_cast<size_t>(r));
+        continue;
+      }
+    }
+    if (r == 0) {
+      bool mid = c.phase != Conn::kHeader || c.headerHave > 0;
+      CloseConnNow(c.id, 0,
+                   mid ? "the peer closed the connection in the middle of a frame"
+                       : "the peer closed the connection");
+      return false;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    if (errno == EINTR) continue;
+    int err = errno;
+    CloseConnNow(c.id, err, std::string("receive failed: ") + std::strerror(err));
+    return false;
+  }
+  return true;
+}
+
+// Takes n bytes of the current frame: from src (staged bytes), or, with src null, bytes a direct
+// read already put in place. Returns false when the frame broke a rule and the connection closed.
+bool TcpTransport::Consume(Conn& c, const uint8_t* src, size_t n, size_t* used) {
+  *used = 0;
+  if (c.phase == Conn::kHeader) {
+    size_t take = std::min(n, kFrameHeaderBytes - c.headerHave);
+    std::memcpy(c.header + c.headerHave, src, take);
+    c.headerHave += take;
+    *used = take;
+    if (c.headerHave < kFrameHeaderBytes) return true;
+    uint32_t magic = Le32(c.header);
+    c.type = c.header[4];
+    c.flags = c.header[5];
+    c.requestId = Le32(c.header + 8);
+    uint32_t metaLen = Le32(c.header + 12);
+    c.payloadLen = Le64(c.header + 16);
+    if (magic != kFrameMagic) {
+      CloseConnNow(c.id, EPROTO, "not a kvtier frame (bad magic)");
+      return false;
+    }
+    if (metaLen > c.maxMeta) {
+      CloseConnNow(c.id, EMSGSIZE,
+                   "frame metadata of " + std::to_string(metaLen) + " bytes exceeds the limit of " +
+                       std::to_string(c.maxMeta));
+      return false;
+    }
+    if (c.payloadLen > c.maxPayload) {
+      CloseConnNow(c.id, EMSGSIZE,
+                   "frame payload of " + std::to_string(c.payloadLen) +
+                       " bytes exceeds the limit of " + std::to_string(c.maxPayload));
+      return false;
+    }
+    c.meta.assign(metaLen, 0);
+    c.metaHave = 0;
+    c.phase = Conn::kMeta;
+    if (metaLen > 0) return true;
+    return StartPayload(c);
+  }
+  if (c.phase == Conn::kMeta) {
+    size_t take = std::min(n, c.meta.size() - c.metaHave);
+    std::memcpy(c.meta.data() + c.metaHave, src, take);
+    c.metaHave += take;
+    *used = take;
+    if (c.metaHave < c.meta.size()) return true;
+    return StartPayload(c);
+  }
+  // Payload.
+  size_t take = static_cast<size_t>(std::min<uint64_t>(n, c.payloadLen - c.payloadHave));
+  if (c.payload != nullptr) {
+    if (src != nullptr) std::memcpy(c.payload + c.payloadHave, src, take);
+  } else {
+    size_t left = take;
+    const uint8_t* from = src;
+    while (left > 0) {
+      Span& s = c.place[c.placeAt];
+      size_t k = static_cast<size_t>(std::min<uint64_t>(left, s.len - c.placeOff));
+      if (from != nullptr) {
+        std::memcpy(s.data + c.placeOff, from, k);
+        from += k;
+      }
+      c.placeOff += k;
+      left -= k;
+      if (c.placeOff == s.len) {
+        ++c.placeAt;
+        c.placeOff = 0;
+      }
+    }
+  }
+  c.payloadHave += take;
+  *used = take;
+  if (c.payloadHave < c.payloadLen) return true;
+  return FrameReady(c);
+}
+
+// Metadata complete: decides where the payload goes (an expected destination or a fresh buffer).
+bool TcpTransport::StartPayload(Conn& c) {
+  c.payloadHave = 0;
+  c.place.clear();
+  c.placeAt = 0;
+  c.placeOff = 0;
+  auto it = c.expects.find(c.requestId);
+  if (it != c.expects.end()) {
+    Expect expect = std::move(it->second);
+    c.expects.erase(it);  // any answer ends the expectation; an error answer carries no blocks
+    if (expect.type == c.type && c.payloadLen > 0) {
+      size_t count = expect.spans.size();
+      if (c.meta.size() < kPlaceFixedBytes + count * kPlaceEntryBytes ||
+          Le32(c.meta.data()) != count) {
+        CloseConnNow(c.id, EPROTO, "an answer's descriptor count does not match its request");
+        return false;
+      }
+      uint64_t sum = 0;
+      for (size_t i = 0; i < count; ++i) {
+        if (c.meta[kPlaceFixedBytes + i * kPlaceEntryBytes] == 0) {
+          sum += expect.spans[i].len;
+          if (expect.spans[i].len > 0) c.place.push_back(expect.spans[i]);
+        }
+      }
+      if (sum != c.payloadLen) {
+        CloseConnNow(c.id, EPROTO,
+                     "an answer carries " + std::to_string(c.payloadLen) + " payload bytes; its " +
+                         "descriptors account for " + std::to_string(sum));
+        return false;
+      }
+    }
+  }
+  if (c.payloadLen == 0) return FrameReady(c);
+  if (c.place.empty() && TakeArea(c.payloadLen, &c.area)) {
+    c.inArea = true;
+    c.payload = c.area.data;
+  } else if (c.place.empty()) {
+    c.payload = static_cast<uint8_t*>(std::malloc(c.payloadLen));
+    if (c.payload == nullptr) {
+      CloseConnNow(c.id, ENOMEM, "cannot allocate " + std::to_string(c.payloadLen) + " bytes");
+      return false;
+    }
+  }
+  c.phase = Conn::kPayload;
+  return true;
+}
+
+bool TcpTransport::FrameReady(Conn& c) {
+  NetEvent e;
+  e.kind = NetEvent::kFrame;
+  e.conn = c.id;
+  e.type = c.type;
+  e.flags = c.flags;
+  e.requestId = c.requestId;
+  e.meta = std::move(c.meta);
+  if (c.inArea) {
+    e.area = c.area.token;
+    c.inArea = false;
+  } else {
+    e.payload.reset(c.payload);
+  }
+  e.payloadBytes = c.payloadLen;
+  e.placed = !c.place.empty();
+  c.payload = nullptr;
+  c.meta.clear();
+  c.place.clear();
+  c.phase = Conn::kHeader;
+  c.headerHave = 0;
+  c.payloadLen = 0;
+  c.payloadHave = 0;
+  Emit(std::move(e));
+  return true;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,165 @@
+// Native TCP transport: one epoll thread owns every socket of a transport. It moves frames
+// (a fixed header, a metadata section and a bulk payload, docs/protocol.md) between sockets and
+// memory, and knows nothing of what the frames mean: lib/peer/ decides that. Completed frames,
+// connection changes and send completions reach JavaScript in batches through one thread-safe
+// function, so the event loop never waits on a socket.
+#pragma once
+#include <napi.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace kvtier {
+
+// RAII for a file descriptor: every socket, the epoll instance and the wakeup eventfd.
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd& operator=(Fd&& o) noexcept;
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void reset();
+
+ private:
+  int fd_ = -1;
+};
+
+inline constexpr uint32_t kFrameMagic = 0x5054564B;  // "KVTP" read as little-endian bytes
+inline constexpr size_t kFrameHeaderBytes = 24;
+
+// One event for JavaScript, built on the epoll thread and turned into an object on the main one.
+struct NetEvent {
+  enum Kind : uint8_t {
+    kAccepted = 1,
+    kConnected = 2,
+    kFrame = 3,
+    kSent = 4,
+    kClosed = 5,
+    kRefused = 6
+  };
+  Kind kind = kClosed;
+  uint32_t conn = 0;
+  uint32_t listener = 0;  // kAccepted
+  uint8_t type = 0;       // kFrame
+  uint8_t flags = 0;
+  uint32_t requestId = 0;
+  std::vector<uint8_t> meta;
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> payload;  // handed to JavaScript as an external Buffer
+  uint64_t payloadBytes = 0;
+  bool placed = false;  // the payload went straight into an expected destination
+  int64_t area = -1;    // or into this receive area (its token), handed back by provide()
+  uint32_t token = 0;   // kSent
+  int err = 0;          // kClosed: errno, or 0 for an orderly close
+  std::string text;     // kClosed: why; kAccepted: the remote address
+};
+
+class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit TcpTransport(const Napi::CallbackInfo& info);
+  ~TcpTransport() override;
+
+  struct Span {
+    uint8_t* data;
+    uint64_t len;
+  };
+  struct OutMsg {
+    std::vector<uint8_t> head;  // frame header and metadata, owned
+    std::vector<Span> spans;    // payload, borrowed: JavaScript holds it until kSent or kClosed
+    uint64_t total = 0;
+    uint64_t done = 0;
+    uint32_t token = 0;
+    bool notify = false;
+  };
+  struct Expect {
+    uint8_t type;
+    std::vector<Span> spans;
+  };
+  struct Conn;
+  struct Listener;
+
+ private:
+  struct Command;
+  static void Deliver(Napi::Env env, Napi::Function fn, TcpTransport* self,
+                      std::vector<NetEvent>* events);
+  static void CleanupHook(void* arg);
+  using Tsfn =
+      Napi::TypedThreadSafeFunction<TcpTransport, std::vector<NetEvent>, &TcpTransport::Deliver>;
+
+  Napi::Value Listen(const Napi::CallbackInfo& info);
+  Napi::Value Connect(const Napi::CallbackInfo& info);
+  Napi::Value Send(const Napi::CallbackInfo& info);
+  Napi::Value SetLimits(const Napi::CallbackInfo& info);
+  Napi::Value Provide(const Napi::CallbackInfo& info);
+  Napi::Value CloseConn(const Napi::CallbackInfo& info);
+  Napi::Value CloseListener(const Napi::CallbackInfo& info);
+  Napi::Value RefJs(const Napi::CallbackInfo& info);
+  Napi::Value UnrefJs(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+
+  void Post(std::unique_ptr<Command> cmd);
+  void Run();
+  void RunCommands();
+  void HandleConn(Conn& c, uint32_t events);
+  bool ReadConn(Conn& c);
+  bool Consume(Conn& c, const uint8_t* src, size_t n, size_t* used);
+  bool StartPayload(Conn& c);
+  void AcceptAll(Listener& l);
+  bool WriteConn(Conn& c);
+  bool FrameReady(Conn& c);
+  void CloseConnNow(uint32_t id, int err, const std::string& why);
+  void UpdateInterest(Conn& c);
+  void Emit(NetEvent&& e);
+  void Flush();
+  void Shutdown();
+
+  Fd epoll_;
+  Fd wake_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  Tsfn tsfn_;
+  bool closed_ = false;
+  bool cleanupHooked_ = false;
+  int refs_ = 0;
+  napi_env env_ = nullptr;
+  uint32_t maxConnections_ = 256;
+  std::atomic<uint32_t> nextId_{1};  // ids for connections and listeners, from both threads
+
+  struct Area {
+    uint8_t* data;
+    uint64_t len;
+    uint32_t token;
+  };
+  bool TakeArea(uint64_t len, Area* out);
+  void ReturnArea(const Area& a);
+  std::mutex areasMu_;  // guards areas_: filled by the main thread, taken by the epoll thread
+  std::vector<Area> areas_;
+
+  std::mutex mu_;  // guards commands_ and pending_
+  std::vector<std::unique_ptr<Command>> commands_;
+  std::vector<NetEvent>* pending_ = nullptr;  // events not yet handed to the thread-safe function
+
+  // Epoll thread only.
+  std::unordered_map<uint32_t, std::unique_ptr<Conn>> conns_;
+  std::unordered_map<uint32_t, std::unique_ptr<Listener>> listeners_;
+  uint32_t accepted_ = 0;  // connections accepted and still open
+};
+
+}  // namespace kvtier

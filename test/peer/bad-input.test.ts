@@ -1,0 +1,300 @@
+import { createConnection } from 'node:net';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { chainKeys, connect } from '../../lib/index.js';
+import { native } from '../../lib/native.js';
+import { randomBytes, tempDir } from '../helpers.js';
+import { keysMeta, RawPeer, rawFrame } from './raw.js';
+import {
+  killAll,
+  runCli,
+  startServe,
+  TOKEN,
+  writeToken,
+  type ServeProcess,
+} from './serve-process.js';
+
+const BS = 64 * 1024;
+const MAX_CONNECTIONS = 8;
+const dirs: { remove(): void }[] = [];
+let server: ServeProcess;
+let tokenFile: string;
+let url: string;
+let base: string;
+
+function keysFor(n: number, seed: number): string[] {
+  const tokens = new Uint32Array(n * 4).map((_, i) => i + seed * 7919);
+  return chainKeys(tokens, { blockTokens: 4, namespace: `bad-${seed}` }).keys();
+}
+
+/** The server still serves a well-behaved client, bytes intact. */
+async function stillServes(): Promise<void> {
+  const c = await connect(url, { tokenFile });
+  try {
+    const keys = keysFor(2, Math.floor(Math.random() * 1e6));
+    const src = randomBytes(2 * BS);
+    await c.put(keys, src);
+    const dst = Buffer.alloc(2 * BS);
+    expect((await c.get(keys, dst)).count).toBe(2);
+    expect(dst.equals(src)).toBe(true);
+  } finally {
+    await c.close();
+  }
+}
+
+function errorKind(f: { meta: Buffer } | undefined): number | undefined {
+  return f ? f.meta.readUInt32LE(0) : undefined;
+}
+
+beforeAll(async () => {
+  const d = tempDir('kvtier-peer-bad-');
+  dirs.push(d);
+  base = d.path;
+  tokenFile = writeToken(d.path);
+  server = await startServe({
+    blockBytes: BS,
+    hostBytes: 64 * BS,
+    tokenFile,
+    extra: ['--max-connections', String(MAX_CONNECTIONS)],
+  });
+  url = `kvtier://127.0.0.1:${server.port}`;
+});
+
+afterAll(() => {
+  killAll();
+  dirs.forEach((d) => d.remove());
+});
+
+describe('kvtier serve under bad input', () => {
+  it('a wrong token: KVTIER_AUTH, and the log names the peer but never the secret', async () => {
+    const wrong = 'not-the-secret-but-long-enough';
+    await expect(connect(url, { token: wrong })).rejects.toMatchObject({ code: 'KVTIER_AUTH' });
+    const line = await server.waitFor('auth_failed');
+    expect(line.remote).toMatch(/^127\.0\.0\.1:/);
+    const all = JSON.stringify(server.logs) + server.stderr();
+    expect(all).not.toContain(TOKEN);
+    expect(all).not.toContain(wrong);
+    await stillServes();
+  });
+
+  it('a client that does not know the secret gets an AUTH error and no server proof', async () => {
+    const peer = await RawPeer.open(server.port);
+    const answer = await peer.handshake('wrong-secret-wrong-secret');
+    expect(answer && 'type' in answer ? answer.type : undefined).toBe(0x05);
+    expect(errorKind(answer as { meta: Buffer })).toBe(2);
+    await peer.ended;
+  });
+
+  it('a client speaking another version gets a VERSION error and the connection closes', async () => {
+    const peer = await RawPeer.open(server.port);
+    const answer = await peer.handshake(TOKEN, { version: 2 });
+    expect(answer && 'type' in answer ? answer.type : undefined).toBe(0x05);
+    expect(errorKind(answer as { meta: Buffer })).toBe(3);
+    await peer.ended;
+    await stillServes();
+  });
+
+  it('a block size mismatch: KVTIER_PROTOCOL naming both sizes', async () => {
+    const e = await connect(url, { token: TOKEN, blockBytes: 4096 }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'KVTIER_PROTOCOL' });
+    expect(String((e as Error).message)).toMatch(/65536.*4096/);
+    await stillServes();
+  });
+
+  it('a truncated frame, then a hang-up, leaves the server serving', async () => {
+    const peer = await RawPeer.open(server.port);
+    const hello = rawFrame(0x01, 0, Buffer.alloc(48));
+    peer.send(hello.subarray(0, 30));
+    peer.close();
+    await stillServes();
+  });
+
+  it('bad magic, an oversized handshake and an unknown first message each close the connection', async () => {
+    for (const bytes of [
+      Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'),
+      rawFrame(0x01, 0, Buffer.alloc(48), Buffer.alloc(0), 1 << 20), // payload before auth
+      rawFrame(0x01, 0, Buffer.alloc(8192)), // metadata beyond the handshake limit
+      rawFrame(0x12, 1, keysMeta(keysFor(1, 1))), // a request before authenticating
+      rawFrame(0x77, 0, Buffer.alloc(4)),
+    ]) {
+      const peer = await RawPeer.open(server.port);
+      peer.send(bytes);
+      await peer.ended;
+      expect(peer.closed).toBe(true);
+    }
+    await stillServes();
+  });
+
+  it('after authenticating: lengths beyond the limits, malformed batches and unknown types close only that connection', async () => {
+    const bystander = await connect(url, { tokenFile });
+    try {
+      const cases: [
+        string,
+        (limits: { maxBatch: number; maxPayload: number }) => Buffer,
+        number,
+      ][] = [
+        [
+          'payload beyond the limit',
+          (l) => rawFrame(0x10, 1, keysMeta([]), Buffer.alloc(0), l.maxPayload + 1),
+          -1,
+        ],
+        [
+          'too many descriptors',
+          (l) => rawFrame(0x12, 1, keysMeta(keysFor(1, 2), l.maxBatch + 1)),
+          1,
+        ],
+        [
+          'a batch count the metadata does not hold',
+          () => rawFrame(0x12, 1, keysMeta(keysFor(2, 3), 5)),
+          1,
+        ],
+        [
+          'a key of length 0',
+          () => rawFrame(0x12, 1, Buffer.concat([keysMeta([], 1), Buffer.alloc(40)])),
+          1,
+        ],
+        [
+          'a put whose payload does not match its keys',
+          () => rawFrame(0x10, 1, keysMeta(keysFor(2, 4)), Buffer.alloc(BS)),
+          1,
+        ],
+        ['an unknown message type', () => rawFrame(0x7e, 1, keysMeta([])), 1],
+        ['a result type sent to the server', () => rawFrame(0x13, 1, keysMeta([])), 1],
+      ];
+      for (const [what, make, kind] of cases) {
+        const peer = await RawPeer.open(server.port);
+        const limits = await peer.handshake(TOKEN);
+        expect(limits && 'maxBatch' in limits, what).toBe(true);
+        peer.send(make(limits as { maxBatch: number; maxPayload: number }));
+        const answer = await peer.next();
+        if (kind > 0) {
+          expect(answer?.type, what).toBe(0x05);
+          expect([1, 4], what).toContain(errorKind(answer));
+        }
+        await peer.ended;
+        expect(peer.closed, what).toBe(true);
+      }
+      // The bystander's connection was never disturbed.
+      const keys = keysFor(1, 5);
+      const src = randomBytes(BS);
+      await bystander.put(keys, src);
+      const dst = Buffer.alloc(BS);
+      expect((await bystander.get(keys, dst)).count).toBe(1);
+      expect(dst.equals(src)).toBe(true);
+    } finally {
+      await bystander.close();
+    }
+  });
+
+  it('a raw client written from docs/protocol.md puts and gets a block', async () => {
+    const peer = await RawPeer.open(server.port);
+    expect(await peer.handshake(TOKEN)).toMatchObject({ blockBytes: BS });
+    const keys = keysFor(1, 6);
+    const block = randomBytes(BS);
+    peer.send(rawFrame(0x10, 7, keysMeta(keys), block));
+    const put = await peer.next();
+    expect(put).toMatchObject({ type: 0x11, requestId: 7 });
+    expect(put!.meta.readUInt32LE(0)).toBe(1);
+    expect(put!.meta.readUInt8(8)).toBe(0);
+    peer.send(rawFrame(0x12, 8, keysMeta(keys)));
+    const got = await peer.next();
+    expect(got).toMatchObject({ type: 0x13, requestId: 8 });
+    expect(got!.meta.readUInt8(8)).toBe(0);
+    expect(got!.payload.equals(block)).toBe(true);
+    // Sent from the host tier: flagged with the CRC-32C computed when the block was stored.
+    expect(got!.meta.readUInt8(9) & 1).toBe(1);
+    expect(got!.meta.readUInt32LE(12)).toBe(native().crc32c(block));
+    peer.close();
+  });
+
+  it('a client asking for a transport the server did not offer gets a TRANSPORT error', async () => {
+    const peer = await RawPeer.open(server.port);
+    const answer = await peer.handshake(TOKEN, { transport: 1 });
+    expect(answer && 'type' in answer ? answer.type : undefined).toBe(0x05);
+    expect(errorKind(answer as { meta: Buffer })).toBe(8);
+    await peer.ended;
+  });
+
+  it('a flood of connections is bounded: the excess is refused and the server keeps serving', async () => {
+    const sockets = await Promise.all(
+      Array.from(
+        { length: 4 * MAX_CONNECTIONS },
+        () =>
+          new Promise<ReturnType<typeof createConnection>>((resolve) => {
+            const s = createConnection({ host: '127.0.0.1', port: server.port }, () => resolve(s));
+            s.on('error', () => resolve(s));
+          }),
+      ),
+    );
+    const closed = await Promise.all(
+      sockets.map(
+        (s) =>
+          new Promise<boolean>((resolve) => {
+            if (s.destroyed) return resolve(true);
+            s.once('close', () => resolve(true));
+            setTimeout(() => resolve(false), 1000).unref();
+          }),
+      ),
+    );
+    expect(closed.filter(Boolean).length).toBeGreaterThanOrEqual(3 * MAX_CONNECTIONS);
+    await server.waitFor('connection_refused');
+    sockets.forEach((s) => s.destroy());
+    // Their slots come back once the server sees them close.
+    for (let tries = 0; ; tries++) {
+      try {
+        await stillServes();
+        break;
+      } catch (e) {
+        if (tries > 50) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    expect(server.child.exitCode).toBe(null);
+  });
+
+  it('a connection that never authenticates is closed', async () => {
+    const fast = await startServe({
+      blockBytes: BS,
+      hostBytes: 4 * BS,
+      tokenFile,
+      extra: ['--handshake-timeout', '200'],
+    });
+    const peer = await RawPeer.open(fast.port);
+    await peer.ended;
+    expect(peer.closed).toBe(true);
+    await fast.stop();
+  });
+});
+
+describe('kvtier serve refuses bad options', () => {
+  it('an unreadable or short token file, a bad address, verbs without RDMA', async () => {
+    const shortDir = tempDir('kvtier-short-');
+    dirs.push(shortDir);
+    const shortToken = writeToken(shortDir.path, 'short');
+    const cases: [string[], RegExp][] = [
+      [['--token-file', join(base, 'missing')], /KVTIER_BAD_ARGUMENT/],
+      [['--token-file', shortToken], /KVTIER_BAD_ARGUMENT/],
+      [['--listen', 'nowhere'], /KVTIER_BAD_ARGUMENT/],
+      [['--transport', 'verbs'], /KVTIER_NOT_AVAILABLE/],
+      [['--transport', 'carrier-pigeon'], /KVTIER_BAD_ARGUMENT/],
+    ];
+    for (const [args, want] of cases) {
+      const tf = args.includes('--token-file') ? [] : ['--token-file', tokenFile];
+      const listen = args.includes('--listen') ? [] : ['--listen', '127.0.0.1:0'];
+      const r = await runCli([
+        'serve',
+        ...listen,
+        '--block-bytes',
+        '64KiB',
+        '--host-bytes',
+        '1MiB',
+        ...tf,
+        ...args,
+      ]);
+      expect(r.code, args.join(' ')).not.toBe(0);
+      expect(r.stderr, args.join(' ')).toMatch(want);
+    }
+  });
+});
