@@ -396,8 +396,8 @@ async function restore(
   const io = createEngine();
   const file = await openFile(path, { create: true, truncate: true, size: bytes });
   const op = 64 * MiB;
-  let fromFile = 0;
-  let fileIo = '';
+  let fromFile: number;
+  let fileIo: string;
   try {
     o.onProgress?.(`restore: writing ${bytes / GiB} GiB file tier`);
     const w = new TransferBatch();

@@ -29,9 +29,9 @@ class Exporter {
     child.stderr.on('data', (d: Buffer) => process.stderr.write(d));
   }
   async next<T>(): Promise<T> {
-    const { value, done } = await this.lines.next();
-    if (done) throw new Error('exporter exited early');
-    return JSON.parse(value as string) as T;
+    const line: IteratorResult<string> = await this.lines.next();
+    if (line.done) throw new Error('exporter exited early');
+    return JSON.parse(line.value) as T;
   }
   async check(): Promise<string> {
     this.child.stdin.write('check\n');
