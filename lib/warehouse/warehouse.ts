@@ -1342,7 +1342,7 @@ export class Warehouse {
       { kind: 'memory', target: dst, offset: to * bs },
       bs,
     );
-    await round.run(this.memoryEngine, this.fileEngine);
+    await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
   }
 
   // -------------------------------------------------------------------------------- stats, close
