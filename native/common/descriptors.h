@@ -48,20 +48,6 @@ inline uint8_t* TargetRange(Napi::Env env, const std::vector<Target>& targets, c
   return target.data + off;
 }
 
-// The descriptor array of a submit() call; throws unless it is a live Float64Array of whole
-// descriptors.
-inline Napi::Float64Array DescriptorArray(Napi::Env env, Napi::Value v) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    Throw(env, kBadArgument, "descriptors must be a Float64Array");
-  }
-  Napi::Float64Array descs = v.As<Napi::Float64Array>();
-  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
-  if (descs.ElementLength() % kStride != 0) {
-    Throw(env, kBadArgument, "descriptors length must be a multiple of 6");
-  }
-  return descs;
-}
-
 // Takes a reference on every JavaScript buffer among the targets (released by the caller on the
 // main thread when the batch is delivered) and collects the native memory to keep alive.
 inline void HoldTargets(Napi::Env env, const std::vector<Target>& targets,

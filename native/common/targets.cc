@@ -81,4 +81,39 @@ std::shared_ptr<FileHandle> ResolveFile(Napi::Env env, Napi::Value v, size_t ind
   return h;
 }
 
+BatchArgs ReadBatchArgs(const Napi::CallbackInfo& info, bool files) {
+  Napi::Env env = info.Env();
+  BatchArgs args;
+  Napi::Value d = info[0];
+  if (!d.IsTypedArray() || d.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    Throw(env, kBadArgument, "descriptors must be a Float64Array");
+  }
+  args.descs = d.As<Napi::Float64Array>();
+  if (args.descs.ElementLength() % 6 != 0) {
+    Throw(env, kBadArgument, "descriptors length must be a multiple of 6");
+  }
+  args.count = args.descs.ElementLength() / 6;
+  if (!info[1].IsArray() || (files && !info[2].IsArray())) {
+    Throw(env, kBadArgument,
+          files ? "targets and files must be arrays" : "targets must be an array");
+  }
+  Napi::Array targetList = info[1].As<Napi::Array>();
+  std::vector<TargetRef> refs;
+  refs.reserve(targetList.Length());
+  for (uint32_t i = 0; i < targetList.Length(); ++i) {
+    refs.push_back(ClassifyTarget(env, targetList.Get(i), i));
+  }
+  if (files) {
+    Napi::Array fileList = info[2].As<Napi::Array>();
+    args.files.reserve(fileList.Length());
+    for (uint32_t i = 0; i < fileList.Length(); ++i) {
+      args.files.push_back(ResolveFile(env, fileList.Get(i), i));
+    }
+  }
+  if (args.descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
+  args.targets.reserve(refs.size());
+  for (size_t i = 0; i < refs.size(); ++i) args.targets.push_back(TargetMemory(env, refs[i], i));
+  return args;
+}
+
 }  // namespace kvtier

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "../gpu/device_memory.h"
 #include "../memory/region_memory.h"
@@ -37,6 +38,19 @@ TargetRef ClassifyTarget(Napi::Env env, Napi::Value v, size_t index);
 Target TargetMemory(Napi::Env env, const TargetRef& ref, size_t index);
 // The open file behind a NativeFile in a batch's file list; KVTIER_CLOSED once it is closed.
 std::shared_ptr<FileHandle> ResolveFile(Napi::Env env, Napi::Value v, size_t index);
+
+// What every engine's submit(descriptors, targets, files) is handed, resolved.
+struct BatchArgs {
+  Napi::Float64Array descs;
+  size_t count = 0;  // descriptors
+  std::vector<Target> targets;
+  std::vector<std::shared_ptr<FileHandle>> files;
+};
+
+// Reads submit()'s arguments: everything that can run user JavaScript (element getters, Proxy
+// traps) first, then the pointers, so no script can detach a buffer between taking its pointer
+// and using it. `files` false: the file list is not read (engines without files).
+BatchArgs ReadBatchArgs(const Napi::CallbackInfo& info, bool files);
 
 // The native object behind a wrapped JavaScript object, or a KVTIER_BAD_ARGUMENT for an object
 // that only pretends to be one of ours (its prototype borrowed) and so wraps nothing.

@@ -367,19 +367,10 @@ std::string CopyEngine::Enqueue(JsBatch* batch, Lane& lane) {
 Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "GPU copy engine is closed");
-  Napi::Float64Array descs = DescriptorArray(env, info[0]);
-  if (!info[1].IsArray()) Throw(env, kBadArgument, "targets must be an array");
-  size_t count = descs.ElementLength() / kStride;
-  Napi::Array targetList = info[1].As<Napi::Array>();
-  std::vector<TargetRef> refs;
-  refs.reserve(targetList.Length());
-  for (uint32_t i = 0; i < targetList.Length(); ++i) {
-    refs.push_back(ClassifyTarget(env, targetList.Get(i), i));
-  }
-  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
-  std::vector<Target> targets;
-  targets.reserve(refs.size());
-  for (size_t i = 0; i < refs.size(); ++i) targets.push_back(TargetMemory(env, refs[i], i));
+  BatchArgs args = ReadBatchArgs(info, false);
+  Napi::Float64Array descs = args.descs;
+  size_t count = args.count;
+  const std::vector<Target>& targets = args.targets;
 
   auto batch = std::make_unique<JsBatch>(env);
   batch->results.assign(count, 0);

@@ -393,24 +393,11 @@ void GpuFileEngine::Deliver(Napi::Env env, Napi::Function, GpuFileEngine* engine
 Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "GPU file engine is closed");
-  Napi::Float64Array descs = DescriptorArray(env, info[0]);
-  if (!info[1].IsArray() || !info[2].IsArray()) {
-    Throw(env, kBadArgument, "targets and files must be arrays");
-  }
-  size_t count = descs.ElementLength() / kStride;
-  Napi::Array targetList = info[1].As<Napi::Array>();
-  Napi::Array fileList = info[2].As<Napi::Array>();
-  std::vector<TargetRef> refs;
-  for (uint32_t i = 0; i < targetList.Length(); ++i) {
-    refs.push_back(ClassifyTarget(env, targetList.Get(i), i));
-  }
-  std::vector<std::shared_ptr<FileHandle>> files;
-  for (uint32_t i = 0; i < fileList.Length(); ++i) {
-    files.push_back(ResolveFile(env, fileList.Get(i), i));
-  }
-  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
-  std::vector<Target> targets;
-  for (size_t i = 0; i < refs.size(); ++i) targets.push_back(TargetMemory(env, refs[i], i));
+  BatchArgs args = ReadBatchArgs(info, true);
+  Napi::Float64Array descs = args.descs;
+  size_t count = args.count;
+  const std::vector<Target>& targets = args.targets;
+  const std::vector<std::shared_ptr<FileHandle>>& files = args.files;
 
   auto batch = std::make_unique<JsBatch>(env);
   batch->ops.resize(count);

@@ -143,32 +143,13 @@ void Engine::Finished(Napi::Env env) {
 Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "engine is closed");
-  Napi::Float64Array descs = DescriptorArray(env, info[0]);
-  if (!info[1].IsArray() || !info[2].IsArray()) {
-    Throw(env, kBadArgument, "targets and files must be arrays");
-  }
-  size_t count = descs.ElementLength() / kStride;
-
-  Napi::Array targetList = info[1].As<Napi::Array>();
-  Napi::Array fileList = info[2].As<Napi::Array>();
-  // First everything that can run user JavaScript (element getters, Proxy traps), then the
-  // pointers: no script can detach a buffer between taking its pointer and using it.
-  std::vector<TargetRef> refs;
-  refs.reserve(targetList.Length());
-  for (uint32_t i = 0; i < targetList.Length(); ++i) {
-    refs.push_back(ClassifyTarget(env, targetList.Get(i), i));
-  }
-  std::vector<std::shared_ptr<FileHandle>> files;
-  files.reserve(fileList.Length());
-  for (uint32_t i = 0; i < fileList.Length(); ++i) {
-    files.push_back(ResolveFile(env, fileList.Get(i), i));
-  }
-  if (descs.ArrayBuffer().IsDetached()) Throw(env, kBadArgument, "descriptors are detached");
-  std::vector<Target> targets;
-  targets.reserve(refs.size());
-  for (size_t i = 0; i < refs.size(); ++i) {
-    targets.push_back(TargetMemory(env, refs[i], i));
-    if (targets.back().device) {
+  BatchArgs args = ReadBatchArgs(info, true);
+  Napi::Float64Array descs = args.descs;
+  size_t count = args.count;
+  std::vector<Target>& targets = args.targets;
+  std::vector<std::shared_ptr<FileHandle>>& files = args.files;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (targets[i].device) {
       // These threads dereference host pointers; a device address would be a wild read.
       Throw(env, kBadArgument,
             "target " + std::to_string(i) +
