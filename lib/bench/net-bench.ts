@@ -299,7 +299,9 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
         };
         // Every put stores a new block (no key repeats within a pass), and its pass's keys are
         // deleted afterwards, untimed, so the server's host tier never evicts the get set.
-        const putPass = async (round: number): Promise<{ seconds: number; latencies: number[] }> => {
+        const putPass = async (
+          round: number,
+        ): Promise<{ seconds: number; latencies: number[] }> => {
           const keys = Array.from({ length: ops }, (_, i) => keyOf(i, round));
           const r = await pass(client, 'put', keys, ops, inflight, buffers, bs);
           for (let i = 0; i < keys.length; i += 256) await client.delete(keys.slice(i, i + 256));

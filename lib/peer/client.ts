@@ -30,6 +30,8 @@ import {
   decodeError,
   decodeResults,
   encodeKeys,
+  encodeResults,
+  PLACED_PUT_MIN_BYTES,
   errorCodeFor,
   frame,
   HELLO_BYTES,
@@ -104,6 +106,8 @@ const REQUEST_TYPES = {
   [MsgType.GET]: MsgType.GET_RESULT,
   [MsgType.LOOKUP]: MsgType.LOOKUP_RESULT,
   [MsgType.DELETE]: MsgType.DELETE_RESULT,
+  [MsgType.PUT_OFFER]: MsgType.PUT_ACCEPT,
+  [MsgType.PUT_DATA]: MsgType.PUT_RESULT,
 } as Record<number, number>;
 
 /** Connects and authenticates; rejects with KVTIER_AUTH, KVTIER_PROTOCOL or KVTIER_PEER. */
@@ -404,10 +408,13 @@ export class PeerClient {
     type: number,
     keys: Key[],
     memory?: { target: Target; slots: readonly number[] },
+    step?: { rid: number; accepted?: number[] },
   ): Promise<{ statuses: number[]; word: number }> {
-    const rid = this.nextRequest;
-    this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
-    const meta = encodeKeys(keys);
+    const rid = step?.rid ?? this.nextId();
+    const accepted = step?.accepted;
+    // PUT_DATA repeats the server's answer to the offer, and carries only the blocks it wants.
+    const meta = accepted ? encodeResults(accepted) : encodeKeys(keys);
+    const sends = (i: number): boolean => !accepted || accepted[i] === Status.OK;
     const bs = s.blockBytes;
     let targets: NativeTarget[] = [];
     let spans: Float64Array | undefined;
@@ -422,16 +429,17 @@ export class PeerClient {
         release = () => region.inFlight.end();
       }
       targets = [target instanceof Region ? target.native : target];
-      const triples = new Float64Array(keys.length * 3);
+      const triples: number[] = [];
       for (let i = 0; i < keys.length; i++) {
-        triples[3 * i] = 0;
-        triples[3 * i + 1] = memory.slots[i]! * bs;
-        triples[3 * i + 2] = bs;
+        if (sends(i)) triples.push(0, memory.slots[i]! * bs, bs);
       }
-      if (type === MsgType.PUT) spans = triples;
-      else expect = { type: MsgType.GET_RESULT, requestId: rid, spans: triples };
+      if (type === MsgType.GET) {
+        expect = { type: MsgType.GET_RESULT, requestId: rid, spans: new Float64Array(triples) };
+      } else {
+        spans = new Float64Array(triples);
+      }
     }
-    const payload = type === MsgType.PUT ? keys.length * bs : 0;
+    const payload = spans ? (spans.length / 3) * bs : 0;
     return new Promise((resolve, reject) => {
       const p: Pending = {
         type,
@@ -458,6 +466,26 @@ export class PeerClient {
         reject(e instanceof Error ? e : new Error(String(e)));
       }
     });
+  }
+
+  private nextId(): number {
+    const rid = this.nextRequest;
+    this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
+    return rid;
+  }
+
+  /**
+   * A put in two steps for large blocks: the server reserves slots and answers which blocks it
+   * wants, then reads those straight into the slots (no copy on its side).
+   */
+  private async placedPut(
+    s: Session,
+    keys: Key[],
+    memory: { target: Target; slots: readonly number[] },
+  ): Promise<{ statuses: number[]; word: number }> {
+    const rid = this.nextId();
+    const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, { rid });
+    return this.request(s, MsgType.PUT_DATA, keys, memory, { rid, accepted: accept.statuses });
   }
 
   /** Splits a batch into frames the server accepts and runs them at once. */
@@ -491,7 +519,8 @@ export class PeerClient {
     for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
       const part = list.slice(from, from + s.maxBatch);
       const memory = target ? { target, slots: slots.slice(from, from + s.maxBatch) } : undefined;
-      chunks.push(this.request(s, type, part, memory));
+      const placed = type === MsgType.PUT && memory && s.blockBytes >= PLACED_PUT_MIN_BYTES;
+      chunks.push(placed ? this.placedPut(s, part, memory) : this.request(s, type, part, memory));
       if (list.length === 0) break;
     }
     const results = await Promise.all(chunks);
