@@ -235,10 +235,11 @@ describe('kvtier serve under bad input', () => {
   it('put data without an offer, or not matching it, or never sent, closes the connection', async () => {
     const keys = keysFor(2, 8);
     const cases: ((p: RawPeer) => Promise<void>)[] = [
-      async (p) => {
+      (p) => {
         const meta = Buffer.alloc(8 + 16);
         meta.writeUInt32LE(2, 0);
         p.send(rawFrame(0x1a, 3, meta, randomBytes(2 * BS)));
+        return Promise.resolve();
       },
       async (p) => {
         p.send(rawFrame(0x18, 4, keysMeta(keys)));
