@@ -132,6 +132,7 @@ export class PeerClient {
   private readonly pending = new Map<number, Pending>();
   private nextRequest = 1;
   private closed = false;
+  private corruptBlocks = 0;
   private attempt = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private lastError: KvtierError | undefined;
@@ -322,11 +323,35 @@ export class PeerClient {
       return;
     }
     try {
-      p.resolve(decodeResults(ev.meta!, p.count));
+      const r = decodeResults(ev.meta!, p.count);
+      if (p.type === MsgType.GET && ev.checksums) this.verify(r, ev.checksums);
+      p.resolve(r);
     } catch (e) {
       p.reject(e as Error);
       this.net.closeConnection(this.session?.conn ?? 0, (e as Error).message);
     }
+  }
+
+  /**
+   * End to end: a block whose bytes do not match the checksum the server stored it with is not
+   * reported found (and is counted), whatever happened to it on the way.
+   */
+  private verify(r: { statuses: number[]; checksums: number[] }, received: Uint32Array): void {
+    let j = 0;
+    r.statuses.forEach((status, i) => {
+      if (status !== Status.OK) return;
+      const got = received[j++];
+      const want = r.checksums[i]!;
+      if (want >= 0 && got !== want) {
+        r.statuses[i] = Status.FAILED;
+        this.corruptBlocks++;
+      }
+    });
+  }
+
+  /** Blocks received whose bytes failed their checksum (reported missing). */
+  get corrupt(): number {
+    return this.corruptBlocks;
   }
 
   private done(p: Pending): void {

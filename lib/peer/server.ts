@@ -590,7 +590,7 @@ export class PeerServer {
     clearTimeout(offer.timer);
     const payload =
       ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, accepted * bs) : ev.payload;
-    const job = this.finishPut(state, rid, offer, payload).catch((e: unknown) => {
+    const job = this.finishPut(state, rid, offer, payload, ev.checksums).catch((e: unknown) => {
       this.log('request_failed', { conn: state.id, type: MsgType.PUT_DATA, error: String(e) });
       if (state.phase !== 'closed') {
         this.net.send(
@@ -609,11 +609,12 @@ export class PeerServer {
     rid: number,
     offer: Offer,
     payload: Uint8Array | undefined,
+    checksums: Uint32Array | undefined,
   ): Promise<void> {
     const wh = this.options.warehouse;
     const result = offer.statuses.map((x) => (x === Status.OK ? Status.REJECTED : x));
     if (offer.reservation) {
-      const { stored } = await offer.reservation.commit();
+      const { stored } = await offer.reservation.commit(checksums);
       for (const i of stored) result[i] = Status.OK;
     } else {
       const sent = offer.keys.filter((_, i) => offer.statuses[i] === Status.OK);
