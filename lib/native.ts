@@ -102,6 +102,8 @@ export interface NetEvent {
   payloadBytes?: number;
   placed?: boolean;
   area?: number;
+  /** Placed payloads: CRC-32C of each destination filled, in order. */
+  checksums?: Uint32Array;
   token?: number;
   errno?: number;
   text?: string;

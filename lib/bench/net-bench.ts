@@ -267,7 +267,7 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
       const client = await connect(url, {
         tokenFile,
         blockBytes: bs,
-        timeoutMs: Number(process.env.KVTIER_BENCH_TIMEOUT_MS ?? 120_000),
+        timeoutMs: 120_000,
       });
       transport = client.transport;
       transportReason = client.transportReason;

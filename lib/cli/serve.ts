@@ -65,6 +65,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--max-connections must be 1 to 65536');
   }
   checkClusterOptions(opts);
+  const handshakeTimeoutMs = Number(opts.handshakeTimeout ?? 5000);
+  if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs < 1) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--handshake-timeout must be a positive integer');
+  }
   const secret = await readTokenFile(opts.tokenFile);
   const warehouse = await Warehouse.open({ blockBytes, tiers });
   let server: PeerServer;
@@ -76,7 +80,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       secret,
       transport,
       maxConnections,
-      handshakeTimeoutMs: Number(opts.handshakeTimeout ?? 5000),
+      handshakeTimeoutMs,
       log,
     });
   } catch (e) {

@@ -31,6 +31,8 @@ import {
   decodeError,
   decodeResults,
   encodeKeys,
+  encodeResults,
+  PLACED_PUT_MIN_BYTES,
   errorCodeFor,
   frame,
   HELLO_BYTES,
@@ -106,6 +108,8 @@ const REQUEST_TYPES = {
   [MsgType.GET]: MsgType.GET_RESULT,
   [MsgType.LOOKUP]: MsgType.LOOKUP_RESULT,
   [MsgType.DELETE]: MsgType.DELETE_RESULT,
+  [MsgType.PUT_OFFER]: MsgType.PUT_ACCEPT,
+  [MsgType.PUT_DATA]: MsgType.PUT_RESULT,
 } as Record<number, number>;
 
 /** Connects and authenticates; rejects with KVTIER_AUTH, KVTIER_PROTOCOL or KVTIER_PEER. */
@@ -130,6 +134,7 @@ export class PeerClient {
   private readonly pending = new Map<number, Pending>();
   private nextRequest = 1;
   private closed = false;
+  private corruptBlocks = 0;
   private attempt = 0;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private lastError: KvtierError | undefined;
@@ -320,11 +325,35 @@ export class PeerClient {
       return;
     }
     try {
-      p.resolve(decodeResults(ev.meta!, p.count));
+      const r = decodeResults(ev.meta!, p.count);
+      if (p.type === MsgType.GET && ev.checksums) this.verify(r, ev.checksums);
+      p.resolve(r);
     } catch (e) {
       p.reject(e as Error);
       this.net.closeConnection(this.session?.conn ?? 0, (e as Error).message);
     }
+  }
+
+  /**
+   * End to end: a block whose bytes do not match the checksum the server stored it with is not
+   * reported found (and is counted), whatever happened to it on the way.
+   */
+  private verify(r: { statuses: number[]; checksums: number[] }, received: Uint32Array): void {
+    let j = 0;
+    r.statuses.forEach((status, i) => {
+      if (status !== Status.OK) return;
+      const got = received[j++];
+      const want = r.checksums[i]!;
+      if (want >= 0 && got !== want) {
+        r.statuses[i] = Status.FAILED;
+        this.corruptBlocks++;
+      }
+    });
+  }
+
+  /** Blocks received whose bytes failed their checksum (reported missing). */
+  get corrupt(): number {
+    return this.corruptBlocks;
   }
 
   private done(p: Pending): void {
@@ -407,10 +436,13 @@ export class PeerClient {
     keys: Key[],
     memory?: { target: Target; slots: readonly number[] },
     flags = 0,
+    step?: { rid: number; accepted?: number[] },
   ): Promise<{ statuses: number[]; word: number }> {
-    const rid = this.nextRequest;
-    this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
-    const meta = encodeKeys(keys);
+    const rid = step?.rid ?? this.nextId();
+    const accepted = step?.accepted;
+    // PUT_DATA repeats the server's answer to the offer, and carries only the blocks it wants.
+    const meta = accepted ? encodeResults(accepted) : encodeKeys(keys);
+    const sends = (i: number): boolean => !accepted || accepted[i] === Status.OK;
     const bs = s.blockBytes;
     let targets: NativeTarget[] = [];
     let spans: Float64Array | undefined;
@@ -431,16 +463,17 @@ export class PeerClient {
         release = () => region.inFlight.end();
       }
       targets = [nativeTargetOf(target)];
-      const triples = new Float64Array(keys.length * 3);
+      const triples: number[] = [];
       for (let i = 0; i < keys.length; i++) {
-        triples[3 * i] = 0;
-        triples[3 * i + 1] = memory.slots[i]! * bs;
-        triples[3 * i + 2] = bs;
+        if (sends(i)) triples.push(0, memory.slots[i]! * bs, bs);
       }
-      if (type === MsgType.PUT) spans = triples;
-      else expect = { type: MsgType.GET_RESULT, requestId: rid, spans: triples };
+      if (type === MsgType.GET) {
+        expect = { type: MsgType.GET_RESULT, requestId: rid, spans: new Float64Array(triples) };
+      } else {
+        spans = new Float64Array(triples);
+      }
     }
-    const payload = type === MsgType.PUT ? keys.length * bs : 0;
+    const payload = spans ? (spans.length / 3) * bs : 0;
     return new Promise((resolve, reject) => {
       const p: Pending = {
         type,
@@ -477,6 +510,26 @@ export class PeerClient {
     });
   }
 
+  private nextId(): number {
+    const rid = this.nextRequest;
+    this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
+    return rid;
+  }
+
+  /**
+   * A put in two steps for large blocks: the server reserves slots and answers which blocks it
+   * wants, then reads those straight into the slots (no copy on its side).
+   */
+  private async placedPut(
+    s: Session,
+    keys: Key[],
+    memory: { target: Target; slots: readonly number[] },
+  ): Promise<{ statuses: number[]; word: number }> {
+    const rid = this.nextId();
+    const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, 0, { rid });
+    return this.request(s, MsgType.PUT_DATA, keys, memory, 0, { rid, accepted: accept.statuses });
+  }
+
   /** Splits a batch into frames the server accepts and runs them at once. */
   private async batched(
     type: number,
@@ -509,7 +562,10 @@ export class PeerClient {
     for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
       const part = list.slice(from, from + s.maxBatch);
       const memory = target ? { target, slots: slots.slice(from, from + s.maxBatch) } : undefined;
-      chunks.push(this.request(s, type, part, memory, flags));
+      const placed = type === MsgType.PUT && memory && s.blockBytes >= PLACED_PUT_MIN_BYTES;
+      chunks.push(
+        placed ? this.placedPut(s, part, memory) : this.request(s, type, part, memory, flags),
+      );
       if (list.length === 0) break;
     }
     const results = await Promise.all(chunks);

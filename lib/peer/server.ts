@@ -7,7 +7,7 @@ import type { NativeTarget, NetEvent } from '../native.js';
 import { nativeTargetOf } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { Region } from '../region.js';
-import type { Warehouse } from '../warehouse/warehouse.js';
+import type { Reservation, Warehouse } from '../warehouse/warehouse.js';
 import type { Key } from '../warehouse/keys.js';
 import { nonce, proofMatches, clientProof, serverProof, type Secret } from './auth.js';
 import { Net, type ConnHandler } from './net.js';
@@ -16,6 +16,8 @@ import {
   Capability,
   CHALLENGE_BYTES,
   decodeKeys,
+  decodeResults,
+  MAX_OFFERS,
   encodeError,
   encodeResults,
   ErrorKind,
@@ -48,6 +50,8 @@ export interface PeerServerOptions {
   maxConnections?: number;
   /** A connection that has not authenticated by then is closed (default 5 s). */
   handshakeTimeoutMs?: number;
+  /** A put offer whose data has not arrived by then closes its connection (default 30 s). */
+  offerTimeoutMs?: number;
   log?: LogFn;
 }
 
@@ -60,6 +64,16 @@ interface ConnState {
   timer?: NodeJS.Timeout;
   /** Sends in progress, by token: called once the bytes are out or the connection is gone. */
   sending: Map<number, () => void>;
+  /** Put offers accepted and waiting for their data, by request id. */
+  offers: Map<number, Offer>;
+}
+
+interface Offer {
+  keys: Key[];
+  statuses: number[];
+  /** Slots the data is placed into; undefined when it lands in a receive buffer instead. */
+  reservation: Reservation | undefined;
+  timer: NodeJS.Timeout;
 }
 
 /** Send regions are reused by size: allocating and zeroing a fresh one per get would dominate. */
@@ -161,7 +175,13 @@ export class PeerServer {
   }
 
   private accept(conn: number, remote: string): ConnHandler {
-    const state: ConnState = { id: conn, remote, phase: 'hello', sending: new Map() };
+    const state: ConnState = {
+      id: conn,
+      remote,
+      phase: 'hello',
+      sending: new Map(),
+      offers: new Map(),
+    };
     this.conns.set(conn, state);
     state.timer = setTimeout(
       () => this.drop(state, ErrorKind.AUTH, 'no authenticated handshake in time'),
@@ -182,6 +202,12 @@ export class PeerServer {
         state.phase = 'closed';
         for (const done of state.sending.values()) done();
         state.sending.clear();
+        // The transport let go of the expected placements: the reserved slots are free again.
+        for (const offer of state.offers.values()) {
+          clearTimeout(offer.timer);
+          offer.reservation?.abort();
+        }
+        state.offers.clear();
         this.conns.delete(conn);
         this.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
       },
@@ -306,7 +332,9 @@ export class PeerServer {
   private onRequest(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
     const rid = ev.requestId!;
     const type = ev.type!;
-    if (![MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.DELETE].includes(type as never)) {
+    if (type === MsgType.PUT_DATA) return this.onPutData(state, ev);
+    const requests = [MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.DELETE, MsgType.PUT_OFFER];
+    if (!requests.includes(type as never)) {
       this.drop(state, ErrorKind.PROTOCOL, `unknown message type ${type}`);
       return undefined;
     }
@@ -329,6 +357,10 @@ export class PeerServer {
         ErrorKind.PROTOCOL,
         `a ${keys.length}-key request carries ${payloadBytes} payload bytes, not ${wantPayload}`,
       );
+      return undefined;
+    }
+    if (type === MsgType.PUT_OFFER && state.offers.size >= MAX_OFFERS) {
+      this.drop(state, ErrorKind.LIMIT, `more than ${MAX_OFFERS} put offers waiting for data`);
       return undefined;
     }
     if (this.closing) {
@@ -441,6 +473,8 @@ export class PeerServer {
         });
         return;
       }
+      case MsgType.PUT_OFFER:
+        return this.offer(state, rid, keys);
       case MsgType.LOOKUP: {
         const r = wh.lookup(keys);
         this.reply(
@@ -465,6 +499,138 @@ export class PeerServer {
         return;
       }
     }
+  }
+
+  /**
+   * A two-step put: reserves host-tier slots and tells the transport to read the blocks of the
+   * coming PUT_DATA straight into them, so the bytes are copied once, by the kernel.
+   */
+  private async offer(state: ConnState, rid: number, keys: Key[]): Promise<void> {
+    const wh = this.options.warehouse;
+    const bs = wh.blockBytes;
+    if (state.offers.has(rid)) {
+      this.drop(state, ErrorKind.PROTOCOL, `request id ${rid} already has an offer`);
+      return;
+    }
+    const reservation = await wh.reserve(keys);
+    let statuses: number[];
+    if (reservation) {
+      statuses = reservation.slots.map((x) =>
+        x === 'present' ? Status.PRESENT : x === 'rejected' ? Status.REJECTED : Status.OK,
+      );
+    } else {
+      const seen = new Set<Key>();
+      const tiers = wh.lookup(keys).tiers;
+      statuses = keys.map((k, i) => {
+        if (seen.has(k) || tiers[i]! >= 0) return Status.PRESENT;
+        seen.add(k);
+        return Status.OK;
+      });
+    }
+    if (state.phase === 'closed') {
+      reservation?.abort();
+      return;
+    }
+    // Data that never comes would hold the slots forever: the connection is closed instead,
+    // which also makes the transport forget the placement before the slots are given back.
+    const timer = setTimeout(
+      () => this.drop(state, ErrorKind.PROTOCOL, 'put data did not follow its offer in time'),
+      this.options.offerTimeoutMs ?? 30_000,
+    );
+    timer.unref();
+    state.offers.set(rid, { keys, statuses, reservation, timer });
+    const meta = encodeResults(statuses);
+    if (!reservation) {
+      this.reply(state, MsgType.PUT_ACCEPT, rid, meta);
+      return;
+    }
+    const targets: NativeTarget[] = [];
+    const index = new Map<unknown, number>();
+    const spans: number[] = [];
+    for (const x of reservation.slots) {
+      if (typeof x === 'string') {
+        spans.push(0, 0, 0);
+        continue;
+      }
+      const t = nativeTargetOf(x.target);
+      let at = index.get(t);
+      if (at === undefined) {
+        at = targets.push(t) - 1;
+        index.set(t, at);
+      }
+      spans.push(at, x.offset, bs);
+    }
+    if (targets.length === 0) targets.push(Buffer.alloc(0)); // zero-length spans need a target
+    this.net.send(state.id, frame(MsgType.PUT_ACCEPT, rid, meta), targets, undefined, 0, false, {
+      type: MsgType.PUT_DATA,
+      requestId: rid,
+      spans: new Float64Array(spans),
+    });
+  }
+
+  private onPutData(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
+    const rid = ev.requestId!;
+    const offer = state.offers.get(rid);
+    if (!offer) {
+      this.drop(state, ErrorKind.PROTOCOL, `put data for request ${rid} without an offer`);
+      return undefined;
+    }
+    let statuses: number[];
+    try {
+      statuses = decodeResults(ev.meta!, offer.keys.length).statuses;
+    } catch (e) {
+      this.drop(state, ErrorKind.PROTOCOL, (e as Error).message);
+      return undefined;
+    }
+    const bs = this.options.warehouse.blockBytes;
+    const accepted = offer.statuses.filter((x) => x === Status.OK).length;
+    if (
+      statuses.some((x, i) => x !== offer.statuses[i]) ||
+      (ev.payloadBytes ?? 0) !== accepted * bs ||
+      (offer.reservation !== undefined && accepted > 0 && !ev.placed)
+    ) {
+      this.drop(state, ErrorKind.PROTOCOL, 'put data does not match its offer');
+      return undefined;
+    }
+    state.offers.delete(rid);
+    clearTimeout(offer.timer);
+    const payload =
+      ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, accepted * bs) : ev.payload;
+    const job = this.finishPut(state, rid, offer, payload, ev.checksums).catch((e: unknown) => {
+      this.log('request_failed', { conn: state.id, type: MsgType.PUT_DATA, error: String(e) });
+      if (state.phase !== 'closed') {
+        this.net.send(
+          state.id,
+          frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
+        );
+      }
+    });
+    this.work.add(job);
+    void job.finally(() => this.work.delete(job));
+    return job;
+  }
+
+  private async finishPut(
+    state: ConnState,
+    rid: number,
+    offer: Offer,
+    payload: Uint8Array | undefined,
+    checksums: Uint32Array | undefined,
+  ): Promise<void> {
+    const wh = this.options.warehouse;
+    const result = offer.statuses.map((x) => (x === Status.OK ? Status.REJECTED : x));
+    if (offer.reservation) {
+      const { stored } = await offer.reservation.commit(checksums);
+      for (const i of stored) result[i] = Status.OK;
+    } else {
+      const sent = offer.keys.filter((_, i) => offer.statuses[i] === Status.OK);
+      if (sent.length > 0) await wh.put(sent, payload!);
+      const after = sent.length > 0 ? wh.lookup(offer.keys).tiers : [];
+      offer.statuses.forEach((x, i) => {
+        if (x === Status.OK && after[i]! >= 0) result[i] = Status.OK;
+      });
+    }
+    this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(result));
   }
 
   private reply(state: ConnState, type: number, rid: number, meta: Buffer): void {

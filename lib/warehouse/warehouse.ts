@@ -206,6 +206,19 @@ export interface WarehouseStats {
   cluster?: ClusterStats;
 }
 
+/** Slots reserved for bytes written in place (Warehouse.reserve). */
+export interface Reservation {
+  /** Per key: the memory its bytes go to, or why it needs none. */
+  readonly slots: (LentBlock | 'present' | 'rejected')[];
+  /**
+   * The bytes are in place: stores the blocks; resolves with the stored. `checksums` (one per
+   * filled slot, in key order), when the writer computed them, spare reading the slots again.
+   */
+  commit(checksums?: ArrayLike<number>): Promise<{ stored: number[]; present: number }>;
+  /** Nothing (or not everything) arrived: gives the slots back. */
+  abort(): void;
+}
+
 /** A block lent out of the host tier (Warehouse.lend). */
 export interface LentBlock {
   target: Target;
@@ -963,6 +976,127 @@ export class Warehouse {
     if (!(options.promote ?? this.promoteDefault)) return;
     const fresh = got.filter((i) => !this.index.get(keys[i]!) && !this.settling.has(keys[i]!));
     if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
+  }
+
+  /**
+   * @internal For the peer server: reserves host-tier slots for keys whose bytes will be written
+   * there by someone else (the network), so a put needs no copy. Per key the reservation holds the
+   * memory to fill, or 'present' or 'rejected'. The keys and the slots' previous owners are held
+   * until commit() (checksums the filled slots and stores them) or abort(). Resolves undefined
+   * when this warehouse cannot take bytes in place (no host tier on top, write-through, or
+   * durability 'sync'): the caller then puts from its own buffer.
+   */
+  async reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
+    this.assertOpen();
+    const list = toKeys(keys);
+    if (this.tiers[0]!.kind !== 'host' || this.writeThroughDefault || this.durability === 'sync') {
+      return undefined;
+    }
+    let finish!: () => void;
+    void this.track(new Promise<void>((resolve) => (finish = resolve)));
+    const bs = this.blockBytes;
+    let held: ReturnType<Warehouse['hold']> | undefined;
+    const plans: StorePlan[] = [];
+    try {
+      while (this.unsettled(list)) await this.settle(list);
+      const slots: Reservation['slots'] = [];
+      const seen = new Set<Key>();
+      let spill = false;
+      list.forEach((key, i) => {
+        if (seen.has(key) || this.index.get(key)) {
+          slots.push('present');
+          return;
+        }
+        seen.add(key);
+        const plan = this.index.plan(key, 0, this.info(0, i, list.length));
+        slots.push('rejected'); // until its slot is ready (below)
+        if (plan) plans.push({ plan, i, crc: 0 });
+        else spill = true;
+      });
+      if (spill) {
+        // More than the host tier can take at once: put() spills such a batch into the tiers
+        // below, which in-place writing cannot do.
+        for (const p of plans) this.index.abort(p.plan);
+        plans.length = 0;
+        finish();
+        return undefined;
+      }
+      held = this.hold();
+      held.add(plans.map((p) => p.plan.key));
+      held.add(Warehouse.planKeys(plans));
+      const failed = await this.makeRoom(plans.map((p) => p.plan));
+      const live = plans.filter((p) => {
+        if (failed.has(p.plan)) {
+          this.index.abort(p.plan);
+          return false;
+        }
+        const place = this.place(0, p.plan.slot);
+        if (place.kind !== 'memory') {
+          this.index.abort(p.plan);
+          return false;
+        }
+        slots[p.i] = { target: place.target, offset: place.offset, length: bs, checksum: 0 };
+        return true;
+      });
+      const present = slots.filter((x) => x === 'present').length;
+      const release = (): void => {
+        held?.release();
+        finish();
+      };
+      let ended = false;
+      return {
+        slots,
+        commit: async (checksums?: ArrayLike<number>) => {
+          if (ended) throw new KvtierError('KVTIER_CLOSED', 'the reservation has ended');
+          ended = true;
+          try {
+            let outcomes: { ok: boolean; checksum: number | undefined }[];
+            if (checksums && checksums.length === live.length) {
+              outcomes = live.map((_, n) => ({ ok: true, checksum: checksums[n]! >>> 0 }));
+            } else {
+              const round = new TransferRound();
+              for (const p of live) {
+                round.checksum(this.place(0, p.plan.slot) as SlotPlace & { kind: 'memory' }, bs);
+              }
+              outcomes = await round.run(this.memoryEngine, this.fileEngine);
+            }
+            const stored: number[] = [];
+            live.forEach((p, n) => {
+              const o = outcomes[n]!;
+              if (o.ok && o.checksum !== undefined) {
+                this.index.commit(p.plan, this.info(0, p.i, list.length), {
+                  length: bs,
+                  checksum: o.checksum,
+                });
+                this.committed.add(p.plan);
+                this.extra[0]!.bytesIn += bs;
+                stored.push(p.i);
+              } else {
+                this.index.abort(p.plan);
+                this.counters.ioErrors++;
+              }
+            });
+            return { stored, present };
+          } catch (e) {
+            this.abortUncommitted(live.map((p) => p.plan));
+            throw e;
+          } finally {
+            release();
+          }
+        },
+        abort: () => {
+          if (ended) return;
+          ended = true;
+          for (const p of live) this.index.abort(p.plan);
+          release();
+        },
+      };
+    } catch (e) {
+      this.abortUncommitted(plans.map((p) => p.plan));
+      held?.release();
+      finish();
+      throw e;
+    }
   }
 
   /**

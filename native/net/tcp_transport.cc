@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "../common/args.h"
+#include "../common/crc32c.h"
 #include "../common/errors.h"
 #include "../common/instance_data.h"
 #include "../memory/region.h"
@@ -598,6 +599,11 @@ void TcpTransport::Deliver(Napi::Env env, Napi::Function fn, TcpTransport*,
         o.Set("meta", Napi::Buffer<uint8_t>::Copy(env, e.meta.data(), e.meta.size()));
         o.Set("placed", Napi::Boolean::New(env, e.placed));
         if (e.area >= 0) o.Set("area", Napi::Number::New(env, static_cast<double>(e.area)));
+        if (!e.checksums.empty()) {
+          Napi::Uint32Array crcs = Napi::Uint32Array::New(env, e.checksums.size());
+          for (size_t k = 0; k < e.checksums.size(); ++k) crcs[k] = e.checksums[k];
+          o.Set("checksums", crcs);
+        }
         o.Set("payloadBytes", Napi::Number::New(env, static_cast<double>(e.payloadBytes)));
         if (e.payload != nullptr) {
           uint8_t* p = e.payload.release();  // owned by the Buffer from here
@@ -1143,6 +1149,7 @@ bool TcpTransport::FrameReady(Conn& c) {
   }
   e.payloadBytes = c.payloadLen;
   e.placed = !c.place.empty();
+  for (const Span& span : c.place) e.checksums.push_back(Crc32c(0, span.data, span.len));
   c.payload = nullptr;
   c.meta.clear();
   c.place.clear();

@@ -65,9 +65,12 @@ struct NetEvent {
   uint64_t payloadBytes = 0;
   bool placed = false;  // the payload went straight into an expected destination
   int64_t area = -1;    // or into this receive area (its token), handed back by provide()
-  uint32_t token = 0;   // kSent
-  int err = 0;          // kClosed: errno, or 0 for an orderly close
-  std::string text;     // kClosed: why; kAccepted: the remote address
+  // Placed payloads: the CRC-32C of each destination filled, in order, computed while its bytes
+  // are still in cache, so the receiver need not read them again to check or store them.
+  std::vector<uint32_t> checksums;
+  uint32_t token = 0;  // kSent
+  int err = 0;         // kClosed: errno, or 0 for an orderly close
+  std::string text;    // kClosed: why; kAccepted: the remote address
 };
 
 class TcpTransport : public Napi::ObjectWrap<TcpTransport> {

@@ -209,6 +209,67 @@ describe('kvtier serve under bad input', () => {
     peer.close();
   });
 
+  it('a two-step put from a raw client: offer, accept, data placed in the slots, result', async () => {
+    const peer = await RawPeer.open(server.port);
+    expect(await peer.handshake(TOKEN)).toMatchObject({ blockBytes: BS });
+    const keys = keysFor(3, 7);
+    const blocks = randomBytes(3 * BS);
+    peer.send(rawFrame(0x10, 1, keysMeta(keys.slice(1, 2)), blocks.subarray(BS, 2 * BS)));
+    expect(await peer.next()).toMatchObject({ type: 0x11 });
+    peer.send(rawFrame(0x18, 9, keysMeta(keys)));
+    const accept = await peer.next();
+    expect(accept).toMatchObject({ type: 0x19, requestId: 9 });
+    const statuses = [0, 1, 2].map((i) => accept!.meta.readUInt8(8 + 8 * i));
+    expect(statuses).toEqual([0, 4, 0]); // key 1 is already there: not to be sent
+    const data = Buffer.concat([blocks.subarray(0, BS), blocks.subarray(2 * BS)]);
+    peer.send(rawFrame(0x1a, 9, Buffer.from(accept!.meta), data));
+    const result = await peer.next();
+    expect(result).toMatchObject({ type: 0x11, requestId: 9 });
+    expect([0, 1, 2].map((i) => result!.meta.readUInt8(8 + 8 * i))).toEqual([0, 4, 0]);
+    peer.send(rawFrame(0x12, 10, keysMeta(keys)));
+    const got = await peer.next();
+    expect(got!.payload.equals(blocks)).toBe(true);
+    peer.close();
+  });
+
+  it('put data without an offer, or not matching it, or never sent, closes the connection', async () => {
+    const keys = keysFor(2, 8);
+    const cases: ((p: RawPeer) => Promise<void>)[] = [
+      (p) => {
+        const meta = Buffer.alloc(8 + 16);
+        meta.writeUInt32LE(2, 0);
+        p.send(rawFrame(0x1a, 3, meta, randomBytes(2 * BS)));
+        return Promise.resolve();
+      },
+      async (p) => {
+        p.send(rawFrame(0x18, 4, keysMeta(keys)));
+        const accept = await p.next();
+        const meta = Buffer.from(accept!.meta);
+        meta.writeUInt8(4, 8); // claims the server did not want block 0
+        p.send(rawFrame(0x1a, 4, meta, randomBytes(BS)));
+      },
+    ];
+    for (const run of cases) {
+      const peer = await RawPeer.open(server.port);
+      await peer.handshake(TOKEN);
+      await run(peer);
+      await peer.ended;
+      expect(peer.closed).toBe(true);
+    }
+    // The slots of the broken offer were given back: the same keys can be put and read.
+    await stillServes();
+    const c = await connect(url, { tokenFile });
+    try {
+      const src = randomBytes(2 * BS);
+      expect((await c.put(keys, src)).stored).toBe(2);
+      const dst = Buffer.alloc(2 * BS);
+      await c.get(keys, dst);
+      expect(dst.equals(src)).toBe(true);
+    } finally {
+      await c.close();
+    }
+  });
+
   it('a client asking for a transport the server did not offer gets a TRANSPORT error', async () => {
     const peer = await RawPeer.open(server.port);
     const answer = await peer.handshake(TOKEN, { transport: 1 });
