@@ -5,6 +5,8 @@
  */
 import type { Target, TransferBatch } from '../engine.js';
 import type { KvFile } from '../file.js';
+import type { DeviceRegion } from '../gpu/device-region.js';
+import type { KvCopyPlan } from '../layout/copy-plan.js';
 import type { Key } from './keys.js';
 
 export type TierKind = 'gpu' | 'host' | 'file';
@@ -12,7 +14,9 @@ export type TierKind = 'gpu' | 'host' | 'file';
 /** Where a slot's payload lives: in memory an engine can copy, or in a file it can read. */
 export type SlotPlace =
   | { kind: 'memory'; target: Target; offset: number }
-  | { kind: 'file'; file: KvFile; offset: number };
+  | { kind: 'file'; file: KvFile; offset: number }
+  /** Engine block `block` of a paged KV pool in GPU memory: pieces gathered and scattered. */
+  | { kind: 'layout'; pool: DeviceRegion; plan: KvCopyPlan; block: number };
 
 export interface BlockMeta {
   length: number;

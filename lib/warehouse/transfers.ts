@@ -34,12 +34,16 @@ type BatchId = typeof MEMORY | typeof FILE | typeof GPU | typeof GPU_FILE;
 interface Ref {
   batch: BatchId;
   index: number;
+  /** Descriptors the transfer spans (an engine block's pieces), from `index` on; default 1. */
+  count?: number;
   /** Where the checksum comes from when the moving engine cannot compute it. */
   sum?: { batch: typeof MEMORY; index: number } | { after: SlotPlace & { kind: 'memory' } };
 }
 
 function onGpu(place: SlotPlace): boolean {
-  return place.kind === 'memory' && place.target instanceof DeviceRegion;
+  return (
+    place.kind === 'layout' || (place.kind === 'memory' && place.target instanceof DeviceRegion)
+  );
 }
 
 export class TransferRound {
@@ -55,6 +59,7 @@ export class TransferRound {
 
   /** Adds a transfer of `length` bytes; returns its index in the outcomes. */
   move(from: SlotPlace, to: SlotPlace, length: number, checksum = false): number {
+    if (from.kind === 'layout' || to.kind === 'layout') return this.movePaged(from, to, checksum);
     const device = onGpu(from) || onGpu(to);
     const opts = { checksum: checksum && !device };
     if (from.kind === 'memory' && to.kind === 'memory') {
@@ -91,6 +96,34 @@ export class TransferRound {
     return this.refs.length - 1;
   }
 
+  /**
+   * An engine block of a paged pool to or from memory: its pieces as one run of copy descriptors.
+   * Files never face a paged tier directly; the Warehouse keeps a host tier below it.
+   */
+  private movePaged(from: SlotPlace, to: SlotPlace, checksum: boolean): number {
+    const ref: Ref = { batch: GPU, index: this.gpu.length };
+    if (from.kind === 'layout' && to.kind === 'memory') {
+      const runs = from.plan.expand([from.block], to.offset);
+      ref.count = runs.length / 3;
+      this.gpu.copyRuns(to.target, from.pool, runs, 'a-to-b');
+      if (checksum && !onGpu(to)) {
+        ref.sum = { after: { kind: 'memory', target: to.target, offset: to.offset } };
+      }
+    } else if (to.kind === 'layout' && from.kind === 'memory') {
+      const runs = to.plan.expand([to.block], from.offset);
+      ref.count = runs.length / 3;
+      this.gpu.copyRuns(to.pool, from.target, runs, 'b-to-a');
+      if (checksum && !onGpu(from)) {
+        ref.sum = { batch: MEMORY, index: this.memory.length };
+        this.memory.checksum(from.target, from.offset, to.plan.blockBytes);
+      }
+    } else {
+      throw new Error('a paged GPU tier moves blocks to and from memory only');
+    }
+    this.refs.push(ref);
+    return this.refs.length - 1;
+  }
+
   /** Adds a checksum of host memory; returns its index in the outcomes. */
   checksum(place: SlotPlace & { kind: 'memory' }, length: number): number {
     this.refs.push({ batch: MEMORY, index: this.memory.length });
@@ -117,14 +150,14 @@ export class TransferRound {
     const afterIndex = new Map<Ref, number>();
     for (const ref of this.refs) {
       if (!ref.sum || !('after' in ref.sum)) continue;
-      const moved = outcome(results[ref.batch], ref.index);
+      const moved = outcome(results[ref.batch], ref.index, ref.count);
       if (!moved.ok) continue;
       afterIndex.set(ref, after.length);
       after.checksum(ref.sum.after.target, ref.sum.after.offset, moved.bytes);
     }
     const sums = after.length > 0 ? await memoryEngine.submit(after) : undefined;
     return this.refs.map((ref) => {
-      const o = outcome(results[ref.batch], ref.index);
+      const o = outcome(results[ref.batch], ref.index, ref.count);
       if (!ref.sum || !o.ok) return o;
       const s =
         'after' in ref.sum
@@ -135,12 +168,17 @@ export class TransferRound {
   }
 }
 
-function outcome(result: BatchResult | undefined, i: number): TransferOutcome {
-  const error = result?.errors[i];
+function outcome(result: BatchResult | undefined, i: number, count = 1): TransferOutcome {
+  let error: KvtierError | undefined;
+  let bytes = 0;
+  for (let j = i; j < i + count; j++) {
+    error ??= result?.errors[j];
+    bytes += result?.bytes[j] ?? 0;
+  }
   return {
     ok: error === undefined,
-    bytes: result?.bytes[i] ?? 0,
-    checksum: result?.checksums?.[i],
+    bytes: error === undefined ? bytes : 0,
+    checksum: count === 1 ? result?.checksums?.[i] : undefined,
     error,
   };
 }

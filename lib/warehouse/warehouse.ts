@@ -13,6 +13,7 @@ import { DEFAULT_POLICY, isOffline, policyByName } from '../policy/index.js';
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
 import { ABSENT, BlockIndex, type Plan } from './block-index.js';
 import { FileTier, type Durability } from './file-tier.js';
+import type { KvLayout } from '../layout/kv-layout.js';
 import { GpuTier } from './gpu-tier.js';
 import { HostTier } from './host-tier.js';
 import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
@@ -31,7 +32,20 @@ export type GpuTierOptions = {
   name?: string;
   /** CUDA device of an allocated pool (default 0). */
   device?: number;
-} & ({ bytes: number; region?: undefined } | { region: DeviceRegion; bytes?: number });
+} & (
+  | { bytes: number; region?: undefined; layout?: undefined }
+  | {
+      region: DeviceRegion;
+      bytes?: number;
+      /**
+       * The region is an engine's paged KV pool with this layout (offsets from the region's
+       * start): each slot is one of the engine's blocks, `blocks` (default all of them), so
+       * blocks go in and out of the engine's cache directly. Needs a host tier below.
+       */
+      layout?: KvLayout;
+      blocks?: readonly number[];
+    }
+);
 
 export interface HostTierOptions {
   kind: 'host';
@@ -333,6 +347,15 @@ export class Warehouse {
         if (!(t.region instanceof DeviceRegion)) {
           throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a GPU tier region must be a DeviceRegion');
         }
+        if (t.layout !== undefined) {
+          if (kinds[1] !== 'host') {
+            throw new KvtierError(
+              'KVTIER_BAD_ARGUMENT',
+              "a GPU tier over an engine's paged pool needs a host tier right below it",
+            );
+          }
+          continue; // the layout says how many blocks
+        }
         if (t.bytes === undefined) continue; // as many blocks as the region holds
       }
       if (!Number.isSafeInteger(t.bytes) || t.bytes! < blockBytes) {
@@ -369,14 +392,21 @@ export class Warehouse {
         if (t.kind === 'gpu') {
           const name = t.name ?? 'gpu';
           tiers.push(
-            t.region !== undefined
-              ? GpuTier.over(
-                  name,
-                  t.region,
-                  blockBytes,
-                  t.bytes === undefined ? undefined : Math.floor(t.bytes / blockBytes),
-                )
-              : GpuTier.allocate(name, Math.floor(t.bytes / blockBytes), blockBytes, t.device ?? 0),
+            t.region !== undefined && t.layout !== undefined
+              ? GpuTier.paged(name, t.region, t.layout, blockBytes, t.blocks)
+              : t.region !== undefined
+                ? GpuTier.over(
+                    name,
+                    t.region,
+                    blockBytes,
+                    t.bytes === undefined ? undefined : Math.floor(t.bytes / blockBytes),
+                  )
+                : GpuTier.allocate(
+                    name,
+                    Math.floor(t.bytes / blockBytes),
+                    blockBytes,
+                    t.device ?? 0,
+                  ),
           );
           continue;
         }
@@ -1031,7 +1061,8 @@ export class Warehouse {
           return false;
         }
         const place = this.place(0, p.plan.slot);
-        if (place.kind !== 'memory') {
+        // Only host memory can take bytes straight from the network.
+        if (place.kind !== 'memory' || place.target instanceof DeviceRegion) {
           this.index.abort(p.plan);
           return false;
         }
@@ -1489,13 +1520,42 @@ export class Warehouse {
   private async flushDown(): Promise<void> {
     const last = this.tiers.length - 1;
     if (last === 0 || !this.tiers[last]!.scan) return;
+    const bs = this.blockBytes;
     const items: { key: Key; from: SlotPlace }[] = [];
     for (const [key, e] of this.index) {
-      if (e.slots[0] === ABSENT || e.slots.some((s, t) => t > 0 && s !== ABSENT)) continue;
-      items.push({ key, from: this.place(0, e.slots[0]!) });
+      if (e.slots[last] !== ABSENT) continue;
+      // Whatever is not on the durable tier yet is lost at a restart: write its fastest copy,
+      // preferring one in plain memory over an engine block of a paged GPU tier.
+      const tiers = e.slots.flatMap((slot, t) => (t < last && slot !== ABSENT ? [t] : []));
+      const t = tiers.find((x) => this.place(x, e.slots[x]!).kind !== 'layout') ?? tiers[0];
+      if (t !== undefined) items.push({ key, from: this.place(t, e.slots[t]!) });
     }
-    for (let i = 0; i < items.length; i += FLUSH_BATCH) {
-      await this.copyTo(items.slice(i, i + FLUSH_BATCH), last);
+    let staging: Region | undefined;
+    try {
+      for (let i = 0; i < items.length; i += FLUSH_BATCH) {
+        const batch = items.slice(i, i + FLUSH_BATCH);
+        // Engine blocks of a paged pool are gathered into host memory first: files never face
+        // a paged tier.
+        const paged = batch.filter((x) => x.from.kind === 'layout');
+        if (paged.length > 0) {
+          staging ??= Region.allocate(FLUSH_BATCH * bs, { pin: 'auto' });
+          const round = new TransferRound();
+          paged.forEach((x, j) =>
+            round.move(x.from, { kind: 'memory', target: staging!, offset: j * bs }, bs),
+          );
+          const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
+          // A block that could not be gathered stays unflushed (its GPU copy is the engine's).
+          paged.forEach((x, j) => {
+            if (outcomes[j]!.ok) x.from = { kind: 'memory', target: staging!, offset: j * bs };
+          });
+        }
+        await this.copyTo(
+          batch.filter((x) => x.from.kind !== 'layout'),
+          last,
+        );
+      }
+    } finally {
+      await staging?.close();
     }
   }
 

@@ -5,7 +5,10 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   chainKeys,
   createCopyEngine,
+  createEngine,
+  describeKvLayout,
   DeviceRegion,
+  gatherBlocks,
   Region,
   TransferBatch,
   Warehouse,
@@ -88,5 +91,73 @@ describe.skipIf(!hasGpu)('Warehouse with a GPU tier', () => {
       expect(slots.has(Buffer.from(src.subarray(i * BS, i * BS + 32)).toString('hex'))).toBe(true);
     await copy.close();
     await pool.close();
+  });
+});
+
+describe.skipIf(!hasGpu)("Warehouse over an engine's paged KV pool", () => {
+  it('keeps blocks in the engine blocks it was given, and flushes them at close', async () => {
+    // A small vLLM-style pool: 4 layers of [2, 16 blocks, 16 tokens, 2 heads, 64] fp16 = 16 KiB
+    // pieces, 128 KiB engine blocks.
+    const layout = describeKvLayout({
+      form: 'kv-first',
+      numLayers: 4,
+      numBlocks: 16,
+      blockTokens: 16,
+      kvHeads: 2,
+      headDim: 64,
+      dtype: 'fp16',
+      layers: Array.from({ length: 4 }, (_, l) => ({ offset: l * 2 * 16 * 16 * 2 * 64 * 2 })),
+    });
+    const bs = layout.blockBytes;
+    const pool = DeviceRegion.allocate(layout.extent);
+    const given = [3, 5, 7, 9]; // the engine lends kvtier four of its blocks
+    const where = tempDir('kvtier-paged-');
+    const w = await Warehouse.open({
+      blockBytes: bs,
+      tiers: [
+        { kind: 'gpu', region: pool, layout, blocks: given },
+        { kind: 'host', bytes: 4 * bs },
+        { kind: 'file', dir: where.path, bytes: 32 * bs },
+      ],
+    });
+    expect(w.stats().tiers[0]!.capacityBlocks).toBe(4);
+    const keys = chain(10, 'paged');
+    const src = blocksFor(keys, bs);
+    expect((await w.put(keys.slice(0, 4), src.subarray(0, 4 * bs))).stored).toBe(4);
+    // The four blocks are in the engine's own blocks, in its layout.
+    const copy = createCopyEngine();
+    const host = Region.allocate(layout.extent, { pin: true });
+    (await copy.submit(new TransferBatch().copy(host, 0, pool, 0, layout.extent))).throwIfFailed();
+    const cpu = createEngine({ kind: 'threads', threads: 1 });
+    const packed = new Uint8Array(4 * bs);
+    await gatherBlocks(cpu, host, layout, given, packed);
+    const inPool = new Set<string>();
+    for (let i = 0; i < 4; i++)
+      inPool.add(Buffer.from(packed.subarray(i * bs, (i + 1) * bs)).toString('base64'));
+    for (let i = 0; i < 4; i++)
+      expect(inPool.has(Buffer.from(src.subarray(i * bs, (i + 1) * bs)).toString('base64'))).toBe(
+        true,
+      );
+    // More blocks than the engine lent: they spill to host and file and all come back.
+    expect((await w.put(keys.slice(4), src.subarray(4 * bs))).stored).toBe(6);
+    const dst = Region.allocate(keys.length * bs, { pin: true });
+    expect((await w.get(keys, dst)).count).toBe(keys.length);
+    expect(Buffer.from(dst.view()).equals(Buffer.from(src))).toBe(true);
+    expect(w.stats().corrupt).toBe(0);
+    await w.close();
+    // A restart without the GPU finds every block on the file tier.
+    const again = await Warehouse.open({
+      blockBytes: bs,
+      tiers: [
+        { kind: 'host', bytes: 4 * bs },
+        { kind: 'file', dir: where.path, bytes: 32 * bs },
+      ],
+    });
+    dst.view().fill(0);
+    expect((await again.get(keys, dst)).count).toBe(keys.length);
+    expect(Buffer.from(dst.view()).equals(Buffer.from(src))).toBe(true);
+    await again.close();
+    await Promise.all([pool.close(), host.close(), dst.close(), copy.close(), cpu.close()]);
+    where.remove();
   });
 });
