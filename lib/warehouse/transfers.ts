@@ -1,14 +1,18 @@
 /**
- * One round of block transfers between places (host memory, GPU memory or files), split into the
- * engines' batches and submitted together: host copies run on the memory engine's threads, file
- * reads and writes of host memory on the file engine, copies touching GPU memory on the GPU copy
- * engine, and file I/O of GPU memory on the GPU file engine. Each transfer reports success and,
- * when asked, the CRC-32C of the bytes it moved: computed on the host side of the transfer (before
- * a copy up to the GPU, after a copy down from it), since the DMA engines do not checksum.
+ * One round of block transfers between places (host memory, GPU memory, engine blocks of a paged
+ * GPU pool, or files), split into the engines' batches and submitted together: host copies run on
+ * the memory engine's threads, file I/O of host memory on the file engine, copies touching GPU
+ * memory on the GPU copy engine. Each transfer reports success and, when asked, the CRC-32C of the
+ * bytes it moved, computed on the host side of the transfer (before a copy up to the GPU, after a
+ * copy down from it), since the DMA engines do not checksum.
+ *
+ * Moves between a file and GPU memory go through pinned host staging in two steps, so they are
+ * checksummed like every other move and files never face a paged pool.
  */
 import { TransferBatch, type BatchResult, type IoEngine } from '../engine.js';
-import type { KvtierError } from '../errors.js';
+import { KvtierError } from '../errors.js';
 import { DeviceRegion } from '../gpu/device-region.js';
+import { Region } from '../region.js';
 import type { SlotPlace } from './tier.js';
 
 export interface TransferOutcome {
@@ -22,14 +26,12 @@ export interface TransferOutcome {
 /** The engines a round with GPU places needs. */
 export interface GpuEngines {
   copy: IoEngine;
-  file: IoEngine;
 }
 
 const MEMORY = 0;
 const FILE = 1;
 const GPU = 2;
-const GPU_FILE = 3;
-type BatchId = typeof MEMORY | typeof FILE | typeof GPU | typeof GPU_FILE;
+type BatchId = typeof MEMORY | typeof FILE | typeof GPU;
 
 interface Ref {
   batch: BatchId;
@@ -38,6 +40,8 @@ interface Ref {
   count?: number;
   /** Where the checksum comes from when the moving engine cannot compute it. */
   sum?: { batch: typeof MEMORY; index: number } | { after: SlotPlace & { kind: 'memory' } };
+  /** A file <-> GPU move: its two steps through host staging, built when the round runs. */
+  staged?: { from: SlotPlace; to: SlotPlace; length: number; first?: Ref; second?: Ref };
 }
 
 function onGpu(place: SlotPlace): boolean {
@@ -46,11 +50,12 @@ function onGpu(place: SlotPlace): boolean {
   );
 }
 
+type Settled = BatchResult | undefined;
+
 export class TransferRound {
   readonly memory = new TransferBatch();
   readonly file = new TransferBatch();
   readonly gpu = new TransferBatch();
-  readonly gpuFile = new TransferBatch();
   private readonly refs: Ref[] = [];
 
   get length(): number {
@@ -59,68 +64,11 @@ export class TransferRound {
 
   /** Adds a transfer of `length` bytes; returns its index in the outcomes. */
   move(from: SlotPlace, to: SlotPlace, length: number, checksum = false): number {
-    if (from.kind === 'layout' || to.kind === 'layout') return this.movePaged(from, to, checksum);
-    const device = onGpu(from) || onGpu(to);
-    const opts = { checksum: checksum && !device };
-    if (from.kind === 'memory' && to.kind === 'memory') {
-      if (!device) {
-        this.refs.push({ batch: MEMORY, index: this.memory.length });
-        this.memory.copy(to.target, to.offset, from.target, from.offset, length, opts);
-        return this.refs.length - 1;
-      }
-      const ref: Ref = { batch: GPU, index: this.gpu.length };
-      this.gpu.copy(to.target, to.offset, from.target, from.offset, length);
-      if (checksum && !onGpu(from)) {
-        // The source is host memory nobody changes during the round: checksum it alongside.
-        ref.sum = { batch: MEMORY, index: this.memory.length };
-        this.memory.checksum(from.target, from.offset, length);
-      } else if (checksum && !onGpu(to)) {
-        ref.sum = { after: { kind: 'memory', target: to.target, offset: to.offset } };
-      }
-      this.refs.push(ref);
-    } else if (from.kind === 'file' && to.kind === 'memory') {
-      const gpu = onGpu(to);
-      const batch = gpu ? this.gpuFile : this.file;
-      this.refs.push({ batch: gpu ? GPU_FILE : FILE, index: batch.length });
-      batch.read(from.file, from.offset, to.target, to.offset, length, opts);
-    } else if (from.kind === 'memory' && to.kind === 'file') {
-      const gpu = onGpu(from);
-      const batch = gpu ? this.gpuFile : this.file;
-      this.refs.push({ batch: gpu ? GPU_FILE : FILE, index: batch.length });
-      batch.write(to.file, to.offset, from.target, from.offset, length, opts);
-    } else {
-      throw new Error(
-        'file-to-file transfers need a staging buffer; the Warehouse never plans one',
-      );
+    if ((from.kind === 'file' && onGpu(to)) || (onGpu(from) && to.kind === 'file')) {
+      this.refs.push({ batch: FILE, index: -1, staged: { from, to, length } });
+      return this.refs.length - 1;
     }
-    return this.refs.length - 1;
-  }
-
-  /**
-   * An engine block of a paged pool to or from memory: its pieces as one run of copy descriptors.
-   * Files never face a paged tier directly; the Warehouse keeps a host tier below it.
-   */
-  private movePaged(from: SlotPlace, to: SlotPlace, checksum: boolean): number {
-    const ref: Ref = { batch: GPU, index: this.gpu.length };
-    if (from.kind === 'layout' && to.kind === 'memory') {
-      const runs = from.plan.expand([from.block], to.offset);
-      ref.count = runs.length / 3;
-      this.gpu.copyRuns(to.target, from.pool, runs, 'a-to-b');
-      if (checksum && !onGpu(to)) {
-        ref.sum = { after: { kind: 'memory', target: to.target, offset: to.offset } };
-      }
-    } else if (to.kind === 'layout' && from.kind === 'memory') {
-      const runs = to.plan.expand([to.block], from.offset);
-      ref.count = runs.length / 3;
-      this.gpu.copyRuns(to.pool, from.target, runs, 'b-to-a');
-      if (checksum && !onGpu(from)) {
-        ref.sum = { batch: MEMORY, index: this.memory.length };
-        this.memory.checksum(from.target, from.offset, to.plan.blockBytes);
-      }
-    } else {
-      throw new Error('a paged GPU tier moves blocks to and from memory only');
-    }
-    this.refs.push(ref);
+    this.refs.push(this.add(from, to, length, checksum, this.memory, this.file, this.gpu));
     return this.refs.length - 1;
   }
 
@@ -131,54 +79,180 @@ export class TransferRound {
     return this.refs.length - 1;
   }
 
+  /** One move into the given batches, which never both touch a file and GPU memory. */
+  private add(
+    from: SlotPlace,
+    to: SlotPlace,
+    length: number,
+    checksum: boolean,
+    memory: TransferBatch,
+    file: TransferBatch,
+    gpu: TransferBatch,
+  ): Ref {
+    if (from.kind === 'layout' || to.kind === 'layout') {
+      const ref: Ref = { batch: GPU, index: gpu.length };
+      if (from.kind === 'layout' && to.kind === 'memory') {
+        const runs = from.plan.expand([from.block], to.offset);
+        ref.count = runs.length / 3;
+        gpu.copyRuns(to.target, from.pool, runs, 'a-to-b');
+        if (checksum && !onGpu(to)) {
+          ref.sum = { after: { kind: 'memory', target: to.target, offset: to.offset } };
+        }
+      } else if (to.kind === 'layout' && from.kind === 'memory') {
+        const runs = to.plan.expand([to.block], from.offset);
+        ref.count = runs.length / 3;
+        gpu.copyRuns(to.pool, from.target, runs, 'b-to-a');
+        if (checksum && !onGpu(from)) {
+          ref.sum = { batch: MEMORY, index: memory.length };
+          memory.checksum(from.target, from.offset, to.plan.blockBytes);
+        }
+      } else {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', 'engine blocks move to and from memory only');
+      }
+      return ref;
+    }
+    const opts = { checksum };
+    if (from.kind === 'memory' && to.kind === 'memory') {
+      if (!onGpu(from) && !onGpu(to)) {
+        const ref: Ref = { batch: MEMORY, index: memory.length };
+        memory.copy(to.target, to.offset, from.target, from.offset, length, opts);
+        return ref;
+      }
+      const ref: Ref = { batch: GPU, index: gpu.length };
+      gpu.copy(to.target, to.offset, from.target, from.offset, length);
+      if (checksum && !onGpu(from)) {
+        // The source is host memory nobody changes during the round: checksum it alongside.
+        ref.sum = { batch: MEMORY, index: memory.length };
+        memory.checksum(from.target, from.offset, length);
+      } else if (checksum && !onGpu(to)) {
+        ref.sum = { after: { kind: 'memory', target: to.target, offset: to.offset } };
+      }
+      return ref;
+    }
+    if (from.kind === 'file' && to.kind === 'memory') {
+      const ref: Ref = { batch: FILE, index: file.length };
+      file.read(from.file, from.offset, to.target, to.offset, length, opts);
+      return ref;
+    }
+    if (from.kind === 'memory' && to.kind === 'file') {
+      const ref: Ref = { batch: FILE, index: file.length };
+      file.write(to.file, to.offset, from.target, from.offset, length, opts);
+      return ref;
+    }
+    throw new Error('file-to-file transfers need a staging buffer; the Warehouse never plans one');
+  }
+
   async run(
     memoryEngine: IoEngine,
     fileEngine: IoEngine,
     gpu?: GpuEngines,
   ): Promise<TransferOutcome[]> {
-    if ((this.gpu.length > 0 || this.gpuFile.length > 0) && !gpu) {
+    const staged = this.refs.filter((r) => r.staged);
+    if ((this.gpu.length > 0 || staged.length > 0) && !gpu) {
       throw new Error('a round with GPU places needs the GPU engines');
     }
-    const results: (BatchResult | undefined)[] = await Promise.all([
-      this.memory.length > 0 ? memoryEngine.submit(this.memory) : undefined,
-      this.file.length > 0 ? fileEngine.submit(this.file) : undefined,
-      this.gpu.length > 0 ? gpu!.copy.submit(this.gpu) : undefined,
-      this.gpuFile.length > 0 ? gpu!.file.submit(this.gpuFile) : undefined,
-    ]);
-    // Copies down from the GPU are checksummed once they have landed.
-    const after = new TransferBatch();
-    const afterIndex = new Map<Ref, number>();
-    for (const ref of this.refs) {
-      if (!ref.sum || !('after' in ref.sum)) continue;
-      const moved = outcome(results[ref.batch], ref.index, ref.count);
-      if (!moved.ok) continue;
-      afterIndex.set(ref, after.length);
-      after.checksum(ref.sum.after.target, ref.sum.after.offset, moved.bytes);
+    const stagingBytes = staged.reduce((n, r) => n + r.staged!.length, 0);
+    const staging = stagingBytes > 0 ? Region.allocate(stagingBytes, { pin: 'auto' }) : undefined;
+    try {
+      // Step 1: everything direct, plus the first half of each staged move (file or GPU to host).
+      let at = 0;
+      for (const r of staged) {
+        const s = r.staged!;
+        const mid: SlotPlace = { kind: 'memory', target: staging!, offset: at };
+        at += s.length;
+        const sumRead = onGpu(s.to); // file to GPU: the read into staging is checksummed
+        s.first = this.add(s.from, mid, s.length, sumRead, this.memory, this.file, this.gpu);
+        s.from = mid; // the second step starts where the first ends
+      }
+      const first = await settle([
+        [memoryEngine, this.memory],
+        [fileEngine, this.file],
+        [gpu?.copy, this.gpu],
+      ]);
+      // Step 2: the second halves (host to GPU or file), and checksums of copies that came down.
+      const memory = new TransferBatch();
+      const file = new TransferBatch();
+      const gpuBatch = new TransferBatch();
+      for (const r of staged) {
+        const s = r.staged!;
+        if (!outcome(first, s.first!).ok) continue;
+        s.second = this.add(s.from, s.to, s.length, s.to.kind === 'file', memory, file, gpuBatch);
+      }
+      const after = new Map<Ref, number>();
+      for (const ref of this.refs) {
+        if (!ref.sum || !('after' in ref.sum)) continue;
+        const moved = outcome(first, ref);
+        if (!moved.ok) continue;
+        after.set(ref, memory.length);
+        memory.checksum(ref.sum.after.target, ref.sum.after.offset, moved.bytes);
+      }
+      const second = await settle([
+        [memoryEngine, memory],
+        [fileEngine, file],
+        [gpu?.copy, gpuBatch],
+      ]);
+      return this.refs.map((ref) => {
+        if (ref.staged) return this.stagedOutcome(ref, first, second);
+        const o = outcome(first, ref);
+        if (!ref.sum || !o.ok) return o;
+        const s =
+          'after' in ref.sum
+            ? outcome(second, { batch: MEMORY, index: after.get(ref) ?? -1 })
+            : outcome(first, { batch: MEMORY, index: ref.sum.index });
+        return s.ok ? { ...o, checksum: s.checksum } : { ...o, ok: false, error: s.error };
+      });
+    } finally {
+      await staging?.close();
     }
-    const sums = after.length > 0 ? await memoryEngine.submit(after) : undefined;
-    return this.refs.map((ref) => {
-      const o = outcome(results[ref.batch], ref.index, ref.count);
-      if (!ref.sum || !o.ok) return o;
-      const s =
-        'after' in ref.sum
-          ? outcome(sums, afterIndex.get(ref) ?? -1)
-          : outcome(results[MEMORY], ref.sum.index);
-      return s.ok ? { ...o, checksum: s.checksum } : { ...o, ok: false, error: s.error };
-    });
+  }
+
+  /** A staged move succeeds when both steps did; its checksum is the host side's. */
+  private stagedOutcome(ref: Ref, first: Settled[], second: Settled[]): TransferOutcome {
+    const s = ref.staged!;
+    const a = outcome(first, s.first!);
+    if (!a.ok || !s.second) return { ...a, ok: false, bytes: 0 };
+    const b = outcome(second, s.second);
+    if (!b.ok) return b;
+    // File to GPU: the read into staging was checksummed. GPU to file: the write from it was.
+    return {
+      ok: true,
+      bytes: s.length,
+      checksum: s.to.kind === 'file' ? b.checksum : a.checksum,
+      error: undefined,
+    };
   }
 }
 
-function outcome(result: BatchResult | undefined, i: number, count = 1): TransferOutcome {
+/**
+ * Submits the non-empty batches together and waits for all of them: a batch refused whole (bad
+ * input, a closed target, a GPU stream error) rejects the round only once no other batch of it is
+ * still moving bytes, so the caller may give back the slots it reserved.
+ */
+async function settle(jobs: [IoEngine | undefined, TransferBatch][]): Promise<Settled[]> {
+  const settled = await Promise.allSettled(
+    jobs.map(([engine, batch]) =>
+      batch.length > 0 && engine ? engine.submit(batch) : Promise.resolve(undefined),
+    ),
+  );
+  const refused = settled.find((s) => s.status === 'rejected');
+  if (refused) throw refused.reason;
+  return settled.map((s) => (s.status === 'fulfilled' ? s.value : undefined));
+}
+
+function outcome(results: Settled[], ref: Pick<Ref, 'batch' | 'index' | 'count'>): TransferOutcome {
+  const result = results[ref.batch];
+  const count = ref.count ?? 1;
   let error: KvtierError | undefined;
   let bytes = 0;
-  for (let j = i; j < i + count; j++) {
+  for (let j = ref.index; j < ref.index + count; j++) {
     error ??= result?.errors[j];
     bytes += result?.bytes[j] ?? 0;
   }
+  if (ref.index < 0) error ??= new KvtierError('KVTIER_IO', 'transfer was not submitted');
   return {
     ok: error === undefined,
     bytes: error === undefined ? bytes : 0,
-    checksum: count === 1 ? result?.checksums?.[i] : undefined,
+    checksum: count === 1 ? result?.checksums?.[ref.index] : undefined,
     error,
   };
 }

@@ -7,7 +7,7 @@
 import { createEngine, type EngineOptions, type IoEngine, type Target } from '../engine.js';
 import { abortError, KvtierError } from '../errors.js';
 import { DeviceRegion } from '../gpu/device-region.js';
-import { createCopyEngine, createGpuFileEngine } from '../gpu/engines.js';
+import { createCopyEngine } from '../gpu/engines.js';
 import { Region } from '../region.js';
 import { DEFAULT_POLICY, isOffline, policyByName } from '../policy/index.js';
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
@@ -40,7 +40,7 @@ export type GpuTierOptions = {
       /**
        * The region is an engine's paged KV pool with this layout (offsets from the region's
        * start): each slot is one of the engine's blocks, `blocks` (default all of them), so
-       * blocks go in and out of the engine's cache directly. Needs a host tier below.
+       * blocks go in and out of the engine's cache directly.
        */
       layout?: KvLayout;
       blocks?: readonly number[];
@@ -347,15 +347,7 @@ export class Warehouse {
         if (!(t.region instanceof DeviceRegion)) {
           throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a GPU tier region must be a DeviceRegion');
         }
-        if (t.layout !== undefined) {
-          if (kinds[1] !== 'host') {
-            throw new KvtierError(
-              'KVTIER_BAD_ARGUMENT',
-              "a GPU tier over an engine's paged pool needs a host tier right below it",
-            );
-          }
-          continue; // the layout says how many blocks
-        }
+        if (t.layout !== undefined) continue; // the layout says how many blocks
         if (t.bytes === undefined) continue; // as many blocks as the region holds
       }
       if (!Number.isSafeInteger(t.bytes) || t.bytes! < blockBytes) {
@@ -380,13 +372,9 @@ export class Warehouse {
       const gpu = options.tiers.find((t): t is GpuTierOptions => t.kind === 'gpu');
       if (gpu) {
         const device = gpu.region?.device ?? gpu.device ?? 0;
-        const copy = createCopyEngine({ device });
-        try {
-          gpuEngines = { copy, file: createGpuFileEngine({ device, io: 'auto' }) };
-        } catch (e) {
-          await copy.close();
-          throw e;
-        }
+        // Moves between files and the GPU tier go through host staging (to be checksummed), so
+        // the copy engine is all a GPU tier needs.
+        gpuEngines = { copy: createCopyEngine({ device }) };
       }
       for (const t of localOptions) {
         if (t.kind === 'gpu') {
@@ -445,7 +433,6 @@ export class Warehouse {
         fileEngine.close(),
         memoryEngine.close(),
         gpuEngines?.copy.close(),
-        gpuEngines?.file.close(),
       ]);
       throw e;
     }
@@ -1520,42 +1507,17 @@ export class Warehouse {
   private async flushDown(): Promise<void> {
     const last = this.tiers.length - 1;
     if (last === 0 || !this.tiers[last]!.scan) return;
-    const bs = this.blockBytes;
     const items: { key: Key; from: SlotPlace }[] = [];
     for (const [key, e] of this.index) {
       if (e.slots[last] !== ABSENT) continue;
-      // Whatever is not on the durable tier yet is lost at a restart: write its fastest copy,
-      // preferring one in plain memory over an engine block of a paged GPU tier.
+      // Whatever is not on the durable tier yet is lost at a restart: write its copy in host
+      // memory where there is one (GPU copies go through host staging).
       const tiers = e.slots.flatMap((slot, t) => (t < last && slot !== ABSENT ? [t] : []));
-      const t = tiers.find((x) => this.place(x, e.slots[x]!).kind !== 'layout') ?? tiers[0];
+      const t = tiers.find((x) => this.tiers[x]!.kind === 'host') ?? tiers[0];
       if (t !== undefined) items.push({ key, from: this.place(t, e.slots[t]!) });
     }
-    let staging: Region | undefined;
-    try {
-      for (let i = 0; i < items.length; i += FLUSH_BATCH) {
-        const batch = items.slice(i, i + FLUSH_BATCH);
-        // Engine blocks of a paged pool are gathered into host memory first: files never face
-        // a paged tier.
-        const paged = batch.filter((x) => x.from.kind === 'layout');
-        if (paged.length > 0) {
-          staging ??= Region.allocate(FLUSH_BATCH * bs, { pin: 'auto' });
-          const round = new TransferRound();
-          paged.forEach((x, j) =>
-            round.move(x.from, { kind: 'memory', target: staging!, offset: j * bs }, bs),
-          );
-          const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
-          // A block that could not be gathered stays unflushed (its GPU copy is the engine's).
-          paged.forEach((x, j) => {
-            if (outcomes[j]!.ok) x.from = { kind: 'memory', target: staging!, offset: j * bs };
-          });
-        }
-        await this.copyTo(
-          batch.filter((x) => x.from.kind !== 'layout'),
-          last,
-        );
-      }
-    } finally {
-      await staging?.close();
+    for (let i = 0; i < items.length; i += FLUSH_BATCH) {
+      await this.copyTo(items.slice(i, i + FLUSH_BATCH), last);
     }
   }
 
@@ -1634,7 +1596,6 @@ export class Warehouse {
         this.fileEngine.close(),
         this.memoryEngine.close(),
         this.gpuEngines?.copy.close(),
-        this.gpuEngines?.file.close(),
       ]);
     })();
     return this.closing;

@@ -62,6 +62,43 @@ describe.skipIf(!hasGpu)('Warehouse with a GPU tier', () => {
     await dst.close();
   });
 
+  it('moves blocks between GPU and file through host staging, and keeps them across a restart', async () => {
+    const where = tempDir('kvtier-gpu-file-');
+    const tiers = [
+      { kind: 'gpu' as const, bytes: 4 * BS },
+      { kind: 'file' as const, dir: where.path, bytes: 32 * BS },
+    ];
+    const w = await Warehouse.open({ blockBytes: BS, tiers });
+    const keys = chain(12, 'gpu-file');
+    const src = blocksFor(keys, BS);
+    for (let at = 0; at < keys.length; at += 4) {
+      expect(
+        (await w.put(keys.slice(at, at + 4), src.subarray(at * BS, (at + 4) * BS))).stored,
+      ).toBe(4);
+    }
+    expect(w.stats().tiers[1]!.demotions).toBeGreaterThan(0); // GPU to file, staged
+    const dst = Region.allocate(keys.length * BS, { pin: true });
+    expect((await w.get(keys, dst)).count).toBe(keys.length);
+    expect(Buffer.from(dst.view()).equals(Buffer.from(src))).toBe(true);
+    // Four new blocks push everything else out of the GPU; then a prefetch brings two back up
+    // from the file: staged the other way.
+    const push = chain(4, 'push');
+    expect((await w.put(push, blocksFor(push, BS))).stored).toBe(4);
+    const last = keys.slice(0, 2);
+    expect(w.lookup(last).tiers).toEqual([1, 1]);
+    expect((await w.prefetch(last, { to: 0 })).moved).toBe(2);
+    expect(w.lookup(last).tiers).toEqual([0, 0]);
+    await w.close(); // blocks only on the GPU are written to the file tier first
+    const again = await Warehouse.open({ blockBytes: BS, tiers: [tiers[1]!] });
+    dst.view().fill(0);
+    expect((await again.get(keys, dst)).count).toBe(keys.length);
+    expect(Buffer.from(dst.view()).equals(Buffer.from(src))).toBe(true);
+    expect(again.stats().corrupt).toBe(0);
+    await again.close();
+    await dst.close();
+    where.remove();
+  });
+
   it("fills a pool the caller owns and leaves it the caller's", async () => {
     const pool = DeviceRegion.allocate(4 * BS + 1000);
     const w = await Warehouse.open({
