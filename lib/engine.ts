@@ -207,6 +207,12 @@ export class TransferBatch {
       // region.buffer itself (or a slice of a large region): the region, so that closing it
       // waits for this transfer.
       const owner = Region.owning(target);
+      if (owner && offset + len > target.byteLength) {
+        throw new KvtierError(
+          'KVTIER_BAD_ARGUMENT',
+          `descriptor ${this.count}: ${len} bytes at offset ${offset} do not fit a buffer of ${target.byteLength} bytes`,
+        );
+      }
       return owner ? [owner.region, owner.base + offset] : [target, offset];
     }
     if (!ArrayBuffer.isView(target)) return [target, offset];

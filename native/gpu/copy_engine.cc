@@ -46,6 +46,9 @@ struct CopyEngine::JsBatch {
   size_t tableBytes = 0;
   std::vector<double> results;  // bytes per descriptor
   cu::Event event = nullptr;
+  // Pageable host memory makes the driver copy synchronously: such batches are queued by the
+  // completer thread, on this stream, so the event loop never waits for a copy.
+  cu::Stream deferredOn = nullptr;
   cu::Result rc = cu::kSuccess;  // set by the completer
   std::string error;             // set by the completer when it cannot wait
 };
@@ -158,9 +161,17 @@ void CopyEngine::Complete() {
     }
     if (!current) {
       batch->error = why;
+    } else if (batch->deferredOn != nullptr) {
+      batch->rc = Dma(batch->dsts, batch->srcs, batch->sizes, batch->deferredOn);
+      if (batch->rc == cu::kSuccess) batch->rc = api_->eventRecord(batch->event, batch->deferredOn);
+      // Copies queued before a failure still run; they must end before the memory is let go.
+      batch->rc = batch->rc == cu::kSuccess
+                      ? api_->eventSynchronize(batch->event)
+                      : (api_->streamSynchronize(batch->deferredOn), batch->rc);
     } else {
       batch->rc = api_->eventSynchronize(batch->event);
     }
+
     if (tsfn_.NonBlockingCall(batch) != napi_ok) {
       // Only during environment teardown: nobody is left to resolve. The memory is let go here;
       // the references die with the environment.
@@ -179,8 +190,19 @@ void CopyEngine::Deliver(Napi::Env env, Napi::Function, CopyEngine* engine, JsBa
   for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
   batch->borrowed.clear();
   batch->keepAlive.clear();
-  if (batch->event != nullptr) engine->spareEvents_.push_back(batch->event);
-  if (batch->table != nullptr) engine->spareTables_.emplace_back(batch->table, batch->tableBytes);
+  if (engine->closed_) {
+    // Shut down already: nothing will reuse them, and the pools were freed.
+    std::string why;
+    if (Cuda::instance().makeCurrent(engine->device_, &why)) {
+      if (batch->event != nullptr) (void)engine->api_->eventDestroy(batch->event);
+      if (batch->table != nullptr) (void)engine->api_->memFreeHost(batch->table);
+    }
+  } else {
+    if (batch->event != nullptr) engine->spareEvents_.push_back(batch->event);
+    if (batch->table != nullptr) {
+      engine->spareTables_.emplace_back(batch->table, batch->tableBytes);
+    }
+  }
   if (!batch->error.empty()) {
     batch->deferred.Reject(MakeError(env, kIo, batch->error).Value());
   } else if (batch->rc != cu::kSuccess) {
@@ -372,8 +394,18 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   size_t count = args.count;
   const std::vector<Target>& targets = args.targets;
 
+  for (size_t i = 0; i < targets.size(); ++i) {
+    if (targets[i].device && targets[i].device->device() != device_) {
+      // The kernel path would dereference memory of a GPU it has no access to.
+      Throw(env, kBadArgument,
+            "target " + std::to_string(i) + " is memory of device " +
+                std::to_string(targets[i].device->device()) + "; this engine copies on device " +
+                std::to_string(device_));
+    }
+  }
   auto batch = std::make_unique<JsBatch>(env);
   batch->results.assign(count, 0);
+  bool anyPageable = false;
   const double* d = descs.Data();
   for (size_t i = 0; i < count; ++i, d += kStride) {
     if (d[kOp] != kCopyOp) {
@@ -392,6 +424,10 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
     batch->sizes.push_back(len);
     batch->dstDevice.push_back(to->device ? 1 : 0);
     batch->srcDevice.push_back(from->device ? 1 : 0);
+    auto pageable = [](const Target* t) {
+      return !t->device && !(t->memory && t->memory->pinned());
+    };
+    if ((to->device || from->device) && (pageable(to) || pageable(from))) anyPageable = true;
   }
   Napi::Promise promise = batch->deferred.Promise();
   if (batch->sizes.empty()) {
@@ -415,6 +451,19 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   };
   Lane& lane = lanes_[nextStream_++ % lanes_.size()];
   cu::Stream stream = lane.stream;
+  if (anyPageable) {
+    batch->deferredOn = stream;
+    batch->event = spareEvents_.back();
+    spareEvents_.pop_back();
+    if (inFlight_++ == 0) tsfn_.Ref(env);
+    Ref();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      pending_.push_back(batch.release());
+    }
+    wake_.notify_one();
+    return promise;
+  }
   std::string failed = Enqueue(batch.get(), lane);
   if (!failed.empty()) {
     // Copies queued before the failure still run; wait for them so no buffer is let go early.

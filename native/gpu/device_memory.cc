@@ -67,6 +67,15 @@ std::shared_ptr<DeviceMemory> DeviceMemory::Wrap(int device, cu::DevicePtr ptr, 
              std::to_string(device) + ": " + Cuda::instance().fail("cuMemGetAddressRange", rc));
     return nullptr;
   }
+  int owner = -1;
+  if (api->pointerGetAttribute != nullptr &&
+      api->pointerGetAttribute(&owner, cu::kPointerAttributeDeviceOrdinal, ptr) == cu::kSuccess &&
+      owner != device) {
+    Fail(failure, kBadArgument,
+         "pointer " + Hex(ptr) + " is memory of device " + std::to_string(owner) +
+             ", not of device " + std::to_string(device));
+    return nullptr;
+  }
   if (bytes > extent - (ptr - base)) {
     Fail(failure, kBadArgument,
          std::to_string(bytes) + " bytes do not fit the allocation, which has " +
@@ -103,6 +112,12 @@ std::shared_ptr<DeviceMemory> DeviceMemory::Import(int device, const cu::IpcMemH
     return nullptr;
   }
   size_t size = bytes == 0 ? extent - offset : bytes;
+  if (size == 0) {
+    (void)api->ipcCloseMemHandle(base);
+    Fail(failure, kBadArgument,
+         "offset " + std::to_string(offset) + " leaves no bytes of the shared allocation");
+    return nullptr;
+  }
   return std::shared_ptr<DeviceMemory>(
       new DeviceMemory(device, base, base + offset, size, Origin::kImported));
 }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <exception>
 #include <utility>
 
 #include "../common/descriptors.h"
@@ -176,7 +177,13 @@ void GpuFileEngine::Work(Worker* w) {
       op->result = -EIO;
       op->error = w->failed;
     } else {
-      Run(op, w);
+      // No exception may leave this thread: one (an allocation failing) fails the op instead.
+      try {
+        Run(op, w);
+      } catch (const std::exception& e) {
+        (void)api_->streamSynchronize(w->stream);
+        op->result = -ENOMEM;
+      }
     }
     JsBatch* batch = op->batch;
     if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -304,6 +311,8 @@ void GpuFileEngine::Run(Op* op, Worker* w) {
     while (done < op->len) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(chunkBytes_, op->len - done));
       if (!settle(k)) {
+        // The other buffer's copy may still be landing in this op's memory.
+        (void)api_->streamSynchronize(w->stream);
         op->result = -EIO;
         return;
       }
@@ -430,6 +439,11 @@ Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
     const Target* target = nullptr;
     op.mem = TargetRange(env, targets, d, i, kTarget, kTargetOffset, "target", &op.len, &target);
     op.device = target->device.get();
+    if (op.device != nullptr && op.device->device() != device_) {
+      Throw(env, kBadArgument,
+            Where(i) + "target is memory of device " + std::to_string(op.device->device()) +
+                "; this engine works on device " + std::to_string(device_));
+    }
     // The POSIX path reads whole chunks into page-aligned bounce buffers; an O_DIRECT file still
     // needs aligned offsets and lengths, which cuFile handles itself.
     bool bounced = op.device != nullptr && (!cufile_ || fallback_);

@@ -51,12 +51,10 @@ void LoadGpuApi(const detail::DlHandle& lib, cu::Api* api, std::string* missing)
   };
   need("cuMemAlloc_v2", &api->memAlloc);
   need("cuMemFree_v2", &api->memFree);
-  need("cuMemGetInfo_v2", &api->memGetInfo);
   need("cuMemGetAddressRange_v2", &api->memGetAddressRange);
   need("cuMemHostAlloc", &api->memHostAlloc);
   need("cuMemFreeHost", &api->memFreeHost);
   need("cuMemcpyAsync", &api->memcpyAsync);
-  need("cuMemcpy2DAsync_v2", &api->memcpy2DAsync);
   need("cuStreamCreate", &api->streamCreate);
   need("cuStreamDestroy_v2", &api->streamDestroy);
   need("cuStreamSynchronize", &api->streamSynchronize);
@@ -68,8 +66,7 @@ void LoadGpuApi(const detail::DlHandle& lib, cu::Api* api, std::string* missing)
   need("cuIpcGetMemHandle", &api->ipcGetMemHandle);
   need("cuIpcOpenMemHandle_v2", &api->ipcOpenMemHandle);
   need("cuIpcCloseMemHandle", &api->ipcCloseMemHandle);
-  need("cuMemcpyHtoD_v2", &api->memcpyHtoD);
-  need("cuMemcpyDtoH_v2", &api->memcpyDtoH);
+  (void)lib.optionalSym("cuPointerGetAttribute", &api->pointerGetAttribute);
   (void)lib.optionalSym("cuModuleLoadData", &api->moduleLoadData);
   (void)lib.optionalSym("cuModuleGetFunction", &api->moduleGetFunction);
   (void)lib.optionalSym("cuModuleUnload", &api->moduleUnload);
@@ -246,7 +243,12 @@ bool Cuda::hostRegister(void* ptr, size_t bytes, std::string* error) {
     return false;
   }
   // Callers arrive on arbitrary kvtier threads, and the current context is per thread.
-  if (!makeCurrent(0, &why)) return false;
+  if (!usable() || !makeCurrent(devices_.front().ordinal, &why)) {
+    if (!usable())
+      why = "CUDA is not usable: " +
+            (status_.reason.empty() ? std::string("no CUDA device") : status_.reason);
+    return false;
+  }
   CUresult rc = fns_->memHostRegister(ptr, bytes, kMemHostRegisterPortable);
   if (rc != kCudaSuccess) {
     why = fns_->fail("cuMemHostRegister", rc) + " for " + std::to_string(bytes) + " bytes";
@@ -263,7 +265,7 @@ bool Cuda::hostUnregister(void* ptr) {
     if (contexts_.empty() || contexts_[0] == nullptr) return false;
   }
   std::string why;
-  if (!makeCurrent(0, &why)) return false;
+  if (!makeCurrent(devices_.front().ordinal, &why)) return false;
   return fns_->memHostUnregister(ptr) == kCudaSuccess;
 }
 
@@ -295,15 +297,20 @@ bool Cuda::makeCurrent(int ordinal, std::string* why) {
   CUcontext ctx = nullptr;
   {
     std::lock_guard<std::mutex> lock(fns_->ctxMutex);
-    if (ordinal < 0 || static_cast<size_t>(ordinal) >= devices_.size()) {
-      *why = "no CUDA device " + std::to_string(ordinal) + " (this machine has " +
+    // devices_ lists the devices that probed well; find the one with this ordinal.
+    size_t at = devices_.size();
+    for (size_t i = 0; i < devices_.size(); ++i) {
+      if (devices_[i].ordinal == ordinal) at = i;
+    }
+    if (at == devices_.size()) {
+      *why = "no usable CUDA device " + std::to_string(ordinal) + " (this machine has " +
              std::to_string(devices_.size()) + ")";
       return false;
     }
     if (contexts_.size() < devices_.size()) contexts_.resize(devices_.size(), nullptr);
-    if (contexts_[ordinal] == nullptr) {
+    if (contexts_[at] == nullptr) {
       CUdevice dev = 0;
-      CUresult rc = fns_->deviceGet(&dev, devices_[ordinal].ordinal);
+      CUresult rc = fns_->deviceGet(&dev, ordinal);
       if (rc != kCudaSuccess) {
         *why = fns_->fail("cuDeviceGet", rc);
         return false;
@@ -314,9 +321,9 @@ bool Cuda::makeCurrent(int ordinal, std::string* why) {
         *why = fns_->fail("cuDevicePrimaryCtxRetain", rc);
         return false;
       }
-      contexts_[ordinal] = retained;
+      contexts_[at] = retained;
     }
-    ctx = static_cast<CUcontext>(contexts_[ordinal]);
+    ctx = static_cast<CUcontext>(contexts_[at]);
   }
   CUresult rc = fns_->ctxSetCurrent(ctx);
   if (rc != kCudaSuccess) {

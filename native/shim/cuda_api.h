@@ -31,6 +31,8 @@ constexpr unsigned kMemHostAllocDeviceMap = 0x2;
 
 // CUmemorytype, for 2D copies: UNIFIED lets the driver tell host from device pointers.
 constexpr int kMemoryTypeUnified = 4;
+// CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL.
+constexpr int kPointerAttributeDeviceOrdinal = 9;
 
 struct IpcMemHandle {
   char reserved[64];
@@ -73,7 +75,7 @@ struct MemcpyAttributes {
 struct Api {
   Result (*memAlloc)(DevicePtr* ptr, size_t bytes) = nullptr;
   Result (*memFree)(DevicePtr ptr) = nullptr;
-  Result (*memGetInfo)(size_t* freeBytes, size_t* totalBytes) = nullptr;
+  Result (*memGetInfo)(size_t* freeBytes, size_t* totalBytes) = nullptr;  // unused, optional
   Result (*memGetAddressRange)(DevicePtr* base, size_t* bytes, DevicePtr ptr) = nullptr;
   Result (*memHostAlloc)(void** ptr, size_t bytes, unsigned flags) = nullptr;
   Result (*memFreeHost)(void* ptr) = nullptr;
@@ -99,6 +101,8 @@ struct Api {
   Result (*ipcCloseMemHandle)(DevicePtr ptr) = nullptr;
   Result (*memcpyHtoD)(DevicePtr dst, const void* src, size_t bytes) = nullptr;
   Result (*memcpyDtoH)(void* dst, DevicePtr src, size_t bytes) = nullptr;
+  // Optional: where present, wrapped pointers are checked to lie on the device named.
+  Result (*pointerGetAttribute)(void* data, int attribute, DevicePtr ptr) = nullptr;
   // Optional, for the segment-copy kernel: without them copies take the DMA path only.
   Result (*moduleLoadData)(Module* module, const void* image) = nullptr;
   Result (*moduleGetFunction)(Function* fn, Module module, const char* name) = nullptr;
