@@ -1023,10 +1023,14 @@ bool TcpTransport::ReadConn(Conn& c) {
     CloseConnNow(c.id, err, std::string("receive failed: ") + std::strerror(err));
     return false;
   }
+  // Out of budget, with bytes possibly still queued: the mark must fit what the frame now owes,
+  // or a small next frame would never be reported readable.
+  WaitFor(c);
   return true;
 }
 
-// Before the thread waits for more of a payload: the socket reports readable only once a good part
+// Whenever the thread stops reading a connection (nothing queued, or its budget spent), the mark
+// is set for what the connection's current frame owes. Before the thread waits for more of a payload: the socket reports readable only once a good part
 // of what the payload still lacks has arrived (SO_RCVLOWAT), so a block lands in a few large reads
 // and wakeups rather than one per segment. Never more than the frame still owes: the bytes it waits
 // for are bound to come, or the peer closes (which wakes the reader whatever the mark).
