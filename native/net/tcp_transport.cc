@@ -1029,11 +1029,12 @@ bool TcpTransport::ReadConn(Conn& c) {
   return true;
 }
 
-// Whenever the thread stops reading a connection (nothing queued, or its budget spent), the mark
-// is set for what the connection's current frame owes. Before the thread waits for more of a payload: the socket reports readable only once a good part
-// of what the payload still lacks has arrived (SO_RCVLOWAT), so a block lands in a few large reads
-// and wakeups rather than one per segment. Never more than the frame still owes: the bytes it waits
-// for are bound to come, or the peer closes (which wakes the reader whatever the mark).
+// Called whenever the thread stops reading a connection (nothing queued, or its budget spent):
+// sets the receive low-water mark for what the current frame still owes. While a large payload is
+// owed, the socket reports readable only once a good part of it has arrived (SO_RCVLOWAT), so a
+// block lands in a few large reads and wakeups rather than one per segment. The mark is never more
+// than the frame owes (those bytes are bound to come, or the peer closes, which wakes the reader
+// whatever the mark), and is 1 otherwise, so a small frame is always seen.
 void TcpTransport::WaitFor(Conn& c) {
   int want = 1;
   if (c.phase == Conn::kPayload) {
