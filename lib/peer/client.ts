@@ -94,6 +94,30 @@ interface Pending {
   release(): void;
 }
 
+/**
+ * Puts and gets of at most this many bytes that are asked for in the same turn of the event loop
+ * leave together, up to this many bytes per request (PeerClient.coalesce). Large enough that the
+ * per-request costs (a frame, an event and a JavaScript turn on each side) stop mattering, small
+ * enough that callers hardly wait on each other: at 1 MiB blocks, four per request.
+ */
+const COALESCE_BYTES = 4 << 20;
+
+/** Where the blocks of a request live: key i's block is block `slots[i]` of `targets[i]`. */
+interface Memory {
+  targets: readonly Target[];
+  slots: readonly number[];
+}
+
+/** A put or get waiting to leave with the others asked for in the same turn (coalesce()). */
+interface Waiting {
+  session: Session;
+  keys: Key[];
+  target: Target;
+  slots: readonly number[];
+  resolve(r: { statuses: number[]; word: number }): void;
+  reject(e: Error): void;
+}
+
 interface Session {
   conn: number;
   blockBytes: number;
@@ -132,6 +156,7 @@ export class PeerClient {
   private readonly net: Net;
   private session: Session | undefined;
   private readonly pending = new Map<number, Pending>();
+  private readonly queued = new Map<string, Waiting[]>();
   private nextRequest = 1;
   private closed = false;
   private corruptBlocks = 0;
@@ -434,7 +459,7 @@ export class PeerClient {
     s: Session,
     type: number,
     keys: Key[],
-    memory?: { target: Target; slots: readonly number[] },
+    memory?: Memory,
     flags = 0,
     step?: { rid: number; accepted?: number[] },
   ): Promise<{ statuses: number[]; word: number }> {
@@ -444,28 +469,46 @@ export class PeerClient {
     const meta = accepted ? encodeResults(accepted) : encodeKeys(keys);
     const sends = (i: number): boolean => !accepted || accepted[i] === Status.OK;
     const bs = s.blockBytes;
-    let targets: NativeTarget[] = [];
+    const targets: NativeTarget[] = [];
     let spans: Float64Array | undefined;
     let expect: { type: number; requestId: number; spans: Float64Array } | undefined;
     let release = (): void => {};
     if (memory) {
-      const { target } = memory;
-      if (target instanceof DeviceRegion) {
-        throw new KvtierError(
-          'KVTIER_BAD_ARGUMENT',
-          'peer transfers move host memory; gather GPU blocks into a pinned Region first',
-        );
-      }
-      const region = target instanceof Region ? target : Region.owning(bufferOf(target))?.region;
-      if (region) {
-        region.assertOpen();
-        region.inFlight.begin();
-        release = () => region.inFlight.end();
-      }
-      targets = [nativeTargetOf(target)];
+      // Each key's block lives in its own target (requests coalesced from several callers), so
+      // the frame names every distinct target once and each span picks its own.
+      const regions: Region[] = [];
+      const index = new Map<Target, number>();
+      release = () => {
+        for (const r of regions) r.inFlight.end();
+      };
+      const targetOf = (target: Target): number => {
+        let at = index.get(target);
+        if (at !== undefined) return at;
+        if (target instanceof DeviceRegion) {
+          throw new KvtierError(
+            'KVTIER_BAD_ARGUMENT',
+            'peer transfers move host memory; gather GPU blocks into a pinned Region first',
+          );
+        }
+        const region = target instanceof Region ? target : Region.owning(bufferOf(target))?.region;
+        if (region) {
+          region.assertOpen();
+          region.inFlight.begin();
+          regions.push(region);
+        }
+        at = targets.push(nativeTargetOf(target)) - 1;
+        index.set(target, at);
+        return at;
+      };
       const triples: number[] = [];
-      for (let i = 0; i < keys.length; i++) {
-        if (sends(i)) triples.push(0, memory.slots[i]! * bs, bs);
+      try {
+        for (let i = 0; i < keys.length; i++) {
+          const at = targetOf(memory.targets[i]!);
+          if (sends(i)) triples.push(at, memory.slots[i]! * bs, bs);
+        }
+      } catch (e) {
+        release();
+        throw e;
       }
       if (type === MsgType.GET) {
         expect = { type: MsgType.GET_RESULT, requestId: rid, spans: new Float64Array(triples) };
@@ -523,7 +566,7 @@ export class PeerClient {
   private async placedPut(
     s: Session,
     keys: Key[],
-    memory: { target: Target; slots: readonly number[] },
+    memory: Memory,
   ): Promise<{ statuses: number[]; word: number }> {
     const rid = this.nextId();
     const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, 0, { rid });
@@ -542,6 +585,12 @@ export class PeerClient {
     const list = toKeys(keys);
     const slots = at ?? list.map((_, i) => i);
     if (target !== undefined) {
+      if (target instanceof DeviceRegion) {
+        throw new KvtierError(
+          'KVTIER_BAD_ARGUMENT',
+          'peer transfers move host memory; gather GPU blocks into a pinned Region first',
+        );
+      }
       const size = target.byteLength;
       if (target instanceof Region) target.assertOpen();
       if (slots.length !== list.length) {
@@ -558,14 +607,148 @@ export class PeerClient {
         );
       }
     }
+    if (target !== undefined && list.length > 0 && list.length * s.blockBytes <= COALESCE_BYTES) {
+      return this.coalesce(s, type, flags, list, target, slots);
+    }
+    return this.frames(
+      s,
+      type,
+      flags,
+      list,
+      target ? { targets: list.map(() => target), slots } : undefined,
+    );
+  }
+
+  /**
+   * Puts and gets asked for in the same turn of the event loop (many callers each moving a block
+   * or a few) leave as one request: one frame, one answer, one event on each side instead of one
+   * per caller. Each caller gets its own share of the statuses back.
+   */
+  private coalesce(
+    s: Session,
+    type: number,
+    flags: number,
+    keys: Key[],
+    target: Target,
+    slots: readonly number[],
+  ): Promise<{ statuses: number[]; word: number }> {
+    // The caller's memory stays in use from now until its answer, as if it had left at once.
+    const region =
+      target instanceof Region
+        ? target
+        : Region.owning(bufferOf(target as Exclude<Target, Region | DeviceRegion>))?.region;
+    region?.assertOpen();
+    region?.inFlight.begin();
+    const end = (): void => region?.inFlight.end();
+    return new Promise((resolve, reject) => {
+      const name = `${type}:${flags}`;
+      let queue = this.queued.get(name);
+      if (!queue) {
+        queue = [];
+        this.queued.set(name, queue);
+        setImmediate(() => this.flush(name, type, flags));
+      }
+      queue.push({
+        session: s,
+        keys,
+        target,
+        slots,
+        resolve: (r) => {
+          end();
+          resolve(r);
+        },
+        reject: (e) => {
+          end();
+          reject(e);
+        },
+      });
+    });
+  }
+
+  private flush(name: string, type: number, flags: number): void {
+    const queue = this.queued.get(name) ?? [];
+    this.queued.delete(name);
+    let s: Session;
+    try {
+      s = this.ready();
+    } catch (e) {
+      for (const w of queue) w.reject(e as Error);
+      return;
+    }
+    // A caller checked its sizes against the session it saw; a new session may differ.
+    const live = queue.filter((w) => {
+      if (w.session === s) return true;
+      w.reject(new KvtierError('KVTIER_PEER', `the connection to ${this.url} was replaced`));
+      return false;
+    });
+    // Requests of up to COALESCE_BYTES together: callers wait on each other only that much.
+    let group: Waiting[] = [];
+    let bytes = 0;
+    for (const w of live) {
+      const b = w.keys.length * s.blockBytes;
+      if (group.length > 0 && bytes + b > COALESCE_BYTES) {
+        this.send(s, type, flags, group);
+        group = [];
+        bytes = 0;
+      }
+      group.push(w);
+      bytes += b;
+    }
+    if (group.length > 0) this.send(s, type, flags, group);
+  }
+
+  /** One request for the keys of several callers; each gets its own statuses back. */
+  private send(s: Session, type: number, flags: number, live: Waiting[]): void {
+    const keys: Key[] = [];
+    const targets: Target[] = [];
+    const slots: number[] = [];
+    for (const w of live) {
+      for (let i = 0; i < w.keys.length; i++) {
+        keys.push(w.keys[i]!);
+        targets.push(w.target);
+        slots.push(w.slots[i]!);
+      }
+    }
+    let done: Promise<{ statuses: number[]; word: number }>;
+    try {
+      done = this.frames(s, type, flags, keys, { targets, slots });
+    } catch (e) {
+      for (const w of live) w.reject(e as Error);
+      return;
+    }
+    done.then(
+      ({ statuses }) => {
+        let from = 0;
+        for (const w of live) {
+          w.resolve({ statuses: statuses.slice(from, from + w.keys.length), word: 0 });
+          from += w.keys.length;
+        }
+      },
+      (e: unknown) => {
+        for (const w of live) w.reject(e as Error);
+      },
+    );
+  }
+
+  /** Splits a batch into frames the server accepts and runs them at once. */
+  private async frames(
+    s: Session,
+    type: number,
+    flags: number,
+    list: Key[],
+    memory: Memory | undefined,
+  ): Promise<{ statuses: number[]; word: number }> {
     const chunks: Promise<{ statuses: number[]; word: number }>[] = [];
     for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
       const part = list.slice(from, from + s.maxBatch);
-      const memory = target ? { target, slots: slots.slice(from, from + s.maxBatch) } : undefined;
-      const placed = type === MsgType.PUT && memory && s.blockBytes >= PLACED_PUT_MIN_BYTES;
-      chunks.push(
-        placed ? this.placedPut(s, part, memory) : this.request(s, type, part, memory, flags),
-      );
+      const mem = memory
+        ? {
+            targets: memory.targets.slice(from, from + s.maxBatch),
+            slots: memory.slots.slice(from, from + s.maxBatch),
+          }
+        : undefined;
+      const placed = type === MsgType.PUT && mem && s.blockBytes >= PLACED_PUT_MIN_BYTES;
+      chunks.push(placed ? this.placedPut(s, part, mem) : this.request(s, type, part, mem, flags));
       if (list.length === 0) break;
     }
     const results = await Promise.all(chunks);

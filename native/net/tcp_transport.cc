@@ -32,6 +32,10 @@ constexpr size_t kStageBytes = 64 * 1024;
 constexpr size_t kDirectReadMin = 16 * 1024;
 // One connection yields the thread after this many bytes, so a fast sender cannot starve others.
 constexpr size_t kReadBudget = 8 * 1024 * 1024;
+// Low-water mark while a payload is incomplete (WaitFor): payloads still owing less than kLowatMin
+// wait as usual; larger ones wake the thread once min(what is owed, kLowatMax) bytes are queued.
+constexpr uint64_t kLowatMin = 64 * 1024;
+constexpr uint64_t kLowatMax = 256 * 1024;
 constexpr int kMaxIov = 64;
 // Epoll user data: the kind of object in the top half, its id in the bottom half.
 constexpr uint64_t kTagWake = 0;
@@ -155,6 +159,8 @@ struct TcpTransport::Conn {
   uint64_t placeOff = 0;    // offset in it
   std::unordered_map<uint32_t, Expect> expects;
 
+  int lowat = 1;  // SO_RCVLOWAT now set on the socket
+
   std::vector<uint8_t> stage;
   size_t stageHead = 0;
   size_t stageTail = 0;
@@ -254,10 +260,15 @@ void TcpTransport::Shutdown() {
 }
 
 void TcpTransport::Post(std::unique_ptr<Command> cmd) {
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     commands_.push_back(std::move(cmd));
+    // One wakeup per batch of commands: the sends JavaScript makes in one turn of its loop cost
+    // one eventfd write and one epoll wakeup, not one each.
+    wake = commands_.size() == 1;
   }
+  if (!wake) return;
   uint64_t one = 1;
   if (write(wake_.get(), &one, sizeof(one)) < 0) {
     // EAGAIN only when the counter is saturated, which means a wakeup is already pending.
@@ -1003,13 +1014,36 @@ bool TcpTransport::ReadConn(Conn& c) {
                        : "the peer closed the connection");
       return false;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      WaitFor(c);
+      return true;
+    }
     if (errno == EINTR) continue;
     int err = errno;
     CloseConnNow(c.id, err, std::string("receive failed: ") + std::strerror(err));
     return false;
   }
+  // Out of budget, with bytes possibly still queued: the mark must fit what the frame now owes,
+  // or a small next frame would never be reported readable.
+  WaitFor(c);
   return true;
+}
+
+// Called whenever the thread stops reading a connection (nothing queued, or its budget spent):
+// sets the receive low-water mark for what the current frame still owes. While a large payload is
+// owed, the socket reports readable only once a good part of it has arrived (SO_RCVLOWAT), so a
+// block lands in a few large reads and wakeups rather than one per segment. The mark is never more
+// than the frame owes (those bytes are bound to come, or the peer closes, which wakes the reader
+// whatever the mark), and is 1 otherwise, so a small frame is always seen.
+void TcpTransport::WaitFor(Conn& c) {
+  int want = 1;
+  if (c.phase == Conn::kPayload) {
+    uint64_t left = c.payloadLen - c.payloadHave;
+    if (left >= kLowatMin) want = static_cast<int>(std::min<uint64_t>(left, kLowatMax));
+  }
+  if (want == c.lowat) return;
+  // Best effort: without it the reads are smaller, not wrong.
+  if (setsockopt(c.fd.get(), SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0) c.lowat = want;
 }
 
 // Takes n bytes of the current frame: from src (staged bytes), or, with src null, bytes a direct

@@ -122,6 +122,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   void RunCommands();
   void HandleConn(Conn& c, uint32_t events);
   bool ReadConn(Conn& c);
+  void WaitFor(Conn& c);
   bool Consume(Conn& c, const uint8_t* src, size_t n, size_t* used);
   bool StartPayload(Conn& c);
   void AcceptAll(Listener& l);

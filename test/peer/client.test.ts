@@ -134,6 +134,56 @@ describe('connect() to kvtier serve', () => {
     expect(parallel).toEqual([true, true, true, true]);
   });
 
+  it('sends the puts and gets of many callers in one turn together, each with its own bytes', async () => {
+    // Twelve callers, one or two blocks each, into and out of different memory (buffers, views
+    // at odd block indexes, a Region): they leave as a few requests, and each caller gets exactly
+    // its own statuses and bytes.
+    const region = Region.allocate(24 * BS);
+    try {
+      const callers = Array.from({ length: 12 }, (_, k) => ({
+        keys: keysFor(1 + (k % 2), 40 + k),
+        src: randomBytes((1 + (k % 2)) * BS),
+      }));
+      const puts = await Promise.all(callers.map((c) => client.put(c.keys, c.src)));
+      puts.forEach((r, k) => expect(r.stored).toBe(callers[k]!.keys.length));
+      // A key nobody stored, and a caller whose destination is too small, among the others.
+      const missing = keysFor(1, 99);
+      const bad = client.get(keysFor(2, 40), Buffer.alloc(BS)).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      const plain = callers.map((c) => Buffer.alloc(c.src.length));
+      const viewBacking = Buffer.alloc(40 * BS);
+      const views = callers.map((c, k) => viewBacking.subarray(k * 3 * BS, k * 3 * BS + 2 * BS));
+      const gets = await Promise.all([
+        ...callers.map((c, k) => client.get(c.keys, plain[k]!)),
+        ...callers.map((c, k) =>
+          client.getAt(c.keys, views[k]!, c.keys.length === 1 ? [1] : [1, 0]),
+        ),
+        ...callers.map((c, k) => client.get(c.keys, region.view(2 * k * BS, c.src.length))),
+        client.get(missing, Buffer.alloc(BS)),
+      ]);
+      expect(await bad).toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+      callers.forEach((c, k) => {
+        const n = c.keys.length;
+        expect(gets[k]!.count).toBe(n);
+        expect(plain[k]!.equals(c.src)).toBe(true);
+        expect(gets[12 + k]!.count).toBe(n);
+        const v = views[k]!;
+        if (n === 1) expect(v.subarray(BS, 2 * BS).equals(c.src)).toBe(true);
+        else
+          expect(Buffer.concat([v.subarray(BS, 2 * BS), v.subarray(0, BS)]).equals(c.src)).toBe(
+            true,
+          );
+        expect(gets[24 + k]!.count).toBe(n);
+        expect(Buffer.from(region.view(2 * k * BS, n * BS)).equals(c.src)).toBe(true);
+      });
+      expect(gets[36]!.found).toEqual([false]);
+    } finally {
+      await region.close();
+    }
+  });
+
   it('refuses a destination too small for the batch, before sending anything', async () => {
     const keys = keysFor(4, 5);
     await expect(client.get(keys, Buffer.alloc(3 * BS))).rejects.toMatchObject({
