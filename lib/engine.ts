@@ -52,10 +52,6 @@ type Op = (typeof Op)[keyof typeof Op];
 const CRC = 16;
 const STRIDE = 6;
 
-function byteLengthOf(target: Target): number {
-  return target.byteLength;
-}
-
 /**
  * A set of transfers to submit together. Offsets and lengths are checked natively when the batch
  * is submitted; a batch with any bad descriptor is refused whole and moves nothing.
@@ -193,7 +189,7 @@ export class TransferBatch {
     length: number | undefined,
     options: ChecksumOption,
   ): this {
-    const len = length ?? byteLengthOf(target) - targetOffset;
+    const len = length ?? target.byteLength - targetOffset;
     const [where, offset] = this.resolve(target, targetOffset, len);
     const code = op | (options.checksum ? CRC : 0);
     this.push(code, this.targetSlot(where), offset, len, this.fileSlot(file), fileOffset);

@@ -46,3 +46,12 @@ export function badArgument(f: () => unknown): string {
   }
   throw new Error('expected KVTIER_BAD_ARGUMENT, nothing was thrown');
 }
+
+/** Polls `check` every 50 ms for up to 20 s; throws naming `what` if it never holds. */
+export async function until(what: string, check: () => boolean | Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`gave up waiting for ${what}`);
+}

@@ -6,6 +6,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -352,7 +353,7 @@ async function fileReads(
     await file.close();
     await io.close();
     await host.close();
-    await import('node:fs/promises').then((fs) => fs.rm(path, { force: true }));
+    await rm(path, { force: true });
   }
 }
 
@@ -425,7 +426,7 @@ async function restore(
   } finally {
     await file.close();
     await io.close();
-    await import('node:fs/promises').then((fs) => fs.rm(path, { force: true }));
+    await rm(path, { force: true });
   }
   await Promise.all([pool.close(), probeBlock.close()]);
   o.onProgress?.('restore: prefill on the same GPU (PyTorch)');

@@ -7,7 +7,7 @@
 import { IoEngine } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { native } from '../native.js';
-import { probe } from '../probe.js';
+import { gpuFilePathOf } from '../probe.js';
 
 export interface CopyEngineOptions {
   /** CUDA device whose context the copies run in (default 0). */
@@ -118,7 +118,9 @@ export class GpuFileEngine extends IoEngine {
 
 /** How `io: 'auto'` would move files to GPU memory here, without opening anything. */
 export function gpuFilePath(): PathInfo {
-  return probe().gpuFile;
+  // The loaders' report alone: the full probe() also tests O_DIRECT with a file on disk.
+  const { cuda, cufile } = native().probe();
+  return gpuFilePathOf(cuda, cufile);
 }
 
 /** Opens a GPU file engine. */

@@ -372,7 +372,15 @@ export class PeerServer {
     }
     const payload =
       ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, payloadBytes) : ev.payload;
-    const job = this.serve(state, type, rid, keys, payload, ev.flags ?? 0).catch((e: unknown) => {
+    return this.track(state, type, rid, this.serve(state, type, rid, keys, payload, ev.flags ?? 0));
+  }
+
+  /**
+   * Keeps a request's work in `work` (so shutdown waits for it) and answers a failure with an
+   * INTERNAL error frame on its connection, unless the connection is gone.
+   */
+  private track(state: ConnState, type: number, rid: number, work: Promise<void>): Promise<void> {
+    const job = work.catch((e: unknown) => {
       this.log('request_failed', { conn: state.id, type, error: String(e) });
       if (state.phase !== 'closed') {
         this.net.send(
@@ -596,18 +604,12 @@ export class PeerServer {
     clearTimeout(offer.timer);
     const payload =
       ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, accepted * bs) : ev.payload;
-    const job = this.finishPut(state, rid, offer, payload, ev.checksums).catch((e: unknown) => {
-      this.log('request_failed', { conn: state.id, type: MsgType.PUT_DATA, error: String(e) });
-      if (state.phase !== 'closed') {
-        this.net.send(
-          state.id,
-          frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, (e as Error).message)),
-        );
-      }
-    });
-    this.work.add(job);
-    void job.finally(() => this.work.delete(job));
-    return job;
+    return this.track(
+      state,
+      MsgType.PUT_DATA,
+      rid,
+      this.finishPut(state, rid, offer, payload, ev.checksums),
+    );
   }
 
   private async finishPut(

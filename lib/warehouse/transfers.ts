@@ -23,11 +23,6 @@ export interface TransferOutcome {
   error: KvtierError | undefined;
 }
 
-/** The engines a round with GPU places needs. */
-export interface GpuEngines {
-  copy: IoEngine;
-}
-
 const MEMORY = 0;
 const FILE = 1;
 const GPU = 2;
@@ -145,11 +140,12 @@ export class TransferRound {
   async run(
     memoryEngine: IoEngine,
     fileEngine: IoEngine,
-    gpu?: GpuEngines,
+    /** The GPU copy engine, for rounds with GPU places. */
+    gpu?: IoEngine,
   ): Promise<TransferOutcome[]> {
     const staged = this.refs.filter((r) => r.staged);
     if ((this.gpu.length > 0 || staged.length > 0) && !gpu) {
-      throw new Error('a round with GPU places needs the GPU engines');
+      throw new Error('a round with GPU places needs the GPU copy engine');
     }
     const stagingBytes = staged.reduce((n, r) => n + r.staged!.length, 0);
     const staging = stagingBytes > 0 ? Region.allocate(stagingBytes, { pin: 'auto' }) : undefined;
@@ -167,7 +163,7 @@ export class TransferRound {
       const first = await settle([
         [memoryEngine, this.memory],
         [fileEngine, this.file],
-        [gpu?.copy, this.gpu],
+        [gpu, this.gpu],
       ]);
       // Step 2: the second halves (host to GPU or file), and checksums of copies that came down.
       const memory = new TransferBatch();
@@ -189,7 +185,7 @@ export class TransferRound {
       const second = await settle([
         [memoryEngine, memory],
         [fileEngine, file],
-        [gpu?.copy, gpuBatch],
+        [gpu, gpuBatch],
       ]);
       return this.refs.map((ref) => {
         if (ref.staged) return this.stagedOutcome(ref, first, second);

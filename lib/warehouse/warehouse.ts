@@ -19,7 +19,7 @@ import { HostTier } from './host-tier.js';
 import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
 import { PrefetchQueue } from './prefetch.js';
 import type { SlotBlock, SlotPlace, Tier, TierKind } from './tier.js';
-import { TransferRound, type GpuEngines } from './transfers.js';
+import { TransferRound } from './transfers.js';
 import { PeerTier, type PeerTierOptions } from '../peer/peer-tier.js';
 
 /**
@@ -273,7 +273,7 @@ export class Warehouse {
   private readonly fileEngine: IoEngine;
   private readonly memoryEngine: IoEngine;
   /** Present when a tier lives in GPU memory. */
-  private readonly gpuEngines: GpuEngines | undefined;
+  private readonly gpuCopy: IoEngine | undefined;
   private readonly now: () => number;
   private readonly promoteDefault: boolean;
   private readonly writeThroughDefault: boolean;
@@ -296,11 +296,11 @@ export class Warehouse {
     tiers: Tier[],
     fileEngine: IoEngine,
     memoryEngine: IoEngine,
-    gpuEngines: GpuEngines | undefined,
+    gpuCopy: IoEngine | undefined,
     policy: <K>(capacity: number) => EvictionPolicy<K>,
     peer: PeerTier | undefined,
   ) {
-    this.gpuEngines = gpuEngines;
+    this.gpuCopy = gpuCopy;
     this.blockBytes = options.blockBytes;
     this.tiers = tiers;
     this.peer = peer;
@@ -366,7 +366,7 @@ export class Warehouse {
     const fileEngine = createEngine(options.engine ?? {});
     const memoryEngine = createEngine({ kind: 'threads', queueDepth: MEMORY_THREADS });
     const tiers: Tier[] = [];
-    let gpuEngines: GpuEngines | undefined;
+    let gpuCopy: IoEngine | undefined;
     let peer: PeerTier | undefined;
     try {
       const gpu = options.tiers.find((t): t is GpuTierOptions => t.kind === 'gpu');
@@ -374,7 +374,7 @@ export class Warehouse {
         const device = gpu.region?.device ?? gpu.device ?? 0;
         // Moves between files and the GPU tier go through host staging (to be checksummed), so
         // the copy engine is all a GPU tier needs.
-        gpuEngines = { copy: createCopyEngine({ device }) };
+        gpuCopy = createCopyEngine({ device });
       }
       for (const t of localOptions) {
         if (t.kind === 'gpu') {
@@ -420,7 +420,7 @@ export class Warehouse {
         tiers,
         fileEngine,
         memoryEngine,
-        gpuEngines,
+        gpuCopy,
         policy,
         peer,
       );
@@ -429,11 +429,7 @@ export class Warehouse {
     } catch (e) {
       await Promise.allSettled(tiers.map((t) => t.close()));
       if (peer) await peer.close();
-      await Promise.allSettled([
-        fileEngine.close(),
-        memoryEngine.close(),
-        gpuEngines?.copy.close(),
-      ]);
+      await Promise.allSettled([fileEngine.close(), memoryEngine.close(), gpuCopy?.close()]);
       throw e;
     }
   }
@@ -676,7 +672,7 @@ export class Warehouse {
       this.extra[plan.tier]!.bytesIn += bs;
       writes.push({ entry, at });
     }
-    const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
+    const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy);
     for (const { entry, at } of writes) {
       const o = outcomes[at]!;
       if (o.ok && o.checksum !== undefined) {
@@ -780,7 +776,7 @@ export class Warehouse {
       }
       if (round.length === 0) continue;
       this.describeAll(round, landing);
-      (await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines)).forEach((o, n) => {
+      (await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy)).forEach((o, n) => {
         if (!o.ok) {
           failed.add(owners[n]!);
           this.counters.ioErrors++;
@@ -893,7 +889,7 @@ export class Warehouse {
             ),
           );
         }
-        const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
+        const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy);
         const retry: number[] = [];
         reading.forEach((i, j) => {
           const o = outcomes[at[j]!]!;
@@ -1230,7 +1226,7 @@ export class Warehouse {
       });
     }
     this.describeAll(round, landing);
-    const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
+    const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy);
     let landed = 0;
     const removed: Key[] = [];
     plans.forEach((p, n) => {
@@ -1494,7 +1490,7 @@ export class Warehouse {
       { kind: 'memory', target: dst, offset: to * bs },
       bs,
     );
-    await round.run(this.memoryEngine, this.fileEngine, this.gpuEngines);
+    await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy);
   }
 
   // -------------------------------------------------------------------------------- stats, close
@@ -1595,7 +1591,7 @@ export class Warehouse {
       await Promise.all([
         this.fileEngine.close(),
         this.memoryEngine.close(),
-        this.gpuEngines?.copy.close(),
+        this.gpuCopy?.close(),
       ]);
     })();
     return this.closing;

@@ -3,6 +3,7 @@
 #include "../gpu/device_region.h"
 #include "../io/file.h"
 #include "../memory/region.h"
+#include "descriptors.h"
 #include "errors.h"
 #include "instance_data.h"
 
@@ -89,10 +90,10 @@ BatchArgs ReadBatchArgs(const Napi::CallbackInfo& info, bool files) {
     Throw(env, kBadArgument, "descriptors must be a Float64Array");
   }
   args.descs = d.As<Napi::Float64Array>();
-  if (args.descs.ElementLength() % 6 != 0) {
+  if (args.descs.ElementLength() % kStride != 0) {
     Throw(env, kBadArgument, "descriptors length must be a multiple of 6");
   }
-  args.count = args.descs.ElementLength() / 6;
+  args.count = args.descs.ElementLength() / kStride;
   if (!info[1].IsArray() || (files && !info[2].IsArray())) {
     Throw(env, kBadArgument,
           files ? "targets and files must be arrays" : "targets must be an array");

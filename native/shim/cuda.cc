@@ -61,7 +61,6 @@ void LoadGpuApi(const detail::DlHandle& lib, cu::Api* api, std::string* missing)
   need("cuEventCreate", &api->eventCreate);
   need("cuEventRecord", &api->eventRecord);
   need("cuEventSynchronize", &api->eventSynchronize);
-  need("cuEventQuery", &api->eventQuery);
   need("cuEventDestroy_v2", &api->eventDestroy);
   need("cuIpcGetMemHandle", &api->ipcGetMemHandle);
   need("cuIpcOpenMemHandle_v2", &api->ipcOpenMemHandle);

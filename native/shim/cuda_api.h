@@ -16,7 +16,6 @@ using Module = struct CUmod_st*;
 using Function = struct CUfunc_st*;
 
 constexpr Result kSuccess = 0;
-constexpr Result kNotReady = 600;
 
 // cuStreamCreate flags: kvtier's streams must not serialise with the legacy default stream that
 // other libraries in the process (PyTorch) may use.
@@ -29,32 +28,11 @@ constexpr unsigned kIpcLazyEnablePeerAccess = 0x1;
 constexpr unsigned kMemHostAllocPortable = 0x1;
 constexpr unsigned kMemHostAllocDeviceMap = 0x2;
 
-// CUmemorytype, for 2D copies: UNIFIED lets the driver tell host from device pointers.
-constexpr int kMemoryTypeUnified = 4;
 // CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL.
 constexpr int kPointerAttributeDeviceOrdinal = 9;
 
 struct IpcMemHandle {
   char reserved[64];
-};
-
-struct Memcpy2D {
-  size_t srcXInBytes;
-  size_t srcY;
-  int srcMemoryType;
-  const void* srcHost;
-  DevicePtr srcDevice;
-  void* srcArray;
-  size_t srcPitch;
-  size_t dstXInBytes;
-  size_t dstY;
-  int dstMemoryType;
-  void* dstHost;
-  DevicePtr dstDevice;
-  void* dstArray;
-  size_t dstPitch;
-  size_t widthInBytes;
-  size_t height;
 };
 
 struct MemLocation {
@@ -75,12 +53,10 @@ struct MemcpyAttributes {
 struct Api {
   Result (*memAlloc)(DevicePtr* ptr, size_t bytes) = nullptr;
   Result (*memFree)(DevicePtr ptr) = nullptr;
-  Result (*memGetInfo)(size_t* freeBytes, size_t* totalBytes) = nullptr;  // unused, optional
   Result (*memGetAddressRange)(DevicePtr* base, size_t* bytes, DevicePtr ptr) = nullptr;
   Result (*memHostAlloc)(void** ptr, size_t bytes, unsigned flags) = nullptr;
   Result (*memFreeHost)(void* ptr) = nullptr;
   Result (*memcpyAsync)(DevicePtr dst, DevicePtr src, size_t bytes, Stream stream) = nullptr;
-  Result (*memcpy2DAsync)(const Memcpy2D* copy, Stream stream) = nullptr;
   // Optional: CUDA 13's cuMemcpyBatchAsync_v2 (no failIdx) or CUDA 12.8's first form.
   Result (*memcpyBatchAsync)(DevicePtr* dsts, DevicePtr* srcs, size_t* sizes, size_t count,
                              MemcpyAttributes* attrs, size_t* attrIdxs, size_t numAttrs,
@@ -94,13 +70,10 @@ struct Api {
   Result (*eventCreate)(Event* event, unsigned flags) = nullptr;
   Result (*eventRecord)(Event event, Stream stream) = nullptr;
   Result (*eventSynchronize)(Event event) = nullptr;
-  Result (*eventQuery)(Event event) = nullptr;
   Result (*eventDestroy)(Event event) = nullptr;
   Result (*ipcGetMemHandle)(IpcMemHandle* handle, DevicePtr ptr) = nullptr;
   Result (*ipcOpenMemHandle)(DevicePtr* ptr, IpcMemHandle handle, unsigned flags) = nullptr;
   Result (*ipcCloseMemHandle)(DevicePtr ptr) = nullptr;
-  Result (*memcpyHtoD)(DevicePtr dst, const void* src, size_t bytes) = nullptr;
-  Result (*memcpyDtoH)(void* dst, DevicePtr src, size_t bytes) = nullptr;
   // Optional: where present, wrapped pointers are checked to lie on the device named.
   Result (*pointerGetAttribute)(void* data, int attribute, DevicePtr ptr) = nullptr;
   // Optional, for the segment-copy kernel: without them copies take the DMA path only.

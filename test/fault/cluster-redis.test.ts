@@ -10,13 +10,10 @@ import { ClusterNode } from '../../lib/cluster/node.js';
 import { connectCluster } from '../../lib/cluster/view.js';
 import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';
-import { prerequisite } from '../helpers.js';
-import { redisServerPath, startRedis, type RedisServer } from '../redis.js';
+import { until } from '../helpers.js';
+import { haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
-const haveRedis = prerequisite(
-  redisServerPath() !== undefined,
-  'redis-server is not installed (apt-get install redis-server)',
-);
+const haveRedis = haveRedisServer();
 const BS = 4096;
 
 function chain(n: number, seed: number): Key[] {
@@ -24,14 +21,6 @@ function chain(n: number, seed: number): Key[] {
     Array.from({ length: n * 4 }, (_, i) => i + seed * 100_000),
     { blockTokens: 4 },
   ).keys();
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`gave up waiting for ${what}`);
 }
 
 describe.runIf(haveRedis)('cluster faults: Redis down and back', () => {

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectCluster } from '../../lib/cluster/view.js';
 import { connect } from '../../lib/peer/client.js';
 import { chainKeys } from '../../lib/warehouse/keys.js';
-import { prerequisite, tempDir } from '../helpers.js';
+import { tempDir, until } from '../helpers.js';
 import {
   killAll,
   startServe,
@@ -16,21 +16,10 @@ import {
   writeToken,
   type ServeProcess,
 } from '../peer/serve-process.js';
-import { redisServerPath, startRedis, type RedisServer } from '../redis.js';
+import { haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
-const haveRedis = prerequisite(
-  redisServerPath() !== undefined,
-  'redis-server is not installed (apt-get install redis-server)',
-);
+const haveRedis = haveRedisServer();
 const BS = 16 << 10;
-
-async function until(what: string, check: () => boolean | Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`gave up waiting for ${what}`);
-}
 
 describe.runIf(haveRedis)('cluster faults: serve nodes while Redis is down', () => {
   let redis: RedisServer;

@@ -3,13 +3,9 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { runClusterBench } from '../../lib/bench/cluster-bench.js';
-import { prerequisite } from '../helpers.js';
-import { redisServerPath, startRedis, type RedisServer } from '../redis.js';
+import { haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
-const haveRedis = prerequisite(
-  redisServerPath() !== undefined,
-  'redis-server is not installed (apt-get install redis-server)',
-);
+const haveRedis = haveRedisServer();
 
 describe.runIf(haveRedis)('kvtier cluster bench', () => {
   let redis: RedisServer;

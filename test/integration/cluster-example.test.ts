@@ -4,13 +4,9 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { prerequisite } from '../helpers.js';
-import { redisServerPath } from '../redis.js';
+import { haveRedisServer } from '../redis.js';
 
-const haveRedis = prerequisite(
-  redisServerPath() !== undefined,
-  'redis-server is not installed (apt-get install redis-server)',
-);
+const haveRedis = haveRedisServer();
 const example = fileURLToPath(new URL('../../examples/cache-aware-router.mjs', import.meta.url));
 
 interface Result {

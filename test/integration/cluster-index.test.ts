@@ -16,13 +16,9 @@ import { connectCluster, type ClusterView } from '../../lib/cluster/view.js';
 import { isKvtierError, type ErrorCode } from '../../lib/errors.js';
 import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';
-import { prerequisite } from '../helpers.js';
-import { freePort, redisServerPath, startRedis, type RedisServer } from '../redis.js';
+import { freePort, haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
-const haveRedis = prerequisite(
-  redisServerPath() !== undefined,
-  'redis-server is not installed (apt-get install redis-server)',
-);
+const haveRedis = haveRedisServer();
 const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 const BS = 4096;
 

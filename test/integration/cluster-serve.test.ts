@@ -16,7 +16,7 @@ import { nodeKeys } from '../../lib/cluster/schema.js';
 import { connectCluster, type ClusterView } from '../../lib/cluster/view.js';
 import { connect } from '../../lib/peer/client.js';
 import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
-import { prerequisite, tempDir } from '../helpers.js';
+import { tempDir, until } from '../helpers.js';
 import {
   killAll,
   runCli,
@@ -25,12 +25,9 @@ import {
   writeToken,
   type ServeProcess,
 } from '../peer/serve-process.js';
-import { redisServerPath, startRedis, type RedisServer } from '../redis.js';
+import { haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
-const haveRedis = prerequisite(
-  redisServerPath() !== undefined,
-  'redis-server is not installed (apt-get install redis-server)',
-);
+const haveRedis = haveRedisServer();
 const BS = 64 << 10;
 const LEASE_MS = 1500;
 const DIST = fileURLToPath(new URL('../../dist/index.js', import.meta.url));
@@ -101,14 +98,6 @@ try {
       }
     });
   });
-}
-
-async function until(what: string, check: () => Promise<boolean>): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`gave up waiting for ${what}`);
 }
 
 describe.runIf(haveRedis)('three kvtier serve nodes sharing one Redis', () => {
