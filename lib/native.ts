@@ -102,6 +102,8 @@ export interface NetEvent {
   payloadBytes?: number;
   placed?: boolean;
   area?: number;
+  /** Payloads that landed in landing pieces: their tokens, in order. */
+  landed?: Uint32Array;
   /** Placed payloads: CRC-32C of each destination filled, in order. */
   checksums?: Uint32Array;
   token?: number;
@@ -125,6 +127,8 @@ export interface NativeTcpTransport {
   ): void;
   setLimits(conn: number, maxMeta: number, maxPayload: number): void;
   provide(region: NativeRegion, offset: number, length: number, token: number): void;
+  land(target: NativeTarget, offset: number, length: number, token: number): void;
+  unland(): number[];
   closeConnection(conn: number, why: string): void;
   closeListener(listener: number): void;
   ref(): void;

@@ -13,6 +13,7 @@ import { createServer } from 'node:net';
 
 import { KvtierError } from '../errors.js';
 import { connect, type PeerClient } from '../peer/client.js';
+import { LANDING_BYTES } from '../peer/landing.js';
 import { parseAddress } from '../peer/protocol.js';
 import { packageRoot } from '../native.js';
 import { Region } from '../region.js';
@@ -258,7 +259,8 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
       } else {
         const working = bs === blockSize ? Math.min(options.bytes, 256 << 20) : 4096 * bs;
         const passBytes = bs === blockSize ? options.bytes : options.smallOps * bs;
-        const s = await startServer(bs, working + passBytes + 4 * inflight * bs);
+        // Room for every block of a pass and the server's landing slots: nothing is evicted.
+        const s = await startServer(bs, working + passBytes + 4 * inflight * bs + LANDING_BYTES);
         servers.push(s);
         url = s.url;
         tokenFile = s.tokenFile;

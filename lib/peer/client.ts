@@ -125,6 +125,8 @@ interface Session {
   maxMeta: number;
   maxPayload: number;
   transport: 'tcp' | 'verbs';
+  /** The server reads one-step PUT blocks straight into its store (Capability.LANDS). */
+  lands: boolean;
 }
 
 const REQUEST_TYPES = {
@@ -279,6 +281,7 @@ export class PeerClient {
                 maxMeta: meta.readUInt32LE(20),
                 maxPayload: Number(meta.readBigUInt64LE(24)),
                 transport: useVerbs ? 'verbs' : 'tcp',
+                lands: (caps & Capability.LANDS) !== 0,
               };
               if (session.blockBytes < 1 || session.maxBatch < 1) {
                 return fail(new KvtierError('KVTIER_PROTOCOL', `${this.url}: bad limits`));
@@ -747,7 +750,10 @@ export class PeerClient {
             slots: memory.slots.slice(from, from + s.maxBatch),
           }
         : undefined;
-      const placed = type === MsgType.PUT && mem && s.blockBytes >= PLACED_PUT_MIN_BYTES;
+      // A server whose puts land in its store (Capability.LANDS) copies nothing anyway: an offer
+      // would only add a round trip.
+      const placed =
+        type === MsgType.PUT && mem && !s.lands && s.blockBytes >= PLACED_PUT_MIN_BYTES;
       chunks.push(placed ? this.placedPut(s, part, mem) : this.request(s, type, part, mem, flags));
       if (list.length === 0) break;
     }

@@ -4,6 +4,7 @@
  * handler that does is logged through onHandlerError and its connection closed.
  */
 import { native, type NativeTarget, type NativeTcpTransport, type NetEvent } from '../native.js';
+import { nativeTargetOf, type Target } from '../engine.js';
 import type { Region } from '../region.js';
 
 export const EventKind = {
@@ -90,6 +91,16 @@ export class Net {
   /** Memory the transport may receive one payload into; frames received there name `token`. */
   provideArea(region: Region, offset: number, length: number, token: number): void {
     if (!this.closed) this.transport.provide(region.native, offset, length, token);
+  }
+
+  /** A landing piece (TcpTransport::Land): PUT blocks of `length` bytes land one per piece. */
+  land(target: Target, offset: number, length: number, token: number): void {
+    if (!this.closed) this.transport.land(nativeTargetOf(target), offset, length, token);
+  }
+
+  /** Takes back the landing pieces no frame holds; their tokens. */
+  unland(): number[] {
+    return this.closed ? [] : this.transport.unland();
   }
 
   closeConnection(conn: number, why: string): void {

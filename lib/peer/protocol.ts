@@ -62,7 +62,8 @@ export const ErrorKind = {
 export const RequestFlag = { LOCAL_ONLY: 0x01 } as const;
 
 /** Capability bits of HELLO and CHALLENGE. */
-export const Capability = { TCP: 1, VERBS: 2 } as const;
+/** LANDS (server only): one-step PUT blocks land straight in the store, so offers gain nothing. */
+export const Capability = { TCP: 1, VERBS: 2, LANDS: 4 } as const;
 export const TransportId = { tcp: 0, verbs: 1 } as const;
 
 export const NONCE_BYTES = 32;

@@ -10,6 +10,7 @@ import { Region } from '../region.js';
 import type { Reservation, Warehouse } from '../warehouse/warehouse.js';
 import type { Key } from '../warehouse/keys.js';
 import { nonce, proofMatches, clientProof, serverProof, type Secret } from './auth.js';
+import { Landing } from './landing.js';
 import { Net, type ConnHandler } from './net.js';
 import {
   AUTH_BYTES,
@@ -52,6 +53,8 @@ export interface PeerServerOptions {
   handshakeTimeoutMs?: number;
   /** A put offer whose data has not arrived by then closes its connection (default 30 s). */
   offerTimeoutMs?: number;
+  /** Landing slots no put used for this long go back to the host tier (default 2 s). */
+  landingIdleMs?: number;
   log?: LogFn;
 }
 
@@ -125,8 +128,10 @@ export class PeerServer {
   /** Receive areas: put payloads land here instead of in fresh allocations. */
   private readonly areas: Region;
   private readonly areaBytes: number;
+  private readonly landing: Landing;
   private readonly log: LogFn;
   private nextToken = 1;
+  private readonly putCounts = { landed: 0, placed: 0, copied: 0 };
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -161,6 +166,7 @@ export class PeerServer {
       throw e;
     }
     this.host = options.host;
+    this.landing = new Landing(this.net, wh, options.landingIdleMs);
     for (let a = 0; a < AREAS; a++) this.provide(a);
     this.net.ref();
   }
@@ -172,6 +178,14 @@ export class PeerServer {
 
   get connections(): number {
     return this.conns.size;
+  }
+
+  /**
+   * How the blocks of puts reached the store: landed straight in host-tier slots (one step),
+   * placed in slots reserved by an offer (two steps), or received elsewhere and copied.
+   */
+  get putBlocks(): { landed: number; placed: number; copied: number } {
+    return { ...this.putCounts };
   }
 
   private accept(conn: number, remote: string): ConnHandler {
@@ -289,7 +303,11 @@ export class PeerServer {
   }
 
   private capabilities(): number {
-    return Capability.TCP | (this.transport.verbs ? Capability.VERBS : 0);
+    return (
+      Capability.TCP |
+      (this.transport.verbs ? Capability.VERBS : 0) |
+      (this.landing.enabled ? Capability.LANDS : 0)
+    );
   }
 
   private onAuth(state: ConnState, type: number, meta: Buffer): void {
@@ -370,6 +388,10 @@ export class PeerServer {
       );
       return undefined;
     }
+    if (type === MsgType.PUT || type === MsgType.PUT_OFFER) this.landing.demand();
+    if (type === MsgType.PUT && ev.landed) {
+      return this.track(state, type, rid, this.putLanded(state, rid, keys, ev));
+    }
     const payload =
       ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, payloadBytes) : ev.payload;
     return this.track(state, type, rid, this.serve(state, type, rid, keys, payload, ev.flags ?? 0));
@@ -406,6 +428,7 @@ export class PeerServer {
     const bs = wh.blockBytes;
     switch (type) {
       case MsgType.PUT: {
+        this.putCounts.copied += keys.length;
         const before = keys.length > 0 ? wh.lookup(keys).tiers : [];
         if (keys.length > 0) await wh.put(keys, payload!);
         const after = keys.length > 0 ? wh.lookup(keys).tiers : [];
@@ -507,6 +530,16 @@ export class PeerServer {
         return;
       }
     }
+  }
+
+  /** A one-step put whose blocks landed straight in claimed host-tier slots (Landing). */
+  private async putLanded(state: ConnState, rid: number, keys: Key[], ev: NetEvent): Promise<void> {
+    this.putCounts.landed += keys.length;
+    const stored = await this.landing.store(keys, ev.landed!, ev.checksums!);
+    // A key repeated in the batch is stored once; every copy of it answers as stored.
+    const mine = new Set(keys.filter((_, i) => stored[i]));
+    const statuses = keys.map((k) => (mine.has(k) ? Status.OK : Status.PRESENT));
+    this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
   }
 
   /**
@@ -621,6 +654,9 @@ export class PeerServer {
   ): Promise<void> {
     const wh = this.options.warehouse;
     const result = offer.statuses.map((x) => (x === Status.OK ? Status.REJECTED : x));
+    const accepted = offer.statuses.filter((x) => x === Status.OK).length;
+    if (offer.reservation) this.putCounts.placed += accepted;
+    else this.putCounts.copied += accepted;
     if (offer.reservation) {
       const { stored } = await offer.reservation.commit(checksums);
       for (const i of stored) result[i] = Status.OK;
@@ -661,6 +697,7 @@ export class PeerServer {
         this.net.closeConnection(c.id, 'the server is shutting down');
       }
       await new Promise((r) => setTimeout(r, 20));
+      await this.landing.close();
       this.net.unref();
       this.net.close();
       await this.pool.close();

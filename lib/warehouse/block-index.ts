@@ -340,6 +340,35 @@ export class BlockIndex<K> {
     return true;
   }
 
+  /**
+   * Applies a plan's moves but gives its slot to no key: the slot stays taken (counted as used,
+   * never a victim) until adopt() gives it a key or unclaim() frees it. For memory that is filled
+   * before anyone knows which key it holds (a peer server's landing slots).
+   */
+  claim(plan: Plan<K>, info: AccessInfo): number {
+    for (const m of plan.moves) this.applyMove(m, info);
+    return plan.slot;
+  }
+
+  /**
+   * Gives a claimed slot of `tier` to `key`, which must hold no copy in that tier and not be
+   * planned there (the caller holds it). The key's bytes are already in the slot.
+   */
+  adopt(
+    key: K,
+    tier: number,
+    slot: number,
+    info: AccessInfo,
+    meta: { length: number; checksum: number },
+  ): void {
+    this.finish(key, tier, slot, this.scratch, 0, info, meta);
+  }
+
+  /** Frees a claimed slot. */
+  unclaim(tier: number, slot: number): void {
+    this.release(tier, slot);
+  }
+
   /** Releases what plan() reserved, leaving everything as it was. */
   abort(plan: Plan<K>): void {
     const id = this.ids.get(plan.key);

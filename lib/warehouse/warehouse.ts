@@ -233,6 +233,14 @@ export interface Reservation {
   abort(): void;
 }
 
+/** A host-tier slot that belongs to no key yet (Warehouse.claim). */
+export interface LandingSlot {
+  readonly target: Target;
+  readonly offset: number;
+  /** @internal The slot's number in the host tier. */
+  readonly slot: number;
+}
+
 /** A block lent out of the host tier (Warehouse.lend). */
 export interface LentBlock {
   target: Target;
@@ -280,6 +288,8 @@ export class Warehouse {
   private readonly durability: Durability;
   /** Keys with a put, promotion or eviction in progress: others wait for them to settle. */
   private readonly settling = new Map<Key, Promise<unknown>>();
+  /** Names the plans of claim(), which are for slots rather than keys. */
+  private landingSerial = 0;
   private readonly operations = new Set<Promise<unknown>>();
   /** Plans already committed, so that an operation failing midway aborts only the others. */
   private readonly committed = new WeakSet<Plan<Key>>();
@@ -991,6 +1001,110 @@ export class Warehouse {
     if (fresh.length > 0) await this.storeBlocks(keys, fresh, dst, 0, this.writeThroughDefault);
   }
 
+  /** @internal Whether bytes may be written straight into host-tier slots (reserve(), claim()). */
+  takesBytesInPlace(): boolean {
+    return (
+      this.tiers[0]!.kind === 'host' &&
+      !this.writeThroughDefault &&
+      this.durability !== 'sync' &&
+      this.peer === undefined
+    );
+  }
+
+  /**
+   * @internal For the peer server: claims up to `count` host-tier slots, making room as a put
+   * does, that belong to no key yet, so the network can write blocks into the store before
+   * anyone has read their keys. land() gives a claimed slot its key; unclaim() frees it. Resolves
+   * [] when this warehouse cannot take bytes in place (as reserve()).
+   */
+  async claim(count: number): Promise<LandingSlot[]> {
+    this.assertOpen();
+    if (!this.takesBytesInPlace() || count < 1) return [];
+    return this.track(
+      (async () => {
+        const plans: { plan: Plan<Key> }[] = [];
+        for (let n = 0; n < count; n++) {
+          // A name no key can have (keys are hex): the plan is for a slot, not for a key.
+          const plan = this.index.plan(`landing ${this.landingSerial++}`, 0, this.info(0, 0, 1));
+          if (!plan) break;
+          plans.push({ plan });
+        }
+        const held = this.hold();
+        held.add(Warehouse.planKeys(plans));
+        try {
+          const failed = await this.makeRoom(plans.map((p) => p.plan));
+          const claimed: LandingSlot[] = [];
+          const removed: Key[] = [];
+          for (const { plan } of plans) {
+            const place = this.place(0, plan.slot);
+            if (
+              failed.has(plan) ||
+              place.kind !== 'memory' ||
+              place.target instanceof DeviceRegion
+            ) {
+              this.index.abort(plan);
+              continue;
+            }
+            this.index.claim(plan, this.info(0, 0, 1));
+            this.committed.add(plan);
+            this.evictedBy(plan, removed);
+            claimed.push({ target: place.target, offset: place.offset, slot: plan.slot });
+          }
+          this.changed([], removed);
+          return claimed;
+        } catch (e) {
+          this.abortUncommitted(plans.map((p) => p.plan));
+          throw e;
+        } finally {
+          held.release();
+        }
+      })(),
+    );
+  }
+
+  /**
+   * @internal Gives claimed slots whose bytes have arrived their keys: keys[i]'s block is in
+   * slots[i], and checksums[i] is its CRC-32C (computed as it arrived). Per key, whether it was
+   * stored; a key already stored (or repeated in `keys`) is not, and its slot stays claimed.
+   */
+  async land(
+    keys: readonly Key[],
+    slots: readonly LandingSlot[],
+    checksums: ArrayLike<number>,
+  ): Promise<boolean[]> {
+    this.assertOpen();
+    if (slots.length !== keys.length || checksums.length !== keys.length) {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'one slot and one checksum per key are needed');
+    }
+    return this.track(
+      (async () => {
+        while (this.unsettled(keys)) await this.settle(keys);
+        // From the check above to the last adopt() nothing else runs: no await in between.
+        const bs = this.blockBytes;
+        const seen = new Set<Key>();
+        const added: Key[] = [];
+        const stored = keys.map((key, i) => {
+          if (seen.has(key) || this.index.get(key)) return false;
+          seen.add(key);
+          this.index.adopt(key, 0, slots[i]!.slot, this.info(0, i, keys.length), {
+            length: bs,
+            checksum: checksums[i]! >>> 0,
+          });
+          this.extra[0]!.bytesIn += bs;
+          added.push(key);
+          return true;
+        });
+        this.changed(added, []);
+        return stored;
+      })(),
+    );
+  }
+
+  /** @internal Frees claimed slots that will not be landed in. */
+  unclaim(slots: readonly LandingSlot[]): void {
+    for (const s of slots) this.index.unclaim(0, s.slot);
+  }
+
   /**
    * @internal For the peer server: reserves host-tier slots for keys whose bytes will be written
    * there by someone else (the network), so a put needs no copy. Per key the reservation holds the
@@ -1002,9 +1116,7 @@ export class Warehouse {
   async reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
     this.assertOpen();
     const list = toKeys(keys);
-    if (this.tiers[0]!.kind !== 'host' || this.writeThroughDefault || this.durability === 'sync') {
-      return undefined;
-    }
+    if (!this.takesBytesInPlace()) return undefined;
     let finish!: () => void;
     void this.track(new Promise<void>((resolve) => (finish = resolve)));
     const bs = this.blockBytes;
@@ -1075,6 +1187,8 @@ export class Warehouse {
               outcomes = await round.run(this.memoryEngine, this.fileEngine);
             }
             const stored: number[] = [];
+            const added: Key[] = [];
+            const removed: Key[] = [];
             live.forEach((p, n) => {
               const o = outcomes[n]!;
               if (o.ok && o.checksum !== undefined) {
@@ -1085,11 +1199,15 @@ export class Warehouse {
                 this.committed.add(p.plan);
                 this.extra[0]!.bytesIn += bs;
                 stored.push(p.i);
+                added.push(p.plan.key);
+                this.evictedBy(p.plan, removed);
               } else {
                 this.index.abort(p.plan);
                 this.counters.ioErrors++;
               }
             });
+            // Listeners (the cluster index) hear of these as of any put.
+            this.changed(added, removed);
             return { stored, present };
           } catch (e) {
             this.abortUncommitted(live.map((p) => p.plan));

@@ -154,9 +154,11 @@ struct TcpTransport::Conn {
   uint8_t* payload = nullptr;  // malloc'd or a receive area, when not placed
   bool inArea = false;
   Area area{nullptr, 0, 0};
-  std::vector<Span> place;  // destinations, when placed
-  size_t placeAt = 0;       // current span
-  uint64_t placeOff = 0;    // offset in it
+  std::vector<Area> landed;        // landing pieces the current payload goes to
+  std::vector<Span> place;         // destinations, when placed
+  std::vector<uint32_t> placeCrc;  // CRC-32C of each destination so far
+  size_t placeAt = 0;              // current span
+  uint64_t placeOff = 0;           // offset in it
   std::unordered_map<uint32_t, Expect> expects;
 
   int lowat = 1;  // SO_RCVLOWAT now set on the socket
@@ -194,6 +196,7 @@ Napi::Function TcpTransport::Define(Napi::Env env) {
        InstanceMethod<&TcpTransport::Send>("send"),
        InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
        InstanceMethod<&TcpTransport::Provide>("provide"),
+       InstanceMethod<&TcpTransport::Land>("land"), InstanceMethod<&TcpTransport::Unland>("unland"),
        InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
        InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
        InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
@@ -514,6 +517,58 @@ void TcpTransport::ReturnArea(const Area& a) {
   areas_.push_back(a);
 }
 
+// land(target, offset, length, token): a landing piece. Every piece has the same length (the
+// store's block size): a payload of k such lengths, with k pieces free, is read one block per
+// piece, and its frame names the pieces' tokens in order. Each is the caller's again from then,
+// until it lands it anew; unland() takes back the pieces no payload holds.
+Napi::Value TcpTransport::Land(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  Mem m = TargetOf(env, info[0], 0);
+  uint64_t off = ByteCountArg(env, info[1], "offset");
+  uint64_t len = ByteCountArg(env, info[2], "length");
+  uint64_t token = ByteCountArg(env, info[3], "token");
+  if (off > m.size || len > m.size - off || len == 0 || token > 0xffffffffu) {
+    Throw(env, kBadArgument, "a landing piece must lie inside its region");
+  }
+  std::lock_guard<std::mutex> lock(areasMu_);
+  if (landingLen_ != 0 && len != landingLen_) {
+    Throw(env, kBadArgument, "every landing piece must have the same length");
+  }
+  landingLen_ = len;
+  landing_.push_back({m.data + off, len, static_cast<uint32_t>(token)});
+  return env.Undefined();
+}
+
+// unland(): the tokens of the landing pieces no payload holds, which are the caller's again.
+Napi::Value TcpTransport::Unland(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<Area> taken;
+  {
+    std::lock_guard<std::mutex> lock(areasMu_);
+    taken.swap(landing_);
+  }
+  Napi::Array out = Napi::Array::New(env, taken.size());
+  for (size_t i = 0; i < taken.size(); ++i) out[i] = Napi::Number::New(env, taken[i].token);
+  return out;
+}
+
+bool TcpTransport::TakeLanding(uint64_t len, std::vector<Area>* out) {
+  std::lock_guard<std::mutex> lock(areasMu_);
+  if (landingLen_ == 0 || len == 0 || len % landingLen_ != 0) return false;
+  uint64_t count = len / landingLen_;
+  if (count > landing_.size()) return false;
+  out->assign(landing_.end() - static_cast<std::ptrdiff_t>(count), landing_.end());
+  landing_.resize(landing_.size() - count);
+  return true;
+}
+
+void TcpTransport::ReturnLanding(std::vector<Area>* pieces) {
+  std::lock_guard<std::mutex> lock(areasMu_);
+  landing_.insert(landing_.end(), pieces->begin(), pieces->end());
+  pieces->clear();
+}
+
 // setLimits(conn, maxMeta, maxPayload): raised after the handshake authenticates the peer.
 Napi::Value TcpTransport::SetLimits(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -610,6 +665,11 @@ void TcpTransport::Deliver(Napi::Env env, Napi::Function fn, TcpTransport*,
         o.Set("meta", Napi::Buffer<uint8_t>::Copy(env, e.meta.data(), e.meta.size()));
         o.Set("placed", Napi::Boolean::New(env, e.placed));
         if (e.area >= 0) o.Set("area", Napi::Number::New(env, static_cast<double>(e.area)));
+        if (!e.landed.empty()) {
+          Napi::Uint32Array tokens = Napi::Uint32Array::New(env, e.landed.size());
+          for (size_t k = 0; k < e.landed.size(); ++k) tokens[k] = e.landed[k];
+          o.Set("landed", tokens);
+        }
         if (!e.checksums.empty()) {
           Napi::Uint32Array crcs = Napi::Uint32Array::New(env, e.checksums.size());
           for (size_t k = 0; k < e.checksums.size(); ++k) crcs[k] = e.checksums[k];
@@ -856,6 +916,8 @@ void TcpTransport::CloseConnNow(uint32_t id, int err, const std::string& why) {
     it->second->inArea = false;
     it->second->payload = nullptr;
   }
+  // Landing pieces of a payload cut short were never named to JavaScript either.
+  if (!it->second->landed.empty()) ReturnLanding(&it->second->landed);
   // The socket, the queued sends and the expectations go first: once JavaScript hears of the
   // close, no byte of its memory is read or written any more.
   conns_.erase(it);
@@ -1106,6 +1168,9 @@ bool TcpTransport::Consume(Conn& c, const uint8_t* src, size_t n, size_t* used) 
         std::memcpy(s.data + c.placeOff, from, k);
         from += k;
       }
+      // Checksummed as the bytes land, while they are still in cache: reading a whole block
+      // again once the frame is complete costs a trip to memory.
+      c.placeCrc[c.placeAt] = Crc32c(c.placeCrc[c.placeAt], s.data + c.placeOff, k);
       c.placeOff += k;
       left -= k;
       if (c.placeOff == s.len) {
@@ -1153,6 +1218,10 @@ bool TcpTransport::StartPayload(Conn& c) {
     }
   }
   if (c.payloadLen == 0) return FrameReady(c);
+  if (c.place.empty() && TakeLanding(c.payloadLen, &c.landed)) {
+    for (const Area& a : c.landed) c.place.push_back({a.data, a.len});
+  }
+  c.placeCrc.assign(c.place.size(), 0);
   if (c.place.empty() && TakeArea(c.payloadLen, &c.area)) {
     c.inArea = true;
     c.payload = c.area.data;
@@ -1183,7 +1252,10 @@ bool TcpTransport::FrameReady(Conn& c) {
   }
   e.payloadBytes = c.payloadLen;
   e.placed = !c.place.empty();
-  for (const Span& span : c.place) e.checksums.push_back(Crc32c(0, span.data, span.len));
+  if (e.placed) e.checksums = std::move(c.placeCrc);
+  c.placeCrc.clear();
+  for (const Area& a : c.landed) e.landed.push_back(a.token);
+  c.landed.clear();
   c.payload = nullptr;
   c.meta.clear();
   c.place.clear();

@@ -63,14 +63,15 @@ struct NetEvent {
   };
   std::unique_ptr<uint8_t, Free> payload;  // handed to JavaScript as an external Buffer
   uint64_t payloadBytes = 0;
-  bool placed = false;  // the payload went straight into an expected destination
+  bool placed = false;  // the payload went straight into an expected destination or landing pieces
   int64_t area = -1;    // or into this receive area (its token), handed back by provide()
   // Placed payloads: the CRC-32C of each destination filled, in order, computed while its bytes
   // are still in cache, so the receiver need not read them again to check or store them.
   std::vector<uint32_t> checksums;
-  uint32_t token = 0;  // kSent
-  int err = 0;         // kClosed: errno, or 0 for an orderly close
-  std::string text;    // kClosed: why; kAccepted: the remote address
+  std::vector<uint32_t> landed;  // or into these landing pieces (their tokens), one per piece
+  uint32_t token = 0;            // kSent
+  int err = 0;                   // kClosed: errno, or 0 for an orderly close
+  std::string text;              // kClosed: why; kAccepted: the remote address
 };
 
 class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
@@ -111,6 +112,8 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value SetLimits(const Napi::CallbackInfo& info);
   Napi::Value Provide(const Napi::CallbackInfo& info);
+  Napi::Value Land(const Napi::CallbackInfo& info);
+  Napi::Value Unland(const Napi::CallbackInfo& info);
   Napi::Value CloseConn(const Napi::CallbackInfo& info);
   Napi::Value CloseListener(const Napi::CallbackInfo& info);
   Napi::Value RefJs(const Napi::CallbackInfo& info);
@@ -153,8 +156,14 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   };
   bool TakeArea(uint64_t len, Area* out);
   void ReturnArea(const Area& a);
-  std::mutex areasMu_;  // guards areas_: filled by the main thread, taken by the epoll thread
+  bool TakeLanding(uint64_t len, std::vector<Area>* out);
+  void ReturnLanding(std::vector<Area>* pieces);
+  std::mutex areasMu_;  // guards areas_ and landing_: filled by the main thread, taken by epoll's
   std::vector<Area> areas_;
+  // Landing pieces: equal-sized pieces of the receiver's store (a server's free host-tier slots).
+  // A payload that is a whole number of pieces lands one piece each, so it needs no copy after.
+  std::vector<Area> landing_;
+  uint64_t landingLen_ = 0;
 
   std::mutex mu_;  // guards commands_ and pending_
   std::vector<std::unique_ptr<Command>> commands_;

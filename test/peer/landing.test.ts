@@ -1,0 +1,243 @@
+/**
+ * One-step puts that land in the store: the server claims free host-tier slots ahead of time and
+ * the transport reads PUT blocks straight into them. In one process, over real sockets and a real
+ * Warehouse: bytes and checksums come back intact, statuses are right for repeated and present
+ * keys, a connection cut mid-payload gives its slots back, and the host tier's counts reconcile
+ * once the landing slots go back.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  chainKeys,
+  connect,
+  PeerServer,
+  Region,
+  Warehouse,
+  type PeerClient,
+} from '../../lib/index.js';
+import { native } from '../../lib/native.js';
+import { randomBytes, tempDir } from '../helpers.js';
+import { keysMeta, rawFrame, RawPeer } from './raw.js';
+
+const BS = 64 * 1024;
+const HOST_BLOCKS = 256; // landing claims an eighth: 32 slots
+const secret = 'landing-test-secret-0123456789ab';
+const IDLE_MS = 200;
+const dir = tempDir('kvtier-landing-');
+let wh: Warehouse;
+let server: PeerServer;
+let client: PeerClient;
+
+beforeAll(async () => {
+  wh = await Warehouse.open({
+    blockBytes: BS,
+    tiers: [
+      { kind: 'host', bytes: HOST_BLOCKS * BS },
+      { kind: 'file', dir: dir.path, bytes: 4096 * BS },
+    ],
+  });
+  server = PeerServer.start({
+    host: '127.0.0.1',
+    port: 0,
+    warehouse: wh,
+    secret: Buffer.from(secret),
+    landingIdleMs: IDLE_MS,
+  });
+  client = await connect(`127.0.0.1:${server.port}`, { token: secret });
+});
+
+afterAll(async () => {
+  await client.close();
+  await server.close();
+  await wh.close();
+  dir.remove();
+});
+
+const keysFor = (n: number, seed: number): string[] =>
+  chainKeys(
+    new Uint32Array(n * 4).map((_, i) => i + seed * 1009),
+    {
+      blockTokens: 4,
+      namespace: 'landing',
+    },
+  ).keys();
+
+const host = (): { used: number; capacity: number } => {
+  const t = wh.stats().tiers[0]!;
+  return { used: t.usedBlocks, capacity: t.capacityBlocks };
+};
+
+/** Waits until the idle landing slots have gone back to the host tier. */
+const idle = (): Promise<void> => new Promise((r) => setTimeout(r, IDLE_MS * 3));
+
+describe('one-step puts that land in the store', () => {
+  it('lands blocks put many at a time, and every byte and checksum comes back', async () => {
+    const n = 96;
+    const keys = keysFor(n, 1);
+    const src = randomBytes(n * BS);
+    // Eight callers at a time, one block each, as an engine's workers would put.
+    let next = 0;
+    const statuses: string[] = new Array<string>(n);
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < n) {
+          const i = next++;
+          const r = await client.put([keys[i]!], src.subarray(i * BS, (i + 1) * BS));
+          statuses[i] = r.status[0]!;
+        }
+      }),
+    );
+    expect(statuses.every((s) => s === 'stored')).toBe(true);
+    // The first puts arrive before any slot is claimed; the rest land.
+    expect(server.putBlocks.landed).toBeGreaterThan(n / 2);
+    expect(server.putBlocks.placed).toBe(0);
+
+    const dst = Buffer.alloc(n * BS);
+    expect((await client.get(keys, dst)).count).toBe(n);
+    expect(dst.equals(src)).toBe(true);
+    // The server's own get checks each block against the checksum it was stored with: the one
+    // the transport computed as the bytes landed.
+    const local = Region.allocate(n * BS);
+    try {
+      expect((await wh.get(keys, local)).count).toBe(n);
+      expect(Buffer.from(local.buffer).equals(src)).toBe(true);
+    } finally {
+      await local.close();
+    }
+    expect(wh.stats().corrupt).toBe(0);
+    expect(client.corrupt).toBe(0);
+  });
+
+  it('answers present for keys already stored or repeated, and stores each key once', async () => {
+    const keys = keysFor(8, 2);
+    const src = randomBytes(8 * BS);
+    expect((await client.put(keys.slice(0, 4), src)).stored).toBe(4);
+    const landedBefore = server.putBlocks.landed;
+    // Keys 0-3 are there already; key 5 comes twice, with different bytes the second time.
+    const batch = [...keys, keys[5]!];
+    const bytes = Buffer.concat([src, randomBytes(BS)]);
+    const r = await client.put(batch, bytes);
+    expect(server.putBlocks.landed).toBe(landedBefore + batch.length);
+    expect(r.status.slice(0, 4)).toEqual(['present', 'present', 'present', 'present']);
+    expect(r.status.slice(4, 8)).toEqual(['stored', 'stored', 'stored', 'stored']);
+    expect(r.status[8]).toBe('stored'); // the same key as entry 5, which this put stored
+    const dst = Buffer.alloc(8 * BS);
+    expect((await client.get(keys, dst)).count).toBe(8);
+    expect(dst.equals(src)).toBe(true); // the first copy of key 5 won
+  });
+
+  it('gives landing slots back when puts stop: the host tier holds only blocks', async () => {
+    await idle();
+    const stored = wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
+    expect(host().used).toBe(stored);
+    // And claims them again for the next puts.
+    const keys = keysFor(8, 3);
+    await client.put(keys, randomBytes(8 * BS));
+    await client.put(keysFor(8, 4), randomBytes(8 * BS));
+    expect(host().used).toBeGreaterThan(stored + 16);
+  });
+
+  it('a connection cut in the middle of a landing payload gives its slots back', async () => {
+    const raw = await RawPeer.open(server.port);
+    const hs = await raw.handshake(secret);
+    expect(hs).toMatchObject({ blockBytes: BS });
+    // Slots are claimed once a put arrives; then a PUT whose payload stops halfway.
+    const warm = keysFor(2, 5);
+    raw.send(rawFrame(0x10, 1, keysMeta(warm), randomBytes(2 * BS)));
+    expect((await raw.next())?.type).toBe(0x11);
+    await new Promise((r) => setTimeout(r, 50));
+    const cut = keysFor(4, 6);
+    const frame = rawFrame(0x10, 2, keysMeta(cut), randomBytes(4 * BS));
+    raw.send(frame.subarray(0, frame.length - 2 * BS - 100));
+    await new Promise((r) => setTimeout(r, 50));
+    raw.close();
+    await raw.ended;
+    expect(wh.lookup(cut).tiers).toEqual([-1, -1, -1, -1]);
+    await idle();
+    const stored = wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
+    expect(host().used).toBe(stored);
+    // The server goes on landing puts for others.
+    const after = keysFor(8, 7);
+    const src = randomBytes(8 * BS);
+    const landedBefore = server.putBlocks.landed;
+    await client.put(after, src);
+    await client.put(keysFor(8, 8), randomBytes(8 * BS));
+    expect(server.putBlocks.landed).toBeGreaterThan(landedBefore);
+    const dst = Buffer.alloc(8 * BS);
+    expect((await client.get(after, dst)).count).toBe(8);
+    expect(dst.equals(src)).toBe(true);
+  });
+});
+
+describe('Warehouse.claim and land', () => {
+  it('makes room as a put does, and victims stay readable below', async () => {
+    const d = tempDir('kvtier-claim-');
+    const w = await Warehouse.open({
+      blockBytes: 4096,
+      tiers: [
+        { kind: 'host', bytes: 8 * 4096 },
+        { kind: 'file', dir: d.path, bytes: 64 * 4096 },
+      ],
+    });
+    const changes: { added: string[]; removed: string[] }[] = [];
+    w.watch((added, removed) => changes.push({ added: [...added], removed: [...removed] }));
+    try {
+      const keys = keysFor(8, 9);
+      const src = randomBytes(8 * 4096);
+      await w.put(keys, src);
+      const slots = await w.claim(3);
+      expect(slots).toHaveLength(3);
+      expect(w.stats().tiers[0]!.usedBlocks).toBe(8); // 5 blocks and 3 claimed slots
+      expect(w.lookup(keys).tiers.filter((t) => t === 1)).toHaveLength(3); // demoted, not lost
+      const fresh = keysFor(3, 10);
+      const bytes = randomBytes(3 * 4096);
+      slots.forEach((s, i) => {
+        (s.target as Region).view(s.offset, 4096).set(bytes.subarray(i * 4096, (i + 1) * 4096));
+      });
+      const checksums = fresh.map((_, i) =>
+        native().crc32c(bytes.subarray(i * 4096, (i + 1) * 4096)),
+      );
+      // fresh[0] twice and keys[0] (already stored) are not stored again.
+      const stored = await w.land([fresh[0]!, fresh[1]!, fresh[0]!], slots, [
+        checksums[0]!,
+        checksums[1]!,
+        checksums[2]!,
+      ]);
+      expect(stored).toEqual([true, true, false]);
+      w.unclaim([slots[2]!]);
+      expect(w.stats().tiers[0]!.usedBlocks).toBe(7);
+      const got = Buffer.alloc(2 * 4096);
+      expect((await w.get(fresh.slice(0, 2), got)).count).toBe(2);
+      expect(got.equals(bytes.subarray(0, 2 * 4096))).toBe(true);
+      const all = Buffer.alloc(8 * 4096);
+      expect((await w.get(keys, all)).count).toBe(8);
+      expect(all.equals(src)).toBe(true);
+      expect(changes.some((c) => c.added.includes(fresh[1]!))).toBe(true);
+      await expect(w.land([fresh[2]!], slots, [])).rejects.toMatchObject({
+        code: 'KVTIER_BAD_ARGUMENT',
+      });
+    } finally {
+      await w.close();
+      d.remove();
+    }
+  });
+
+  it('claims nothing where bytes cannot be taken in place', async () => {
+    const d = tempDir('kvtier-claim-sync-');
+    const w = await Warehouse.open({
+      blockBytes: 4096,
+      durability: 'sync',
+      tiers: [
+        { kind: 'host', bytes: 8 * 4096 },
+        { kind: 'file', dir: d.path, bytes: 64 * 4096 },
+      ],
+    });
+    try {
+      expect(await w.claim(2)).toEqual([]);
+      expect(w.takesBytesInPlace()).toBe(false);
+    } finally {
+      await w.close();
+      d.remove();
+    }
+  });
+});
