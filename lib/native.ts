@@ -129,6 +129,7 @@ export interface NativeTcpTransport {
   provide(region: NativeRegion, offset: number, length: number, token: number): void;
   land(target: NativeTarget, offset: number, length: number, token: number): void;
   unland(): number[];
+  pause(conn: number, paused: boolean): void;
   closeConnection(conn: number, why: string): void;
   closeListener(listener: number): void;
   ref(): void;

@@ -103,6 +103,11 @@ export class Net {
     return this.closed ? [] : this.transport.unland();
   }
 
+  /** Stops or resumes reading a connection (backpressure). */
+  pause(conn: number, paused: boolean): void {
+    if (!this.closed) this.transport.pause(conn, paused);
+  }
+
   closeConnection(conn: number, why: string): void {
     if (!this.closed) this.transport.closeConnection(conn, why);
   }

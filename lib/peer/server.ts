@@ -55,6 +55,12 @@ export interface PeerServerOptions {
   offerTimeoutMs?: number;
   /** Landing slots no put used for this long go back to the host tier (default 2 s). */
   landingIdleMs?: number;
+  /**
+   * Payload bytes of one connection's requests in progress beyond which the server stops reading
+   * it until they drop to half (default 64 MiB): a client that sends faster than the store takes
+   * is held back by TCP rather than buffered without bound.
+   */
+  maxQueuedBytes?: number;
   log?: LogFn;
 }
 
@@ -69,6 +75,9 @@ interface ConnState {
   sending: Map<number, () => void>;
   /** Put offers accepted and waiting for their data, by request id. */
   offers: Map<number, Offer>;
+  /** Payload bytes of requests received and not yet answered. */
+  queued: number;
+  paused: boolean;
 }
 
 interface Offer {
@@ -132,6 +141,8 @@ export class PeerServer {
   private readonly log: LogFn;
   private nextToken = 1;
   private readonly putCounts = { landed: 0, placed: 0, copied: 0 };
+  /** Times a connection was paused, and the most payload bytes one had queued. */
+  readonly backpressure = { pauses: 0, maxQueued: 0 };
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -195,6 +206,8 @@ export class PeerServer {
       phase: 'hello',
       sending: new Map(),
       offers: new Map(),
+      queued: 0,
+      paused: false,
     };
     this.conns.set(conn, state);
     state.timer = setTimeout(
@@ -254,6 +267,7 @@ export class PeerServer {
         let job: Promise<unknown> | undefined;
         try {
           job = this.onRequest(state, ev);
+          if (job && ev.payloadBytes) this.queue(state, ev.payloadBytes, job);
         } finally {
           // Whatever happened to the request, its receive area is free once it is done with.
           const area = ev.area;
@@ -265,6 +279,25 @@ export class PeerServer {
         return;
       }
     }
+  }
+
+  /** Counts a request's payload against its connection until answered; pauses reading meanwhile. */
+  private queue(state: ConnState, bytes: number, job: Promise<unknown>): void {
+    const limit = this.options.maxQueuedBytes ?? 64 << 20;
+    state.queued += bytes;
+    this.backpressure.maxQueued = Math.max(this.backpressure.maxQueued, state.queued);
+    if (!state.paused && state.queued > limit) {
+      state.paused = true;
+      this.backpressure.pauses++;
+      this.net.pause(state.id, true);
+    }
+    void job.finally(() => {
+      state.queued -= bytes;
+      if (state.paused && state.queued <= limit / 2 && state.phase !== 'closed') {
+        state.paused = false;
+        this.net.pause(state.id, false);
+      }
+    });
   }
 
   private onHello(state: ConnState, type: number, meta: Buffer): void {

@@ -161,7 +161,8 @@ struct TcpTransport::Conn {
   uint64_t placeOff = 0;           // offset in it
   std::unordered_map<uint32_t, Expect> expects;
 
-  int lowat = 1;  // SO_RCVLOWAT now set on the socket
+  int lowat = 1;        // SO_RCVLOWAT now set on the socket
+  bool paused = false;  // JavaScript asked not to read (backpressure): the socket fills instead
 
   std::vector<uint8_t> stage;
   size_t stageHead = 0;
@@ -174,7 +175,7 @@ struct TcpTransport::Conn {
 };
 
 struct TcpTransport::Command {
-  enum Kind { kAddListener, kAddConn, kSend, kLimits, kCloseConn, kCloseListener };
+  enum Kind { kAddListener, kAddConn, kSend, kLimits, kPause, kCloseConn, kCloseListener };
   Kind kind = kSend;
   uint32_t id = 0;
   Fd fd;
@@ -185,6 +186,7 @@ struct TcpTransport::Command {
   Expect expect;
   uint32_t maxMeta = 0;
   uint64_t maxPayload = 0;
+  bool pause = false;
   std::string why;
 };
 
@@ -197,6 +199,7 @@ Napi::Function TcpTransport::Define(Napi::Env env) {
        InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
        InstanceMethod<&TcpTransport::Provide>("provide"),
        InstanceMethod<&TcpTransport::Land>("land"), InstanceMethod<&TcpTransport::Unland>("unland"),
+       InstanceMethod<&TcpTransport::Pause>("pause"),
        InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
        InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
        InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
@@ -584,6 +587,19 @@ Napi::Value TcpTransport::SetLimits(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// pause(conn, paused): stops (or resumes) reading a connection, so a peer that sends faster than
+// JavaScript serves it is held back by TCP's flow control rather than buffered without bound.
+Napi::Value TcpTransport::Pause(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  auto cmd = std::make_unique<Command>();
+  cmd->kind = Command::kPause;
+  cmd->id = static_cast<uint32_t>(ByteCountArg(env, info[0], "connection"));
+  cmd->pause = info[1].ToBoolean().Value();
+  Post(std::move(cmd));
+  return env.Undefined();
+}
+
 // closeConnection(conn, why): a kClosed event follows once nothing refers to its buffers.
 Napi::Value TcpTransport::CloseConn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -833,6 +849,16 @@ void TcpTransport::RunCommands() {
         }
         break;
       }
+      case Command::kPause: {
+        auto it = conns_.find(cmd->id);
+        if (it == conns_.end() || it->second->paused == cmd->pause) break;
+        Conn& c = *it->second;
+        c.paused = cmd->pause;
+        // Resuming: bytes already staged would not wake epoll again, so read now.
+        if (!c.paused && !ReadConn(c)) break;
+        UpdateInterest(c);
+        break;
+      }
       case Command::kCloseConn:
         if (conns_.count(cmd->id) != 0) CloseConnNow(cmd->id, 0, cmd->why);
         break;
@@ -930,7 +956,8 @@ void TcpTransport::CloseConnNow(uint32_t id, int err, const std::string& why) {
 }
 
 void TcpTransport::UpdateInterest(Conn& c) {
-  uint32_t want = EPOLLIN | ((c.connecting || !c.out.empty()) ? uint32_t{EPOLLOUT} : 0u);
+  uint32_t want = (c.paused ? 0u : uint32_t{EPOLLIN}) |
+                  ((c.connecting || !c.out.empty()) ? uint32_t{EPOLLOUT} : 0u);
   if (want == c.interest) return;
   epoll_event ev{};
   ev.events = want;
@@ -954,7 +981,8 @@ void TcpTransport::HandleConn(Conn& c, uint32_t events) {
     e.conn = id;
     Emit(std::move(e));
   }
-  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0) {
+  // A paused connection is still read when it hangs up or fails, which is how the close is seen.
+  if ((events & (EPOLLHUP | EPOLLERR)) != 0 || ((events & EPOLLIN) != 0 && !c.paused)) {
     if (!ReadConn(c)) return;  // closed
   }
   if (!c.out.empty() && !c.connecting) {
@@ -1026,6 +1054,7 @@ bool TcpTransport::ReadConn(Conn& c) {
   // Staged bytes are always consumed, budget or not: the socket may hold nothing more, and then
   // epoll would never report this connection again while a frame sits in the stage.
   while (budget > 0 || c.stageHead < c.stageTail) {
+    if (c.paused) return true;  // a kPause command that resumes reads on
     if (c.stageHead < c.stageTail) {
       size_t used = 0;
       if (!Consume(c, c.stage.data() + c.stageHead, c.stageTail - c.stageHead, &used)) {

@@ -114,6 +114,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   Napi::Value Provide(const Napi::CallbackInfo& info);
   Napi::Value Land(const Napi::CallbackInfo& info);
   Napi::Value Unland(const Napi::CallbackInfo& info);
+  Napi::Value Pause(const Napi::CallbackInfo& info);
   Napi::Value CloseConn(const Napi::CallbackInfo& info);
   Napi::Value CloseListener(const Napi::CallbackInfo& info);
   Napi::Value RefJs(const Napi::CallbackInfo& info);

@@ -241,3 +241,53 @@ describe('Warehouse.claim and land', () => {
     }
   });
 });
+
+describe('backpressure', () => {
+  it('stops reading a connection whose requests pile up, and serves them all once they drain', async () => {
+    const w = await Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'host', bytes: 1024 * BS }] });
+    const s = PeerServer.start({
+      host: '127.0.0.1',
+      port: 0,
+      warehouse: w,
+      secret: Buffer.from(secret),
+      maxQueuedBytes: 2 * BS,
+    });
+    const raw = await RawPeer.open(s.port);
+    let gate: Awaited<ReturnType<Warehouse['reserve']>>;
+    try {
+      expect(await raw.handshake(secret)).toMatchObject({ blockBytes: BS });
+      // 320 puts of two blocks (40 MiB) whose keys a reservation holds: none can finish until it
+      // ends, so without backpressure every byte would queue in the server.
+      const frames = 320;
+      const keys = keysFor(frames * 2, 11);
+      gate = await w.reserve(keys);
+      expect(gate).toBeDefined();
+      const src = randomBytes(frames * 2 * BS);
+      for (let f = 0; f < frames; f++) {
+        const k = keys.slice(2 * f, 2 * f + 2);
+        raw.send(rawFrame(0x10, f + 1, keysMeta(k), src.subarray(2 * f * BS, (2 * f + 2) * BS)));
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      expect(s.backpressure.pauses).toBeGreaterThanOrEqual(1);
+      // What was read before the pause took hold (one read budget of the transport), not 40 MiB.
+      expect(s.backpressure.maxQueued).toBeLessThan(20 << 20);
+      gate!.abort();
+      const answers = new Map<number, number[]>();
+      while (answers.size < frames) {
+        const a = await raw.next();
+        expect(a?.type).toBe(0x11);
+        answers.set(a!.requestId, [a!.meta[8]!, a!.meta[16]!]);
+      }
+      expect([...answers.values()].flat().every((st) => st === 0)).toBe(true);
+      const got = Buffer.alloc(frames * 2 * BS);
+      expect((await w.get(keys, got)).count).toBe(frames * 2);
+      expect(got.equals(src)).toBe(true);
+      expect(s.backpressure.pauses).toBeGreaterThanOrEqual(1);
+    } finally {
+      gate?.abort();
+      raw.close();
+      await s.close();
+      await w.close();
+    }
+  });
+});
