@@ -92,14 +92,13 @@ struct VerbsLink::Job {
 };
 
 Napi::Function VerbsLink::Define(Napi::Env env) {
-  return DefineClass(env, "NativeVerbs",
-                     {InstanceMethod<&VerbsLink::CreateQueuePair>("createQueuePair"),
-                      InstanceMethod<&VerbsLink::ConnectQueuePair>("connectQueuePair"),
-                      InstanceMethod<&VerbsLink::DestroyQueuePair>("destroyQueuePair"),
-                      InstanceMethod<&VerbsLink::Register>("register"),
-                      InstanceMethod<&VerbsLink::Post>("post"),
-                      InstanceMethod<&VerbsLink::Close>("close"),
-                      InstanceAccessor<&VerbsLink::Device>("device")});
+  return DefineClass(
+      env, "NativeVerbs",
+      {InstanceMethod<&VerbsLink::CreateQueuePair>("createQueuePair"),
+       InstanceMethod<&VerbsLink::ConnectQueuePair>("connectQueuePair"),
+       InstanceMethod<&VerbsLink::DestroyQueuePair>("destroyQueuePair"),
+       InstanceMethod<&VerbsLink::Register>("register"), InstanceMethod<&VerbsLink::Post>("post"),
+       InstanceMethod<&VerbsLink::Close>("close"), InstanceAccessor<&VerbsLink::Device>("device")});
 }
 
 // new NativeVerbs({ device?, port? }): KVTIER_NOT_AVAILABLE naming the step that failed.
@@ -209,8 +208,10 @@ std::shared_ptr<VerbsLink::Qp> VerbsLink::QpArg(Napi::Env env, Napi::Value v) {
 Napi::Value VerbsLink::ConnectQueuePair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::shared_ptr<Qp> qp = QpArg(env, info[0]);
-  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().ByteLength() != kVerbsAddressBytes) {
-    Throw(env, kBadArgument, "a queue pair address is " + std::to_string(kVerbsAddressBytes) + " bytes");
+  if (!info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().ByteLength() != kVerbsAddressBytes) {
+    Throw(env, kBadArgument,
+          "a queue pair address is " + std::to_string(kVerbsAddressBytes) + " bytes");
   }
   if (qp->connected) Throw(env, kBadArgument, "the queue pair is connected already");
   Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
@@ -222,7 +223,8 @@ Napi::Value VerbsLink::ConnectQueuePair(const Napi::CallbackInfo& info) {
   remote.psn = GetLe32(p + 8) & 0xffffff;
   std::memcpy(remote.gid, p + 12, sizeof(remote.gid));
   std::string error;
-  if (!qp->qp->Connect(remote, &error)) Throw(env, kPeer, "cannot connect the queue pair: " + error);
+  if (!qp->qp->Connect(remote, &error))
+    Throw(env, kPeer, "cannot connect the queue pair: " + error);
   qp->connected = true;
   return env.Undefined();
 }
@@ -289,7 +291,8 @@ Napi::Value VerbsLink::Register(const Napi::CallbackInfo& info) {
   std::shared_ptr<Reg> reg = RegistrationFor(env, t.data, t.size, t.memory);
   Napi::Object r = Napi::Object::New(env);
   // User-space addresses are below 2^47, exact in a double.
-  r.Set("address", Napi::Number::New(env, static_cast<double>(reinterpret_cast<uintptr_t>(t.data))));
+  r.Set("address",
+        Napi::Number::New(env, static_cast<double>(reinterpret_cast<uintptr_t>(t.data))));
   r.Set("rkey", Napi::Number::New(env, reg->mr->rkey()));
   return r;
 }
@@ -333,7 +336,8 @@ Napi::Value VerbsLink::Post(const Napi::CallbackInfo& info) {
     }
     uint32_t at = U32Field(env, d[1], i, "target index");
     if (at >= targets.size()) {
-      Throw(env, kBadArgument, "work request " + std::to_string(i) + ": no target " + std::to_string(at));
+      Throw(env, kBadArgument,
+            "work request " + std::to_string(i) + ": no target " + std::to_string(at));
     }
     if (!IsByteCount(d[2]) || !IsByteCount(d[4])) {
       Throw(env, kBadArgument, "work request " + std::to_string(i) + ": bad offset or address");
@@ -454,9 +458,10 @@ void VerbsLink::Run() {
           const Work& w = j->work[j->posted];
           uint64_t id = nextWr++;
           std::string error;
-          bool ok = w.opcode == ibv::kWrRdmaRead
-                        ? j->qp->qp->PostRead(id, w.local, w.lkey, w.remote, w.rkey, w.len, &error)
-                        : j->qp->qp->PostWrite(id, w.local, w.lkey, w.remote, w.rkey, w.len, &error);
+          bool ok =
+              w.opcode == ibv::kWrRdmaRead
+                  ? j->qp->qp->PostRead(id, w.local, w.lkey, w.remote, w.rkey, w.len, &error)
+                  : j->qp->qp->PostWrite(id, w.local, w.lkey, w.remote, w.rkey, w.len, &error);
           j->posted++;
           progress = true;
           if (!ok) {
