@@ -147,7 +147,7 @@ interface Session {
 interface Held {
   targets: NativeTarget[];
   at: number[];
-  release(): void;
+  release: () => void;
 }
 
 const REQUEST_TYPES = {
@@ -701,11 +701,11 @@ export class PeerClient {
       await this.rdma(s, false, keys, memory, answer);
       if (this.session === s) this.net.send(s.conn, frame(MsgType.RELEASE, rid, Buffer.alloc(0)));
       const bs = s.blockBytes;
-      const crc = native().crc32c;
+      const addon = native();
       answer.statuses.forEach((st, i) => {
         if (st !== Status.OK) return;
         const want = answer.checksums![i]!;
-        const got = crc(bytesOf(memory.targets[i]!, memory.slots[i]! * bs, bs));
+        const got = addon.crc32c(bytesOf(memory.targets[i]!, memory.slots[i]! * bs, bs));
         // The server flags every block it lends over verbs; one without a checksum is not
         // reported found, since nothing vouches for its bytes.
         if (want < 0 || got !== want) {
