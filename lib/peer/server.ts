@@ -334,8 +334,9 @@ export class PeerServer {
     if (wanted !== TransportId.tcp && !(wanted === TransportId.verbs && this.transport.verbs)) {
       return this.drop(state, ErrorKind.TRANSPORT, `transport ${wanted} is not available here`);
     }
-    clearTimeout(state.timer);
-    // A verbs connection sets up its queue pairs (VERBS_CONNECT) before any request.
+    // A verbs connection sets up its queue pairs (VERBS_CONNECT) before any request, within the
+    // handshake's time limit.
+    if (wanted !== TransportId.verbs) clearTimeout(state.timer);
     state.phase = wanted === TransportId.verbs ? 'verbs' : 'ready';
     const bs = this.options.warehouse.blockBytes;
     // Only now may the peer send frames larger than a handshake.
@@ -370,6 +371,7 @@ export class PeerServer {
       if (qp) this.verbs!.destroyQueuePair(qp.id);
       return this.drop(state, ErrorKind.TRANSPORT, `verbs: ${(e as Error).message}`);
     }
+    clearTimeout(state.timer);
     state.qp = qp.id;
     state.phase = 'ready';
     this.net.send(state.id, frame(MsgType.VERBS_READY, 0, qp.address));

@@ -135,12 +135,15 @@ VerbsLink::~VerbsLink() {
 }
 
 void VerbsLink::CleanupHook(void* arg) {
+  // The environment is going away: no JavaScript can run any more, so jobs still queued for the
+  // main thread are dropped (Abort hands them to Deliver without an environment) instead of
+  // settled.
   auto* self = static_cast<VerbsLink*>(arg);
   self->cleanupHooked_ = false;
-  self->Shutdown();
+  self->Shutdown(true);
 }
 
-void VerbsLink::Shutdown() {
+void VerbsLink::Shutdown(bool abort) {
   if (closed_) return;
   closed_ = true;
   // Queue pairs in the error state flush whatever is still queued, so the thread's drain is short.
@@ -156,7 +159,13 @@ void VerbsLink::Shutdown() {
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
   // Jobs already handed to the thread-safe function are still delivered; it finalizes after them.
-  if (tsfnMade_) tsfn_.Release();
+  if (tsfnMade_) {
+    if (abort) {
+      tsfn_.Abort();
+    } else {
+      tsfn_.Release();
+    }
+  }
   tsfnMade_ = false;
   qps_.clear();
   cache_.clear();
@@ -391,13 +400,18 @@ void VerbsLink::Deliver(Napi::Env env, Napi::Function, VerbsLink* self, Job* raw
   }
   for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
   job->borrowed.clear();
-  if (job->status == 0) {
-    job->deferred.Resolve(env.Undefined());
-  } else {
-    job->deferred.Reject(MakeError(env, kPeer, job->error).Value());
+  // No exception may leave a thread-safe function's callback: it would end the process.
+  try {
+    if (job->status == 0) {
+      job->deferred.Resolve(env.Undefined());
+    } else {
+      job->deferred.Reject(MakeError(env, kPeer, job->error).Value());
+    }
+    if (--self->inFlight_ == 0 && self->tsfnMade_) self->tsfn_.Unref(env);
+    self->Unref();
+  } catch (const Napi::Error&) {
+    // JavaScript cannot run (the environment is stopping): nobody is left to settle.
   }
-  if (--self->inFlight_ == 0 && self->tsfnMade_) self->tsfn_.Unref(env);
-  self->Unref();
 }
 
 // The completion thread: posts the jobs' work requests (never more than a queue pair or the

@@ -83,7 +83,7 @@ class VerbsLink : public Napi::ObjectWrap<VerbsLink> {
   std::shared_ptr<Qp> QpArg(Napi::Env env, Napi::Value v);
   void StartThread(Napi::Env env);
   void Run();
-  void Shutdown();
+  void Shutdown(bool abort = false);
 
   std::shared_ptr<VerbsEndpoint> ep_;
   std::unordered_map<uint32_t, std::shared_ptr<Qp>> qps_;  // main thread only

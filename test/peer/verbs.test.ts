@@ -284,7 +284,7 @@ describe('peer transport: RDMA verbs over the soft verbs test harness', () => {
 
     beforeAll(async () => {
       if (!soft) return;
-      server = await serve(BS, ['--transport', 'verbs']);
+      server = await serve(BS, ['--transport', 'verbs', '--handshake-timeout', '1000']);
     });
 
     it('VERBS_CONNECT or a REMOTE_READ get on a tcp connection: PROTOCOL, and the connection closes', async () => {
@@ -345,6 +345,16 @@ describe('peer transport: RDMA verbs over the soft verbs test harness', () => {
       expect(get?.meta.length).toBe(16);
       expect(get?.meta.readUInt8(8)).toBe(1); // MISSING
       peer.close();
+    });
+
+    it('a verbs connection that never sends VERBS_CONNECT is closed at the handshake limit', async () => {
+      if (!ready()) return;
+      const idle = await RawPeer.open(server.port);
+      await idle.handshake(TOKEN, { transport: 1 });
+      const f = await idle.next();
+      expect(f?.type).toBe(0x05);
+      await idle.ended;
+      expect(idle.closed).toBe(true);
     });
 
     it('the server keeps serving verbs clients after all that', async () => {
