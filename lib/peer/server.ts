@@ -708,20 +708,13 @@ export class PeerServer {
     if (offer.remote) {
       // Verbs: the client writes the blocks with RDMA WRITE, into the reserved slots or, without
       // a reservation, into a registered receive region.
-      const placements: Placement[] = [];
-      if (reservation) {
-        for (const x of reservation.slots) {
-          if (typeof x !== 'string')
-            placements.push(this.placement(nativeTargetOf(x.target), x.offset));
-        }
-      } else {
-        const accepted = statuses.filter((x) => x === Status.OK).length;
-        if (accepted > 0) {
-          offer.receive = this.pool.take(accepted * bs);
-          offer.receive.inFlight.begin();
-          for (let n = 0; n < accepted; n++)
-            placements.push(this.placement(offer.receive.native, n * bs));
-        }
+      let placements: Placement[];
+      try {
+        placements = this.offerPlacements(offer, bs);
+      } catch (e) {
+        state.offers.delete(rid);
+        this.dropOffer(offer);
+        throw e;
       }
       this.reply(state, MsgType.PUT_ACCEPT, rid, encodePlacedResults(statuses, placements));
       return;
@@ -752,6 +745,28 @@ export class PeerServer {
       requestId: rid,
       spans: new Float64Array(spans),
     });
+  }
+
+  /** Where the client may write each accepted block of a verbs offer. */
+  private offerPlacements(offer: Offer, bs: number): Placement[] {
+    const placements: Placement[] = [];
+    if (offer.reservation) {
+      for (const x of offer.reservation.slots) {
+        if (typeof x !== 'string') {
+          placements.push(this.placement(nativeTargetOf(x.target), x.offset));
+        }
+      }
+      return placements;
+    }
+    const accepted = offer.statuses.filter((x) => x === Status.OK).length;
+    if (accepted > 0) {
+      offer.receive = this.pool.take(accepted * bs);
+      offer.receive.inFlight.begin();
+      for (let n = 0; n < accepted; n++) {
+        placements.push(this.placement(offer.receive.native, n * bs));
+      }
+    }
+    return placements;
   }
 
   private onPutData(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
