@@ -317,6 +317,32 @@ describe('peer transport: RDMA verbs over the soft verbs test harness', () => {
       peer.close();
     });
 
+    it('a block lent for RDMA READ stays pinned until RELEASE', async () => {
+      if (!ready()) return;
+      const peer = await verbsPeer();
+      const [k] = keys(1, 6);
+      peer.send(rawFrame(0x10, 1, keysMeta([k!]), Buffer.alloc(BS, 0xab)));
+      expect((await peer.next())?.type).toBe(0x11);
+      peer.send(withFlags(rawFrame(0x12, 2, keysMeta([k!])), 0x02));
+      const got = await peer.next();
+      expect(got?.type).toBe(0x13);
+      expect(got?.payload.length).toBe(0);
+      expect(got?.meta.length).toBe(8 + 8 + 16);
+      expect(got?.meta.readUInt8(8)).toBe(0); // OK
+      expect(got?.meta.readUInt8(9) & 1).toBe(1); // with its checksum
+      expect(got?.meta.readBigUInt64LE(16)).not.toBe(0n); // where to read it
+      const del = async (rid: number): Promise<number | undefined> => {
+        peer.send(rawFrame(0x16, rid, keysMeta([k!])));
+        return (await peer.next())?.meta.readUInt8(8);
+      };
+      expect(await del(3)).toBe(2); // REJECTED: pinned by a reader
+      peer.send(rawFrame(0x22, 2, Buffer.alloc(0)));
+      peer.send(rawFrame(0x14, 4, keysMeta([k!])));
+      expect((await peer.next())?.type).toBe(0x15);
+      expect(await del(5)).toBe(0); // removed once released
+      peer.close();
+    });
+
     it('a verbs connection that never sends VERBS_CONNECT is closed at the handshake limit', async () => {
       if (!ready()) return;
       const idle = await RawPeer.open(server.port);
