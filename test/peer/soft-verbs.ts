@@ -5,7 +5,7 @@
  * prerequisite(), which fails in CI) when there is no C compiler or no <infiniband/verbs.h>.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,6 +30,19 @@ export function buildSoftVerbs(dir: string): Record<string, string> | undefined 
     !prerequisite(
       existsSync(VERBS_HEADER),
       `${VERBS_HEADER} missing (apt-get install libibverbs-dev)`,
+    )
+  ) {
+    return undefined;
+  }
+  // Yama's scope 2 and 3 allow process_vm_readv only to privileged tracers, whatever the target
+  // process allows.
+  const yama = '/proc/sys/kernel/yama/ptrace_scope';
+  const scope = existsSync(yama) ? Number(readFileSync(yama, 'utf8').trim()) : 0;
+  if (
+    !prerequisite(
+      scope <= 1,
+      `Yama ptrace_scope is ${scope}: processes cannot read each other`,
+      'privilege',
     )
   ) {
     return undefined;
