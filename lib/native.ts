@@ -137,6 +137,23 @@ export interface NativeTcpTransport {
   close(): void;
 }
 
+/** RDMA verbs for the peer protocol (native/net/verbs_link.h). */
+export interface NativeVerbs {
+  readonly device: string;
+  /** A new RC queue pair and its 28-byte wire address (docs/protocol.md, VERBS_CONNECT). */
+  createQueuePair(): { id: number; address: Buffer };
+  connectQueuePair(id: number, remote: Uint8Array): void;
+  destroyQueuePair(id: number): void;
+  /** Registers a Region's memory (cached); the address is that of the target's first byte. */
+  register(target: NativeTarget): { address: number; rkey: number };
+  /**
+   * Six numbers per work request: opcode (0 READ, 1 WRITE), target index, target offset,
+   * length, remote address, remote key. Rejects with KVTIER_PEER when any fails.
+   */
+  post(qp: number, ops: Float64Array, targets: NativeTarget[]): Promise<void>;
+  close(): void;
+}
+
 export interface NativeAddon {
   init(errorClass: typeof KvtierError): void;
   probe(): NativeProbe;
@@ -186,6 +203,7 @@ export interface NativeAddon {
     chunkBytes: number;
     fallback: boolean;
   }) => NativeEngine & { readonly fallbacks: number };
+  NativeVerbs: new (options: { device?: string; port?: number }) => NativeVerbs;
   NativeTcpTransport: new (
     options: { maxConnections?: number },
     onEvents: (events: NetEvent[]) => void,

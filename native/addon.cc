@@ -11,6 +11,7 @@
 #include "keys.h"
 #include "memory/region.h"
 #include "net/tcp_transport.h"
+#include "net/verbs_link.h"
 #include "net/verbs_probe.h"
 #include "probe.h"
 
@@ -38,6 +39,7 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeCopyEngine", kvtier::CopyEngine::Define(env));
   exports.Set("NativeGpuFileEngine", kvtier::GpuFileEngine::Define(env));
   exports.Set("NativeTcpTransport", kvtier::TcpTransport::Define(env));
+  exports.Set("NativeVerbs", kvtier::VerbsLink::Define(env));
   exports.Set("verbsProbe", Napi::Function::New(env, kvtier::VerbsProbe, "verbsProbe"));
   return exports;
 }

@@ -11,7 +11,7 @@ import { lookup as dnsLookup } from 'node:dns/promises';
 import { nativeTargetOf, type Target } from '../engine.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { KvtierError } from '../errors.js';
-import type { NativeTarget, NetEvent } from '../native.js';
+import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../native.js';
 import { Region } from '../region.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../warehouse/keys.js';
 import {
@@ -29,7 +29,10 @@ import {
   Capability,
   CHALLENGE_BYTES,
   decodeError,
+  decodePlacedResults,
   decodeResults,
+  PLACEMENT_BYTES,
+  type Placement,
   encodeKeys,
   encodeResults,
   PLACED_PUT_MIN_BYTES,
@@ -46,6 +49,7 @@ import {
   BATCH_FIXED_BYTES,
   Status,
   TransportId,
+  VERBS_ADDRESS_BYTES,
 } from './protocol.js';
 import { chooseTransport, type TransportOption } from './transports.js';
 
@@ -84,10 +88,20 @@ export interface PeerLookupResult {
   prefix: number;
 }
 
+/** An answer's entries; `placements` when it was a verbs answer (GET_RESULT, PUT_ACCEPT). */
+interface Answer {
+  statuses: number[];
+  word: number;
+  checksums?: number[];
+  placements?: Placement[];
+}
+
 interface Pending {
   type: number;
   count: number;
-  resolve(r: { statuses: number[]; word: number }): void;
+  /** The answer carries a placement section (docs/protocol.md, RDMA verbs). */
+  placed: boolean;
+  resolve(r: Answer): void;
   reject(e: Error): void;
   timer: NodeJS.Timeout;
   timedOut: boolean;
@@ -127,6 +141,15 @@ interface Session {
   transport: 'tcp' | 'verbs';
   /** The server reads one-step PUT blocks straight into its store (Capability.LANDS). */
   lands: boolean;
+  /** The connected queue pair of a verbs session. */
+  qp?: number;
+}
+
+/** Memory of a request, held in flight: `at[i]` indexes key i's target in `targets`. */
+interface Held {
+  targets: NativeTarget[];
+  at: number[];
+  release: () => void;
 }
 
 const REQUEST_TYPES = {
@@ -167,6 +190,8 @@ export class PeerClient {
   private lastError: KvtierError | undefined;
   /** Resolves when a reconnection attempt ends (for tests and waiting callers). */
   private reconnecting: Promise<void> | undefined;
+  /** The RDMA endpoint of verbs sessions: one per client, a queue pair per connection. */
+  private link: NativeVerbs | undefined;
   readonly timeoutMs: number;
   /** Why this transport was chosen. */
   transportReason = '';
@@ -209,7 +234,7 @@ export class PeerClient {
   private handshake(): Promise<Session> {
     return new Promise<Session>((resolve, reject) => {
       const clientNonce = nonce();
-      let phase: 'connecting' | 'challenge' | 'ready' | 'done' = 'connecting';
+      let phase: 'connecting' | 'challenge' | 'ready' | 'verbs' | 'done' = 'connecting';
       let session: Session | undefined;
       let serverNonce: Buffer | undefined;
       let conn = 0;
@@ -219,6 +244,7 @@ export class PeerClient {
         clearTimeout(timer);
         this.net.unref();
         this.net.closeConnection(conn, e.message);
+        if (session?.qp !== undefined) this.link?.destroyQueuePair(session.qp);
         reject(e);
       };
       const timer = setTimeout(
@@ -295,10 +321,33 @@ export class PeerClient {
               clientProof(this.secret, serverNonce, clientNonce).copy(auth, 0);
               auth.writeUInt32LE(useVerbs ? TransportId.verbs : TransportId.tcp, 32);
               phase = 'ready';
-              // Answers may be as large as the largest batch the server allows.
-              const resultMeta = BATCH_FIXED_BYTES + session.maxBatch * RESULT_ENTRY_BYTES;
+              // Answers may be as large as the largest batch the server allows (with a placement
+              // per entry over verbs).
+              const resultMeta =
+                BATCH_FIXED_BYTES + session.maxBatch * (RESULT_ENTRY_BYTES + PLACEMENT_BYTES);
               this.net.setLimits(conn, Math.max(resultMeta, 4096), session.maxPayload);
               this.net.send(conn, frame(MsgType.AUTH, 0, auth));
+              return;
+            }
+            if (phase === 'verbs') {
+              if (ev.type !== MsgType.VERBS_READY || meta.length !== VERBS_ADDRESS_BYTES) {
+                return fail(
+                  new KvtierError('KVTIER_PROTOCOL', `${this.url}: expected VERBS_READY`),
+                );
+              }
+              try {
+                this.link!.connectQueuePair(session!.qp!, meta);
+              } catch (e) {
+                return fail(
+                  new KvtierError('KVTIER_PEER', `${this.url}: ${(e as Error).message}`, {
+                    cause: e,
+                  }),
+                );
+              }
+              phase = 'done';
+              clearTimeout(timer);
+              this.net.unref();
+              resolve(session!);
               return;
             }
             if (ev.type !== MsgType.READY || meta.length !== READY_BYTES || !session) {
@@ -309,6 +358,23 @@ export class PeerClient {
               return fail(
                 new KvtierError('KVTIER_AUTH', `${this.url} could not prove it knows the secret`),
               );
+            }
+            if (session.transport === 'verbs') {
+              // The control channel is up; now the queue pairs (docs/protocol.md, verbs).
+              try {
+                this.link ??= new (native().NativeVerbs)({});
+                const qp = this.link.createQueuePair();
+                session.qp = qp.id;
+                phase = 'verbs';
+                this.net.send(conn, frame(MsgType.VERBS_CONNECT, 0, qp.address));
+              } catch (e) {
+                return fail(
+                  e instanceof KvtierError
+                    ? e
+                    : new KvtierError('KVTIER_NOT_AVAILABLE', String(e), { cause: e }),
+                );
+              }
+              return;
             }
             phase = 'done';
             clearTimeout(timer);
@@ -353,8 +419,10 @@ export class PeerClient {
       return;
     }
     try {
-      const r = decodeResults(ev.meta!, p.count);
-      if (p.type === MsgType.GET && ev.checksums) this.verify(r, ev.checksums);
+      const r: Answer = p.placed
+        ? decodePlacedResults(ev.meta!, p.count)
+        : decodeResults(ev.meta!, p.count);
+      if (p.type === MsgType.GET && ev.checksums) this.verify(r as Required<Answer>, ev.checksums);
       p.resolve(r);
     } catch (e) {
       p.reject(e as Error);
@@ -390,7 +458,12 @@ export class PeerClient {
   }
 
   private onClose(conn: number, errno: number, why: string): void {
-    if (this.session?.conn === conn) this.session = undefined;
+    if (this.session?.conn === conn) {
+      // Reads and writes still posted on its queue pair flush; their requests reject below or
+      // when the completions come.
+      if (this.session.qp !== undefined) this.link?.destroyQueuePair(this.session.qp);
+      this.session = undefined;
+    }
     // Native no longer touches any buffer of these requests: they can reject now.
     const error = new KvtierError('KVTIER_PEER', `lost the connection to ${this.url}: ${why}`, {
       ...(errno ? { errno } : {}),
@@ -457,6 +530,48 @@ export class PeerClient {
     return this.session;
   }
 
+  /**
+   * Holds the memory of a request's keys in flight (each Region's inFlight) until release(), and
+   * names each distinct target once: requests coalesced from several callers have many.
+   */
+  private hold(memory: Memory, count: number): Held {
+    const regions: Region[] = [];
+    const index = new Map<Target, number>();
+    const targets: NativeTarget[] = [];
+    const release = (): void => {
+      for (const r of regions) r.inFlight.end();
+    };
+    const at: number[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const target = memory.targets[i]!;
+        let n = index.get(target);
+        if (n === undefined) {
+          if (target instanceof DeviceRegion) {
+            throw new KvtierError(
+              'KVTIER_BAD_ARGUMENT',
+              'peer transfers move host memory; gather GPU blocks into a pinned Region first',
+            );
+          }
+          const region =
+            target instanceof Region ? target : Region.owning(bufferOf(target))?.region;
+          if (region) {
+            region.assertOpen();
+            region.inFlight.begin();
+            regions.push(region);
+          }
+          n = targets.push(nativeTargetOf(target)) - 1;
+          index.set(target, n);
+        }
+        at.push(n);
+      }
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return { targets, at, release };
+  }
+
   /** One request frame; chunks of a larger batch each go through here. */
   private request(
     s: Session,
@@ -464,54 +579,25 @@ export class PeerClient {
     keys: Key[],
     memory?: Memory,
     flags = 0,
-    step?: { rid: number; accepted?: number[] },
-  ): Promise<{ statuses: number[]; word: number }> {
+    step?: { rid: number; accepted?: number[]; placed?: boolean },
+  ): Promise<Answer> {
     const rid = step?.rid ?? this.nextId();
     const accepted = step?.accepted;
     // PUT_DATA repeats the server's answer to the offer, and carries only the blocks it wants.
     const meta = accepted ? encodeResults(accepted) : encodeKeys(keys);
     const sends = (i: number): boolean => !accepted || accepted[i] === Status.OK;
     const bs = s.blockBytes;
-    const targets: NativeTarget[] = [];
+    let targets: NativeTarget[] = [];
     let spans: Float64Array | undefined;
     let expect: { type: number; requestId: number; spans: Float64Array } | undefined;
     let release = (): void => {};
     if (memory) {
-      // Each key's block lives in its own target (requests coalesced from several callers), so
-      // the frame names every distinct target once and each span picks its own.
-      const regions: Region[] = [];
-      const index = new Map<Target, number>();
-      release = () => {
-        for (const r of regions) r.inFlight.end();
-      };
-      const targetOf = (target: Target): number => {
-        let at = index.get(target);
-        if (at !== undefined) return at;
-        if (target instanceof DeviceRegion) {
-          throw new KvtierError(
-            'KVTIER_BAD_ARGUMENT',
-            'peer transfers move host memory; gather GPU blocks into a pinned Region first',
-          );
-        }
-        const region = target instanceof Region ? target : Region.owning(bufferOf(target))?.region;
-        if (region) {
-          region.assertOpen();
-          region.inFlight.begin();
-          regions.push(region);
-        }
-        at = targets.push(nativeTargetOf(target)) - 1;
-        index.set(target, at);
-        return at;
-      };
+      const held = this.hold(memory, keys.length);
+      targets = held.targets;
+      release = held.release;
       const triples: number[] = [];
-      try {
-        for (let i = 0; i < keys.length; i++) {
-          const at = targetOf(memory.targets[i]!);
-          if (sends(i)) triples.push(at, memory.slots[i]! * bs, bs);
-        }
-      } catch (e) {
-        release();
-        throw e;
+      for (let i = 0; i < keys.length; i++) {
+        if (sends(i)) triples.push(held.at[i]!, memory.slots[i]! * bs, bs);
       }
       if (type === MsgType.GET) {
         expect = { type: MsgType.GET_RESULT, requestId: rid, spans: new Float64Array(triples) };
@@ -524,6 +610,7 @@ export class PeerClient {
       const p: Pending = {
         type,
         count: keys.length,
+        placed: step?.placed ?? false,
         resolve,
         reject,
         timedOut: false,
@@ -556,6 +643,85 @@ export class PeerClient {
     });
   }
 
+  /**
+   * RDMA between the caller's memory and the places a verbs answer named, one work request per
+   * OK entry. A failure replaces the connection (its queue pair is in the error state) and
+   * rejects with KVTIER_PEER; it settles only once no byte can still move.
+   */
+  private async rdma(
+    s: Session,
+    write: boolean,
+    keys: Key[],
+    memory: Memory,
+    answer: Answer,
+  ): Promise<void> {
+    const held = this.hold(memory, keys.length);
+    try {
+      const bs = s.blockBytes;
+      const ops: number[] = [];
+      let j = 0;
+      answer.statuses.forEach((st, i) => {
+        if (st !== Status.OK) return;
+        const p = answer.placements![j++]!;
+        ops.push(write ? 1 : 0, held.at[i]!, memory.slots[i]! * bs, bs, p.address, p.rkey);
+      });
+      if (ops.length === 0) return;
+      this.net.ref(); // the process waits on the transfer like on an answer
+      try {
+        await this.link!.post(s.qp!, new Float64Array(ops), held.targets);
+      } catch (e) {
+        if (this.session === s) this.net.closeConnection(s.conn, (e as Error).message);
+        throw new KvtierError('KVTIER_PEER', `${this.url}: ${(e as Error).message}`, { cause: e });
+      } finally {
+        this.net.unref();
+      }
+    } finally {
+      held.release();
+    }
+  }
+
+  /**
+   * A get over verbs: the server answers where the blocks lie and lends them; the client reads
+   * them straight into the caller's memory, checks each against its checksum, and releases them.
+   */
+  private async verbsGet(s: Session, keys: Key[], memory: Memory, flags: number): Promise<Answer> {
+    const rid = this.nextId();
+    // The caller's memory stays held from before the request until the reads are done.
+    const held = this.hold(memory, keys.length);
+    try {
+      const answer = await this.request(
+        s,
+        MsgType.GET,
+        keys,
+        undefined,
+        flags | RequestFlag.REMOTE_READ,
+        {
+          rid,
+          placed: true,
+        },
+      );
+      if (answer.placements!.length === 0) return answer;
+      await this.rdma(s, false, keys, memory, answer);
+      if (this.session === s) this.net.send(s.conn, frame(MsgType.RELEASE, rid, Buffer.alloc(0)));
+      const bs = s.blockBytes;
+      const addon = native();
+      answer.statuses.forEach((st, i) => {
+        if (st !== Status.OK) return;
+        const want = answer.checksums![i]!;
+        const got = addon.crc32c(bytesOf(memory.targets[i]!, memory.slots[i]! * bs, bs));
+        // The server flags every block it lends over verbs; one without a checksum is not
+        // reported found, since nothing vouches for its bytes.
+        if (want < 0 || got !== want) {
+          answer.statuses[i] = Status.FAILED;
+          this.corruptBlocks++;
+        }
+      });
+      return answer;
+    } finally {
+      held.release();
+    }
+  }
+
   private nextId(): number {
     const rid = this.nextRequest;
     this.nextRequest = (this.nextRequest % 0xfffffffe) + 1; // never 0: 0 is the connection's
@@ -572,8 +738,20 @@ export class PeerClient {
     memory: Memory,
   ): Promise<{ statuses: number[]; word: number }> {
     const rid = this.nextId();
-    const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, 0, { rid });
-    return this.request(s, MsgType.PUT_DATA, keys, memory, 0, { rid, accepted: accept.statuses });
+    const verbs = s.qp !== undefined;
+    const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, 0, {
+      rid,
+      placed: verbs,
+    });
+    if (!verbs) {
+      return this.request(s, MsgType.PUT_DATA, keys, memory, 0, { rid, accepted: accept.statuses });
+    }
+    // Over verbs the client writes the blocks into the places the server named, then says so.
+    await this.rdma(s, true, keys, memory, accept);
+    return this.request(s, MsgType.PUT_DATA, keys, undefined, RequestFlag.REMOTE_WRITTEN, {
+      rid,
+      accepted: accept.statuses,
+    });
   }
 
   /** Splits a batch into frames the server accepts and runs them at once. */
@@ -750,11 +928,18 @@ export class PeerClient {
             slots: memory.slots.slice(from, from + s.maxBatch),
           }
         : undefined;
-      // A server whose puts land in its store (Capability.LANDS) copies nothing anyway: an offer
-      // would only add a round trip.
+      // Verbs puts go in two steps (the client writes into the offered slots). Over TCP, a server
+      // whose puts land in its store (Capability.LANDS) copies nothing anyway: an offer would
+      // only add a round trip.
+      const verbs = s.qp !== undefined;
       const placed =
-        type === MsgType.PUT && mem && !s.lands && s.blockBytes >= PLACED_PUT_MIN_BYTES;
-      chunks.push(placed ? this.placedPut(s, part, mem) : this.request(s, type, part, mem, flags));
+        type === MsgType.PUT &&
+        mem &&
+        (verbs || (!s.lands && s.blockBytes >= PLACED_PUT_MIN_BYTES));
+      if (placed) chunks.push(this.placedPut(s, part, mem));
+      else if (type === MsgType.GET && mem && verbs)
+        chunks.push(this.verbsGet(s, part, mem, flags));
+      else chunks.push(this.request(s, type, part, mem, flags));
       if (list.length === 0) break;
     }
     const results = await Promise.all(chunks);
@@ -836,9 +1021,23 @@ export class PeerClient {
     clearTimeout(this.reconnectTimer);
     if (this.session) this.net.closeConnection(this.session.conn, 'closed by the client');
     // Requests still out reject through onClose, which the transport delivers before it stops.
+    // Its close event is waited for too (briefly): one still queued when the process exits
+    // would be delivered to an environment that can no longer run JavaScript.
+    for (let i = 0; i < 200 && (this.pending.size > 0 || this.session); i++) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
     while (this.pending.size > 0) await new Promise((r) => setTimeout(r, 5));
     this.net.close();
+    this.link?.close();
   }
+}
+
+/** The bytes [offset, offset + length) of a host target, as a view. */
+function bytesOf(t: Target, offset: number, length: number): Uint8Array {
+  if (t instanceof Region) return t.view(offset, length);
+  if (t instanceof DeviceRegion) throw new KvtierError('KVTIER_BAD_ARGUMENT', 'not host memory');
+  if (ArrayBuffer.isView(t)) return new Uint8Array(t.buffer, t.byteOffset + offset, length);
+  return new Uint8Array(t, offset, length);
 }
 
 function bufferOf(t: Exclude<Target, Region | DeviceRegion>): ArrayBufferLike {

@@ -33,7 +33,7 @@ export class Landing {
   constructor(
     private readonly net: Net,
     private readonly warehouse: Warehouse,
-    private readonly idleMs = IDLE_MS,
+    private readonly idleMs = Number(process.env.KVX_IDLE ?? IDLE_MS),
   ) {
     const wh = warehouse;
     const host = wh.stats().tiers[0];

@@ -27,6 +27,9 @@ export const MsgType = {
   PUT_OFFER: 0x18,
   PUT_ACCEPT: 0x19,
   PUT_DATA: 0x1a,
+  VERBS_CONNECT: 0x20,
+  VERBS_READY: 0x21,
+  RELEASE: 0x22,
 } as const;
 
 /**
@@ -37,6 +40,12 @@ export const MsgType = {
 export const PLACED_PUT_MIN_BYTES = 1 << 20;
 /** Offers a connection may have waiting for their data. */
 export const MAX_OFFERS = 64;
+/** A queue pair's address in VERBS_CONNECT and VERBS_READY: lid, flags, qpn, psn, gid. */
+export const VERBS_ADDRESS_BYTES = 28;
+/** One placement (remote address u64, rkey u32, reserved u32) per OK entry of a verbs answer. */
+export const PLACEMENT_BYTES = 16;
+/** Blocks lent for RDMA READ stay pinned until RELEASE, or this long. */
+export const LEASE_MS = 30_000;
 
 /** Per-descriptor status in a result's entries. */
 export const Status = { OK: 0, MISSING: 1, REJECTED: 2, FAILED: 3, PRESENT: 4 } as const;
@@ -59,7 +68,7 @@ export const ErrorKind = {
  * stale index entries can never send two nodes asking each other in a loop). Receivers that do
  * not know a bit ignore it.
  */
-export const RequestFlag = { LOCAL_ONLY: 0x01 } as const;
+export const RequestFlag = { LOCAL_ONLY: 0x01, REMOTE_READ: 0x02, REMOTE_WRITTEN: 0x04 } as const;
 
 /** Capability bits of HELLO and CHALLENGE. */
 /** LANDS (server only): one-step PUT blocks land straight in the store, so offers gain nothing. */
@@ -190,6 +199,53 @@ export function decodeResults(
     checksums.push(flagged ? meta.readUInt32LE(at + 4) : -1);
   }
   return { statuses, word: meta.readUInt32LE(4), checksums };
+}
+
+/** Where the peer may read or write one block over RDMA. */
+export interface Placement {
+  address: number;
+  rkey: number;
+}
+
+/** A verbs answer's metadata: the result batch, then one placement per OK entry, in order. */
+export function encodePlacedResults(
+  statuses: readonly number[],
+  placements: readonly Placement[],
+  checksums?: readonly number[],
+): Buffer {
+  const head = encodeResults(statuses, 0, checksums);
+  const out = Buffer.alloc(head.length + placements.length * PLACEMENT_BYTES);
+  head.copy(out, 0);
+  placements.forEach((p, i) => {
+    const at = head.length + i * PLACEMENT_BYTES;
+    out.writeBigUInt64LE(BigInt(p.address), at);
+    out.writeUInt32LE(p.rkey >>> 0, at + 8);
+  });
+  return out;
+}
+
+export function decodePlacedResults(
+  meta: Buffer,
+  expected: number,
+): { statuses: number[]; word: number; checksums: number[]; placements: Placement[] } {
+  const head = BATCH_FIXED_BYTES + expected * RESULT_ENTRY_BYTES;
+  if (meta.length < head) throw protocolError('result metadata shorter than its entries');
+  const r = decodeResults(meta.subarray(0, head), expected);
+  const ok = r.statuses.filter((x) => x === Status.OK).length;
+  if (meta.length !== head + ok * PLACEMENT_BYTES) {
+    throw protocolError(
+      `a verbs answer with ${ok} blocks carries ${meta.length - head} bytes of placements`,
+    );
+  }
+  const placements: Placement[] = [];
+  for (let i = 0; i < ok; i++) {
+    const at = head + i * PLACEMENT_BYTES;
+    const address = meta.readBigUInt64LE(at);
+    if (address > BigInt(Number.MAX_SAFE_INTEGER))
+      throw protocolError('a placement address beyond 2^53');
+    placements.push({ address: Number(address), rkey: meta.readUInt32LE(at + 8) });
+  }
+  return { ...r, placements };
 }
 
 export function encodeError(kind: number, message: string): Buffer {

@@ -3,7 +3,7 @@
  * The native transport moves the frames; this decides what they mean. A connection that breaks a
  * rule is answered with an ERROR frame and closed; the server and its other clients go on.
  */
-import type { NativeTarget, NetEvent } from '../native.js';
+import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../native.js';
 import { nativeTargetOf } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { Region } from '../region.js';
@@ -18,7 +18,11 @@ import {
   CHALLENGE_BYTES,
   decodeKeys,
   decodeResults,
+  encodePlacedResults,
+  LEASE_MS,
   MAX_OFFERS,
+  type Placement,
+  VERBS_ADDRESS_BYTES,
   encodeError,
   encodeResults,
   ErrorKind,
@@ -61,13 +65,16 @@ export interface PeerServerOptions {
    * is held back by TCP rather than buffered without bound.
    */
   maxQueuedBytes?: number;
+  /** Blocks lent for an RDMA READ whose RELEASE has not come by then are let go (default 30 s). */
+  leaseTimeoutMs?: number;
   log?: LogFn;
 }
 
 interface ConnState {
   id: number;
   remote: string;
-  phase: 'hello' | 'auth' | 'ready' | 'closed';
+  /** 'verbs': authenticated, waiting for VERBS_CONNECT before any request. */
+  phase: 'hello' | 'auth' | 'verbs' | 'ready' | 'closed';
   clientNonce?: Buffer;
   serverNonce?: Buffer;
   timer?: NodeJS.Timeout;
@@ -78,6 +85,10 @@ interface ConnState {
   /** Payload bytes of requests received and not yet answered. */
   queued: number;
   paused: boolean;
+  /** The responder queue pair of a verbs connection. */
+  qp?: number;
+  /** Blocks lent to the client's RDMA READs until it sends RELEASE, by request id. */
+  leases: Map<number, () => void>;
 }
 
 interface Offer {
@@ -86,6 +97,10 @@ interface Offer {
   /** Slots the data is placed into; undefined when it lands in a receive buffer instead. */
   reservation: Reservation | undefined;
   timer: NodeJS.Timeout;
+  /** Verbs: the client writes the blocks itself (PUT_DATA then carries REMOTE_WRITTEN). */
+  remote: boolean;
+  /** Verbs without a reservation: the registered region the client writes into. */
+  receive?: Region;
 }
 
 /** Send regions are reused by size: allocating and zeroing a fresh one per get would dominate. */
@@ -139,6 +154,8 @@ export class PeerServer {
   private readonly areaBytes: number;
   private readonly landing: Landing;
   private readonly log: LogFn;
+  /** The RDMA endpoint when this server offers verbs: registrations and responder queue pairs. */
+  private readonly verbs: NativeVerbs | undefined;
   private nextToken = 1;
   private readonly putCounts = { landed: 0, placed: 0, copied: 0 };
   /** Times a connection was paused, and the most payload bytes one had queued. */
@@ -158,6 +175,7 @@ export class PeerServer {
       wh.blockBytes * Math.max(1, Math.min(this.maxBatch, Math.floor((4 << 20) / wh.blockBytes)));
     this.areas = Region.allocate(AREAS * this.areaBytes, { pin: false });
     this.areas.inFlight.begin(); // the transport may write into it until it is closed
+    this.verbs = transport.verbs ? new (native().NativeVerbs)({}) : undefined;
     this.net = new Net({
       maxConnections: options.maxConnections ?? 256,
       onAccept: (conn, remote) => this.accept(conn, remote),
@@ -174,6 +192,7 @@ export class PeerServer {
       this.port = bound.port;
     } catch (e) {
       this.net.close();
+      this.verbs?.close();
       throw e;
     }
     this.host = options.host;
@@ -208,6 +227,7 @@ export class PeerServer {
       offers: new Map(),
       queued: 0,
       paused: false,
+      leases: new Map(),
     };
     this.conns.set(conn, state);
     state.timer = setTimeout(
@@ -230,15 +250,21 @@ export class PeerServer {
         for (const done of state.sending.values()) done();
         state.sending.clear();
         // The transport let go of the expected placements: the reserved slots are free again.
-        for (const offer of state.offers.values()) {
-          clearTimeout(offer.timer);
-          offer.reservation?.abort();
-        }
+        for (const offer of state.offers.values()) this.dropOffer(offer);
         state.offers.clear();
+        // The client can no longer read what it was lent: the blocks are unpinned.
+        for (const end of [...state.leases.values()]) end();
+        if (state.qp !== undefined) this.verbs?.destroyQueuePair(state.qp);
         this.conns.delete(conn);
         this.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
       },
     };
+  }
+
+  private dropOffer(offer: Offer): void {
+    clearTimeout(offer.timer);
+    offer.reservation?.abort();
+    if (offer.receive) this.release(offer.receive);
   }
 
   private release(r: Region): void {
@@ -263,6 +289,8 @@ export class PeerServer {
         return this.onHello(state, ev.type!, meta);
       case 'auth':
         return this.onAuth(state, ev.type!, meta);
+      case 'verbs':
+        return this.onVerbsConnect(state, ev);
       default: {
         let job: Promise<unknown> | undefined;
         try {
@@ -357,8 +385,10 @@ export class PeerServer {
     if (wanted !== TransportId.tcp && !(wanted === TransportId.verbs && this.transport.verbs)) {
       return this.drop(state, ErrorKind.TRANSPORT, `transport ${wanted} is not available here`);
     }
-    clearTimeout(state.timer);
-    state.phase = 'ready';
+    // A verbs connection sets up its queue pairs (VERBS_CONNECT) before any request, within the
+    // handshake's time limit.
+    if (wanted !== TransportId.verbs) clearTimeout(state.timer);
+    state.phase = wanted === TransportId.verbs ? 'verbs' : 'ready';
     const bs = this.options.warehouse.blockBytes;
     // Only now may the peer send frames larger than a handshake.
     this.net.setLimits(state.id, maxMetaFor(this.maxBatch), this.maxBatch * bs);
@@ -375,6 +405,36 @@ export class PeerServer {
     });
   }
 
+  /** The client's queue pair address: the server connects its own and answers with it. */
+  private onVerbsConnect(state: ConnState, ev: NetEvent): void {
+    const meta = ev.meta!;
+    if (ev.type !== MsgType.VERBS_CONNECT || meta.length !== VERBS_ADDRESS_BYTES) {
+      return this.drop(state, ErrorKind.PROTOCOL, 'expected VERBS_CONNECT');
+    }
+    if ((ev.payloadBytes ?? 0) !== 0) {
+      return this.drop(state, ErrorKind.PROTOCOL, 'VERBS_CONNECT carries no payload');
+    }
+    let qp: { id: number; address: Buffer } | undefined;
+    try {
+      qp = this.verbs!.createQueuePair();
+      this.verbs!.connectQueuePair(qp.id, meta);
+    } catch (e) {
+      if (qp) this.verbs!.destroyQueuePair(qp.id);
+      return this.drop(state, ErrorKind.TRANSPORT, `verbs: ${(e as Error).message}`);
+    }
+    clearTimeout(state.timer);
+    state.qp = qp.id;
+    state.phase = 'ready';
+    this.net.send(state.id, frame(MsgType.VERBS_READY, 0, qp.address));
+    this.log('verbs_connected', { conn: state.id, remote: state.remote });
+  }
+
+  /** Where a block of host memory can be read or written by the client's RDMA. */
+  private placement(target: NativeTarget, offset: number): Placement {
+    const r = this.verbs!.register(target);
+    return { address: r.address + offset, rkey: r.rkey };
+  }
+
   private provide(area: number): void {
     if (this.areas.closed) return;
     this.net.provideArea(this.areas, area * this.areaBytes, this.areaBytes, area);
@@ -383,7 +443,27 @@ export class PeerServer {
   private onRequest(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
     const rid = ev.requestId!;
     const type = ev.type!;
+    const flags = ev.flags ?? 0;
     if (type === MsgType.PUT_DATA) return this.onPutData(state, ev);
+    if (type === MsgType.VERBS_CONNECT || type === MsgType.VERBS_READY) {
+      const why = state.qp === undefined ? 'on a tcp connection' : 'twice';
+      this.drop(state, ErrorKind.PROTOCOL, `VERBS_CONNECT ${why}`);
+      return undefined;
+    }
+    if (type === MsgType.RELEASE) {
+      if (state.qp === undefined) {
+        this.drop(state, ErrorKind.PROTOCOL, 'RELEASE on a tcp connection');
+        return undefined;
+      }
+      // A RELEASE for a request with no lease (never lent anything, or already timed out) is
+      // ignored: the client cannot tell those apart from a lease that just ended.
+      state.leases.get(rid)?.();
+      return undefined;
+    }
+    if (type === MsgType.GET && (flags & RequestFlag.REMOTE_READ) !== 0 && state.qp === undefined) {
+      this.drop(state, ErrorKind.PROTOCOL, 'REMOTE_READ on a tcp connection');
+      return undefined;
+    }
     const requests = [MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.DELETE, MsgType.PUT_OFFER];
     if (!requests.includes(type as never)) {
       this.drop(state, ErrorKind.PROTOCOL, `unknown message type ${type}`);
@@ -427,7 +507,7 @@ export class PeerServer {
     }
     const payload =
       ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, payloadBytes) : ev.payload;
-    return this.track(state, type, rid, this.serve(state, type, rid, keys, payload, ev.flags ?? 0));
+    return this.track(state, type, rid, this.serve(state, type, rid, keys, payload, flags));
   }
 
   /**
@@ -480,6 +560,9 @@ export class PeerServer {
         // read into a send region first. A node fetching for the cluster asks for local blocks
         // only (LOCAL_ONLY): no second hop.
         const localOnly = (flags & RequestFlag.LOCAL_ONLY) !== 0;
+        if ((flags & RequestFlag.REMOTE_READ) !== 0) {
+          return this.lendForRead(state, rid, keys, localOnly);
+        }
         await wh.lend(keys, async (lent) => {
           const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
           const region = rest.length > 0 ? this.pool.take(rest.length * bs) : undefined;
@@ -576,6 +659,79 @@ export class PeerServer {
   }
 
   /**
+   * A GET over verbs: answers where each found block lies (registered host-tier slots, or a
+   * registered send region for blocks from lower tiers) and keeps those pinned until the client
+   * has read them with RDMA READ and sent RELEASE, or the lease times out.
+   */
+  private async lendForRead(
+    state: ConnState,
+    rid: number,
+    keys: Key[],
+    localOnly: boolean,
+  ): Promise<void> {
+    const wh = this.options.warehouse;
+    const bs = wh.blockBytes;
+    if (state.leases.has(rid)) {
+      this.drop(state, ErrorKind.PROTOCOL, `request id ${rid} already holds a lease`);
+      return;
+    }
+    await wh.lend(keys, async (lent) => {
+      const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
+      const region = rest.length > 0 ? this.pool.take(rest.length * bs) : undefined;
+      region?.inFlight.begin();
+      try {
+        const got = region
+          ? await wh.get(
+              rest.map((i) => keys[i]!),
+              region,
+              localOnly ? { remote: false } : {},
+            )
+          : undefined;
+        if (state.phase === 'closed') return;
+        const statuses: number[] = [];
+        const checksums: number[] = [];
+        const placements: Placement[] = [];
+        let j = 0;
+        keys.forEach((_, i) => {
+          const b = lent[i];
+          if (b) {
+            statuses.push(Status.OK);
+            checksums.push(b.checksum);
+            placements.push(this.placement(nativeTargetOf(b.target), b.offset));
+            return;
+          }
+          const found = got!.found[j];
+          statuses.push(found ? Status.OK : Status.MISSING);
+          // Verified on their way up from the file tier; checksummed here so that the client can
+          // check every block it reads over verbs end to end.
+          checksums.push(found ? native().crc32c(region!.view(j * bs, bs)) : -1);
+          if (found) placements.push(this.placement(region!.native, j * bs));
+          j++;
+        });
+        const meta = encodePlacedResults(statuses, placements, checksums);
+        if (placements.length === 0) {
+          this.reply(state, MsgType.GET_RESULT, rid, meta);
+          return;
+        }
+        let end!: () => void;
+        const released = new Promise<void>((resolve) => (end = resolve));
+        const timer = setTimeout(() => {
+          this.log('lease_expired', { conn: state.id, requestId: rid });
+          end();
+        }, this.options.leaseTimeoutMs ?? LEASE_MS);
+        timer.unref();
+        state.leases.set(rid, end);
+        this.reply(state, MsgType.GET_RESULT, rid, meta);
+        await released;
+        clearTimeout(timer);
+        state.leases.delete(rid);
+      } finally {
+        if (region) this.release(region);
+      }
+    });
+  }
+
+  /**
    * A two-step put: reserves host-tier slots and tells the transport to read the blocks of the
    * coming PUT_DATA straight into them, so the bytes are copied once, by the kernel.
    */
@@ -612,8 +768,23 @@ export class PeerServer {
       this.options.offerTimeoutMs ?? 30_000,
     );
     timer.unref();
-    state.offers.set(rid, { keys, statuses, reservation, timer });
+    const offer: Offer = { keys, statuses, reservation, timer, remote: state.qp !== undefined };
+    state.offers.set(rid, offer);
     const meta = encodeResults(statuses);
+    if (offer.remote) {
+      // Verbs: the client writes the blocks with RDMA WRITE, into the reserved slots or, without
+      // a reservation, into a registered receive region.
+      let placements: Placement[];
+      try {
+        placements = this.offerPlacements(offer, bs);
+      } catch (e) {
+        state.offers.delete(rid);
+        this.dropOffer(offer);
+        throw e;
+      }
+      this.reply(state, MsgType.PUT_ACCEPT, rid, encodePlacedResults(statuses, placements));
+      return;
+    }
     if (!reservation) {
       this.reply(state, MsgType.PUT_ACCEPT, rid, meta);
       return;
@@ -642,6 +813,28 @@ export class PeerServer {
     });
   }
 
+  /** Where the client may write each accepted block of a verbs offer. */
+  private offerPlacements(offer: Offer, bs: number): Placement[] {
+    const placements: Placement[] = [];
+    if (offer.reservation) {
+      for (const x of offer.reservation.slots) {
+        if (typeof x !== 'string') {
+          placements.push(this.placement(nativeTargetOf(x.target), x.offset));
+        }
+      }
+      return placements;
+    }
+    const accepted = offer.statuses.filter((x) => x === Status.OK).length;
+    if (accepted > 0) {
+      offer.receive = this.pool.take(accepted * bs);
+      offer.receive.inFlight.begin();
+      for (let n = 0; n < accepted; n++) {
+        placements.push(this.placement(offer.receive.native, n * bs));
+      }
+    }
+    return placements;
+  }
+
   private onPutData(state: ConnState, ev: NetEvent): Promise<unknown> | undefined {
     const rid = ev.requestId!;
     const offer = state.offers.get(rid);
@@ -658,23 +851,37 @@ export class PeerServer {
     }
     const bs = this.options.warehouse.blockBytes;
     const accepted = offer.statuses.filter((x) => x === Status.OK).length;
+    const written = ((ev.flags ?? 0) & RequestFlag.REMOTE_WRITTEN) !== 0;
     if (
       statuses.some((x, i) => x !== offer.statuses[i]) ||
-      (ev.payloadBytes ?? 0) !== accepted * bs ||
-      (offer.reservation !== undefined && accepted > 0 && !ev.placed)
+      written !== offer.remote ||
+      (ev.payloadBytes ?? 0) !== (offer.remote ? 0 : accepted * bs) ||
+      (!offer.remote && offer.reservation !== undefined && accepted > 0 && !ev.placed)
     ) {
       this.drop(state, ErrorKind.PROTOCOL, 'put data does not match its offer');
       return undefined;
     }
     state.offers.delete(rid);
     clearTimeout(offer.timer);
-    const payload =
-      ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, accepted * bs) : ev.payload;
+    // Written by RDMA: the server has no checksums of its own yet; commit() computes them.
+    const payload = offer.remote
+      ? offer.receive?.view(0, accepted * bs)
+      : ev.area !== undefined
+        ? this.areas.view(ev.area * this.areaBytes, accepted * bs)
+        : ev.payload;
+    const work = this.finishPut(
+      state,
+      rid,
+      offer,
+      payload,
+      offer.remote ? undefined : ev.checksums,
+    );
+    const receive = offer.receive;
     return this.track(
       state,
       MsgType.PUT_DATA,
       rid,
-      this.finishPut(state, rid, offer, payload, ev.checksums),
+      receive ? work.finally(() => this.release(receive)) : work,
     );
   }
 
@@ -733,6 +940,7 @@ export class PeerServer {
       await this.landing.close();
       this.net.unref();
       this.net.close();
+      this.verbs?.close();
       await this.pool.close();
       this.areas.inFlight.end();
       await this.areas.close();

@@ -1,6 +1,6 @@
 /**
  * Which transport carries a peer connection's blocks. TCP always works; RDMA verbs needs
- * libibverbs, a device, and a build with the verbs data path. An explicit request for verbs that
+ * libibverbs and a device whose port is up and can make a queue pair. An explicit request for verbs that
  * cannot be met fails with KVTIER_NOT_AVAILABLE; 'auto' reports what it chose and why.
  */
 import { KvtierError } from '../errors.js';
@@ -24,10 +24,7 @@ export function verbsUnavailable(): string | undefined {
   // names the step that fails.
   const endpoint = addon.verbsProbe({});
   if (!endpoint.available) return endpoint.reason ?? 'no usable RDMA device';
-  return (
-    `${endpoint.device ?? 'an RDMA device'} port ${endpoint.port ?? 1} is up, but this build ` +
-    'does not yet carry blocks over verbs in the peer protocol'
-  );
+  return undefined;
 }
 
 export function chooseTransport(option: TransportOption): TransportChoice {
@@ -46,5 +43,6 @@ export function chooseTransport(option: TransportOption): TransportChoice {
     return { kind: 'verbs', verbs: true, reason: 'verbs was asked for' };
   }
   if (why !== undefined) return { kind: 'tcp', verbs: false, reason: `tcp, since ${why}` };
-  return { kind: 'verbs', verbs: true, reason: 'verbs: both ends have an RDMA device' };
+  // Still only this end: the client asks for verbs only when the server's CHALLENGE offers it.
+  return { kind: 'verbs', verbs: true, reason: 'verbs: this end has an RDMA device' };
 }

@@ -241,6 +241,16 @@ bool VerbsEndpoint::QueuePair::PostWrite(uint64_t wrId, void* local, uint32_t lk
   return Post(ibv::kWrRdmaWrite, wrId, local, lkey, remote, rkey, len, error);
 }
 
+bool VerbsEndpoint::QueuePair::Fail(std::string* error) {
+  ibv::QpAttr attr{};
+  attr.qpState = ibv::kQpsErr;
+  if (ep_->api_->modifyQp(qp_, &attr, ibv::kQpState) != 0) {
+    *error = ep_->device_ + ": " + Errno("ibv_modify_qp(ERR)");
+    return false;
+  }
+  return true;
+}
+
 int VerbsEndpoint::Poll(ibv::Wc* wcs, int n, std::string* error) {
   int got = ibv::Api::PollCq(cq_, n, wcs);
   if (got < 0) *error = device_ + ": ibv_poll_cq failed";

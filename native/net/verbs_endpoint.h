@@ -61,6 +61,9 @@ class VerbsEndpoint {
                   uint32_t len, std::string* error);
     bool PostWrite(uint64_t wrId, void* local, uint32_t lkey, uint64_t remote, uint32_t rkey,
                    uint32_t len, std::string* error);
+    // Moves the queue pair to the error state: work requests still queued complete with a flush
+    // error instead of moving bytes, so their memory can be let go once they have.
+    bool Fail(std::string* error);
 
    private:
     friend class VerbsEndpoint;

@@ -18,6 +18,8 @@ export interface ServeOptions {
   tokenFile: string;
   port?: number;
   extra?: string[];
+  /** Added to the child's environment (a loader path, say). */
+  env?: Record<string, string>;
 }
 
 export interface ServeProcess {
@@ -66,6 +68,7 @@ export function serveArgs(o: ServeOptions): string[] {
 export function startServe(o: ServeOptions): Promise<ServeProcess> {
   const child = spawn(process.execPath, [CLI, ...serveArgs(o)], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(o.env ? { env: { ...process.env, ...o.env } } : {}),
   });
   started.add(child);
   const logs: Record<string, unknown>[] = [];
@@ -135,9 +138,13 @@ export function startServe(o: ServeOptions): Promise<ServeProcess> {
 /** Runs the CLI to completion (for commands that should fail fast). */
 export function runCli(
   args: string[],
+  env?: Record<string, string>,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(env ? { env: { ...process.env, ...env } } : {}),
+    });
     started.add(child);
     let stdout = '';
     let stderr = '';
