@@ -34,8 +34,11 @@ export interface NetBenchOptions {
   reps: number;
   /** iperf3 to run (default: on PATH), or false. */
   iperf3?: string | false;
-  /** Seconds per iperf3 run. */
-  iperfSeconds: number;
+  /**
+   * Seconds per iperf3 run; by default each run moves the bytes of one timed pass instead, so
+   * both sides of a ratio last about as long and meet the same hiccups of a shared machine.
+   */
+  iperfSeconds?: number;
   onProgress?: (message: string) => void;
   signal?: AbortSignal;
 }
@@ -43,11 +46,10 @@ export interface NetBenchOptions {
 export const NET_DEFAULTS = {
   blockSize: 1 << 20,
   inflight: 8,
-  bytes: 512 << 20,
+  bytes: 2 * 2 ** 30,
   smallBlockSize: 64 << 10,
   smallOps: 8192,
   reps: 3,
-  iperfSeconds: 3,
 };
 
 export interface NetRow {
@@ -128,18 +130,18 @@ async function startServer(
   return { url: `127.0.0.1:${port}`, tokenFile, child, dir };
 }
 
-function iperfOnce(path: string, seconds: number): Promise<number> {
+/** One iperf3 client run: `{ seconds }` long, or moving `{ bytes }`. */
+function iperfOnce(path: string, run: { seconds: number } | { bytes: number }): Promise<number> {
+  const length = 'seconds' in run ? ['-t', String(run.seconds)] : ['-n', String(run.bytes)];
   return freePort().then(
     (port) =>
       new Promise<number>((resolve, reject) => {
         const server = spawn(path, ['-s', '-1', '-p', String(port)], { stdio: 'ignore' });
         // The server needs a moment to listen; the client retries until it connects.
         const attempt = (left: number): void => {
-          const client = spawn(
-            path,
-            ['-c', '127.0.0.1', '-p', String(port), '-t', String(seconds), '-J'],
-            { stdio: ['ignore', 'pipe', 'pipe'] },
-          );
+          const client = spawn(path, ['-c', '127.0.0.1', '-p', String(port), ...length, '-J'], {
+            stdio: ['ignore', 'pipe', 'pipe'],
+          });
           let out = '';
           client.stdout.on('data', (d: Buffer) => (out += d.toString()));
           client.on('exit', (code) => {
@@ -330,7 +332,12 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
           }
           if ('path' in iperf && bs === blockSize) {
             options.onProgress?.(`iperf3, repetition ${rep + 1} of ${reps}`);
-            const peer = await iperfOnce(iperf.path, options.iperfSeconds);
+            const peer = await iperfOnce(
+              iperf.path,
+              options.iperfSeconds !== undefined
+                ? { seconds: options.iperfSeconds }
+                : { bytes: ops * bs },
+            );
             iperfRuns.push(peer);
             // Each repetition's passes against the iperf3 run right after them: on a shared
             // machine the load drifts between repetitions more than within one.

@@ -230,7 +230,7 @@ interface NetCommandOptions {
   smallOps: string;
   reps: string;
   iperf3: string | boolean;
-  iperfSeconds: string;
+  iperfSeconds?: string;
   json?: boolean;
 }
 
@@ -249,7 +249,9 @@ async function netCommand(opts: NetCommandOptions): Promise<void> {
         reps: count(opts.reps, 'reps'),
         ...(opts.iperf3 === false ? { iperf3: false as const } : {}),
         ...(typeof opts.iperf3 === 'string' ? { iperf3: opts.iperf3 } : {}),
-        iperfSeconds: count(opts.iperfSeconds, 'iperf3 seconds'),
+        ...(opts.iperfSeconds !== undefined
+          ? { iperfSeconds: count(opts.iperfSeconds, 'iperf3 seconds') }
+          : {}),
         onProgress: (m) => progress.show(m),
         signal,
       }),
@@ -375,7 +377,10 @@ export function registerBench(program: Command): void {
     .option('--reps <n>', 'repetitions; medians are reported', String(NET_DEFAULTS.reps))
     .option('--iperf3 <path>', 'the iperf3 to run (default: iperf3 on PATH)')
     .option('--no-iperf3', 'do not run iperf3')
-    .option('--iperf-seconds <n>', 'seconds per iperf3 run', String(NET_DEFAULTS.iperfSeconds))
+    .option(
+      '--iperf-seconds <n>',
+      'seconds per iperf3 run (default: each run moves the bytes of one timed pass)',
+    )
     .option('--json', 'print the report as JSON on stdout')
     .action(netCommand);
 }

@@ -57,7 +57,7 @@ export interface PeerServerOptions {
   handshakeTimeoutMs?: number;
   /** A put offer whose data has not arrived by then closes its connection (default 30 s). */
   offerTimeoutMs?: number;
-  /** Landing slots no put used for this long go back to the host tier (default 2 s). */
+  /** Landing slots no put used for this long go back to the host tier (default 30 s). */
   landingIdleMs?: number;
   /**
    * Payload bytes of one connection's requests in progress beyond which the server stops reading
