@@ -125,11 +125,11 @@ export interface NativeTcpTransport {
     expectRequestId?: number,
     expectSpans?: Float64Array,
   ): void;
-  setLimits(conn: number, maxMeta: number, maxPayload: number): void;
+  setLimits(conn: number, maxMeta: number, maxPayload: number, maxQueued?: number): void;
   provide(region: NativeRegion, offset: number, length: number, token: number): void;
-  land(target: NativeTarget, offset: number, length: number, token: number): void;
+  land(target: NativeTarget, offset: number, length: number, token: number, type: number): void;
   unland(): number[];
-  pause(conn: number, paused: boolean): void;
+  release(conn: number, bytes: number): void;
   closeConnection(conn: number, why: string): void;
   closeListener(listener: number): void;
   ref(): void;

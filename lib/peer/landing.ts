@@ -5,9 +5,13 @@
  * is given its key. Slots are claimed when puts arrive and given back after a quiet spell, so an
  * idle server's host tier holds only blocks.
  */
+import type { Target } from '../engine.js';
+import { DeviceRegion } from '../gpu/device-region.js';
+import { Region } from '../region.js';
 import type { LandingSlot, Warehouse } from '../warehouse/warehouse.js';
 import type { Key } from '../warehouse/keys.js';
 import type { Net } from './net.js';
+import { MsgType } from './protocol.js';
 
 /** At most this many bytes of the host tier are claimed for landing at once… */
 export const LANDING_BYTES = 64 << 20;
@@ -25,9 +29,9 @@ const IDLE_MS = 30_000;
 export class Landing {
   /** Claimed slots by token: held by the transport, or by a frame that landed in them. */
   private readonly slots = new Map<number, LandingSlot>();
+  /** Tokens the transport holds now. */
+  private readonly out = new Set<number>();
   private nextToken = 1;
-  /** Slots the transport holds now. */
-  private held = 0;
   private claiming: Promise<void> | undefined;
   private idle: NodeJS.Timeout | undefined;
   private closed = false;
@@ -57,15 +61,19 @@ export class Landing {
     clearTimeout(this.idle);
     this.idle = setTimeout(() => this.release(), this.idleMs);
     this.idle.unref();
-    if (this.claiming || this.held >= this.target) return;
+    if (this.claiming || this.out.size >= this.target) return;
     this.claiming = (async () => {
       try {
-        const claimed = await this.warehouse.claim(this.target - this.held);
+        const claimed = await this.warehouse.claim(this.target - this.out.size);
         if (this.closed) {
           this.warehouse.unclaim(claimed);
           return;
         }
-        for (const slot of claimed) this.give(this.nextToken++, slot);
+        for (const slot of claimed) {
+          const token = this.nextToken++;
+          this.slots.set(token, slot);
+          this.give(token);
+        }
       } catch {
         // A warehouse that cannot make room now is asked again by the next put; meanwhile puts
         // land in receive areas and are copied.
@@ -75,10 +83,37 @@ export class Landing {
     })();
   }
 
-  private give(token: number, slot: LandingSlot): void {
-    this.slots.set(token, slot);
-    this.net.land(slot.target, slot.offset, this.warehouse.blockBytes, token);
-    this.held++;
+  /** Hands a claimed slot to the transport; its memory stays open while the transport has it. */
+  private give(token: number): void {
+    const slot = this.slots.get(token)!;
+    this.net.land(slot.target, slot.offset, this.warehouse.blockBytes, token, MsgType.PUT);
+    regionOf(slot.target)?.inFlight.begin();
+    this.out.add(token);
+  }
+
+  /**
+   * The transport handed a token back (in a frame, or by unland()); undefined for a token already
+   * forgotten (a frame delivered after the transport closed).
+   */
+  private back(token: number): LandingSlot | undefined {
+    const slot = this.slots.get(token);
+    if (slot && this.out.delete(token)) regionOf(slot.target)?.inFlight.end();
+    return slot;
+  }
+
+  /** Slots a frame landed in that no put took (a refused frame): back to the transport. */
+  restore(tokens: Uint32Array): void {
+    for (const token of tokens) {
+      const slot = this.back(token);
+      if (!slot) continue;
+      if (this.closed) this.forget(token, slot);
+      else this.give(token);
+    }
+  }
+
+  private forget(token: number, slot: LandingSlot): void {
+    this.slots.delete(token);
+    this.warehouse.unclaim([slot]);
   }
 
   /**
@@ -91,22 +126,16 @@ export class Landing {
     tokens: Uint32Array,
     checksums: Uint32Array,
   ): Promise<boolean[]> {
-    this.held -= tokens.length;
-    const slots = Array.from(tokens, (t) => this.slots.get(t)!);
+    const slots = Array.from(tokens, (t) => this.back(t)!);
     let stored: boolean[] | undefined;
     try {
       stored = await this.warehouse.land(keys, slots, checksums);
       return stored;
     } finally {
       tokens.forEach((token, i) => {
-        if (stored?.[i]) {
-          this.slots.delete(token);
-        } else if (this.closed) {
-          this.slots.delete(token);
-          this.warehouse.unclaim([slots[i]!]);
-        } else {
-          this.give(token, slots[i]!);
-        }
+        if (stored?.[i]) this.slots.delete(token);
+        else if (this.closed) this.forget(token, slots[i]!);
+        else this.give(token);
       });
       this.demand();
     }
@@ -114,21 +143,28 @@ export class Landing {
 
   /** Takes back the slots the transport holds and frees them. */
   private release(): void {
-    const tokens = this.net.unland();
-    this.held -= tokens.length;
-    const slots = tokens.map((t) => {
-      const slot = this.slots.get(t)!;
-      this.slots.delete(t);
-      return slot;
-    });
-    this.warehouse.unclaim(slots);
+    for (const token of this.net.unland()) this.forget(token, this.back(token)!);
   }
 
-  /** Before the transport closes: every claimed slot goes back to the store. */
+  /** Before the transport closes: every slot it holds goes back to the store. */
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.idle);
     await this.claiming;
     this.release();
   }
+
+  /**
+   * After the transport closed: slots it held in frames that never reached JavaScript are free
+   * too (slots of puts still being stored are freed as they finish).
+   */
+  afterTransportClosed(): void {
+    for (const token of [...this.out]) this.forget(token, this.back(token)!);
+  }
+}
+
+function regionOf(target: Target): Region | undefined {
+  if (target instanceof Region) return target;
+  if (target instanceof DeviceRegion) return undefined;
+  return Region.owning(ArrayBuffer.isView(target) ? target.buffer : target)?.region;
 }

@@ -84,8 +84,9 @@ export class Net {
     }
   }
 
-  setLimits(conn: number, maxMeta: number, maxPayload: number): void {
-    this.transport.setLimits(conn, maxMeta, maxPayload);
+  /** Frame limits, and the payload bytes JavaScript may hold before reading pauses. */
+  setLimits(conn: number, maxMeta: number, maxPayload: number, maxQueued?: number): void {
+    this.transport.setLimits(conn, maxMeta, maxPayload, maxQueued);
   }
 
   /** Memory the transport may receive one payload into; frames received there name `token`. */
@@ -93,9 +94,9 @@ export class Net {
     if (!this.closed) this.transport.provide(region.native, offset, length, token);
   }
 
-  /** A landing piece (TcpTransport::Land): PUT blocks of `length` bytes land one per piece. */
-  land(target: Target, offset: number, length: number, token: number): void {
-    if (!this.closed) this.transport.land(nativeTargetOf(target), offset, length, token);
+  /** A landing piece (TcpTransport::Land): blocks of `length` bytes of frames of `type` land here. */
+  land(target: Target, offset: number, length: number, token: number, type: number): void {
+    if (!this.closed) this.transport.land(nativeTargetOf(target), offset, length, token, type);
   }
 
   /** Takes back the landing pieces no frame holds; their tokens. */
@@ -103,9 +104,9 @@ export class Net {
     return this.closed ? [] : this.transport.unland();
   }
 
-  /** Stops or resumes reading a connection (backpressure). */
-  pause(conn: number, paused: boolean): void {
-    if (!this.closed) this.transport.pause(conn, paused);
+  /** JavaScript is done with `bytes` of payload received on `conn` (backpressure). */
+  release(conn: number, bytes: number): void {
+    if (!this.closed) this.transport.release(conn, bytes);
   }
 
   closeConnection(conn: number, why: string): void {

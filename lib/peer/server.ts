@@ -282,50 +282,60 @@ export class PeerServer {
   }
 
   private onFrame(state: ConnState, ev: NetEvent): void {
-    if (state.phase === 'closed') return;
-    const meta = ev.meta!;
-    switch (state.phase) {
-      case 'hello':
-        return this.onHello(state, ev.type!, meta);
-      case 'auth':
-        return this.onAuth(state, ev.type!, meta);
-      case 'verbs':
-        return this.onVerbsConnect(state, ev);
-      default: {
-        let job: Promise<unknown> | undefined;
-        try {
+    let job: Promise<unknown> | undefined;
+    try {
+      if (state.phase === 'closed') return;
+      const meta = ev.meta!;
+      switch (state.phase) {
+        case 'hello':
+          return this.onHello(state, ev.type!, meta);
+        case 'auth':
+          return this.onAuth(state, ev.type!, meta);
+        case 'verbs':
+          return this.onVerbsConnect(state, ev);
+        default:
           job = this.onRequest(state, ev);
-          if (job && ev.payloadBytes) this.queue(state, ev.payloadBytes, job);
-        } finally {
-          // Whatever happened to the request, its receive area is free once it is done with.
-          const area = ev.area;
-          if (area !== undefined) {
-            if (job) void job.finally(() => this.provide(area));
-            else this.provide(area);
-          }
-        }
-        return;
+          return;
       }
+    } finally {
+      if (ev.payloadBytes) this.queue(state, ev.payloadBytes, job);
+      // Whatever happened to the frame (served, refused, its connection gone), the memory its
+      // payload arrived in is free again once the request is done with it: a receive area, or
+      // landing slots that no put took (putLanded() takes them by clearing ev.landed).
+      const area = ev.area;
+      if (area !== undefined) {
+        if (job) void job.finally(() => this.provide(area));
+        else this.provide(area);
+      }
+      if (ev.landed) this.landing.restore(ev.landed);
     }
   }
 
   /** Counts a request's payload against its connection until answered; pauses reading meanwhile. */
-  private queue(state: ConnState, bytes: number, job: Promise<unknown>): void {
-    const limit = this.options.maxQueuedBytes ?? 64 << 20;
+  /**
+   * The transport stops reading a connection whose payloads JavaScript holds exceed
+   * maxQueuedBytes, until they drain to half (TcpTransport, Conn::queued); this hands them back as
+   * their requests finish, and keeps the same count for the server's statistics.
+   */
+  private queue(state: ConnState, bytes: number, job: Promise<unknown> | undefined): void {
+    const limit = this.queueLimit;
     state.queued += bytes;
     this.backpressure.maxQueued = Math.max(this.backpressure.maxQueued, state.queued);
     if (!state.paused && state.queued > limit) {
       state.paused = true;
       this.backpressure.pauses++;
-      this.net.pause(state.id, true);
     }
-    void job.finally(() => {
+    const done = (): void => {
       state.queued -= bytes;
-      if (state.paused && state.queued <= limit / 2 && state.phase !== 'closed') {
-        state.paused = false;
-        this.net.pause(state.id, false);
-      }
-    });
+      if (state.paused && state.queued <= limit / 2) state.paused = false;
+      if (state.phase !== 'closed') this.net.release(state.id, bytes);
+    };
+    if (job) void job.finally(done);
+    else done();
+  }
+
+  private get queueLimit(): number {
+    return this.options.maxQueuedBytes ?? 64 << 20;
   }
 
   private onHello(state: ConnState, type: number, meta: Buffer): void {
@@ -391,7 +401,12 @@ export class PeerServer {
     state.phase = wanted === TransportId.verbs ? 'verbs' : 'ready';
     const bs = this.options.warehouse.blockBytes;
     // Only now may the peer send frames larger than a handshake.
-    this.net.setLimits(state.id, maxMetaFor(this.maxBatch), this.maxBatch * bs);
+    this.net.setLimits(
+      state.id,
+      maxMetaFor(this.maxBatch),
+      this.maxBatch * bs,
+      Math.max(1, this.queueLimit),
+    );
     // The server proves itself only to a client that proved itself first: nobody without the
     // secret gets an HMAC computed with it.
     const out = Buffer.alloc(READY_BYTES);
@@ -650,8 +665,10 @@ export class PeerServer {
 
   /** A one-step put whose blocks landed straight in claimed host-tier slots (Landing). */
   private async putLanded(state: ConnState, rid: number, keys: Key[], ev: NetEvent): Promise<void> {
+    const tokens = ev.landed!;
+    ev.landed = undefined; // the slots are this put's now, not onFrame()'s to give back
     this.putCounts.landed += keys.length;
-    const stored = await this.landing.store(keys, ev.landed!, ev.checksums!);
+    const stored = await this.landing.store(keys, tokens, ev.checksums!);
     // A key repeated in the batch is stored once; every copy of it answers as stored.
     const mine = new Set(keys.filter((_, i) => stored[i]));
     const statuses = keys.map((k) => (mine.has(k) ? Status.OK : Status.PRESENT));
@@ -940,6 +957,7 @@ export class PeerServer {
       await this.landing.close();
       this.net.unref();
       this.net.close();
+      this.landing.afterTransportClosed();
       this.verbs?.close();
       await this.pool.close();
       this.areas.inFlight.end();

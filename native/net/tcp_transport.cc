@@ -161,8 +161,13 @@ struct TcpTransport::Conn {
   uint64_t placeOff = 0;           // offset in it
   std::unordered_map<uint32_t, Expect> expects;
 
-  int lowat = 1;        // SO_RCVLOWAT now set on the socket
-  bool paused = false;  // JavaScript asked not to read (backpressure): the socket fills instead
+  int lowat = 1;  // SO_RCVLOWAT now set on the socket
+  // Backpressure: payload bytes handed to JavaScript and not yet released by it. Past
+  // maxQueued the connection is not read (paused) until they drain to half, so a peer that sends
+  // faster than JavaScript serves it is held back by TCP's flow control, not buffered.
+  uint64_t queued = 0;
+  uint64_t maxQueued = UINT64_MAX;
+  bool paused = false;
 
   std::vector<uint8_t> stage;
   size_t stageHead = 0;
@@ -175,7 +180,7 @@ struct TcpTransport::Conn {
 };
 
 struct TcpTransport::Command {
-  enum Kind { kAddListener, kAddConn, kSend, kLimits, kPause, kCloseConn, kCloseListener };
+  enum Kind { kAddListener, kAddConn, kSend, kLimits, kRelease, kCloseConn, kCloseListener };
   Kind kind = kSend;
   uint32_t id = 0;
   Fd fd;
@@ -185,8 +190,8 @@ struct TcpTransport::Command {
   uint32_t expectId = 0;
   Expect expect;
   uint32_t maxMeta = 0;
-  uint64_t maxPayload = 0;
-  bool pause = false;
+  uint64_t maxPayload = 0;  // kLimits; kRelease: the bytes released
+  uint64_t maxQueued = UINT64_MAX;
   std::string why;
 };
 
@@ -199,7 +204,7 @@ Napi::Function TcpTransport::Define(Napi::Env env) {
        InstanceMethod<&TcpTransport::SetLimits>("setLimits"),
        InstanceMethod<&TcpTransport::Provide>("provide"),
        InstanceMethod<&TcpTransport::Land>("land"), InstanceMethod<&TcpTransport::Unland>("unland"),
-       InstanceMethod<&TcpTransport::Pause>("pause"),
+       InstanceMethod<&TcpTransport::Release>("release"),
        InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
        InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
        InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
@@ -520,9 +525,10 @@ void TcpTransport::ReturnArea(const Area& a) {
   areas_.push_back(a);
 }
 
-// land(target, offset, length, token): a landing piece. Every piece has the same length (the
-// store's block size): a payload of k such lengths, with k pieces free, is read one block per
-// piece, and its frame names the pieces' tokens in order. Each is the caller's again from then,
+// land(target, offset, length, token, type): a landing piece. Every piece has the same length (the
+// store's block size) and serves frames of one type: a payload of k such lengths in a frame of
+// that type, with k pieces free, is read one block per piece, and its frame names the pieces'
+// tokens in order. Each is the caller's again from then,
 // until it lands it anew; unland() takes back the pieces no payload holds.
 Napi::Value TcpTransport::Land(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -531,14 +537,17 @@ Napi::Value TcpTransport::Land(const Napi::CallbackInfo& info) {
   uint64_t off = ByteCountArg(env, info[1], "offset");
   uint64_t len = ByteCountArg(env, info[2], "length");
   uint64_t token = ByteCountArg(env, info[3], "token");
+  uint64_t type = ByteCountArg(env, info[4], "type");
   if (off > m.size || len > m.size - off || len == 0 || token > 0xffffffffu) {
     Throw(env, kBadArgument, "a landing piece must lie inside its region");
   }
+  if (type == 0 || type > 0xff) Throw(env, kBadArgument, "type must be a frame type, 1 to 255");
   std::lock_guard<std::mutex> lock(areasMu_);
-  if (landingLen_ != 0 && len != landingLen_) {
-    Throw(env, kBadArgument, "every landing piece must have the same length");
+  if ((landingLen_ != 0 && len != landingLen_) || (landingType_ != 0 && type != landingType_)) {
+    Throw(env, kBadArgument, "every landing piece must have the same length and frame type");
   }
   landingLen_ = len;
+  landingType_ = static_cast<uint8_t>(type);
   landing_.push_back({m.data + off, len, static_cast<uint32_t>(token)});
   return env.Undefined();
 }
@@ -556,9 +565,9 @@ Napi::Value TcpTransport::Unland(const Napi::CallbackInfo& info) {
   return out;
 }
 
-bool TcpTransport::TakeLanding(uint64_t len, std::vector<Area>* out) {
+bool TcpTransport::TakeLanding(uint8_t type, uint64_t len, std::vector<Area>* out) {
   std::lock_guard<std::mutex> lock(areasMu_);
-  if (landingLen_ == 0 || len == 0 || len % landingLen_ != 0) return false;
+  if (type != landingType_ || landingLen_ == 0 || len == 0 || len % landingLen_ != 0) return false;
   uint64_t count = len / landingLen_;
   if (count > landing_.size()) return false;
   out->assign(landing_.end() - static_cast<std::ptrdiff_t>(count), landing_.end());
@@ -583,19 +592,21 @@ Napi::Value TcpTransport::SetLimits(const Napi::CallbackInfo& info) {
   if (meta > (64u << 20)) Throw(env, kBadArgument, "maxMeta must be at most 64 MiB");
   cmd->maxMeta = static_cast<uint32_t>(meta);
   cmd->maxPayload = ByteCountArg(env, info[2], "maxPayload");
+  // Optional: payload bytes JavaScript may hold before the connection is paused.
+  cmd->maxQueued = info[3].IsUndefined() ? UINT64_MAX : ByteCountArg(env, info[3], "maxQueued");
   Post(std::move(cmd));
   return env.Undefined();
 }
 
-// pause(conn, paused): stops (or resumes) reading a connection, so a peer that sends faster than
-// JavaScript serves it is held back by TCP's flow control rather than buffered without bound.
-Napi::Value TcpTransport::Pause(const Napi::CallbackInfo& info) {
+// release(conn, bytes): JavaScript is done with `bytes` of payload it received on conn
+// (backpressure, see Conn::queued).
+Napi::Value TcpTransport::Release(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "transport is closed");
+  if (closed_) return env.Undefined();
   auto cmd = std::make_unique<Command>();
-  cmd->kind = Command::kPause;
+  cmd->kind = Command::kRelease;
   cmd->id = static_cast<uint32_t>(ByteCountArg(env, info[0], "connection"));
-  cmd->pause = info[1].ToBoolean().Value();
+  cmd->maxPayload = ByteCountArg(env, info[1], "bytes");
   Post(std::move(cmd));
   return env.Undefined();
 }
@@ -846,16 +857,19 @@ void TcpTransport::RunCommands() {
         if (it != conns_.end()) {
           it->second->maxMeta = cmd->maxMeta;
           it->second->maxPayload = cmd->maxPayload;
+          it->second->maxQueued = cmd->maxQueued;
         }
         break;
       }
-      case Command::kPause: {
+      case Command::kRelease: {
         auto it = conns_.find(cmd->id);
-        if (it == conns_.end() || it->second->paused == cmd->pause) break;
+        if (it == conns_.end()) break;
         Conn& c = *it->second;
-        c.paused = cmd->pause;
-        // Resuming: bytes already staged would not wake epoll again, so read now.
-        if (!c.paused && !ReadConn(c)) break;
+        c.queued -= std::min(c.queued, cmd->maxPayload);
+        if (!c.paused || c.queued > c.maxQueued / 2) break;
+        c.paused = false;
+        // Bytes already staged would not wake epoll again, so read now.
+        if (!ReadConn(c)) break;
         UpdateInterest(c);
         break;
       }
@@ -981,8 +995,19 @@ void TcpTransport::HandleConn(Conn& c, uint32_t events) {
     e.conn = id;
     Emit(std::move(e));
   }
-  // A paused connection is still read when it hangs up or fails, which is how the close is seen.
-  if ((events & (EPOLLHUP | EPOLLERR)) != 0 || ((events & EPOLLIN) != 0 && !c.paused)) {
+  if (c.paused && (events & (EPOLLHUP | EPOLLERR)) != 0) {
+    // Epoll reports a hangup whatever the interest, again and again while it is not handled;
+    // a paused connection is not read, so it is closed here. Its peer can no longer take
+    // answers anyway.
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(c.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    CloseConnNow(id, err,
+                 err != 0 ? std::string("connection failed: ") + std::strerror(err)
+                          : std::string("the peer closed the connection"));
+    return;
+  }
+  if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0 && !c.paused) {
     if (!ReadConn(c)) return;  // closed
   }
   if (!c.out.empty() && !c.connecting) {
@@ -1054,7 +1079,7 @@ bool TcpTransport::ReadConn(Conn& c) {
   // Staged bytes are always consumed, budget or not: the socket may hold nothing more, and then
   // epoll would never report this connection again while a frame sits in the stage.
   while (budget > 0 || c.stageHead < c.stageTail) {
-    if (c.paused) return true;  // a kPause command that resumes reads on
+    if (c.paused) return true;  // the kRelease that resumes it reads on
     if (c.stageHead < c.stageTail) {
       size_t used = 0;
       if (!Consume(c, c.stage.data() + c.stageHead, c.stageTail - c.stageHead, &used)) {
@@ -1247,7 +1272,7 @@ bool TcpTransport::StartPayload(Conn& c) {
     }
   }
   if (c.payloadLen == 0) return FrameReady(c);
-  if (c.place.empty() && TakeLanding(c.payloadLen, &c.landed)) {
+  if (c.place.empty() && TakeLanding(c.type, c.payloadLen, &c.landed)) {
     for (const Area& a : c.landed) c.place.push_back({a.data, a.len});
   }
   c.placeCrc.assign(c.place.size(), 0);
@@ -1280,6 +1305,8 @@ bool TcpTransport::FrameReady(Conn& c) {
     e.payload.reset(c.payload);
   }
   e.payloadBytes = c.payloadLen;
+  c.queued += c.payloadLen;
+  if (c.queued > c.maxQueued) c.paused = true;  // ReadConn stops before the next frame
   e.placed = !c.place.empty();
   if (e.placed) e.checksums = std::move(c.placeCrc);
   c.placeCrc.clear();

@@ -114,7 +114,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   Napi::Value Provide(const Napi::CallbackInfo& info);
   Napi::Value Land(const Napi::CallbackInfo& info);
   Napi::Value Unland(const Napi::CallbackInfo& info);
-  Napi::Value Pause(const Napi::CallbackInfo& info);
+  Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value CloseConn(const Napi::CallbackInfo& info);
   Napi::Value CloseListener(const Napi::CallbackInfo& info);
   Napi::Value RefJs(const Napi::CallbackInfo& info);
@@ -157,7 +157,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   };
   bool TakeArea(uint64_t len, Area* out);
   void ReturnArea(const Area& a);
-  bool TakeLanding(uint64_t len, std::vector<Area>* out);
+  bool TakeLanding(uint8_t type, uint64_t len, std::vector<Area>* out);
   void ReturnLanding(std::vector<Area>* pieces);
   std::mutex areasMu_;  // guards areas_ and landing_: filled by the main thread, taken by epoll's
   std::vector<Area> areas_;
@@ -165,6 +165,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   // A payload that is a whole number of pieces lands one piece each, so it needs no copy after.
   std::vector<Area> landing_;
   uint64_t landingLen_ = 0;
+  uint8_t landingType_ = 0;  // the frame type whose payloads land (a server's PUT)
 
   std::mutex mu_;  // guards commands_ and pending_
   std::vector<std::unique_ptr<Command>> commands_;
