@@ -144,8 +144,12 @@ export interface NativeVerbs {
   createQueuePair(): { id: number; address: Buffer };
   connectQueuePair(id: number, remote: Uint8Array): void;
   destroyQueuePair(id: number): void;
-  /** Registers a Region's memory (cached); the address is that of the target's first byte. */
-  register(target: NativeTarget): { address: number; rkey: number };
+  /**
+   * Registers a Region's memory for the peer (cached per region and access; role 'server' only):
+   * 'read' lends it to the peer's RDMA READs only, 'write' to its RDMA WRITEs (and READs). The
+   * address is that of the target's first byte.
+   */
+  register(target: NativeTarget, access: 'read' | 'write'): { address: number; rkey: number };
   /**
    * Six numbers per work request: opcode (0 READ, 1 WRITE), target index, target offset,
    * length, remote address, remote key. Rejects with KVTIER_PEER when any fails.
@@ -203,7 +207,15 @@ export interface NativeAddon {
     chunkBytes: number;
     fallback: boolean;
   }) => NativeEngine & { readonly fallbacks: number };
-  NativeVerbs: new (options: { device?: string; port?: number }) => NativeVerbs;
+  /**
+   * role 'client' (default): its queue pairs grant the peer no access and it lends no memory;
+   * 'server': its queue pairs accept the peer's RDMA READ and WRITE, and it registers memory.
+   */
+  NativeVerbs: new (options: {
+    device?: string;
+    port?: number;
+    role?: 'client' | 'server';
+  }) => NativeVerbs;
   NativeTcpTransport: new (
     options: { maxConnections?: number },
     onEvents: (events: NetEvent[]) => void,

@@ -362,7 +362,8 @@ export class PeerClient {
             if (session.transport === 'verbs') {
               // The control channel is up; now the queue pairs (docs/protocol.md, verbs).
               try {
-                this.link ??= new (native().NativeVerbs)({});
+                // A client only initiates: its queue pairs and memory grant the server no access.
+                this.link ??= new (native().NativeVerbs)({ role: 'client' });
                 const qp = this.link.createQueuePair();
                 session.qp = qp.id;
                 phase = 'verbs';

@@ -44,6 +44,8 @@ export const MAX_OFFERS = 64;
 export const VERBS_ADDRESS_BYTES = 28;
 /** One placement (remote address u64, rkey u32, reserved u32) per OK entry of a verbs answer. */
 export const PLACEMENT_BYTES = 16;
+/** Leases for RDMA READ (GETs with REMOTE_READ not yet released) a connection may hold. */
+export const MAX_LEASES = 64;
 /** Blocks lent for RDMA READ stay pinned until RELEASE, or this long. */
 export const LEASE_MS = 30_000;
 

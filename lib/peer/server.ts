@@ -20,6 +20,7 @@ import {
   decodeResults,
   encodePlacedResults,
   LEASE_MS,
+  MAX_LEASES,
   MAX_OFFERS,
   type Placement,
   VERBS_ADDRESS_BYTES,
@@ -87,7 +88,12 @@ interface ConnState {
   paused: boolean;
   /** The responder queue pair of a verbs connection. */
   qp?: number;
-  /** Blocks lent to the client's RDMA READs until it sends RELEASE, by request id. */
+  /**
+   * Blocks lent to the client's RDMA READs until it sends RELEASE, by request id: each GET with
+   * REMOTE_READ claims its id here before it awaits anything, so a repeated id is refused and at
+   * most MAX_LEASES are out at once. Calling the function ends the lease (or, while the answer is
+   * still being prepared, lets the blocks go as soon as it is sent).
+   */
   leases: Map<number, () => void>;
 }
 
@@ -175,7 +181,8 @@ export class PeerServer {
       wh.blockBytes * Math.max(1, Math.min(this.maxBatch, Math.floor((4 << 20) / wh.blockBytes)));
     this.areas = Region.allocate(AREAS * this.areaBytes, { pin: false });
     this.areas.inFlight.begin(); // the transport may write into it until it is closed
-    this.verbs = transport.verbs ? new (native().NativeVerbs)({}) : undefined;
+    // A server's queue pairs answer the client's READs and WRITEs; its memory is lent per use.
+    this.verbs = transport.verbs ? new (native().NativeVerbs)({ role: 'server' }) : undefined;
     this.net = new Net({
       maxConnections: options.maxConnections ?? 256,
       onAccept: (conn, remote) => this.accept(conn, remote),
@@ -444,9 +451,13 @@ export class PeerServer {
     this.log('verbs_connected', { conn: state.id, remote: state.remote });
   }
 
-  /** Where a block of host memory can be read or written by the client's RDMA. */
-  private placement(target: NativeTarget, offset: number): Placement {
-    const r = this.verbs!.register(target);
+  /**
+   * Where a block of host memory can be read ('read': remote read only) or written ('write') by
+   * the client's RDMA. The rkey covers the whole registered region, not the block: the NIC
+   * checks only the region's bounds (docs/protocol.md, "Access").
+   */
+  private placement(target: NativeTarget, offset: number, access: 'read' | 'write'): Placement {
+    const r = this.verbs!.register(target, access);
     return { address: r.address + offset, rkey: r.rkey };
   }
 
@@ -614,7 +625,9 @@ export class PeerServer {
               const found = got!.found[j];
               if (found) spans.push(0, j * bs, bs);
               statuses.push(found ? Status.OK : Status.MISSING);
-              checksums.push(-1);
+              // Verified on their way up from the lower tier; checksummed here too, so that the
+              // client checks every block it receives end to end (one CRC-32C pass per block).
+              checksums.push(found ? native().crc32c(region!.view(j * bs, bs)) : -1);
               j++;
             });
             const token = this.nextToken++;
@@ -686,12 +699,37 @@ export class PeerServer {
     keys: Key[],
     localOnly: boolean,
   ): Promise<void> {
-    const wh = this.options.warehouse;
-    const bs = wh.blockBytes;
     if (state.leases.has(rid)) {
       this.drop(state, ErrorKind.PROTOCOL, `request id ${rid} already holds a lease`);
       return;
     }
+    if (state.leases.size >= MAX_LEASES) {
+      this.drop(state, ErrorKind.LIMIT, `more than ${MAX_LEASES} leases for RDMA READ at once`);
+      return;
+    }
+    // The id is claimed now, before anything is awaited: a second GET with it, arriving while
+    // the blocks are looked up, finds it taken. RELEASE, the timeout and the connection's close
+    // all call `end`; once it has been called, the blocks go as soon as the answer is out.
+    let end!: () => void;
+    const released = new Promise<void>((resolve) => (end = resolve));
+    state.leases.set(rid, end);
+    try {
+      await this.lend(state, rid, keys, localOnly, released);
+    } finally {
+      if (state.leases.get(rid) === end) state.leases.delete(rid);
+    }
+  }
+
+  /** lendForRead's work once the request id holds its place in `leases`. */
+  private async lend(
+    state: ConnState,
+    rid: number,
+    keys: Key[],
+    localOnly: boolean,
+    released: Promise<void>,
+  ): Promise<void> {
+    const wh = this.options.warehouse;
+    const bs = wh.blockBytes;
     await wh.lend(keys, async (lent) => {
       const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
       const region = rest.length > 0 ? this.pool.take(rest.length * bs) : undefined;
@@ -714,7 +752,8 @@ export class PeerServer {
           if (b) {
             statuses.push(Status.OK);
             checksums.push(b.checksum);
-            placements.push(this.placement(nativeTargetOf(b.target), b.offset));
+            // Host-tier slots lent for reading: this key allows RDMA READ only.
+            placements.push(this.placement(nativeTargetOf(b.target), b.offset, 'read'));
             return;
           }
           const found = got!.found[j];
@@ -722,7 +761,7 @@ export class PeerServer {
           // Verified on their way up from the file tier; checksummed here so that the client can
           // check every block it reads over verbs end to end.
           checksums.push(found ? native().crc32c(region!.view(j * bs, bs)) : -1);
-          if (found) placements.push(this.placement(region!.native, j * bs));
+          if (found) placements.push(this.placement(region!.native, j * bs, 'read'));
           j++;
         });
         const meta = encodePlacedResults(statuses, placements, checksums);
@@ -730,18 +769,16 @@ export class PeerServer {
           this.reply(state, MsgType.GET_RESULT, rid, meta);
           return;
         }
-        let end!: () => void;
-        const released = new Promise<void>((resolve) => (end = resolve));
+        let expired!: () => void;
+        const timedOut = new Promise<void>((resolve) => (expired = resolve));
         const timer = setTimeout(() => {
           this.log('lease_expired', { conn: state.id, requestId: rid });
-          end();
+          expired();
         }, this.options.leaseTimeoutMs ?? LEASE_MS);
         timer.unref();
-        state.leases.set(rid, end);
         this.reply(state, MsgType.GET_RESULT, rid, meta);
-        await released;
+        await Promise.race([released, timedOut]);
         clearTimeout(timer);
-        state.leases.delete(rid);
       } finally {
         if (region) this.release(region);
       }
@@ -836,7 +873,7 @@ export class PeerServer {
     if (offer.reservation) {
       for (const x of offer.reservation.slots) {
         if (typeof x !== 'string') {
-          placements.push(this.placement(nativeTargetOf(x.target), x.offset));
+          placements.push(this.placement(nativeTargetOf(x.target), x.offset, 'write'));
         }
       }
       return placements;
@@ -846,7 +883,7 @@ export class PeerServer {
       offer.receive = this.pool.take(accepted * bs);
       offer.receive.inFlight.begin();
       for (let n = 0; n < accepted; n++) {
-        placements.push(this.placement(offer.receive.native, n * bs));
+        placements.push(this.placement(offer.receive.native, n * bs, 'write'));
       }
     }
     return placements;

@@ -126,8 +126,13 @@ VerbsEndpoint::~VerbsEndpoint() {
 }
 
 std::unique_ptr<VerbsEndpoint::Registration> VerbsEndpoint::Register(void* addr, size_t len,
+                                                                     int access,
                                                                      std::string* error) {
-  int access = ibv::kAccessLocalWrite | ibv::kAccessRemoteRead | ibv::kAccessRemoteWrite;
+  // ibv_reg_mr refuses remote write without local write (EINVAL); say so plainly instead.
+  if ((access & ibv::kAccessRemoteWrite) != 0 && (access & ibv::kAccessLocalWrite) == 0) {
+    *error = "remote write access needs local write access";
+    return nullptr;
+  }
   ibv::Mr* mr = api_->regMr(pd_, addr, len, access);
   if (mr == nullptr) {
     *error = device_ + ": " + Errno("ibv_reg_mr");
@@ -136,7 +141,8 @@ std::unique_ptr<VerbsEndpoint::Registration> VerbsEndpoint::Register(void* addr,
   return std::unique_ptr<Registration>(new Registration(api_, mr));
 }
 
-std::unique_ptr<VerbsEndpoint::QueuePair> VerbsEndpoint::CreateQueuePair(std::string* error) {
+std::unique_ptr<VerbsEndpoint::QueuePair> VerbsEndpoint::CreateQueuePair(int remoteAccess,
+                                                                         std::string* error) {
   ibv::QpInitAttr init{};
   init.sendCq = cq_;
   init.recvCq = cq_;
@@ -162,7 +168,9 @@ std::unique_ptr<VerbsEndpoint::QueuePair> VerbsEndpoint::CreateQueuePair(std::st
   attr.qpState = ibv::kQpsInit;
   attr.pkeyIndex = 0;
   attr.portNum = port_;
-  attr.qpAccessFlags = ibv::kAccessRemoteRead | ibv::kAccessRemoteWrite | ibv::kAccessLocalWrite;
+  // Only the remote bits mean anything to a queue pair: the responder side checks them (with the
+  // registration's own flags) on every incoming READ or WRITE.
+  attr.qpAccessFlags = remoteAccess & (ibv::kAccessRemoteRead | ibv::kAccessRemoteWrite);
   if (api_->modifyQp(qp, &attr,
                      ibv::kQpState | ibv::kQpPkeyIndex | ibv::kQpPort | ibv::kQpAccessFlags) != 0) {
     *error = device_ + ": " + Errno("ibv_modify_qp(INIT)");

@@ -83,8 +83,14 @@ class VerbsEndpoint {
   VerbsEndpoint& operator=(const VerbsEndpoint&) = delete;
 
   // Host memory; device memory too where the NIC and its driver support it (GPUDirect RDMA).
-  std::unique_ptr<Registration> Register(void* addr, size_t len, std::string* error);
-  std::unique_ptr<QueuePair> CreateQueuePair(std::string* error);
+  // `access` is the ibv access flags the NIC enforces on this registration: callers grant only
+  // what the role needs (kAccessLocalWrite for memory RDMA READs land in; kAccessRemoteRead for
+  // memory lent to a peer's READ; kAccessRemoteWrite, which verbs requires to come with
+  // kAccessLocalWrite, for memory a peer WRITEs into).
+  std::unique_ptr<Registration> Register(void* addr, size_t len, int access, std::string* error);
+  // `remoteAccess` becomes the queue pair's access flags: what the peer's one-sided operations
+  // may do through it (0 for an initiator that lends nothing).
+  std::unique_ptr<QueuePair> CreateQueuePair(int remoteAccess, std::string* error);
   // Up to n completions; -1 with *error on a polling failure.
   int Poll(shim::ibv::Wc* wcs, int n, std::string* error);
 

@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <mutex>
+#include <unordered_set>
 #include <utility>
 
 #include "../common/args.h"
@@ -85,11 +87,29 @@ struct VerbsLink::Job {
   std::shared_ptr<Qp> qp;
   std::vector<Work> work;
   // Completion thread only, until delivered.
+  // Work requests of this job were outstanding when the link gave up on them (KeepForever).
+  bool stranded = false;
   size_t posted = 0;
   size_t completed = 0;
   int status = 0;  // the first failure: a completion status, or -1 when posting failed
   std::string error;
 };
+
+namespace {
+
+// A job given up on while some of its work requests were outstanding (the completion queue
+// failed, or close() stopped waiting for a device that neither completed nor flushed them): the
+// queue pair was moved to the error state, but nothing says the device is done with those work
+// requests, and a READ still under way would write into the job's memory. So that memory is not
+// handed back as free: the job's region memory, its registrations (which keep the endpoint and
+// so the device context open) and its queue pair are kept here for the life of the process, and
+// Deliver keeps its JavaScript buffers referenced for good. A leak, on purpose: bounded by the
+// transfers of a failed device, and safe, where freeing could let the NIC write into memory
+// JavaScript reuses. Completion thread; allocation failure throws to Run's catch, which keeps
+// the job undelivered (and so its memory held) as well.
+void KeepForever(VerbsLink::Job* j);
+
+}  // namespace
 
 Napi::Function VerbsLink::Define(Napi::Env env) {
   return DefineClass(
@@ -101,11 +121,17 @@ Napi::Function VerbsLink::Define(Napi::Env env) {
        InstanceMethod<&VerbsLink::Close>("close"), InstanceAccessor<&VerbsLink::Device>("device")});
 }
 
-// new NativeVerbs({ device?, port? }): KVTIER_NOT_AVAILABLE naming the step that failed.
+// new NativeVerbs({ device?, port?, role? }): KVTIER_NOT_AVAILABLE naming the step that failed.
+// role 'client' (the default: least access) or 'server' (verbs_link.h).
 VerbsLink::VerbsLink(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VerbsLink>(info) {
   Napi::Env env = info.Env();
   env_ = env;
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
+  std::string role = StringOption(opts, "role", "client");
+  if (role != "client" && role != "server") {
+    Throw(env, kBadArgument, "role must be 'client' or 'server'");
+  }
+  responder_ = role == "server";
   VerbsEndpoint::Options o;
   o.device = StringOption(opts, "device", "");
   Napi::Value port = opts.Get("port");
@@ -181,7 +207,10 @@ Napi::Value VerbsLink::CreateQueuePair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "the verbs link is closed");
   std::string error;
-  std::unique_ptr<VerbsEndpoint::QueuePair> pair = ep_->CreateQueuePair(&error);
+  // A client's queue pair is only ever the initiator: its peer may neither read nor write through
+  // it. A server's answers the client's READs and WRITEs.
+  int remoteAccess = responder_ ? ibv::kAccessRemoteRead | ibv::kAccessRemoteWrite : 0;
+  std::unique_ptr<VerbsEndpoint::QueuePair> pair = ep_->CreateQueuePair(remoteAccess, &error);
   if (!pair) Throw(env, kNotAvailable, "cannot create a queue pair: " + error);
   auto qp = std::make_shared<Qp>();
   qp->ep = ep_;
@@ -268,9 +297,10 @@ void VerbsLink::Sweep() {
 }
 
 std::shared_ptr<VerbsLink::Reg> VerbsLink::RegistrationFor(
-    Napi::Env env, uint8_t* data, uint64_t len, const std::shared_ptr<RegionMemory>& memory) {
+    Napi::Env env, uint8_t* data, uint64_t len, const std::shared_ptr<RegionMemory>& memory,
+    int access) {
   if (memory) {
-    auto it = cache_.find(memory.get());
+    auto it = cache_.find({memory.get(), access});
     if (it != cache_.end()) return it->second.reg;
     Sweep();
     data = memory->data();
@@ -279,17 +309,32 @@ std::shared_ptr<VerbsLink::Reg> VerbsLink::RegistrationFor(
   std::string error;
   auto reg = std::make_shared<Reg>();
   reg->ep = ep_;
-  reg->mr = ep_->Register(data, len, &error);
+  reg->mr = ep_->Register(data, len, access, &error);
   if (!reg->mr) Throw(env, kIo, "cannot register memory for RDMA: " + error);
-  if (memory) cache_[memory.get()] = Cached{memory, reg};
+  if (memory) cache_[{memory.get(), access}] = Cached{memory, reg};
   return reg;
 }
 
-// register(target: Region or a view of one) -> { address, rkey }: the region stays registered
-// (and its memory mapped) until it is closed and the next registration sweeps it.
+// register(target: Region or a view of one, access: 'read' | 'write') -> { address, rkey }: the
+// region stays registered (and its memory mapped) until it is closed and the next registration
+// sweeps it. 'read': the peer may only RDMA READ it; 'write': the peer may RDMA WRITE (and READ)
+// it. Servers only: a client lends nothing.
 Napi::Value VerbsLink::Register(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "the verbs link is closed");
+  if (!responder_) {
+    Throw(env, kBadArgument, "a client verbs link lends no memory (register needs role 'server')");
+  }
+  std::string mode = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  int access = 0;
+  if (mode == "read") {
+    access = ibv::kAccessRemoteRead;
+  } else if (mode == "write") {
+    // Verbs requires local write with remote write; remote read lets the client check its writes.
+    access = ibv::kAccessLocalWrite | ibv::kAccessRemoteWrite | ibv::kAccessRemoteRead;
+  } else {
+    Throw(env, kBadArgument, "access must be 'read' or 'write'");
+  }
   TargetRef ref = ClassifyTarget(env, info[0], 0);
   Target t = TargetMemory(env, ref, 0);
   if (t.device) Throw(env, kBadArgument, "GPU memory is not registered for RDMA by this build");
@@ -297,7 +342,7 @@ Napi::Value VerbsLink::Register(const Napi::CallbackInfo& info) {
     // A plain buffer may be collected and its address reused while the peer still holds the key.
     Throw(env, kBadArgument, "only Region memory can stay registered for RDMA");
   }
-  std::shared_ptr<Reg> reg = RegistrationFor(env, t.data, t.size, t.memory);
+  std::shared_ptr<Reg> reg = RegistrationFor(env, t.data, t.size, t.memory, access);
   Napi::Object r = Napi::Object::New(env);
   // User-space addresses are below 2^47, exact in a double.
   r.Set("address",
@@ -359,7 +404,11 @@ Napi::Value VerbsLink::Post(const Napi::CallbackInfo& info) {
             "work request " + std::to_string(i) + ": " + std::to_string(len) + " bytes at " +
                 std::to_string(off) + " do not fit a target of " + std::to_string(t.size));
     }
-    if (!regOf[at]) regOf[at] = RegistrationFor(env, t.data, t.size, t.memory);
+    // The caller's memory: an RDMA READ writes into it (local write); the source of a WRITE needs
+    // no access at all. Never remote access: the peer gets no key to it.
+    if (!regOf[at]) {
+      regOf[at] = RegistrationFor(env, t.data, t.size, t.memory, ibv::kAccessLocalWrite);
+    }
     job->work.push_back(Work{opcode == kOpRead ? ibv::kWrRdmaRead : ibv::kWrRdmaWrite, t.data + off,
                              regOf[at]->mr->lkey(), static_cast<uint64_t>(d[4]),
                              U32Field(env, d[5], i, "remote key"), len});
@@ -398,7 +447,11 @@ void VerbsLink::Deliver(Napi::Env env, Napi::Function, VerbsLink* self, Job* raw
     job->borrowed.clear();
     return;
   }
-  for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
+  // A stranded job's buffers stay referenced for good (KeepForever): the device may still write
+  // into them, so they must never be collected and their memory reused.
+  if (!job->stranded) {
+    for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
+  }
   job->borrowed.clear();
   // No exception may leave a thread-safe function's callback: it would end the process.
   try {
@@ -424,10 +477,15 @@ void VerbsLink::Run() {
     size_t index;
   };
   std::unordered_map<uint64_t, Out> outstanding;
+  // Work requests outstanding per queue pair; an entry goes when its count drops to zero, so a
+  // destroyed queue pair leaves nothing behind (and a new one at its address starts at zero).
   std::unordered_map<const Qp*, uint32_t> perQp;
   uint64_t nextWr = 1;
   int idle = 0;
   bool stopping = false;
+  // Set once polling failed: the completion queue is shared by every queue pair of the endpoint,
+  // so nothing posted from then on could be seen to complete. No more work is posted.
+  std::string deviceError;
   auto stopAt = std::chrono::steady_clock::time_point::max();
   auto finish = [&](Job* j) {
     if (tsfn_.NonBlockingCall(j) != napi_ok) {
@@ -435,6 +493,34 @@ void VerbsLink::Run() {
       j->borrowed.clear();
       delete j;
     }
+  };
+  // Gives up on every outstanding work request: first their queue pairs go to the error state
+  // (so a device that still works flushes them instead of moving bytes), then their jobs fail,
+  // and since nothing confirms the device is done with them, their memory is kept for good.
+  auto abandon = [&](const std::string& why) {
+    std::unordered_set<Qp*> failed;
+    for (auto& [id, o] : outstanding) {
+      Qp* qp = o.job->qp.get();
+      if (!failed.insert(qp).second) continue;
+      qp->dead.store(true);
+      std::string ignored;
+      // A failed transition leaves nothing better to do: the memory is kept either way.
+      (void)qp->qp->Fail(&ignored);
+    }
+    for (auto& [id, o] : outstanding) {
+      Job* j = o.job;
+      j->completed++;
+      if (j->status == 0) {
+        j->status = -1;
+        j->error = why;
+      }
+      if (!j->stranded) {
+        j->stranded = true;
+        KeepForever(j);
+      }
+    }
+    outstanding.clear();
+    perQp.clear();
   };
   try {
     for (;;) {
@@ -456,19 +542,22 @@ void VerbsLink::Run() {
       bool progress = false;
       for (Job* j : active) {
         while (j->posted < j->work.size()) {
-          if (j->status != 0 || stopping || j->qp->dead.load()) {
+          if (j->status != 0 || stopping || j->qp->dead.load() || !deviceError.empty()) {
             // The rest is not posted: a failed job is reported failed as a whole anyway.
             if (j->status == 0) {
               j->status = ibv::kWcWrFlushErr;
-              j->error = stopping ? "the verbs link was closed" : "the queue pair was closed";
+              j->error = !deviceError.empty() ? "the verbs device failed earlier: " + deviceError
+                         : stopping           ? "the verbs link was closed"
+                                              : "the queue pair was closed";
             }
             j->completed += j->work.size() - j->posted;
             j->posted = j->work.size();
             progress = true;
             break;
           }
-          uint32_t& onQp = perQp[j->qp.get()];
-          if (onQp >= kMaxSendWr || outstanding.size() >= kMaxOutstanding) break;
+          if (outstanding.size() >= kMaxOutstanding) break;
+          auto onQp = perQp.find(j->qp.get());
+          if (onQp != perQp.end() && onQp->second >= kMaxSendWr) break;
           const Work& w = j->work[j->posted];
           uint64_t id = nextWr++;
           std::string error;
@@ -485,7 +574,7 @@ void VerbsLink::Run() {
             continue;
           }
           outstanding.emplace(id, Out{j, j->posted - 1});
-          onQp++;
+          perQp[j->qp.get()]++;
         }
       }
       int got = 0;
@@ -494,16 +583,9 @@ void VerbsLink::Run() {
         std::string error;
         got = ep_->Poll(wcs, kPollBatch, &error);
         if (got < 0) {
-          // The device itself failed: nothing more will complete. The jobs end now, failed.
-          for (auto& [id, o] : outstanding) {
-            o.job->completed++;
-            if (o.job->status == 0) {
-              o.job->status = -1;
-              o.job->error = error;
-            }
-          }
-          outstanding.clear();
-          perQp.clear();
+          // The completion queue failed: nothing outstanding will ever be reported complete.
+          deviceError = error;
+          abandon(error + " (transfers in flight were given up; their memory stays held)");
           got = 0;
           progress = true;
         }
@@ -512,7 +594,8 @@ void VerbsLink::Run() {
           if (it == outstanding.end()) continue;  // not ours: cannot happen with one owner
           Out o = it->second;
           outstanding.erase(it);
-          perQp[o.job->qp.get()]--;
+          auto onQp = perQp.find(o.job->qp.get());
+          if (onQp != perQp.end() && --onQp->second == 0) perQp.erase(onQp);
           o.job->completed++;
           if (wcs[k].status != ibv::kWcSuccess && o.job->status == 0) {
             o.job->status = wcs[k].status;
@@ -523,16 +606,8 @@ void VerbsLink::Run() {
         }
       }
       if (stopping && !outstanding.empty() && std::chrono::steady_clock::now() >= stopAt) {
-        // A device that neither completes nor flushes: give up on it (its memory stays held by
-        // the registrations until the jobs are delivered).
-        for (auto& [id, o] : outstanding) {
-          o.job->completed++;
-          if (o.job->status == 0) {
-            o.job->status = ibv::kWcWrFlushErr;
-            o.job->error = "the verbs link was closed with transfers in flight";
-          }
-        }
-        outstanding.clear();
+        // A device that neither completes nor flushes: give up on it, keeping the memory.
+        abandon("the verbs link was closed with transfers in flight (their memory stays held)");
       }
       auto done = std::partition(active.begin(), active.end(),
                                  [](Job* j) { return j->completed < j->work.size(); });
@@ -556,6 +631,23 @@ void VerbsLink::Run() {
     // delivered (their memory stays held), which is the safe side of a broken invariant.
   }
 }
+
+namespace {
+
+void KeepForever(VerbsLink::Job* j) {
+  static std::mutex mu;
+  // Never freed, on purpose (see the declaration above).
+  static auto* kept = new std::vector<std::shared_ptr<void>>();
+  std::lock_guard<std::mutex> lock(mu);
+  kept->reserve(kept->size() + j->keepAlive.size() + j->regs.size() + 1);
+  for (auto& k : j->keepAlive) kept->push_back(std::move(k));
+  for (auto& r : j->regs) kept->push_back(std::move(r));
+  kept->push_back(j->qp);
+  j->keepAlive.clear();
+  j->regs.clear();
+}
+
+}  // namespace
 
 Napi::Value VerbsLink::Close(const Napi::CallbackInfo& info) {
   Shutdown();

@@ -2,6 +2,13 @@
 // One object per client or server: it owns the endpoint (device, protection domain, completion
 // queue), the RC queue pairs of its connections, and a cache of memory registrations.
 //
+// A link has a role, chosen when it is made, that decides what its peer may do to it (the NIC
+// enforces it): a client's ('client', the default) queue pairs grant no remote access and it
+// registers caller memory for local write only, so a peer cannot read or write the client's
+// memory; a server's ('server') queue pairs grant remote read and write, and register() lends a
+// region for remote read only ('read') or for remote write and read ('write'), each access its
+// own registration.
+//
 // A server only registers memory and brings queue pairs up: the client drives every transfer
 // (one-sided READ and WRITE), so the server's side never posts and never polls. A client posts
 // through post(), whose work requests a completion thread posts (never more than the queue pair
@@ -16,6 +23,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -77,8 +85,9 @@ class VerbsLink : public Napi::ObjectWrap<VerbsLink> {
 
   // The registration covering [data, data + len): the cached one of a region's memory, or a new
   // one for a plain JavaScript buffer (held by the caller for as long as it is used).
+  // `access`: the registration's ibv access flags; a region has one registration per access.
   std::shared_ptr<Reg> RegistrationFor(Napi::Env env, uint8_t* data, uint64_t len,
-                                       const std::shared_ptr<RegionMemory>& memory);
+                                       const std::shared_ptr<RegionMemory>& memory, int access);
   void Sweep();
   std::shared_ptr<Qp> QpArg(Napi::Env env, Napi::Value v);
   void StartThread(Napi::Env env);
@@ -86,16 +95,19 @@ class VerbsLink : public Napi::ObjectWrap<VerbsLink> {
   void Shutdown(bool abort = false);
 
   std::shared_ptr<VerbsEndpoint> ep_;
+  // 'server': queue pairs accept the peer's READ and WRITE, and register() lends memory.
+  bool responder_ = false;
   std::unordered_map<uint32_t, std::shared_ptr<Qp>> qps_;  // main thread only
   uint32_t nextQp_ = 1;
-  // Registrations of regions' memory, by the memory (main thread only). The cache holds the
-  // memory itself, so the bytes stay mapped while registered even after the Region is closed;
-  // Sweep() lets go of memory nobody else holds any more.
+  // Registrations of regions' memory, by the memory and access (main thread only): memory lent
+  // both for READ and for WRITE is registered twice, so that a key handed out for reading does
+  // not allow writing. The cache holds the memory itself, so the bytes stay mapped while registered
+  // even after the Region is closed; Sweep() lets go of memory nobody else holds any more.
   struct Cached {
     std::shared_ptr<RegionMemory> memory;
     std::shared_ptr<Reg> reg;
   };
-  std::unordered_map<const RegionMemory*, Cached> cache_;
+  std::map<std::pair<const RegionMemory*, int>, Cached> cache_;
 
   Tsfn tsfn_;
   bool tsfnMade_ = false;

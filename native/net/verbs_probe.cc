@@ -25,7 +25,8 @@ Napi::Value VerbsProbe(const Napi::CallbackInfo& info) {
   std::string error;
   std::unique_ptr<VerbsEndpoint> ep = VerbsEndpoint::Open(o, &error);
   std::unique_ptr<VerbsEndpoint::QueuePair> qp;
-  if (ep) qp = ep->CreateQueuePair(&error);
+  // A probe lends nothing: its queue pair grants the peer no access.
+  if (ep) qp = ep->CreateQueuePair(0, &error);
   if (!ep || !qp) {
     out.Set("available", Napi::Boolean::New(env, false));
     out.Set("reason", Napi::String::New(env, error));

@@ -13,7 +13,9 @@ import {
   Warehouse,
   type PeerClient,
 } from '../../lib/index.js';
-import { randomBytes } from '../helpers.js';
+import { native } from '../../lib/native.js';
+import { randomBytes, tempDir } from '../helpers.js';
+import { keysMeta, RawPeer, rawFrame } from './raw.js';
 
 const BS = 1 << 20; // two-step puts
 const secret = Buffer.from('integrity-test-secret-0123456789');
@@ -73,5 +75,43 @@ describe('peer integrity', () => {
     expect(got.found).toEqual([true, false]);
     expect(client.corrupt).toBe(1);
     expect(dst.subarray(0, BS).equals(src.subarray(0, BS))).toBe(true);
+  });
+
+  it('over TCP, blocks read up from the file tier carry their CRC-32C too', async () => {
+    const bs = 64 * 1024;
+    const dir = tempDir('kvtier-integrity-');
+    const fileWh = await Warehouse.open({
+      blockBytes: bs,
+      tiers: [
+        { kind: 'host', bytes: 2 * bs },
+        { kind: 'file', dir: dir.path, bytes: 64 * bs },
+      ],
+    });
+    const fileServer = PeerServer.start({ host: '127.0.0.1', port: 0, warehouse: fileWh, secret });
+    const peer = await RawPeer.open(fileServer.port);
+    try {
+      await peer.handshake(secret.toString());
+      const keys = keysFor(8, 3);
+      const src = randomBytes(8 * bs);
+      peer.send(rawFrame(0x10, 1, keysMeta(keys), src));
+      expect((await peer.next())?.type).toBe(0x11);
+      // Most of the blocks now live below the host tier.
+      expect(fileWh.lookup(keys).tiers.filter((t) => t > 0).length).toBeGreaterThan(0);
+      peer.send(rawFrame(0x12, 2, keysMeta(keys)));
+      const got = await peer.next();
+      expect(got?.type).toBe(0x13);
+      expect(got?.payload.equals(src)).toBe(true);
+      keys.forEach((_, i) => {
+        expect(got!.meta.readUInt8(8 + 8 * i)).toBe(0); // OK
+        expect(got!.meta.readUInt8(8 + 8 * i + 1) & 1).toBe(1); // with its checksum
+        const crc = native().crc32c(src.subarray(i * bs, (i + 1) * bs));
+        expect(got!.meta.readUInt32LE(8 + 8 * i + 4)).toBe(crc);
+      });
+    } finally {
+      peer.close();
+      await fileServer.close();
+      await fileWh.close();
+      dir.remove();
+    }
   });
 });

@@ -12,6 +12,9 @@
  * - Each process lists its memory registrations (address, length, rkey, access, live) in
  *   $KVTIER_SOFT_VERBS_DIR/<pid>.mrs; the initiator checks the remote key, the bounds and the
  *   access flags there, as a NIC would, and completes with IBV_WC_REM_ACCESS_ERR otherwise.
+ * - Likewise each process lists its queue pairs' access flags (IBV_QP_ACCESS_FLAGS at INIT) in
+ *   $KVTIER_SOFT_VERBS_DIR/<pid>.qps; a READ or WRITE also needs the peer's (responder's) queue
+ *   pair to allow it, as on a NIC.
  * - A peer process that is gone completes with IBV_WC_RETRY_EXC_ERR; after a failed completion
  *   the queue pair is in the error state and later work requests flush (IBV_WC_WR_FLUSH_ERR).
  * - Transfers run inside ibv_post_send, so completions are ready at the next poll.
@@ -19,6 +22,8 @@
  *   most 1 (each process allows any peer with PR_SET_PTRACER).
  * - $KVTIER_SOFT_VERBS_HOLD (tests of faults): while that file exists, transfers wait, after
  *   creating "<that file>.reached".
+ * - $KVTIER_SOFT_VERBS_POLL_FAIL (tests of faults): while that file exists, ibv_poll_cq fails
+ *   (returns -1) and leaves the completions queued.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +54,13 @@ struct soft_mr_record {
   uint32_t pad;
 };
 
+struct soft_qp_record {
+  uint32_t qpn;
+  uint32_t access;
+  uint32_t live;
+  uint32_t pad;
+};
+
 struct soft_cq {
   struct ibv_cq cq;
   pthread_mutex_t mu;
@@ -61,6 +73,7 @@ struct soft_qp {
   struct soft_cq *cq;
   int state;
   pid_t remote;
+  uint32_t remote_qpn;
 };
 
 struct soft_mr {
@@ -71,7 +84,8 @@ struct soft_mr {
 static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
 static long registry_slots;
 static uint32_t next_key = 0x100;
-static uint32_t next_qpn = 0x40;
+#define FIRST_QPN 0x40u
+static uint32_t next_qpn = FIRST_QPN;
 static struct ibv_device *the_device;
 
 /* Under Yama's ptrace_scope 1 only an ancestor may read another process's memory; the client and
@@ -182,6 +196,32 @@ static int write_record(long slot, const struct soft_mr_record *r) {
   return n == (ssize_t)sizeof(*r) ? 0 : -1;
 }
 
+static int write_qp_record(uint32_t qpn, uint32_t access, uint32_t live) {
+  char path[512];
+  snprintf(path, sizeof(path), "%s/%d.qps", registry_dir(), (int)getpid());
+  long slot = (long)(qpn - FIRST_QPN);
+  int fd = open(path, O_WRONLY | O_CREAT | (slot == 0 ? O_TRUNC : 0), 0600);
+  if (fd < 0) return -1;
+  struct soft_qp_record r = {qpn, access, live, 0};
+  ssize_t n = pwrite(fd, &r, sizeof(r), (off_t)(slot * (long)sizeof(r)));
+  close(fd);
+  return n == (ssize_t)sizeof(r) ? 0 : -1;
+}
+
+/* Whether the peer's queue pair qpn grants `access` to incoming READs or WRITEs. */
+static int remote_qp_allows(pid_t pid, uint32_t qpn, int access) {
+  char path[512];
+  snprintf(path, sizeof(path), "%s/%d.qps", registry_dir(), (int)pid);
+  FILE *f = fopen(path, "rb");
+  if (!f) return 0;
+  struct soft_qp_record r;
+  int ok = fseek(f, (long)(qpn - FIRST_QPN) * (long)sizeof(r), SEEK_SET) == 0 &&
+           fread(&r, sizeof(r), 1, f) == 1 && r.live && r.qpn == qpn &&
+           (r.access & (uint32_t)access);
+  fclose(f);
+  return ok;
+}
+
 struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access) {
   struct soft_mr *m = calloc(1, sizeof(*m));
   if (!m) {
@@ -263,6 +303,7 @@ struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
 }
 
 int ibv_destroy_qp(struct ibv_qp *qp) {
+  (void)write_qp_record(qp->qp_num, 0, 0);
   free(qp);
   return 0;
 }
@@ -270,6 +311,9 @@ int ibv_destroy_qp(struct ibv_qp *qp) {
 int ibv_modify_qp(struct ibv_qp *qp, struct ibv_qp_attr *attr, int mask) {
   struct soft_qp *q = (struct soft_qp *)qp;
   if (!(mask & IBV_QP_STATE)) return EINVAL;
+  if (mask & IBV_QP_ACCESS_FLAGS) {
+    if (write_qp_record(qp->qp_num, (uint32_t)attr->qp_access_flags, 1) != 0) return EIO;
+  }
   if (attr->qp_state == IBV_QPS_RTR) {
     const uint8_t *raw = attr->ah_attr.grh.dgid.raw;
     if (!(mask & IBV_QP_AV) || !attr->ah_attr.is_global || memcmp(raw + 12, "soft", 4) != 0) {
@@ -278,6 +322,8 @@ int ibv_modify_qp(struct ibv_qp *qp, struct ibv_qp_attr *attr, int mask) {
     uint32_t pid;
     memcpy(&pid, raw + 8, 4);
     q->remote = (pid_t)pid;
+    if (!(mask & IBV_QP_DEST_QPN)) return EINVAL;
+    q->remote_qpn = attr->dest_qp_num;
   }
   __atomic_store_n(&q->state, attr->qp_state, __ATOMIC_SEQ_CST);
   return 0;
@@ -323,8 +369,9 @@ static enum ibv_wc_status transfer(struct soft_qp *q, struct ibv_send_wr *wr) {
   uint64_t remote = wr->wr.rdma.remote_addr;
   uint32_t len = wr->sg_list[0].length;
   if (kill(q->remote, 0) != 0 && errno == ESRCH) return IBV_WC_RETRY_EXC_ERR;
-  if (!remote_allows(q->remote, remote, len, wr->wr.rdma.rkey,
-                     read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE)) {
+  int access = read ? IBV_ACCESS_REMOTE_READ : IBV_ACCESS_REMOTE_WRITE;
+  if (!remote_qp_allows(q->remote, q->remote_qpn, access) ||
+      !remote_allows(q->remote, remote, len, wr->wr.rdma.rkey, access)) {
     return IBV_WC_REM_ACCESS_ERR;
   }
   uint64_t done = 0;
@@ -375,8 +422,16 @@ static int soft_post_send(struct ibv_qp *qp, struct ibv_send_wr *wr, struct ibv_
   return 0;
 }
 
+static int poll_should_fail(void) {
+  const char *f = getenv("KVTIER_SOFT_VERBS_POLL_FAIL");
+  if (!f || !*f) return 0;
+  struct stat st;
+  return stat(f, &st) == 0;
+}
+
 static int soft_poll_cq(struct ibv_cq *cq, int n, struct ibv_wc *wc) {
   struct soft_cq *c = (struct soft_cq *)cq;
+  if (poll_should_fail()) return -1;
   pthread_mutex_lock(&c->mu);
   int got = 0;
   while (got < n && c->count > 0) {

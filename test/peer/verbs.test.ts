@@ -343,6 +343,65 @@ describe('peer transport: RDMA verbs over the soft verbs test harness', () => {
       peer.close();
     });
 
+    /** Deletes `k` from a fresh connection until that succeeds: no lease pins it any more. */
+    async function deletedOnceUnpinned(k: string): Promise<void> {
+      const other = await verbsPeer();
+      let rid = 1;
+      await until('the leases ended with their connection', async () => {
+        other.send(rawFrame(0x16, rid++, keysMeta([k])));
+        const f = await other.next();
+        expect(f?.type).toBe(0x17);
+        return f?.meta.readUInt8(8) === 0; // OK: removed (REJECTED while pinned)
+      });
+      other.close();
+    }
+
+    it('more than 64 leases at once: LIMIT, the connection closes, its leases end, others are served', async () => {
+      if (!ready()) return;
+      const peer = await verbsPeer();
+      const [k] = keys(1, 7);
+      peer.send(rawFrame(0x10, 1, keysMeta([k!]), Buffer.alloc(BS, 0xcd)));
+      expect((await peer.next())?.type).toBe(0x11);
+      // 65 gets of the block, none released: the 65th finds 64 leases held (or being prepared).
+      const gets: Buffer[] = [];
+      for (let rid = 100; rid < 165; rid++) {
+        gets.push(withFlags(rawFrame(0x12, rid, keysMeta([k!])), 0x02));
+      }
+      peer.send(Buffer.concat(gets));
+      let answered = 0;
+      let f = await peer.next();
+      while (f?.type === 0x13) {
+        expect(f.meta.readUInt8(8)).toBe(0); // OK, lent
+        answered++;
+        f = await peer.next();
+      }
+      expect(answered).toBeLessThanOrEqual(64);
+      expect(f?.type).toBe(0x05);
+      expect(f?.meta.readUInt32LE(0)).toBe(4); // LIMIT
+      await peer.ended;
+      expect(peer.closed).toBe(true);
+      await deletedOnceUnpinned(k!);
+    });
+
+    it('a second GET with the id of a lease in progress: PROTOCOL, and nothing stays pinned', async () => {
+      if (!ready()) return;
+      const peer = await verbsPeer();
+      const [k] = keys(1, 8);
+      peer.send(rawFrame(0x10, 1, keysMeta([k!]), Buffer.alloc(BS, 0xef)));
+      expect((await peer.next())?.type).toBe(0x11);
+      // Both in one write: the second arrives while the first is still being lent.
+      const get = (): Buffer => withFlags(rawFrame(0x12, 9, keysMeta([k!])), 0x02);
+      peer.send(Buffer.concat([get(), get()]));
+      let f = await peer.next();
+      if (f?.type === 0x13) f = await peer.next(); // the first may be answered before
+      expect(f?.type).toBe(0x05);
+      expect(f?.meta.readUInt32LE(0)).toBe(1); // PROTOCOL
+      expect(await peer.next()).toBeUndefined();
+      expect(peer.closed).toBe(true);
+      // The first lease ended with the connection: the block can be deleted.
+      await deletedOnceUnpinned(k!);
+    });
+
     it('a verbs connection that never sends VERBS_CONNECT is closed at the handshake limit', async () => {
       if (!ready()) return;
       const idle = await RawPeer.open(server.port);
