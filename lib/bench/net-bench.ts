@@ -34,10 +34,7 @@ export interface NetBenchOptions {
   reps: number;
   /** iperf3 to run (default: on PATH), or false. */
   iperf3?: string | false;
-  /**
-   * Seconds per iperf3 run; by default each run moves the bytes of one timed pass instead, so
-   * both sides of a ratio last about as long and meet the same hiccups of a shared machine.
-   */
+  /** Seconds per iperf3 run; undefined: each run moves the bytes of one timed pass instead. */
   iperfSeconds?: number;
   onProgress?: (message: string) => void;
   signal?: AbortSignal;
@@ -46,10 +43,13 @@ export interface NetBenchOptions {
 export const NET_DEFAULTS = {
   blockSize: 1 << 20,
   inflight: 8,
+  // About a second a pass on loopback: short passes measured the start of a pass (fresh slots
+  // touched for the first time, claims) more than its steady rate.
   bytes: 2 * 2 ** 30,
   smallBlockSize: 64 << 10,
   smallOps: 8192,
   reps: 3,
+  iperfSeconds: 3,
 };
 
 export interface NetRow {

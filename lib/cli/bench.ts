@@ -377,10 +377,7 @@ export function registerBench(program: Command): void {
     .option('--reps <n>', 'repetitions; medians are reported', String(NET_DEFAULTS.reps))
     .option('--iperf3 <path>', 'the iperf3 to run (default: iperf3 on PATH)')
     .option('--no-iperf3', 'do not run iperf3')
-    .option(
-      '--iperf-seconds <n>',
-      'seconds per iperf3 run (default: each run moves the bytes of one timed pass)',
-    )
+    .option('--iperf-seconds <n>', 'seconds per iperf3 run', String(NET_DEFAULTS.iperfSeconds))
     .option('--json', 'print the report as JSON on stdout')
     .action(netCommand);
 }
