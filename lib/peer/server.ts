@@ -97,6 +97,13 @@ interface ConnState {
   leases: Map<number, () => void>;
 }
 
+/** A block a GET answers with: where it lies and its CRC-32C. */
+interface SentBlock {
+  target: NativeTarget;
+  offset: number;
+  checksum: number;
+}
+
 interface Offer {
   keys: Key[];
   statuses: number[];
@@ -589,62 +596,44 @@ export class PeerServer {
         if ((flags & RequestFlag.REMOTE_READ) !== 0) {
           return this.lendForRead(state, rid, keys, localOnly);
         }
-        await wh.lend(keys, async (lent) => {
-          const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
-          const region = rest.length > 0 ? this.pool.take(rest.length * bs) : undefined;
-          region?.inFlight.begin();
-          try {
-            const got = region
-              ? await wh.get(
-                  rest.map((i) => keys[i]!),
-                  region,
-                  localOnly ? { remote: false } : {},
-                )
-              : undefined;
-            if (state.phase === 'closed') return;
-            const targets: NativeTarget[] = region ? [region.native] : [];
-            const index = new Map<unknown, number>();
-            const statuses: number[] = [];
-            const checksums: number[] = [];
-            const spans: number[] = [];
-            let j = 0;
-            keys.forEach((_, i) => {
-              const b = lent[i];
-              if (b) {
-                const t = nativeTargetOf(b.target);
-                let at = index.get(t);
-                if (at === undefined) {
-                  at = targets.push(t) - 1;
-                  index.set(t, at);
-                }
-                statuses.push(Status.OK);
-                checksums.push(b.checksum);
-                spans.push(at, b.offset, bs);
-                return;
-              }
-              const found = got!.found[j];
-              if (found) spans.push(0, j * bs, bs);
-              statuses.push(found ? Status.OK : Status.MISSING);
-              // Verified on their way up from the lower tier; checksummed here too, so that the
-              // client checks every block it receives end to end (one CRC-32C pass per block).
-              checksums.push(found ? native().crc32c(region!.view(j * bs, bs)) : -1);
-              j++;
-            });
-            const token = this.nextToken++;
-            const sent = new Promise<void>((resolve) => state.sending.set(token, resolve));
-            const count = statuses.filter((x) => x === Status.OK).length;
-            this.net.send(
-              state.id,
-              frame(MsgType.GET_RESULT, rid, encodeResults(statuses, 0, checksums), count * bs),
-              targets,
-              new Float64Array(spans),
-              token,
-              true,
-            );
-            await sent;
-          } finally {
-            if (region) this.release(region);
+        await this.withBlocks(keys, localOnly, async (blocks) => {
+          if (state.phase === 'closed') return;
+          const targets: NativeTarget[] = [];
+          const index = new Map<unknown, number>();
+          const statuses: number[] = [];
+          const checksums: number[] = [];
+          const spans: number[] = [];
+          for (const b of blocks) {
+            if (!b) {
+              statuses.push(Status.MISSING);
+              checksums.push(-1);
+              continue;
+            }
+            let at = index.get(b.target);
+            if (at === undefined) {
+              at = targets.push(b.target) - 1;
+              index.set(b.target, at);
+            }
+            statuses.push(Status.OK);
+            checksums.push(b.checksum);
+            spans.push(at, b.offset, bs);
           }
+          const token = this.nextToken++;
+          const sent = new Promise<void>((resolve) => state.sending.set(token, resolve));
+          this.net.send(
+            state.id,
+            frame(
+              MsgType.GET_RESULT,
+              rid,
+              encodeResults(statuses, 0, checksums),
+              (spans.length / 3) * bs,
+            ),
+            targets,
+            new Float64Array(spans),
+            token,
+            true,
+          );
+          await sent;
         });
         return;
       }
@@ -728,6 +717,48 @@ export class PeerServer {
     localOnly: boolean,
     released: Promise<void>,
   ): Promise<void> {
+    await this.withBlocks(keys, localOnly, async (blocks) => {
+      if (state.phase === 'closed') return;
+      const statuses: number[] = [];
+      const checksums: number[] = [];
+      const placements: Placement[] = [];
+      for (const b of blocks) {
+        statuses.push(b ? Status.OK : Status.MISSING);
+        checksums.push(b ? b.checksum : -1);
+        // Lent for reading: these keys allow RDMA READ only.
+        if (b) placements.push(this.placement(b.target, b.offset, 'read'));
+      }
+      const meta = encodePlacedResults(statuses, placements, checksums);
+      if (placements.length === 0) {
+        this.reply(state, MsgType.GET_RESULT, rid, meta);
+        return;
+      }
+      let expired!: () => void;
+      const timedOut = new Promise<void>((resolve) => (expired = resolve));
+      const timer = setTimeout(() => {
+        this.log('lease_expired', { conn: state.id, requestId: rid });
+        expired();
+      }, this.options.leaseTimeoutMs ?? LEASE_MS);
+      timer.unref();
+      this.reply(state, MsgType.GET_RESULT, rid, meta);
+      await Promise.race([released, timedOut]);
+      clearTimeout(timer);
+    });
+  }
+
+  /**
+   * The blocks of a GET: host-tier copies are lent (pinned, no copy); the others are read into a
+   * send region (from lower tiers, and from the cluster unless `localOnly`: a node fetching for
+   * the cluster asks for local blocks only, so no second hop). `use` gets each key's block, or
+   * undefined for a miss, with a checksum the client verifies end to end: the stored one, or one
+   * computed here for blocks read up (verified on their way up). Everything stays pinned or held
+   * until `use` settles.
+   */
+  private async withBlocks(
+    keys: Key[],
+    localOnly: boolean,
+    use: (blocks: (SentBlock | undefined)[]) => Promise<void>,
+  ): Promise<void> {
     const wh = this.options.warehouse;
     const bs = wh.blockBytes;
     await wh.lend(keys, async (lent) => {
@@ -742,43 +773,17 @@ export class PeerServer {
               localOnly ? { remote: false } : {},
             )
           : undefined;
-        if (state.phase === 'closed') return;
-        const statuses: number[] = [];
-        const checksums: number[] = [];
-        const placements: Placement[] = [];
         let j = 0;
-        keys.forEach((_, i) => {
+        const blocks = keys.map((_, i): SentBlock | undefined => {
           const b = lent[i];
-          if (b) {
-            statuses.push(Status.OK);
-            checksums.push(b.checksum);
-            // Host-tier slots lent for reading: this key allows RDMA READ only.
-            placements.push(this.placement(nativeTargetOf(b.target), b.offset, 'read'));
-            return;
-          }
-          const found = got!.found[j];
-          statuses.push(found ? Status.OK : Status.MISSING);
-          // Verified on their way up from the file tier; checksummed here so that the client can
-          // check every block it reads over verbs end to end.
-          checksums.push(found ? native().crc32c(region!.view(j * bs, bs)) : -1);
-          if (found) placements.push(this.placement(region!.native, j * bs, 'read'));
-          j++;
+          if (b)
+            return { target: nativeTargetOf(b.target), offset: b.offset, checksum: b.checksum };
+          const at = j++;
+          if (!got!.found[at]) return undefined;
+          const bytes = region!.view(at * bs, bs);
+          return { target: region!.native, offset: at * bs, checksum: native().crc32c(bytes) };
         });
-        const meta = encodePlacedResults(statuses, placements, checksums);
-        if (placements.length === 0) {
-          this.reply(state, MsgType.GET_RESULT, rid, meta);
-          return;
-        }
-        let expired!: () => void;
-        const timedOut = new Promise<void>((resolve) => (expired = resolve));
-        const timer = setTimeout(() => {
-          this.log('lease_expired', { conn: state.id, requestId: rid });
-          expired();
-        }, this.options.leaseTimeoutMs ?? LEASE_MS);
-        timer.unref();
-        this.reply(state, MsgType.GET_RESULT, rid, meta);
-        await Promise.race([released, timedOut]);
-        clearTimeout(timer);
+        await use(blocks);
       } finally {
         if (region) this.release(region);
       }
