@@ -273,20 +273,31 @@ describe('Warehouse.claim and land', () => {
   });
 });
 
+/** A server that pauses a connection past two queued blocks, and a raw client connected to it. */
+async function queueingServer(
+  hostBlocks: number,
+): Promise<{ w: Warehouse; s: PeerServer; raw: RawPeer }> {
+  const w = await Warehouse.open({
+    blockBytes: BS,
+    tiers: [{ kind: 'host', bytes: hostBlocks * BS }],
+  });
+  const s = PeerServer.start({
+    host: '127.0.0.1',
+    port: 0,
+    warehouse: w,
+    secret: Buffer.from(secret),
+    maxQueuedBytes: 2 * BS,
+  });
+  const raw = await RawPeer.open(s.port);
+  expect(await raw.handshake(secret)).toMatchObject({ blockBytes: BS });
+  return { w, s, raw };
+}
+
 describe('backpressure', () => {
   it('stops reading a connection whose requests pile up, and serves them all once they drain', async () => {
-    const w = await Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'host', bytes: 1024 * BS }] });
-    const s = PeerServer.start({
-      host: '127.0.0.1',
-      port: 0,
-      warehouse: w,
-      secret: Buffer.from(secret),
-      maxQueuedBytes: 2 * BS,
-    });
-    const raw = await RawPeer.open(s.port);
+    const { w, s, raw } = await queueingServer(1024);
     let gate: Awaited<ReturnType<Warehouse['reserve']>>;
     try {
-      expect(await raw.handshake(secret)).toMatchObject({ blockBytes: BS });
       // 320 puts of two blocks (40 MiB) whose keys a reservation holds: none can finish until it
       // ends, so without backpressure every byte would queue in the server.
       const frames = 320;
@@ -324,18 +335,9 @@ describe('backpressure', () => {
   });
 
   it('a paused connection whose client hangs up is closed', async () => {
-    const w = await Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'host', bytes: 256 * BS }] });
-    const s = PeerServer.start({
-      host: '127.0.0.1',
-      port: 0,
-      warehouse: w,
-      secret: Buffer.from(secret),
-      maxQueuedBytes: 2 * BS,
-    });
-    const raw = await RawPeer.open(s.port);
+    const { w, s, raw } = await queueingServer(256);
     let gate: Awaited<ReturnType<Warehouse['reserve']>>;
     try {
-      expect(await raw.handshake(secret)).toMatchObject({ blockBytes: BS });
       const keys = keysFor(16, 30);
       gate = await w.reserve(keys);
       for (let f = 0; f < 8; f++) {
