@@ -42,6 +42,13 @@ export function nativeTargetOf(t: Target): NativeTarget {
   return t instanceof Region || t instanceof DeviceRegion ? t.native : t;
 }
 
+/** The host Region a target is or views (whose close must wait for it), if any. */
+export function regionOf(t: Target): Region | undefined {
+  if (t instanceof Region) return t;
+  if (t instanceof DeviceRegion) return undefined;
+  return Region.owning(ArrayBuffer.isView(t) ? t.buffer : t)?.region;
+}
+
 /** Memory kvtier allocated: closing it waits for the transfers that use it. */
 type OwnedMemory = Region | DeviceRegion;
 

@@ -8,7 +8,7 @@
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 
-import { nativeTargetOf, type Target } from '../engine.js';
+import { nativeTargetOf, regionOf, type Target } from '../engine.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { KvtierError } from '../errors.js';
 import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../native.js';
@@ -554,8 +554,7 @@ export class PeerClient {
               'peer transfers move host memory; gather GPU blocks into a pinned Region first',
             );
           }
-          const region =
-            target instanceof Region ? target : Region.owning(bufferOf(target))?.region;
+          const region = regionOf(target);
           if (region) {
             region.assertOpen();
             region.inFlight.begin();
@@ -815,10 +814,7 @@ export class PeerClient {
     slots: readonly number[],
   ): Promise<{ statuses: number[]; word: number }> {
     // The caller's memory stays in use from now until its answer, as if it had left at once.
-    const region =
-      target instanceof Region
-        ? target
-        : Region.owning(bufferOf(target as Exclude<Target, Region | DeviceRegion>))?.region;
+    const region = regionOf(target);
     region?.assertOpen();
     region?.inFlight.begin();
     const end = (): void => region?.inFlight.end();
@@ -1039,8 +1035,4 @@ function bytesOf(t: Target, offset: number, length: number): Uint8Array {
   if (t instanceof DeviceRegion) throw new KvtierError('KVTIER_BAD_ARGUMENT', 'not host memory');
   if (ArrayBuffer.isView(t)) return new Uint8Array(t.buffer, t.byteOffset + offset, length);
   return new Uint8Array(t, offset, length);
-}
-
-function bufferOf(t: Exclude<Target, Region | DeviceRegion>): ArrayBufferLike {
-  return ArrayBuffer.isView(t) ? t.buffer : t;
 }

@@ -5,9 +5,7 @@
  * is given its key. Slots are claimed when puts arrive and given back after a quiet spell, so an
  * idle server's host tier holds only blocks.
  */
-import type { Target } from '../engine.js';
-import { DeviceRegion } from '../gpu/device-region.js';
-import { Region } from '../region.js';
+import { regionOf } from '../engine.js';
 import type { LandingSlot, Warehouse } from '../warehouse/warehouse.js';
 import type { Key } from '../warehouse/keys.js';
 import type { Net } from './net.js';
@@ -34,6 +32,8 @@ export class Landing {
   private nextToken = 1;
   private claiming: Promise<void> | undefined;
   private idle: NodeJS.Timeout | undefined;
+  /** When a put last arrived (performance.now()). */
+  private lastUse = 0;
   private closed = false;
   /** How many slots to keep in the transport's hands while puts arrive. */
   readonly target: number;
@@ -58,9 +58,9 @@ export class Landing {
   /** A put arrived: tops the transport's slots up, and restarts the quiet-spell clock. */
   demand(): void {
     if (!this.enabled || this.closed) return;
-    clearTimeout(this.idle);
-    this.idle = setTimeout(() => this.release(), this.idleMs);
-    this.idle.unref();
+    // One timer per quiet spell, not one per put: it re-arms itself until puts stop.
+    this.lastUse = performance.now();
+    this.idle ??= this.idleTimer(this.idleMs);
     if (this.claiming || this.out.size >= this.target) return;
     this.claiming = (async () => {
       try {
@@ -81,6 +81,21 @@ export class Landing {
         this.claiming = undefined;
       }
     })();
+  }
+
+  /** Fires once no put came for idleMs, and gives the transport's slots back. */
+  private idleTimer(ms: number): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      const quiet = performance.now() - this.lastUse;
+      if (quiet < this.idleMs) {
+        this.idle = this.idleTimer(this.idleMs - quiet);
+        return;
+      }
+      this.idle = undefined;
+      this.release();
+    }, ms);
+    t.unref();
+    return t;
   }
 
   /** Hands a claimed slot to the transport; its memory stays open while the transport has it. */
@@ -161,10 +176,4 @@ export class Landing {
   afterTransportClosed(): void {
     for (const token of [...this.out]) this.forget(token, this.back(token)!);
   }
-}
-
-function regionOf(target: Target): Region | undefined {
-  if (target instanceof Region) return target;
-  if (target instanceof DeviceRegion) return undefined;
-  return Region.owning(ArrayBuffer.isView(target) ? target.buffer : target)?.region;
 }

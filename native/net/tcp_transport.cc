@@ -489,21 +489,29 @@ Napi::Value TcpTransport::Send(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// provide(region, offset, length, token): memory the transport may receive one payload into (the
-// first area large enough, else a fresh allocation). A frame received there names the token; the
-// area is the caller's again until it provides it anew. The caller keeps the region open meanwhile.
-Napi::Value TcpTransport::Provide(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "transport is closed");
+// (target, offset, length, token) of provide() and land(): memory inside its target, named by a
+// 32-bit token. The caller keeps the target open while the transport holds it.
+TcpTransport::Area TcpTransport::AreaArgs(Napi::Env env, const Napi::CallbackInfo& info,
+                                          const char* what) {
   Mem m = TargetOf(env, info[0], 0);
   uint64_t off = ByteCountArg(env, info[1], "offset");
   uint64_t len = ByteCountArg(env, info[2], "length");
   uint64_t token = ByteCountArg(env, info[3], "token");
   if (off > m.size || len > m.size - off || len == 0 || token > 0xffffffffu) {
-    Throw(env, kBadArgument, "a receive area must lie inside its region");
+    Throw(env, kBadArgument, std::string(what) + " must lie inside its region");
   }
+  return {m.data + off, len, static_cast<uint32_t>(token)};
+}
+
+// provide(region, offset, length, token): memory the transport may receive one payload into (the
+// first area large enough, else a fresh allocation). A frame received there names the token; the
+// area is the caller's again until it provides it anew.
+Napi::Value TcpTransport::Provide(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) Throw(env, kClosed, "transport is closed");
+  Area a = AreaArgs(env, info, "a receive area");
   std::lock_guard<std::mutex> lock(areasMu_);
-  areas_.push_back({m.data + off, len, static_cast<uint32_t>(token)});
+  areas_.push_back(a);
   return env.Undefined();
 }
 
@@ -528,27 +536,21 @@ void TcpTransport::ReturnArea(const Area& a) {
 // land(target, offset, length, token, type): a landing piece. Every piece has the same length (the
 // store's block size) and serves frames of one type: a payload of k such lengths in a frame of
 // that type, with k pieces free, is read one block per piece, and its frame names the pieces'
-// tokens in order. Each is the caller's again from then,
-// until it lands it anew; unland() takes back the pieces no payload holds.
+// tokens in order. Each is the caller's again from then, until it lands it anew; unland() takes
+// back the pieces no payload holds.
 Napi::Value TcpTransport::Land(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) Throw(env, kClosed, "transport is closed");
-  Mem m = TargetOf(env, info[0], 0);
-  uint64_t off = ByteCountArg(env, info[1], "offset");
-  uint64_t len = ByteCountArg(env, info[2], "length");
-  uint64_t token = ByteCountArg(env, info[3], "token");
+  Area a = AreaArgs(env, info, "a landing piece");
   uint64_t type = ByteCountArg(env, info[4], "type");
-  if (off > m.size || len > m.size - off || len == 0 || token > 0xffffffffu) {
-    Throw(env, kBadArgument, "a landing piece must lie inside its region");
-  }
   if (type == 0 || type > 0xff) Throw(env, kBadArgument, "type must be a frame type, 1 to 255");
   std::lock_guard<std::mutex> lock(areasMu_);
-  if ((landingLen_ != 0 && len != landingLen_) || (landingType_ != 0 && type != landingType_)) {
+  if ((landingLen_ != 0 && a.len != landingLen_) || (landingType_ != 0 && type != landingType_)) {
     Throw(env, kBadArgument, "every landing piece must have the same length and frame type");
   }
-  landingLen_ = len;
+  landingLen_ = a.len;
   landingType_ = static_cast<uint8_t>(type);
-  landing_.push_back({m.data + off, len, static_cast<uint32_t>(token)});
+  landing_.push_back(a);
   return env.Undefined();
 }
 

@@ -155,6 +155,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
     uint64_t len;
     uint32_t token;
   };
+  static Area AreaArgs(Napi::Env env, const Napi::CallbackInfo& info, const char* what);
   bool TakeArea(uint64_t len, Area* out);
   void ReturnArea(const Area& a);
   bool TakeLanding(uint8_t type, uint64_t len, std::vector<Area>* out);

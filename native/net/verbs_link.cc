@@ -14,6 +14,7 @@
 #include "../common/descriptors.h"
 #include "../common/errors.h"
 #include "../common/targets.h"
+#include "verbs_probe.h"
 
 namespace kvtier {
 
@@ -132,14 +133,7 @@ VerbsLink::VerbsLink(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VerbsLin
     Throw(env, kBadArgument, "role must be 'client' or 'server'");
   }
   responder_ = role == "server";
-  VerbsEndpoint::Options o;
-  o.device = StringOption(opts, "device", "");
-  Napi::Value port = opts.Get("port");
-  if (!port.IsUndefined()) {
-    uint64_t p = ByteCountArg(env, port, "port");
-    if (p < 1 || p > 255) Throw(env, kBadArgument, "port must be 1 to 255");
-    o.port = static_cast<uint8_t>(p);
-  }
+  VerbsEndpoint::Options o = VerbsOptionsArg(env, opts);
   o.cqDepth = static_cast<int>(kMaxOutstanding);
   std::string error;
   std::unique_ptr<VerbsEndpoint> ep = VerbsEndpoint::Open(o, &error);

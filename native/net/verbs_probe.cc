@@ -10,9 +10,7 @@
 
 namespace kvtier {
 
-Napi::Value VerbsProbe(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
+VerbsEndpoint::Options VerbsOptionsArg(Napi::Env env, Napi::Object opts) {
   VerbsEndpoint::Options o;
   o.device = StringOption(opts, "device", "");
   Napi::Value port = opts.Get("port");
@@ -21,6 +19,13 @@ Napi::Value VerbsProbe(const Napi::CallbackInfo& info) {
     if (p < 1 || p > 255) Throw(env, kBadArgument, "port must be 1 to 255");
     o.port = static_cast<uint8_t>(p);
   }
+  return o;
+}
+
+Napi::Value VerbsProbe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
+  VerbsEndpoint::Options o = VerbsOptionsArg(env, opts);
   Napi::Object out = Napi::Object::New(env);
   std::string error;
   std::unique_ptr<VerbsEndpoint> ep = VerbsEndpoint::Open(o, &error);
