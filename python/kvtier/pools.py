@@ -14,7 +14,7 @@ from .layout import DTYPE_BYTES, layout_extent, layout_tensors, with_tensor_refs
 if TYPE_CHECKING:  # torch is optional: imported only when the caller hands torch tensors
     import torch
 
-__all__ = ["Pool", "HostPool", "CudaPool", "ipc_mem_handle"]
+__all__ = ["Pool", "HostPool", "CudaPool", "ipc_mem_handle", "tensor_views"]
 
 _NUMPY_DTYPES: dict[str, Any] = {
     "fp16": np.float16,
@@ -24,6 +24,21 @@ _NUMPY_DTYPES: dict[str, Any] = {
 }
 _IPC_HANDLE_BYTES = 64
 _SHAREABLE_CUDA_MALLOC = ord("c")
+
+
+def tensor_views(buffer: np.ndarray, layout: dict[str, Any]) -> list[np.ndarray]:
+    """Views of a uint8 buffer as the layout's tensors, each of its form's shape and dtype."""
+    dtype = np.dtype(_NUMPY_DTYPES[layout["dtype"]])
+    return [
+        np.ndarray(
+            t.shape,
+            dtype=dtype,
+            buffer=buffer,
+            offset=t.offset,
+            strides=tuple(s * dtype.itemsize for s in t.strides),
+        )
+        for t in layout_tensors(layout)
+    ]
 
 
 class Pool:
@@ -72,19 +87,7 @@ class HostPool(Pool):
 
     def tensors(self) -> list[np.ndarray]:
         """Per tensor of the layout, a numpy view of the form's shape (bf16 as uint16 bits)."""
-        dtype = np.dtype(_NUMPY_DTYPES[self.layout["dtype"]])
-        views = []
-        for t in layout_tensors(self.layout):
-            views.append(
-                np.ndarray(
-                    t.shape,
-                    dtype=dtype,
-                    buffer=self.array,
-                    offset=t.offset,
-                    strides=tuple(s * dtype.itemsize for s in t.strides),
-                )
-            )
-        return views
+        return tensor_views(self.array, self.layout)
 
     def torch_tensors(self) -> list["torch.Tensor"]:
         """The same views as torch tensors of the layout's dtype (needs torch)."""
