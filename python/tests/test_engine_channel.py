@@ -228,10 +228,10 @@ def test_engine_disconnecting_mid_save_leaves_the_server_serving(sidecars: Start
     kept_bytes = [block_of(pool, b) for b in range(4)]
     assert first.save(pool, kept, list(range(4))).stored == 4
     # Saves in flight, then the engine goes away without waiting for them.
-    pending = [
-        first.save_async(pool, chain_keys(tokens(1000 + i, 32), SIZES["block_tokens"]), list(range(32 * (i % 8), 32 * (i % 8) + 32)))
-        for i in range(8)
-    ]
+    pending = []
+    for i in range(8):
+        keys = chain_keys(tokens(1000 + i, 32), SIZES["block_tokens"])
+        pending.append(first.save_async(pool, keys, list(range(32 * i, 32 * i + 32))))
     first.close()
     for fut in pending:
         try:

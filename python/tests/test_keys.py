@@ -67,7 +67,8 @@ def test_matches_node_chain_keys_on_random_tokens() -> None:
     cases = []
     for i in range(60):
         block = rng.choice([1, 2, 3, 4, 16, 32])
-        tokens = [rng.choice([0, 1, 0xFFFFFFFF, rng.getrandbits(32), rng.getrandbits(16)]) for _ in range(rng.randrange(0, 200))]
+        count = rng.randrange(0, 200)
+        tokens = [rng.choice([0, 1, 0xFFFFFFFF, rng.getrandbits(32), rng.getrandbits(16)]) for _ in range(count)]
         namespace = rng.choice(["", "tenant-a", "ünïcødé/テナント", f"ns{i}", rank_namespace("m", i % 4, 4)])
         parent = rng.randbytes(32).hex() if i % 5 == 0 else None
         cases.append({"tokens": tokens, "block": block, "namespace": namespace, "parent": parent})
