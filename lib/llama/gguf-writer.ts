@@ -46,11 +46,11 @@ export const TINY_MODEL: LlamaModelSpec = {
 
 /** The benchmark's model: big enough that prefill costs something real, small enough for 2 cores. */
 export const BENCH_MODEL: LlamaModelSpec = {
-  embd: 512,
+  embd: 256,
   layers: 8,
-  heads: 8,
+  heads: 4,
   kvHeads: 4,
-  ff: 1408,
+  ff: 704,
   vocab: 2048,
   contextLength: 32768,
   dtype: 'f16',
