@@ -66,7 +66,9 @@ export interface LlamaBenchReport {
 
 function params(s: LlamaModelSpec): number {
   const kv = ((s.kvHeads ?? s.heads) * s.embd) / s.heads;
-  return 2 * s.vocab * s.embd + s.layers * (2 * s.embd * s.embd + 2 * s.embd * kv + 3 * s.embd * s.ff);
+  return (
+    2 * s.vocab * s.embd + s.layers * (2 * s.embd * s.embd + 2 * s.embd * kv + 3 * s.embd * s.ff)
+  );
 }
 
 function promptOf(n: number, vocab: number): number[] {

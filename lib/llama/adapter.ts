@@ -195,7 +195,9 @@ export class LlamaKvCache {
       `v=${context.kvCacheValueType}`,
     ].join(';');
     this.namespace = `${options.namespace ?? ''}\0llama\0${params}`;
-    this.layoutKey = createHash('sha256').update(`${LAYOUT_FORMAT}\0${this.namespace}`).digest('hex');
+    this.layoutKey = createHash('sha256')
+      .update(`${LAYOUT_FORMAT}\0${this.namespace}`)
+      .digest('hex');
     this.stagingDir = options.stagingDir ?? defaultStaging();
     this.nStream = context.totalSequences ?? 1;
   }
@@ -236,7 +238,10 @@ export class LlamaKvCache {
 
   private checkPrompt(prompt: readonly number[]): void {
     if (!Array.isArray(prompt) || prompt.length === 0) {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'the prompt must be a non-empty array of tokens');
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        'the prompt must be a non-empty array of tokens',
+      );
     }
     if (prompt.length > this.context.contextSize) {
       throw new KvtierError(

@@ -187,7 +187,14 @@ function tensorsOf(s: LlamaModelSpec): TensorSpec[] {
 }
 
 function checkSpec(s: LlamaModelSpec): void {
-  const ints: (keyof LlamaModelSpec)[] = ['embd', 'layers', 'heads', 'ff', 'vocab', 'contextLength'];
+  const ints: (keyof LlamaModelSpec)[] = [
+    'embd',
+    'layers',
+    'heads',
+    'ff',
+    'vocab',
+    'contextLength',
+  ];
   for (const k of ints) {
     const v = s[k];
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) {

@@ -17,12 +17,7 @@ export {
   type LlamaModelLike,
   type LlamaSequenceLike,
 } from './engine.js';
-export {
-  BENCH_MODEL,
-  TINY_MODEL,
-  writeLlamaGguf,
-  type LlamaModelSpec,
-} from './gguf-writer.js';
+export { BENCH_MODEL, TINY_MODEL, writeLlamaGguf, type LlamaModelSpec } from './gguf-writer.js';
 export {
   buildSeqState,
   cutBlocks,

@@ -52,7 +52,12 @@ async function fullPrefill(seq: LlamaContextSequence, prompt: number[], n: numbe
 }
 
 /** Restores through kvtier, then continues the same way. */
-async function afterRestore(kv: LlamaKvCache, seq: LlamaContextSequence, prompt: number[], n: number) {
+async function afterRestore(
+  kv: LlamaKvCache,
+  seq: LlamaContextSequence,
+  prompt: number[],
+  n: number,
+) {
   const restore = await kv.restore(seq, prompt);
   const out: Baseline = { tokens: [], probs: new Map() };
   for await (const m of seq.evaluateWithMetadata(
