@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 
-import type { LlamaContext, LlamaContextSequence, LlamaModel } from 'node-llama-cpp';
+import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { isKvtierError } from '../../lib/errors.js';
@@ -39,7 +39,7 @@ async function fullPrefill(seq: LlamaContextSequence, prompt: number[], n: numbe
   await seq.clearHistory();
   const out: Baseline = { tokens: [], probs: new Map() };
   for await (const m of seq.evaluateWithMetadata(
-    prompt,
+    prompt as Token[],
     { probabilities: true },
     { temperature: 0 },
   )) {
@@ -61,7 +61,7 @@ async function afterRestore(
   const restore = await kv.restore(seq, prompt);
   const out: Baseline = { tokens: [], probs: new Map() };
   for await (const m of seq.evaluateWithMetadata(
-    restore.rest,
+    restore.rest as Token[],
     { probabilities: true },
     { temperature: 0 },
   )) {
@@ -145,7 +145,7 @@ describe.skipIf(!llama)('llama adapter on the real engine', () => {
 
       // A sequence that already holds the prompt's prefix keeps it rather than reloading.
       await seq.clearHistory();
-      await seq.evaluateWithoutGeneratingNewTokens(P1);
+      await seq.evaluateWithoutGeneratingNewTokens(P1 as Token[]);
       const r4 = await kv.generate(seq, P3, { maxTokens: 6, store: false });
       expect(r4.restore.source).toBe('sequence');
       expect(r4.restore.restoredTokens).toBe(P1.length);
