@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 
 import { KvtierError } from '../errors.js';
 import { registerGpuBench } from './bench-gpu.js';
+import { registerLlamaBench } from './bench-llama.js';
 import { DEFAULTS, runFileBench, type FileBenchOptions } from '../bench/file-bench.js';
 import { fileBenchJson, formatFileBench } from '../bench/report.js';
 import { formatSize, parseSize, parseSizeList } from '../bench/stats.js';
@@ -266,6 +267,7 @@ export function registerBench(program: Command): void {
     .command('bench')
     .description('measure a kvtier data path next to its obvious peer');
   registerGpuBench(bench);
+  registerLlamaBench(bench);
   bench
     .command('file')
     .description(
