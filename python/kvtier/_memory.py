@@ -144,19 +144,11 @@ def register_pool(client: Any, pool: Pool) -> Pool:
     return pool
 
 
-def byte_view(info: TensorInfo, base: int | None = None, length: int | None = None) -> np.ndarray:
+def byte_view(info: TensorInfo) -> np.ndarray:
     """A numpy view of a CPU tensor's elements (as unsigned integers of the same size), in its own
     shape and strides, sharing its memory. Byte copies need no dtype numpy may lack (bf16, fp8)."""
     if info.cuda:
         raise KvtierError(BAD_ARGUMENT, "a CUDA tensor has no host view")
-    start = info.address if base is None else base
-    extent = info.span if length is None else length
-    raw = np.ctypeslib.as_array((ctypes.c_uint8 * max(extent, 1)).from_address(start))
+    raw = np.ctypeslib.as_array((ctypes.c_uint8 * max(info.span, 1)).from_address(info.address))
     dtype = np.dtype({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[info.itemsize])
-    return np.ndarray(
-        info.shape,
-        dtype=dtype,
-        buffer=raw,
-        offset=info.address - start,
-        strides=tuple(s * info.itemsize for s in info.strides),
-    )
+    return np.ndarray(info.shape, dtype=dtype, buffer=raw, strides=tuple(s * info.itemsize for s in info.strides))

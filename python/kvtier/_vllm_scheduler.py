@@ -95,15 +95,16 @@ class SchedulerSide:
         if client is None:
             return 0, False
         keys = self.keys(request.request_id, tokens, limit)
-        held = limit - start
-        try:
-            for rank_keys in keys:  # a block counts only if every rank holds its shard
-                held = min(held, client.lookup(rank_keys[start:limit]).prefix)
-                if held == 0:
-                    break
+        span = limit - start
+        try:  # one round trip for every rank's chain; a block counts only if every rank holds it
+            present = client.lookup([k for rank_keys in keys for k in rank_keys[start:limit]]).present
         except KvtierError as e:
             log.warning("kvtier: lookup failed (%s); request %s recomputes", e, request.request_id)
             return 0, False
+        held = span
+        for rank in range(len(keys)):
+            flags = present[rank * span : (rank + 1) * span]
+            held = min(held, flags.index(False) if False in flags else span)
         hit = (start + held) * b - num_computed_tokens
         if hit <= 0:
             return 0, False

@@ -48,8 +48,12 @@ def sidecar(tmp_path: Path):
 
 
 def test_imports_without_vllm() -> None:
-    assert not HAVE_VLLM  # vLLM does not install here; the local base stands in
-    assert issubclass(KvtierConnectorMetadata, object)
+    from kvtier._vllm_base import KVConnectorBase_V1, KVConnectorMetadata
+
+    # vLLM's base classes where vLLM is installed, the local ones of the same shape elsewhere.
+    assert issubclass(KvtierConnector, KVConnectorBase_V1)
+    assert issubclass(KvtierConnectorMetadata, KVConnectorMetadata)
+    assert KVConnectorBase_V1.__module__.startswith("vllm" if HAVE_VLLM else "kvtier")
     for name in ("get_num_new_matched_tokens", "update_state_after_alloc", "build_connector_meta",
                  "update_connector_output", "request_finished", "register_kv_caches", "start_load_kv",
                  "wait_for_layer_load", "save_kv_layer", "wait_for_save", "get_finished",
@@ -172,7 +176,8 @@ def test_a_worker_refuses_caches_the_sidecar_cannot_reach(sidecar) -> None:
     private = {"l0": np.zeros((2, 8, BLOCK, 2, 32), dtype=np.uint16), "l1": np.zeros((2, 8, BLOCK, 2, 32), dtype=np.uint16)}
     worker.register_kv_caches(private)  # anonymous memory: not registered, logged
     assert worker.worker is not None and worker.worker.pool is None
-    with pytest.raises(KvtierError) as bad:
-        worker.worker._register(EngineClient.connect(side.socket))
+    with EngineClient.connect(side.socket) as client, pytest.raises(KvtierError) as bad:
+        worker.worker._register(client)
     assert bad.value.code == "KVTIER_BAD_ARGUMENT"
+    assert "shared file mapping" in bad.value.message
     worker.shutdown()
