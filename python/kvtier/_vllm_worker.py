@@ -25,7 +25,7 @@ from ._vllm_base import BlockTransfer, KvtierConnectorMetadata
 from .client import EngineClient
 from .errors import BAD_ARGUMENT, KvtierError
 from .layout import layout_block_bytes
-from .pools import Pool
+from .pools import CudaPool, Pool
 from .results import LoadResult
 
 log = logging.getLogger("kvtier")
@@ -196,6 +196,13 @@ class WorkerSide:
         client = self.link.get()
         if client is None or self.pool is None:
             return
+        if isinstance(self.pool, CudaPool):
+            # The forward pass may still be running on the engine's stream. The channel's waitEvent
+            # (kvtier's stream waits on the engine's event) is not in the client yet, so until it
+            # is, the host waits for the stream here before the sidecar gathers.
+            import torch
+
+            torch.cuda.current_stream(self.pool.device).synchronize()
         futures = []
         for transfer in meta.saves:
             try:
