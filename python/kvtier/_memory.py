@@ -139,9 +139,7 @@ class FilePool(Pool):
 
 def register_pool(client: Any, pool: Pool) -> Pool:
     """Registers a pool built here on the client's connection."""
-    register = getattr(client, "register_pool", None) or client._register
-    register(pool)
-    return pool
+    return client.register_pool(pool)
 
 
 def byte_view(info: TensorInfo) -> np.ndarray:

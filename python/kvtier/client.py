@@ -231,6 +231,11 @@ class EngineClient:
 
     # --- pools ------------------------------------------------------------------------------
 
+    def register_pool(self, pool: Pool) -> Pool:
+        """Registers a pool built elsewhere (an engine's own shared memory, see the adapters)."""
+        self._register(pool)
+        return pool
+
     def _register(self, pool: Pool) -> None:
         answer, _ = self._call(
             {"op": "register", "pool": pool.name, "memory": pool.memory(), "layout": pool.wire_layout()}
