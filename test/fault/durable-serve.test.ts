@@ -15,7 +15,14 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { chainKeys, connect, type PeerClient } from '../../lib/index.js';
 import { blockFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
-import { killAll, startServe, writeToken, type ServeProcess } from '../peer/serve-process.js';
+import {
+  killAll,
+  runCli,
+  serveArgs,
+  startServe,
+  writeToken,
+  type ServeProcess,
+} from '../peer/serve-process.js';
 
 interface Case {
   name: string;
@@ -170,4 +177,19 @@ describe.each(CASES)('SIGKILL of kvtier serve under durable puts: $name', (c) =>
     // Traffic really was acknowledged, round after round.
     expect(durable.length).toBeGreaterThanOrEqual(c.kills);
   }, 240_000);
+});
+
+describe('kvtier serve --durability', () => {
+  it('refuses a mode other than none or sync, and sync without a file tier', async () => {
+    const d = tempDir('kvtier-durable-serve-');
+    dirs.push(d);
+    const tokenFile = writeToken(d.path);
+    const base = { blockBytes: 4096, hostBytes: 64 * 4096, tokenFile };
+    const bad = await runCli(serveArgs({ ...base, extra: ['--durability', 'maybe'] }));
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--durability must be none or sync.*KVTIER_BAD_ARGUMENT/);
+    const noFile = await runCli(serveArgs({ ...base, extra: ['--durability', 'sync'] }));
+    expect(noFile.code).not.toBe(0);
+    expect(noFile.stderr).toMatch(/needs a file tier.*KVTIER_BAD_ARGUMENT/);
+  });
 });
