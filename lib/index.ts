@@ -83,6 +83,7 @@ export {
   type ConnectOptions,
   type PeerGetResult,
   type PeerLookupResult,
+  type PeerPutOptions,
   type PeerPutResult,
 } from './peer/client.js';
 export { PeerServer, type PeerServerOptions } from './peer/server.js';

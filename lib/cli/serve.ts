@@ -33,6 +33,7 @@ export interface ServeOptions extends ServeClusterOptions {
   transport?: string;
   maxConnections?: string;
   handshakeTimeout?: string;
+  durability?: string;
 }
 
 function log(event: string, fields: Record<string, unknown> = {}): void {
@@ -69,8 +70,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs < 1) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--handshake-timeout must be a positive integer');
   }
+  const durability = opts.durability ?? 'none';
+  if (durability !== 'none' && durability !== 'sync') {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--durability must be none or sync, not ${durability}`,
+    );
+  }
+  if (durability === 'sync' && opts.dir === undefined) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--durability sync needs a file tier (--dir)');
+  }
   const secret = await readTokenFile(opts.tokenFile);
-  const warehouse = await Warehouse.open({ blockBytes, tiers });
+  const warehouse = await Warehouse.open({ blockBytes, tiers, durability });
   let server: PeerServer;
   try {
     server = PeerServer.start({
@@ -81,6 +92,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       transport,
       maxConnections,
       handshakeTimeoutMs,
+      durablePuts: durability === 'sync',
       log,
     });
   } catch (e) {
@@ -102,6 +114,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     transport: server.transport.kind,
     transportReason: server.transport.reason,
     blockBytes,
+    durability,
     maxBatch: server.maxBatch,
     blocks: stats.blocks,
     tiers: stats.tiers.map((t) => ({
@@ -143,6 +156,11 @@ export function registerServe(program: Command): void {
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
     .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')
+    .option(
+      '--durability <mode>',
+      'sync: answer every put only once its blocks are synced to the file tier',
+      'none',
+    )
     .action(async (opts: ServeOptions) => {
       await serve(opts);
     });

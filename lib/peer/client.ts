@@ -39,6 +39,7 @@ import {
   errorCodeFor,
   frame,
   HELLO_BYTES,
+  MAX_OFFERS,
   MsgType,
   NONCE_BYTES,
   parseAddress,
@@ -67,6 +68,18 @@ export interface ConnectOptions {
   /** Backoff between reconnection attempts; false disables reconnecting. */
   reconnect?: { initialMs?: number; maxMs?: number } | false;
   transport?: TransportOption;
+  /** Make every put durable unless its own options say otherwise (PeerPutOptions.durable). */
+  durable?: boolean;
+}
+
+export interface PeerPutOptions {
+  /**
+   * Resolve only once every block reported stored or present is in the server's file tier with
+   * its header written and synced, so that a crash of the server loses none of them
+   * (RequestFlag.DURABLE). Rejects with KVTIER_NOT_AVAILABLE when the server cannot (no file
+   * tier, or an older server). Default: the connect() option `durable`, else false.
+   */
+  durable?: boolean;
 }
 
 export interface PeerPutResult {
@@ -141,6 +154,8 @@ interface Session {
   transport: 'tcp' | 'verbs';
   /** The server reads one-step PUT blocks straight into its store (Capability.LANDS). */
   lands: boolean;
+  /** The server honours RequestFlag.DURABLE (Capability.DURABLE). */
+  durable: boolean;
   /** The connected queue pair of a verbs session. */
   qp?: number;
 }
@@ -192,6 +207,9 @@ export class PeerClient {
   private reconnecting: Promise<void> | undefined;
   /** The RDMA endpoint of verbs sessions: one per client, a queue pair per connection. */
   private link: NativeVerbs | undefined;
+  /** Offers sent and not yet followed by their data, and callers waiting to send one. */
+  private offers = 0;
+  private readonly offerWaiters: (() => void)[] = [];
   readonly timeoutMs: number;
   /** Why this transport was chosen. */
   transportReason = '';
@@ -308,6 +326,7 @@ export class PeerClient {
                 maxPayload: Number(meta.readBigUInt64LE(24)),
                 transport: useVerbs ? 'verbs' : 'tcp',
                 lands: (caps & Capability.LANDS) !== 0,
+                durable: (caps & Capability.DURABLE) !== 0,
               };
               if (session.blockBytes < 1 || session.maxBatch < 1) {
                 return fail(new KvtierError('KVTIER_PROTOCOL', `${this.url}: bad limits`));
@@ -736,22 +755,46 @@ export class PeerClient {
     s: Session,
     keys: Key[],
     memory: Memory,
+    flags: number,
   ): Promise<{ statuses: number[]; word: number }> {
     const rid = this.nextId();
     const verbs = s.qp !== undefined;
-    const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, 0, {
-      rid,
-      placed: verbs,
-    });
-    if (!verbs) {
-      return this.request(s, MsgType.PUT_DATA, keys, memory, 0, { rid, accepted: accept.statuses });
+    // The server refuses offers beyond MAX_OFFERS waiting for their data: at most that many are
+    // out between an offer and its PUT_DATA, which the server reads before any later offer.
+    await this.offerSlot();
+    let data: Promise<{ statuses: number[]; word: number }>;
+    try {
+      const accept = await this.request(s, MsgType.PUT_OFFER, keys, undefined, flags, {
+        rid,
+        placed: verbs,
+      });
+      if (!verbs) {
+        data = this.request(s, MsgType.PUT_DATA, keys, memory, 0, {
+          rid,
+          accepted: accept.statuses,
+        });
+      } else {
+        // Over verbs the client writes the blocks into the places the server named, then says so.
+        await this.rdma(s, true, keys, memory, accept);
+        data = this.request(s, MsgType.PUT_DATA, keys, undefined, RequestFlag.REMOTE_WRITTEN, {
+          rid,
+          accepted: accept.statuses,
+        });
+      }
+    } finally {
+      this.offerDone();
     }
-    // Over verbs the client writes the blocks into the places the server named, then says so.
-    await this.rdma(s, true, keys, memory, accept);
-    return this.request(s, MsgType.PUT_DATA, keys, undefined, RequestFlag.REMOTE_WRITTEN, {
-      rid,
-      accepted: accept.statuses,
-    });
+    return data;
+  }
+
+  private async offerSlot(): Promise<void> {
+    while (this.offers >= MAX_OFFERS) await new Promise<void>((r) => this.offerWaiters.push(r));
+    this.offers++;
+  }
+
+  private offerDone(): void {
+    this.offers--;
+    this.offerWaiters.shift()?.();
   }
 
   /** Splits a batch into frames the server accepts and runs them at once. */
@@ -933,7 +976,7 @@ export class PeerClient {
         type === MsgType.PUT &&
         mem &&
         (verbs || (!s.lands && s.blockBytes >= PLACED_PUT_MIN_BYTES));
-      if (placed) chunks.push(this.placedPut(s, part, mem));
+      if (placed) chunks.push(this.placedPut(s, part, mem, flags));
       else if (type === MsgType.GET && mem && verbs)
         chunks.push(this.verbsGet(s, part, mem, flags));
       else chunks.push(this.request(s, type, part, mem, flags));
@@ -951,8 +994,12 @@ export class PeerClient {
   }
 
   /** Stores block i of src (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i] on the peer. */
-  put(keys: KeyChain | readonly KeyLike[], src: Target): Promise<PeerPutResult> {
-    return this.putAt(keys, src);
+  put(
+    keys: KeyChain | readonly KeyLike[],
+    src: Target,
+    options: PeerPutOptions = {},
+  ): Promise<PeerPutResult> {
+    return this.putAt(keys, src, undefined, options);
   }
 
   /** @internal put() with block `at[i]` of src under keys[i]. */
@@ -960,8 +1007,23 @@ export class PeerClient {
     keys: KeyChain | readonly KeyLike[],
     src: Target,
     at?: readonly number[],
+    options: PeerPutOptions = {},
   ): Promise<PeerPutResult> {
-    const { statuses } = await this.batched(MsgType.PUT, keys, src, at);
+    if (options === null || typeof options !== 'object') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'put options must be an object');
+    }
+    const durable = options.durable ?? this.options.durable ?? false;
+    if (typeof durable !== 'boolean') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'durable must be a boolean');
+    }
+    if (durable && !this.ready().durable) {
+      throw new KvtierError(
+        'KVTIER_NOT_AVAILABLE',
+        `${this.url} cannot make puts durable (it has no file tier, or predates durable puts)`,
+      );
+    }
+    const flags = durable ? RequestFlag.DURABLE : 0;
+    const { statuses } = await this.batched(MsgType.PUT, keys, src, at, flags);
     const status = statuses.map((s) =>
       s === Status.OK ? 'stored' : s === Status.PRESENT ? 'present' : 'rejected',
     ) as PeerPutResult['status'];

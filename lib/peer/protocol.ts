@@ -70,11 +70,21 @@ export const ErrorKind = {
  * stale index entries can never send two nodes asking each other in a loop). Receivers that do
  * not know a bit ignore it.
  */
-export const RequestFlag = { LOCAL_ONLY: 0x01, REMOTE_READ: 0x02, REMOTE_WRITTEN: 0x04 } as const;
+export const RequestFlag = {
+  LOCAL_ONLY: 0x01,
+  REMOTE_READ: 0x02,
+  REMOTE_WRITTEN: 0x04,
+  /**
+   * On a PUT or PUT_OFFER: answer PUT_RESULT only once each block answered OK or PRESENT is in
+   * the server's file tier with its header written and synced (docs/protocol.md, "Durable puts").
+   */
+  DURABLE: 0x08,
+} as const;
 
 /** Capability bits of HELLO and CHALLENGE. */
 /** LANDS (server only): one-step PUT blocks land straight in the store, so offers gain nothing. */
-export const Capability = { TCP: 1, VERBS: 2, LANDS: 4 } as const;
+/** DURABLE (server only): the server honours RequestFlag.DURABLE (it has a file tier). */
+export const Capability = { TCP: 1, VERBS: 2, LANDS: 4, DURABLE: 8 } as const;
 export const TransportId = { tcp: 0, verbs: 1 } as const;
 
 export const NONCE_BYTES = 32;

@@ -68,6 +68,11 @@ export interface PeerServerOptions {
   maxQueuedBytes?: number;
   /** Blocks lent for an RDMA READ whose RELEASE has not come by then are let go (default 30 s). */
   leaseTimeoutMs?: number;
+  /**
+   * Every put is durable, as if each carried RequestFlag.DURABLE (`serve --durability sync`);
+   * the warehouse needs a file tier.
+   */
+  durablePuts?: boolean;
   log?: LogFn;
 }
 
@@ -83,6 +88,12 @@ interface ConnState {
   sending: Map<number, () => void>;
   /** Put offers accepted and waiting for their data, by request id. */
   offers: Map<number, Offer>;
+  /**
+   * Request ids of offers whose slots are being reserved: counted against MAX_OFFERS from the
+   * moment they arrive, so offers sent back to back cannot all pass the check before any is in
+   * `offers`.
+   */
+  offering: Set<number>;
   /** Payload bytes of requests received and not yet answered. */
   queued: number;
   paused: boolean;
@@ -114,6 +125,8 @@ interface Offer {
   remote: boolean;
   /** Verbs without a reservation: the registered region the client writes into. */
   receive?: Region;
+  /** The offer carried RequestFlag.DURABLE: PUT_RESULT waits for the file tier's sync. */
+  durable: boolean;
 }
 
 /** Send regions are reused by size: allocating and zeroing a fresh one per get would dominate. */
@@ -239,6 +252,7 @@ export class PeerServer {
       phase: 'hello',
       sending: new Map(),
       offers: new Map(),
+      offering: new Set(),
       queued: 0,
       paused: false,
       leases: new Map(),
@@ -391,7 +405,8 @@ export class PeerServer {
     return (
       Capability.TCP |
       (this.transport.verbs ? Capability.VERBS : 0) |
-      (this.landing.enabled ? Capability.LANDS : 0)
+      (this.landing.enabled ? Capability.LANDS : 0) |
+      (this.options.warehouse.persists ? Capability.DURABLE : 0)
     );
   }
 
@@ -523,8 +538,16 @@ export class PeerServer {
       );
       return undefined;
     }
-    if (type === MsgType.PUT_OFFER && state.offers.size >= MAX_OFFERS) {
-      this.drop(state, ErrorKind.LIMIT, `more than ${MAX_OFFERS} put offers waiting for data`);
+    // An offer over the limit is refused on its own: the offers already accepted go on.
+    if (type === MsgType.PUT_OFFER && state.offers.size + state.offering.size >= MAX_OFFERS) {
+      const message = `more than ${MAX_OFFERS} put offers waiting for data`;
+      this.net.send(state.id, frame(MsgType.ERROR, rid, encodeError(ErrorKind.LIMIT, message)));
+      return undefined;
+    }
+    const durable = this.durable(type, flags);
+    if (durable && !this.options.warehouse.persists) {
+      const message = 'durable puts need a file tier, and this server has none';
+      this.net.send(state.id, frame(MsgType.ERROR, rid, encodeError(ErrorKind.INTERNAL, message)));
       return undefined;
     }
     if (this.closing) {
@@ -536,11 +559,29 @@ export class PeerServer {
     }
     if (type === MsgType.PUT || type === MsgType.PUT_OFFER) this.landing.demand();
     if (type === MsgType.PUT && ev.landed) {
-      return this.track(state, type, rid, this.putLanded(state, rid, keys, ev));
+      return this.track(state, type, rid, this.putLanded(state, rid, keys, ev, durable));
     }
     const payload =
       ev.area !== undefined ? this.areas.view(ev.area * this.areaBytes, payloadBytes) : ev.payload;
     return this.track(state, type, rid, this.serve(state, type, rid, keys, payload, flags));
+  }
+
+  /** Whether a request is a put that must be durable before it is answered. */
+  private durable(type: number, flags: number): boolean {
+    if (type !== MsgType.PUT && type !== MsgType.PUT_OFFER) return false;
+    return (this.options.durablePuts ?? false) || (flags & RequestFlag.DURABLE) !== 0;
+  }
+
+  /**
+   * A durable put's answer: its blocks are stored however they arrived; this writes them down to
+   * the file tier and syncs it (Warehouse.persist). Only keys whose synced file copy is there keep
+   * OK or PRESENT; the others answer REJECTED, so nothing is acknowledged that a crash could lose.
+   */
+  private async persisted(keys: Key[], statuses: number[]): Promise<number[]> {
+    const safe = await this.options.warehouse.persist(keys);
+    return statuses.map((x, i) =>
+      safe[i] || (x !== Status.OK && x !== Status.PRESENT) ? x : Status.REJECTED,
+    );
   }
 
   /**
@@ -578,9 +619,10 @@ export class PeerServer {
         const before = keys.length > 0 ? wh.lookup(keys).tiers : [];
         if (keys.length > 0) await wh.put(keys, payload!);
         const after = keys.length > 0 ? wh.lookup(keys).tiers : [];
-        const statuses = keys.map((_, i) =>
+        let statuses: number[] = keys.map((_, i) =>
           before[i]! >= 0 ? Status.PRESENT : after[i]! >= 0 ? Status.OK : Status.REJECTED,
         );
+        if (this.durable(type, flags)) statuses = await this.persisted(keys, statuses);
         this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
         return;
       }
@@ -638,7 +680,7 @@ export class PeerServer {
         return;
       }
       case MsgType.PUT_OFFER:
-        return this.offer(state, rid, keys);
+        return this.offer(state, rid, keys, this.durable(type, flags));
       case MsgType.LOOKUP: {
         const r = wh.lookup(keys);
         this.reply(
@@ -666,14 +708,22 @@ export class PeerServer {
   }
 
   /** A one-step put whose blocks landed straight in claimed host-tier slots (Landing). */
-  private async putLanded(state: ConnState, rid: number, keys: Key[], ev: NetEvent): Promise<void> {
+  private async putLanded(
+    state: ConnState,
+    rid: number,
+    keys: Key[],
+    ev: NetEvent,
+    durable: boolean,
+  ): Promise<void> {
     const tokens = ev.landed!;
     ev.landed = undefined; // the slots are this put's now, not onFrame()'s to give back
     this.putCounts.landed += keys.length;
     const stored = await this.landing.store(keys, tokens, ev.checksums!);
     // A key repeated in the batch is stored once; every copy of it answers as stored.
     const mine = new Set(keys.filter((_, i) => stored[i]));
-    const statuses = keys.map((k) => (mine.has(k) ? Status.OK : Status.PRESENT));
+    let statuses: number[] = keys.map((k) => (mine.has(k) ? Status.OK : Status.PRESENT));
+    // Landed in host-tier slots: a durable put also waits for their synced file copies.
+    if (durable) statuses = await this.persisted(keys, statuses);
     this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
   }
 
@@ -794,14 +844,21 @@ export class PeerServer {
    * A two-step put: reserves host-tier slots and tells the transport to read the blocks of the
    * coming PUT_DATA straight into them, so the bytes are copied once, by the kernel.
    */
-  private async offer(state: ConnState, rid: number, keys: Key[]): Promise<void> {
+  private async offer(state: ConnState, rid: number, keys: Key[], durable: boolean): Promise<void> {
     const wh = this.options.warehouse;
     const bs = wh.blockBytes;
-    if (state.offers.has(rid)) {
+    if (state.offers.has(rid) || state.offering.has(rid)) {
       this.drop(state, ErrorKind.PROTOCOL, `request id ${rid} already has an offer`);
       return;
     }
-    const reservation = await wh.reserve(keys);
+    // Counted from now (onRequest's limit), not once the reservation is made.
+    state.offering.add(rid);
+    let reservation: Reservation | undefined;
+    try {
+      reservation = await wh.reserve(keys);
+    } finally {
+      state.offering.delete(rid);
+    }
     let statuses: number[];
     if (reservation) {
       statuses = reservation.slots.map((x) =>
@@ -827,7 +884,14 @@ export class PeerServer {
       this.options.offerTimeoutMs ?? 30_000,
     );
     timer.unref();
-    const offer: Offer = { keys, statuses, reservation, timer, remote: state.qp !== undefined };
+    const offer: Offer = {
+      keys,
+      statuses,
+      reservation,
+      timer,
+      remote: state.qp !== undefined,
+      durable,
+    };
     state.offers.set(rid, offer);
     const meta = encodeResults(statuses);
     if (offer.remote) {
@@ -967,7 +1031,8 @@ export class PeerServer {
         if (x === Status.OK && after[i]! >= 0) result[i] = Status.OK;
       });
     }
-    this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(result));
+    const answer = offer.durable ? await this.persisted(offer.keys, result) : result;
+    this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(answer));
   }
 
   private reply(state: ConnState, type: number, rid: number, meta: Buffer): void {

@@ -291,6 +291,8 @@ export class Warehouse {
   /** Names the plans of claim(), which are for slots rather than keys. */
   private landingSerial = 0;
   private readonly operations = new Set<Promise<unknown>>();
+  /** File-tier header writes a put did not wait for (durability 'none'): a sync waits for them. */
+  private readonly headerWrites = new Set<Promise<void>>();
   /** Plans already committed, so that an operation failing midway aborts only the others. */
   private readonly committed = new WeakSet<Plan<Key>>();
   private readonly leases = new Map<number, { lease: Lease; timer: NodeJS.Timeout }>();
@@ -650,6 +652,27 @@ export class Warehouse {
     }
   }
 
+  /**
+   * Syncs the tiers that keep blocks across a restart, once the header writes still in flight are
+   * down, so that every copy committed to them so far survives a crash. False if the sync failed.
+   */
+  private async syncFiles(): Promise<boolean> {
+    await Promise.allSettled([...this.headerWrites]);
+    const sync = new TransferRound();
+    for (const t of this.tiers) t.sync?.(sync.file);
+    if (sync.file.length === 0) return true;
+    const r = await this.fileEngine.submit(sync.file);
+    if (!r.ok) this.counters.ioErrors++;
+    return r.ok;
+  }
+
+  /** The tier a durable copy lives in (the file tier, last), or ABSENT. */
+  private persistTier(): number {
+    const last = this.tiers.length - 1;
+    const t = this.tiers[last]!;
+    return t.scan && t.sync ? last : ABSENT;
+  }
+
   /** The tier whose copy a put under durability 'sync' must land in, or ABSENT. */
   private durableTier(): number {
     if (this.durability !== 'sync') return ABSENT;
@@ -713,24 +736,23 @@ export class Warehouse {
       }
     } else if (headers.file.length > 0) {
       // Without durability the headers only serve a later restart, so the put does not wait for
-      // them (close() does). A header that lands late over a reused slot names a block whose
-      // checksum the new payload fails: a miss after restart, never wrong data.
-      void this.track(
-        this.fileEngine.submit(headers.file).then((r) => {
-          if (!r.ok) this.counters.ioErrors++;
-        }),
-      );
+      // them (close() does, and so does a sync for a durable put: syncFiles()). A header that
+      // lands late over a reused slot names a block whose checksum the new payload fails: a miss
+      // after restart, never wrong data.
+      const written = this.fileEngine.submit(headers.file).then((r) => {
+        if (!r.ok) this.counters.ioErrors++;
+      });
+      this.headerWrites.add(written);
+      const forget = (): void => void this.headerWrites.delete(written);
+      written.then(forget, forget);
+      void this.track(written);
     }
 
     // 5. Durability before anyone is told the block is there.
     if (this.durability === 'sync' && this.tiers.some((t) => t.durable)) {
-      const sync = new TransferRound();
-      for (const t of this.tiers) if (t.durable) t.sync?.(sync.file);
-      const r = sync.file.length > 0 ? await this.fileEngine.submit(sync.file) : undefined;
-      if (r && !r.ok) {
+      if (!(await this.syncFiles())) {
         // Nothing written by this put can be promised durable: none of it is committed.
         for (const { plan } of plans) failed.add(plan);
-        this.counters.ioErrors++;
       }
     }
 
@@ -1229,6 +1251,55 @@ export class Warehouse {
       finish();
       throw e;
     }
+  }
+
+  /** @internal Whether persist() can make blocks durable: the last tier is a file tier. */
+  get persists(): boolean {
+    return this.persistTier() !== ABSENT;
+  }
+
+  /**
+   * @internal For the peer server's durable puts (docs/protocol.md, "Durable puts"): gives each
+   * stored key of `keys` a copy in the file tier (written down from the tier it is in, as close()
+   * does for blocks held only in memory) and syncs the file tier, headers included. Resolves per
+   * key whether its file copy is there and synced: a key that is not stored, or found no room, is
+   * not. However the block arrived (copied, placed in reserved slots, landed), this is what makes
+   * it survive a crash.
+   */
+  async persist(keys: readonly Key[]): Promise<boolean[]> {
+    this.assertOpen();
+    const last = this.persistTier();
+    if (last === ABSENT) {
+      throw new KvtierError('KVTIER_NOT_AVAILABLE', 'durable puts need a file tier');
+    }
+    return this.track(
+      (async () => {
+        while (this.unsettled(keys)) await this.settle(keys);
+        const items: { key: Key; from: SlotPlace }[] = [];
+        const pinned: Key[] = [];
+        for (const key of new Set(keys)) {
+          const e = this.index.get(key);
+          if (!e || e.slots[last] !== ABSENT) continue;
+          const top = this.index.topTier(key);
+          // Pinned, so that nothing evicts the source while it is copied down.
+          this.index.pin(key);
+          pinned.push(key);
+          items.push({ key, from: this.place(top, e.slots[top]!) });
+        }
+        let synced: boolean;
+        try {
+          for (let i = 0; i < items.length; i += FLUSH_BATCH) {
+            await this.copyTo(items.slice(i, i + FLUSH_BATCH), last);
+          }
+          // Under durability 'sync' every file copy was synced before it was committed.
+          synced =
+            items.length === 0 && this.durableTier() !== ABSENT ? true : await this.syncFiles();
+        } finally {
+          for (const k of pinned) this.index.unpin(k);
+        }
+        return keys.map((k) => synced && (this.index.get(k)?.slots[last] ?? ABSENT) !== ABSENT);
+      })(),
+    );
   }
 
   /**

@@ -18,10 +18,12 @@ export function rawFrame(
   meta: Buffer,
   payload: Buffer = Buffer.alloc(0),
   declaredPayload = payload.length,
+  flags = 0,
 ): Buffer {
   const h = Buffer.alloc(24);
   h.write('KVTP', 0, 'latin1');
   h.writeUInt8(type, 4);
+  h.writeUInt8(flags, 5);
   h.writeUInt32LE(requestId, 8);
   h.writeUInt32LE(meta.length, 12);
   h.writeBigUInt64LE(BigInt(declaredPayload), 16);
