@@ -101,13 +101,32 @@ export interface PutOptions {
   writeThrough?: boolean;
 }
 
+/**
+ * What became of one block of a put. 'stored': newly stored. 'present': already there (equal keys
+ * mean equal content). 'busy': no room, every candidate slot pinned or in use; a retry later may
+ * succeed. 'no-space': the disk is full (ENOSPC, EDQUOT or EFBIG). 'io-error': another I/O failure.
+ */
+export type PutStatus = 'stored' | 'present' | 'busy' | 'no-space' | 'io-error';
+
+/** Why a block could not be stored, when something failed. */
+type PutFailure = 'no-space' | 'io-error';
+
+function failureOf(error: KvtierError | undefined): PutFailure {
+  return error?.code === 'KVTIER_NO_SPACE' ? 'no-space' : 'io-error';
+}
+
 export interface PutResult {
   /** Blocks newly stored. */
   stored: number;
   /** Blocks that were already there (equal keys mean equal content). */
   present: number;
-  /** Blocks that found no room (every candidate pinned) or failed to write. */
+  /** Blocks not stored: 'busy', 'no-space' or 'io-error' in `status`. */
   rejected: number;
+  /**
+   * Per key of the put, in order (a key named twice has the status of its first mention; the
+   * counts above count it once).
+   */
+  status: PutStatus[];
 }
 
 export interface LookupResult {
@@ -449,9 +468,11 @@ export class Warehouse {
     for (let t = 0; t < this.tiers.length; t++) {
       const tier = this.tiers[t]!;
       if (!tier.scan) continue;
-      const found = await tier.scan();
-      found.sort((a, b) => a.generation - b.generation); // oldest first, so LRU order survives
-      for (const b of found) this.index.restore(b.key, t, b.slot, b, this.info(0, 0, 1));
+      const { blocks, corrupt } = await tier.scan();
+      this.extra[t]!.corrupt += corrupt;
+      this.counters.corrupt += corrupt;
+      blocks.sort((a, b) => a.generation - b.generation); // oldest first, so LRU order survives
+      for (const b of blocks) this.index.restore(b.key, t, b.slot, b, this.info(0, 0, 1));
       this.index.rebuildFreeSlots(t);
     }
   }
@@ -580,31 +601,38 @@ export class Warehouse {
     writeThrough: boolean,
   ): Promise<PutResult> {
     while (this.unsettled(keys)) await this.settle(keys);
-    const result: PutResult = { stored: 0, present: 0, rejected: 0 };
+    const status = new Array<PutStatus>(keys.length);
+    const result: PutResult = { stored: 0, present: 0, rejected: 0, status };
     const fresh: number[] = [];
-    const seen = new Set<Key>();
+    const first = new Map<Key, number>();
     const durable = this.durableTier();
     for (let i = 0; i < keys.length; i++) {
       const key = keys[i]!;
-      if (seen.has(key)) continue;
-      seen.add(key);
+      if (first.has(key)) continue;
+      first.set(key, i);
       const e = this.index.get(key);
       // Under durability 'sync' a block counts as there only once its durable copy is.
       if (e && (durable === ABSENT || e.slots[durable] !== ABSENT)) {
         result.present++;
+        status[i] = 'present';
       } else {
         fresh.push(i);
       }
     }
-    if (fresh.length === 0) return result;
-    // The peer copy is written beside the local one; put resolves once both are done, since the
-    // caller may reuse src then. A failing peer is counted, and costs only that copy.
-    const [stored] = await Promise.all([
-      this.storeBlocks(keys, fresh, src, priority, writeThrough),
-      this.peer?.writeThrough(keys, fresh, src),
-    ]);
-    result.stored = stored;
-    result.rejected = fresh.length - stored;
+    if (fresh.length > 0) {
+      // The peer copy is written beside the local one; put resolves once both are done, since the
+      // caller may reuse src then. A failing peer is counted, and costs only that copy.
+      const [outcome] = await Promise.all([
+        this.storeBlocks(keys, fresh, src, priority, writeThrough),
+        this.peer?.writeThrough(keys, fresh, src),
+      ]);
+      for (const i of fresh) {
+        status[i] = outcome.get(keys[i]!) ?? 'busy';
+        if (status[i] === 'stored') result.stored++;
+        else result.rejected++;
+      }
+    }
+    for (let i = 0; i < keys.length; i++) status[i] ??= status[first.get(keys[i]!)!]!;
     return result;
   }
 
@@ -614,7 +642,7 @@ export class Warehouse {
     src: Target,
     priority: number,
     writeThrough: boolean,
-  ): Promise<number> {
+  ): Promise<Map<Key, PutStatus>> {
     // 1. Plans: a slot in the top tier (and the file tier when writing through, which durability
     // 'sync' implies) for each block.
     const durable = this.durableTier();
@@ -662,7 +690,7 @@ export class Warehouse {
     src: Target,
     priority: number,
     plans: StorePlan[],
-  ): Promise<number> {
+  ): Promise<Map<Key, PutStatus>> {
     const bs = this.blockBytes;
     // 2. Make room for them.
     const failed = await this.makeRoom(plans.map((p) => p.plan));
@@ -688,7 +716,7 @@ export class Warehouse {
       if (o.ok && o.checksum !== undefined) {
         entry.crc = o.checksum;
       } else {
-        failed.add(entry.plan);
+        failed.set(entry.plan, failureOf(o.error));
         this.counters.ioErrors++;
       }
     }
@@ -708,7 +736,8 @@ export class Warehouse {
       const r = await this.fileEngine.submit(headers.file);
       if (!r.ok) {
         // Headers are few and grouped; one failing leaves its tier's new blocks undescribed.
-        for (const group of described) for (const plan of group) failed.add(plan);
+        const why = failureOf(r.errors.find((e) => e !== undefined));
+        for (const group of described) for (const plan of group) failed.set(plan, why);
         this.counters.ioErrors++;
       }
     } else if (headers.file.length > 0) {
@@ -729,7 +758,8 @@ export class Warehouse {
       const r = sync.file.length > 0 ? await this.fileEngine.submit(sync.file) : undefined;
       if (r && !r.ok) {
         // Nothing written by this put can be promised durable: none of it is committed.
-        for (const { plan } of plans) failed.add(plan);
+        const why = failureOf(r.errors.find((e) => e !== undefined));
+        for (const { plan } of plans) if (!failed.has(plan)) failed.set(plan, why);
         this.counters.ioErrors++;
       }
     }
@@ -737,11 +767,15 @@ export class Warehouse {
     // 6. Commit: the index changes only now, all at once.
     const durable = this.durableTier();
     const storedKeys = new Set<Key>();
+    const failures = new Map<Key, PutFailure>();
     const added: Key[] = [];
     const removed: Key[] = [];
     for (const { plan, crc, i } of plans) {
-      if (failed.has(plan)) {
+      const failure = failed.get(plan);
+      if (failure !== undefined) {
         this.index.abort(plan);
+        // A full disk is what the caller can act on; it wins over another failure of the key.
+        if (failures.get(plan.key) !== 'no-space') failures.set(plan.key, failure);
         continue;
       }
       this.index.commit(plan, this.info(priority, i, keys.length), { length: bs, checksum: crc });
@@ -754,16 +788,19 @@ export class Warehouse {
       if (durable === ABSENT || plan.tier === durable) storedKeys.add(plan.key);
     }
     this.changed(added, removed);
-    return storedKeys.size;
+    // A key with neither a stored copy nor a failure found no slot: the tier is busy.
+    const status = new Map<Key, PutStatus>(failures);
+    for (const key of storedKeys) status.set(key, 'stored');
+    return status;
   }
 
   /**
    * Carries out the moves of plans: victims written down a tier, deepest tier first, so every
    * slot a move frees is free before the next move (or the new block) reuses it. Returns the
-   * plans whose moves failed; those must be aborted, not committed.
+   * plans whose moves failed, and why; those must be aborted, not committed.
    */
-  private async makeRoom(plans: readonly Plan<Key>[]): Promise<Set<Plan<Key>>> {
-    const failed = new Set<Plan<Key>>();
+  private async makeRoom(plans: readonly Plan<Key>[]): Promise<Map<Plan<Key>, PutFailure>> {
+    const failed = new Map<Plan<Key>, PutFailure>();
     for (let from = this.tiers.length - 1; from >= 0; from--) {
       const round = new TransferRound();
       const owners: Plan<Key>[] = [];
@@ -788,7 +825,7 @@ export class Warehouse {
       this.describeAll(round, landing);
       (await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy)).forEach((o, n) => {
         if (!o.ok) {
-          failed.add(owners[n]!);
+          failed.set(owners[n]!, failureOf(o.error));
           this.counters.ioErrors++;
         }
       });
@@ -1294,7 +1331,11 @@ export class Warehouse {
    * Gives each key a slot in tier `to` (making room as put does) and copies its bytes there from
    * `from`. Returns how many landed.
    */
-  private async copyTo(items: { key: Key; from: SlotPlace }[], to: number): Promise<number> {
+  private async copyTo(
+    items: { key: Key; from: SlotPlace }[],
+    to: number,
+    errors?: KvtierError[],
+  ): Promise<number> {
     const plans: CopyPlan[] = [];
     const seen = new Set<Key>();
     for (const { key, from } of items) {
@@ -1311,7 +1352,7 @@ export class Warehouse {
     const held = this.hold();
     held.add(Warehouse.planKeys(plans));
     try {
-      return await this.executeCopyTo(plans, to);
+      return await this.executeCopyTo(plans, to, errors);
     } catch (e) {
       this.abortUncommitted(plans.map((p) => p.plan));
       throw e;
@@ -1327,7 +1368,11 @@ export class Warehouse {
     }
   }
 
-  private async executeCopyTo(plans: CopyPlan[], to: number): Promise<number> {
+  private async executeCopyTo(
+    plans: CopyPlan[],
+    to: number,
+    errors?: KvtierError[],
+  ): Promise<number> {
     const failed = await this.makeRoom(plans.map((p) => p.plan));
     const round = new TransferRound();
     const at: number[] = [];
@@ -1356,6 +1401,7 @@ export class Warehouse {
         this.extra[to]!.bytesIn += p.length;
         landed++;
       } else {
+        if (o?.error) errors?.push(o.error);
         this.index.abort(p.plan);
       }
     });
@@ -1617,10 +1663,13 @@ export class Warehouse {
    * On a clean close, writes blocks that live only in the top tier down to the file tier (making
    * room there as eviction would), so a restart finds them: with write-back, the hottest blocks
    * are exactly the ones never evicted, and they would otherwise be lost on every restart.
+   * Returns the keys it could not write down, and why.
    */
-  private async flushDown(): Promise<void> {
+  private async flushDown(): Promise<{ unwritten: Key[]; errors: unknown[] }> {
+    const unwritten: Key[] = [];
+    const errors: KvtierError[] = [];
     const last = this.tiers.length - 1;
-    if (last === 0 || !this.tiers[last]!.scan) return;
+    if (last === 0 || !this.tiers[last]!.scan) return { unwritten, errors };
     const items: { key: Key; from: SlotPlace }[] = [];
     for (const [key, e] of this.index) {
       if (e.slots[last] !== ABSENT) continue;
@@ -1631,8 +1680,14 @@ export class Warehouse {
       if (t !== undefined) items.push({ key, from: this.place(t, e.slots[t]!) });
     }
     for (let i = 0; i < items.length; i += FLUSH_BATCH) {
-      await this.copyTo(items.slice(i, i + FLUSH_BATCH), last);
+      const batch = items.slice(i, i + FLUSH_BATCH);
+      // One batch failing whole (a refused round) must not stop the others from being saved.
+      await this.copyTo(batch, last, errors).catch((e: unknown) => errors.push(e as KvtierError));
+      for (const { key } of batch) {
+        if (this.index.get(key)?.slots[last] === ABSENT) unwritten.push(key);
+      }
     }
+    return { unwritten, errors };
   }
 
   stats(): WarehouseStats {
@@ -1691,32 +1746,68 @@ export class Warehouse {
   /**
    * Lets every put, get, prefetch and eviction in flight finish (queued prefetches are dropped),
    * makes the file tier durable, then frees memory, closes files and releases the directory lock.
+   * All of that happens even when a step fails. When blocks held only in faster tiers could not be
+   * written down to the file tier (a full disk, say), close rejects afterwards with a CloseError
+   * naming them: they are lost.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.prefetcher.cancelQueued();
-      while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
-      for (const { timer } of this.leases.values()) clearTimeout(timer);
-      this.leases.clear();
-      await this.flushDown();
-      const sync = new TransferRound();
-      for (const t of this.tiers) t.sync?.(sync.file);
-      if (sync.file.length > 0 && !(await this.fileEngine.submit(sync.file)).ok) {
-        this.counters.ioErrors++;
+      let unwritten: Key[] = [];
+      const errors: unknown[] = [];
+      try {
+        this.prefetcher.cancelQueued();
+        while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
+        for (const { timer } of this.leases.values()) clearTimeout(timer);
+        this.leases.clear();
+        const flushed = await this.flushDown();
+        unwritten = flushed.unwritten;
+        errors.push(...flushed.errors);
+        const sync = new TransferRound();
+        for (const t of this.tiers) t.sync?.(sync.file);
+        if (sync.file.length > 0 && !(await this.fileEngine.submit(sync.file)).ok) {
+          this.counters.ioErrors++;
+        }
+      } catch (e) {
+        errors.push(e);
+      } finally {
+        await Promise.allSettled(this.tiers.map((t) => t.close()));
+        await Promise.allSettled([this.peer?.close()]);
+        await Promise.allSettled([
+          this.fileEngine.close(),
+          this.memoryEngine.close(),
+          this.gpuCopy?.close(),
+        ]);
       }
-      await Promise.allSettled(this.tiers.map((t) => t.close()));
-      await this.peer?.close();
-      await Promise.all([
-        this.fileEngine.close(),
-        this.memoryEngine.close(),
-        this.gpuCopy?.close(),
-      ]);
+      if (unwritten.length > 0 || errors.length > 0) throw closeError(unwritten, errors);
     })();
     return this.closing;
   }
 }
 
 const FLUSH_BATCH = 64;
+
+/** close()'s error: `unwritten` names the blocks it could not write down (lost). */
+export interface CloseError extends KvtierError {
+  readonly unwritten: Key[];
+}
+
+function closeError(unwritten: Key[], errors: unknown[]): CloseError {
+  const first = errors.find((e): e is KvtierError => e instanceof KvtierError);
+  const noSpace = errors.some((e) => e instanceof KvtierError && e.code === 'KVTIER_NO_SPACE');
+  const shown = unwritten.slice(0, 4).join(', ');
+  const more = unwritten.length > 4 ? ` and ${unwritten.length - 4} more` : '';
+  const why = errors.length > 0 ? String((errors[0] as Error)?.message ?? errors[0]) : 'no free slot in the file tier';
+  const message =
+    unwritten.length > 0
+      ? `close could not write ${unwritten.length} block(s) down to the file tier, which are lost: ${shown}${more} (${why})`
+      : `close failed part way (${why}); files are closed and the directory released`;
+  const err = new KvtierError(noSpace ? 'KVTIER_NO_SPACE' : (first?.code ?? 'KVTIER_IO'), message, {
+    ...(first?.errno !== undefined ? { errno: first.errno } : {}),
+    ...(first?.syscall !== undefined ? { syscall: first.syscall } : {}),
+    cause: errors[0],
+  });
+  return Object.assign(err, { unwritten });
+}
 /** setTimeout's longest delay; longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
