@@ -1375,33 +1375,47 @@ export class Warehouse {
   ): Promise<number> {
     const failed = await this.makeRoom(plans.map((p) => p.plan));
     const round = new TransferRound();
-    const at: number[] = [];
-    const landing = this.tiers.map((): SlotBlock[] => []);
-    for (const p of plans) {
-      at.push(
-        failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
-      );
-      landing[to]!.push({
-        slot: p.plan.slot,
-        key: p.plan.key,
-        length: p.length,
-        checksum: p.checksum,
-      });
-    }
-    this.describeAll(round, landing);
+    const at = plans.map((p) =>
+      failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
+    );
     const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy);
+    const moved = plans.map((p, n) => {
+      const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
+      if (o?.error) errors?.push(o.error);
+      return o?.ok === true && o.checksum === p.checksum;
+    });
+    // Headers once the payloads are down, one write each so that each block knows whether its
+    // own landed: a slot never describes bytes that were not written, and a block whose header
+    // did not land (a full disk) is not counted as copied.
+    const tier = this.tiers[to]!;
+    if (tier.describe) {
+      const headers = new TransferRound().file;
+      const described: number[] = [];
+      plans.forEach((p, n) => {
+        if (!moved[n]) return;
+        tier.describe!(headers, [{ slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum }]);
+        described.push(n);
+      });
+      if (described.length > 0) {
+        const r = await this.fileEngine.submit(headers);
+        if (!r.ok) this.counters.ioErrors++;
+        described.forEach((n, i) => {
+          if (r.errors[i] === undefined) return;
+          moved[n] = false;
+          errors?.push(r.errors[i]);
+        });
+      }
+    }
     let landed = 0;
     const removed: Key[] = [];
     plans.forEach((p, n) => {
-      const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
-      if (o?.ok && o.checksum === p.checksum) {
+      if (moved[n]) {
         this.index.commit(p.plan, this.info(p.priority, 0, 1), p);
         this.committed.add(p.plan);
         this.evictedBy(p.plan, removed);
         this.extra[to]!.bytesIn += p.length;
         landed++;
       } else {
-        if (o?.error) errors?.push(o.error);
         this.index.abort(p.plan);
       }
     });
