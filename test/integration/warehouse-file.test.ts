@@ -1,5 +1,14 @@
 // The file tier's edges: block sizes it cannot write, damaged headers, failed opens, busy puts.
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
@@ -86,18 +95,25 @@ describe('file tier block size', () => {
     await wh.close();
   });
 
-  it('refuses it for an existing directory too, and leaves the directory as it was', async () => {
+  it('refuses a directory recorded with such a block size (by an older kvtier) and leaves it as it was', async () => {
     const d = dir();
-    const wh = await fileOnly(d, 8);
-    await wh.close();
+    await (await fileOnly(d, 8)).close();
+    const metaPath = join(d, 'kvtier.meta.json');
+    const record = JSON.parse(readFileSync(metaPath, 'utf8')) as Record<string, number>;
+    // What kvtier wrote before it checked: blockBytes 1000 on a 512-aligned filesystem.
+    writeFileSync(metaPath, JSON.stringify({ ...record, blockBytes: 1000, slotBytes: 4096, slots: 8 }));
     const before = readdirSync(d).sort();
-    const meta = readFileSync(join(d, 'kvtier.meta.json'), 'utf8');
-    await expect(
-      Warehouse.open({ blockBytes: BS + 100, tiers: [{ kind: 'file', dir: d, bytes: 8 * BS }] }),
-    ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+    const meta = readFileSync(metaPath, 'utf8');
+    const error = (await Warehouse.open({
+      blockBytes: 1000,
+      tiers: [{ kind: 'file', dir: d, bytes: 8000 }],
+    }).catch((e: unknown) => e)) as Error;
+    expect(error).toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+    expect(error.message).toMatch(/multiple of \d+, the O_DIRECT alignment/);
     expect(readdirSync(d).sort()).toEqual(before);
-    expect(readFileSync(join(d, 'kvtier.meta.json'), 'utf8')).toBe(meta);
-    // And the lock was released: the right options open it.
+    expect(readFileSync(metaPath, 'utf8')).toBe(meta);
+    // The lock was released: another process could take the directory now.
+    writeFileSync(metaPath, JSON.stringify(record));
     await (await fileOnly(d, 8)).close();
   });
 });
