@@ -59,5 +59,6 @@ const seeds = {
   'fix-crc-4096': [geometry(1, 4096, 7), header({}), Buffer.alloc(4096 - HEADER)],
   'header-too-small': [geometry(0, 64, 2), header({}).subarray(0, 200)],
 };
-for (const [name, parts] of Object.entries(seeds)) writeFileSync(join(out, name), Buffer.concat(parts));
+for (const [name, parts] of Object.entries(seeds))
+  writeFileSync(join(out, name), Buffer.concat(parts));
 console.log(`${Object.keys(seeds).length} seeds in ${out}`);

@@ -5,6 +5,8 @@
 //   mode odd:  each header's CRC is first made to hold, so the field checks behind it are reached.
 // Every decoded slot is checked against the format's rules (docs/format.md), and each valid one is
 // re-encoded and compared with the input bytes.
+#include "../native/io/slot_header.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -12,7 +14,6 @@
 #include <vector>
 
 #include "../native/common/crc32c.h"
-#include "../native/io/slot_header.h"
 
 namespace {
 
@@ -49,8 +50,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (fix_crc && header_bytes >= kSlotHeaderMin) {
     for (size_t at = 0; at + header_bytes <= table.size(); at += header_bytes) {
       std::memcpy(table.data() + at, "KVTBLK01", 8);
-      Put32(table.data() + at + kSlotHeaderFields,
-            Crc32c(0, table.data() + at, kSlotHeaderFields));
+      Put32(table.data() + at + kSlotHeaderFields, Crc32c(0, table.data() + at, kSlotHeaderFields));
     }
   }
 
@@ -79,8 +79,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case SlotStatus::kBad: {
         Check(magic && crc);
         const uint32_t key_length = Le32(h + 8);
-        Check(key_length < kSlotKeyMin || key_length > kSlotKeyMax ||
-              Le64(h + 48) != block_bytes || Le64(h + 64) > kSlotGenerationMax);
+        Check(key_length < kSlotKeyMin || key_length > kSlotKeyMax || Le64(h + 48) != block_bytes ||
+              Le64(h + 64) > kSlotGenerationMax);
         break;
       }
       case SlotStatus::kValid: {

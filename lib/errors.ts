@@ -75,11 +75,15 @@ export function fromSystemError(e: unknown, what: string): KvtierError {
         ? (constants.errno as Record<string, number | undefined>)[err.code]
         : undefined;
   const message = typeof err.message === 'string' ? err.message : String(e);
-  return new KvtierError(errno === undefined ? 'KVTIER_IO' : codeForErrno(errno), `${what}: ${message}`, {
-    ...(errno !== undefined ? { errno } : {}),
-    ...(typeof err.syscall === 'string' ? { syscall: err.syscall } : {}),
-    cause: e,
-  });
+  return new KvtierError(
+    errno === undefined ? 'KVTIER_IO' : codeForErrno(errno),
+    `${what}: ${message}`,
+    {
+      ...(errno !== undefined ? { errno } : {}),
+      ...(typeof err.syscall === 'string' ? { syscall: err.syscall } : {}),
+      cause: e,
+    },
+  );
 }
 
 /** Builds the error for a failed system call, with the OS's own name for the errno. */

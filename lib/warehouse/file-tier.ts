@@ -120,11 +120,9 @@ export class FileTier implements Tier {
       });
       const lockPath = join(dir, 'kvtier.lock');
       const lockExisted = await exists(lockPath);
-      const lock = await openFile(lockPath, { create: true, direct: false }).catch(
-        (e: unknown) => {
-          throw fromSystemError(e, `cannot use ${dir}`);
-        },
-      );
+      const lock = await openFile(lockPath, { create: true, direct: false }).catch((e: unknown) => {
+        throw fromSystemError(e, `cannot use ${dir}`);
+      });
       undo.push(() => lock.close());
       lock.native.lock();
       // Only the holder may remove the lock file: another opener may be waiting on it.

@@ -1393,7 +1393,9 @@ export class Warehouse {
       const described: number[] = [];
       plans.forEach((p, n) => {
         if (!moved[n]) return;
-        tier.describe!(headers, [{ slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum }]);
+        tier.describe!(headers, [
+          { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum },
+        ]);
         described.push(n);
       });
       if (described.length > 0) {
@@ -1810,7 +1812,10 @@ function closeError(unwritten: Key[], errors: unknown[]): CloseError {
   const noSpace = errors.some((e) => e instanceof KvtierError && e.code === 'KVTIER_NO_SPACE');
   const shown = unwritten.slice(0, 4).join(', ');
   const more = unwritten.length > 4 ? ` and ${unwritten.length - 4} more` : '';
-  const why = errors.length > 0 ? String((errors[0] as Error)?.message ?? errors[0]) : 'no free slot in the file tier';
+  const why =
+    errors.length > 0
+      ? String((errors[0] as Error)?.message ?? errors[0])
+      : 'no free slot in the file tier';
   const message =
     unwritten.length > 0
       ? `close could not write ${unwritten.length} block(s) down to the file tier, which are lost: ${shown}${more} (${why})`

@@ -128,7 +128,10 @@ describe('preallocation on a full disk', () => {
 describe('a file tier on a full disk', () => {
   const BS = 64 * 1024;
   const chain = (n: number, namespace: string): string[] =>
-    chainKeys(Uint32Array.from({ length: n }, (_, i) => i), { blockTokens: 1, namespace }).keys();
+    chainKeys(
+      Uint32Array.from({ length: n }, (_, i) => i),
+      { blockTokens: 1, namespace },
+    ).keys();
 
   it('leaves the directory as it found it after KVTIER_NO_SPACE at open, so a retry that fits works', async () => {
     const at = mount('tmpfs', 'size=1m');

@@ -33,7 +33,11 @@ function chain(n: number, namespace = 'file'): string[] {
 }
 
 function fileOnly(d: string, blocks: number, extra: Partial<WarehouseOptions> = {}) {
-  return Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'file', dir: d, bytes: blocks * BS }], ...extra });
+  return Warehouse.open({
+    blockBytes: BS,
+    tiers: [{ kind: 'file', dir: d, bytes: blocks * BS }],
+    ...extra,
+  });
 }
 
 interface Meta {
@@ -101,7 +105,10 @@ describe('file tier block size', () => {
     const metaPath = join(d, 'kvtier.meta.json');
     const record = JSON.parse(readFileSync(metaPath, 'utf8')) as Record<string, number>;
     // What kvtier wrote before it checked: blockBytes 1000 on a 512-aligned filesystem.
-    writeFileSync(metaPath, JSON.stringify({ ...record, blockBytes: 1000, slotBytes: 4096, slots: 8 }));
+    writeFileSync(
+      metaPath,
+      JSON.stringify({ ...record, blockBytes: 1000, slotBytes: 4096, slots: 8 }),
+    );
     const before = readdirSync(d).sort();
     const meta = readFileSync(metaPath, 'utf8');
     const error = (await Warehouse.open({
