@@ -13,7 +13,13 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { chainKeys, Warehouse, type WarehouseOptions } from '../../lib/index.js';
+import {
+  chainKeys,
+  KvtierError,
+  Warehouse,
+  type CloseError,
+  type WarehouseOptions,
+} from '../../lib/index.js';
 import { native } from '../../lib/native.js';
 import { blockFor, blocksFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
@@ -181,5 +187,34 @@ describe('put status', () => {
     });
     expect(wh.lookup(more).tiers).toEqual([-1, -1, -1]);
     await wh.close();
+  });
+});
+
+describe('close', () => {
+  it('releases the lock and closes the files when it fails part way, naming the blocks it lost', async () => {
+    const d = dir();
+    const options: WarehouseOptions = {
+      blockBytes: BS,
+      tiers: [
+        { kind: 'host', bytes: 8 * BS },
+        { kind: 'file', dir: d, bytes: 16 * BS },
+      ],
+    };
+    const wh = await Warehouse.open(options);
+    const keys = chain(4);
+    await wh.put(keys, blocksFor(keys, BS));
+    // Fault injection: the blocks file goes away under the warehouse, so the write-down of the
+    // host-only blocks throws part way through close().
+    const internals = wh as unknown as { tiers: { file?: { close(): Promise<void> } }[] };
+    await internals.tiers[1]!.file!.close();
+    const error = (await wh.close().catch((e: unknown) => e)) as CloseError;
+    expect(error).toBeInstanceOf(KvtierError);
+    expect(error.code).toBe('KVTIER_CLOSED');
+    expect([...error.unwritten].sort()).toEqual([...keys].sort());
+    expect(error.message).toContain('4 block(s)');
+    // The directory is free again, and holds none of the lost blocks.
+    const again = await Warehouse.open(options);
+    expect(again.lookup(keys).tiers).toEqual([-1, -1, -1, -1]);
+    await again.close();
   });
 });
