@@ -32,7 +32,7 @@ function header(
 describe('decodeSlotHeaders', () => {
   it('decodes valid headers with every field, and tells empty, torn and bad ones apart', () => {
     const torn = header();
-    torn[20] ^= 1; // a field changed after the CRC was computed
+    torn.writeUInt8(torn.readUInt8(20) ^ 1, 20); // a field changed after the CRC was computed
     const table = Buffer.concat([
       header(),
       Buffer.alloc(HEADER),
