@@ -61,6 +61,31 @@ export function codeForErrno(errno: number): ErrorCode {
   return errno === ENOSPC || errno === EDQUOT || errno === EFBIG ? 'KVTIER_NO_SPACE' : 'KVTIER_IO';
 }
 
+/**
+ * The error for a failed Node.js system call (an ErrnoException from node:fs), coded as the addon
+ * codes its own (codeForErrno): every layer tells a full disk from a broken one the same way.
+ */
+export function fromSystemError(e: unknown, what: string): KvtierError {
+  if (e instanceof KvtierError) return e;
+  const err = (typeof e === 'object' && e !== null ? e : {}) as NodeJS.ErrnoException;
+  const errno =
+    typeof err.errno === 'number'
+      ? Math.abs(err.errno) // Node reports -errno
+      : typeof err.code === 'string'
+        ? (constants.errno as Record<string, number | undefined>)[err.code]
+        : undefined;
+  const message = typeof err.message === 'string' ? err.message : String(e);
+  return new KvtierError(
+    errno === undefined ? 'KVTIER_IO' : codeForErrno(errno),
+    `${what}: ${message}`,
+    {
+      ...(errno !== undefined ? { errno } : {}),
+      ...(typeof err.syscall === 'string' ? { syscall: err.syscall } : {}),
+      cause: e,
+    },
+  );
+}
+
 /** Builds the error for a failed system call, with the OS's own name for the errno. */
 export function errnoError(errno: number, syscall: string, what: string): KvtierError {
   return new KvtierError(codeForErrno(errno), `${what}: ${errnoName(errno)}`, { errno, syscall });

@@ -26,6 +26,8 @@ export {
   type WarehouseOptions,
   type TierOptions,
   type PutResult,
+  type PutStatus,
+  type CloseError,
   type GetResult,
   type LookupResult,
   type PrefetchResult,

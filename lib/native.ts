@@ -164,6 +164,21 @@ export interface NativeAddon {
   probeDirect(dir: string): DirectProbe;
   chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
   crc32c(data: ArrayBufferView, seed?: number): number;
+  /** One entry per whole header in data (native/io/slot_header_js.h). */
+  decodeSlotHeaders(
+    data: Uint8Array,
+    headerBytes: number,
+    blockBytes: number,
+  ): {
+    /** 0 empty, 1 valid, 2 torn (fails its CRC), 3 bad (CRC holds, a field is impossible). */
+    status: Uint8Array;
+    keyLength: Uint8Array;
+    /** 32 bytes a slot, the key first. */
+    keys: Buffer;
+    length: Float64Array;
+    checksum: Uint32Array;
+    generation: Float64Array;
+  };
   verbsProbe(options: { device?: string; port?: number }): {
     available: boolean;
     reason?: string;

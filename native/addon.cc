@@ -8,6 +8,7 @@
 #include "gpu/gpu_file_engine.h"
 #include "io/engine.h"
 #include "io/file.h"
+#include "io/slot_header_js.h"
 #include "keys.h"
 #include "memory/region.h"
 #include "net/tcp_transport.h"
@@ -32,6 +33,8 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("probeDirect", Napi::Function::New(env, kvtier::ProbeDirect, "probeDirect"));
   exports.Set("chainHash", Napi::Function::New(env, kvtier::ChainHash, "chainHash"));
   exports.Set("crc32c", Napi::Function::New(env, kvtier::Crc32cJs, "crc32c"));
+  exports.Set("decodeSlotHeaders",
+              Napi::Function::New(env, kvtier::DecodeSlotHeadersJs, "decodeSlotHeaders"));
   exports.Set("NativeRegion", kvtier::Region::Define(env));
   exports.Set("NativeFile", kvtier::File::Define(env));
   exports.Set("NativeEngine", kvtier::Engine::Define(env));

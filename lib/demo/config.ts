@@ -9,7 +9,7 @@ import { freemem } from 'node:os';
 import { join } from 'node:path';
 
 import { ensureDir as makeDirs } from '../dirs.js';
-import { KvtierError } from '../errors.js';
+import { fromSystemError, KvtierError } from '../errors.js';
 
 export const CONFIG_FILE = 'kvtier-demo.json';
 
@@ -185,11 +185,6 @@ export async function ensureDir(dir: string): Promise<void> {
   try {
     await makeDirs(dir);
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new KvtierError(
-      err.code === 'ENOSPC' ? 'KVTIER_NO_SPACE' : 'KVTIER_IO',
-      `cannot create ${dir}: ${err.message}`,
-      { cause: e },
-    );
+    throw fromSystemError(e, `cannot create ${dir}`);
   }
 }

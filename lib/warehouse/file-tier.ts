@@ -3,23 +3,26 @@
  * is self-describing through a header in a table at the front of the file (docs/format.md), so a
  * restart rebuilds the index by reading the table, and a torn or corrupt slot fails its checksum.
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, rename, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 
 import { ensureDir } from '../dirs.js';
 
 import { TransferBatch as Batch, type IoEngine, type TransferBatch } from '../engine.js';
-import { KvtierError } from '../errors.js';
+import { fromSystemError, KvtierError } from '../errors.js';
 import { openFile, type KvFile } from '../file.js';
 import { native } from '../native.js';
 import { Region } from '../region.js';
-import type { FoundBlock, SlotBlock, SlotPlace, Tier } from './tier.js';
+import type { FoundBlock, ScanResult, SlotBlock, SlotPlace, Tier } from './tier.js';
 import { KEY_BYTES, type Key } from './keys.js';
 
 export const FORMAT = 'kvtier-file-tier';
 export const FORMAT_VERSION = 1;
 const MAGIC = Buffer.from('KVTBLK01', 'latin1');
 const HEADER_FIELDS = 72; // bytes covered by the header checksum
+/** decodeSlotHeaders' statuses (native/io/slot_header.h). */
+const SLOT_VALID = 1;
+const SLOT_BAD = 3;
 const PAGE = 4096;
 
 export interface FileTierMeta {
@@ -45,18 +48,34 @@ export interface FileTierOptions {
 
 const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to;
 
-function ioError(e: unknown, what: string): never {
-  const err = e as NodeJS.ErrnoException;
-  if (e instanceof KvtierError) throw e;
-  throw new KvtierError(
-    err.code === 'ENOSPC' ? 'KVTIER_NO_SPACE' : 'KVTIER_IO',
-    `${what}: ${err.message}`,
-    {
-      ...(err.errno !== undefined ? { errno: -err.errno } : {}),
-      ...(err.syscall !== undefined ? { syscall: err.syscall } : {}),
-      cause: e,
-    },
-  );
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw fromSystemError(e, `cannot use ${path}`);
+  }
+}
+
+/** `dir` and those of its ancestors that do not exist yet, the outermost first. */
+async function missingDirs(dir: string): Promise<string[]> {
+  const missing: string[] = [];
+  for (let d = resolve(dir); !(await exists(d)); d = dirname(d)) {
+    missing.unshift(d);
+    if (dirname(d) === d) break;
+  }
+  return missing;
+}
+
+/** O_DIRECT moves whole blocks of the filesystem's alignment: a payload must be a multiple. */
+function checkAlignment(dir: string, blockBytes: number, align: number): void {
+  if (align > 1 && blockBytes % align !== 0) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `blockBytes ${blockBytes} is not a multiple of ${align}, the O_DIRECT alignment of ${dir}: the file tier cannot write such blocks`,
+    );
+  }
 }
 
 export class FileTier implements Tier {
@@ -80,6 +99,11 @@ export class FileTier implements Tier {
     return this.meta.slots;
   }
 
+  /**
+   * Opens or creates the tier in `dir`. A failed open leaves the directory as it found it: what it
+   * created (directories, lock, blocks file, format record) is removed again, so a retry with
+   * other options starts afresh.
+   */
   static async open(options: FileTierOptions): Promise<FileTier> {
     const { dir, slots, blockBytes } = options;
     if (!Number.isSafeInteger(slots) || slots < 1) {
@@ -88,65 +112,85 @@ export class FileTier implements Tier {
         `file tier ${options.name} needs at least one block of capacity`,
       );
     }
-    await ensureDir(dir).catch((e: unknown) => ioError(e, `cannot create ${dir}`));
-    const lock = await openFile(join(dir, 'kvtier.lock'), { create: true, direct: false }).catch(
-      (e: unknown) => ioError(e, `cannot use ${dir}`),
-    );
+    const undo: (() => Promise<unknown>)[] = [];
     try {
+      for (const d of await missingDirs(dir)) undo.push(() => rmdir(d));
+      await ensureDir(dir).catch((e: unknown) => {
+        throw fromSystemError(e, `cannot create ${dir}`);
+      });
+      const lockPath = join(dir, 'kvtier.lock');
+      const lockExisted = await exists(lockPath);
+      const lock = await openFile(lockPath, { create: true, direct: false }).catch((e: unknown) => {
+        throw fromSystemError(e, `cannot use ${dir}`);
+      });
+      undo.push(() => lock.close());
       lock.native.lock();
-      const meta = await FileTier.agreeOnMeta(dir, slots, blockBytes);
+      // Only the holder may remove the lock file: another opener may be waiting on it.
+      if (!lockExisted) undo.push(() => unlink(lockPath));
+      const found = await FileTier.readMeta(dir, slots, blockBytes);
+      const meta = found ?? FileTier.newMeta(dir, slots, blockBytes);
+      const blocksPath = join(dir, 'blocks.kvt');
+      const blocksExisted = await exists(blocksPath);
       const size = meta.payloadOffset + meta.slots * meta.slotBytes;
-      const file = await openFile(join(dir, 'blocks.kvt'), { create: true, size });
+      const file = await openFile(blocksPath, { create: true, size });
+      if (!blocksExisted) undo.push(() => unlink(blocksPath));
+      undo.push(() => file.close());
+      checkAlignment(dir, blockBytes, file.offsetAlign);
+      // The record goes last: a directory holds one only once its blocks file has room.
+      if (!found) await FileTier.writeMeta(dir, meta);
       return new FileTier(options.name, dir, meta, lock, file, options.engine, options.durability);
     } catch (e) {
-      await lock.close();
+      for (const step of undo.reverse()) await step().catch(() => undefined);
       throw e;
     }
   }
 
-  /** Reads the directory's format record, or writes one for a new directory; refuses a mismatch. */
-  private static async agreeOnMeta(
+  /** The directory's format record, checked against the options; undefined for a new directory. */
+  private static async readMeta(
     dir: string,
     slots: number,
     blockBytes: number,
-  ): Promise<FileTierMeta> {
+  ): Promise<FileTierMeta | undefined> {
     const path = join(dir, 'kvtier.meta.json');
-    let text: string | undefined;
+    let text: string;
     try {
       text = await readFile(path, 'utf8');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') ioError(e, `cannot read ${path}`);
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw fromSystemError(e, `cannot read ${path}`);
     }
-    if (text !== undefined) {
-      let meta: FileTierMeta;
-      try {
-        meta = JSON.parse(text) as FileTierMeta;
-      } catch {
-        throw new KvtierError(
-          'KVTIER_BAD_ARGUMENT',
-          `${path} is not a kvtier format record; refusing to reuse ${dir}`,
-        );
-      }
-      if (meta.format !== FORMAT || meta.version !== FORMAT_VERSION) {
-        throw new KvtierError(
-          'KVTIER_BAD_ARGUMENT',
-          `${dir} holds ${meta.format ?? 'unknown'} version ${meta.version ?? '?'}; this kvtier reads ${FORMAT} version ${FORMAT_VERSION}`,
-        );
-      }
-      if (meta.blockBytes !== blockBytes) {
-        throw new KvtierError(
-          'KVTIER_BAD_ARGUMENT',
-          `${dir} holds a warehouse with blockBytes ${meta.blockBytes}, not ${blockBytes}; refusing to reinterpret it`,
-        );
-      }
-      if (meta.slots !== slots) {
-        throw new KvtierError(
-          'KVTIER_BAD_ARGUMENT',
-          `${dir} holds ${meta.slots} slots of ${meta.slotBytes} bytes, not ${slots}; open it with the same capacity`,
-        );
-      }
-      return meta;
+    let meta: FileTierMeta;
+    try {
+      meta = JSON.parse(text) as FileTierMeta;
+    } catch {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${path} is not a kvtier format record; refusing to reuse ${dir}`,
+      );
     }
+    if (meta.format !== FORMAT || meta.version !== FORMAT_VERSION) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${dir} holds ${meta.format ?? 'unknown'} version ${meta.version ?? '?'}; this kvtier reads ${FORMAT} version ${FORMAT_VERSION}`,
+      );
+    }
+    if (meta.blockBytes !== blockBytes) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${dir} holds a warehouse with blockBytes ${meta.blockBytes}, not ${blockBytes}; refusing to reinterpret it`,
+      );
+    }
+    if (meta.slots !== slots) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${dir} holds ${meta.slots} slots of ${meta.slotBytes} bytes, not ${slots}; open it with the same capacity`,
+      );
+    }
+    return meta;
+  }
+
+  /** The geometry of a new directory, from its filesystem's O_DIRECT alignment. */
+  private static newMeta(dir: string, slots: number, blockBytes: number): FileTierMeta {
     const direct = native().probeDirect(dir);
     if (!direct.available) {
       throw new KvtierError(
@@ -154,8 +198,9 @@ export class FileTier implements Tier {
         `the file tier needs O_DIRECT in ${dir}: ${direct.reason}`,
       );
     }
+    checkAlignment(dir, blockBytes, direct.offsetAlign ?? 1);
     const headerBytes = Math.max(512, direct.offsetAlign ?? PAGE);
-    const meta: FileTierMeta = {
+    return {
       format: FORMAT,
       version: FORMAT_VERSION,
       blockBytes,
@@ -164,13 +209,19 @@ export class FileTier implements Tier {
       headerBytes,
       payloadOffset: roundUp(slots * headerBytes, PAGE),
     };
-    // Written whole to a temporary name, then renamed: a crash leaves the old record or the new.
+  }
+
+  /** Written whole to a temporary name, then renamed: a crash leaves no record or a whole one. */
+  private static async writeMeta(dir: string, meta: FileTierMeta): Promise<void> {
+    const path = join(dir, 'kvtier.meta.json');
     const tmp = `${path}.tmp`;
-    await writeFile(tmp, `${JSON.stringify(meta, null, 2)}\n`, { flush: true }).catch(
-      (e: unknown) => ioError(e, `cannot write ${tmp}`),
-    );
-    await rename(tmp, path).catch((e: unknown) => ioError(e, `cannot write ${path}`));
-    return meta;
+    try {
+      await writeFile(tmp, `${JSON.stringify(meta, null, 2)}\n`, { flush: true });
+      await rename(tmp, path);
+    } catch (e) {
+      await unlink(tmp).catch(() => undefined);
+      throw fromSystemError(e, `cannot write ${path}`);
+    }
   }
 
   place(slot: number): SlotPlace {
@@ -217,16 +268,19 @@ export class FileTier implements Tier {
   }
 
   /**
-   * Reads the header table and returns the blocks it describes. Where two slots claim one key (a
-   * crash between rewriting a slot and forgetting the old one), the newer generation wins.
+   * Reads the header table and returns the blocks it describes (the addon decodes and checks each
+   * header: docs/format.md). Where two slots claim one key (a crash between rewriting a slot and
+   * forgetting the old one), the newer generation wins. A header whose checksum holds but whose
+   * fields cannot describe a block of this tier (a payload length other than blockBytes, say) is
+   * damage: that one slot is left free and counted in `corrupt`.
    */
-  async scan(): Promise<FoundBlock[]> {
-    const { headerBytes, slots, slotBytes } = this.meta;
+  async scan(): Promise<ScanResult> {
+    const { headerBytes, slots, blockBytes } = this.meta;
     const chunkSlots = Math.max(1, Math.floor((8 << 20) / headerBytes));
     const buffer = Region.allocate(chunkSlots * headerBytes, { pin: false });
     const byKey = new Map<Key, FoundBlock>();
+    let corrupt = 0;
     const addon = native();
-    const crc = (b: Uint8Array): number => addon.crc32c(b);
     try {
       for (let first = 0; first < slots; first += chunkSlots) {
         const count = Math.min(chunkSlots, slots - first);
@@ -234,21 +288,17 @@ export class FileTier implements Tier {
           new Batch().read(this.file, first * headerBytes, buffer, 0, count * headerBytes),
         );
         result.throwIfFailed();
-        const view = Buffer.from(buffer.buffer, 0, count * headerBytes);
+        const view = new Uint8Array(buffer.buffer, 0, count * headerBytes);
+        const h = addon.decodeSlotHeaders(view, headerBytes, blockBytes);
         for (let i = 0; i < count; i++) {
-          const at = i * headerBytes;
-          if (view.compare(MAGIC, 0, 8, at, at + 8) !== 0) continue;
-          const h = view.subarray(at, at + headerBytes);
-          if (crc(h.subarray(0, HEADER_FIELDS)) !== h.readUInt32LE(HEADER_FIELDS)) continue;
-          const keyLen = h.readUInt32LE(8);
-          const length = Number(h.readBigUInt64LE(48));
-          if (keyLen < 16 || keyLen > KEY_BYTES || length > slotBytes) continue;
+          if (h.status[i] === SLOT_BAD) corrupt++;
+          if (h.status[i] !== SLOT_VALID) continue;
           const found: FoundBlock = {
-            key: h.toString('hex', 16, 16 + keyLen),
+            key: h.keys.toString('hex', i * KEY_BYTES, i * KEY_BYTES + h.keyLength[i]!),
             slot: first + i,
-            length,
-            checksum: h.readUInt32LE(56),
-            generation: Number(h.readBigUInt64LE(64)),
+            length: h.length[i]!,
+            checksum: h.checksum[i]!,
+            generation: h.generation[i]!,
           };
           this.generation = Math.max(this.generation, found.generation);
           const other = byKey.get(found.key);
@@ -258,7 +308,7 @@ export class FileTier implements Tier {
     } finally {
       await buffer.close();
     }
-    return [...byKey.values()];
+    return { blocks: [...byKey.values()], corrupt };
   }
 
   async close(): Promise<void> {

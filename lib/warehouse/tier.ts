@@ -36,6 +36,13 @@ export interface FoundBlock extends BlockMeta {
   generation: number;
 }
 
+/** What a tier's storage held on open. */
+export interface ScanResult {
+  blocks: FoundBlock[];
+  /** Slots whose description is damaged beyond use (left free). */
+  corrupt: number;
+}
+
 export interface Tier {
   readonly kind: TierKind;
   readonly name: string;
@@ -50,7 +57,7 @@ export interface Tier {
   /** Adds to `batch` what makes an explicitly deleted slot stay deleted after a restart. */
   forget?(batch: TransferBatch, slot: number): void;
   /** Blocks already stored (a file tier reopened after a restart or a crash). */
-  scan?(): Promise<FoundBlock[]>;
+  scan?(): Promise<ScanResult>;
   /** Whether writes to this tier must be followed by a sync before put() resolves. */
   readonly durable: boolean;
   /** Adds a sync of the tier's storage to `batch` (durable tiers). */

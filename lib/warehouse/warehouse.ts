@@ -101,13 +101,32 @@ export interface PutOptions {
   writeThrough?: boolean;
 }
 
+/**
+ * What became of one block of a put. 'stored': newly stored. 'present': already there (equal keys
+ * mean equal content). 'busy': no room, every candidate slot pinned or in use; a retry later may
+ * succeed. 'no-space': the disk is full (ENOSPC, EDQUOT or EFBIG). 'io-error': another I/O failure.
+ */
+export type PutStatus = 'stored' | 'present' | 'busy' | 'no-space' | 'io-error';
+
+/** Why a block could not be stored, when something failed. */
+type PutFailure = 'no-space' | 'io-error';
+
+function failureOf(error: KvtierError | undefined): PutFailure {
+  return error?.code === 'KVTIER_NO_SPACE' ? 'no-space' : 'io-error';
+}
+
 export interface PutResult {
   /** Blocks newly stored. */
   stored: number;
   /** Blocks that were already there (equal keys mean equal content). */
   present: number;
-  /** Blocks that found no room (every candidate pinned) or failed to write. */
+  /** Blocks not stored: 'busy', 'no-space' or 'io-error' in `status`. */
   rejected: number;
+  /**
+   * Per key of the put, in order (a key named twice has the status of its first mention; the
+   * counts above count it once).
+   */
+  status: PutStatus[];
 }
 
 export interface LookupResult {
@@ -451,9 +470,11 @@ export class Warehouse {
     for (let t = 0; t < this.tiers.length; t++) {
       const tier = this.tiers[t]!;
       if (!tier.scan) continue;
-      const found = await tier.scan();
-      found.sort((a, b) => a.generation - b.generation); // oldest first, so LRU order survives
-      for (const b of found) this.index.restore(b.key, t, b.slot, b, this.info(0, 0, 1));
+      const { blocks, corrupt } = await tier.scan();
+      this.extra[t]!.corrupt += corrupt;
+      this.counters.corrupt += corrupt;
+      blocks.sort((a, b) => a.generation - b.generation); // oldest first, so LRU order survives
+      for (const b of blocks) this.index.restore(b.key, t, b.slot, b, this.info(0, 0, 1));
       this.index.rebuildFreeSlots(t);
     }
   }
@@ -582,31 +603,38 @@ export class Warehouse {
     writeThrough: boolean,
   ): Promise<PutResult> {
     while (this.unsettled(keys)) await this.settle(keys);
-    const result: PutResult = { stored: 0, present: 0, rejected: 0 };
+    const status = new Array<PutStatus>(keys.length);
+    const result: PutResult = { stored: 0, present: 0, rejected: 0, status };
     const fresh: number[] = [];
-    const seen = new Set<Key>();
+    const first = new Map<Key, number>();
     const durable = this.durableTier();
     for (let i = 0; i < keys.length; i++) {
       const key = keys[i]!;
-      if (seen.has(key)) continue;
-      seen.add(key);
+      if (first.has(key)) continue;
+      first.set(key, i);
       const e = this.index.get(key);
       // Under durability 'sync' a block counts as there only once its durable copy is.
       if (e && (durable === ABSENT || e.slots[durable] !== ABSENT)) {
         result.present++;
+        status[i] = 'present';
       } else {
         fresh.push(i);
       }
     }
-    if (fresh.length === 0) return result;
-    // The peer copy is written beside the local one; put resolves once both are done, since the
-    // caller may reuse src then. A failing peer is counted, and costs only that copy.
-    const [stored] = await Promise.all([
-      this.storeBlocks(keys, fresh, src, priority, writeThrough),
-      this.peer?.writeThrough(keys, fresh, src),
-    ]);
-    result.stored = stored;
-    result.rejected = fresh.length - stored;
+    if (fresh.length > 0) {
+      // The peer copy is written beside the local one; put resolves once both are done, since the
+      // caller may reuse src then. A failing peer is counted, and costs only that copy.
+      const [outcome] = await Promise.all([
+        this.storeBlocks(keys, fresh, src, priority, writeThrough),
+        this.peer?.writeThrough(keys, fresh, src),
+      ]);
+      for (const i of fresh) {
+        status[i] = outcome.get(keys[i]!) ?? 'busy';
+        if (status[i] === 'stored') result.stored++;
+        else result.rejected++;
+      }
+    }
+    for (let i = 0; i < keys.length; i++) status[i] ??= status[first.get(keys[i]!)!]!;
     return result;
   }
 
@@ -616,7 +644,7 @@ export class Warehouse {
     src: Target,
     priority: number,
     writeThrough: boolean,
-  ): Promise<number> {
+  ): Promise<Map<Key, PutStatus>> {
     // 1. Plans: a slot in the top tier (and the file tier when writing through, which durability
     // 'sync' implies) for each block.
     const durable = this.durableTier();
@@ -656,14 +684,16 @@ export class Warehouse {
    * Syncs the tiers that keep blocks across a restart, once the header writes still in flight are
    * down, so that every copy committed to them so far survives a crash. False if the sync failed.
    */
-  private async syncFiles(): Promise<boolean> {
+  /** Syncs the file tiers once pending header writes are down; resolves with why it failed. */
+  private async syncFiles(): Promise<PutFailure | undefined> {
     await Promise.allSettled([...this.headerWrites]);
     const sync = new TransferRound();
     for (const t of this.tiers) t.sync?.(sync.file);
-    if (sync.file.length === 0) return true;
+    if (sync.file.length === 0) return undefined;
     const r = await this.fileEngine.submit(sync.file);
-    if (!r.ok) this.counters.ioErrors++;
-    return r.ok;
+    if (r.ok) return undefined;
+    this.counters.ioErrors++;
+    return failureOf(r.errors.find((e) => e !== undefined));
   }
 
   /** The tier a durable copy lives in (the file tier, last), or ABSENT. */
@@ -685,7 +715,7 @@ export class Warehouse {
     src: Target,
     priority: number,
     plans: StorePlan[],
-  ): Promise<number> {
+  ): Promise<Map<Key, PutStatus>> {
     const bs = this.blockBytes;
     // 2. Make room for them.
     const failed = await this.makeRoom(plans.map((p) => p.plan));
@@ -711,7 +741,7 @@ export class Warehouse {
       if (o.ok && o.checksum !== undefined) {
         entry.crc = o.checksum;
       } else {
-        failed.add(entry.plan);
+        failed.set(entry.plan, failureOf(o.error));
         this.counters.ioErrors++;
       }
     }
@@ -731,7 +761,8 @@ export class Warehouse {
       const r = await this.fileEngine.submit(headers.file);
       if (!r.ok) {
         // Headers are few and grouped; one failing leaves its tier's new blocks undescribed.
-        for (const group of described) for (const plan of group) failed.add(plan);
+        const why = failureOf(r.errors.find((e) => e !== undefined));
+        for (const group of described) for (const plan of group) failed.set(plan, why);
         this.counters.ioErrors++;
       }
     } else if (headers.file.length > 0) {
@@ -750,20 +781,25 @@ export class Warehouse {
 
     // 5. Durability before anyone is told the block is there.
     if (this.durability === 'sync' && this.tiers.some((t) => t.durable)) {
-      if (!(await this.syncFiles())) {
+      const why = await this.syncFiles();
+      if (why !== undefined) {
         // Nothing written by this put can be promised durable: none of it is committed.
-        for (const { plan } of plans) failed.add(plan);
+        for (const { plan } of plans) if (!failed.has(plan)) failed.set(plan, why);
       }
     }
 
     // 6. Commit: the index changes only now, all at once.
     const durable = this.durableTier();
     const storedKeys = new Set<Key>();
+    const failures = new Map<Key, PutFailure>();
     const added: Key[] = [];
     const removed: Key[] = [];
     for (const { plan, crc, i } of plans) {
-      if (failed.has(plan)) {
+      const failure = failed.get(plan);
+      if (failure !== undefined) {
         this.index.abort(plan);
+        // A full disk is what the caller can act on; it wins over another failure of the key.
+        if (failures.get(plan.key) !== 'no-space') failures.set(plan.key, failure);
         continue;
       }
       this.index.commit(plan, this.info(priority, i, keys.length), { length: bs, checksum: crc });
@@ -776,16 +812,19 @@ export class Warehouse {
       if (durable === ABSENT || plan.tier === durable) storedKeys.add(plan.key);
     }
     this.changed(added, removed);
-    return storedKeys.size;
+    // A key with neither a stored copy nor a failure found no slot: the tier is busy.
+    const status = new Map<Key, PutStatus>(failures);
+    for (const key of storedKeys) status.set(key, 'stored');
+    return status;
   }
 
   /**
    * Carries out the moves of plans: victims written down a tier, deepest tier first, so every
    * slot a move frees is free before the next move (or the new block) reuses it. Returns the
-   * plans whose moves failed; those must be aborted, not committed.
+   * plans whose moves failed, and why; those must be aborted, not committed.
    */
-  private async makeRoom(plans: readonly Plan<Key>[]): Promise<Set<Plan<Key>>> {
-    const failed = new Set<Plan<Key>>();
+  private async makeRoom(plans: readonly Plan<Key>[]): Promise<Map<Plan<Key>, PutFailure>> {
+    const failed = new Map<Plan<Key>, PutFailure>();
     for (let from = this.tiers.length - 1; from >= 0; from--) {
       const round = new TransferRound();
       const owners: Plan<Key>[] = [];
@@ -810,7 +849,7 @@ export class Warehouse {
       this.describeAll(round, landing);
       (await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy)).forEach((o, n) => {
         if (!o.ok) {
-          failed.add(owners[n]!);
+          failed.set(owners[n]!, failureOf(o.error));
           this.counters.ioErrors++;
         }
       });
@@ -1293,7 +1332,8 @@ export class Warehouse {
           }
           // Under durability 'sync' every file copy was synced before it was committed.
           synced =
-            items.length === 0 && this.durableTier() !== ABSENT ? true : await this.syncFiles();
+            (items.length === 0 && this.durableTier() !== ABSENT) ||
+            (await this.syncFiles()) === undefined;
         } finally {
           for (const k of pinned) this.index.unpin(k);
         }
@@ -1365,7 +1405,11 @@ export class Warehouse {
    * Gives each key a slot in tier `to` (making room as put does) and copies its bytes there from
    * `from`. Returns how many landed.
    */
-  private async copyTo(items: { key: Key; from: SlotPlace }[], to: number): Promise<number> {
+  private async copyTo(
+    items: { key: Key; from: SlotPlace }[],
+    to: number,
+    errors?: KvtierError[],
+  ): Promise<number> {
     const plans: CopyPlan[] = [];
     const seen = new Set<Key>();
     for (const { key, from } of items) {
@@ -1382,7 +1426,7 @@ export class Warehouse {
     const held = this.hold();
     held.add(Warehouse.planKeys(plans));
     try {
-      return await this.executeCopyTo(plans, to);
+      return await this.executeCopyTo(plans, to, errors);
     } catch (e) {
       this.abortUncommitted(plans.map((p) => p.plan));
       throw e;
@@ -1398,29 +1442,50 @@ export class Warehouse {
     }
   }
 
-  private async executeCopyTo(plans: CopyPlan[], to: number): Promise<number> {
+  private async executeCopyTo(
+    plans: CopyPlan[],
+    to: number,
+    errors?: KvtierError[],
+  ): Promise<number> {
     const failed = await this.makeRoom(plans.map((p) => p.plan));
     const round = new TransferRound();
-    const at: number[] = [];
-    const landing = this.tiers.map((): SlotBlock[] => []);
-    for (const p of plans) {
-      at.push(
-        failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
-      );
-      landing[to]!.push({
-        slot: p.plan.slot,
-        key: p.plan.key,
-        length: p.length,
-        checksum: p.checksum,
-      });
-    }
-    this.describeAll(round, landing);
+    const at = plans.map((p) =>
+      failed.has(p.plan) ? -1 : round.move(p.from, this.place(to, p.plan.slot), p.length, true),
+    );
     const outcomes = await round.run(this.memoryEngine, this.fileEngine, this.gpuCopy);
+    const moved = plans.map((p, n) => {
+      const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
+      if (o?.error) errors?.push(o.error);
+      return o?.ok === true && o.checksum === p.checksum;
+    });
+    // Headers once the payloads are down, one write each so that each block knows whether its
+    // own landed: a slot never describes bytes that were not written, and a block whose header
+    // did not land (a full disk) is not counted as copied.
+    const tier = this.tiers[to]!;
+    if (tier.describe) {
+      const headers = new TransferRound().file;
+      const described: number[] = [];
+      plans.forEach((p, n) => {
+        if (!moved[n]) return;
+        tier.describe!(headers, [
+          { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum },
+        ]);
+        described.push(n);
+      });
+      if (described.length > 0) {
+        const r = await this.fileEngine.submit(headers);
+        if (!r.ok) this.counters.ioErrors++;
+        described.forEach((n, i) => {
+          if (r.errors[i] === undefined) return;
+          moved[n] = false;
+          errors?.push(r.errors[i]);
+        });
+      }
+    }
     let landed = 0;
     const removed: Key[] = [];
     plans.forEach((p, n) => {
-      const o = at[n]! >= 0 ? outcomes[at[n]!] : undefined;
-      if (o?.ok && o.checksum === p.checksum) {
+      if (moved[n]) {
         this.index.commit(p.plan, this.info(p.priority, 0, 1), p);
         this.committed.add(p.plan);
         this.evictedBy(p.plan, removed);
@@ -1688,10 +1753,13 @@ export class Warehouse {
    * On a clean close, writes blocks that live only in the top tier down to the file tier (making
    * room there as eviction would), so a restart finds them: with write-back, the hottest blocks
    * are exactly the ones never evicted, and they would otherwise be lost on every restart.
+   * Returns the keys it could not write down, and why.
    */
-  private async flushDown(): Promise<void> {
+  private async flushDown(): Promise<{ unwritten: Key[]; errors: unknown[] }> {
+    const unwritten: Key[] = [];
+    const errors: KvtierError[] = [];
     const last = this.tiers.length - 1;
-    if (last === 0 || !this.tiers[last]!.scan) return;
+    if (last === 0 || !this.tiers[last]!.scan) return { unwritten, errors };
     const items: { key: Key; from: SlotPlace }[] = [];
     for (const [key, e] of this.index) {
       if (e.slots[last] !== ABSENT) continue;
@@ -1702,8 +1770,14 @@ export class Warehouse {
       if (t !== undefined) items.push({ key, from: this.place(t, e.slots[t]!) });
     }
     for (let i = 0; i < items.length; i += FLUSH_BATCH) {
-      await this.copyTo(items.slice(i, i + FLUSH_BATCH), last);
+      const batch = items.slice(i, i + FLUSH_BATCH);
+      // One batch failing whole (a refused round) must not stop the others from being saved.
+      await this.copyTo(batch, last, errors).catch((e: unknown) => errors.push(e as KvtierError));
+      for (const { key } of batch) {
+        if (this.index.get(key)?.slots[last] === ABSENT) unwritten.push(key);
+      }
     }
+    return { unwritten, errors };
   }
 
   stats(): WarehouseStats {
@@ -1762,32 +1836,71 @@ export class Warehouse {
   /**
    * Lets every put, get, prefetch and eviction in flight finish (queued prefetches are dropped),
    * makes the file tier durable, then frees memory, closes files and releases the directory lock.
+   * All of that happens even when a step fails. When blocks held only in faster tiers could not be
+   * written down to the file tier (a full disk, say), close rejects afterwards with a CloseError
+   * naming them: they are lost.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.prefetcher.cancelQueued();
-      while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
-      for (const { timer } of this.leases.values()) clearTimeout(timer);
-      this.leases.clear();
-      await this.flushDown();
-      const sync = new TransferRound();
-      for (const t of this.tiers) t.sync?.(sync.file);
-      if (sync.file.length > 0 && !(await this.fileEngine.submit(sync.file)).ok) {
-        this.counters.ioErrors++;
+      let unwritten: Key[] = [];
+      const errors: unknown[] = [];
+      try {
+        this.prefetcher.cancelQueued();
+        while (this.operations.size > 0) await Promise.allSettled([...this.operations]);
+        for (const { timer } of this.leases.values()) clearTimeout(timer);
+        this.leases.clear();
+        const flushed = await this.flushDown();
+        unwritten = flushed.unwritten;
+        errors.push(...flushed.errors);
+        const sync = new TransferRound();
+        for (const t of this.tiers) t.sync?.(sync.file);
+        if (sync.file.length > 0 && !(await this.fileEngine.submit(sync.file)).ok) {
+          this.counters.ioErrors++;
+        }
+      } catch (e) {
+        errors.push(e);
+      } finally {
+        await Promise.allSettled(this.tiers.map((t) => t.close()));
+        await Promise.allSettled([this.peer?.close()]);
+        await Promise.allSettled([
+          this.fileEngine.close(),
+          this.memoryEngine.close(),
+          this.gpuCopy?.close(),
+        ]);
       }
-      await Promise.allSettled(this.tiers.map((t) => t.close()));
-      await this.peer?.close();
-      await Promise.all([
-        this.fileEngine.close(),
-        this.memoryEngine.close(),
-        this.gpuCopy?.close(),
-      ]);
+      if (unwritten.length > 0 || errors.length > 0) throw closeError(unwritten, errors);
     })();
     return this.closing;
   }
 }
 
 const FLUSH_BATCH = 64;
+
+/** close()'s error: `unwritten` names the blocks it could not write down (lost). */
+export interface CloseError extends KvtierError {
+  readonly unwritten: Key[];
+}
+
+function closeError(unwritten: Key[], errors: unknown[]): CloseError {
+  const first = errors.find((e): e is KvtierError => e instanceof KvtierError);
+  const noSpace = errors.some((e) => e instanceof KvtierError && e.code === 'KVTIER_NO_SPACE');
+  const shown = unwritten.slice(0, 4).join(', ');
+  const more = unwritten.length > 4 ? ` and ${unwritten.length - 4} more` : '';
+  const why =
+    errors.length > 0
+      ? String((errors[0] as Error)?.message ?? errors[0])
+      : 'no free slot in the file tier';
+  const message =
+    unwritten.length > 0
+      ? `close could not write ${unwritten.length} block(s) down to the file tier, which are lost: ${shown}${more} (${why})`
+      : `close failed part way (${why}); files are closed and the directory released`;
+  const err = new KvtierError(noSpace ? 'KVTIER_NO_SPACE' : (first?.code ?? 'KVTIER_IO'), message, {
+    ...(first?.errno !== undefined ? { errno: first.errno } : {}),
+    ...(first?.syscall !== undefined ? { syscall: first.syscall } : {}),
+    cause: errors[0],
+  });
+  return Object.assign(err, { unwritten });
+}
 /** setTimeout's longest delay; longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 

@@ -1,12 +1,23 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { createEngine, openFile, Region, TransferBatch, type EngineKind } from '../../lib/index.js';
+import {
+  createEngine,
+  openFile,
+  Region,
+  TransferBatch,
+  Warehouse,
+  chainKeys,
+  type CloseError,
+  type EngineKind,
+  type PutStatus,
+} from '../../lib/index.js';
+import { blocksFor } from '../blocks.js';
 import { engineKinds } from '../engines.js';
 import { prerequisite, randomBytes, tempDir } from '../helpers.js';
 
@@ -15,10 +26,10 @@ const dir = tempDir();
 afterAll(() => dir.remove());
 
 /** Mounts a filesystem of our own for the test (needs root and a mount namespace that allows it). */
-function mount(type: string, options: string): string | undefined {
+function mount(type: string, options: string, source = type): string | undefined {
   const at = join(dir.path, `${type}-${Math.random().toString(36).slice(2)}`);
   mkdirSync(at);
-  const r = spawnSync('mount', ['-t', type, '-o', options, type, at], { encoding: 'utf8' });
+  const r = spawnSync('mount', ['-t', type, '-o', options, source, at], { encoding: 'utf8' });
   if (r.status !== 0) {
     prerequisite(
       false,
@@ -31,6 +42,23 @@ function mount(type: string, options: string): string | undefined {
   return at;
 }
 const mounts: string[] = [];
+
+/**
+ * A small ext2 filesystem on a loop device. ext2 has no fallocate, so a file tier's blocks file is
+ * sparse there and the disk fills up as blocks are written, as on a thin-provisioned or
+ * copy-on-write disk: the full disk shows up at put time, not at open.
+ */
+function ext2(megabytes: number): string | undefined {
+  const mkfs = spawnSync('mkfs.ext2', ['-V'], { encoding: 'utf8' });
+  if (!prerequisite(mkfs.error === undefined, 'mkfs.ext2 is missing (apt-get install e2fsprogs)')) {
+    return undefined;
+  }
+  const image = join(dir.path, `ext2-${Math.random().toString(36).slice(2)}.img`);
+  writeFileSync(image, '');
+  truncateSync(image, megabytes << 20);
+  execFileSync('mkfs.ext2', ['-q', '-F', '-m', '0', image]);
+  return mount('ext2', 'loop', image);
+}
 afterAll(() => {
   for (const m of mounts) spawnSync('umount', ['-l', m]);
 });
@@ -94,6 +122,100 @@ describe('preallocation on a full disk', () => {
     );
     expect(error).toMatchObject({ code: 'KVTIER_NO_SPACE', syscall: 'fallocate' });
     expect(readdirSync(at)).toEqual([]);
+  });
+});
+
+describe('a file tier on a full disk', () => {
+  const BS = 64 * 1024;
+  const chain = (n: number, namespace: string): string[] =>
+    chainKeys(
+      Uint32Array.from({ length: n }, (_, i) => i),
+      { blockTokens: 1, namespace },
+    ).keys();
+
+  it('leaves the directory as it found it after KVTIER_NO_SPACE at open, so a retry that fits works', async () => {
+    const at = mount('tmpfs', 'size=1m');
+    if (!at) return;
+    const d = join(at, 'tier');
+    const tiers = (bytes: number) => [{ kind: 'file' as const, dir: d, bytes }];
+    const error = await Warehouse.open({ blockBytes: BS, tiers: tiers(8 << 20) }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toMatchObject({ code: 'KVTIER_NO_SPACE' });
+    expect(readdirSync(at)).toEqual([]);
+    const wh = await Warehouse.open({ blockBytes: BS, tiers: tiers(8 * BS) });
+    const keys = chain(8, 'retry');
+    expect((await wh.put(keys, blocksFor(keys, BS))).stored).toBe(8);
+    const back = Buffer.alloc(8 * BS);
+    expect((await wh.get(keys, back)).count).toBe(8);
+    expect(back.equals(blocksFor(keys, BS))).toBe(true);
+    await wh.close();
+  });
+
+  it("reports blocks the full disk refused as 'no-space', apart from busy ones, and keeps the rest", async () => {
+    const at = ext2(4);
+    if (!at) return;
+    // 256 slots, far more than the disk can hold: the disk fills long before the tier does.
+    const wh = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [{ kind: 'file', dir: join(at, 'tier'), bytes: 256 * BS }],
+    });
+    const stored: string[] = [];
+    const refused: string[] = [];
+    for (let round = 0; round < 30 && refused.length === 0; round++) {
+      const keys = chain(8, `round-${round}`);
+      const r = await wh.put(keys, blocksFor(keys, BS));
+      const count = (s: PutStatus) => r.status.filter((x) => x === s).length;
+      expect(count('busy')).toBe(0);
+      expect(count('io-error')).toBe(0);
+      expect(r.stored).toBe(count('stored'));
+      expect(r.rejected).toBe(count('no-space'));
+      expect(r.stored + r.present + r.rejected).toBe(8);
+      r.status.forEach((s, i) => (s === 'stored' ? stored : refused).push(keys[i]!));
+    }
+    expect(refused.length).toBeGreaterThan(0);
+    expect(stored.length).toBeGreaterThan(0);
+    expect(wh.stats().ioErrors).toBeGreaterThan(0);
+    expect(wh.lookup(refused).tiers.every((t) => t === -1)).toBe(true);
+    const back = Buffer.alloc(stored.length * BS);
+    expect((await wh.get(stored, back)).count).toBe(stored.length);
+    expect(back.equals(blocksFor(stored, BS))).toBe(true);
+    await wh.close();
+  });
+
+  it('closes everything and names the blocks it could not write down when the disk fills at close', async () => {
+    const at = ext2(6);
+    if (!at) return;
+    const d = join(at, 'tier');
+    const options = {
+      blockBytes: BS,
+      tiers: [
+        { kind: 'host' as const, bytes: 128 * BS },
+        { kind: 'file' as const, dir: d, bytes: 256 * BS },
+      ],
+    };
+    const wh = await Warehouse.open(options);
+    const keys = chain(96, 'close'); // 6 MiB in host memory only, for a 6 MiB disk
+    expect((await wh.put(keys, blocksFor(keys, BS))).stored).toBe(96);
+    const error = (await wh.close().catch((e: unknown) => e)) as CloseError;
+    expect(error).toMatchObject({ code: 'KVTIER_NO_SPACE' });
+    expect(error.unwritten.length).toBeGreaterThan(0);
+    expect(error.unwritten.length).toBeLessThan(96);
+    expect(error.unwritten.every((k) => keys.includes(k))).toBe(true);
+    expect(error.message).toContain(`${error.unwritten.length} block(s)`);
+    expect(error.message).toContain(error.unwritten[0]!);
+    // The lock was released and the files closed: the directory opens again, with every block
+    // that was written down, and none of the lost ones.
+    const again = await Warehouse.open(options);
+    const lost = new Set(error.unwritten);
+    const kept = keys.filter((k) => !lost.has(k));
+    const back = Buffer.alloc(kept.length * BS);
+    const got = await again.get(kept, back);
+    expect(got.count).toBe(kept.length);
+    expect(back.equals(blocksFor(kept, BS))).toBe(true);
+    const missing = await again.get(error.unwritten, Buffer.alloc(lost.size * BS));
+    expect(missing.count).toBe(0);
+    await again.close().catch(() => undefined); // the disk is still full
   });
 });
 

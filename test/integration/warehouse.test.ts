@@ -47,8 +47,18 @@ describe('Warehouse', () => {
     const wh = await open();
     const keys = chain(20);
     const src = blocksFor(keys, BS);
-    expect(await wh.put(keys, src)).toEqual({ stored: 20, present: 0, rejected: 0 });
-    expect(await wh.put(keys, src)).toEqual({ stored: 0, present: 20, rejected: 0 });
+    expect(await wh.put(keys, src)).toEqual({
+      stored: 20,
+      present: 0,
+      rejected: 0,
+      status: keys.map(() => 'stored'),
+    });
+    expect(await wh.put(keys, src)).toEqual({
+      stored: 0,
+      present: 20,
+      rejected: 0,
+      status: keys.map(() => 'present'),
+    });
     const look = wh.lookup(keys);
     expect(look.prefix).toBe(20);
     expect(look.tiers.filter((t) => t === 0)).toHaveLength(8);
