@@ -33,6 +33,17 @@ export interface ServeOptions extends ServeClusterOptions {
   transport?: string;
   maxConnections?: string;
   handshakeTimeout?: string;
+  maxHandshakes?: string;
+  payloadTimeout?: string;
+}
+
+/** A whole number from min to max, or KVTIER_BAD_ARGUMENT naming the option. */
+function intOption(value: string | undefined, fallback: number, name: string, max: number): number {
+  const n = Number(value ?? fallback);
+  if (!Number.isSafeInteger(n) || n < 1 || n > max) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `${name} must be an integer from 1 to ${max}`);
+  }
+  return n;
 }
 
 function log(event: string, fields: Record<string, unknown> = {}): void {
@@ -69,6 +80,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (!Number.isSafeInteger(handshakeTimeoutMs) || handshakeTimeoutMs < 1) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--handshake-timeout must be a positive integer');
   }
+  const maxHandshakes = intOption(opts.maxHandshakes, 64, '--max-handshakes', 65536);
+  const payloadTimeoutMs = intOption(opts.payloadTimeout, 30_000, '--payload-timeout', 86_400_000);
   const secret = await readTokenFile(opts.tokenFile);
   const warehouse = await Warehouse.open({ blockBytes, tiers });
   let server: PeerServer;
@@ -81,6 +94,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       transport,
       maxConnections,
       handshakeTimeoutMs,
+      maxHandshakes,
+      payloadTimeoutMs,
       log,
     });
   } catch (e) {
@@ -143,6 +158,8 @@ export function registerServe(program: Command): void {
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
     .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')
+    .option('--max-handshakes <n>', 'connections not yet authenticated; the oldest makes room', '64')
+    .option('--payload-timeout <ms>', 'close connections idle part way through a frame', '30000')
     .action(async (opts: ServeOptions) => {
       await serve(opts);
     });
