@@ -164,6 +164,9 @@ export interface NetStats {
   stalled: number;
   /** ERROR frames the transport itself sent before closing a connection. */
   errorFrames: number;
+  /** Landing pieces payloads were read into, and of those, pieces of payloads cut short. */
+  landingTaken: number;
+  landingReturned: number;
 }
 
 /** RDMA verbs for the peer protocol (native/net/verbs_link.h). */

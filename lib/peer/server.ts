@@ -301,6 +301,7 @@ export class PeerServer {
         // The client can no longer read what it was lent: the blocks are unpinned.
         for (const end of [...state.leases.values()]) end();
         if (state.qp !== undefined) this.verbs?.destroyQueuePair(state.qp);
+        this.landing.connectionClosed();
         this.conns.delete(conn);
         this.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
       },

@@ -583,11 +583,13 @@ bool TcpTransport::TakeLanding(uint8_t type, uint64_t len, std::vector<Area>* ou
   if (count > landing_.size()) return false;
   out->assign(landing_.end() - static_cast<std::ptrdiff_t>(count), landing_.end());
   landing_.resize(landing_.size() - count);
+  counters_.landingTaken.fetch_add(count, std::memory_order_relaxed);
   return true;
 }
 
 void TcpTransport::ReturnLanding(std::vector<Area>* pieces) {
   std::lock_guard<std::mutex> lock(areasMu_);
+  counters_.landingReturned.fetch_add(pieces->size(), std::memory_order_relaxed);
   landing_.insert(landing_.end(), pieces->begin(), pieces->end());
   pieces->clear();
 }
@@ -682,6 +684,8 @@ Napi::Value TcpTransport::Stats(const Napi::CallbackInfo& info) {
   set("refused", counters_.refused);
   set("stalled", counters_.stalled);
   set("errorFrames", counters_.errorFrames);
+  set("landingTaken", counters_.landingTaken);
+  set("landingReturned", counters_.landingReturned);
   return o;
 }
 

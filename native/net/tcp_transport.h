@@ -203,6 +203,8 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
     std::atomic<uint64_t> refused{0};        // connections refused: too many authenticated
     std::atomic<uint64_t> stalled{0};        // closed for a partly received frame left idle
     std::atomic<uint64_t> errorFrames{0};    // ERROR frames the transport sent before a close
+    std::atomic<uint64_t> landingTaken{0};   // landing pieces payloads were read into
+    std::atomic<uint64_t> landingReturned{0};  // of those, pieces of payloads cut short
   } counters_;
 };
 
