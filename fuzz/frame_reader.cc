@@ -7,6 +7,8 @@
 //   rest    the byte stream, fed in chunks of varying size as the network would deliver it
 // Checks: no sanitizer report; every complete frame's metadata has its declared length; placed
 // payloads' checksums match their destinations' bytes; an ERROR frame built from any text parses.
+#include "../native/net/frame_reader.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -16,7 +18,6 @@
 #include <vector>
 
 #include "../native/common/crc32c.h"
-#include "../native/net/frame_reader.h"
 
 namespace {
 
@@ -45,7 +46,8 @@ void CheckErrorFrame(const std::vector<uint8_t>& text) {
     if (step == FrameReader::Step::kMetaDone && r.header().payloadLen == 0) break;
     if (step == FrameReader::Step::kFault) Fail("an ERROR frame does not parse");
   }
-  if (step != FrameReader::Step::kMetaDone || at != f.size()) Fail("an ERROR frame has stray bytes");
+  if (step != FrameReader::Step::kMetaDone || at != f.size())
+    Fail("an ERROR frame has stray bytes");
   if (r.header().type != kvtier::kErrorFrameType) Fail("an ERROR frame has the wrong type");
   const std::vector<uint8_t>& m = r.meta();
   if (m.size() < 8 || kvtier::ReadLe32(m.data()) != kvtier::kErrorLimit ||

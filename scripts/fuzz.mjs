@@ -36,7 +36,8 @@ function parseArgs(argv) {
     else if (a.startsWith('-')) fail(`unknown option ${a}`);
     else o.names.push(a.replace(/\.cc$/, '').replace(/^fuzz\//, ''));
   }
-  if (!Number.isSafeInteger(o.seconds) || o.seconds < 1) fail('--seconds must be a whole number ≥ 1');
+  if (!Number.isSafeInteger(o.seconds) || o.seconds < 1)
+    fail('--seconds must be a whole number ≥ 1');
   return o;
 }
 
@@ -54,7 +55,11 @@ function build(name) {
   const first = readFileSync(file, 'utf8').split('\n', 1)[0];
   const m = /^\/\/ fuzz-sources:(.*)$/.exec(first);
   if (!m) fail(`fuzz/${name}.cc: the first line must be "// fuzz-sources: native/..."`);
-  const sources = m[1].trim().split(/\s+/).filter(Boolean).map((s) => join(root, s));
+  const sources = m[1]
+    .trim()
+    .split(/\s+/)
+    .filter(Boolean)
+    .map((s) => join(root, s));
   for (const s of sources) if (!existsSync(s)) fail(`fuzz/${name}.cc names a missing source ${s}`);
   mkdirSync(out, { recursive: true });
   const bin = join(out, name);
@@ -72,7 +77,8 @@ function build(name) {
   ];
   console.log(`[fuzz] building ${name}: ${cxx} ${args.join(' ')}`);
   const r = spawnSync(cxx, args, { stdio: 'inherit' });
-  if (r.error) fail(`cannot run ${cxx} (install clang-14 and libclang-rt-14-dev): ${r.error.message}`);
+  if (r.error)
+    fail(`cannot run ${cxx} (install clang-14 and libclang-rt-14-dev): ${r.error.message}`);
   if (r.status !== 0) fail(`building fuzz/${name}.cc failed`);
   return bin;
 }
@@ -128,7 +134,9 @@ for (const name of targets(opts.names)) {
   const runs = /stat::number_of_executed_units:\s*(\d+)/.exec(r.text)?.[1];
   if (r.code !== 0 || r.signal || sanitizerReport.test(r.text)) {
     failed.push(name);
-    console.error(`[fuzz] ${name} FAILED (exit ${r.code ?? r.signal}); inputs in build-fuzz/artifacts/`);
+    console.error(
+      `[fuzz] ${name} FAILED (exit ${r.code ?? r.signal}); inputs in build-fuzz/artifacts/`,
+    );
   } else {
     console.log(`[fuzz] ${name} passed${runs ? ` (${runs} inputs run)` : ''}`);
   }

@@ -158,7 +158,11 @@ export function registerServe(program: Command): void {
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
     .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')
-    .option('--max-handshakes <n>', 'connections not yet authenticated; the oldest makes room', '64')
+    .option(
+      '--max-handshakes <n>',
+      'connections not yet authenticated; the oldest makes room',
+      '64',
+    )
     .option('--payload-timeout <ms>', 'close connections idle part way through a frame', '30000')
     .action(async (opts: ServeOptions) => {
       await serve(opts);

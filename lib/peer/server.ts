@@ -462,10 +462,16 @@ export class PeerServer {
     state.phase = wanted === TransportId.verbs ? 'verbs' : 'ready';
     const bs = this.options.warehouse.blockBytes;
     // Only now may the peer send frames larger than a handshake.
-    this.net.setLimits(state.id, maxMetaFor(this.maxBatch), this.maxBatch * bs, Math.max(1, this.queueLimit), {
-      type: MsgType.GET,
-      unit: bs,
-    });
+    this.net.setLimits(
+      state.id,
+      maxMetaFor(this.maxBatch),
+      this.maxBatch * bs,
+      Math.max(1, this.queueLimit),
+      {
+        type: MsgType.GET,
+        unit: bs,
+      },
+    );
     // The server proves itself only to a client that proved itself first: nobody without the
     // secret gets an HMAC computed with it.
     const out = Buffer.alloc(READY_BYTES);

@@ -63,7 +63,8 @@ FrameReader::Step FrameReader::Consume(const uint8_t* src, size_t n, size_t* use
       h_.requestId = ReadLe32(header_ + 8);
       h_.metaLen = ReadLe32(header_ + 12);
       h_.payloadLen = ReadLe64(header_ + 16);
-      if (magic != kFrameMagic) return Refuse(EPROTO, kErrorProtocol, "not a kvtier frame (bad magic)");
+      if (magic != kFrameMagic)
+        return Refuse(EPROTO, kErrorProtocol, "not a kvtier frame (bad magic)");
       if (h_.metaLen > maxMeta_) {
         return Refuse(EMSGSIZE, kErrorLimit,
                       "frame metadata of " + std::to_string(h_.metaLen) +
@@ -104,7 +105,8 @@ FrameReader::Step FrameReader::Consume(const uint8_t* src, size_t n, size_t* use
     size_t left = take;
     const uint8_t* from = src;
     while (left > 0) {
-      if (spanAt_ >= spans_.size()) return Refuse(EPROTO, kErrorProtocol, "payload overruns its destinations");
+      if (spanAt_ >= spans_.size())
+        return Refuse(EPROTO, kErrorProtocol, "payload overruns its destinations");
       ByteSpan& s = spans_[spanAt_];
       size_t k = static_cast<size_t>(std::min<uint64_t>(left, s.len - spanOff_));
       if (from != nullptr) {
@@ -139,8 +141,9 @@ void FrameReader::SetBuffer(uint8_t* buf) {
 void FrameReader::SetSpans(std::vector<ByteSpan> spans) {
   buf_ = nullptr;
   // Empty destinations receive nothing; dropping them keeps the walk in Consume simple.
-  spans.erase(std::remove_if(spans.begin(), spans.end(), [](const ByteSpan& s) { return s.len == 0; }),
-              spans.end());
+  spans.erase(
+      std::remove_if(spans.begin(), spans.end(), [](const ByteSpan& s) { return s.len == 0; }),
+      spans.end());
   spans_ = std::move(spans);
   crc_.assign(spans_.size(), 0);
   spanAt_ = 0;
@@ -184,7 +187,8 @@ bool MatchPlacement(const std::vector<uint8_t>& meta, const std::vector<ByteSpan
                     uint64_t payloadLen, std::vector<ByteSpan>* place, std::string* why) {
   place->clear();
   size_t count = expect.size();
-  if (meta.size() < kBatchFixedBytes || (meta.size() - kBatchFixedBytes) / kResultEntryBytes < count ||
+  if (meta.size() < kBatchFixedBytes ||
+      (meta.size() - kBatchFixedBytes) / kResultEntryBytes < count ||
       ReadLe32(meta.data()) != count) {
     *why = "an answer's descriptor count does not match its request";
     return false;

@@ -43,8 +43,8 @@ uint64_t ReadLe64(const uint8_t* p);
 class FrameReader {
  public:
   enum class Step {
-    kMore,       // all input used, the frame is not complete
-    kMetaDone,   // header and metadata complete: call SetBuffer or SetSpans (or nothing: no payload)
+    kMore,      // all input used, the frame is not complete
+    kMetaDone,  // header and metadata complete: call SetBuffer or SetSpans (or nothing: no payload)
     kFrameDone,  // the frame is complete: read it, then call Next()
     kFault,      // the frame broke a rule: fault() says which; the reader takes no more input
   };

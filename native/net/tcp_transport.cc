@@ -134,7 +134,7 @@ struct TcpTransport::Conn {
   uint64_t handshakeSeq = 0;  // its key in handshaking_ while accepted and not limited
   uint32_t interest = 0;
 
-  FrameReader reader;  // limits: nothing but a handshake fits until JavaScript raises them
+  FrameReader reader;          // limits: nothing but a handshake fits until JavaScript raises them
   uint8_t* payload = nullptr;  // malloc'd or a receive area, when not placed
   bool inArea = false;
   Area area{nullptr, 0, 0};

@@ -70,10 +70,10 @@ struct NetEvent {
   // are still in cache, so the receiver need not read them again to check or store them.
   std::vector<uint32_t> checksums;
   std::vector<uint32_t> landed;  // or into these landing pieces (their tokens), one per piece
-  uint64_t held = 0;  // bytes counted against the connection's backpressure until release()
-  uint32_t token = 0;            // kSent
-  int err = 0;                   // kClosed: errno, or 0 for an orderly close
-  std::string text;              // kClosed: why; kAccepted: the remote address
+  uint64_t held = 0;   // bytes counted against the connection's backpressure until release()
+  uint32_t token = 0;  // kSent
+  int err = 0;         // kClosed: errno, or 0 for an orderly close
+  std::string text;    // kClosed: why; kAccepted: the remote address
 };
 
 class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
@@ -156,9 +156,9 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   bool cleanupHooked_ = false;
   int refs_ = 0;
   napi_env env_ = nullptr;
-  uint32_t maxConnections_ = 256;  // authenticated connections (their limits raised)
-  uint32_t maxHandshakes_ = 64;    // accepted connections not yet authenticated
-  uint64_t payloadTimeoutMs_ = 0;  // a partly received frame idle this long closes (0: never)
+  uint32_t maxConnections_ = 256;    // authenticated connections (their limits raised)
+  uint32_t maxHandshakes_ = 64;      // accepted connections not yet authenticated
+  uint64_t payloadTimeoutMs_ = 0;    // a partly received frame idle this long closes (0: never)
   std::atomic<uint32_t> nextId_{1};  // ids for connections and listeners, from both threads
 
   struct Area {
@@ -195,15 +195,15 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
 
   // Counters for stats(), written by the epoll thread only.
   struct Counters {
-    std::atomic<uint64_t> pauses{0};         // times a connection stopped being read
-    std::atomic<uint64_t> maxHeld{0};        // most bytes one connection had held by JavaScript
-    std::atomic<uint64_t> maxOutQueued{0};   // most bytes one connection had queued to write
-    std::atomic<uint64_t> outQueued{0};      // bytes queued to write now, all connections
+    std::atomic<uint64_t> pauses{0};        // times a connection stopped being read
+    std::atomic<uint64_t> maxHeld{0};       // most bytes one connection had held by JavaScript
+    std::atomic<uint64_t> maxOutQueued{0};  // most bytes one connection had queued to write
+    std::atomic<uint64_t> outQueued{0};     // bytes queued to write now, all connections
     std::atomic<uint64_t> handshakesEvicted{0};
-    std::atomic<uint64_t> refused{0};        // connections refused: too many authenticated
-    std::atomic<uint64_t> stalled{0};        // closed for a partly received frame left idle
-    std::atomic<uint64_t> errorFrames{0};    // ERROR frames the transport sent before a close
-    std::atomic<uint64_t> landingTaken{0};   // landing pieces payloads were read into
+    std::atomic<uint64_t> refused{0};          // connections refused: too many authenticated
+    std::atomic<uint64_t> stalled{0};          // closed for a partly received frame left idle
+    std::atomic<uint64_t> errorFrames{0};      // ERROR frames the transport sent before a close
+    std::atomic<uint64_t> landingTaken{0};     // landing pieces payloads were read into
     std::atomic<uint64_t> landingReturned{0};  // of those, pieces of payloads cut short
   } counters_;
 };

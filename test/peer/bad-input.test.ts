@@ -302,12 +302,17 @@ describe('kvtier serve under bad input', () => {
       if (s.destroyed) closed[i] = true;
     });
     // --max-handshakes is MAX_CONNECTIONS: all but the newest MAX_CONNECTIONS are closed.
-    await until('the excess connections to close', () => closed.filter(Boolean).length >= 3 * MAX_CONNECTIONS);
+    await until(
+      'the excess connections to close',
+      () => closed.filter(Boolean).length >= 3 * MAX_CONNECTIONS,
+    );
     const errors = told.filter((b) => b.length >= 32 && b.readUInt8(4) === 0x05);
     expect(errors.length).toBeGreaterThanOrEqual(3 * MAX_CONNECTIONS);
     expect(errors.every((b) => b.readUInt32LE(24) === 4)).toBe(true); // LIMIT
     await until('the server to log the closes', () =>
-      server.logs.some((l) => l.event === 'connection_closed' && /handshake/.test(String(l.reason))),
+      server.logs.some(
+        (l) => l.event === 'connection_closed' && /handshake/.test(String(l.reason)),
+      ),
     );
     sockets.forEach((s) => s.destroy());
     // A client with the token gets in at once: the idle sockets are the oldest.

@@ -160,11 +160,15 @@ describe('one-step puts that land in the store', () => {
     const frame = rawFrame(0x10, 2, keysMeta(cut), randomBytes(4 * BS));
     raw.send(frame.subarray(0, frame.length - 2 * BS - 100));
     // The payload is landing: its four blocks were given four landing slots before the cut.
-    await until('the cut payload to land', () => server.netStats().landingTaken === before.landingTaken + 4);
+    await until(
+      'the cut payload to land',
+      () => server.netStats().landingTaken === before.landingTaken + 4,
+    );
     raw.close();
     await raw.ended;
-    await until('the cut payload to give its slots back', () =>
-      server.netStats().landingReturned === before.landingReturned + 4,
+    await until(
+      'the cut payload to give its slots back',
+      () => server.netStats().landingReturned === before.landingReturned + 4,
     );
     expect(wh.lookup(cut).tiers).toEqual([-1, -1, -1, -1]);
     await idle();

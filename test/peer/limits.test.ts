@@ -94,7 +94,9 @@ describe('answers a client does not read', () => {
     const header = 24 + 8 + 8 * perGet;
     const getHold = 8 + 40 * perGet + answer;
     expect(paused.maxQueued).toBeLessThanOrEqual(limit + getHold);
-    expect(paused.maxAnswerQueued).toBeLessThanOrEqual(limit + answer + header * (limit / answer + 2));
+    expect(paused.maxAnswerQueued).toBeLessThanOrEqual(
+      limit + answer + header * (limit / answer + 2),
+    );
 
     raw.socket.resume();
     const seen = new Set<number>();
@@ -113,7 +115,9 @@ describe('answers a client does not read', () => {
     }
     const after = server.backpressure;
     expect(after.maxQueued).toBeLessThanOrEqual(limit + getHold);
-    expect(after.maxAnswerQueued).toBeLessThanOrEqual(limit + answer + header * (limit / answer + 2));
+    expect(after.maxAnswerQueued).toBeLessThanOrEqual(
+      limit + answer + header * (limit / answer + 2),
+    );
     expect(after.pauses).toBeGreaterThanOrEqual(paused.pauses);
     await until('the answer queue to drain', () => server.netStats().outQueued === 0);
   });
@@ -127,7 +131,10 @@ describe('denial of service', () => {
     const idle: RawPeer[] = [];
     for (let i = 0; i < 300; i++) idle.push(await RawPeer.open(server.port));
     cleanup.push(() => idle.forEach((r) => r.close()));
-    await until('the oldest idle sockets to make room', () => server.netStats().handshakesEvicted >= 300 - maxHandshakes);
+    await until(
+      'the oldest idle sockets to make room',
+      () => server.netStats().handshakesEvicted >= 300 - maxHandshakes,
+    );
     // The oldest were told why before the close.
     const first = errorOf(await idle[0]!.next());
     expect(first.code).toBe(4);
@@ -185,7 +192,10 @@ describe('denial of service', () => {
     expect(after.landingReturned - before.landingReturned).toBe(4);
     expect(wh.lookup(cut).tiers).toEqual([-1, -1, -1, -1]);
     const stored = (): number => wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
-    await until('the host tier to hold only blocks', () => wh.stats().tiers[0]!.usedBlocks === stored());
+    await until(
+      'the host tier to hold only blocks',
+      () => wh.stats().tiers[0]!.usedBlocks === stored(),
+    );
   });
 
   it('a frame too large is refused with a LIMIT error frame before the close', async () => {
