@@ -989,6 +989,8 @@ void TcpTransport::RunCommands() {
           // Answers the peer does not read pile up here: stop reading its requests meanwhile.
           c.paused = true;
           counters_.pauses.fetch_add(1, std::memory_order_relaxed);
+        } else if (!MaybeResume(c)) {
+          break;  // written out at once, so reading resumes; it closed meanwhile
         }
         UpdateInterest(c);
         break;
