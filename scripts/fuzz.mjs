@@ -16,6 +16,12 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+// A sanitizer runtime preloaded for the addon (npm run test:asan) would clash with the one
+// clang links into each target.
+const env = { ...process.env };
+delete env.LD_PRELOAD;
+delete env.ASAN_OPTIONS;
+delete env.UBSAN_OPTIONS;
 const out = join(root, 'build-fuzz');
 const cxx = process.env.KVTIER_FUZZ_CXX ?? 'clang++-14';
 const sanitizerReport =
@@ -76,7 +82,7 @@ function build(name) {
     bin,
   ];
   console.log(`[fuzz] building ${name}: ${cxx} ${args.join(' ')}`);
-  const r = spawnSync(cxx, args, { stdio: 'inherit' });
+  const r = spawnSync(cxx, args, { stdio: 'inherit', env });
   if (r.error)
     fail(`cannot run ${cxx} (install clang-14 and libclang-rt-14-dev): ${r.error.message}`);
   if (r.status !== 0) fail(`building fuzz/${name}.cc failed`);
@@ -88,7 +94,7 @@ function run(bin, args) {
     const child = spawn(bin, args, {
       cwd: root,
       env: {
-        ...process.env,
+        ...env,
         ASAN_OPTIONS: 'detect_leaks=1:abort_on_error=1:symbolize=1',
         UBSAN_OPTIONS: 'halt_on_error=1:print_stacktrace=1',
       },

@@ -873,8 +873,8 @@ void TcpTransport::SweepStalled() {
 
 // Tells the peer why, with an ERROR frame, where the socket still takes it without waiting, then
 // closes. Bytes already queued go first (a frame cut in half would garble the ERROR); a peer that
-// does not read gets the close alone.
-void TcpTransport::FailConn(Conn& c, uint32_t code, int err, const std::string& why) {
+// does not read gets the close alone. `why` is a copy: the caller's may live in the connection.
+void TcpTransport::FailConn(Conn& c, uint32_t code, int err, std::string why) {
   uint32_t id = c.id;
   if (!c.connecting) {
     OutMsg m;

@@ -138,7 +138,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   bool Over(const Conn& c) const;
   bool MaybeResume(Conn& c);
   void Authenticated(Conn& c);
-  void FailConn(Conn& c, uint32_t code, int err, const std::string& why);
+  void FailConn(Conn& c, uint32_t code, int err, std::string why);
   void SweepStalled();
   int WaitTimeout();
   void CloseConnNow(uint32_t id, int err, const std::string& why);
