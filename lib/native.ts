@@ -106,6 +106,8 @@ export interface NetEvent {
   landed?: Uint32Array;
   /** Placed payloads: CRC-32C of each destination filled, in order. */
   checksums?: Uint32Array;
+  /** Bytes this frame counts against its connection's backpressure until released. */
+  held?: number;
   token?: number;
   errno?: number;
   text?: string;
@@ -125,7 +127,14 @@ export interface NativeTcpTransport {
     expectRequestId?: number,
     expectSpans?: Float64Array,
   ): void;
-  setLimits(conn: number, maxMeta: number, maxPayload: number, maxQueued?: number): void;
+  setLimits(
+    conn: number,
+    maxMeta: number,
+    maxPayload: number,
+    maxQueued?: number,
+    answerType?: number,
+    answerUnit?: number,
+  ): void;
   provide(region: NativeRegion, offset: number, length: number, token: number): void;
   land(target: NativeTarget, offset: number, length: number, token: number, type: number): void;
   unland(): number[];
@@ -135,6 +144,29 @@ export interface NativeTcpTransport {
   ref(): void;
   unref(): void;
   close(): void;
+  stats(): NetStats;
+}
+
+/** Counters of a native TCP transport (TcpTransport::Stats). */
+export interface NetStats {
+  /** Times a connection stopped being read (backpressure). */
+  pauses: number;
+  /** Most bytes one connection had held by JavaScript (frames and reserved answers). */
+  maxHeld: number;
+  /** Most bytes one connection had queued to write, and the bytes queued now in all. */
+  maxOutQueued: number;
+  outQueued: number;
+  /** Connections closed in their handshake to make room for newer ones. */
+  handshakesEvicted: number;
+  /** Connections refused: the authenticated ones were at their limit. */
+  refused: number;
+  /** Connections closed for a partly received frame left idle (payloadTimeoutMs). */
+  stalled: number;
+  /** ERROR frames the transport itself sent before closing a connection. */
+  errorFrames: number;
+  /** Landing pieces payloads were read into, and of those, pieces of payloads cut short. */
+  landingTaken: number;
+  landingReturned: number;
 }
 
 /** RDMA verbs for the peer protocol (native/net/verbs_link.h). */
@@ -232,7 +264,7 @@ export interface NativeAddon {
     role?: 'client' | 'server';
   }) => NativeVerbs;
   NativeTcpTransport: new (
-    options: { maxConnections?: number },
+    options: { maxConnections?: number; maxHandshakes?: number; payloadTimeoutMs?: number },
     onEvents: (events: NetEvent[]) => void,
   ) => NativeTcpTransport;
 }

@@ -34,6 +34,17 @@ export interface ServeOptions extends ServeClusterOptions {
   maxConnections?: string;
   handshakeTimeout?: string;
   durability?: string;
+  maxHandshakes?: string;
+  payloadTimeout?: string;
+}
+
+/** A whole number from min to max, or KVTIER_BAD_ARGUMENT naming the option. */
+function intOption(value: string | undefined, fallback: number, name: string, max: number): number {
+  const n = Number(value ?? fallback);
+  if (!Number.isSafeInteger(n) || n < 1 || n > max) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `${name} must be an integer from 1 to ${max}`);
+  }
+  return n;
 }
 
 function log(event: string, fields: Record<string, unknown> = {}): void {
@@ -80,6 +91,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (durability === 'sync' && opts.dir === undefined) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--durability sync needs a file tier (--dir)');
   }
+  const maxHandshakes = intOption(opts.maxHandshakes, 64, '--max-handshakes', 65536);
+  const payloadTimeoutMs = intOption(opts.payloadTimeout, 30_000, '--payload-timeout', 86_400_000);
   const secret = await readTokenFile(opts.tokenFile);
   const warehouse = await Warehouse.open({ blockBytes, tiers, durability });
   let server: PeerServer;
@@ -93,6 +106,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
       maxConnections,
       handshakeTimeoutMs,
       durablePuts: durability === 'sync',
+      maxHandshakes,
+      payloadTimeoutMs,
       log,
     });
   } catch (e) {
@@ -161,6 +176,12 @@ export function registerServe(program: Command): void {
       'sync: answer every put only once its blocks are synced to the file tier',
       'none',
     )
+    .option(
+      '--max-handshakes <n>',
+      'connections not yet authenticated; the oldest makes room',
+      '64',
+    )
+    .option('--payload-timeout <ms>', 'close connections idle part way through a frame', '30000')
     .action(async (opts: ServeOptions) => {
       await serve(opts);
     });

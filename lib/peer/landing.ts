@@ -156,6 +156,16 @@ export class Landing {
     }
   }
 
+  /**
+   * A connection closed: the pieces a frame cut short held are the transport's again, maybe after
+   * the idle timer last gave the transport's pieces back. It runs once more, so they go back to
+   * the store after a quiet spell too.
+   */
+  connectionClosed(): void {
+    if (!this.enabled || this.closed || this.out.size === 0) return;
+    this.idle ??= this.idleTimer(this.idleMs);
+  }
+
   /** Takes back the slots the transport holds and frees them. */
   private release(): void {
     for (const token of this.net.unland()) this.forget(token, this.back(token)!);

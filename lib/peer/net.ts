@@ -3,7 +3,13 @@
  * delivers to a handler per connection. Handlers must not throw into the native callback; a
  * handler that does is logged through onHandlerError and its connection closed.
  */
-import { native, type NativeTarget, type NativeTcpTransport, type NetEvent } from '../native.js';
+import {
+  native,
+  type NativeTarget,
+  type NativeTcpTransport,
+  type NetEvent,
+  type NetStats,
+} from '../native.js';
 import { nativeTargetOf, type Target } from '../engine.js';
 import type { Region } from '../region.js';
 
@@ -25,7 +31,12 @@ export interface ConnHandler {
 }
 
 export interface NetOptions {
+  /** Authenticated connections (their limits raised) open at once. */
   maxConnections?: number;
+  /** Accepted connections not yet authenticated; the oldest makes room for a new one. */
+  maxHandshakes?: number;
+  /** An authenticated connection whose partly received frame stays idle this long is closed. */
+  payloadTimeoutMs?: number;
   onAccept?: (conn: number, remote: string) => ConnHandler;
   onRefused?: (text: string, errno: number | undefined) => void;
   onHandlerError?: (e: unknown) => void;
@@ -38,8 +49,13 @@ export class Net {
   private closed = false;
 
   constructor(private readonly options: NetOptions = {}) {
+    const { maxConnections, maxHandshakes, payloadTimeoutMs } = options;
     this.transport = new (native().NativeTcpTransport)(
-      options.maxConnections !== undefined ? { maxConnections: options.maxConnections } : {},
+      {
+        ...(maxConnections !== undefined ? { maxConnections } : {}),
+        ...(maxHandshakes !== undefined ? { maxHandshakes } : {}),
+        ...(payloadTimeoutMs !== undefined ? { payloadTimeoutMs } : {}),
+      },
       (events) => this.dispatch(events),
     );
   }
@@ -84,9 +100,27 @@ export class Net {
     }
   }
 
-  /** Frame limits, and the payload bytes JavaScript may hold before reading pauses. */
-  setLimits(conn: number, maxMeta: number, maxPayload: number, maxQueued?: number): void {
-    this.transport.setLimits(conn, maxMeta, maxPayload, maxQueued);
+  /**
+   * Frame limits (raising them marks an accepted connection authenticated), and the bytes
+   * JavaScript may hold plus the bytes queued to write before reading pauses; frames of
+   * `answer.type` hold `answer.unit` bytes per key for their answer until released.
+   */
+  setLimits(
+    conn: number,
+    maxMeta: number,
+    maxPayload: number,
+    maxQueued?: number,
+    answer?: { type: number; unit: number },
+  ): void {
+    if (answer) {
+      this.transport.setLimits(conn, maxMeta, maxPayload, maxQueued, answer.type, answer.unit);
+    } else {
+      this.transport.setLimits(conn, maxMeta, maxPayload, maxQueued);
+    }
+  }
+
+  stats(): NetStats {
+    return this.transport.stats();
   }
 
   /** Memory the transport may receive one payload into; frames received there name `token`. */
@@ -104,7 +138,7 @@ export class Net {
     return this.closed ? [] : this.transport.unland();
   }
 
-  /** JavaScript is done with `bytes` of payload received on `conn` (backpressure). */
+  /** JavaScript is done with `bytes` it held of what `conn` received (backpressure). */
   release(conn: number, bytes: number): void {
     if (!this.closed) this.transport.release(conn, bytes);
   }

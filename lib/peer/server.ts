@@ -3,7 +3,13 @@
  * The native transport moves the frames; this decides what they mean. A connection that breaks a
  * rule is answered with an ERROR frame and closed; the server and its other clients go on.
  */
-import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../native.js';
+import {
+  native,
+  type NativeTarget,
+  type NativeVerbs,
+  type NetEvent,
+  type NetStats,
+} from '../native.js';
 import { nativeTargetOf } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { Region } from '../region.js';
@@ -52,18 +58,30 @@ export interface PeerServerOptions {
   warehouse: Warehouse;
   secret: Secret;
   transport?: TransportOption;
-  /** Connections open at once, authenticated or not; more are refused (default 256). */
+  /** Authenticated connections open at once; more are refused (default 256). */
   maxConnections?: number;
+  /**
+   * Connections not yet authenticated, on their own budget (default 64): when it is full, the
+   * oldest is closed to make room, so idle sockets cannot lock out a client with the token.
+   */
+  maxHandshakes?: number;
   /** A connection that has not authenticated by then is closed (default 5 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * An authenticated connection whose partly received frame gets no byte for this long is
+   * closed, freeing the frame's buffer or slots (default 30 s).
+   */
+  payloadTimeoutMs?: number;
   /** A put offer whose data has not arrived by then closes its connection (default 30 s). */
   offerTimeoutMs?: number;
   /** Landing slots no put used for this long go back to the host tier (default 30 s). */
   landingIdleMs?: number;
   /**
-   * Payload bytes of one connection's requests in progress beyond which the server stops reading
-   * it until they drop to half (default 64 MiB): a client that sends faster than the store takes
-   * is held back by TCP rather than buffered without bound.
+   * Bytes of one connection's requests in progress (their metadata and payload, and for a GET
+   * the most answer bytes it can cause, until its answer is queued) plus the answer bytes queued
+   * for it to read, beyond which the server stops reading it until they drop to half (default
+   * 64 MiB): a client that sends faster than the store takes, or never reads its answers, is
+   * held back by TCP rather than buffered without bound.
    */
   maxQueuedBytes?: number;
   /** Blocks lent for an RDMA READ whose RELEASE has not come by then are let go (default 30 s). */
@@ -94,9 +112,10 @@ interface ConnState {
    * `offers`.
    */
   offering: Set<number>;
-  /** Payload bytes of requests received and not yet answered. */
+  /** Bytes the transport counts for requests received and not yet answered (NetEvent.held). */
   queued: number;
-  paused: boolean;
+  /** By request id: hands back a GET's answer share of what it holds, once its answer is queued. */
+  answered: Map<number, () => void>;
   /** The responder queue pair of a verbs connection. */
   qp?: number;
   /**
@@ -184,8 +203,19 @@ export class PeerServer {
   private readonly verbs: NativeVerbs | undefined;
   private nextToken = 1;
   private readonly putCounts = { landed: 0, placed: 0, copied: 0 };
-  /** Times a connection was paused, and the most payload bytes one had queued. */
-  readonly backpressure = { pauses: 0, maxQueued: 0 };
+  /**
+   * Backpressure: times a connection stopped being read, the most bytes one connection's requests
+   * held (maxQueued), and the most answer bytes one had queued for its client to read.
+   */
+  get backpressure(): { pauses: number; maxQueued: number; maxAnswerQueued: number } {
+    const s = this.net.stats();
+    return { pauses: s.pauses, maxQueued: s.maxHeld, maxAnswerQueued: s.maxOutQueued };
+  }
+
+  /** The transport's counters (backpressure and connection limits). */
+  netStats(): NetStats {
+    return this.net.stats();
+  }
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -205,6 +235,8 @@ export class PeerServer {
     this.verbs = transport.verbs ? new (native().NativeVerbs)({ role: 'server' }) : undefined;
     this.net = new Net({
       maxConnections: options.maxConnections ?? 256,
+      maxHandshakes: options.maxHandshakes ?? 64,
+      payloadTimeoutMs: options.payloadTimeoutMs ?? 30_000,
       onAccept: (conn, remote) => this.accept(conn, remote),
       onRefused: (text, errno) =>
         this.log('connection_refused', {
@@ -254,7 +286,7 @@ export class PeerServer {
       offers: new Map(),
       offering: new Set(),
       queued: 0,
-      paused: false,
+      answered: new Map(),
       leases: new Map(),
     };
     this.conns.set(conn, state);
@@ -283,6 +315,7 @@ export class PeerServer {
         // The client can no longer read what it was lent: the blocks are unpinned.
         for (const end of [...state.leases.values()]) end();
         if (state.qp !== undefined) this.verbs?.destroyQueuePair(state.qp);
+        this.landing.connectionClosed();
         this.conns.delete(conn);
         this.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
       },
@@ -311,6 +344,7 @@ export class PeerServer {
 
   private onFrame(state: ConnState, ev: NetEvent): void {
     let job: Promise<unknown> | undefined;
+    const done = this.hold(state, ev);
     try {
       if (state.phase === 'closed') return;
       const meta = ev.meta!;
@@ -326,7 +360,8 @@ export class PeerServer {
           return;
       }
     } finally {
-      if (ev.payloadBytes) this.queue(state, ev.payloadBytes, job);
+      if (job) void job.finally(done);
+      else done();
       // Whatever happened to the frame (served, refused, its connection gone), the memory its
       // payload arrived in is free again once the request is done with it: a receive area, or
       // landing slots that no put took (putLanded() takes them by clearing ev.landed).
@@ -339,27 +374,39 @@ export class PeerServer {
     }
   }
 
-  /** Counts a request's payload against its connection until answered; pauses reading meanwhile. */
   /**
-   * The transport stops reading a connection whose payloads JavaScript holds exceed
-   * maxQueuedBytes, until they drain to half (TcpTransport, Conn::queued); this hands them back as
-   * their requests finish, and keeps the same count for the server's statistics.
+   * The transport counts what each frame holds (ev.held: its metadata and payload, and for a GET
+   * the most answer bytes it can cause) against its connection, and stops reading it while that
+   * and the answer bytes queued for it exceed maxQueuedBytes, until they drain to half
+   * (TcpTransport, Conn::held). This hands them back: a GET's answer share as soon as its answer
+   * is queued (state.answered, so the queued answer is not counted twice and a lent answer does
+   * not hold it for the lease), the rest when the request is done (the function returned).
    */
-  private queue(state: ConnState, bytes: number, job: Promise<unknown> | undefined): void {
-    const limit = this.queueLimit;
-    state.queued += bytes;
-    this.backpressure.maxQueued = Math.max(this.backpressure.maxQueued, state.queued);
-    if (!state.paused && state.queued > limit) {
-      state.paused = true;
-      this.backpressure.pauses++;
-    }
-    const done = (): void => {
-      state.queued -= bytes;
-      if (state.paused && state.queued <= limit / 2) state.paused = false;
-      if (state.phase !== 'closed') this.net.release(state.id, bytes);
+  private hold(state: ConnState, ev: NetEvent): () => void {
+    let left = ev.held ?? 0;
+    if (left === 0) return () => {};
+    state.queued += left;
+    const give = (bytes: number): void => {
+      const n = Math.min(bytes, left);
+      left -= n;
+      state.queued -= n;
+      if (n > 0 && state.phase !== 'closed') this.net.release(state.id, n);
     };
-    if (job) void job.finally(done);
-    else done();
+    const rid = ev.requestId ?? 0;
+    const answer = left - (ev.meta?.length ?? 0) - (ev.payloadBytes ?? 0);
+    const answered = (): void => give(answer);
+    if (answer > 0) state.answered.set(rid, answered);
+    return () => {
+      if (state.answered.get(rid) === answered) state.answered.delete(rid);
+      give(left);
+    };
+  }
+
+  /** A GET's answer is queued: its answer share of what the request holds goes back. */
+  private answered(state: ConnState, rid: number): void {
+    const f = state.answered.get(rid);
+    state.answered.delete(rid);
+    f?.();
   }
 
   private get queueLimit(): number {
@@ -435,6 +482,10 @@ export class PeerServer {
       maxMetaFor(this.maxBatch),
       this.maxBatch * bs,
       Math.max(1, this.queueLimit),
+      {
+        type: MsgType.GET,
+        unit: bs,
+      },
     );
     // The server proves itself only to a client that proved itself first: nobody without the
     // secret gets an HMAC computed with it.
@@ -675,6 +726,7 @@ export class PeerServer {
             token,
             true,
           );
+          this.answered(state, rid);
           await sent;
         });
         return;
@@ -791,6 +843,7 @@ export class PeerServer {
       }, this.options.leaseTimeoutMs ?? LEASE_MS);
       timer.unref();
       this.reply(state, MsgType.GET_RESULT, rid, meta);
+      this.answered(state, rid);
       await Promise.race([released, timedOut]);
       clearTimeout(timer);
     });

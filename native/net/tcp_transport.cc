@@ -43,21 +43,15 @@ constexpr uint64_t kTagListener = 1;
 constexpr uint64_t kTagConn = 2;
 // Pause after accept() ran out of descriptors, so a level-triggered listener does not spin.
 constexpr int kAcceptPauseMs = 100;
-// The one frame type whose payload the transport places itself (docs/protocol.md, GET_RESULT):
-// its metadata starts with a count, a reserved word, then 8-byte entries whose first byte is the
-// status; every entry with status 0 owns one destination's worth of payload, in order.
-constexpr size_t kPlaceEntryBytes = 8;
-constexpr size_t kPlaceFixedBytes = 8;
+// Stalled frames (payloadTimeoutMs) are looked for this often at most, and at least four times
+// per timeout.
+constexpr uint64_t kSweepMaxMs = 1000;
+constexpr uint64_t kSweepMinMs = 5;
 
 uint64_t Tag(uint64_t kind, uint32_t id) { return (kind << 32) | id; }
 
-uint32_t Le32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
-         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
-}
-
-uint64_t Le64(const uint8_t* p) {
-  return static_cast<uint64_t>(Le32(p)) | static_cast<uint64_t>(Le32(p + 4)) << 32;
+void RaiseTo(std::atomic<uint64_t>& high, uint64_t v) {
+  if (v > high.load(std::memory_order_relaxed)) high.store(v, std::memory_order_relaxed);
 }
 
 std::string AddressText(const sockaddr_storage& ss) {
@@ -131,42 +125,36 @@ struct TcpTransport::Listener {
 };
 
 struct TcpTransport::Conn {
-  enum Phase { kHeader, kMeta, kPayload };
   uint32_t id = 0;
   Fd fd;
   bool connecting = false;
   bool accepted = false;
+  // Limits raised (setLimits): for an accepted connection, the peer has authenticated.
+  bool limited = false;
+  uint64_t handshakeSeq = 0;  // its key in handshaking_ while accepted and not limited
   uint32_t interest = 0;
-  // Limits: nothing but a handshake fits until JavaScript raises them after authentication.
-  uint32_t maxMeta = 4096;
-  uint64_t maxPayload = 0;
 
-  Phase phase = kHeader;
-  uint8_t header[kFrameHeaderBytes] = {0};
-  size_t headerHave = 0;
-  uint8_t type = 0;
-  uint8_t flags = 0;
-  uint32_t requestId = 0;
-  uint64_t payloadLen = 0;
-  std::vector<uint8_t> meta;
-  size_t metaHave = 0;
-  uint64_t payloadHave = 0;
+  FrameReader reader;          // limits: nothing but a handshake fits until JavaScript raises them
   uint8_t* payload = nullptr;  // malloc'd or a receive area, when not placed
   bool inArea = false;
   Area area{nullptr, 0, 0};
-  std::vector<Area> landed;        // landing pieces the current payload goes to
-  std::vector<Span> place;         // destinations, when placed
-  std::vector<uint32_t> placeCrc;  // CRC-32C of each destination so far
-  size_t placeAt = 0;              // current span
-  uint64_t placeOff = 0;           // offset in it
+  std::vector<Area> landed;  // landing pieces the current payload goes to
+  bool placed = false;       // the payload goes to destinations (an expectation or landing)
   std::unordered_map<uint32_t, Expect> expects;
+  std::chrono::steady_clock::time_point lastByte{};  // when a byte last arrived
 
   int lowat = 1;  // SO_RCVLOWAT now set on the socket
-  // Backpressure: payload bytes handed to JavaScript and not yet released by it. Past
-  // maxQueued the connection is not read (paused) until they drain to half, so a peer that sends
-  // faster than JavaScript serves it is held back by TCP's flow control, not buffered.
-  uint64_t queued = 0;
+  // Backpressure. `held`: bytes of frames handed to JavaScript and not yet released by it (their
+  // metadata and payload, and for requests that cause large answers, a GET, the most answer bytes
+  // they can cause until JavaScript has queued the answer). `outQueued`: bytes queued to write.
+  // Past maxQueued together the connection is not read (paused) until they drain to half, so a
+  // peer that sends faster than JavaScript serves it, or does not read its answers, is held back
+  // by TCP's flow control rather than buffered.
+  uint64_t held = 0;
+  uint64_t outQueued = 0;
   uint64_t maxQueued = UINT64_MAX;
+  uint8_t answerType = 0;   // the request type whose answers are reserved for (0: none)
+  uint64_t answerUnit = 0;  // bytes reserved per key of such a request
   bool paused = false;
 
   std::vector<uint8_t> stage;
@@ -176,6 +164,11 @@ struct TcpTransport::Conn {
 
   ~Conn() {
     if (!inArea) std::free(payload);
+  }
+  uint64_t OutBytes() const {
+    uint64_t n = 0;
+    for (const OutMsg& m : out) n += m.total - m.done;
+    return n;
   }
 };
 
@@ -192,6 +185,8 @@ struct TcpTransport::Command {
   uint32_t maxMeta = 0;
   uint64_t maxPayload = 0;  // kLimits; kRelease: the bytes released
   uint64_t maxQueued = UINT64_MAX;
+  uint8_t answerType = 0;
+  uint64_t answerUnit = 0;
   std::string why;
 };
 
@@ -208,10 +203,11 @@ Napi::Function TcpTransport::Define(Napi::Env env) {
        InstanceMethod<&TcpTransport::CloseConn>("closeConnection"),
        InstanceMethod<&TcpTransport::CloseListener>("closeListener"),
        InstanceMethod<&TcpTransport::RefJs>("ref"), InstanceMethod<&TcpTransport::UnrefJs>("unref"),
-       InstanceMethod<&TcpTransport::Close>("close")});
+       InstanceMethod<&TcpTransport::Close>("close"),
+       InstanceMethod<&TcpTransport::Stats>("stats")});
 }
 
-// new NativeTcpTransport({ maxConnections }, onEvents(events[]))
+// new NativeTcpTransport({ maxConnections, maxHandshakes, payloadTimeoutMs }, onEvents(events[]))
 TcpTransport::TcpTransport(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TcpTransport>(info) {
   Napi::Env env = info.Env();
   env_ = env;
@@ -222,6 +218,19 @@ TcpTransport::TcpTransport(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tc
     uint64_t n = ByteCountArg(env, mc, "maxConnections");
     if (n < 1 || n > 65536) Throw(env, kBadArgument, "maxConnections must be 1 to 65536");
     maxConnections_ = static_cast<uint32_t>(n);
+  }
+  Napi::Value mh = opts.Get("maxHandshakes");
+  if (!mh.IsUndefined()) {
+    uint64_t n = ByteCountArg(env, mh, "maxHandshakes");
+    if (n < 1 || n > 65536) Throw(env, kBadArgument, "maxHandshakes must be 1 to 65536");
+    maxHandshakes_ = static_cast<uint32_t>(n);
+  }
+  Napi::Value pt = opts.Get("payloadTimeoutMs");
+  if (!pt.IsUndefined()) {
+    payloadTimeoutMs_ = ByteCountArg(env, pt, "payloadTimeoutMs");
+    if (payloadTimeoutMs_ > 24ull * 3600 * 1000) {
+      Throw(env, kBadArgument, "payloadTimeoutMs must be at most a day");
+    }
   }
   epoll_ = Fd(epoll_create1(EPOLL_CLOEXEC));
   if (!epoll_.valid()) Throw(env, kIo, "cannot create an epoll instance", errno, "epoll_create1");
@@ -574,11 +583,13 @@ bool TcpTransport::TakeLanding(uint8_t type, uint64_t len, std::vector<Area>* ou
   if (count > landing_.size()) return false;
   out->assign(landing_.end() - static_cast<std::ptrdiff_t>(count), landing_.end());
   landing_.resize(landing_.size() - count);
+  counters_.landingTaken.fetch_add(count, std::memory_order_relaxed);
   return true;
 }
 
 void TcpTransport::ReturnLanding(std::vector<Area>* pieces) {
   std::lock_guard<std::mutex> lock(areasMu_);
+  counters_.landingReturned.fetch_add(pieces->size(), std::memory_order_relaxed);
   landing_.insert(landing_.end(), pieces->begin(), pieces->end());
   pieces->clear();
 }
@@ -594,14 +605,21 @@ Napi::Value TcpTransport::SetLimits(const Napi::CallbackInfo& info) {
   if (meta > (64u << 20)) Throw(env, kBadArgument, "maxMeta must be at most 64 MiB");
   cmd->maxMeta = static_cast<uint32_t>(meta);
   cmd->maxPayload = ByteCountArg(env, info[2], "maxPayload");
-  // Optional: payload bytes JavaScript may hold before the connection is paused.
+  // Optional: bytes JavaScript may hold plus bytes queued to write before the connection is
+  // paused, and the request type whose answers are reserved for, at `answerUnit` bytes per key.
   cmd->maxQueued = info[3].IsUndefined() ? UINT64_MAX : ByteCountArg(env, info[3], "maxQueued");
+  if (!info[4].IsUndefined()) {
+    uint64_t type = ByteCountArg(env, info[4], "answerType");
+    if (type > 255) Throw(env, kBadArgument, "answerType must be a frame type, 0 to 255");
+    cmd->answerType = static_cast<uint8_t>(type);
+    cmd->answerUnit = ByteCountArg(env, info[5], "answerUnit");
+  }
   Post(std::move(cmd));
   return env.Undefined();
 }
 
-// release(conn, bytes): JavaScript is done with `bytes` of payload it received on conn
-// (backpressure, see Conn::queued).
+// release(conn, bytes): JavaScript is done with `bytes` it held of what it received on conn
+// (backpressure, see Conn::held; each frame event says how many it holds).
 Napi::Value TcpTransport::Release(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (closed_) return env.Undefined();
@@ -649,6 +667,26 @@ Napi::Value TcpTransport::UnrefJs(const Napi::CallbackInfo& info) {
 Napi::Value TcpTransport::Close(const Napi::CallbackInfo& info) {
   Shutdown();
   return info.Env().Undefined();
+}
+
+// stats(): the transport's counters (backpressure and connection limits), for tests and logs.
+Napi::Value TcpTransport::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  auto set = [&](const char* name, const std::atomic<uint64_t>& v) {
+    o.Set(name, Napi::Number::New(env, static_cast<double>(v.load(std::memory_order_relaxed))));
+  };
+  set("pauses", counters_.pauses);
+  set("maxHeld", counters_.maxHeld);
+  set("maxOutQueued", counters_.maxOutQueued);
+  set("outQueued", counters_.outQueued);
+  set("handshakesEvicted", counters_.handshakesEvicted);
+  set("refused", counters_.refused);
+  set("stalled", counters_.stalled);
+  set("errorFrames", counters_.errorFrames);
+  set("landingTaken", counters_.landingTaken);
+  set("landingReturned", counters_.landingReturned);
+  return o;
 }
 
 // ------------------------------------------------------------------------------ events to JS
@@ -699,6 +737,7 @@ void TcpTransport::Deliver(Napi::Env env, Napi::Function fn, TcpTransport*,
           for (size_t k = 0; k < e.landed.size(); ++k) tokens[k] = e.landed[k];
           o.Set("landed", tokens);
         }
+        if (e.held > 0) o.Set("held", Napi::Number::New(env, static_cast<double>(e.held)));
         if (!e.checksums.empty()) {
           Napi::Uint32Array crcs = Napi::Uint32Array::New(env, e.checksums.size());
           for (size_t k = 0; k < e.checksums.size(); ++k) crcs[k] = e.checksums[k];
@@ -740,12 +779,9 @@ void TcpTransport::Run() {
   try {
     epoll_event evs[64];
     while (!stop_.load()) {
-      int timeout = -1;
-      for (auto& [id, l] : listeners_) {
-        if (l->paused) timeout = kAcceptPauseMs;
-      }
-      int n = epoll_wait(epoll_.get(), evs, 64, timeout);
+      int n = epoll_wait(epoll_.get(), evs, 64, WaitTimeout());
       if (n < 0 && errno != EINTR) break;
+      SweepStalled();
       for (auto& [id, l] : listeners_) {
         if (l->paused && std::chrono::steady_clock::now() >= l->pausedUntil) {
           l->paused = false;
@@ -791,6 +827,99 @@ void TcpTransport::Run() {
     Emit(std::move(ev));
     Flush();
   }
+}
+
+// How long epoll may wait: until a paused listener resumes, or the next look for stalled frames.
+int TcpTransport::WaitTimeout() {
+  int timeout = -1;
+  for (auto& [id, l] : listeners_) {
+    if (l->paused) timeout = kAcceptPauseMs;
+  }
+  if (payloadTimeoutMs_ > 0 && !conns_.empty()) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    nextSweep_ - std::chrono::steady_clock::now())
+                    .count();
+    int wait = static_cast<int>(std::clamp<int64_t>(left, 0, static_cast<int64_t>(kSweepMaxMs)));
+    timeout = timeout < 0 ? wait : std::min(timeout, wait);
+  }
+  return timeout;
+}
+
+// Closes authenticated connections that stopped part way through a frame: a payload (or its
+// header or metadata) whose next byte has not come for payloadTimeoutMs holds its buffer, receive
+// area or landing pieces, so it is closed with an ERROR and they are freed. Paused connections are
+// not read, so they are not stalled; their clock restarts when they resume.
+void TcpTransport::SweepStalled() {
+  if (payloadTimeoutMs_ == 0) return;
+  auto now = std::chrono::steady_clock::now();
+  if (now < nextSweep_) return;
+  uint64_t every = std::clamp<uint64_t>(payloadTimeoutMs_ / 4, kSweepMinMs, kSweepMaxMs);
+  nextSweep_ = now + std::chrono::milliseconds(every);
+  auto limit = std::chrono::milliseconds(payloadTimeoutMs_);
+  std::vector<uint32_t> stalled;
+  for (auto& [id, c] : conns_) {
+    if (c->limited && !c->paused && c->reader.partial() && now - c->lastByte >= limit) {
+      stalled.push_back(id);
+    }
+  }
+  for (uint32_t id : stalled) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) continue;
+    counters_.stalled.fetch_add(1, std::memory_order_relaxed);
+    FailConn(*it->second, kErrorLimit, ETIMEDOUT,
+             "no byte of a partly received frame for " + std::to_string(payloadTimeoutMs_) + " ms");
+  }
+}
+
+// Tells the peer why, with an ERROR frame, where the socket still takes it without waiting, then
+// closes. Bytes already queued go first (a frame cut in half would garble the ERROR); a peer that
+// does not read gets the close alone. `why` is a copy: the caller's may live in the connection.
+void TcpTransport::FailConn(Conn& c, uint32_t code, int err, std::string why) {
+  uint32_t id = c.id;
+  if (!c.connecting) {
+    OutMsg m;
+    m.head = ErrorFrame(code, why);
+    m.total = m.head.size();
+    c.outQueued += m.total;
+    counters_.outQueued.fetch_add(m.total, std::memory_order_relaxed);
+    c.out.push_back(std::move(m));
+    if (!WriteConn(c)) return;  // closed by the failed send, with its own reason
+    if (c.out.empty()) counters_.errorFrames.fetch_add(1, std::memory_order_relaxed);
+  }
+  CloseConnNow(id, err, why);
+}
+
+// Backpressure (Conn::held): whether the connection holds too much to be read on.
+bool TcpTransport::Over(const Conn& c) const {
+  return c.maxQueued != UINT64_MAX && c.held + c.outQueued > c.maxQueued;
+}
+
+// Resumes reading a paused connection once what it holds has drained to half. Returns false when
+// the connection closed meanwhile.
+bool TcpTransport::MaybeResume(Conn& c) {
+  if (!c.paused || c.held + c.outQueued > c.maxQueued / 2) return true;
+  c.paused = false;
+  c.lastByte = std::chrono::steady_clock::now();
+  // Bytes already staged would not wake epoll again, so read now.
+  return ReadConn(c);
+}
+
+// An accepted connection's limits were raised: it has authenticated, and leaves the handshake
+// budget for the connection budget, if there is room.
+void TcpTransport::Authenticated(Conn& c) {
+  if (!c.accepted || c.limited) {
+    c.limited = true;
+    return;
+  }
+  c.limited = true;
+  handshaking_.erase(c.handshakeSeq);
+  if (authenticated_ >= maxConnections_) {
+    counters_.refused.fetch_add(1, std::memory_order_relaxed);
+    c.accepted = false;  // counted in neither budget any more
+    FailConn(c, kErrorLimit, EMFILE, "too many connections");
+    return;
+  }
+  ++authenticated_;
 }
 
 void TcpTransport::RunCommands() {
@@ -848,18 +977,34 @@ void TcpTransport::RunCommands() {
         if (it == conns_.end()) break;  // already closed: its kClosed event releases the buffers
         Conn& c = *it->second;
         if (cmd->hasExpect) c.expects[cmd->expectId] = std::move(cmd->expect);
+        uint64_t bytes = cmd->msg.total;
         c.out.push_back(std::move(cmd->msg));
+        c.outQueued += bytes;
+        counters_.outQueued.fetch_add(bytes, std::memory_order_relaxed);
+        RaiseTo(counters_.maxOutQueued, c.outQueued);
         if (!c.connecting && c.out.size() == 1) {
-          if (WriteConn(c)) UpdateInterest(c);
+          if (!WriteConn(c)) break;
         }
+        if (!c.paused && Over(c)) {
+          // Answers the peer does not read pile up here: stop reading its requests meanwhile.
+          c.paused = true;
+          counters_.pauses.fetch_add(1, std::memory_order_relaxed);
+        } else if (!MaybeResume(c)) {
+          break;  // written out at once, so reading resumes; it closed meanwhile
+        }
+        UpdateInterest(c);
         break;
       }
       case Command::kLimits: {
         auto it = conns_.find(cmd->id);
         if (it != conns_.end()) {
-          it->second->maxMeta = cmd->maxMeta;
-          it->second->maxPayload = cmd->maxPayload;
-          it->second->maxQueued = cmd->maxQueued;
+          Conn& c = *it->second;
+          c.reader.SetLimits(cmd->maxMeta, cmd->maxPayload);
+          c.maxQueued = cmd->maxQueued;
+          c.answerType = cmd->answerType;
+          c.answerUnit = cmd->answerUnit;
+          c.lastByte = std::chrono::steady_clock::now();
+          Authenticated(c);
         }
         break;
       }
@@ -867,11 +1012,8 @@ void TcpTransport::RunCommands() {
         auto it = conns_.find(cmd->id);
         if (it == conns_.end()) break;
         Conn& c = *it->second;
-        c.queued -= std::min(c.queued, cmd->maxPayload);
-        if (!c.paused || c.queued > c.maxQueued / 2) break;
-        c.paused = false;
-        // Bytes already staged would not wake epoll again, so read now.
-        if (!ReadConn(c)) break;
+        c.held -= std::min(c.held, cmd->maxPayload);
+        if (!MaybeResume(c)) break;
         UpdateInterest(c);
         break;
       }
@@ -917,13 +1059,33 @@ void TcpTransport::AcceptAll(Listener& l) {
       return;
     }
     std::string remote = AddressText(ss);
-    if (accepted_ >= maxConnections_) {
+    if (authenticated_ >= maxConnections_) {
+      // Told why where the fresh socket's buffer takes it (it always has room for this much).
+      std::vector<uint8_t> error = ErrorFrame(kErrorLimit, "too many connections");
+      if (send(fd.get(), error.data(), error.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+          static_cast<ssize_t>(error.size())) {
+        counters_.errorFrames.fetch_add(1, std::memory_order_relaxed);
+      }
+      counters_.refused.fetch_add(1, std::memory_order_relaxed);
       NetEvent e;
       e.kind = NetEvent::kRefused;
       e.listener = l.id;
       e.text = remote;
       Emit(std::move(e));
       continue;  // fd closes here: the excess connection is refused
+    }
+    if (handshaking_.size() >= maxHandshakes_) {
+      // The handshake budget is full: the oldest connection still in its handshake makes room.
+      // Idle sockets are thereby let go as soon as newer ones come, instead of locking out a
+      // client with the token until the handshake timeout.
+      auto oldest = conns_.find(handshaking_.begin()->second);
+      handshaking_.erase(handshaking_.begin());
+      if (oldest != conns_.end()) {
+        counters_.handshakesEvicted.fetch_add(1, std::memory_order_relaxed);
+        oldest->second->accepted = false;  // already out of the budget
+        FailConn(*oldest->second, kErrorLimit, EMFILE,
+                 "too many connections in their handshake; the oldest is closed");
+      }
     }
     NoDelay(fd.get());
     auto c = std::make_unique<Conn>();
@@ -936,7 +1098,9 @@ void TcpTransport::AcceptAll(Listener& l) {
     ev.events = c->interest;
     ev.data.u64 = Tag(kTagConn, c->id);
     if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, c->fd.get(), &ev) != 0) continue;
-    ++accepted_;
+    c->handshakeSeq = ++acceptSeq_;
+    c->lastByte = std::chrono::steady_clock::now();
+    handshaking_[c->handshakeSeq] = c->id;
     NetEvent e;
     e.kind = NetEvent::kAccepted;
     e.conn = c->id;
@@ -950,8 +1114,15 @@ void TcpTransport::AcceptAll(Listener& l) {
 void TcpTransport::CloseConnNow(uint32_t id, int err, const std::string& why) {
   auto it = conns_.find(id);
   if (it == conns_.end()) return;
-  (void)epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second->fd.get(), nullptr);
-  if (it->second->accepted) --accepted_;
+  Conn& c = *it->second;
+  (void)epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, c.fd.get(), nullptr);
+  if (c.accepted && c.limited) {
+    --authenticated_;
+  } else if (c.accepted) {
+    handshaking_.erase(c.handshakeSeq);
+  }
+  counters_.outQueued.fetch_sub(std::min(c.outQueued, counters_.outQueued.load()),
+                                std::memory_order_relaxed);
   if (it->second->inArea) {
     // A payload cut short: its area was never handed to JavaScript, so it is free again.
     ReturnArea(it->second->area);
@@ -1014,6 +1185,7 @@ void TcpTransport::HandleConn(Conn& c, uint32_t events) {
   }
   if (!c.out.empty() && !c.connecting) {
     if (!WriteConn(c)) return;
+    if (!MaybeResume(c)) return;
   }
   UpdateInterest(c);
 }
@@ -1057,6 +1229,8 @@ bool TcpTransport::WriteConn(Conn& c) {
       return false;
     }
     auto left = static_cast<uint64_t>(w);
+    c.outQueued -= std::min(c.outQueued, left);
+    counters_.outQueued.fetch_sub(left, std::memory_order_relaxed);
     while (left > 0) {
       OutMsg& m = c.out.front();
       uint64_t take = std::min(left, m.total - m.done);
@@ -1081,7 +1255,7 @@ bool TcpTransport::ReadConn(Conn& c) {
   // Staged bytes are always consumed, budget or not: the socket may hold nothing more, and then
   // epoll would never report this connection again while a frame sits in the stage.
   while (budget > 0 || c.stageHead < c.stageTail) {
-    if (c.paused) return true;  // the kRelease that resumes it reads on
+    if (c.paused) return true;  // the release or write that resumes it reads on
     if (c.stageHead < c.stageTail) {
       size_t used = 0;
       if (!Consume(c, c.stage.data() + c.stageHead, c.stageTail - c.stageHead, &used)) {
@@ -1091,26 +1265,13 @@ bool TcpTransport::ReadConn(Conn& c) {
       continue;
     }
     ssize_t r = 0;
-    uint64_t want = c.payloadLen - c.payloadHave;
-    if (c.phase == Conn::kPayload && want >= kDirectReadMin) {
+    if (c.reader.inPayload() && c.reader.payloadOwed() >= kDirectReadMin) {
       // Straight into the destination: no staging copy for the bulk of a block.
       iovec iov[kMaxIov];
-      int n = 0;
-      if (c.payload != nullptr) {
-        iov[0].iov_base = c.payload + c.payloadHave;
-        iov[0].iov_len = want;
-        n = 1;
-      } else {
-        uint64_t off = c.placeOff;
-        for (size_t s = c.placeAt; s < c.place.size() && n < kMaxIov; ++s) {
-          iov[n].iov_base = c.place[s].data + off;
-          iov[n].iov_len = c.place[s].len - off;
-          off = 0;
-          ++n;
-        }
-      }
+      int n = c.reader.DirectIov(iov, kMaxIov);
       r = readv(c.fd.get(), iov, n);
       if (r > 0) {
+        c.lastByte = std::chrono::steady_clock::now();
         size_t used = 0;
         if (!Consume(c, nullptr, static_cast<size_t>(r), &used)) return false;
         budget -= std::min(budget, static_cast<size_t>(r));
@@ -1119,6 +1280,7 @@ bool TcpTransport::ReadConn(Conn& c) {
     } else {
       r = recv(c.fd.get(), c.stage.data(), c.stage.size(), 0);
       if (r > 0) {
+        c.lastByte = std::chrono::steady_clock::now();
         c.stageHead = 0;
         c.stageTail = static_cast<size_t>(r);
         budget -= std::min(budget, static_cast<size_t>(r));
@@ -1126,10 +1288,9 @@ bool TcpTransport::ReadConn(Conn& c) {
       }
     }
     if (r == 0) {
-      bool mid = c.phase != Conn::kHeader || c.headerHave > 0;
       CloseConnNow(c.id, 0,
-                   mid ? "the peer closed the connection in the middle of a frame"
-                       : "the peer closed the connection");
+                   c.reader.partial() ? "the peer closed the connection in the middle of a frame"
+                                      : "the peer closed the connection");
       return false;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -1155,8 +1316,8 @@ bool TcpTransport::ReadConn(Conn& c) {
 // whatever the mark), and is 1 otherwise, so a small frame is always seen.
 void TcpTransport::WaitFor(Conn& c) {
   int want = 1;
-  if (c.phase == Conn::kPayload) {
-    uint64_t left = c.payloadLen - c.payloadHave;
+  if (c.reader.inPayload()) {
+    uint64_t left = c.reader.payloadOwed();
     if (left >= kLowatMin) want = static_cast<int>(std::min<uint64_t>(left, kLowatMax));
   }
   if (want == c.lowat) return;
@@ -1167,160 +1328,99 @@ void TcpTransport::WaitFor(Conn& c) {
 // Takes n bytes of the current frame: from src (staged bytes), or, with src null, bytes a direct
 // read already put in place. Returns false when the frame broke a rule and the connection closed.
 bool TcpTransport::Consume(Conn& c, const uint8_t* src, size_t n, size_t* used) {
-  *used = 0;
-  if (c.phase == Conn::kHeader) {
-    size_t take = std::min(n, kFrameHeaderBytes - c.headerHave);
-    std::memcpy(c.header + c.headerHave, src, take);
-    c.headerHave += take;
-    *used = take;
-    if (c.headerHave < kFrameHeaderBytes) return true;
-    uint32_t magic = Le32(c.header);
-    c.type = c.header[4];
-    c.flags = c.header[5];
-    c.requestId = Le32(c.header + 8);
-    uint32_t metaLen = Le32(c.header + 12);
-    c.payloadLen = Le64(c.header + 16);
-    if (magic != kFrameMagic) {
-      CloseConnNow(c.id, EPROTO, "not a kvtier frame (bad magic)");
-      return false;
-    }
-    if (metaLen > c.maxMeta) {
-      CloseConnNow(c.id, EMSGSIZE,
-                   "frame metadata of " + std::to_string(metaLen) + " bytes exceeds the limit of " +
-                       std::to_string(c.maxMeta));
-      return false;
-    }
-    if (c.payloadLen > c.maxPayload) {
-      CloseConnNow(c.id, EMSGSIZE,
-                   "frame payload of " + std::to_string(c.payloadLen) +
-                       " bytes exceeds the limit of " + std::to_string(c.maxPayload));
-      return false;
-    }
-    c.meta.assign(metaLen, 0);
-    c.metaHave = 0;
-    c.phase = Conn::kMeta;
-    if (metaLen > 0) return true;
-    return StartPayload(c);
+  switch (c.reader.Consume(src, n, used)) {
+    case FrameReader::Step::kMore:
+      return true;
+    case FrameReader::Step::kMetaDone:
+      return StartPayload(c);
+    case FrameReader::Step::kFrameDone:
+      return FrameReady(c);
+    case FrameReader::Step::kFault:
+      break;
   }
-  if (c.phase == Conn::kMeta) {
-    size_t take = std::min(n, c.meta.size() - c.metaHave);
-    std::memcpy(c.meta.data() + c.metaHave, src, take);
-    c.metaHave += take;
-    *used = take;
-    if (c.metaHave < c.meta.size()) return true;
-    return StartPayload(c);
-  }
-  // Payload.
-  size_t take = static_cast<size_t>(std::min<uint64_t>(n, c.payloadLen - c.payloadHave));
-  if (c.payload != nullptr) {
-    if (src != nullptr) std::memcpy(c.payload + c.payloadHave, src, take);
-  } else {
-    size_t left = take;
-    const uint8_t* from = src;
-    while (left > 0) {
-      Span& s = c.place[c.placeAt];
-      size_t k = static_cast<size_t>(std::min<uint64_t>(left, s.len - c.placeOff));
-      if (from != nullptr) {
-        std::memcpy(s.data + c.placeOff, from, k);
-        from += k;
-      }
-      // Checksummed as the bytes land, while they are still in cache: reading a whole block
-      // again once the frame is complete costs a trip to memory.
-      c.placeCrc[c.placeAt] = Crc32c(c.placeCrc[c.placeAt], s.data + c.placeOff, k);
-      c.placeOff += k;
-      left -= k;
-      if (c.placeOff == s.len) {
-        ++c.placeAt;
-        c.placeOff = 0;
-      }
-    }
-  }
-  c.payloadHave += take;
-  *used = take;
-  if (c.payloadHave < c.payloadLen) return true;
-  return FrameReady(c);
+  const FrameReader::Fault& f = c.reader.fault();
+  FailConn(c, f.code, f.err, f.why);
+  return false;
 }
 
 // Metadata complete: decides where the payload goes (an expected destination or a fresh buffer).
 bool TcpTransport::StartPayload(Conn& c) {
-  c.payloadHave = 0;
-  c.place.clear();
-  c.placeAt = 0;
-  c.placeOff = 0;
-  auto it = c.expects.find(c.requestId);
+  const FrameReader::Header& h = c.reader.header();
+  std::vector<ByteSpan> place;
+  auto it = c.expects.find(h.requestId);
   if (it != c.expects.end()) {
     Expect expect = std::move(it->second);
     c.expects.erase(it);  // any answer ends the expectation; an error answer carries no blocks
-    if (expect.type == c.type && c.payloadLen > 0) {
-      size_t count = expect.spans.size();
-      if (c.meta.size() < kPlaceFixedBytes + count * kPlaceEntryBytes ||
-          Le32(c.meta.data()) != count) {
-        CloseConnNow(c.id, EPROTO, "an answer's descriptor count does not match its request");
-        return false;
-      }
-      uint64_t sum = 0;
-      for (size_t i = 0; i < count; ++i) {
-        if (c.meta[kPlaceFixedBytes + i * kPlaceEntryBytes] == 0) {
-          sum += expect.spans[i].len;
-          if (expect.spans[i].len > 0) c.place.push_back(expect.spans[i]);
-        }
-      }
-      if (sum != c.payloadLen) {
-        CloseConnNow(c.id, EPROTO,
-                     "an answer carries " + std::to_string(c.payloadLen) + " payload bytes; its " +
-                         "descriptors account for " + std::to_string(sum));
+    if (expect.type == h.type && h.payloadLen > 0) {
+      std::vector<ByteSpan> spans;
+      spans.reserve(expect.spans.size());
+      for (const Span& s : expect.spans) spans.push_back({s.data, s.len});
+      std::string why;
+      if (!MatchPlacement(c.reader.meta(), spans, h.payloadLen, &place, &why)) {
+        FailConn(c, kErrorProtocol, EPROTO, why);
         return false;
       }
     }
   }
-  if (c.payloadLen == 0) return FrameReady(c);
-  if (c.place.empty() && TakeLanding(c.type, c.payloadLen, &c.landed)) {
-    for (const Area& a : c.landed) c.place.push_back({a.data, a.len});
+  if (h.payloadLen == 0) return FrameReady(c);
+  if (place.empty() && TakeLanding(h.type, h.payloadLen, &c.landed)) {
+    for (const Area& a : c.landed) place.push_back({a.data, a.len});
   }
-  c.placeCrc.assign(c.place.size(), 0);
-  if (c.place.empty() && TakeArea(c.payloadLen, &c.area)) {
+  c.placed = !place.empty();
+  if (c.placed) {
+    c.reader.SetSpans(std::move(place));
+  } else if (TakeArea(h.payloadLen, &c.area)) {
     c.inArea = true;
     c.payload = c.area.data;
-  } else if (c.place.empty()) {
-    c.payload = static_cast<uint8_t*>(std::malloc(c.payloadLen));
+    c.reader.SetBuffer(c.payload);
+  } else {
+    c.payload = static_cast<uint8_t*>(std::malloc(h.payloadLen));
     if (c.payload == nullptr) {
-      CloseConnNow(c.id, ENOMEM, "cannot allocate " + std::to_string(c.payloadLen) + " bytes");
+      CloseConnNow(c.id, ENOMEM, "cannot allocate " + std::to_string(h.payloadLen) + " bytes");
       return false;
     }
+    c.reader.SetBuffer(c.payload);
   }
-  c.phase = Conn::kPayload;
   return true;
 }
 
 bool TcpTransport::FrameReady(Conn& c) {
+  const FrameReader::Header& h = c.reader.header();
   NetEvent e;
   e.kind = NetEvent::kFrame;
   e.conn = c.id;
-  e.type = c.type;
-  e.flags = c.flags;
-  e.requestId = c.requestId;
-  e.meta = std::move(c.meta);
+  e.type = h.type;
+  e.flags = h.flags;
+  e.requestId = h.requestId;
+  e.payloadBytes = h.payloadLen;
+  if (c.maxQueued != UINT64_MAX) {
+    // What this frame holds until JavaScript releases it: counted now, before the next frame is
+    // read, so no burst of small requests can commit more than the limit and one frame.
+    uint64_t answer =
+        h.type == c.answerType && c.answerUnit > 0 ? AnswerBytes(c.reader.meta(), c.answerUnit) : 0;
+    e.held = h.payloadLen + c.reader.meta().size();
+    e.held = answer > UINT64_MAX - e.held ? UINT64_MAX : e.held + answer;
+    c.held = e.held > UINT64_MAX - c.held ? UINT64_MAX : c.held + e.held;
+    RaiseTo(counters_.maxHeld, c.held);
+    if (!c.paused && Over(c)) {
+      c.paused = true;  // ReadConn stops before the next frame
+      counters_.pauses.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  e.meta = std::move(c.reader.meta());
   if (c.inArea) {
     e.area = c.area.token;
     c.inArea = false;
   } else {
     e.payload.reset(c.payload);
   }
-  e.payloadBytes = c.payloadLen;
-  c.queued += c.payloadLen;
-  if (c.queued > c.maxQueued) c.paused = true;  // ReadConn stops before the next frame
-  e.placed = !c.place.empty();
-  if (e.placed) e.checksums = std::move(c.placeCrc);
-  c.placeCrc.clear();
+  e.placed = c.placed;
+  if (e.placed) e.checksums = std::move(c.reader.checksums());
   for (const Area& a : c.landed) e.landed.push_back(a.token);
   c.landed.clear();
   c.payload = nullptr;
-  c.meta.clear();
-  c.place.clear();
-  c.phase = Conn::kHeader;
-  c.headerHave = 0;
-  c.payloadLen = 0;
-  c.payloadHave = 0;
+  c.placed = false;
+  c.reader.Next();
   Emit(std::move(e));
   return true;
 }

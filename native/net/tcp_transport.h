@@ -8,15 +8,19 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
+
+#include "frame_reader.h"
 
 namespace kvtier {
 
@@ -37,9 +41,6 @@ class Fd {
  private:
   int fd_ = -1;
 };
-
-inline constexpr uint32_t kFrameMagic = 0x5054564B;  // "KVTP" read as little-endian bytes
-inline constexpr size_t kFrameHeaderBytes = 24;
 
 // One event for JavaScript, built on the epoll thread and turned into an object on the main one.
 struct NetEvent {
@@ -69,9 +70,10 @@ struct NetEvent {
   // are still in cache, so the receiver need not read them again to check or store them.
   std::vector<uint32_t> checksums;
   std::vector<uint32_t> landed;  // or into these landing pieces (their tokens), one per piece
-  uint32_t token = 0;            // kSent
-  int err = 0;                   // kClosed: errno, or 0 for an orderly close
-  std::string text;              // kClosed: why; kAccepted: the remote address
+  uint64_t held = 0;   // bytes counted against the connection's backpressure until release()
+  uint32_t token = 0;  // kSent
+  int err = 0;         // kClosed: errno, or 0 for an orderly close
+  std::string text;    // kClosed: why; kAccepted: the remote address
 };
 
 class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
@@ -120,6 +122,7 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   Napi::Value RefJs(const Napi::CallbackInfo& info);
   Napi::Value UnrefJs(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
 
   void Post(std::unique_ptr<Command> cmd);
   void Run();
@@ -132,6 +135,12 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   void AcceptAll(Listener& l);
   bool WriteConn(Conn& c);
   bool FrameReady(Conn& c);
+  bool Over(const Conn& c) const;
+  bool MaybeResume(Conn& c);
+  void Authenticated(Conn& c);
+  void FailConn(Conn& c, uint32_t code, int err, std::string why);
+  void SweepStalled();
+  int WaitTimeout();
   void CloseConnNow(uint32_t id, int err, const std::string& why);
   void UpdateInterest(Conn& c);
   void Emit(NetEvent&& e);
@@ -147,7 +156,9 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   bool cleanupHooked_ = false;
   int refs_ = 0;
   napi_env env_ = nullptr;
-  uint32_t maxConnections_ = 256;
+  uint32_t maxConnections_ = 256;    // authenticated connections (their limits raised)
+  uint32_t maxHandshakes_ = 64;      // accepted connections not yet authenticated
+  uint64_t payloadTimeoutMs_ = 0;    // a partly received frame idle this long closes (0: never)
   std::atomic<uint32_t> nextId_{1};  // ids for connections and listeners, from both threads
 
   struct Area {
@@ -175,7 +186,26 @@ class TcpTransport : public Napi::ObjectWrap<TcpTransport> {
   // Epoll thread only.
   std::unordered_map<uint32_t, std::unique_ptr<Conn>> conns_;
   std::unordered_map<uint32_t, std::unique_ptr<Listener>> listeners_;
-  uint32_t accepted_ = 0;  // connections accepted and still open
+  uint32_t authenticated_ = 0;  // accepted connections whose limits were raised, still open
+  // Accepted connections not yet authenticated, oldest first (by accept order): when their
+  // budget is full the oldest makes room, so idle sockets cannot lock a client with the token out.
+  std::map<uint64_t, uint32_t> handshaking_;
+  uint64_t acceptSeq_ = 0;
+  std::chrono::steady_clock::time_point nextSweep_{};
+
+  // Counters for stats(), written by the epoll thread only.
+  struct Counters {
+    std::atomic<uint64_t> pauses{0};        // times a connection stopped being read
+    std::atomic<uint64_t> maxHeld{0};       // most bytes one connection had held by JavaScript
+    std::atomic<uint64_t> maxOutQueued{0};  // most bytes one connection had queued to write
+    std::atomic<uint64_t> outQueued{0};     // bytes queued to write now, all connections
+    std::atomic<uint64_t> handshakesEvicted{0};
+    std::atomic<uint64_t> refused{0};          // connections refused: too many authenticated
+    std::atomic<uint64_t> stalled{0};          // closed for a partly received frame left idle
+    std::atomic<uint64_t> errorFrames{0};      // ERROR frames the transport sent before a close
+    std::atomic<uint64_t> landingTaken{0};     // landing pieces payloads were read into
+    std::atomic<uint64_t> landingReturned{0};  // of those, pieces of payloads cut short
+  } counters_;
 };
 
 }  // namespace kvtier

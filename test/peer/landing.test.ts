@@ -16,7 +16,7 @@ import {
   type PeerClient,
 } from '../../lib/index.js';
 import { native } from '../../lib/native.js';
-import { randomBytes, tempDir } from '../helpers.js';
+import { randomBytes, tempDir, until } from '../helpers.js';
 import { keysMeta, rawFrame, RawPeer } from './raw.js';
 
 const BS = 64 * 1024;
@@ -67,8 +67,16 @@ const host = (): { used: number; capacity: number } => {
   return { used: t.usedBlocks, capacity: t.capacityBlocks };
 };
 
-/** Waits until the idle landing slots have gone back to the host tier. */
-const idle = (): Promise<void> => new Promise((r) => setTimeout(r, IDLE_MS * 3));
+/** Blocks the host tier holds (as opposed to slots claimed for landing). */
+const storedInHost = (): number => wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
+
+/** Waits until the idle landing slots have gone back: the host tier holds only blocks. */
+const idle = (): Promise<void> =>
+  until('landing slots to go back to the host tier', () => host().used === storedInHost());
+
+/** Waits until landing slots are claimed: at least `n` beyond the blocks the host tier holds. */
+const claimed = (n: number): Promise<void> =>
+  until(`${n} landing slots to be claimed`, () => host().used - storedInHost() >= n);
 
 describe('one-step puts that land in the store', () => {
   it('lands blocks put many at a time, and every byte and checksum comes back', async () => {
@@ -127,8 +135,9 @@ describe('one-step puts that land in the store', () => {
   });
 
   it('gives landing slots back when puts stop: the host tier holds only blocks', async () => {
+    expect(host().used).toBeGreaterThan(storedInHost()); // slots are claimed after the puts above
     await idle();
-    const stored = wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
+    const stored = storedInHost();
     expect(host().used).toBe(stored);
     // And claims them again for the next puts.
     const keys = keysFor(8, 3);
@@ -145,16 +154,25 @@ describe('one-step puts that land in the store', () => {
     const warm = keysFor(2, 5);
     raw.send(rawFrame(0x10, 1, keysMeta(warm), randomBytes(2 * BS)));
     expect((await raw.next())?.type).toBe(0x11);
-    await new Promise((r) => setTimeout(r, 50));
+    await claimed(4);
+    const before = server.netStats();
     const cut = keysFor(4, 6);
     const frame = rawFrame(0x10, 2, keysMeta(cut), randomBytes(4 * BS));
     raw.send(frame.subarray(0, frame.length - 2 * BS - 100));
-    await new Promise((r) => setTimeout(r, 50));
+    // The payload is landing: its four blocks were given four landing slots before the cut.
+    await until(
+      'the cut payload to land',
+      () => server.netStats().landingTaken === before.landingTaken + 4,
+    );
     raw.close();
     await raw.ended;
+    await until(
+      'the cut payload to give its slots back',
+      () => server.netStats().landingReturned === before.landingReturned + 4,
+    );
     expect(wh.lookup(cut).tiers).toEqual([-1, -1, -1, -1]);
     await idle();
-    const stored = wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
+    const stored = storedInHost();
     expect(host().used).toBe(stored);
     // The server goes on landing puts for others.
     const after = keysFor(8, 7);
@@ -171,7 +189,9 @@ describe('one-step puts that land in the store', () => {
 
 describe('landing and refused frames', () => {
   it('a refused PUT gives back the slots it landed in, and GET payloads never land', async () => {
-    await client.put(keysFor(4, 20), randomBytes(4 * BS)); // slots claimed
+    await client.put(keysFor(4, 20), randomBytes(4 * BS));
+    await claimed(2);
+    const before = server.netStats();
     const raw = await RawPeer.open(server.port);
     expect(await raw.handshake(secret)).toMatchObject({ blockBytes: BS });
     // Metadata for 3 keys, a payload of 2 blocks: it lands (2 whole blocks), then is refused.
@@ -179,14 +199,18 @@ describe('landing and refused frames', () => {
     raw.send(rawFrame(0x10, 1, keysMeta(keys), randomBytes(2 * BS)));
     expect((await raw.next())?.type).toBe(0x05);
     await raw.ended;
+    // It did land (two slots, whole frame), so refusing it had slots to give back.
+    expect(server.netStats().landingTaken).toBe(before.landingTaken + 2);
     const raw2 = await RawPeer.open(server.port);
     expect(await raw2.handshake(secret)).toMatchObject({ blockBytes: BS });
     raw2.send(rawFrame(0x12, 1, keysMeta(keys.slice(0, 2)), randomBytes(2 * BS)));
     expect((await raw2.next())?.type).toBe(0x05);
     await raw2.ended;
     expect(wh.lookup(keys).tiers).toEqual([-1, -1, -1]);
+    // GET payloads never land.
+    expect(server.netStats().landingTaken).toBe(before.landingTaken + 2);
     await idle();
-    const stored = wh.keys().filter((k) => wh.lookup([k]).tiers[0] === 0).length;
+    const stored = storedInHost();
     expect(host().used).toBe(stored);
     const landedBefore = server.putBlocks.landed;
     const after = keysFor(8, 22);
@@ -309,11 +333,10 @@ describe('backpressure', () => {
         const k = keys.slice(2 * f, 2 * f + 2);
         raw.send(rawFrame(0x10, f + 1, keysMeta(k), src.subarray(2 * f * BS, (2 * f + 2) * BS)));
       }
-      await new Promise((r) => setTimeout(r, 300));
-      expect(s.backpressure.pauses).toBeGreaterThanOrEqual(1);
+      await until('the server to stop reading', () => s.backpressure.pauses >= 1);
       // The transport stops reading right after the frame that crossed the limit: at most the
-      // limit and one frame were ever held, not 40 MiB.
-      expect(s.backpressure.maxQueued).toBeLessThanOrEqual(2 * BS + 2 * BS);
+      // limit and one frame (its payload and metadata) were ever held, not 40 MiB.
+      expect(s.backpressure.maxQueued).toBeLessThanOrEqual(2 * BS + (2 * BS + 8 + 2 * 40));
       gate!.abort();
       const answers = new Map<number, number[]>();
       while (answers.size < frames) {
@@ -345,11 +368,11 @@ describe('backpressure', () => {
           rawFrame(0x10, f + 1, keysMeta(keys.slice(2 * f, 2 * f + 2)), randomBytes(2 * BS)),
         );
       }
-      while (s.backpressure.pauses === 0) await new Promise((r) => setTimeout(r, 10));
+      await until('the server to stop reading', () => s.backpressure.pauses > 0);
       expect(s.connections).toBe(1);
       raw.socket.resetAndDestroy();
       // Seen although nothing reads the connection while its requests wait on the gate.
-      while (s.connections > 0) await new Promise((r) => setTimeout(r, 10));
+      await until('the server to see the hang-up', () => s.connections === 0);
       gate!.abort();
       gate = undefined;
       // The waiting puts still finish (their bytes arrived whole) and the server goes on serving.
