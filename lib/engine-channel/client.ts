@@ -124,6 +124,11 @@ export class EngineClient {
     }
   }
 
+  /** Why the connection ended (the server's refusal, or KVTIER_CLOSED); undefined while open. */
+  get failed(): KvtierError | undefined {
+    return this.failure;
+  }
+
   /** Sends one request; resolves with the answer's header, or rejects with its error. */
   request(header: Header, payload?: Uint8Array): Promise<Header> {
     if (this.failure) return Promise.reject(this.failure);
