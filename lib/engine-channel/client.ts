@@ -207,6 +207,13 @@ export class EngineClient {
     await this.request({ op: 'unpin', lease });
   }
 
+  /** Removes blocks from every tier (pinned ones stay); resolves with the number removed. */
+  async evict(keys: readonly Uint8Array[]): Promise<number> {
+    const { payload, keyBytes } = packKeys(keys);
+    const a = await this.request({ op: 'evict', keyBytes, n: keys.length }, payload);
+    return a.evicted as number;
+  }
+
   async stats(): Promise<{ stats: Record<string, unknown>; engine: Record<string, number> }> {
     const a = await this.request({ op: 'stats' });
     return { stats: a.stats as Record<string, unknown>, engine: a.engine as Record<string, number> };

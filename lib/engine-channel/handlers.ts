@@ -4,16 +4,14 @@
  * Every check runs before anything is stored or written.
  */
 import { KvtierError } from '../errors.js';
-import { appendScatter, describeKvLayout, planKvCopy, gatherBlocks } from '../layout/index.js';
+import { describeKvLayout, planKvCopy } from '../layout/index.js';
 import type { KvLayoutSpec, KvPacking } from '../layout/index.js';
-import { TransferBatch } from '../engine.js';
-import { Region } from '../region.js';
 import type { ChannelContext, SessionState } from './context.js';
 import { keysOf, type Header } from './frames.js';
 import { checkCudaIpc, openGpuMemory } from './gpu-memory.js';
 import { checkMemfd, openHostMemory } from './host-memory.js';
 import { Pool, type PoolMemory } from './pools.js';
-import { statusesFromPresence, statusesOf, type SaveStatus } from './put-status.js';
+import { loadBlocks, saveBlocks } from './block-moves.js';
 
 export type Answer = Record<string, unknown>;
 type Handler = (
@@ -149,17 +147,6 @@ function lookup(ctx: ChannelContext, _s: SessionState, h: Header, payload: Buffe
   return { prefix: r.prefix, present: r.tiers.map((t) => t >= 0) };
 }
 
-/** Runs of consecutive engine block ids: [first index in the request, block id, length]. */
-function runsOf(blocks: readonly number[]): [number, number, number][] {
-  const runs: [number, number, number][] = [];
-  for (let j = 0; j < blocks.length; j++) {
-    const last = runs[runs.length - 1];
-    if (last && last[1] + last[2] === blocks[j]) last[2]++;
-    else runs.push([j, blocks[j]!, 1]);
-  }
-  return runs;
-}
-
 async function save(ctx: ChannelContext, s: SessionState, h: Header, payload: Buffer): Promise<Answer> {
   const pool = poolOf(s, h.pool);
   const n = Array.isArray(h.blocks) ? h.blocks.length : 0;
@@ -167,36 +154,7 @@ async function save(ctx: ChannelContext, s: SessionState, h: Header, payload: Bu
   const blocks = blocksOf(pool, h.blocks, n);
   const priority = h.priority === undefined ? 0 : Number(h.priority);
   if (!Number.isFinite(priority)) bad('priority must be a number');
-  const wh = ctx.warehouse;
-  const bs = ctx.blockBytes;
-  const before = wh.lookup(keys).tiers.map((t) => t >= 0);
-  const statuses = await pool.use(async () => {
-    if (pool.packedInPlace) {
-      // Each block is one run of the pool in kvtier's packing: the Warehouse reads it in place.
-      const region = pool.memory.target as Region;
-      const base = pool.plan.segments(0)[0]!.poolOffset;
-      const results = await Promise.all(
-        runsOf(blocks).map(([j, b, len]) =>
-          wh
-            .put(keys.slice(j, j + len), region.view(base + b * bs, len * bs), { priority })
-            .then((r) => ({ j, len, r })),
-        ),
-      );
-      const out: SaveStatus[] | undefined = new Array<SaveStatus>(n);
-      for (const { j, len, r } of results) {
-        const st = statusesOf(r, len);
-        if (!st) return undefined;
-        for (let i = 0; i < len; i++) out[j + i] = st[i]!;
-      }
-      return out;
-    }
-    return ctx.staging.with(pool.memory.kind === 'cuda-ipc', async (staging) => {
-      await gatherBlocks(ctx.engineFor(pool), pool.memory.target, pool.plan, blocks, staging);
-      return statusesOf(await wh.put(keys, staging.view(0, n * bs), { priority }), n);
-    });
-  });
-  const status =
-    statuses ?? statusesFromPresence(before, wh.lookup(keys).tiers.map((t) => t >= 0));
+  const status = await pool.use(() => saveBlocks(ctx, pool, keys, blocks, priority));
   let stored = 0;
   let present = 0;
   for (const st of status) {
@@ -214,29 +172,7 @@ async function load(ctx: ChannelContext, s: SessionState, h: Header, payload: Bu
   const keys = keysIn(h, payload, n, ctx.maxBatch);
   const blocks = blocksOf(pool, h.blocks, n);
   if (new Set(blocks).size !== n) bad('blocks must not repeat: two keys cannot fill one block');
-  const bs = ctx.blockBytes;
-  const found = await pool.use(() =>
-    ctx.staging.with(pool.memory.kind === 'cuda-ipc', async (staging) => {
-      // Read and verified in staging first: a block that fails its checksum never reaches the pool.
-      const got = await ctx.warehouse.get(keys, staging.view(0, n * bs));
-      const batch = new TransferBatch();
-      // One scatter per run of found keys, from where that run lies in staging.
-      for (let j = 0; j < n; ) {
-        if (!got.found[j]) {
-          j++;
-          continue;
-        }
-        let end = j + 1;
-        while (end < n && got.found[end]) end++;
-        appendScatter(batch, pool.plan, pool.memory.target, blocks.slice(j, end), staging, {
-          packedOffset: j * bs,
-        });
-        j = end;
-      }
-      if (batch.length > 0) (await ctx.engineFor(pool).submit(batch)).throwIfFailed();
-      return got.found;
-    }),
-  );
+  const found = await pool.use(() => loadBlocks(ctx, pool, keys, blocks));
   let prefix = 0;
   while (prefix < n && found[prefix]) prefix++;
   ctx.counters.loads++;
@@ -262,6 +198,12 @@ function unpin(ctx: ChannelContext, s: SessionState, h: Header): Answer {
   return {};
 }
 
+async function evict(ctx: ChannelContext, _s: SessionState, h: Header, payload: Buffer): Promise<Answer> {
+  const n = int(h.n, 'n', 0);
+  const keys = keysIn(h, payload, n, Number.MAX_SAFE_INTEGER);
+  return { evicted: await ctx.warehouse.evict(keys) };
+}
+
 function stats(ctx: ChannelContext): Answer {
   return { stats: ctx.warehouse.stats(), engine: { ...ctx.counters, pools: ctx.registry.pools } };
 }
@@ -275,5 +217,6 @@ export const handlers: Readonly<Record<string, Handler>> = {
   load,
   pin,
   unpin,
+  evict,
   stats,
 };

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { EngineClient, HostPoolFile } from '../../lib/engine-channel/client.js';
+import type { KvLayoutSpec } from '../../lib/layout/index.js';
 import { tempDir, until } from '../helpers.js';
 import { killAll, type ServeProcess } from '../peer/serve-process.js';
 import {
@@ -58,7 +59,11 @@ describe('engine channel: bad registrations', () => {
   it("a layout whose block size is not the server's", async () => {
     const q = randomPool(1 << 16);
     pools.push(q);
-    const spec = { ...layout.spec, headDim: 16, layers: [{ offset: 0 }, { offset: 16384 }] };
+    const spec = {
+      ...layout.spec,
+      headDim: 16,
+      layers: [{ offset: 0 }, { offset: 16384 }],
+    } as KvLayoutSpec;
     await expect(c.registerHostPool(q, spec, 'wide')).rejects.toMatchObject({
       code: K,
       message: expect.stringMatching(/blocks of 1024 bytes/),
