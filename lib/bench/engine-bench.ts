@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,6 +48,11 @@ export interface Rate {
   seconds: number;
   blocksPerSec: number;
   GBps: number;
+  /**
+   * CPU time of every thread on that side (client and server for the channel) per GB moved:
+   * what the path costs, which a machine busy with other work changes far less than wall time.
+   */
+  cpuSecondsPerGB: number;
 }
 
 export interface EngineBenchRow {
@@ -60,6 +66,8 @@ export interface EngineBenchRow {
   warehouse: Rate;
   /** channel / warehouse throughput. */
   ratio: number;
+  /** warehouse / channel CPU time per GB (1 means the channel costs no more CPU). */
+  cpuRatio: number;
   /** Whether every block loaded in the first repetition matched its source, byte for byte. */
   verified: boolean;
 }
@@ -140,20 +148,56 @@ function keysFor(tag: string, n: number): Buffer[] {
   return Array.from({ length: n }, (_, i) => createHash('sha256').update(`${tag}/${i}`).digest());
 }
 
-/** Runs `calls` batch calls with `inFlight` at once; resolves with the seconds taken. */
-async function timed(calls: number, inFlight: number, call: (i: number) => Promise<void>): Promise<number> {
-  let next = 0;
-  const t0 = process.hrtime.bigint();
-  await Promise.all(
-    Array.from({ length: Math.min(inFlight, calls) }, async () => {
-      while (next < calls) await call(next++);
-    }),
-  );
-  return Number(process.hrtime.bigint() - t0) / 1e9;
+/** CPU nanoseconds the threads of process `pid` have run (from the scheduler's own counts). */
+function cpuNs(pid: number | 'self'): number {
+  let sum = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      sum += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // a thread that ended between the listing and the read
+    }
+  }
+  return sum;
 }
 
-function rate(seconds: number, blocks: number, blockBytes: number): Rate {
-  return { seconds, blocksPerSec: blocks / seconds, GBps: (blocks * blockBytes) / seconds / 1e9 };
+interface Pass {
+  seconds: number;
+  cpuSeconds: number;
+}
+
+/**
+ * Runs `calls` batch calls, `inFlight` workers taking the next call in turn (worker w owns lane
+ * w of any shared buffer); the wall and CPU seconds they took.
+ */
+async function timed(
+  calls: number,
+  inFlight: number,
+  pids: (number | 'self')[],
+  call: (i: number, worker: number) => Promise<void>,
+): Promise<Pass> {
+  let next = 0;
+  const cpu = (): number => pids.reduce<number>((s, p) => s + cpuNs(p), 0);
+  const c0 = cpu();
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: Math.min(inFlight, calls) }, async (_, w) => {
+      while (next < calls) await call(next++, w);
+    }),
+  );
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return { seconds, cpuSeconds: (cpu() - c0) / 1e9 };
+}
+
+function rate(passes: Pass[], blocks: number, blockBytes: number): Rate {
+  const seconds = median(passes.map((p) => p.seconds));
+  const gb = (blocks * blockBytes) / 1e9;
+  return {
+    seconds,
+    blocksPerSec: blocks / seconds,
+    GBps: gb / seconds,
+    cpuSecondsPerGB: median(passes.map((p) => p.cpuSeconds)) / gb,
+  };
 }
 
 export async function runEngineBench(options: EngineBenchOptions = {}): Promise<EngineBenchReport> {
@@ -173,9 +217,9 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
     const spec = layoutOf(form, o.numLayers, 2 * n);
     const layout = describeKvLayout(spec);
     const bs = layout.blockBytes;
-    // Room for one pass: each repetition's blocks are evicted (untimed) before the next, so no
-    // pass pays for evictions, and after the warm-up none pays for first-touch page faults.
-    const hostBytes = n * bs;
+    // Room for two passes, and each repetition's blocks are evicted (untimed) before the next:
+    // no pass pays for evictions, and after the warm-up none pays for first-touch page faults.
+    const hostBytes = 2 * n * bs;
     const server = await startServer(socket, bs, hostBytes);
     const wh = await Warehouse.open({ blockBytes: bs, tiers: [{ kind: 'host', bytes: hostBytes }] });
     const pool = HostPoolFile.create(layout.extent);
@@ -194,10 +238,11 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
       // The in-process side puts the same blocks already packed (what an in-process engine
       // with packed blocks hands put); the channel side must gather them for kv-first.
       const ids = (c: number) => Array.from({ length: Math.min(batch, n - c * batch) }, (_, j) => c * batch + j);
-      const saveTimes: number[] = [];
-      const loadTimes: number[] = [];
-      const putTimes: number[] = [];
-      const getTimes: number[] = [];
+      const saveTimes: Pass[] = [];
+      const loadTimes: Pass[] = [];
+      const putTimes: Pass[] = [];
+      const getTimes: Pass[] = [];
+      const both: (number | 'self')[] = ['self', server.pid!];
       let verified = true;
       for (let r = -1; r < o.reps; r++) {
         o.onProgress?.(r < 0 ? `${form}: warm-up` : `${form}: repetition ${r + 1} of ${o.reps}`);
@@ -205,14 +250,14 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
         const wk = keysFor(`warehouse/${form}/${r}`, n).map((k) => k.toString('hex'));
         const channel = async () => {
           saveTimes.push(
-            await timed(calls, o.inFlight, async (c) => {
+            await timed(calls, o.inFlight, both, async (c) => {
               const b = ids(c);
               const s = await client.save('kv', ck.slice(b[0], b[0]! + b.length), b);
               if (s.stored !== b.length) throw new KvtierError('KVTIER_IO', `save stored ${s.stored} of ${b.length}`);
             }),
           );
           loadTimes.push(
-            await timed(calls, o.inFlight, async (c) => {
+            await timed(calls, o.inFlight, both, async (c) => {
               const b = ids(c);
               const l = await client.load('kv', ck.slice(b[0], b[0]! + b.length), b.map((x) => x + n));
               if (l.prefix !== b.length) throw new KvtierError('KVTIER_IO', `load found ${l.prefix} of ${b.length}`);
@@ -221,17 +266,16 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
         };
         const inProcess = async () => {
           putTimes.push(
-            await timed(calls, o.inFlight, async (c) => {
+            await timed(calls, o.inFlight, ['self'], async (c) => {
               const b = ids(c);
               const res = await wh.put(wk.slice(b[0], b[0]! + b.length), packed.view(b[0]! * bs, b.length * bs));
               if (res.stored !== b.length) throw new KvtierError('KVTIER_IO', `put stored ${res.stored} of ${b.length}`);
             }),
           );
-          let lane = 0;
           getTimes.push(
-            await timed(calls, o.inFlight, async (c) => {
+            await timed(calls, o.inFlight, ['self'], async (c, w) => {
               const b = ids(c);
-              const at = (lane++ % o.inFlight) * batch * bs;
+              const at = w * batch * bs;
               const got = await wh.get(wk.slice(b[0], b[0]! + b.length), landing.view(at, b.length * bs));
               if (got.prefix !== b.length) throw new KvtierError('KVTIER_IO', `get found ${got.prefix} of ${b.length}`);
             }),
@@ -251,9 +295,9 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
         await wh.evict(wk);
         if (r === 0) verified = loadedMatch(pool, spec, n);
       }
-      const row = (op: 'save' | 'load', ch: number[], wt: number[]): EngineBenchRow => {
-        const channel = rate(median(ch), n, bs);
-        const warehouse = rate(median(wt), n, bs);
+      const row = (op: 'save' | 'load', ch: Pass[], wt: Pass[]): EngineBenchRow => {
+        const channel = rate(ch, n, bs);
+        const warehouse = rate(wt, n, bs);
         return {
           form,
           op,
@@ -264,6 +308,7 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
           channel,
           warehouse,
           ratio: channel.GBps / warehouse.GBps,
+          cpuRatio: warehouse.cpuSecondsPerGB / channel.cpuSecondsPerGB,
           verified,
         };
       };
@@ -302,7 +347,8 @@ export function formatEngineBench(report: EngineBenchReport): string {
       `${r.form.padEnd(12)} ${r.op.padEnd(5)} ${formatSize(r.blockBytes)} blocks x${r.batch}: ` +
         `channel ${r.channel.blocksPerSec.toFixed(0)} blocks/s ${r.channel.GBps.toFixed(2)} GB/s, ` +
         `warehouse ${r.warehouse.blocksPerSec.toFixed(0)} blocks/s ${r.warehouse.GBps.toFixed(2)} GB/s, ` +
-        `ratio ${r.ratio.toFixed(2)}${r.verified ? '' : ' (BYTES DIFFER)'}`,
+        `ratio ${r.ratio.toFixed(2)}; CPU s/GB ${r.channel.cpuSecondsPerGB.toFixed(3)} vs ` +
+        `${r.warehouse.cpuSecondsPerGB.toFixed(3)}, ratio ${r.cpuRatio.toFixed(2)}${r.verified ? '' : ' (BYTES DIFFER)'}`,
     );
   }
   return `${lines.join('\n')}\n`;
