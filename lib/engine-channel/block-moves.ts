@@ -46,6 +46,7 @@ async function putFromPool(
     ),
   );
   const out = new Array<SaveStatus>(keys.length);
+  for (const { r } of results) ctx.counters.savedInPlace += r.stored;
   for (const { j, len, r } of results) {
     const st = statusesOf(r, len);
     if (!st) return undefined;
@@ -79,6 +80,7 @@ async function gatherIntoSlots(
   }
   const { stored } = await reservation.commit();
   for (const j of stored) status[j] = 'stored';
+  ctx.counters.savedIntoSlots += stored.length;
   return status;
 }
 
@@ -93,6 +95,7 @@ async function putThroughStaging(
   return ctx.staging.with(pool.memory.kind === 'cuda-ipc', async (staging) => {
     await gatherBlocks(ctx.engineFor(pool), pool.memory.target, pool.plan, blocks, staging);
     const r = await ctx.warehouse.put(keys, staging.view(0, n * ctx.blockBytes), { priority });
+    ctx.counters.savedStaged += r.stored;
     return statusesOf(r, n);
   });
 }
@@ -140,6 +143,7 @@ async function scatterFromStaging(
         packedOffset: w * bs,
       });
       found[j] = true;
+      ctx.counters.loadedStaged++;
     });
     if (batch.length > 0) (await ctx.engineFor(pool).submit(batch)).throwIfFailed();
   });
@@ -186,6 +190,7 @@ export async function loadBlocks(
         packedOffset: p.offset,
       });
       found[j] = true;
+      ctx.counters.loadedFromSlots++;
     });
     if (scatter.length > 0) (await engine.submit(scatter)).throwIfFailed();
     return misses.sort((a, b) => a - b);

@@ -18,6 +18,13 @@ export interface EngineCounters {
   loads: number;
   loadedBlocks: number;
   lookups: number;
+  /** Blocks by path: put straight from the pool, gathered into reserved slots, or staged. */
+  savedInPlace: number;
+  savedIntoSlots: number;
+  savedStaged: number;
+  /** Blocks by path: scattered from lent host-tier slots, or staged through get. */
+  loadedFromSlots: number;
+  loadedStaged: number;
 }
 
 /** Most keys a save or load may carry: what one staging buffer holds (at most 64 MiB). */
@@ -40,6 +47,11 @@ export class ChannelContext {
     loads: 0,
     loadedBlocks: 0,
     lookups: 0,
+    savedInPlace: 0,
+    savedIntoSlots: 0,
+    savedStaged: 0,
+    loadedFromSlots: 0,
+    loadedStaged: 0,
   };
   private hostEngine: IoEngine | undefined;
   private readonly gpuEngines = new Map<number, IoEngine>();
