@@ -16,7 +16,6 @@ import { EngineClient, HostPoolFile } from '../engine-channel/client.js';
 import { KvtierError } from '../errors.js';
 import { describeKvLayout, planKvCopy, type KvLayoutSpec } from '../layout/index.js';
 import { packageRoot } from '../native.js';
-import { Region } from '../region.js';
 import { Warehouse } from '../warehouse/warehouse.js';
 import { formatSize, median } from './stats.js';
 
@@ -110,7 +109,16 @@ async function startServer(
 ): Promise<ChildProcess> {
   const child = spawn(
     process.execPath,
-    [CLI, 'serve', '--engine-socket', socket, '--block-bytes', String(blockBytes), '--host-bytes', String(hostBytes)],
+    [
+      CLI,
+      'serve',
+      '--engine-socket',
+      socket,
+      '--block-bytes',
+      String(blockBytes),
+      '--host-bytes',
+      String(hostBytes),
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   await new Promise<void>((resolve, reject) => {
@@ -138,7 +146,8 @@ function loadedMatch(pool: HostPoolFile, spec: KvLayoutSpec, n: number): boolean
       const x = a[i]!;
       const y = b[i]!;
       const src = v.subarray(x.poolOffset, x.poolOffset + x.length);
-      if (Buffer.compare(src, v.subarray(y.poolOffset, y.poolOffset + y.length)) !== 0) return false;
+      if (Buffer.compare(src, v.subarray(y.poolOffset, y.poolOffset + y.length)) !== 0)
+        return false;
     }
   }
   return true;
@@ -201,8 +210,18 @@ function rate(passes: Pass[], blocks: number, blockBytes: number): Rate {
 }
 
 export async function runEngineBench(options: EngineBenchOptions = {}): Promise<EngineBenchReport> {
-  const o = { ...ENGINE_DEFAULTS, forms: ['block-major', 'kv-first'] as EngineBenchForm[], ...options };
-  for (const [k, v] of Object.entries({ blocks: o.blocks, batch: o.batch, inFlight: o.inFlight, reps: o.reps, numLayers: o.numLayers })) {
+  const o = {
+    ...ENGINE_DEFAULTS,
+    forms: ['block-major', 'kv-first'] as EngineBenchForm[],
+    ...options,
+  };
+  for (const [k, v] of Object.entries({
+    blocks: o.blocks,
+    batch: o.batch,
+    inFlight: o.inFlight,
+    reps: o.reps,
+    numLayers: o.numLayers,
+  })) {
     if (!Number.isSafeInteger(v) || v < 1) {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', `${k} must be a positive integer, got ${v}`);
     }
@@ -221,23 +240,35 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
     // no pass pays for evictions, and after the warm-up none pays for first-touch page faults.
     const hostBytes = 2 * n * bs;
     const server = await startServer(socket, bs, hostBytes);
-    const wh = await Warehouse.open({ blockBytes: bs, tiers: [{ kind: 'host', bytes: hostBytes }] });
+    const wh = await Warehouse.open({
+      blockBytes: bs,
+      tiers: [{ kind: 'host', bytes: hostBytes }],
+    });
     const pool = HostPoolFile.create(layout.extent);
     const client = await EngineClient.connect(socket, { name: 'bench' });
-    const packed = Region.allocate(n * bs, { pin: false });
-    const landing = Region.allocate(batch * bs * o.inFlight, { pin: false });
+    // The in-process side moves the same blocks between the Warehouse and the same kind of
+    // memory (shared pages, as the engine's pool): a block-major pool is already packed, so put
+    // reads the pool and get writes it in place, as an in-process engine would; for kv-first it
+    // puts from (and gets into) packed copies in shared memory, so the channel's gather and
+    // scatter are its own cost.
+    const packedInPool = form === 'block-major';
+    const packed = packedInPool ? undefined : HostPoolFile.create(n * bs);
+    const landing = packedInPool ? undefined : HostPoolFile.create(batch * bs * o.inFlight);
+    const putFrom = (b: number, len: number): Uint8Array =>
+      packedInPool ? pool.view(b * bs, len * bs) : packed!.view(b * bs, len * bs);
+    const getInto = (b: number, len: number, w: number): Uint8Array =>
+      packedInPool ? pool.view((n + b) * bs, len * bs) : landing!.view(w * batch * bs, len * bs);
     try {
       // Random bytes everywhere, so every page of the pool exists before anything is timed.
       const src = pool.view(0, layout.extent);
       for (let at = 0; at < src.length; at += 1 << 24) {
         randomFillSync(src.subarray(at, Math.min(src.length, at + (1 << 24))));
       }
-      landing.view().fill(1);
-      packed.view().set(src.subarray(0, n * bs));
+      landing?.view().fill(1);
+      packed?.view().set(src.subarray(0, n * bs));
       await client.registerHostPool(pool, spec, 'kv');
-      // The in-process side puts the same blocks already packed (what an in-process engine
-      // with packed blocks hands put); the channel side must gather them for kv-first.
-      const ids = (c: number) => Array.from({ length: Math.min(batch, n - c * batch) }, (_, j) => c * batch + j);
+      const ids = (c: number) =>
+        Array.from({ length: Math.min(batch, n - c * batch) }, (_, j) => c * batch + j);
       const saveTimes: Pass[] = [];
       const loadTimes: Pass[] = [];
       const putTimes: Pass[] = [];
@@ -253,14 +284,20 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
             await timed(calls, o.inFlight, both, async (c) => {
               const b = ids(c);
               const s = await client.save('kv', ck.slice(b[0], b[0]! + b.length), b);
-              if (s.stored !== b.length) throw new KvtierError('KVTIER_IO', `save stored ${s.stored} of ${b.length}`);
+              if (s.stored !== b.length)
+                throw new KvtierError('KVTIER_IO', `save stored ${s.stored} of ${b.length}`);
             }),
           );
           loadTimes.push(
             await timed(calls, o.inFlight, both, async (c) => {
               const b = ids(c);
-              const l = await client.load('kv', ck.slice(b[0], b[0]! + b.length), b.map((x) => x + n));
-              if (l.prefix !== b.length) throw new KvtierError('KVTIER_IO', `load found ${l.prefix} of ${b.length}`);
+              const l = await client.load(
+                'kv',
+                ck.slice(b[0], b[0]! + b.length),
+                b.map((x) => x + n),
+              );
+              if (l.prefix !== b.length)
+                throw new KvtierError('KVTIER_IO', `load found ${l.prefix} of ${b.length}`);
             }),
           );
         };
@@ -268,16 +305,20 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
           putTimes.push(
             await timed(calls, o.inFlight, ['self'], async (c) => {
               const b = ids(c);
-              const res = await wh.put(wk.slice(b[0], b[0]! + b.length), packed.view(b[0]! * bs, b.length * bs));
-              if (res.stored !== b.length) throw new KvtierError('KVTIER_IO', `put stored ${res.stored} of ${b.length}`);
+              const res = await wh.put(wk.slice(b[0], b[0]! + b.length), putFrom(b[0]!, b.length));
+              if (res.stored !== b.length)
+                throw new KvtierError('KVTIER_IO', `put stored ${res.stored} of ${b.length}`);
             }),
           );
           getTimes.push(
             await timed(calls, o.inFlight, ['self'], async (c, w) => {
               const b = ids(c);
-              const at = w * batch * bs;
-              const got = await wh.get(wk.slice(b[0], b[0]! + b.length), landing.view(at, b.length * bs));
-              if (got.prefix !== b.length) throw new KvtierError('KVTIER_IO', `get found ${got.prefix} of ${b.length}`);
+              const got = await wh.get(
+                wk.slice(b[0], b[0]! + b.length),
+                getInto(b[0]!, b.length, w),
+              );
+              if (got.prefix !== b.length)
+                throw new KvtierError('KVTIER_IO', `get found ${got.prefix} of ${b.length}`);
             }),
           );
         };
@@ -316,8 +357,8 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
     } finally {
       client.close();
       await pool.close();
-      await packed.close();
-      await landing.close();
+      await packed?.close();
+      await landing?.close();
       await wh.close();
       server.kill('SIGTERM');
       await new Promise((r) => server.once('exit', r));
@@ -328,7 +369,14 @@ export async function runEngineBench(options: EngineBenchOptions = {}): Promise<
     kind: 'engine',
     target: ENGINE_TARGET,
     machine: { cpus: cpus().length, kernel: release(), node: process.version },
-    options: { blocks: o.blocks, batch: o.batch, inFlight: o.inFlight, reps: o.reps, forms: o.forms, numLayers: o.numLayers },
+    options: {
+      blocks: o.blocks,
+      batch: o.batch,
+      inFlight: o.inFlight,
+      reps: o.reps,
+      forms: o.forms,
+      numLayers: o.numLayers,
+    },
     rows,
   };
 }

@@ -1,21 +1,36 @@
 /**
- * How a save and a load move bytes between an engine's pool and the Warehouse, fewest copies
- * first:
+ * How a save and a load move bytes between an engine's pool and the Warehouse, each block's bytes
+ * copied once:
  * - save, pool already packed (each block one run, blocks back to back): put straight from the
  *   pool's memory;
  * - save, other host layouts: reserve host-tier slots and gather the engine blocks straight into
- *   them (the Warehouse checksums them on commit);
- * - load, blocks in the host tier: borrow their slots (lend), verify each slot's checksum, then
- *   scatter from the slot into the engine block, so nothing unverified reaches the pool;
+ *   them, each piece checksummed as it lands (the block's CRC-32C is combined from its pieces');
+ * - load, blocks in the host tier: borrow their slots (lend) and scatter from them straight into
+ *   the engine blocks, checksumming each piece as it lands; a block whose checksum does not match
+ *   is reported not loaded unless get then finds a good copy (host memory does not tear, so this
+ *   is the path of a bit flip only, and the engine recomputes such a block anyway);
  * - otherwise (GPU pools, blocks in lower tiers, a Warehouse that cannot take bytes in place):
- *   through a staging buffer, get verifying every block there before it is scattered.
+ *   through a staging buffer, get verifying every block there before it is scattered, so a torn
+ *   or corrupt block from a file never reaches the pool.
  */
-import { TransferBatch } from '../engine.js';
+import { type BatchResult, TransferBatch } from '../engine.js';
 import { appendGather, appendScatter, gatherBlocks } from '../layout/index.js';
 import type { Region } from '../region.js';
 import type { ChannelContext } from './context.js';
+import { crc32cOfPieces } from './crc-combine.js';
 import type { Pool } from './pools.js';
 import { statusesFromPresence, statusesOf, type SaveStatus } from './put-status.js';
+
+/** Per block, the CRC of its pieces (descriptors spans[k] to spans[k + 1] of the batch). */
+function blockChecksums(result: BatchResult, spans: readonly number[]): number[] {
+  const out: number[] = [];
+  for (let k = 0; k + 1 < spans.length; k++) {
+    const from = spans[k]!;
+    const to = spans[k + 1]!;
+    out.push(crc32cOfPieces(result.checksums!.slice(from, to), result.bytes.slice(from, to)));
+  }
+  return out;
+}
 
 /** Runs of consecutive engine block ids: [first index in the request, block id, length]. */
 function runsOf(blocks: readonly number[]): [number, number, number][] {
@@ -65,20 +80,32 @@ async function gatherIntoSlots(
   const reservation = await ctx.warehouse.reserve(keys);
   if (!reservation) return undefined;
   const status = reservation.slots.map((s): SaveStatus => (s === 'present' ? 'present' : 'busy'));
+  let checksums: number[];
   try {
+    // Each piece's CRC is taken as it lands; the block's comes from its pieces', so the
+    // Warehouse need not read the slots again.
     const batch = new TransferBatch();
+    const spans: number[] = [];
     reservation.slots.forEach((slot, j) => {
       if (typeof slot === 'string') return;
+      spans.push(batch.length);
       appendGather(batch, pool.plan, pool.memory.target, [blocks[j]!], slot.target, {
         packedOffset: slot.offset,
+        checksum: true,
       });
     });
-    if (batch.length > 0) (await ctx.engineFor(pool).submit(batch)).throwIfFailed();
+    spans.push(batch.length);
+    checksums = [];
+    if (batch.length > 0) {
+      const result = await ctx.engineFor(pool).submit(batch);
+      result.throwIfFailed();
+      checksums = blockChecksums(result, spans);
+    }
   } catch (e) {
     reservation.abort();
     throw e;
   }
-  const { stored } = await reservation.commit();
+  const { stored } = await reservation.commit(checksums);
   for (const j of stored) status[j] = 'stored';
   ctx.counters.savedIntoSlots += stored.length;
   return status;
@@ -118,7 +145,13 @@ export async function saveBlocks(
   } else {
     status = await putThroughStaging(ctx, pool, keys, blocks, priority);
   }
-  return status ?? statusesFromPresence(before, ctx.warehouse.lookup(keys).tiers.map((t) => t >= 0));
+  return (
+    status ??
+    statusesFromPresence(
+      before,
+      ctx.warehouse.lookup(keys).tiers.map((t) => t >= 0),
+    )
+  );
 }
 
 /** Scatters blocks from staging (key j at j * blockBytes) for the keys `which` lists. */
@@ -164,35 +197,38 @@ export async function loadBlocks(
   }
   const engine = ctx.engineFor(pool);
   const rest = await ctx.warehouse.lend(keys, async (places) => {
-    const lent: number[] = [];
-    const check = new TransferBatch();
-    places.forEach((p, j) => {
-      if (!p) return;
-      lent.push(j);
-      check.checksum(p.target, p.offset, p.length);
-    });
-    const sums = lent.length > 0 ? await engine.submit(check) : undefined;
-    const scatter = new TransferBatch();
+    // Scattered straight from the host-tier slots, each piece's CRC taken as it lands in the
+    // pool; a block whose pieces do not add up to its checksum is reported not loaded and
+    // fetched again through get (which drops the bad copy and verifies before it scatters).
     const misses: number[] = [];
+    const lent: number[] = [];
+    const spans: number[] = [];
+    const scatter = new TransferBatch();
     places.forEach((p, j) => {
-      if (p) return;
-      misses.push(j);
-    });
-    lent.forEach((j, w) => {
-      const p = places[j]!;
-      if (sums!.errors[w] || sums!.checksums?.[w] !== p.checksum || p.length !== ctx.blockBytes) {
-        // A slot that fails its checksum goes through get, which drops the bad copy and reads a
-        // lower one if there is one.
+      if (!p || p.length !== ctx.blockBytes) {
         misses.push(j);
         return;
       }
+      lent.push(j);
+      spans.push(scatter.length);
       appendScatter(scatter, pool.plan, pool.memory.target, [blocks[j]!], p.target, {
         packedOffset: p.offset,
+        checksum: true,
       });
+    });
+    spans.push(scatter.length);
+    if (scatter.length === 0) return misses;
+    const result = await engine.submit(scatter);
+    const sums = blockChecksums(result, spans);
+    lent.forEach((j, k) => {
+      const failed = result.errors.slice(spans[k], spans[k + 1]).some((e) => e !== undefined);
+      if (failed || sums[k] !== places[j]!.checksum) {
+        misses.push(j);
+        return;
+      }
       found[j] = true;
       ctx.counters.loadedFromSlots++;
     });
-    if (scatter.length > 0) (await engine.submit(scatter)).throwIfFailed();
     return misses.sort((a, b) => a - b);
   });
   if (rest.length > 0) await scatterFromStaging(ctx, pool, keys, blocks, rest, found);

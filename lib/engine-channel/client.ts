@@ -92,8 +92,12 @@ export class EngineClient {
   private constructor(socket: Socket) {
     this.socket = socket;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (e) => this.fail(new KvtierError('KVTIER_CLOSED', `connection failed: ${e.message}`, { cause: e })));
-    socket.on('close', () => this.fail(new KvtierError('KVTIER_CLOSED', 'the kvtier server closed the connection')));
+    socket.on('error', (e) =>
+      this.fail(new KvtierError('KVTIER_CLOSED', `connection failed: ${e.message}`, { cause: e })),
+    );
+    socket.on('close', () =>
+      this.fail(new KvtierError('KVTIER_CLOSED', 'the kvtier server closed the connection')),
+    );
   }
 
   static async connect(path: string, options: EngineClientOptions = {}): Promise<EngineClient> {
@@ -149,14 +153,22 @@ export class EngineClient {
     this.socket.write(bytes);
   }
 
-  async registerHostPool(pool: HostPoolFile, layout: KvLayoutSpec, name = 'kv'): Promise<{ pool: string; numBlocks: number; blockBytes: number }> {
+  async registerHostPool(
+    pool: HostPoolFile,
+    layout: KvLayoutSpec,
+    name = 'kv',
+  ): Promise<{ pool: string; numBlocks: number; blockBytes: number }> {
     const a = await this.request({
       op: 'register',
       pool: name,
       memory: { kind: 'memfd', fd: pool.fd, bytes: pool.bytes },
       layout,
     });
-    return { pool: a.pool as string, numBlocks: a.numBlocks as number, blockBytes: a.blockBytes as number };
+    return {
+      pool: a.pool as string,
+      numBlocks: a.numBlocks as number,
+      blockBytes: a.blockBytes as number,
+    };
   }
 
   async release(pool: string): Promise<void> {
@@ -188,13 +200,20 @@ export class EngineClient {
     };
   }
 
-  async load(pool: string, keys: readonly Uint8Array[], blocks: readonly number[]): Promise<{ loaded: boolean[]; prefix: number }> {
+  async load(
+    pool: string,
+    keys: readonly Uint8Array[],
+    blocks: readonly number[],
+  ): Promise<{ loaded: boolean[]; prefix: number }> {
     const { payload, keyBytes } = packKeys(keys);
     const a = await this.request({ op: 'load', pool, blocks, keyBytes }, payload);
     return { loaded: a.loaded as boolean[], prefix: a.prefix as number };
   }
 
-  async pin(keys: readonly Uint8Array[], ttlMs?: number): Promise<{ lease: number; expiresAt: number }> {
+  async pin(
+    keys: readonly Uint8Array[],
+    ttlMs?: number,
+  ): Promise<{ lease: number; expiresAt: number }> {
     const { payload, keyBytes } = packKeys(keys);
     const a = await this.request(
       { op: 'pin', keyBytes, n: keys.length, ...(ttlMs === undefined ? {} : { ttlMs }) },
@@ -216,7 +235,10 @@ export class EngineClient {
 
   async stats(): Promise<{ stats: Record<string, unknown>; engine: Record<string, number> }> {
     const a = await this.request({ op: 'stats' });
-    return { stats: a.stats as Record<string, unknown>, engine: a.engine as Record<string, number> };
+    return {
+      stats: a.stats as Record<string, unknown>,
+      engine: a.engine as Record<string, number>,
+    };
   }
 
   /** Closes the connection; requests still waiting fail with KVTIER_CLOSED. */
@@ -230,7 +252,9 @@ export class EngineClient {
     try {
       frames = this.reader.push(chunk);
     } catch (e) {
-      this.fail(new KvtierError('KVTIER_PROTOCOL', `bad frame from the server: ${(e as Error).message}`));
+      this.fail(
+        new KvtierError('KVTIER_PROTOCOL', `bad frame from the server: ${(e as Error).message}`),
+      );
       this.socket.destroy();
       return;
     }

@@ -85,7 +85,10 @@ export class ChannelContext {
 
   async close(): Promise<void> {
     await this.staging.close();
-    await Promise.all([this.hostEngine?.close(), ...[...this.gpuEngines.values()].map((e) => e.close())]);
+    await Promise.all([
+      this.hostEngine?.close(),
+      ...[...this.gpuEngines.values()].map((e) => e.close()),
+    ]);
   }
 }
 

@@ -101,7 +101,9 @@ export function openGpuMemory(
 ): { memory: PoolMemory; absolute: KvLayoutSpec } {
   const tensors = tensorsOf(spec);
   if (tensors.length !== ipc.handles.length) {
-    bad(`the '${spec.form}' layout has ${tensors.length} tensors but ${ipc.handles.length} handles came`);
+    bad(
+      `the '${spec.form}' layout has ${tensors.length} tensors but ${ipc.handles.length} handles came`,
+    );
   }
   const eb = kvDtypeBytes[spec.dtype];
   tensors.forEach((t, i) => {

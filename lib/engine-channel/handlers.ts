@@ -33,7 +33,8 @@ function int(v: unknown, what: string, min: number, max = Number.MAX_SAFE_INTEGE
 }
 
 function name(v: unknown, what: string): string {
-  if (typeof v !== 'string' || v === '' || v.length > 256) bad(`${what} must be a non-empty string`);
+  if (typeof v !== 'string' || v === '' || v.length > 256)
+    bad(`${what} must be a non-empty string`);
   return v;
 }
 
@@ -69,7 +70,11 @@ function hello(ctx: ChannelContext, s: SessionState, h: Header): Answer {
     blockBytes: ctx.blockBytes,
     maxBatch: ctx.maxBatch,
     pid: process.pid,
-    tiers: stats.tiers.map((t) => ({ name: t.name, kind: t.kind, capacityBlocks: t.capacityBlocks })),
+    tiers: stats.tiers.map((t) => ({
+      name: t.name,
+      kind: t.kind,
+      capacityBlocks: t.capacityBlocks,
+    })),
   };
 }
 
@@ -127,7 +132,9 @@ function relativeForCheck(spec: KvLayoutSpec): KvLayoutSpec {
 
 function checkBlockBytes(ctx: ChannelContext, blockBytes: number): void {
   if (blockBytes !== ctx.blockBytes) {
-    bad(`the layout packs blocks of ${blockBytes} bytes but this server's blocks are ${ctx.blockBytes}`);
+    bad(
+      `the layout packs blocks of ${blockBytes} bytes but this server's blocks are ${ctx.blockBytes}`,
+    );
   }
 }
 
@@ -147,7 +154,12 @@ function lookup(ctx: ChannelContext, _s: SessionState, h: Header, payload: Buffe
   return { prefix: r.prefix, present: r.tiers.map((t) => t >= 0) };
 }
 
-async function save(ctx: ChannelContext, s: SessionState, h: Header, payload: Buffer): Promise<Answer> {
+async function save(
+  ctx: ChannelContext,
+  s: SessionState,
+  h: Header,
+  payload: Buffer,
+): Promise<Answer> {
   const pool = poolOf(s, h.pool);
   const n = Array.isArray(h.blocks) ? h.blocks.length : 0;
   const keys = keysIn(h, payload, n, ctx.maxBatch);
@@ -166,7 +178,12 @@ async function save(ctx: ChannelContext, s: SessionState, h: Header, payload: Bu
   return { status, stored, present, rejected: n - stored - present };
 }
 
-async function load(ctx: ChannelContext, s: SessionState, h: Header, payload: Buffer): Promise<Answer> {
+async function load(
+  ctx: ChannelContext,
+  s: SessionState,
+  h: Header,
+  payload: Buffer,
+): Promise<Answer> {
   const pool = poolOf(s, h.pool);
   const n = Array.isArray(h.blocks) ? h.blocks.length : 0;
   const keys = keysIn(h, payload, n, ctx.maxBatch);
@@ -198,7 +215,12 @@ function unpin(ctx: ChannelContext, s: SessionState, h: Header): Answer {
   return {};
 }
 
-async function evict(ctx: ChannelContext, _s: SessionState, h: Header, payload: Buffer): Promise<Answer> {
+async function evict(
+  ctx: ChannelContext,
+  _s: SessionState,
+  h: Header,
+  payload: Buffer,
+): Promise<Answer> {
   const n = int(h.n, 'n', 0);
   const keys = keysIn(h, payload, n, Number.MAX_SAFE_INTEGER);
   return { evicted: await ctx.warehouse.evict(keys) };

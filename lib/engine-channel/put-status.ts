@@ -7,7 +7,13 @@ import type { PutResult } from '../warehouse/warehouse.js';
 
 export type SaveStatus = 'stored' | 'present' | 'busy' | 'no-space' | 'io-error';
 
-const STATUSES: ReadonlySet<string> = new Set(['stored', 'present', 'busy', 'no-space', 'io-error']);
+const STATUSES: ReadonlySet<string> = new Set([
+  'stored',
+  'present',
+  'busy',
+  'no-space',
+  'io-error',
+]);
 
 /** The per-key statuses of a put of `n` keys, when the Warehouse gave them. */
 export function statusesOf(result: PutResult, n: number): SaveStatus[] | undefined {
@@ -19,6 +25,9 @@ export function statusesOf(result: PutResult, n: number): SaveStatus[] | undefin
 }
 
 /** Statuses from what was held before the put and after it. */
-export function statusesFromPresence(before: readonly boolean[], after: readonly boolean[]): SaveStatus[] {
+export function statusesFromPresence(
+  before: readonly boolean[],
+  after: readonly boolean[],
+): SaveStatus[] {
   return before.map((b, i) => (b ? 'present' : after[i] ? 'stored' : 'busy'));
 }

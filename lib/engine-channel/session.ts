@@ -80,7 +80,12 @@ export class Session {
     for (const f of frames) {
       const { op, id } = f.header;
       if (typeof op !== 'string' || typeof id !== 'number' || !Number.isSafeInteger(id) || id < 1) {
-        this.fatal(new KvtierError('KVTIER_BAD_ARGUMENT', 'a request needs a string op and a positive integer id'));
+        this.fatal(
+          new KvtierError(
+            'KVTIER_BAD_ARGUMENT',
+            'a request needs a string op and a positive integer id',
+          ),
+        );
         return;
       }
       void this.run(op, id, f);
@@ -98,7 +103,8 @@ export class Session {
     } catch (e) {
       this.ctx.counters.errors++;
       const code = isKvtierError(e) ? e.code : 'KVTIER_IO';
-      if (!isKvtierError(e)) this.ctx.log('engine-error', { pid: this.state.pid, op, error: String(e) });
+      if (!isKvtierError(e))
+        this.ctx.log('engine-error', { pid: this.state.pid, op, error: String(e) });
       this.send({ id, ok: false, code, message: (e as Error).message ?? String(e) });
     } finally {
       this.inFlight--;
