@@ -124,14 +124,14 @@ async function startServer(
   await new Promise<void>((resolve, reject) => {
     let out = '';
     let err = '';
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes('"listening"')) resolve();
     });
     child.once('exit', (code) => reject(new Error(`kvtier serve exited with ${code}: ${err}`)));
   });
-  child.stdout!.resume();
+  child.stdout.resume();
   return child;
 }
 

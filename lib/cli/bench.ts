@@ -241,7 +241,10 @@ async function engineCommand(opts: EngineCommandOptions): Promise<void> {
   const forms = opts.forms.split(',').map((f) => f.trim());
   for (const f of forms) {
     if (f !== 'block-major' && f !== 'kv-first') {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', `forms are block-major and kv-first, got '${f}'`);
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `forms are block-major and kv-first, got '${f}'`,
+      );
     }
   }
   const progress = progressLine();
@@ -398,7 +401,11 @@ export function registerBench(program: Command): void {
     .option('--batch <n>', 'blocks per call', String(ENGINE_DEFAULTS.batch))
     .option('--in-flight <n>', 'calls in flight at once', String(ENGINE_DEFAULTS.inFlight))
     .option('--reps <n>', 'repetitions; medians are reported', String(ENGINE_DEFAULTS.reps))
-    .option('--layers <n>', 'model layers (64 KiB of block per layer)', String(ENGINE_DEFAULTS.numLayers))
+    .option(
+      '--layers <n>',
+      'model layers (64 KiB of block per layer)',
+      String(ENGINE_DEFAULTS.numLayers),
+    )
     .option('--forms <list>', 'pool layouts: block-major, kv-first', 'block-major,kv-first')
     .option('--json', 'print the report as JSON on stdout')
     .action(engineCommand);

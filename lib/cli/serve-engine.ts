@@ -74,7 +74,11 @@ export async function serveEnginesOnly(
     blockBytes: options.blockBytes,
     maxBatch: channel.maxBatch,
     blocks: stats.blocks,
-    tiers: stats.tiers.map((t) => ({ name: t.name, kind: t.kind, capacityBlocks: t.capacityBlocks })),
+    tiers: stats.tiers.map((t) => ({
+      name: t.name,
+      kind: t.kind,
+      capacityBlocks: t.capacityBlocks,
+    })),
   });
   await new Promise<void>((done) => {
     let stopping = false;

@@ -143,7 +143,7 @@ export class EngineClient {
         for (const b of encodeFrame({ ...header, id }, payload)) this.socket.write(b);
       } catch (e) {
         this.waiting.delete(id);
-        reject(e as Error);
+        reject(e instanceof Error ? e : new Error(String(e)));
       }
     });
   }
@@ -262,7 +262,10 @@ export class EngineClient {
       const id = header.id as number;
       const error = header.ok
         ? undefined
-        : new KvtierError(codeOf(header.code), String(header.message ?? 'request failed'));
+        : new KvtierError(
+            codeOf(header.code),
+            typeof header.message === 'string' ? header.message : 'request failed',
+          );
       if (id === 0) {
         // The server refused the connection or a frame: everything waiting fails with its word.
         this.fail(error ?? new KvtierError('KVTIER_PROTOCOL', 'an answer with id 0'));

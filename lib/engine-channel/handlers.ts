@@ -63,7 +63,7 @@ function blocksOf(pool: Pool, v: unknown, n: number): number[] {
 
 function hello(ctx: ChannelContext, s: SessionState, h: Header): Answer {
   if (h.version !== 1) bad(`version must be 1, got ${JSON.stringify(h.version)}`);
-  if (h.name !== undefined) s.name = String(h.name).slice(0, 128);
+  if (typeof h.name === 'string') s.name = h.name.slice(0, 128);
   const stats = ctx.warehouse.stats();
   return {
     version: 1,
@@ -127,7 +127,7 @@ function register(ctx: ChannelContext, s: SessionState, h: Header): Answer {
 
 /** The block size only depends on the shape, so a copy with every offset 0 tells it. */
 function relativeForCheck(spec: KvLayoutSpec): KvLayoutSpec {
-  return { ...spec, form: 'stacked', tensor: { offset: 0 } } as KvLayoutSpec;
+  return { ...spec, form: 'stacked', tensor: { offset: 0 } };
 }
 
 function checkBlockBytes(ctx: ChannelContext, blockBytes: number): void {

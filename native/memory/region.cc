@@ -13,7 +13,8 @@ Napi::Function Region::Define(Napi::Env env) {
        InstanceAccessor<&Region::Pinned>("pinned"),
        InstanceAccessor<&Region::PinReason>("pinReason"),
        InstanceAccessor<&Region::ByteLength>("byteLength"),
-       InstanceAccessor<&Region::Closed>("closed"), InstanceAccessor<&Region::FileId>("fileId"), InstanceMethod<&Region::Close>("close")});
+       InstanceAccessor<&Region::Closed>("closed"), InstanceAccessor<&Region::FileId>("fileId"),
+       InstanceMethod<&Region::Close>("close")});
   InstanceData::Get(env).regionCtor = Napi::Persistent(ctor);
   return ctor;
 }

@@ -52,7 +52,7 @@ describe('engine channel: bad registrations', () => {
     pools.push(small);
     await expect(c.registerHostPool(small, layout.spec, 'small')).rejects.toMatchObject({
       code: K,
-      message: expect.stringMatching(/reaches byte/),
+      message: expect.stringMatching(/reaches byte/) as unknown,
     });
   });
 
@@ -66,7 +66,7 @@ describe('engine channel: bad registrations', () => {
     } as KvLayoutSpec;
     await expect(c.registerHostPool(q, spec, 'wide')).rejects.toMatchObject({
       code: K,
-      message: expect.stringMatching(/blocks of 1024 bytes/),
+      message: expect.stringMatching(/blocks of 1024 bytes/) as unknown,
     });
   });
 
@@ -76,7 +76,7 @@ describe('engine channel: bad registrations', () => {
     try {
       await expect(other.registerHostPool(p, layout.spec, 'kv')).rejects.toMatchObject({
         code: K,
-        message: expect.stringMatching(/already registered/),
+        message: expect.stringMatching(/already registered/) as unknown,
       });
       // Another descriptor of the same file is the same memory too.
       const fd = openSync(`/proc/self/fd/${p.fd}`, 'r+');
@@ -107,7 +107,10 @@ describe('engine channel: bad registrations', () => {
         memory: { kind: 'memfd', fd: n, bytes: layout.bytes },
         layout: layout.spec,
       });
-    await expect(reg(fd)).rejects.toMatchObject({ code: K, message: expect.stringMatching(/cannot be mapped/) });
+    await expect(reg(fd)).rejects.toMatchObject({
+      code: K,
+      message: expect.stringMatching(/cannot be mapped/) as unknown,
+    });
     // The connection itself: a socket, not a file.
     const sock = (c as unknown as { socket: { _handle: { fd: number } } }).socket._handle.fd;
     await expect(reg(sock)).rejects.toMatchObject({ code: K });
@@ -137,7 +140,7 @@ describe('engine channel: bad requests', () => {
     const before = blockBytesOf(p, layout.spec, 0);
     await expect(c.save('kv', k, [0, 8])).rejects.toMatchObject({
       code: K,
-      message: expect.stringMatching(/blocks\[1\]/),
+      message: expect.stringMatching(/blocks\[1\]/) as unknown,
     });
     expect((await c.lookup(k)).present).toEqual([false, false]);
     await expect(c.load('kv', k, [0, -1])).rejects.toMatchObject({ code: K });
@@ -148,7 +151,10 @@ describe('engine channel: bad requests', () => {
     const short = k.map((x) => x.subarray(0, 8));
     await expect(c.save('kv', short, [0, 1])).rejects.toMatchObject({ code: K });
     await expect(
-      c.request({ op: 'save', pool: 'kv', blocks: [0, 1], keyBytes: 32 }, keyPayload.subarray(0, 40)),
+      c.request(
+        { op: 'save', pool: 'kv', blocks: [0, 1], keyBytes: 32 },
+        keyPayload.subarray(0, 40),
+      ),
     ).rejects.toMatchObject({ code: K });
     await expect(c.save('kv', k, [0])).rejects.toMatchObject({ code: K });
     await expect(c.load('kv', k, [3, 3])).rejects.toMatchObject({ code: K });

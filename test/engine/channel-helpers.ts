@@ -11,7 +11,13 @@ import type { KvLayoutSpec } from '../../lib/layout/index.js';
 import { randomBytes } from '../helpers.js';
 import { startServe, writeToken, type ServeProcess } from '../peer/serve-process.js';
 
-export const SHAPE = { numLayers: 2, blockTokens: 4, kvHeads: 2, headDim: 8, dtype: 'fp16' } as const;
+export const SHAPE = {
+  numLayers: 2,
+  blockTokens: 4,
+  kvHeads: 2,
+  headDim: 8,
+  dtype: 'fp16',
+} as const;
 /** 2 layers × K,V × 4 tokens × 2 heads × 8 dims × 2 bytes. */
 export const BLOCK_BYTES = 512;
 /** Bytes of one (layer, K/V) slab of one engine block. */
@@ -47,7 +53,8 @@ export function blockMajor(numBlocks: number): { spec: KvLayoutSpec; bytes: numb
 /** The bytes of engine block `b` of a pool, in the pool's own order (copied out). */
 export function blockBytesOf(pool: HostPoolFile, spec: KvLayoutSpec, b: number): Buffer {
   const v = pool.view();
-  if (spec.form === 'stacked') return Buffer.from(v.subarray(b * BLOCK_BYTES, (b + 1) * BLOCK_BYTES));
+  if (spec.form === 'stacked')
+    return Buffer.from(v.subarray(b * BLOCK_BYTES, (b + 1) * BLOCK_BYTES));
   const numBlocks = spec.numBlocks;
   const parts: Buffer[] = [];
   for (let l = 0; l < 2; l++) {
@@ -67,9 +74,7 @@ export function randomPool(bytes: number): HostPoolFile {
 
 /** `n` distinct 32-byte keys. */
 export function keys(n: number, salt = String(Math.random())): Buffer[] {
-  return Array.from({ length: n }, (_, i) =>
-    createHash('sha256').update(`${salt}/${i}`).digest(),
-  );
+  return Array.from({ length: n }, (_, i) => createHash('sha256').update(`${salt}/${i}`).digest());
 }
 
 export async function startEngineServe(

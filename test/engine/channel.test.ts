@@ -158,7 +158,11 @@ describe('engine channel: failures', () => {
     const expected = [0, 1, 2, 3, 4, 5, 6, 7].map((i) => blockBytesOf(pa, spec, i));
     // Saves in flight, then the engine goes away without waiting for them.
     const late = Array.from({ length: 6 }, (_, r) =>
-      a.save('kv', keys(8, `late${r}`), [8, 9, 10, 11, 12, 13, 14, 15].map((i) => i + 8 * r)),
+      a.save(
+        'kv',
+        keys(8, `late${r}`),
+        [8, 9, 10, 11, 12, 13, 14, 15].map((i) => i + 8 * r),
+      ),
     );
     a.close();
     for (const s of late) await expect(s).rejects.toMatchObject({ code: 'KVTIER_CLOSED' });
@@ -191,17 +195,25 @@ describe('engine channel: failures', () => {
     const p = pool(bytes);
     await c.registerHostPool(p, spec, 'kv');
     const k = keys(32);
-    await c.save('kv', k, Array.from({ length: 32 }, (_, i) => i));
+    await c.save(
+      'kv',
+      k,
+      Array.from({ length: 32 }, (_, i) => i),
+    );
     const expected = Array.from({ length: 32 }, (_, i) => blockBytesOf(p, spec, i));
     const loads = Array.from({ length: 8 }, () =>
-      c.load('kv', k, Array.from({ length: 32 }, (_, i) => 32 + i)),
+      c.load(
+        'kv',
+        k,
+        Array.from({ length: 32 }, (_, i) => 32 + i),
+      ),
     );
     serve.child.kill('SIGKILL');
     const outcomes = await Promise.allSettled(loads);
     const failed = outcomes.filter((o) => o.status === 'rejected');
     expect(failed.length).toBeGreaterThan(0);
     for (const o of failed) {
-      const e = (o as PromiseRejectedResult).reason as unknown;
+      const e = o.reason as unknown;
       expect(isKvtierError(e, 'KVTIER_CLOSED'), String(e)).toBe(true);
     }
     // A load that did answer before the kill wrote checksummed bytes only.

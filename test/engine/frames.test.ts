@@ -1,7 +1,12 @@
 /** The engine channel's frame codec: frames split anywhere across chunks, and malformed ones. */
 import { describe, expect, it } from 'vitest';
 
-import { encodeFrame, FrameReader, keysOf, MAX_FRAME_BYTES } from '../../lib/engine-channel/frames.js';
+import {
+  encodeFrame,
+  FrameReader,
+  keysOf,
+  MAX_FRAME_BYTES,
+} from '../../lib/engine-channel/frames.js';
 import { isKvtierError } from '../../lib/errors.js';
 import { randomBytes } from '../helpers.js';
 
@@ -53,6 +58,8 @@ describe('engine channel frames', () => {
 
   it('cuts a payload into keys of the size given', () => {
     const k = randomBytes(3 * 20);
-    expect(keysOf(k, 3, 20)).toEqual([0, 1, 2].map((i) => k.subarray(i * 20, i * 20 + 20).toString('hex')));
+    expect(keysOf(k, 3, 20)).toEqual(
+      [0, 1, 2].map((i) => k.subarray(i * 20, i * 20 + 20).toString('hex')),
+    );
   });
 });
