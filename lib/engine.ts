@@ -128,8 +128,10 @@ export class TransferBatch {
     source: Target,
     runs: Float64Array,
     direction: 'a-to-b' | 'b-to-a',
+    options: ChecksumOption = {},
   ): this {
     const n = Math.floor(runs.length / 3);
+    const code = Op.Copy | (options.checksum ? CRC : 0);
     let endA = 0;
     let endB = 0;
     for (let i = 0; i < n; i++) {
@@ -151,7 +153,7 @@ export class TransferBatch {
     const [si, ti] = direction === 'a-to-b' ? [0, 1] : [1, 0];
     for (let i = 0; i < n; i++) {
       const at = (this.count + i) * STRIDE;
-      d[at] = Op.Copy;
+      d[at] = code;
       d[at + 1] = ts;
       d[at + 2] = tbase + runs[3 * i + ti]!;
       d[at + 3] = runs[3 * i + 2]!;

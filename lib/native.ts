@@ -51,6 +51,8 @@ export interface NativeRegion {
   readonly pinReason: string;
   readonly byteLength: number;
   readonly closed: boolean;
+  /** "<dev>:<inode>" of a shared file mapping; empty for allocated memory. */
+  readonly fileId: string;
   close(): void;
 }
 
@@ -220,10 +222,12 @@ export interface NativeAddon {
     lid?: number;
   };
   NativeRegion: new (
-    bytes: number,
+    bytes: number | { path: string; bytes: number },
     pin: 'auto' | 'on' | 'off',
     maxArrayBuffer: number,
   ) => NativeRegion;
+  /** getsockopt(SO_PEERCRED) on a connected Unix-domain socket's descriptor. */
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
   NativeFile: new (
     path: string,
     options: {

@@ -52,6 +52,23 @@ export class Region {
     );
   }
 
+  /**
+   * Maps the first `bytes` of a file shared (MAP_SHARED): writes are seen by every process that
+   * maps the same file, such as an engine's memfd reached through `/proc/<pid>/fd/<n>` or a file
+   * in /dev/shm. The mapping is undone when the region closes; the file stays its owner's.
+   */
+  static mapShared(path: string, bytes: number): Region {
+    if (typeof path !== 'string' || path === '') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'path must be a non-empty string');
+    }
+    return new Region(new (native().NativeRegion)({ path, bytes }, 'off', MAX_ARRAY_BUFFER));
+  }
+
+  /** Of a shared mapping: "<device>:<inode>" of the file, the same for every mapping of it. */
+  get fileId(): string | undefined {
+    return this.native.fileId === '' ? undefined : this.native.fileId;
+  }
+
   /** @internal The region a view or buffer lies in, if any, and where in it the buffer starts. */
   static owning(buffer: ArrayBufferLike): { region: Region; base: number } | undefined {
     return buffer instanceof ArrayBuffer ? regionOfBuffer.get(buffer) : undefined;

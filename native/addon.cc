@@ -11,6 +11,7 @@
 #include "io/slot_header_js.h"
 #include "keys.h"
 #include "memory/region.h"
+#include "net/peer_credentials.h"
 #include "net/tcp_transport.h"
 #include "net/verbs_link.h"
 #include "net/verbs_probe.h"
@@ -43,6 +44,8 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeGpuFileEngine", kvtier::GpuFileEngine::Define(env));
   exports.Set("NativeTcpTransport", kvtier::TcpTransport::Define(env));
   exports.Set("NativeVerbs", kvtier::VerbsLink::Define(env));
+  exports.Set("peerCredentials",
+              Napi::Function::New(env, kvtier::PeerCredentials, "peerCredentials"));
   exports.Set("verbsProbe", Napi::Function::New(env, kvtier::VerbsProbe, "verbsProbe"));
   return exports;
 }

@@ -17,6 +17,13 @@ import {
   warehouseBenchJson,
   type WarehouseBenchOptions,
 } from '../bench/warehouse-bench.js';
+import {
+  ENGINE_DEFAULTS,
+  engineBenchJson,
+  formatEngineBench,
+  runEngineBench,
+  type EngineBenchForm,
+} from '../bench/engine-bench.js';
 import { formatNetBench, NET_DEFAULTS, netBenchJson, runNetBench } from '../bench/net-bench.js';
 
 interface FileCommandOptions {
@@ -221,6 +228,40 @@ async function warehouseCommand(opts: WarehouseCommandOptions): Promise<void> {
   process.stdout.write(opts.json ? warehouseBenchJson(report) : formatWarehouseBench(report));
 }
 
+interface EngineCommandOptions {
+  blocks: string;
+  batch: string;
+  inFlight: string;
+  reps: string;
+  layers: string;
+  forms: string;
+  json?: boolean;
+}
+
+async function engineCommand(opts: EngineCommandOptions): Promise<void> {
+  const forms = opts.forms.split(',').map((f) => f.trim());
+  for (const f of forms) {
+    if (f !== 'block-major' && f !== 'kv-first') {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `forms are block-major and kv-first, got '${f}'`,
+      );
+    }
+  }
+  const progress = progressLine();
+  const report = await runEngineBench({
+    blocks: count(opts.blocks, 'blocks'),
+    batch: count(opts.batch, 'batch'),
+    inFlight: count(opts.inFlight, 'in-flight'),
+    reps: count(opts.reps, 'reps'),
+    numLayers: count(opts.layers, 'layers'),
+    forms: forms as EngineBenchForm[],
+    onProgress: (m) => progress.show(m),
+  });
+  progress.clear();
+  process.stdout.write(opts.json ? engineBenchJson(report) : formatEngineBench(report));
+}
+
 interface NetCommandOptions {
   peer?: string;
   tokenFile?: string;
@@ -351,6 +392,25 @@ export function registerBench(program: Command): void {
     .option('--no-lookup', 'skip the lookup section')
     .option('--json', 'print the report as JSON on stdout')
     .action(warehouseCommand);
+  bench
+    .command('engine')
+    .description(
+      'blocks saved and loaded through the engine channel of a kvtier serve child (a host pool ' +
+        'shared by descriptor) next to in-process Warehouse put and get of the same blocks; ' +
+        'alternating runs, medians and ratios',
+    )
+    .option('--blocks <n>', 'blocks per pass', String(ENGINE_DEFAULTS.blocks))
+    .option('--batch <n>', 'blocks per call', String(ENGINE_DEFAULTS.batch))
+    .option('--in-flight <n>', 'calls in flight at once', String(ENGINE_DEFAULTS.inFlight))
+    .option('--reps <n>', 'repetitions; medians are reported', String(ENGINE_DEFAULTS.reps))
+    .option(
+      '--layers <n>',
+      'model layers (64 KiB of block per layer)',
+      String(ENGINE_DEFAULTS.numLayers),
+    )
+    .option('--forms <list>', 'pool layouts: block-major, kv-first', 'block-major,kv-first')
+    .option('--json', 'print the report as JSON on stdout')
+    .action(engineCommand);
   bench
     .command('net')
     .description(

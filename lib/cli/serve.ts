@@ -9,12 +9,20 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 
 import { parseSize } from '../bench/stats.js';
+import type { EngineChannel } from '../engine-channel/server.js';
 import { KvtierError } from '../errors.js';
 import { readTokenFile } from '../peer/auth.js';
 import { parseAddress } from '../peer/protocol.js';
 import { PeerServer } from '../peer/server.js';
 import type { TransportOption } from '../peer/transports.js';
 import { Warehouse, type TierOptions } from '../warehouse/warehouse.js';
+import {
+  addEngineSocketOptions,
+  checkEngineSocketOptions,
+  serveEnginesOnly,
+  startEngineChannel,
+  type EngineSocketOptions,
+} from './serve-engine.js';
 import {
   addClusterOptions,
   checkClusterOptions,
@@ -23,13 +31,13 @@ import {
   type ServeClusterOptions,
 } from './serve-cluster.js';
 
-export interface ServeOptions extends ServeClusterOptions {
-  listen: string;
+export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions {
+  listen?: string;
   dir?: string;
   hostBytes?: string;
   fileBytes?: string;
   blockBytes: string;
-  tokenFile: string;
+  tokenFile?: string;
   transport?: string;
   maxConnections?: string;
   handshakeTimeout?: string;
@@ -51,8 +59,7 @@ function log(event: string, fields: Record<string, unknown> = {}): void {
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), event, ...fields })}\n`);
 }
 
-export async function serve(opts: ServeOptions): Promise<void> {
-  const { host, port } = parseAddress(opts.listen);
+function warehouseOptions(opts: ServeOptions): { blockBytes: number; tiers: TierOptions[] } {
   const blockBytes = parseSize(opts.blockBytes, 'block size');
   const tiers: TierOptions[] = [];
   if (opts.hostBytes !== undefined) {
@@ -71,6 +78,23 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (tiers.length === 0) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --host-bytes, --dir or both');
   }
+  return { blockBytes, tiers };
+}
+
+export async function serve(opts: ServeOptions): Promise<void> {
+  const engineSocket = checkEngineSocketOptions(opts);
+  if (opts.listen === undefined && !engineSocket) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --listen, --engine-socket or both');
+  }
+  if (opts.listen === undefined) {
+    await serveEnginesOnly(opts, warehouseOptions(opts), log);
+    return;
+  }
+  if (opts.tokenFile === undefined) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--listen needs --token-file');
+  }
+  const { host, port } = parseAddress(opts.listen);
+  const { blockBytes, tiers } = warehouseOptions(opts);
   const transport = (opts.transport ?? 'auto') as TransportOption;
   const maxConnections = opts.maxConnections === undefined ? 256 : Number(opts.maxConnections);
   if (!Number.isSafeInteger(maxConnections) || maxConnections < 1 || maxConnections > 65536) {
@@ -115,9 +139,12 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw e;
   }
   let cluster: JoinedCluster | undefined;
+  let engines: EngineChannel | undefined;
   try {
+    engines = await startEngineChannel(opts, warehouse, log);
     cluster = await joinFromServe(opts, warehouse, { host, port: server.port }, secret, log);
   } catch (e) {
+    await engines?.close();
     await server.close();
     await warehouse.close();
     throw e;
@@ -131,6 +158,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     blockBytes,
     durability,
     maxBatch: server.maxBatch,
+    ...(engines ? { engineSocket: engines.path } : {}),
     blocks: stats.blocks,
     tiers: stats.tiers.map((t) => ({
       name: t.name,
@@ -146,6 +174,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       log('stopping', { signal, connections: server.connections });
       void (async () => {
         await cluster?.close();
+        await engines?.close();
         await server.close();
         const blocks = warehouse.stats().blocks;
         await warehouse.close();
@@ -162,12 +191,12 @@ export function registerServe(program: Command): void {
   program
     .command('serve')
     .description('run a warehouse node that peers put blocks into and get blocks from')
-    .requiredOption('--listen <host:port>', 'address to listen on (port 0 picks a free one)')
+    .option('--listen <host:port>', 'address to listen on (port 0 picks a free one)')
     .option('--dir <dir>', 'file tier directory (kept across restarts)')
     .option('--host-bytes <size>', 'host memory tier capacity, e.g. 1GiB')
     .option('--file-bytes <size>', 'file tier capacity, e.g. 64GiB')
     .requiredOption('--block-bytes <size>', 'bytes per block, e.g. 1MiB')
-    .requiredOption('--token-file <file>', 'file holding the shared secret (at least 16 bytes)')
+    .option('--token-file <file>', 'file holding the shared secret (at least 16 bytes)')
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
     .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')
@@ -186,4 +215,5 @@ export function registerServe(program: Command): void {
       await serve(opts);
     });
   addClusterOptions(program.commands.find((c) => c.name() === 'serve')!);
+  addEngineSocketOptions(program.commands.find((c) => c.name() === 'serve')!);
 }

@@ -17,6 +17,16 @@ export interface KvCopyOptions extends KvPlanOptions {
   signal?: AbortSignal;
 }
 
+export interface AppendOptions {
+  /** Byte offset of the first packed block in the packed buffer (default 0). */
+  packedOffset?: number;
+  /**
+   * Also compute the CRC-32C of each copy's destination on the engine thread, right after it
+   * lands (BatchResult.checksums, one per descriptor, in packed order).
+   */
+  checksum?: boolean;
+}
+
 export interface KvCopyResult {
   /** Copy descriptors submitted (segments after coalescing). */
   descriptors: number;
@@ -106,6 +116,7 @@ function append(
   packed: Target,
   packedOffset: number,
   direction: 'gather' | 'scatter',
+  checksum = false,
 ): KvCopyResult {
   check(plan, pool, blocks, packed, packedOffset);
   if (direction === 'scatter' && new Set(blocks).size !== blocks.length) {
@@ -118,6 +129,7 @@ function append(
     direction === 'gather' ? pool : packed,
     triples,
     direction === 'gather' ? 'a-to-b' : 'b-to-a',
+    { checksum },
   );
   let bytes = 0;
   for (let at = 2; at < triples.length; at += KV_SEGMENT_STRIDE) bytes += triples[at]!;
@@ -135,10 +147,11 @@ export function appendGather(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvPlanOptions & { packedOffset?: number } = {},
+  options: KvPlanOptions & AppendOptions = {},
 ): KvCopyResult {
   const plan = planOf(layoutOrPlan, options);
-  return append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, 'gather');
+  const at = options.packedOffset ?? 0;
+  return append(batch, plan, pool, blocks, packed, at, 'gather', options.checksum);
 }
 
 /** Adds to `batch` the copies that scatter packed kvtier blocks back into engine blocks. */
@@ -148,10 +161,11 @@ export function appendScatter(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvPlanOptions & { packedOffset?: number } = {},
+  options: KvPlanOptions & AppendOptions = {},
 ): KvCopyResult {
   const plan = planOf(layoutOrPlan, options);
-  return append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, 'scatter');
+  const at = options.packedOffset ?? 0;
+  return append(batch, plan, pool, blocks, packed, at, 'scatter', options.checksum);
 }
 
 async function run(

@@ -13,14 +13,33 @@ Napi::Function Region::Define(Napi::Env env) {
        InstanceAccessor<&Region::Pinned>("pinned"),
        InstanceAccessor<&Region::PinReason>("pinReason"),
        InstanceAccessor<&Region::ByteLength>("byteLength"),
-       InstanceAccessor<&Region::Closed>("closed"), InstanceMethod<&Region::Close>("close")});
+       InstanceAccessor<&Region::Closed>("closed"), InstanceAccessor<&Region::FileId>("fileId"),
+       InstanceMethod<&Region::Close>("close")});
   InstanceData::Get(env).regionCtor = Napi::Persistent(ctor);
   return ctor;
 }
 
 // new NativeRegion(bytes, pin: 'auto' | 'on' | 'off', maxArrayBuffer)
+// new NativeRegion({ path, bytes }, 'off', maxArrayBuffer): a shared mapping of a file
 Region::Region(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Region>(info) {
   Napi::Env env = info.Env();
+  if (info[0].IsObject()) {
+    Napi::Object opts = info[0].As<Napi::Object>();
+    std::string path = StringOption(opts, "path", "");
+    if (path.empty()) Throw(env, kBadArgument, "a shared mapping needs a path");
+    uint64_t bytes = ByteCountArg(env, opts.Get("bytes"), "mapping size");
+    maxArrayBuffer_ = info[2].IsNumber() ? ByteCountArg(env, info[2], "maxArrayBuffer") : 0;
+    std::string error;
+    int errnum = 0;
+    memory_ = RegionMemory::MapShared(path, bytes, &error, &errnum, &fileId_);
+    if (!memory_) {
+      if (errnum == 0) Throw(env, kBadArgument, error);
+      Throw(env, CodeForErrno(errnum), error, errnum, "mmap");
+    }
+    InstanceData::Get(env).regionMemory[memory_->data()] = memory_;
+    size_ = memory_->size();
+    return;
+  }
   uint64_t bytes = ByteCountArg(env, info[0], "region size");
   if (bytes == 0) Throw(env, kBadArgument, "region size must be at least 1 byte");
   std::string pinText = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "auto";
@@ -100,6 +119,10 @@ Napi::Value Region::ByteLength(const Napi::CallbackInfo& info) {
 
 Napi::Value Region::Closed(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), closed());
+}
+
+Napi::Value Region::FileId(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), fileId_);
 }
 
 Napi::Value Region::Close(const Napi::CallbackInfo& info) {

@@ -30,6 +30,7 @@ class Region : public Napi::ObjectWrap<Region> {
   Napi::Value PinReason(const Napi::CallbackInfo& info);
   Napi::Value ByteLength(const Napi::CallbackInfo& info);
   Napi::Value Closed(const Napi::CallbackInfo& info);
+  Napi::Value FileId(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   void Forget();
@@ -47,6 +48,8 @@ class Region : public Napi::ObjectWrap<Region> {
   size_t size_ = 0;
   bool pinned_ = false;
   std::string pinReason_;
+  // "<dev>:<inode>" of a shared file mapping; empty for allocated memory.
+  std::string fileId_;
 };
 
 }  // namespace kvtier

@@ -1,6 +1,9 @@
 #include "region_memory.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -64,6 +67,68 @@ std::shared_ptr<RegionMemory> RegionMemory::Allocate(size_t bytes, PinMode pin, 
     return nullptr;
   }
   return mem;
+}
+
+namespace {
+
+// Closes a file descriptor when it goes out of scope.
+class FdGuard {
+ public:
+  explicit FdGuard(int fd) : fd_(fd) {}
+  ~FdGuard() {
+    if (fd_ >= 0) (void)::close(fd_);  // a close error on a read-only use loses nothing
+  }
+  FdGuard(const FdGuard&) = delete;
+  FdGuard& operator=(const FdGuard&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+std::shared_ptr<RegionMemory> RegionMemory::MapShared(const std::string& path, size_t bytes,
+                                                      std::string* error, int* errnum,
+                                                      std::string* fileId) {
+  *errnum = 0;
+  if (bytes == 0) {
+    *error = "a shared mapping needs at least 1 byte";
+    return nullptr;
+  }
+  FdGuard fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  if (fd.get() < 0) {
+    *errnum = errno;
+    *error = "cannot open " + path + ": " + std::strerror(errno);
+    return nullptr;
+  }
+  struct stat st {};
+  if (fstat(fd.get(), &st) != 0) {
+    *errnum = errno;
+    *error = "cannot stat " + path + ": " + std::strerror(errno);
+    return nullptr;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    *error = path + " is not a memfd or a regular file";
+    return nullptr;
+  }
+  if (static_cast<uint64_t>(st.st_size) < bytes) {
+    *error = path + " holds " + std::to_string(st.st_size) + " bytes, fewer than the " +
+             std::to_string(bytes) + " asked for";
+    return nullptr;
+  }
+  // A memfd made with MFD_ALLOW_SEALING is sealed against shrinking, so its owner cannot turn
+  // our mapping into SIGBUS; other files (and unsealable memfds) refuse, which is allowed.
+  (void)fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK);
+  void* raw = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (raw == MAP_FAILED) {
+    *errnum = errno;
+    *error = "mmap of " + path + " failed: " + std::strerror(errno);
+    return nullptr;
+  }
+  *fileId = std::to_string(static_cast<uint64_t>(st.st_dev)) + ":" +
+            std::to_string(static_cast<uint64_t>(st.st_ino));
+  return std::shared_ptr<RegionMemory>(new RegionMemory(static_cast<uint8_t*>(raw), bytes, bytes));
 }
 
 RegionMemory::~RegionMemory() {

@@ -16,6 +16,14 @@ class RegionMemory {
   // (including kOn when no CUDA device can pin it).
   static std::shared_ptr<RegionMemory> Allocate(size_t bytes, PinMode pin, std::string* error,
                                                 bool* notAvailable);
+  // Maps `bytes` of the file at `path` shared (MAP_SHARED, read and write): another process's
+  // memfd or shared-memory file reached through /proc/<pid>/fd/<n>. The file descriptor is closed
+  // once mapped; the mapping keeps the memory. Returns nullptr and sets *error and *errnum (0 for
+  // a bad argument) on failure. *fileId names the file ("<dev>:<inode>") so a second mapping of
+  // the same memory can be told.
+  static std::shared_ptr<RegionMemory> MapShared(const std::string& path, size_t bytes,
+                                                 std::string* error, int* errnum,
+                                                 std::string* fileId);
   ~RegionMemory();
   RegionMemory(const RegionMemory&) = delete;
   RegionMemory& operator=(const RegionMemory&) = delete;
