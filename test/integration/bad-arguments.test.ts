@@ -1,0 +1,364 @@
+/**
+ * Throws arbitrary values at every public function and option: each failure must be a KvtierError
+ * with a documented code (never a bare TypeError), and the store must still return the right
+ * bytes afterwards.
+ */
+import { join } from 'node:path';
+import { inspect } from 'node:util';
+
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  chainKeys,
+  connect,
+  createEngine,
+  describeKvLayout,
+  ErrorCodes,
+  KeyChain,
+  KvFile,
+  KvtierError,
+  namespaceRoot,
+  openFile,
+  Region,
+  toKey,
+  TransferBatch,
+  Warehouse,
+  type IoEngine,
+} from '../../lib/index.js';
+import { blocksFor } from '../blocks.js';
+import { tempDir } from '../helpers.js';
+
+const BS = 4096;
+const KNOWN = 8;
+const RUNS = Number(process.env.KVTIER_FUZZ_RUNS ?? 200);
+
+const dir = tempDir('kvtier-badarg-');
+let wh: Warehouse;
+let engine: IoEngine;
+let file: KvFile;
+let region: Region;
+let keys: string[];
+let src: Buffer;
+
+beforeAll(async () => {
+  wh = await Warehouse.open({
+    blockBytes: BS,
+    tiers: [
+      { kind: 'host', bytes: 4 * BS },
+      { kind: 'file', dir: join(dir.path, 'wh'), bytes: 256 * BS },
+    ],
+  });
+  keys = chainKeys(
+    Uint32Array.from({ length: KNOWN * 4 }, (_, i) => i),
+    {
+      blockTokens: 4,
+      namespace: 'bad-arguments',
+    },
+  ).keys();
+  src = blocksFor(keys, BS);
+  expect(await wh.put(keys, src)).toMatchObject({ stored: KNOWN });
+  engine = createEngine({ kind: 'threads', queueDepth: 4 });
+  file = await openFile(join(dir.path, 'scratch'), { create: true, direct: 'auto', size: 4 * BS });
+  region = Region.allocate(4 * BS, { pin: false });
+});
+
+afterAll(async () => {
+  await wh?.close();
+  await engine?.close();
+  await file?.close();
+  await region?.close();
+  dir.remove();
+});
+
+function throwingProxy(target: object): object {
+  const trap = (): never => {
+    throw new Error('hostile trap');
+  };
+  return new Proxy(target, {
+    get: trap,
+    has: trap,
+    ownKeys: trap,
+    getPrototypeOf: trap,
+    getOwnPropertyDescriptor: trap,
+  });
+}
+
+function revokedProxy(): object {
+  const { proxy, revoke } = Proxy.revocable({}, {});
+  revoke();
+  return proxy;
+}
+
+/**
+ * Stands for a proxy, which the property makes only when it runs: fast-check itself inspects the
+ * values it generates, and a hostile proxy would throw at fast-check.
+ */
+class ProxyOf {
+  constructor(
+    readonly what: string,
+    readonly make: () => object,
+  ) {}
+  toString(): string {
+    return `proxy (${this.what})`;
+  }
+}
+
+/** An object shaped like a KvFile that is not one. */
+const fakeFile = { path: '/tmp/x', native: {}, inFlight: {}, assertOpen() {} };
+
+const targeted = fc.constantFrom<unknown>(
+  null,
+  undefined,
+  NaN,
+  -1,
+  -0,
+  0.5,
+  2 ** 53,
+  -(2 ** 53),
+  1e300,
+  Infinity,
+  -Infinity,
+  Symbol('hostile'),
+  10n,
+  -1n,
+  '',
+  'x',
+  '0'.repeat(64),
+  true,
+  false,
+  {},
+  [],
+  [null],
+  [Symbol('k')],
+  () => 1,
+  new Uint8Array(3),
+  new ArrayBuffer(2),
+  new Date(0),
+  Object.create(null),
+  fakeFile,
+);
+
+/**
+ * Anything, including the shapes that used to escape as TypeErrors. Numbers in (1 MiB, 2^53] are
+ * left out: valid as sizes, they would only allocate memory.
+ */
+const hostile: fc.Arbitrary<unknown> = fc
+  .oneof(
+    { arbitrary: targeted, weight: 3 },
+    {
+      arbitrary: fc.anything({
+        withBigInt: true,
+        withNullPrototype: true,
+        withTypedArray: true,
+        withSparseArray: true,
+        withBoxedValues: true,
+        withDate: true,
+        withMap: true,
+        withSet: true,
+      }),
+      weight: 3,
+    },
+    {
+      arbitrary: fc.constantFrom(
+        new ProxyOf('throwing object', () => throwingProxy({})),
+        new ProxyOf('throwing array', () => throwingProxy([])),
+        new ProxyOf('revoked', revokedProxy),
+      ),
+      weight: 2,
+    },
+  )
+  .filter((v) => !(typeof v === 'number' && v > 2 ** 20 && v <= 2 ** 53));
+
+/** Closes whatever a call that happened to succeed opened. */
+async function dispose(v: unknown): Promise<void> {
+  if (v instanceof Warehouse || v instanceof KvFile || v instanceof Region) await v.close();
+  else if (v && typeof v === 'object' && 'close' in v && typeof v.close === 'function') {
+    await (v as { close(): unknown }).close();
+  }
+}
+
+type Case = (v: unknown) => unknown;
+const any = (v: unknown): never => v as never;
+
+function cases(): Record<string, Case> {
+  const dst = (): Region => region;
+  const some = (): string[] => keys.slice(0, 2);
+  return {
+    'Warehouse.open(v)': (v) => Warehouse.open(any(v)),
+    'Warehouse.open({blockBytes: v})': (v) =>
+      Warehouse.open({ blockBytes: any(v), tiers: [{ kind: 'host', bytes: 4 * BS }] }),
+    'Warehouse.open({tiers: v})': (v) => Warehouse.open({ blockBytes: BS, tiers: any(v) }),
+    'Warehouse.open({tiers: [v]})': (v) => Warehouse.open({ blockBytes: BS, tiers: [any(v)] }),
+    'Warehouse.open({tiers: [{bytes: v}]})': (v) =>
+      Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'host', bytes: any(v) }] }),
+    'Warehouse.open({tiers: [{dir: v}]})': (v) =>
+      Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'file', dir: inTemp(v), bytes: 4 * BS }] }),
+    'Warehouse.open({now, policy, ...: v})': (v) =>
+      Warehouse.open({
+        blockBytes: BS,
+        tiers: [{ kind: 'host', bytes: 4 * BS }],
+        ...pick(v, [
+          'now',
+          'policy',
+          'durability',
+          'writeThrough',
+          'promote',
+          'engine',
+          'prefetchBytes',
+        ]),
+      }),
+    'put(v, src)': (v) => wh.put(any(v), src),
+    'put(keys, v)': (v) => wh.put(some(), any(v)),
+    'put(keys, src, v)': (v) => wh.put(some(), src, any(v)),
+    'put(keys, src, {priority, writeThrough: v})': (v) =>
+      wh.put(some(), src, pick(v, ['priority', 'writeThrough'])),
+    'get(v, dst)': (v) => wh.get(any(v), dst()),
+    'get(keys, v)': (v) => wh.get(some(), any(v)),
+    'get(keys, dst, v)': (v) => wh.get(some(), dst(), any(v)),
+    'get(keys, dst, {signal, promote, remote: v})': (v) =>
+      wh.get(some(), dst(), pick(v, ['signal', 'promote', 'remote'])),
+    'lookup(v)': (v) => wh.lookup(any(v)),
+    'prefetch(v)': (v) => wh.prefetch(any(v)),
+    'prefetch(keys, v)': (v) => wh.prefetch(some(), any(v)),
+    'prefetch(keys, {to, priority, signal, deadline: v})': (v) =>
+      wh.prefetch(some(), pick(v, ['to', 'priority', 'signal', 'deadline'])),
+    'pin(v)': (v) => wh.pin(any(v), { ttlMs: 1000 }),
+    'pin(keys, v)': (v) => wh.pin(some(), any(v)),
+    'pin(keys, {ttlMs: v})': (v) => wh.pin(some(), { ttlMs: any(v) }),
+    'unpin(v)': (v) => wh.unpin(any(v)),
+    'evict(v)': (v) => wh.evict(any(v)),
+    'watch(v)': (v) => wh.watch(any(v)),
+    'createEngine(v)': (v) => createEngine(any(v)),
+    'createEngine({kind, queueDepth, threads: v})': (v) =>
+      createEngine(pick(v, ['kind', 'queueDepth', 'threads'])),
+    'engine.submit(v)': (v) => engine.submit(any(v)),
+    'engine.submit(batch, v)': (v) => engine.submit(new TransferBatch(), any(v)),
+    'engine.read(v, ...)': (v) => engine.read(any(v), 0, region),
+    'engine.write(file, v, ...)': (v) => engine.write(file, any(v), new Uint8Array(BS)),
+    'engine.sync(v)': (v) => engine.sync(any(v)),
+    'batch.read(v, ...)': (v) => new TransferBatch().read(any(v), 0, region),
+    'batch.read(file, v, ...)': (v) =>
+      engine.submit(new TransferBatch().read(file, any(v), region)),
+    'batch.read(file, 0, v)': (v) => new TransferBatch().read(file, 0, any(v)),
+    'batch.read(file, 0, target, v, v)': (v) =>
+      engine.submit(new TransferBatch().read(file, 0, region, any(v), any(v))),
+    'batch.read(file, 0, target, 0, BS, v)': (v) =>
+      new TransferBatch().read(file, 0, region, 0, BS, any(v)),
+    'batch.write(file, 0, v)': (v) => new TransferBatch().write(file, 0, any(v)),
+    'batch.copy(v, ...)': (v) => new TransferBatch().copy(any(v), 0, region, 0, 16),
+    'batch.copy(target, 0, source, 0, v)': (v) =>
+      engine.submit(new TransferBatch().copy(region, 0, new Uint8Array(64), 0, any(v))),
+    'batch.checksum(target, v, v)': (v) =>
+      engine.submit(new TransferBatch().checksum(region, any(v), any(v))),
+    'batch.sync(v)': (v) => new TransferBatch().sync(any(v)),
+    'openFile(v)': (v) => openFile(any(v)),
+    'openFile(path, v)': (v) => openFile(join(dir.path, 'opened'), any(v)),
+    'openFile(path, {create, truncate, readOnly, direct, size: v})': (v) =>
+      openFile(join(dir.path, 'opened'), {
+        create: true,
+        ...pick(v, ['create', 'truncate', 'readOnly', 'direct', 'size']),
+      }),
+    'chainKeys(v, options)': (v) => chainKeys(any(v), { blockTokens: 4 }),
+    'chainKeys(tokens, v)': (v) => chainKeys([1, 2, 3, 4], any(v)),
+    'chainKeys(tokens, {blockTokens, namespace, parent: v})': (v) =>
+      chainKeys([1, 2, 3, 4], {
+        blockTokens: 4,
+        ...pick(v, ['blockTokens', 'namespace', 'parent']),
+      }),
+    'namespaceRoot(v)': (v) => namespaceRoot(any(v)),
+    'toKey(v)': (v) => toKey(any(v)),
+    'new KeyChain(v)': (v) => new KeyChain(any(v)),
+    'Region.allocate(v)': (v) => Region.allocate(any(v)),
+    'Region.allocate(n, v)': (v) => Region.allocate(BS, any(v)),
+    'region.view(v, v)': (v) => region.view(any(v), any(v)),
+    'region.view(0, v)': (v) => region.view(0, any(v)),
+    'connect(v)': (v) => connect(any(v), { token: 'x'.repeat(32) }),
+    'connect(url, v)': (v) => connect('127.0.0.1:1', any(v)),
+    'connect(url, {token, tokenFile, transport, timeoutMs, ...: v})': (v) =>
+      connect('127.0.0.1:1', {
+        token: 'x'.repeat(32),
+        ...pick(v, [
+          'token',
+          'tokenFile',
+          'transport',
+          'timeoutMs',
+          'connectTimeoutMs',
+          'reconnect',
+          'blockBytes',
+        ]),
+      }),
+    'describeKvLayout(v)': (v) => describeKvLayout(any(v)),
+    'describeKvLayout({fields: v})': (v) =>
+      describeKvLayout({
+        numLayers: 2,
+        numBlocks: 4,
+        blockTokens: 4,
+        kvHeads: 2,
+        headDim: 8,
+        dtype: 'fp16',
+        form: 'kv-first',
+        layers: [{ offset: 0 }, { offset: 4096 }],
+        ...pick(v, [
+          'numLayers',
+          'numBlocks',
+          'blockTokens',
+          'kvHeads',
+          'headDim',
+          'dtype',
+          'form',
+          'layers',
+        ]),
+      } as never),
+  };
+}
+
+/** A string stays inside the test's directory (a file tier creates its directory). */
+function inTemp(v: unknown): never {
+  return (typeof v === 'string' ? join(dir.path, 'd', v.replace(/\.\./g, '_')) : v) as never;
+}
+
+/** The hostile value as one of `fields` (which field depends on the value), or as all of them. */
+function pick(v: unknown, fields: readonly string[]): Record<string, never> {
+  const out: Record<string, unknown> = {};
+  const at = typeof v === 'number' && Number.isFinite(v) ? Math.abs(Math.trunc(v)) : fields.length;
+  if (at < fields.length) out[fields[at]!] = v;
+  else for (const f of fields) out[f] = v;
+  return out as Record<string, never>;
+}
+
+const documented = new Set<string>(ErrorCodes);
+
+async function failure(call: () => unknown): Promise<unknown> {
+  try {
+    await dispose(await call());
+    return undefined;
+  } catch (e) {
+    return e ?? new Error('threw a nullish value');
+  }
+}
+
+describe('bad arguments at the public boundary', () => {
+  for (const [name, call] of Object.entries(cases())) {
+    it(`${name}: every failure is a KvtierError with a documented code`, async () => {
+      await fc.assert(
+        fc.asyncProperty(hostile, async (given) => {
+          const v = given instanceof ProxyOf ? given.make() : given;
+          const e = await failure(() => call(v));
+          if (e === undefined) return;
+          expect(e, `${name} threw ${inspect(e)}`).toBeInstanceOf(KvtierError);
+          expect(documented.has((e as KvtierError).code), (e as KvtierError).code).toBe(true);
+        }),
+        { numRuns: RUNS },
+      );
+    });
+  }
+
+  it('the store still returns the right bytes after the hammering', async () => {
+    const dst = Buffer.alloc(KNOWN * BS);
+    const got = await wh.get(keys, dst);
+    expect(got.found).toEqual(keys.map(() => true));
+    expect(Buffer.compare(dst, src)).toBe(0);
+    expect(wh.lookup(keys).prefix).toBe(KNOWN);
+  });
+});
