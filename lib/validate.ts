@@ -55,9 +55,10 @@ export function guard<T>(name: string, read: () => T): T {
 }
 
 /**
- * An options argument: undefined is `{}`; anything else must be an object. Reads each of
- * `fields` once (own or inherited) into a fresh plain object; fields that are undefined are left
- * out.
+ * An options argument: undefined is `{}`; anything else must be an object. Returns a fresh plain
+ * object: the caller's own fields copied, and each of `fields` read once (own or inherited), so
+ * the checks that follow see what the code after them uses. Fields that are undefined are left
+ * out; fields not named are kept as they are (an option added later is not dropped).
  */
 export function options<T extends object>(
   value: unknown,
@@ -66,10 +67,11 @@ export function options<T extends object>(
 ): Partial<T> {
   if (value === undefined) return {};
   if (value === null || typeof value !== 'object') throw badArgument(name, 'an object', value);
-  const out: Record<string, unknown> = {};
+  const out: Record<string, unknown> = guard(name, () => ({ ...value }));
   for (const field of fields) {
     const v = guard(`${name}.${field}`, () => (value as Record<string, unknown>)[field]);
     if (v !== undefined) out[field] = v;
+    else delete out[field];
   }
   return out as Partial<T>;
 }

@@ -4,12 +4,20 @@
  * memory threads the pool is host memory; with a GPU copy engine it is a DeviceRegion (an engine's
  * imported KV pool) and the packed blocks are pinned host memory or GPU memory.
  */
-import { type IoEngine, type Target, TransferBatch } from '../engine.js';
+import { checkTarget, IoEngine, type Target, TransferBatch } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { Region } from '../region.js';
 import { KV_SEGMENT_STRIDE, KvCopyPlan, type KvPlanOptions, planKvCopy } from './copy-plan.js';
 import type { KvLayout } from './kv-layout.js';
+import {
+  badArgument,
+  guard,
+  instance,
+  oneOf,
+  options as readOptions,
+  signal as checkSignal,
+} from '../validate.js';
 
 export interface KvCopyOptions extends KvPlanOptions {
   /** Byte offset of the first packed block in the packed buffer (default 0). */
@@ -32,14 +40,15 @@ function planOf(layoutOrPlan: KvLayout | KvCopyPlan, options: KvPlanOptions): Kv
   if (typeof layoutOrPlan !== 'object' || layoutOrPlan === null) {
     bad('expected a layout from describeKvLayout() or a plan from planKvCopy()');
   }
-  if (layoutOrPlan instanceof KvCopyPlan) {
-    const plan = layoutOrPlan;
+  if (options.packing !== undefined) oneOf(options.packing, 'packing', ['NHD', 'HND'] as const);
+  if (guard('layout', () => layoutOrPlan instanceof KvCopyPlan)) {
+    const plan = layoutOrPlan as KvCopyPlan;
     if (options.packing !== undefined && options.packing !== plan.packing) {
       bad(`the plan packs '${plan.packing}', not '${options.packing}'`);
     }
     return plan;
   }
-  return planKvCopy(layoutOrPlan, options);
+  return planKvCopy(layoutOrPlan as KvLayout, options);
 }
 
 /** The memory a target lies in (to tell overlaps) and where in it the target starts. */
@@ -80,7 +89,7 @@ function check(
     bad(`the pool has ${p.length} bytes but the layout reaches byte ${plan.layout.extent}`);
   }
   if (!Number.isSafeInteger(packedOffset) || packedOffset < 0) {
-    bad(`packed offset must be a non-negative integer, got ${packedOffset}`);
+    throw badArgument('packed offset', 'a non-negative integer', packedOffset);
   }
   const need = packedOffset + blocks.length * plan.blockBytes;
   if (need > k.length) {
@@ -135,10 +144,12 @@ export function appendGather(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvPlanOptions & { packedOffset?: number } = {},
+  given: KvPlanOptions & { packedOffset?: number } = {},
 ): KvCopyResult {
+  instance(batch, 'batch', TransferBatch, 'a TransferBatch');
+  const { blocks: list, options } = copyArgs(pool, blocks, packed, given);
   const plan = planOf(layoutOrPlan, options);
-  return append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, 'gather');
+  return append(batch, plan, pool, list, packed, options.packedOffset ?? 0, 'gather');
 }
 
 /** Adds to `batch` the copies that scatter packed kvtier blocks back into engine blocks. */
@@ -148,10 +159,31 @@ export function appendScatter(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvPlanOptions & { packedOffset?: number } = {},
+  given: KvPlanOptions & { packedOffset?: number } = {},
 ): KvCopyResult {
+  instance(batch, 'batch', TransferBatch, 'a TransferBatch');
+  const { blocks: list, options } = copyArgs(pool, blocks, packed, given);
   const plan = planOf(layoutOrPlan, options);
-  return append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, 'scatter');
+  return append(batch, plan, pool, list, packed, options.packedOffset ?? 0, 'scatter');
+}
+
+/** The caller's arguments, checked and read once: pool, blocks, packed buffer and options. */
+function copyArgs(
+  pool: unknown,
+  blocks: unknown,
+  packed: unknown,
+  options: unknown,
+): { blocks: number[]; options: KvCopyOptions } {
+  checkTarget(pool, 'pool');
+  checkTarget(packed, 'packed');
+  if (!guard('blocks', () => Array.isArray(blocks))) {
+    throw badArgument('blocks', 'an array of block indices', blocks);
+  }
+  // The plan checks each index; a copy cannot change under it (or throw from a proxy there).
+  const list = guard('blocks', () => Array.from(blocks as readonly number[]));
+  const o = readOptions<KvCopyOptions>(options, 'options', ['packing', 'packedOffset', 'signal']);
+  checkSignal(o.signal, 'options.signal');
+  return { blocks: list, options: o };
 }
 
 async function run(
@@ -160,12 +192,14 @@ async function run(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvCopyOptions,
+  given: KvCopyOptions,
   direction: 'gather' | 'scatter',
 ): Promise<KvCopyResult> {
+  instance(engine, 'engine', IoEngine, 'an engine (createEngine() or createCopyEngine())');
+  const { blocks: list, options } = copyArgs(pool, blocks, packed, given);
   const plan = planOf(layoutOrPlan, options);
   const batch = new TransferBatch();
-  const result = append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, direction);
+  const result = append(batch, plan, pool, list, packed, options.packedOffset ?? 0, direction);
   if (batch.length === 0) return result;
   const submitted = await engine.submit(
     batch,

@@ -113,7 +113,13 @@ function nonNegative(value: unknown, name: string): number {
 
 /** The bytes of one kvtier block for these sizes. */
 export function kvBlockBytes(shape: KvShape): number {
-  const bytes = kvDtypeBytes[shape.dtype];
+  if (typeof shape !== 'object' || shape === null) bad('expected a shape object');
+  return guard('KV shape', () => blockBytesOf(shape));
+}
+
+function blockBytesOf(shape: KvShape): number {
+  // Own keys only: 'constructor' or 'toString' are not dtypes.
+  const bytes = Object.hasOwn(kvDtypeBytes, shape.dtype) ? kvDtypeBytes[shape.dtype] : undefined;
   if (bytes === undefined) bad(`unknown dtype ${describe(shape.dtype)}`);
   return (
     2 *

@@ -10,8 +10,22 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
+  appendGather,
+  appendScatter,
+  BlockIndex,
   chainKeys,
   connect,
+  connectCluster,
+  createCopyEngine,
+  createGpuFileEngine,
+  DeviceRegion,
+  gatherBlocks,
+  kvBlockBytes,
+  PeerPool,
+  PeerServer,
+  planKvCopy,
+  RedisIndex,
+  scatterBlocks,
   createEngine,
   describeKvLayout,
   ErrorCodes,
@@ -25,6 +39,7 @@ import {
   TransferBatch,
   Warehouse,
   type IoEngine,
+  type KvLayout,
 } from '../../lib/index.js';
 import { blocksFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
@@ -40,6 +55,8 @@ let file: KvFile;
 let region: Region;
 let keys: string[];
 let src: Buffer;
+let layout: KvLayout;
+const shape = { numLayers: 2, numBlocks: 4, blockTokens: 4, kvHeads: 2, headDim: 8 } as const;
 
 beforeAll(async () => {
   wh = await Warehouse.open({
@@ -61,6 +78,12 @@ beforeAll(async () => {
   engine = createEngine({ kind: 'threads', queueDepth: 4 });
   file = await openFile(join(dir.path, 'scratch'), { create: true, direct: 'auto', size: 4 * BS });
   region = Region.allocate(4 * BS, { pin: false });
+  layout = describeKvLayout({
+    ...shape,
+    dtype: 'fp16',
+    form: 'kv-first',
+    layers: [{ offset: 0 }, { offset: 4096 }],
+  });
 });
 
 afterAll(async () => {
@@ -289,6 +312,47 @@ function cases(): Record<string, Case> {
         ]),
       }),
     'describeKvLayout(v)': (v) => describeKvLayout(any(v)),
+    'kvBlockBytes(v)': (v) => kvBlockBytes(any(v)),
+    'planKvCopy(v)': (v) => planKvCopy(any(v)),
+    'planKvCopy(layout, v)': (v) => planKvCopy(layout, any(v)),
+    'appendGather(v, layout, pool, blocks, packed)': (v) =>
+      appendGather(any(v), layout, new Uint8Array(8192), [0], new Uint8Array(BS)),
+    'appendGather(batch, v, pool, blocks, packed)': (v) =>
+      appendGather(new TransferBatch(), any(v), new Uint8Array(8192), [0], new Uint8Array(BS)),
+    'appendScatter(batch, layout, v, v, v)': (v) =>
+      appendScatter(new TransferBatch(), layout, any(v), any(v), any(v)),
+    'appendScatter(batch, layout, pool, [v], packed, v)': (v) =>
+      appendScatter(
+        new TransferBatch(),
+        layout,
+        new Uint8Array(8192),
+        [any(v)],
+        new Uint8Array(BS),
+        any(v),
+      ),
+    'gatherBlocks(v, pool, layout, blocks, packed)': (v) =>
+      gatherBlocks(any(v), new Uint8Array(8192), layout, [0], new Uint8Array(BS)),
+    'gatherBlocks(engine, pool, layout, blocks, packed, {packing, packedOffset, signal: v})': (v) =>
+      gatherBlocks(
+        engine,
+        new Uint8Array(8192),
+        layout,
+        [1],
+        new Uint8Array(2 * BS),
+        pick(v, ['packing', 'packedOffset', 'signal']),
+      ),
+    'scatterBlocks(engine, v, layout, v, v)': (v) =>
+      scatterBlocks(engine, any(v), layout, any(v), any(v)),
+    'createCopyEngine(v)': (v) => createCopyEngine(any(v)),
+    'createGpuFileEngine(v)': (v) => createGpuFileEngine(any(v)),
+    'DeviceRegion.allocate(v, v)': (v) => DeviceRegion.allocate(any(v), any(v)),
+    'DeviceRegion.wrap(v, v, v)': (v) => DeviceRegion.wrap(any(v), any(v), any(v)),
+    'DeviceRegion.import(v, v)': (v) => DeviceRegion.import(any(v), any(v)),
+    'PeerServer.start(v)': (v) => PeerServer.start(any(v)),
+    'new PeerPool(v)': (v) => new PeerPool(any(v)),
+    'RedisIndex.open(v, v)': (v) => RedisIndex.open(any(v), any(v)),
+    'connectCluster(v, v)': (v) => connectCluster(any(v), any(v)),
+    'new BlockIndex(v, v)': (v) => new BlockIndex(any(v), any(v)),
     'describeKvLayout({fields: v})': (v) =>
       describeKvLayout({
         numLayers: 2,
