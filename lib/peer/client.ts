@@ -8,7 +8,7 @@
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 
-import { nativeTargetOf, regionOf, type Target } from '../engine.js';
+import { checkTarget, nativeTargetOf, regionOf, type Target } from '../engine.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { KvtierError } from '../errors.js';
 import {
@@ -997,7 +997,8 @@ export class PeerClient {
   }
 
   /** Stores block i of src (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i] on the peer. */
-  put(keys: KeyChain | readonly KeyLike[], src: Target): Promise<PeerPutResult> {
+  async put(keys: KeyChain | readonly KeyLike[], src: Target): Promise<PeerPutResult> {
+    checkTarget(src, 'src');
     return this.putAt(keys, src);
   }
 
@@ -1024,7 +1025,8 @@ export class PeerClient {
    * Reads blocks into dst (block i at i*blockBytes). A block is reported found only once all of
    * its bytes arrived; bytes of missing blocks are left untouched.
    */
-  get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+  async get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+    checkTarget(dst, 'dst');
     return this.getAt(keys, dst);
   }
 

@@ -40,6 +40,7 @@ import {
   Warehouse,
   type IoEngine,
   type KvLayout,
+  type PeerClient,
 } from '../../lib/index.js';
 import { blocksFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
@@ -56,6 +57,9 @@ let region: Region;
 let keys: string[];
 let src: Buffer;
 let layout: KvLayout;
+let server: PeerServer;
+let client: PeerClient;
+const secret = Buffer.from('bad-arguments-secret-0123456789abcdef');
 const shape = { numLayers: 2, numBlocks: 4, blockTokens: 4, kvHeads: 2, headDim: 8 } as const;
 
 beforeAll(async () => {
@@ -78,6 +82,9 @@ beforeAll(async () => {
   engine = createEngine({ kind: 'threads', queueDepth: 4 });
   file = await openFile(join(dir.path, 'scratch'), { create: true, direct: 'auto', size: 4 * BS });
   region = Region.allocate(4 * BS, { pin: false });
+  // The warehouse serves too: hostile peer requests land on the same store.
+  server = PeerServer.start({ host: '127.0.0.1', port: 0, warehouse: wh, secret });
+  client = await connect(`127.0.0.1:${server.port}`, { token: secret });
   layout = describeKvLayout({
     ...shape,
     dtype: 'fp16',
@@ -87,6 +94,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await client?.close();
+  await server?.close();
   await wh?.close();
   await engine?.close();
   await file?.close();
@@ -331,6 +340,12 @@ function cases(): Record<string, Case> {
           'blockBytes',
         ]),
       }),
+    'client.put(v, src)': (v) => client.put(any(v), src),
+    'client.put(keys, v)': (v) => client.put(keys.slice(0, 2), any(v)),
+    'client.get(v, dst)': (v) => client.get(any(v), dst()),
+    'client.get(keys, v)': (v) => client.get(keys.slice(0, 2), any(v)),
+    'client.lookup(v)': (v) => client.lookup(any(v)),
+    'client.delete(v)': (v) => client.delete(any(v)),
     'describeKvLayout(v)': (v) => describeKvLayout(any(v)),
     'kvBlockBytes(v)': (v) => kvBlockBytes(any(v)),
     'planKvCopy(v)': (v) => planKvCopy(any(v)),
