@@ -2,7 +2,7 @@
  * The Warehouse's argument checks: each public method reads its options here once, into a plain
  * object of the right types, before it touches any state.
  */
-import { checkEngineOptions, checkTarget, type Target } from '../engine.js';
+import { checkEngineOptions } from '../engine.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import {
   badArgument,
@@ -45,8 +45,8 @@ function optional<T>(value: T | undefined, check: (v: T) => unknown): void {
 }
 
 function checkTier(given: unknown, name: string): TierOptions {
-  const t = readOptions<Record<(typeof TIER_FIELDS)[number], unknown>>(given, name, TIER_FIELDS);
   if (given === undefined) throw badArgument(name, 'a tier description', given);
+  const t = readOptions<Record<(typeof TIER_FIELDS)[number], unknown>>(given, name, TIER_FIELDS);
   const kind = oneOf(t.kind, `${name}.kind`, ['gpu', 'host', 'file', 'peer'] as const);
   optional(t.name, (v) => string(v, `${name}.name`));
   optional(t.bytes, (v) => integer(v, `${name}.bytes`, { min: 1 }));
@@ -112,11 +112,6 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
   optional(o.prefetchBytes, (v) => integer(v, 'prefetchBytes', { min: 1 }));
   optional(o.now, (v) => func(v, 'now'));
   return o as WarehouseOptions;
-}
-
-/** `what` (src or dst) must be memory; Warehouse.checkSpan then checks its size. */
-export function checkMemory(value: unknown, what: string): Target {
-  return checkTarget(value, what);
 }
 
 export function checkPutOptions(given: unknown): PutOptions {

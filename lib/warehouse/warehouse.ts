@@ -4,7 +4,13 @@
  * kvtier's own threads), and checks every block's CRC-32C on the way out: a block that fails it
  * is dropped and counted, never returned.
  */
-import { createEngine, type EngineOptions, type IoEngine, type Target } from '../engine.js';
+import {
+  checkTarget,
+  createEngine,
+  type EngineOptions,
+  type IoEngine,
+  type Target,
+} from '../engine.js';
 import { abortError, KvtierError } from '../errors.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { createCopyEngine } from '../gpu/engines.js';
@@ -20,7 +26,6 @@ import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
 import { badArgument, func, guard, integer } from '../validate.js';
 import {
   checkGetOptions,
-  checkMemory,
   checkPinOptions,
   checkPrefetchOptions,
   checkPutOptions,
@@ -580,7 +585,7 @@ export class Warehouse {
     this.assertOpen();
     this.expireLeases();
     const list = toKeys(keys);
-    checkMemory(src, 'src');
+    checkTarget(src, 'src');
     const options = checkPutOptions(given);
     this.checkSpan('src', src, list.length);
     const priority = options.priority ?? 0;
@@ -873,7 +878,7 @@ export class Warehouse {
     this.assertOpen();
     this.expireLeases();
     const list = toKeys(keys);
-    checkMemory(dst, 'dst');
+    checkTarget(dst, 'dst');
     const options = checkGetOptions(given);
     this.checkSpan('dst', dst, list.length);
     if (options.signal?.aborted) throw abortError(options.signal);
@@ -1508,10 +1513,11 @@ export class Warehouse {
 
   /** Ends a lease early. Idempotent. */
   unpin(lease: Lease): void {
-    const held = this.leases.get(leaseId(lease));
+    const id = leaseId(lease);
+    const held = this.leases.get(id);
     if (!held) return;
     clearTimeout(held.timer);
-    this.leases.delete(lease.id);
+    this.leases.delete(id);
     for (const k of held.lease.keys) this.index.unpin(k);
   }
 
