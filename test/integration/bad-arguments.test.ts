@@ -14,6 +14,8 @@ import {
   appendScatter,
   BlockIndex,
   chainKeys,
+  ClusterNode,
+  ClusterView,
   connect,
   connectCluster,
   createCopyEngine,
@@ -387,6 +389,15 @@ function cases(): Record<string, Case> {
     'new PeerPool(v)': (v) => new PeerPool(any(v)),
     'RedisIndex.open(v, v)': (v) => RedisIndex.open(any(v), any(v)),
     'connectCluster(v, v)': (v) => connectCluster(any(v), any(v)),
+    'ClusterNode.join(v, v)': (v) => ClusterNode.join(any(v), any(v)),
+    'ClusterNode.join(wh, {redis, nodeId, advertise, leaseMs: v})': (v) =>
+      ClusterNode.join(wh, {
+        redis: 'redis://127.0.0.1:1',
+        nodeId: 'n1',
+        advertise: '127.0.0.1:1',
+        ...pick(v, ['redis', 'nodeId', 'advertise', 'leaseMs']),
+      }),
+    'new ClusterView(v, v)': (v) => new ClusterView(any(v), any(v)),
     'new BlockIndex(v, v)': (v) => new BlockIndex(any(v), any(v)),
     'describeKvLayout({fields: v})': (v) =>
       describeKvLayout({
