@@ -4,10 +4,20 @@
  * JavaScript per descriptor.
  */
 import { abortError, errnoError, KvtierError } from './errors.js';
-import type { KvFile } from './file.js';
+import { KvFile } from './file.js';
 import { DeviceRegion } from './gpu/device-region.js';
 import { native, type NativeEngine, type NativeTarget } from './native.js';
 import { Region } from './region.js';
+import {
+  badArgument,
+  boolean,
+  guard,
+  instance,
+  integer,
+  oneOf,
+  options as readOptions,
+  signal as checkSignal,
+} from './validate.js';
 
 /**
  * File engines are 'io_uring' or 'threads'; GPU engines are 'cuda' (copies between host and GPU
@@ -47,6 +57,39 @@ export function regionOf(t: Target): Region | undefined {
   if (t instanceof Region) return t;
   if (t instanceof DeviceRegion) return undefined;
   return Region.owning(ArrayBuffer.isView(t) ? t.buffer : t)?.region;
+}
+
+/** Throws KVTIER_BAD_ARGUMENT naming `name` unless `value` is memory a transfer can use. */
+export function checkTarget(value: unknown, name: string): Target {
+  const ok = guard(
+    name,
+    () =>
+      value instanceof Region ||
+      value instanceof DeviceRegion ||
+      value instanceof ArrayBuffer ||
+      ArrayBuffer.isView(value),
+  );
+  if (!ok)
+    throw badArgument(name, 'a Region, a DeviceRegion, an ArrayBuffer or a view of one', value);
+  return value as Target;
+}
+
+function checkFile(value: unknown, name = 'file'): KvFile {
+  return instance(value, name, KvFile, 'a KvFile from openFile()');
+}
+
+function checksumOption(options: unknown): boolean {
+  const { checksum } = readOptions<ChecksumOption>(options, 'options', ['checksum']);
+  return checksum === undefined ? false : boolean(checksum, 'options.checksum');
+}
+
+/**
+ * A file or memory offset, or a length. Only its type is checked here: whether it is a whole
+ * number that fits is checked natively at submit, which refuses the whole batch.
+ */
+function offset(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw badArgument(name, 'a number', value);
+  return value;
 }
 
 /** Memory kvtier allocated: closing it waits for the transfers that use it. */
@@ -110,9 +153,15 @@ export class TransferBatch {
     length: number,
     options: ChecksumOption = {},
   ): this {
+    checkTarget(target, 'target');
+    checkTarget(source, 'source');
+    offset(targetOffset, 'targetOffset');
+    offset(sourceOffset, 'sourceOffset');
+    offset(length, 'length');
+    const crc = checksumOption(options);
     const [t, toff] = this.resolve(target, targetOffset, length);
     const [s, soff] = this.resolve(source, sourceOffset, length);
-    const op = Op.Copy | (options.checksum ? CRC : 0);
+    const op = Op.Copy | (crc ? CRC : 0);
     this.push(op, this.targetSlot(t), toff, length, this.targetSlot(s), soff);
     return this;
   }
@@ -166,8 +215,11 @@ export class TransferBatch {
   }
 
   /** Computes the CRC-32C of a memory range on an engine thread (see BatchResult.checksums). */
-  checksum(target: Target, offset: number, length: number): this {
-    const [t, off] = this.resolve(target, offset, length);
+  checksum(target: Target, at: number, length: number): this {
+    checkTarget(target, 'target');
+    offset(at, 'offset');
+    offset(length, 'length');
+    const [t, off] = this.resolve(target, at, length);
     this.push(Op.Checksum, this.targetSlot(t), off, length, 0, 0);
     return this;
   }
@@ -175,6 +227,7 @@ export class TransferBatch {
   /** Makes the file's data durable (fdatasync), ordered after nothing: submit it in its own batch
    * after the writes it must cover have resolved. */
   sync(file: KvFile): this {
+    checkFile(file);
     this.push(Op.Sync, 0, 0, 0, this.fileSlot(file), 0);
     return this;
   }
@@ -198,10 +251,15 @@ export class TransferBatch {
     length: number | undefined,
     options: ChecksumOption,
   ): this {
-    const len = length ?? target.byteLength - targetOffset;
-    const [where, offset] = this.resolve(target, targetOffset, len);
-    const code = op | (options.checksum ? CRC : 0);
-    this.push(code, this.targetSlot(where), offset, len, this.fileSlot(file), fileOffset);
+    checkFile(file);
+    offset(fileOffset, 'fileOffset');
+    checkTarget(target, op === Op.Read ? 'target' : 'source');
+    offset(targetOffset, op === Op.Read ? 'targetOffset' : 'sourceOffset');
+    const len = length === undefined ? target.byteLength - targetOffset : offset(length, 'length');
+    const crc = checksumOption(options);
+    const [where, at] = this.resolve(target, targetOffset, len);
+    const code = op | (crc ? CRC : 0);
+    this.push(code, this.targetSlot(where), at, len, this.fileSlot(file), fileOffset);
     return this;
   }
 
@@ -363,9 +421,14 @@ export class IoEngine {
 
   /** Runs every transfer of the batch; resolves with a status per descriptor. */
   async submit(batch: TransferBatch, options: { signal?: AbortSignal } = {}): Promise<BatchResult> {
+    instance(batch, 'batch', TransferBatch, 'a TransferBatch');
+    const signal = checkSignal(
+      readOptions(options, 'options', ['signal']).signal,
+      'options.signal',
+    );
     if (this.closing) throw new KvtierError('KVTIER_CLOSED', 'engine is closed');
     // Once in the kernel a transfer cannot be recalled, so a signal can only stop it beforehand.
-    if (options.signal?.aborted) throw abortError(options.signal);
+    if (signal?.aborted) throw abortError(signal);
     for (const file of batch.files) file.assertOpen();
     for (const region of batch.regions) region.assertOpen();
     const promise = this.native.submit(
@@ -443,15 +506,11 @@ export class IoEngine {
 }
 
 /** Opens a file engine. */
-export function createEngine(options: EngineOptions = {}): IoEngine {
+export function createEngine(given: EngineOptions = {}): IoEngine {
+  const options = checkEngineOptions(given);
   const addon = native();
-  const asked = options.kind ?? 'auto';
-  if (asked !== 'auto' && asked !== 'io_uring' && asked !== 'threads') {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `engine kind must be 'auto', 'io_uring' or 'threads', got '${String(asked)}'`,
-    );
-  }
+  // checkEngineOptions let through only the kinds a file engine can be.
+  const asked = (options.kind ?? 'auto') as 'auto' | 'io_uring' | 'threads';
   let kind: EngineKind = asked === 'auto' ? 'io_uring' : asked;
   let reason = asked === 'auto' ? 'io_uring is usable' : `${asked} was requested`;
   if (asked === 'auto') {
@@ -464,4 +523,17 @@ export function createEngine(options: EngineOptions = {}): IoEngine {
   const queueDepth =
     kind === 'threads' ? (options.threads ?? options.queueDepth ?? 32) : (options.queueDepth ?? 32);
   return new IoEngine(new addon.NativeEngine({ kind, queueDepth }), reason);
+}
+
+/** Reads and checks a file engine's options (also used by Warehouse.open). */
+export function checkEngineOptions(given: unknown, name = 'options'): EngineOptions {
+  const options = readOptions<EngineOptions>(given, name, ['kind', 'queueDepth', 'threads']);
+  if (options.kind !== undefined) {
+    oneOf(options.kind, `${name}.kind`, ['auto', 'io_uring', 'threads'] as const);
+  }
+  // The native side caps both at 4096 and says so.
+  if (options.queueDepth !== undefined)
+    integer(options.queueDepth, `${name}.queueDepth`, { min: 1 });
+  if (options.threads !== undefined) integer(options.threads, `${name}.threads`, { min: 1 });
+  return options;
 }

@@ -2,6 +2,7 @@
 import { KvtierError } from './errors.js';
 import { InFlight } from './inflight.js';
 import { native, type NativeFile } from './native.js';
+import { boolean, integer, oneOf, options as readOptions, string } from './validate.js';
 
 export interface OpenFileOptions {
   /** Create the file when missing. */
@@ -85,21 +86,23 @@ export function openFile(path: string, options: OpenFileOptions = {}): Promise<K
   return new Promise((resolve) => resolve(openFileNow(path, options)));
 }
 
-function openFileNow(path: string, options: OpenFileOptions): KvFile {
-  if (typeof path !== 'string' || path.length === 0) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'path must be a non-empty string');
-  }
-  const direct = options.direct ?? true;
-  if (direct !== 'auto' && typeof direct !== 'boolean') {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', `direct must be true, false or 'auto'`);
-  }
+function openFileNow(path: string, given: OpenFileOptions): KvFile {
+  string(path, 'path');
+  const options = readOptions<OpenFileOptions>(given, 'options', [
+    'create',
+    'truncate',
+    'readOnly',
+    'direct',
+    'size',
+  ]);
+  const direct = oneOf(options.direct ?? true, 'direct', [true, false, 'auto']);
   const addon = native();
   const nativeOptions: ConstructorParameters<typeof addon.NativeFile>[1] = {
-    create: options.create ?? false,
-    truncate: options.truncate ?? false,
-    readOnly: options.readOnly ?? false,
+    create: boolean(options.create ?? false, 'create'),
+    truncate: boolean(options.truncate ?? false, 'truncate'),
+    readOnly: boolean(options.readOnly ?? false, 'readOnly'),
     direct: direct === 'auto' ? 'auto' : direct ? 'on' : 'off',
   };
-  if (options.size !== undefined) nativeOptions.size = options.size;
+  if (options.size !== undefined) nativeOptions.size = integer(options.size, 'size');
   return new KvFile(new addon.NativeFile(path, nativeOptions));
 }

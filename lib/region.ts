@@ -7,6 +7,7 @@ import { constants } from 'node:buffer';
 import { KvtierError } from './errors.js';
 import { InFlight } from './inflight.js';
 import { native, type NativeRegion } from './native.js';
+import { badArgument, integer, oneOf, options as readOptions } from './validate.js';
 
 export type PinOption = 'auto' | boolean;
 
@@ -42,10 +43,12 @@ export class Region {
 
   /** Allocates `bytes` of zeroed, page-aligned memory. */
   static allocate(bytes: number, options: RegionOptions = {}): Region {
-    const pin = options.pin ?? 'auto';
-    if (pin !== 'auto' && typeof pin !== 'boolean') {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', `pin must be 'auto', true or false`);
-    }
+    integer(bytes, 'bytes', { min: 1 });
+    const pin = oneOf(
+      readOptions<RegionOptions>(options, 'options', ['pin']).pin ?? 'auto',
+      'pin',
+      ['auto', true, false],
+    );
     const addon = native();
     return new Region(
       new addon.NativeRegion(bytes, pin === 'auto' ? 'auto' : pin ? 'on' : 'off', MAX_ARRAY_BUFFER),
@@ -142,16 +145,10 @@ export class Region {
 /** Throws KVTIER_BAD_ARGUMENT unless [offset, offset + length) lies within [0, size). */
 export function checkRange(offset: number, length: number, size: number): void {
   if (!Number.isSafeInteger(offset) || offset < 0) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `offset must be a non-negative integer, got ${offset}`,
-    );
+    throw badArgument('offset', 'a non-negative integer', offset);
   }
   if (!Number.isSafeInteger(length) || length < 0) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `length must be a non-negative integer, got ${length}`,
-    );
+    throw badArgument('length', 'a non-negative integer', length);
   }
   if (offset + length > size) {
     throw new KvtierError(

@@ -65,6 +65,8 @@ export interface NetRow {
   ratio: number | null;
   /** GB/s of each repetition, in order. */
   runs: number[];
+  /** Bytes each repetition's timed pass moved, as the peer acknowledged them (found or stored). */
+  bytes: number[];
 }
 
 export interface NetBenchReport {
@@ -208,8 +210,9 @@ async function pass(
   inflight: number,
   buffers: Region,
   blockSize: number,
-): Promise<{ seconds: number; latencies: number[] }> {
+): Promise<{ seconds: number; latencies: number[]; bytes: number }> {
   const latencies: number[] = [];
+  let bytes = 0;
   let next = 0;
   const start = process.hrtime.bigint();
   const worker = async (slot: number): Promise<void> => {
@@ -221,14 +224,19 @@ async function pass(
       if (op === 'get') {
         const r = await client.get([key], view);
         if (r.count !== 1) throw new KvtierError('KVTIER_PEER', `block ${i} was not found`);
+        bytes += blockSize;
       } else {
-        await client.put([key], view);
+        const r = await client.put([key], view);
+        if (r.stored + r.present !== 1) {
+          throw new KvtierError('KVTIER_PEER', `block ${i} was not stored`);
+        }
+        bytes += blockSize;
       }
       latencies.push(Number(process.hrtime.bigint() - t0) / 1000);
     }
   };
   await Promise.all(Array.from({ length: inflight }, (_, k) => worker(k)));
-  return { seconds: Number(process.hrtime.bigint() - start) / 1e9, latencies };
+  return { seconds: Number(process.hrtime.bigint() - start) / 1e9, latencies, bytes };
 }
 
 function percentile(sorted: number[], p: number): number {
@@ -297,15 +305,18 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
           const part = getKeys.slice(i, i + inflight);
           await client.put(part, buffers);
         }
-        const results: Record<'get' | 'put', { gbps: number[]; lat: number[]; ops: number[] }> = {
-          get: { gbps: [], lat: [], ops: [] },
-          put: { gbps: [], lat: [], ops: [] },
+        const results: Record<
+          'get' | 'put',
+          { gbps: number[]; lat: number[]; ops: number[]; bytes: number[] }
+        > = {
+          get: { gbps: [], lat: [], ops: [], bytes: [] },
+          put: { gbps: [], lat: [], ops: [], bytes: [] },
         };
         // Every put stores a new block (no key repeats within a pass), and its pass's keys are
         // deleted afterwards, untimed, so the server's host tier never evicts the get set.
         const putPass = async (
           round: number,
-        ): Promise<{ seconds: number; latencies: number[] }> => {
+        ): Promise<{ seconds: number; latencies: number[]; bytes: number }> => {
           const keys = Array.from({ length: ops }, (_, i) => keyOf(i, round));
           const r = await pass(client, 'put', keys, ops, inflight, buffers, bs);
           for (let i = 0; i < keys.length; i += 256) await client.delete(keys.slice(i, i + 256));
@@ -325,7 +336,8 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
               op === 'get'
                 ? await pass(client, 'get', getKeys, ops, inflight, buffers, bs)
                 : await putPass(rep + 1);
-            repGbps[op] = (ops * bs) / r.seconds / 1e9;
+            repGbps[op] = r.bytes / r.seconds / 1e9;
+            results[op].bytes.push(r.bytes);
             results[op].gbps.push(repGbps[op]);
             results[op].ops.push(ops / r.seconds);
             results[op].lat.push(...r.latencies);
@@ -358,6 +370,7 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
             p50Us: percentile(lat, 50),
             p99Us: percentile(lat, 99),
             runs: results[op].gbps.slice(),
+            bytes: results[op].bytes.slice(),
             peer: peerGbps === null ? null : 'iperf3',
             peerGbps,
             ratio:

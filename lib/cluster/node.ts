@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 
 import type { Target } from '../engine.js';
 import { isKvtierError, KvtierError } from '../errors.js';
+import { badArgument, describe, options as readOptions } from '../validate.js';
 import type { Key } from '../warehouse/keys.js';
 import type { BlockSource, ClusterStats, Warehouse } from '../warehouse/warehouse.js';
 import { RedisIndex, type NodeFacts, type RedisIndexOptions } from './redis-index.js';
@@ -117,14 +118,24 @@ export class ClusterNode implements BlockSource {
    * Joins the cluster: claims the node id (KVTIER_CONFLICT when it is live elsewhere), publishes
    * every key the warehouse holds, and follows its changes from then on.
    */
-  static async join(warehouse: Warehouse, options: JoinOptions): Promise<ClusterNode> {
+  static async join(warehouse: Warehouse, given: JoinOptions): Promise<ClusterNode> {
+    if (typeof warehouse !== 'object' || warehouse === null) {
+      throw badArgument('warehouse', 'a Warehouse', warehouse);
+    }
+    if (given === undefined) throw badArgument('options', 'an object', given);
+    const options = readOptions<JoinOptions>(given, 'options', [
+      'redis',
+      'nodeId',
+      'advertise',
+      'leaseMs',
+    ]) as JoinOptions;
     checkNodeId(options.nodeId);
     checkAddress(options.advertise);
     const leaseMs = options.leaseMs ?? 10_000;
     if (!Number.isSafeInteger(leaseMs) || leaseMs < MIN_LEASE_MS) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
-        `leaseMs must be an integer of at least ${MIN_LEASE_MS}, got ${leaseMs}`,
+        `leaseMs must be an integer of at least ${MIN_LEASE_MS}, got ${describe(leaseMs)}`,
       );
     }
     const index = await RedisIndex.open(options.redis, options);
@@ -428,7 +439,7 @@ export function checkAddress(address: unknown): string {
   if (!m || port < 1 || port > 65535) {
     throw new KvtierError(
       'KVTIER_BAD_ARGUMENT',
-      `an advertised address is HOST:PORT, got ${JSON.stringify(address)}`,
+      `an advertised address is HOST:PORT, got ${typeof address === 'string' ? JSON.stringify(address) : describe(address)}`,
     );
   }
   return address as string;

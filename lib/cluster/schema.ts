@@ -13,6 +13,7 @@
  * node of another kvtier format is still seen (and ignored, with a log line) rather than missed.
  */
 import { KvtierError } from '../errors.js';
+import { describe } from '../validate.js';
 
 /** The layout version of block sets. A change to their members' meaning bumps it. */
 export const INDEX_FORMAT = '1';
@@ -25,7 +26,7 @@ export function checkNodeId(id: unknown): string {
   if (typeof id !== 'string' || !NODE_ID.test(id)) {
     throw new KvtierError(
       'KVTIER_BAD_ARGUMENT',
-      `a node id is 1 to 64 characters of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`,
+      `a node id is 1 to 64 characters of A-Z a-z 0-9 . _ -, got ${typeof id === 'string' ? JSON.stringify(id) : describe(id)}`,
     );
   }
   return id;

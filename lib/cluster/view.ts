@@ -4,6 +4,7 @@
  * `kvtier cluster status`; a node in the cluster uses one to find peers.
  */
 import { KvtierError } from '../errors.js';
+import { boolean, finite, instance, options as readOptions } from '../validate.js';
 import { KeyChain, toKeys, type Key, type KeyLike } from '../warehouse/keys.js';
 import { RedisIndex, type NodeRecord, type RedisIndexOptions } from './redis-index.js';
 
@@ -55,7 +56,14 @@ export class ClusterView {
   private readonly ownsIndex: boolean;
   private cached: { at: number; nodes: NodeRecord[] } | undefined;
 
-  constructor(index: RedisIndex, options: { refreshMs?: number; ownsIndex?: boolean } = {}) {
+  constructor(index: RedisIndex, given: { refreshMs?: number; ownsIndex?: boolean } = {}) {
+    instance(index, 'index', RedisIndex, 'a RedisIndex (RedisIndex.open())');
+    const options = readOptions<{ refreshMs?: number; ownsIndex?: boolean }>(given, 'options', [
+      'refreshMs',
+      'ownsIndex',
+    ]);
+    if (options.refreshMs !== undefined) finite(options.refreshMs, 'options.refreshMs', { min: 0 });
+    if (options.ownsIndex !== undefined) boolean(options.ownsIndex, 'options.ownsIndex');
     this.index = index;
     this.refreshMs = options.refreshMs ?? 1000;
     this.ownsIndex = options.ownsIndex ?? false;

@@ -5,6 +5,7 @@
 import { KvtierError } from '../errors.js';
 import { InFlight } from '../inflight.js';
 import { native, type NativeDeviceRegion } from '../native.js';
+import { describe, guard, options as readOptions } from '../validate.js';
 
 export interface DeviceOptions {
   /** CUDA device ordinal (default 0). */
@@ -38,6 +39,7 @@ export class DeviceRegion {
 
   /** Allocates `bytes` of GPU memory (cuMemAlloc) that kvtier owns and frees on close. */
   static allocate(bytes: number, options: DeviceOptions = {}): DeviceRegion {
+    options = readOptions<DeviceOptions>(options, 'options', ['device']);
     return new DeviceRegion(
       new (native().NativeDeviceRegion)({ origin: 'owned', device: deviceOf(options), bytes }),
     );
@@ -49,6 +51,7 @@ export class DeviceRegion {
    * until this region is closed.
    */
   static wrap(pointer: bigint, bytes: number, options: DeviceOptions = {}): DeviceRegion {
+    options = readOptions<DeviceOptions>(options, 'options', ['device']);
     if (typeof pointer !== 'bigint') {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', 'pointer must be a bigint device address');
     }
@@ -69,7 +72,8 @@ export class DeviceRegion {
    * exporter's.
    */
   static import(handle: Uint8Array, options: ImportOptions = {}): DeviceRegion {
-    if (!(handle instanceof Uint8Array) || handle.byteLength !== 64) {
+    options = readOptions<ImportOptions>(options, 'options', ['device', 'offset', 'bytes']);
+    if (!guard('handle', () => handle instanceof Uint8Array) || handle.byteLength !== 64) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
         'handle must be a Uint8Array of 64 bytes (a CUDA IPC memory handle)',
@@ -129,7 +133,10 @@ export class DeviceRegion {
 function deviceOf(options: DeviceOptions): number {
   const device = options.device ?? 0;
   if (!Number.isSafeInteger(device) || device < 0) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', `device must be a CUDA ordinal, got ${device}`);
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `device must be a CUDA ordinal, got ${describe(device)}`,
+    );
   }
   return device;
 }

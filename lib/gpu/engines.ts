@@ -8,6 +8,7 @@ import { IoEngine } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { native } from '../native.js';
 import { gpuFilePathOf } from '../probe.js';
+import { oneOf, options as readOptions } from '../validate.js';
 
 export interface CopyEngineOptions {
   /** CUDA device whose context the copies run in (default 0). */
@@ -57,7 +58,13 @@ export class GpuCopyEngine extends IoEngine {
  * DeviceRegions and plain buffers, in any direction. Fails with KVTIER_NOT_AVAILABLE without a
  * usable CUDA driver and device.
  */
-export function createCopyEngine(options: CopyEngineOptions = {}): GpuCopyEngine {
+export function createCopyEngine(given: CopyEngineOptions = {}): GpuCopyEngine {
+  const options = readOptions<CopyEngineOptions>(given, 'options', [
+    'device',
+    'streams',
+    'batch',
+    'kernel',
+  ]);
   const engine = new (native().NativeCopyEngine)({
     device: options.device ?? 0,
     streams: options.streams ?? 2,
@@ -124,14 +131,14 @@ export function gpuFilePath(): PathInfo {
 }
 
 /** Opens a GPU file engine. */
-export function createGpuFileEngine(options: GpuFileEngineOptions = {}): GpuFileEngine {
-  const io = options.io ?? 'auto';
-  if (io !== 'auto' && io !== 'cufile' && io !== 'posix') {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `io must be 'auto', 'cufile' or 'posix', got '${String(io)}'`,
-    );
-  }
+export function createGpuFileEngine(given: GpuFileEngineOptions = {}): GpuFileEngine {
+  const options = readOptions<GpuFileEngineOptions>(given, 'options', [
+    'device',
+    'io',
+    'threads',
+    'chunkBytes',
+  ]);
+  const io = oneOf(options.io ?? 'auto', 'io', ['auto', 'cufile', 'posix'] as const);
   const addon = native();
   const base = {
     device: options.device ?? 0,

@@ -9,6 +9,7 @@
  */
 import { KvtierError } from '../errors.js';
 import { checkBlockIndex, type KvLayout } from './kv-layout.js';
+import { guard, oneOf, options as readOptions } from '../validate.js';
 
 export type KvPacking = 'NHD' | 'HND';
 
@@ -169,14 +170,13 @@ const cache = new WeakMap<KvLayout, Map<KvPacking, KvCopyPlan>>();
 
 /** The copy plan of a layout (built once per layout and packing, then reused). */
 export function planKvCopy(layout: KvLayout, options: KvPlanOptions = {}): KvCopyPlan {
-  const packing = options.packing ?? 'NHD';
-  if (packing !== 'NHD' && packing !== 'HND') {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `packing must be 'NHD' or 'HND', got '${String(packing)}'`,
-    );
-  }
-  if (typeof layout !== 'object' || layout === null || !Array.isArray(layout.planes)) {
+  const given = readOptions<KvPlanOptions>(options, 'options', ['packing']).packing;
+  const packing = oneOf(given ?? 'NHD', 'packing', ['NHD', 'HND'] as const);
+  if (
+    typeof layout !== 'object' ||
+    layout === null ||
+    !guard('layout', () => Array.isArray(layout.planes))
+  ) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'expected a layout from describeKvLayout()');
   }
   let plans = cache.get(layout);

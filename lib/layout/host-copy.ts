@@ -4,12 +4,20 @@
  * memory threads the pool is host memory; with a GPU copy engine it is a DeviceRegion (an engine's
  * imported KV pool) and the packed blocks are pinned host memory or GPU memory.
  */
-import { type IoEngine, type Target, TransferBatch } from '../engine.js';
+import { checkTarget, IoEngine, type Target, TransferBatch } from '../engine.js';
 import { KvtierError } from '../errors.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { Region } from '../region.js';
 import { KV_SEGMENT_STRIDE, KvCopyPlan, type KvPlanOptions, planKvCopy } from './copy-plan.js';
 import type { KvLayout } from './kv-layout.js';
+import {
+  badArgument,
+  guard,
+  instance,
+  oneOf,
+  options as readOptions,
+  signal as checkSignal,
+} from '../validate.js';
 
 export interface KvCopyOptions extends KvPlanOptions {
   /** Byte offset of the first packed block in the packed buffer (default 0). */
@@ -42,14 +50,15 @@ function planOf(layoutOrPlan: KvLayout | KvCopyPlan, options: KvPlanOptions): Kv
   if (typeof layoutOrPlan !== 'object' || layoutOrPlan === null) {
     bad('expected a layout from describeKvLayout() or a plan from planKvCopy()');
   }
-  if (layoutOrPlan instanceof KvCopyPlan) {
-    const plan = layoutOrPlan;
+  if (options.packing !== undefined) oneOf(options.packing, 'packing', ['NHD', 'HND'] as const);
+  if (guard('layout', () => layoutOrPlan instanceof KvCopyPlan)) {
+    const plan = layoutOrPlan as KvCopyPlan;
     if (options.packing !== undefined && options.packing !== plan.packing) {
       bad(`the plan packs '${plan.packing}', not '${options.packing}'`);
     }
     return plan;
   }
-  return planKvCopy(layoutOrPlan, options);
+  return planKvCopy(layoutOrPlan as KvLayout, options);
 }
 
 /** The memory a target lies in (to tell overlaps) and where in it the target starts. */
@@ -90,7 +99,7 @@ function check(
     bad(`the pool has ${p.length} bytes but the layout reaches byte ${plan.layout.extent}`);
   }
   if (!Number.isSafeInteger(packedOffset) || packedOffset < 0) {
-    bad(`packed offset must be a non-negative integer, got ${packedOffset}`);
+    throw badArgument('packed offset', 'a non-negative integer', packedOffset);
   }
   const need = packedOffset + blocks.length * plan.blockBytes;
   if (need > k.length) {
@@ -147,11 +156,13 @@ export function appendGather(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvPlanOptions & AppendOptions = {},
+  given: KvPlanOptions & AppendOptions = {},
 ): KvCopyResult {
+  instance(batch, 'batch', TransferBatch, 'a TransferBatch');
+  const { blocks: list, options } = copyArgs(pool, blocks, packed, given);
   const plan = planOf(layoutOrPlan, options);
-  const at = options.packedOffset ?? 0;
-  return append(batch, plan, pool, blocks, packed, at, 'gather', options.checksum);
+  const checksum = (options as AppendOptions).checksum;
+  return append(batch, plan, pool, list, packed, options.packedOffset ?? 0, 'gather', checksum);
 }
 
 /** Adds to `batch` the copies that scatter packed kvtier blocks back into engine blocks. */
@@ -161,11 +172,32 @@ export function appendScatter(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvPlanOptions & AppendOptions = {},
+  given: KvPlanOptions & AppendOptions = {},
 ): KvCopyResult {
+  instance(batch, 'batch', TransferBatch, 'a TransferBatch');
+  const { blocks: list, options } = copyArgs(pool, blocks, packed, given);
   const plan = planOf(layoutOrPlan, options);
-  const at = options.packedOffset ?? 0;
-  return append(batch, plan, pool, blocks, packed, at, 'scatter', options.checksum);
+  const checksum = (options as AppendOptions).checksum;
+  return append(batch, plan, pool, list, packed, options.packedOffset ?? 0, 'scatter', checksum);
+}
+
+/** The caller's arguments, checked and read once: pool, blocks, packed buffer and options. */
+function copyArgs(
+  pool: unknown,
+  blocks: unknown,
+  packed: unknown,
+  options: unknown,
+): { blocks: number[]; options: KvCopyOptions } {
+  checkTarget(pool, 'pool');
+  checkTarget(packed, 'packed');
+  if (!guard('blocks', () => Array.isArray(blocks))) {
+    throw badArgument('blocks', 'an array of block indices', blocks);
+  }
+  // The plan checks each index; a copy cannot change under it (or throw from a proxy there).
+  const list = guard('blocks', () => Array.from(blocks as readonly number[]));
+  const o = readOptions<KvCopyOptions>(options, 'options', ['packing', 'packedOffset', 'signal']);
+  checkSignal(o.signal, 'options.signal');
+  return { blocks: list, options: o };
 }
 
 async function run(
@@ -174,12 +206,14 @@ async function run(
   pool: Target,
   blocks: readonly number[],
   packed: Target,
-  options: KvCopyOptions,
+  given: KvCopyOptions,
   direction: 'gather' | 'scatter',
 ): Promise<KvCopyResult> {
+  instance(engine, 'engine', IoEngine, 'an engine (createEngine() or createCopyEngine())');
+  const { blocks: list, options } = copyArgs(pool, blocks, packed, given);
   const plan = planOf(layoutOrPlan, options);
   const batch = new TransferBatch();
-  const result = append(batch, plan, pool, blocks, packed, options.packedOffset ?? 0, direction);
+  const result = append(batch, plan, pool, list, packed, options.packedOffset ?? 0, direction);
   if (batch.length === 0) return result;
   const submitted = await engine.submit(
     batch,

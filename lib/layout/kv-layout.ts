@@ -13,6 +13,7 @@
  *   (row-major) tensor of that shape.
  */
 import { KvtierError } from '../errors.js';
+import { describe, guard } from '../validate.js';
 
 export type KvDtype = 'fp16' | 'bf16' | 'fp8' | 'fp32';
 
@@ -98,22 +99,28 @@ function bad(message: string): never {
 
 function positive(value: unknown, name: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 1) {
-    bad(`${name} must be a positive integer, got ${String(value)}`);
+    bad(`${name} must be a positive integer, got ${describe(value)}`);
   }
   return value;
 }
 
 function nonNegative(value: unknown, name: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    bad(`${name} must be a non-negative integer, got ${String(value)}`);
+    bad(`${name} must be a non-negative integer, got ${describe(value)}`);
   }
   return value;
 }
 
 /** The bytes of one kvtier block for these sizes. */
 export function kvBlockBytes(shape: KvShape): number {
-  const bytes = kvDtypeBytes[shape.dtype];
-  if (bytes === undefined) bad(`unknown dtype '${String(shape.dtype)}'`);
+  if (typeof shape !== 'object' || shape === null) bad('expected a shape object');
+  return guard('KV shape', () => blockBytesOf(shape));
+}
+
+function blockBytesOf(shape: KvShape): number {
+  // Own keys only: 'constructor' or 'toString' are not dtypes.
+  const bytes = Object.hasOwn(kvDtypeBytes, shape.dtype) ? kvDtypeBytes[shape.dtype] : undefined;
+  if (bytes === undefined) bad(`unknown dtype ${describe(shape.dtype)}`);
   return (
     2 *
     positive(shape.numLayers, 'numLayers') *
@@ -207,7 +214,7 @@ function shapeOf(spec: KvLayoutSpec): KvShape {
   if (typeof spec !== 'object' || spec === null) bad('expected a layout description object');
   if (!Object.hasOwn(kvDtypeBytes, spec.dtype)) {
     bad(
-      `dtype must be one of ${Object.keys(kvDtypeBytes).join(', ')}, got '${String(spec.dtype)}'`,
+      `dtype must be one of ${Object.keys(kvDtypeBytes).join(', ')}, got ${describe(spec.dtype)}`,
     );
   }
   return {
@@ -299,13 +306,19 @@ function tensorsOf(spec: KvLayoutSpec, s: KvShape, eb: number): Tensor[] {
     }
     default:
       return bad(
-        `form must be 'separate', 'kv-first', 'block-first' or 'stacked', got '${String((spec as { form: unknown }).form)}'`,
+        `form must be 'separate', 'kv-first', 'block-first' or 'stacked', got ${describe((spec as { form: unknown }).form)}`,
       );
   }
 }
 
 /** Validates a description and normalises it to one plane per (layer, K/V). */
 export function describeKvLayout(spec: KvLayoutSpec): KvLayout {
+  // The description is read in many places below; a getter or proxy trap that throws on any of
+  // them is a bad description.
+  return guard('KV layout', () => describeNow(spec));
+}
+
+function describeNow(spec: KvLayoutSpec): KvLayout {
   const shape = shapeOf(spec);
   const eb = kvDtypeBytes[shape.dtype];
   const tensors = tensorsOf(spec, shape, eb);
@@ -367,7 +380,7 @@ export function checkBlockIndex(layout: KvLayout, block: unknown, where = 'block
     block < 0 ||
     block >= layout.numBlocks
   ) {
-    bad(`${where} ${String(block)} is out of range: the layout has ${layout.numBlocks} blocks`);
+    bad(`${where} ${describe(block)} is out of range: the layout has ${layout.numBlocks} blocks`);
   }
   return block;
 }

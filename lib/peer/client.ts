@@ -8,9 +8,17 @@
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 
-import { nativeTargetOf, regionOf, type Target } from '../engine.js';
+import { checkTarget, nativeTargetOf, regionOf, type Target } from '../engine.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { KvtierError } from '../errors.js';
+import {
+  badArgument,
+  finite,
+  guard,
+  integer,
+  options as readOptions,
+  string,
+} from '../validate.js';
 import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../native.js';
 import { Region } from '../region.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../warehouse/keys.js';
@@ -177,8 +185,9 @@ const REQUEST_TYPES = {
 } as Record<number, number>;
 
 /** Connects and authenticates; rejects with KVTIER_AUTH, KVTIER_PROTOCOL or KVTIER_PEER. */
-export async function connect(url: string, options: ConnectOptions = {}): Promise<PeerClient> {
-  const { host, port } = parseAddress(url);
+export async function connect(url: string, given: ConnectOptions = {}): Promise<PeerClient> {
+  const { host, port } = parseAddress(string(url, 'url'));
+  const options = checkConnectOptions(given);
   let secret: Secret;
   if (options.token !== undefined) secret = checkSecret(options.token, 'the token');
   else if (options.tokenFile !== undefined) secret = await readTokenFile(options.tokenFile);
@@ -190,6 +199,43 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
   const client = new PeerClient(url, address.address, port, secret, options, choice.kind);
   await client.open();
   return client;
+}
+
+function checkConnectOptions(given: unknown): ConnectOptions {
+  const o = readOptions<ConnectOptions>(given, 'options', [
+    'token',
+    'tokenFile',
+    'blockBytes',
+    'timeoutMs',
+    'connectTimeoutMs',
+    'reconnect',
+    'transport',
+  ]);
+  const token = o.token;
+  if (
+    token !== undefined &&
+    typeof token !== 'string' &&
+    !guard('token', () => Buffer.isBuffer(token))
+  ) {
+    throw badArgument('options.token', 'a string or a Buffer', o.token);
+  }
+  if (o.tokenFile !== undefined) string(o.tokenFile, 'options.tokenFile');
+  if (o.blockBytes !== undefined) integer(o.blockBytes, 'options.blockBytes', { min: 1 });
+  if (o.timeoutMs !== undefined) finite(o.timeoutMs, 'options.timeoutMs', { min: 1 });
+  if (o.connectTimeoutMs !== undefined) {
+    finite(o.connectTimeoutMs, 'options.connectTimeoutMs', { min: 1 });
+  }
+  if (o.reconnect !== undefined && o.reconnect !== false) {
+    const r = readOptions<{ initialMs?: number; maxMs?: number }>(
+      o.reconnect,
+      'options.reconnect',
+      ['initialMs', 'maxMs'],
+    );
+    if (r.initialMs !== undefined) finite(r.initialMs, 'options.reconnect.initialMs', { min: 1 });
+    if (r.maxMs !== undefined) finite(r.maxMs, 'options.reconnect.maxMs', { min: 1 });
+    o.reconnect = r;
+  }
+  return o;
 }
 
 export class PeerClient {
@@ -994,11 +1040,12 @@ export class PeerClient {
   }
 
   /** Stores block i of src (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i] on the peer. */
-  put(
+  async put(
     keys: KeyChain | readonly KeyLike[],
     src: Target,
     options: PeerPutOptions = {},
   ): Promise<PeerPutResult> {
+    checkTarget(src, 'src');
     return this.putAt(keys, src, undefined, options);
   }
 
@@ -1040,7 +1087,8 @@ export class PeerClient {
    * Reads blocks into dst (block i at i*blockBytes). A block is reported found only once all of
    * its bytes arrived; bytes of missing blocks are left untouched.
    */
-  get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+  async get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+    checkTarget(dst, 'dst');
     return this.getAt(keys, dst);
   }
 

@@ -12,6 +12,7 @@ import {
 } from '../native.js';
 import { nativeTargetOf } from '../engine.js';
 import { KvtierError } from '../errors.js';
+import { badArgument, finite, func, guard, integer, string } from '../validate.js';
 import { Region } from '../region.js';
 import type { Reservation, Warehouse } from '../warehouse/warehouse.js';
 import type { Key } from '../warehouse/keys.js';
@@ -184,6 +185,38 @@ class RegionPool {
   }
 }
 
+/**
+ * Checks the types of a server's options (reading each inside a guard, so a throwing getter is a
+ * bad argument); the object itself is used as given.
+ */
+function checkServerOptions(options: unknown): void {
+  if (typeof options !== 'object' || options === null) {
+    throw badArgument('options', 'an object with host, port, warehouse and secret', options);
+  }
+  const read = (field: string): unknown =>
+    guard(`options.${field}`, () => (options as Record<string, unknown>)[field]);
+  string(read('host'), 'options.host');
+  integer(read('port'), 'options.port', { max: 65535 });
+  const warehouse = read('warehouse');
+  if (typeof warehouse !== 'object' || warehouse === null) {
+    throw badArgument('options.warehouse', 'a Warehouse', warehouse);
+  }
+  const secret = read('secret');
+  if (!guard('options.secret', () => Buffer.isBuffer(secret))) {
+    throw badArgument('options.secret', 'a Buffer', secret);
+  }
+  for (const field of ['maxConnections', 'maxQueuedBytes']) {
+    const v = read(field);
+    if (v !== undefined) integer(v, `options.${field}`, { min: 1 });
+  }
+  for (const field of ['handshakeTimeoutMs', 'offerTimeoutMs', 'landingIdleMs', 'leaseTimeoutMs']) {
+    const v = read(field);
+    if (v !== undefined) finite(v, `options.${field}`, { min: 0 });
+  }
+  const log = read('log');
+  if (log !== undefined) func(log, 'options.log');
+}
+
 export class PeerServer {
   readonly host: string;
   readonly port: number;
@@ -261,6 +294,7 @@ export class PeerServer {
   }
 
   static start(options: PeerServerOptions): PeerServer {
+    checkServerOptions(options);
     const transport = chooseTransport(options.transport ?? 'auto');
     return new PeerServer(options, transport);
   }

@@ -4,6 +4,7 @@
  * cannot be met fails with KVTIER_NOT_AVAILABLE; 'auto' reports what it chose and why.
  */
 import { KvtierError } from '../errors.js';
+import { describe } from '../validate.js';
 import { native } from '../native.js';
 
 export type TransportOption = 'auto' | 'tcp' | 'verbs';
@@ -31,7 +32,7 @@ export function chooseTransport(option: TransportOption): TransportChoice {
   if (option !== 'auto' && option !== 'tcp' && option !== 'verbs') {
     throw new KvtierError(
       'KVTIER_BAD_ARGUMENT',
-      `transport must be 'auto', 'tcp' or 'verbs', got '${String(option)}'`,
+      `transport must be 'auto', 'tcp' or 'verbs', got ${describe(option)}`,
     );
   }
   if (option === 'tcp') return { kind: 'tcp', verbs: false, reason: 'tcp was asked for' };

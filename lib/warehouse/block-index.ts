@@ -8,6 +8,7 @@
  * copy is evicted is written down (demoted) or dropped.
  */
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
+import { badArgument, boolean, guard, integer, options as readOptions } from '../validate.js';
 
 export const ABSENT = -1;
 
@@ -218,6 +219,9 @@ export class BlockIndex<K> {
   private fresh = false;
 
   constructor(tiers: TierConfig<K>[], options: BlockIndexOptions<K> = {}) {
+    tiers = checkTierConfigs(tiers);
+    options = readOptions<BlockIndexOptions<K>>(options, 'options', ['demote', 'ids']);
+    if (options.demote !== undefined) boolean(options.demote, 'options.demote');
     this.tiers = tiers.map((t) => ({
       name: t.name,
       capacity: t.capacity,
@@ -663,4 +667,23 @@ export class BlockIndex<K> {
     this.tiers[tier]!.used--;
     this.free[tier]!.push(slot);
   }
+}
+
+/** The tiers of a BlockIndex, checked and copied: a name, a capacity in slots and a policy each. */
+function checkTierConfigs<K>(tiers: unknown): TierConfig<K>[] {
+  if (!guard('tiers', () => Array.isArray(tiers))) {
+    throw badArgument('tiers', 'an array of { name, capacity, policy }', tiers);
+  }
+  return guard('tiers', () =>
+    Array.from(tiers as unknown[], (t, i) => {
+      const c = readOptions<TierConfig<K>>(t, `tiers[${i}]`, ['name', 'capacity', 'policy']);
+      if (t === undefined) throw badArgument(`tiers[${i}]`, 'a tier', t);
+      if (typeof c.name !== 'string') throw badArgument(`tiers[${i}].name`, 'a string', c.name);
+      integer(c.capacity, `tiers[${i}].capacity`);
+      if (typeof c.policy !== 'object' || c.policy === null) {
+        throw badArgument(`tiers[${i}].policy`, 'an eviction policy', c.policy);
+      }
+      return c as TierConfig<K>;
+    }),
+  );
 }

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 
 import { KvtierError } from '../errors.js';
 import { native } from '../native.js';
+import { badArgument, guard, integer, options as readOptions } from '../validate.js';
 
 export type Key = string;
 /** What callers may pass as a key: hex text, or raw bytes (16 to 32 of them). */
@@ -26,6 +27,7 @@ const roots = new Map<string, Buffer>();
 
 /** The root every chain of a namespace starts from. */
 export function namespaceRoot(namespace = ''): Buffer {
+  if (typeof namespace !== 'string') throw badArgument('namespace', 'a string', namespace);
   let root = roots.get(namespace);
   if (!root) {
     root = createHash('sha256').update('kvtier-key-v1\0').update(namespace, 'utf8').digest();
@@ -45,6 +47,9 @@ export class KeyChain implements Iterable<Key> {
   private cached: Key[] | undefined;
 
   constructor(bytes: Buffer) {
+    if (!guard('bytes', () => Buffer.isBuffer(bytes)) || bytes.length % KEY_BYTES !== 0) {
+      throw badArgument('bytes', `a Buffer of whole ${KEY_BYTES}-byte keys`, bytes);
+    }
     this.bytes = bytes;
     this.length = bytes.length / KEY_BYTES;
   }
@@ -78,31 +83,18 @@ export interface ChainOptions {
   parent?: KeyLike;
 }
 
-export function chainKeys(
-  tokens: ArrayLike<number> | Uint32Array,
-  options: ChainOptions,
-): KeyChain {
-  const { blockTokens } = options;
-  if (!Number.isSafeInteger(blockTokens) || blockTokens < 1) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `blockTokens must be a positive integer, got ${blockTokens}`,
-    );
+export function chainKeys(tokens: ArrayLike<number> | Uint32Array, given: ChainOptions): KeyChain {
+  if (given === undefined) throw badArgument('options', 'an object with blockTokens', given);
+  const options = readOptions<ChainOptions>(given, 'options', [
+    'blockTokens',
+    'namespace',
+    'parent',
+  ]);
+  const blockTokens = integer(options.blockTokens, 'blockTokens', { min: 1 });
+  if (typeof tokens !== 'object' || tokens === null) {
+    throw badArgument('tokens', 'a Uint32Array or an array of token ids', tokens);
   }
-  let ids: Uint32Array;
-  if (tokens instanceof Uint32Array) {
-    ids = tokens;
-  } else {
-    const full = Math.floor(tokens.length / blockTokens) * blockTokens;
-    ids = new Uint32Array(full);
-    for (let i = 0; i < full; i++) {
-      const t = tokens[i]!;
-      if (!Number.isInteger(t) || t < 0 || t > 0xffffffff) {
-        throw new KvtierError('KVTIER_BAD_ARGUMENT', `token ${i} is not a uint32: ${t}`);
-      }
-      ids[i] = t;
-    }
-  }
+  const ids = guard('tokens', () => tokenIds(tokens, blockTokens));
   const root =
     options.parent === undefined
       ? namespaceRoot(options.namespace ?? '')
@@ -113,7 +105,22 @@ export function chainKeys(
   return new KeyChain(native().chainHash(ids, blockTokens, root));
 }
 
-/** Validates a key and returns its hex form. */
+/** The token ids of the full blocks of `tokens`, as uint32. */
+function tokenIds(tokens: ArrayLike<number>, blockTokens: number): Uint32Array {
+  if (tokens instanceof Uint32Array) return tokens;
+  const length = integer(tokens.length, 'tokens.length');
+  const full = Math.floor(length / blockTokens) * blockTokens;
+  const ids = new Uint32Array(full);
+  for (let i = 0; i < full; i++) {
+    const t = tokens[i];
+    if (typeof t !== 'number' || !Number.isInteger(t) || t < 0 || t > 0xffffffff) {
+      throw badArgument(`token ${i}`, 'a uint32', t);
+    }
+    ids[i] = t;
+  }
+  return ids;
+}
+
 /** Whether s is already a key in canonical form: 32 to 64 lowercase hex digits, even length. */
 function isCanonical(s: string): boolean {
   const n = s.length;
@@ -126,6 +133,7 @@ function isCanonical(s: string): boolean {
   return true;
 }
 
+/** Validates a key and returns its hex form. */
 export function toKey(k: KeyLike): Key {
   if (typeof k === 'string') {
     // The common case (keys that came from chainKeys or from this library) costs one scan.
@@ -144,10 +152,12 @@ export function toKey(k: KeyLike): Key {
     }
     return lower;
   }
-  if (!(k instanceof Uint8Array) || k.length < MIN_KEY_BYTES || k.length > KEY_BYTES) {
+  // instanceof asks a proxy's trap for the prototype, which may throw.
+  const bytes = guard('key', () => k instanceof Uint8Array);
+  if (!bytes || k.length < MIN_KEY_BYTES || k.length > KEY_BYTES) {
     throw new KvtierError(
       'KVTIER_BAD_ARGUMENT',
-      `a key must be 16 to 32 bytes, got ${k instanceof Uint8Array ? `${k.length} bytes` : typeof k}`,
+      `a key must be 16 to 32 bytes, got ${bytes ? `${k.length} bytes` : typeof k}`,
     );
   }
   return Buffer.from(k.buffer, k.byteOffset, k.length).toString('hex');
@@ -159,9 +169,12 @@ export function keyBytes(k: KeyLike): Buffer {
 
 /** Normalizes what callers pass as a list of keys. */
 export function toKeys(keys: KeyChain | readonly KeyLike[]): Key[] {
-  if (keys instanceof KeyChain) return keys.keys();
-  if (!Array.isArray(keys)) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'keys must be a KeyChain or an array of keys');
-  }
-  return keys.map(toKey);
+  return guard('keys', () => {
+    if (keys instanceof KeyChain) return keys.keys();
+    if (!Array.isArray(keys)) {
+      throw badArgument('keys', 'a KeyChain or an array of keys', keys);
+    }
+    // Array.from visits holes of a sparse array (as undefined, refused) where map would skip them.
+    return Array.from(keys, (k: KeyLike) => toKey(k));
+  });
 }

@@ -4,7 +4,13 @@
  * kvtier's own threads), and checks every block's CRC-32C on the way out: a block that fails it
  * is dropped and counted, never returned.
  */
-import { createEngine, type EngineOptions, type IoEngine, type Target } from '../engine.js';
+import {
+  checkTarget,
+  createEngine,
+  type EngineOptions,
+  type IoEngine,
+  type Target,
+} from '../engine.js';
 import { abortError, KvtierError } from '../errors.js';
 import { DeviceRegion } from '../gpu/device-region.js';
 import { createCopyEngine } from '../gpu/engines.js';
@@ -17,6 +23,15 @@ import type { KvLayout } from '../layout/kv-layout.js';
 import { GpuTier } from './gpu-tier.js';
 import { HostTier } from './host-tier.js';
 import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
+import { badArgument, func, guard, integer } from '../validate.js';
+import {
+  checkGetOptions,
+  checkPinOptions,
+  checkPrefetchOptions,
+  checkPutOptions,
+  checkWarehouseOptions,
+  leaseId,
+} from './options.js';
 import { PrefetchQueue } from './prefetch.js';
 import type { SlotBlock, SlotPlace, Tier, TierKind } from './tier.js';
 import { TransferRound } from './transfers.js';
@@ -316,6 +331,8 @@ export class Warehouse {
   private readonly committed = new WeakSet<Plan<Key>>();
   private readonly leases = new Map<number, { lease: Lease; timer: NodeJS.Timeout }>();
   private nextLease = 1;
+  /** No lease expires before this time (by `now`), so most operations skip the scan. */
+  private nextExpiry = Infinity;
   private readonly prefetcher: PrefetchQueue;
   private closing: Promise<void> | undefined;
   private counters = { gets: 0, hits: 0, misses: 0, corrupt: 0, ioErrors: 0, remoteHits: 0 };
@@ -348,7 +365,8 @@ export class Warehouse {
     this.prefetcher = new PrefetchQueue(options.prefetchBytes ?? 64 * options.blockBytes, this.now);
   }
 
-  static async open(options: WarehouseOptions): Promise<Warehouse> {
+  static async open(given: WarehouseOptions): Promise<Warehouse> {
+    const options = checkWarehouseOptions(given);
     const { blockBytes } = options;
     if (!Number.isSafeInteger(blockBytes) || blockBytes < 1) {
       throw new KvtierError(
@@ -585,10 +603,13 @@ export class Warehouse {
   async put(
     keys: KeyChain | readonly KeyLike[],
     src: Target,
-    options: PutOptions = {},
+    given: PutOptions = {},
   ): Promise<PutResult> {
     this.assertOpen();
+    this.expireLeases();
     const list = toKeys(keys);
+    checkTarget(src, 'src');
+    const options = checkPutOptions(given);
     this.checkSpan('src', src, list.length);
     const priority = options.priority ?? 0;
     return this.track(
@@ -873,6 +894,14 @@ export class Warehouse {
   /** How much of a chain is cached, and where; changes nothing. */
   lookup(keys: KeyChain | readonly KeyLike[]): LookupResult {
     this.assertOpen();
+    // A proxy's traps may throw anywhere in the walk below: that is a bad argument too.
+    const tiers = guard('keys', () => this.topTiers(keys));
+    let prefix = 0;
+    while (prefix < tiers.length && tiers[prefix] !== ABSENT) prefix++;
+    return { prefix, tiers };
+  }
+
+  private topTiers(keys: KeyChain | readonly KeyLike[]): number[] {
     let tiers: number[];
     if (keys instanceof KeyChain) {
       tiers = keys.keys().map((k) => this.index.topTier(k));
@@ -892,9 +921,7 @@ export class Warehouse {
         tiers[i] = t;
       }
     }
-    let prefix = 0;
-    while (prefix < tiers.length && tiers[prefix] !== ABSENT) prefix++;
-    return { prefix, tiers };
+    return tiers;
   }
 
   // ---------------------------------------------------------------------------------------- get
@@ -907,10 +934,13 @@ export class Warehouse {
   async get(
     keys: KeyChain | readonly KeyLike[],
     dst: Target,
-    options: GetOptions = {},
+    given: GetOptions = {},
   ): Promise<GetResult> {
     this.assertOpen();
+    this.expireLeases();
     const list = toKeys(keys);
+    checkTarget(dst, 'dst');
+    const options = checkGetOptions(given);
     this.checkSpan('dst', dst, list.length);
     if (options.signal?.aborted) throw abortError(options.signal);
     return this.track(this.getNow(list, dst, options));
@@ -1080,6 +1110,8 @@ export class Warehouse {
    */
   async claim(count: number): Promise<LandingSlot[]> {
     this.assertOpen();
+    this.expireLeases();
+    integer(count, 'count');
     if (!this.takesBytesInPlace() || count < 1) return [];
     return this.track(
       (async () => {
@@ -1176,6 +1208,7 @@ export class Warehouse {
    */
   async reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
     this.assertOpen();
+    this.expireLeases();
     const list = toKeys(keys);
     if (!this.takesBytesInPlace()) return undefined;
     let finish!: () => void;
@@ -1508,10 +1541,12 @@ export class Warehouse {
    */
   async prefetch(
     keys: KeyChain | readonly KeyLike[],
-    options: PrefetchOptions = {},
+    given: PrefetchOptions = {},
   ): Promise<PrefetchResult> {
     this.assertOpen();
+    this.expireLeases();
     const list = toKeys(keys);
+    const options = checkPrefetchOptions(given);
     const to = this.tierIndex(options.to);
     if (options.signal?.aborted) throw abortError(options.signal);
     const job = this.prefetcher.enqueue(
@@ -1564,34 +1599,61 @@ export class Warehouse {
    */
   pin(keys: KeyChain | readonly KeyLike[], options: { ttlMs?: number } = {}): Lease {
     this.assertOpen();
-    const ttl = options.ttlMs ?? 30_000;
-    if (!Number.isFinite(ttl) || ttl <= 0 || ttl > MAX_TIMER_MS) {
-      throw new KvtierError(
-        'KVTIER_BAD_ARGUMENT',
-        `ttlMs must be a positive number of at most ${MAX_TIMER_MS} (about 24.8 days), got ${ttl}`,
-      );
-    }
+    this.expireLeases();
+    const ttl = checkPinOptions(options, MAX_TIMER_MS).ttlMs ?? 30_000;
+    const list = toKeys(keys);
     // A block an operation in flight is moving out of a tier (an eviction victim) cannot be
     // held any more; the lease lists only the keys it really holds.
-    const held = toKeys(keys).filter((k) => {
+    const held = list.filter((k) => {
       const e = this.index.get(k);
       if (!e || e.slots.some((slot, t) => slot !== ABSENT && (e.busy & (1 << t)) !== 0))
         return false;
       return this.index.pin(k);
     });
     const lease: Lease = { id: this.nextLease++, keys: held, expiresAt: this.now() + ttl };
-    const timer = setTimeout(() => this.unpin(lease), ttl);
-    timer.unref();
-    this.leases.set(lease.id, { lease, timer });
+    this.leases.set(lease.id, { lease, timer: this.leaseTimer(lease.id, ttl) });
+    this.nextExpiry = Math.min(this.nextExpiry, lease.expiresAt);
     return lease;
+  }
+
+  /**
+   * Leases expire by the warehouse's clock (`now`): operations that could evict or report pins
+   * look first (expireLeases), and a timer looks too, so an idle warehouse lets them go. A timer
+   * that fires before the clock says so (an injected clock) waits for the rest.
+   */
+  private leaseTimer(id: number, ms: number): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      this.expireLeases();
+      const held = this.leases.get(id);
+      if (held) {
+        const left = held.lease.expiresAt - this.now();
+        held.timer = this.leaseTimer(id, Math.min(Math.max(left, 1), MAX_TIMER_MS));
+      }
+    }, ms);
+    timer.unref();
+    return timer;
+  }
+
+  /** Ends every lease whose time has come by `now`. */
+  private expireLeases(): void {
+    if (this.leases.size === 0) return;
+    const now = this.now();
+    if (now < this.nextExpiry) return;
+    let next = Infinity;
+    for (const { lease } of [...this.leases.values()]) {
+      if (lease.expiresAt <= now) this.unpin(lease);
+      else next = Math.min(next, lease.expiresAt);
+    }
+    this.nextExpiry = next;
   }
 
   /** Ends a lease early. Idempotent. */
   unpin(lease: Lease): void {
-    const held = this.leases.get(lease.id);
+    const id = leaseId(lease);
+    const held = this.leases.get(id);
     if (!held) return;
     clearTimeout(held.timer);
-    this.leases.delete(lease.id);
+    this.leases.delete(id);
     for (const k of held.lease.keys) this.index.unpin(k);
   }
 
@@ -1601,6 +1663,7 @@ export class Warehouse {
    */
   async evict(keys: KeyChain | readonly KeyLike[]): Promise<number> {
     this.assertOpen();
+    this.expireLeases();
     const list = toKeys(keys);
     return this.track(this.evictNow(list));
   }
@@ -1648,6 +1711,7 @@ export class Warehouse {
    * Returns the function that stops it.
    */
   watch(listener: ChangeListener): () => void {
+    func(listener, 'listener');
     this.listeners.add(listener);
     return () => {
       this.listeners.delete(listener);
@@ -1663,6 +1727,10 @@ export class Warehouse {
 
   /** Where a local miss is looked for next (a cluster), or undefined for none. */
   setRemote(source: BlockSource | undefined): void {
+    const fetch = guard('source', () => typeof (source as { fetch?: unknown } | null)?.fetch);
+    if (source !== undefined && fetch !== 'function') {
+      throw badArgument('source', 'a BlockSource (an object with fetch()) or undefined', source);
+    }
     this.remote = source;
   }
 
@@ -1781,6 +1849,7 @@ export class Warehouse {
   }
 
   stats(): WarehouseStats {
+    this.expireLeases();
     const { gets, hits, misses, corrupt, ioErrors, remoteHits } = this.counters;
     const cluster = this.remote?.stats?.();
     return {

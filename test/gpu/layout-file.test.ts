@@ -18,7 +18,7 @@ import {
   describeKvLayout,
   type GpuFileIo,
 } from '../../lib/index.js';
-import { tempDir } from '../helpers.js';
+import { prerequisite, tempDir } from '../helpers.js';
 import { cufileReason, hasGpu } from './gpu.js';
 
 const MiB = 1 << 20;
@@ -82,10 +82,12 @@ describe.skipIf(!hasGpu)('KV layouts on the GPU', () => {
 describe.skipIf(!hasGpu)('GPU file engine', () => {
   const paths: GpuFileIo[] = ['posix', 'cufile'];
   for (const io of paths) {
-    it(`writes GPU memory to a file and reads it back (${io})`, async () => {
-      if (io === 'cufile' && cufileReason !== '') {
-        console.warn(`skipped: cuFile path (${cufileReason})`);
-        return;
+    it(`writes GPU memory to a file and reads it back (${io})`, async ({ skip }) => {
+      if (
+        io === 'cufile' &&
+        !prerequisite(cufileReason === '', `cuFile path (${cufileReason})`, 'hardware')
+      ) {
+        skip();
       }
       const engine = createGpuFileEngine({ io, threads: 4, chunkBytes: MiB });
       expect(engine.kind).toBe(io);

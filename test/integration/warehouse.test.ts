@@ -12,7 +12,7 @@ import {
 } from '../../lib/index.js';
 import { probe } from '../../lib/probe.js';
 import { blockFor, blocksFor } from '../blocks.js';
-import { tempDir } from '../helpers.js';
+import { prerequisite, tempDir } from '../helpers.js';
 
 const BS = 16 * 1024;
 const dirs: { remove(): void }[] = [];
@@ -172,20 +172,43 @@ describe('Warehouse', () => {
     await wh.close();
   });
 
-  it('never evicts pinned blocks, and leases expire', async () => {
+  it('never evicts pinned blocks, and leases expire by the injected clock', async () => {
     let now = 1_000;
     const wh = await open({ now: () => now });
     const keys = chain(8);
     await wh.put(keys, blocksFor(keys, BS));
     const lease = wh.pin(keys.slice(0, 8), { ttlMs: 60_000 });
     expect(lease.keys).toHaveLength(8);
+    expect(lease.expiresAt).toBe(61_000);
     const more = chain(4, 'other');
     expect((await wh.put(more, blocksFor(more, BS))).stored).toBe(4);
     // Every host slot is pinned: the new blocks went to the file tier instead.
     expect(wh.lookup(keys).tiers.every((t) => t === 0)).toBe(true);
     expect(wh.lookup(more).tiers.every((t) => t === 1)).toBe(true);
+    // A millisecond before expiry by the warehouse's clock (the wall clock has barely moved, and
+    // no timer has fired), the lease still holds.
+    now = 60_999;
+    expect(await wh.evict(keys.slice(7))).toBe(0);
+    // At expiry it is gone, though no wall-clock time passed: the host tier takes new blocks
+    // again, pushing the formerly pinned ones down, and evict() may remove them.
+    now = 61_000;
+    const third = chain(4, 'third');
+    expect((await wh.put(third, blocksFor(third, BS))).stored).toBe(4);
+    expect(wh.lookup(third).tiers).toEqual([0, 0, 0, 0]);
+    expect(wh.lookup(keys).tiers.filter((t) => t === 1)).toHaveLength(4);
+    expect(await wh.evict(keys.slice(7))).toBe(1);
+    wh.unpin(lease); // already expired: a no-op
+    await wh.close();
+  });
+
+  it('ends a lease early with unpin()', async () => {
+    const wh = await open({ now: () => 0 });
+    const keys = chain(2);
+    await wh.put(keys, blocksFor(keys, BS));
+    const lease = wh.pin(keys, { ttlMs: 60_000 });
+    expect(await wh.evict(keys)).toBe(0);
     wh.unpin(lease);
-    now += 1;
+    expect(await wh.evict(keys)).toBe(2);
     await wh.close();
   });
 
@@ -275,6 +298,32 @@ describe('Warehouse', () => {
     const late = await wh.prefetch(keys.slice(2, 3), { deadline: 0 }).catch((e: unknown) => e);
     expect(late).toMatchObject({ code: 'KVTIER_ABORTED' });
     expect((await wh.prefetch(chain(1, 'nobody'))).missing).toBe(1);
+    await wh.close();
+  });
+
+  it('runs queued prefetches highest priority first, one block in flight at a time', async () => {
+    // One block of prefetch bytes in flight: the first prefetch runs at once, the others queue
+    // behind it and must then start (and so finish) by priority, equal ones in arrival order.
+    const wh = await open({ prefetchBytes: BS });
+    const keys = chain(16);
+    for (const k of keys) await wh.put([k], blockFor(k, BS));
+    const cold = keys.slice(0, 5);
+    expect(wh.lookup(cold).tiers).toEqual([1, 1, 1, 1, 1]);
+    const finished: string[] = [];
+    const queue = (name: string, key: string, priority: number): Promise<void> =>
+      wh.prefetch([key], { to: 'host', priority }).then((r) => {
+        expect(r.moved, name).toBe(1);
+        finished.push(name);
+      });
+    await Promise.all([
+      queue('first', cold[0]!, 0),
+      queue('low', cold[1]!, 1),
+      queue('high', cold[2]!, 9),
+      queue('middle', cold[3]!, 5),
+      queue('low too', cold[4]!, 1),
+    ]);
+    expect(finished).toEqual(['first', 'high', 'middle', 'low', 'low too']);
+    expect(wh.lookup(cold).tiers).toEqual([0, 0, 0, 0, 0]);
     await wh.close();
   });
 
@@ -372,8 +421,10 @@ describe('Warehouse GPU tier options', () => {
     ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
   });
 
-  it('says why a GPU tier cannot open without a GPU, and leaves nothing open', async () => {
-    if (probe().cuda.available) return; // the GPU suite covers a working GPU tier
+  it('says why a GPU tier cannot open without a GPU, and leaves nothing open', async ({ skip }) => {
+    const noGpu = !probe().cuda.available;
+    // On a GPU host test/gpu/warehouse.test.ts covers a working GPU tier instead.
+    if (!prerequisite(noGpu, 'a CUDA GPU is present, so a GPU tier opens', 'hardware')) skip();
     await expect(
       Warehouse.open({
         blockBytes: BS,

@@ -275,12 +275,23 @@ describe.each(engineKinds())('%s engine', (kind: EngineKind) => {
     await engine.close();
   });
 
-  it('makes data durable with sync()', async () => {
+  it('makes data durable with sync(): the fdatasync reaches the kernel', async () => {
     const engine = createEngine({ kind, queueDepth: 4 });
     const file = await openFile(fresh(), { create: true });
     await engine.write(file, 0, randomBytes(4096));
-    await expect(engine.sync(file)).resolves.toBeUndefined();
+    const synced = await engine.submit(new TransferBatch().sync(file));
+    expect(synced.ok).toBe(true);
+    expect(synced.bytes).toEqual([0]);
+    // The kernel refuses to sync a character device (EINVAL): an error that only a real
+    // fdatasync (or io_uring fsync) can produce, with the errno and syscall it came from.
+    const device = await openFile('/dev/null', { direct: false });
+    const e = await errorOf(engine.sync(device));
+    expect(e).toMatchObject({ code: 'KVTIER_IO', errno: 22 });
+    expect(e.syscall).toMatch(/sync/);
+    expect(e.message).toMatch(/sync on \/dev\/null failed: EINVAL/);
+    await device.close();
     await file.close();
+    expect((await errorOf(engine.sync(file))).code).toBe('KVTIER_CLOSED');
     await engine.close();
   });
 });

@@ -14,6 +14,7 @@ import {
   type FileBenchRun,
 } from '../../lib/bench/file-bench.js';
 import { findFio } from '../../lib/bench/fio.js';
+import { median } from '../../lib/bench/stats.js';
 import { fileBenchJson, formatFileBench } from '../../lib/bench/report.js';
 import { badArgument, prerequisite, tempDir } from '../helpers.js';
 
@@ -168,9 +169,37 @@ function checkRows(report: FileBenchReport, peers: string[]): void {
         expect(row?.gbps).toBeGreaterThan(0);
         expect(row?.peerGbps).toBeGreaterThan(0);
         expect(row?.ratio).toBeCloseTo((row?.gbps ?? 0) / (row?.peerGbps ?? 1), 9);
+        // Each figure is the median of this report's own passes: kvtier's on this engine, the
+        // peer's on the same op, pattern and block size.
+        const passes = (tool: string): FileBenchRun[] =>
+          report.runs.filter(
+            (r) =>
+              r.tool === tool &&
+              `${r.op} ${r.pattern}` === opPattern &&
+              r.blockSize === row?.blockSize &&
+              (tool === 'node-fs' || r.engine === engine),
+          );
+        const mine = passes('kvtier');
+        const theirs = passes(peer);
+        expect(mine).toHaveLength(report.reps);
+        expect(theirs).toHaveLength(report.reps);
+        expect(row?.gbps).toBe(median(mine.map((r) => r.gbps)));
+        expect(row?.peerGbps).toBe(median(theirs.map((r) => r.gbps)));
       }
     }
   }
+  // kvtier and node-fs time their own passes: rate × time is the whole file, every pass.
+  for (const run of report.runs.filter((r) => r.tool !== 'fio')) {
+    expect((run.gbps * 1e9 * run.ms) / 1e3 / report.file.size).toBeCloseTo(1, 9);
+  }
+  const perEngine = peers.includes('fio') ? 2 : 1; // kvtier, and fio mirroring each engine
+  const nodeFs = peers.includes('node-fs') ? 1 : 0;
+  expect(report.runs).toHaveLength(
+    report.reps *
+      report.blockSizes.length *
+      ops.length *
+      (report.engines.length * perEngine + nodeFs),
+  );
   expect(report.rows.length).toBe(
     report.blockSizes.length * report.engines.length * ops.length * peers.length,
   );

@@ -174,6 +174,8 @@ describe.runIf(haveFio)('fio itself', () => {
     expect(r.ioBytes).toBe(size);
     expect(r.runtimeMs).toBeGreaterThanOrEqual(0);
     expect(r.gbps).toBeGreaterThan(0);
+    // The rate is fio's own bandwidth figure of this job, in GB/s.
+    expect(r.gbps).toBe(r.bwBytes / 1e9);
   });
 
   it('fails with KVTIER_IO and fio’s message when fio refuses the job', async () => {

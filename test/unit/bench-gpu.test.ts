@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 
 import { gpuBenchOptions } from '../../lib/cli/bench-gpu.js';
 import { probe } from '../../lib/probe.js';
-import { badArgument } from '../helpers.js';
+import { badArgument, prerequisite } from '../helpers.js';
 
 const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
 const base = {
@@ -39,8 +39,11 @@ describe('kvtier bench gpu options', () => {
     badArgument(() => gpuBenchOptions({ ...base, gatherBlocks: '-1' }));
   });
 
-  it('exits with KVTIER_NOT_AVAILABLE and the reason where there is no GPU', () => {
-    if (probe().cuda.available) return; // on a GPU host the benchmark runs instead
+  it('exits with KVTIER_NOT_AVAILABLE and the reason where there is no GPU', ({ skip }) => {
+    const noGpu = !probe().cuda.available;
+    // On a GPU host the benchmark runs instead.
+    if (!prerequisite(noGpu, 'a CUDA GPU is present, so the GPU benchmark runs', 'hardware'))
+      skip();
     const r = spawnSync(process.execPath, [cli, 'bench', 'gpu', '--no-peer'], { encoding: 'utf8' });
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/KVTIER_NOT_AVAILABLE/);

@@ -39,13 +39,33 @@ describe('kvtier bench net', () => {
       ['put', 16 << 10],
     ]);
     for (const r of report.rows) {
+      // Every timed pass moved exactly the configured bytes, acknowledged by the server.
+      const configured = r.blockSize === 256 << 10 ? 8 << 20 : 200 * (16 << 10);
+      expect(r.bytes).toEqual([configured]);
+      // One repetition: the row is that repetition's numbers, each derived from the same pass.
+      expect(r.runs).toHaveLength(1);
+      expect(r.gbps).toBe(r.runs[0]);
       expect(r.gbps).toBeGreaterThan(0);
-      expect(r.opsPerSec).toBeGreaterThan(0);
+      expect((r.opsPerSec * r.blockSize) / 1e9 / r.gbps).toBeCloseTo(1, 9);
       expect(r.p99Us).toBeGreaterThanOrEqual(r.p50Us);
       if (withIperf) {
+        // The ratio is this run's rate over the iperf3 run of the same report (the one iperf3
+        // run follows the large-block passes; the small-block rows share it).
         expect(r.peer).toBe('iperf3');
-        expect(r.ratio).toBeGreaterThan(0);
+        expect('runs' in report.iperf3).toBe(true);
+        const iperfRuns = 'runs' in report.iperf3 ? report.iperf3.runs : [];
+        expect(iperfRuns).toHaveLength(1);
+        expect(r.peerGbps).toBe(iperfRuns[0]);
+        expect(r.ratio).toBeCloseTo(r.gbps / iperfRuns[0]!, 9);
       }
+    }
+    if (withIperf) {
+      // What --json prints names the peer and where it came from.
+      const json = JSON.parse(JSON.stringify(report)) as typeof report;
+      expect(json.iperf3).toMatchObject({ path: expect.stringMatching(/iperf3$/) as unknown });
+      expect(json.rows.every((r) => r.peer === 'iperf3' && typeof r.peerGbps === 'number')).toBe(
+        true,
+      );
     }
     expect(formatNetBench(report)).toMatch(/ratio/);
   });

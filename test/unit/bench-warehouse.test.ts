@@ -229,6 +229,21 @@ describe('runWarehouseBench (shape only, no timing assertions)', () => {
         expect(r.peerGbps).toBeGreaterThan(0);
         expect(r.ratio).toBeCloseTo(r.gbps / r.peerGbps, 9);
         expect(r.meetsTarget).toBe(r.ratio >= r.target);
+        // The row is this report's own passes (one repetition each): the warehouse's and the
+        // engine's, same op and block size, each moving the whole configured size.
+        const passes = (tool: string): { gbps: number; ms: number }[] =>
+          report.runs.filter(
+            (x) => x.tool === tool && x.op === r.op && x.blockSize === r.blockSize,
+          );
+        const [mine, theirs] = [passes('warehouse'), passes('engine')];
+        expect(mine).toHaveLength(1);
+        expect(theirs).toHaveLength(1);
+        expect(r.gbps).toBe(mine[0]!.gbps);
+        expect(r.peerGbps).toBe(theirs[0]!.gbps);
+        for (const x of [...mine, ...theirs]) {
+          expect((x.gbps * 1e9 * x.ms) / 1e3 / tiny.size!).toBeCloseTo(1, 9);
+        }
+        expect(r.blocks * r.blockSize).toBe(tiny.size);
       }
       const chain = report.rows.filter((r) => r.section === 'chainKeys');
       expect(chain.map((r) => r.variant)).toEqual(['bytes', 'hex', 'number[]']);
