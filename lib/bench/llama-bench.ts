@@ -11,12 +11,7 @@ import { KvtierError } from '../errors.js';
 import { LlamaKvCache } from '../llama/adapter.js';
 import { importNodeLlamaCpp, kvBytesPerToken } from '../llama/engine.js';
 import { BENCH_MODEL, writeLlamaGguf, type LlamaModelSpec } from '../llama/gguf-writer.js';
-import {
-  batchMatchedNext,
-  compareNext,
-  nextAfter,
-  type Comparison,
-} from '../llama/reference.js';
+import { batchMatchedNext, compareNext, nextAfter, type Comparison } from '../llama/reference.js';
 
 export interface LlamaBenchOptions {
   /** Prompt lengths in tokens. */
