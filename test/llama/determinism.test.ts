@@ -4,7 +4,7 @@
  * reference), whose own run-to-run noise is measured by running it twice. Full prefill differs
  * by the batch shape of the prompt's tail alone, which can flip a near-tie greedy token.
  */
-import type { LlamaContext, LlamaContextSequence, LlamaModel } from 'node-llama-cpp';
+import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { LlamaKvCache } from '../../lib/llama/adapter.js';
@@ -43,7 +43,7 @@ describe.skipIf(!llama)('llama restore is bit-identical to the batch-matched ref
       blockTokens: B,
       tiers: [{ kind: 'host', bytes: 4 << 20 }],
     });
-    await seq.evaluateWithoutGeneratingNewTokens(LONG);
+    await seq.evaluateWithoutGeneratingNewTokens(LONG as Token[]);
     expect(await kv.store(seq)).toMatchObject({ blocks: 12, stored: 12 });
   }, 120_000);
 
