@@ -11,6 +11,7 @@ import { KvtierError } from '../errors.js';
 import { LlamaKvCache } from '../llama/adapter.js';
 import { importNodeLlamaCpp, kvBytesPerToken } from '../llama/engine.js';
 import { BENCH_MODEL, writeLlamaGguf, type LlamaModelSpec } from '../llama/gguf-writer.js';
+import { batchMatchedNext, compareNext, nextAfter, type Comparison } from '../llama/reference.js';
 
 export interface LlamaBenchOptions {
   /** Prompt lengths in tokens. */
@@ -48,6 +49,17 @@ export interface LlamaBenchRow {
   speedupFile: number;
   /** The first token after each restore equals the one after full prefill. */
   sameFirstToken: boolean;
+  /** Each restore's first-token distribution against full prefill's. */
+  vsFullPrefill: { host: Comparison; file: Comparison };
+  /**
+   * Against the batch-matched reference (reference.ts): the restored tokens prefilled, the rest
+   * evaluated in one call. A correct restore is bit-identical to it (maxProbDelta 0).
+   */
+  vsBatchMatched: { host: Comparison; file: Comparison };
+  /** The batch-matched reference run a second time: the engine's own run-to-run noise. */
+  referenceRerun: Comparison;
+  /** Both restores bit-identical to the batch-matched reference, within referenceRerun. */
+  identicalToBatchMatched: boolean;
 }
 
 export interface LlamaBenchReport {
@@ -144,13 +156,9 @@ export async function runLlamaBench(options: LlamaBenchOptions): Promise<LlamaBe
       progress(`${n} tokens: full prefill`);
       await seq.clearHistory();
       let t = performance.now();
-      let first = -1;
-      for await (const tok of seq.evaluate(p as Parameters<typeof seq.evaluate>[0], {
-        temperature: 0,
-      })) {
-        first = tok;
-        break;
-      }
+      // Full vocabulary probabilities cost one softmax over it: well under a millisecond here.
+      const full = await nextAfter(seq, p);
+      const first = full.token;
       const fullPrefillMs = performance.now() - t;
       progress(`${n} tokens: store (${(fullPrefillMs / 1000).toFixed(1)} s prefill)`);
       t = performance.now();
@@ -171,6 +179,27 @@ export async function runLlamaBench(options: LlamaBenchOptions): Promise<LlamaBe
           ok: r.tokens[0] === first,
         });
       }
+      // Untimed: the distributions after each restore, then the batch-matched reference twice.
+      const after = [];
+      for (const kv of [host, file]) {
+        await seq.clearHistory();
+        const r = await kv.restore(seq, p);
+        after.push({ restored: r.restoredTokens, next: await nextAfter(seq, r.rest) });
+      }
+      progress(`${n} tokens: batch-matched reference, twice`);
+      const ref = await batchMatchedNext(seq, p, after[0]!.restored);
+      const rerun = await batchMatchedNext(seq, p, after[0]!.restored);
+      await seq.clearHistory();
+      const referenceRerun = compareNext(ref, rerun);
+      const vsBatchMatched = {
+        host: compareNext(ref, after[0]!.next),
+        file: compareNext(ref, after[1]!.next),
+      };
+      const identical =
+        after[1]!.restored === after[0]!.restored &&
+        [vsBatchMatched.host, vsBatchMatched.file].every(
+          (c) => c.sameToken && c.maxProbDelta <= referenceRerun.maxProbDelta,
+        );
       report.rows.push({
         tokens: n,
         fullPrefillMs,
@@ -185,6 +214,13 @@ export async function runLlamaBench(options: LlamaBenchOptions): Promise<LlamaBe
         speedupHost: fullPrefillMs / rows[0]!.ttft,
         speedupFile: fullPrefillMs / rows[1]!.ttft,
         sameFirstToken: rows[0]!.ok && rows[1]!.ok,
+        vsFullPrefill: {
+          host: compareNext(full, after[0]!.next),
+          file: compareNext(full, after[1]!.next),
+        },
+        vsBatchMatched,
+        referenceRerun,
+        identicalToBatchMatched: identical,
       });
       lastMs = fullPrefillMs;
       lastN = n;
@@ -205,7 +241,7 @@ export function formatLlamaBench(r: LlamaBenchReport): string {
     `kvtier bench llama: ${r.engine}; model llama ${m.layers}L x ${m.embd}, ${(m.params / 1e6).toFixed(1)} M params, ${(m.bytes / 2 ** 20).toFixed(1)} MiB ${m.dtype ?? 'f16'}`,
     `machine: ${r.machine.cpus} CPUs (${r.machine.cpuModel}), ${r.machine.threads} engine threads; blocks of ${r.blockTokens} tokens, ${r.bytesPerToken} bytes per token; staging in ${r.staging}`,
     '',
-    'tokens  full prefill  restore host  restore file  x host  x file  same token',
+    'tokens  full prefill  restore host  restore file  x host  x file  same token  identical',
   ];
   for (const row of r.rows) {
     lines.push(
@@ -216,10 +252,17 @@ export function formatLlamaBench(r: LlamaBenchReport): string {
         `${row.fileRestoreTtftMs.toFixed(0)} ms`.padStart(13),
         row.speedupHost.toFixed(1).padStart(7),
         row.speedupFile.toFixed(1).padStart(7),
-        (row.sameFirstToken ? 'yes' : 'NO').padStart(11),
+        (row.sameFirstToken ? 'yes' : 'no').padStart(11),
+        (row.identicalToBatchMatched ? 'yes' : 'NO').padStart(10),
       ].join(' '),
     );
   }
+  lines.push(
+    '',
+    'same token: the first token after restore equals the one after full prefill, whose last batch',
+    'is larger, so the engine sums in another order; identical: bit-identical probabilities to',
+    'the batch-matched reference (the restored prefix prefilled, the rest evaluated in one call).',
+  );
   for (const s of r.skipped) lines.push(`${s.tokens} tokens skipped: ${s.reason}`);
   return `${lines.join('\n')}\n`;
 }

@@ -35,6 +35,7 @@ import {
   type DemoWorkloadInfo,
 } from '../demo/report.js';
 import { runDemo } from '../demo/runner.js';
+import { demoLlama } from './demo-llama.js';
 import { distinctBlocks, generateWorkload } from '../demo/workload.js';
 
 /** Requests in a default run: about 20 s on a 2-core build machine. */
@@ -51,6 +52,9 @@ export interface DemoCommandOptions {
   kvBytesPerToken?: string;
   json?: boolean;
   progress?: boolean;
+  engine?: string;
+  maxTokens?: string;
+  threads?: string;
 }
 
 function integer(
@@ -174,6 +178,15 @@ export async function prepareDemo(opts: DemoCommandOptions): Promise<{
 }
 
 async function demoCommand(opts: DemoCommandOptions): Promise<void> {
+  if (opts.engine !== undefined && opts.engine !== 'none') {
+    if (opts.engine !== 'llama') {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `--engine must be none or llama, got '${opts.engine}'`,
+      );
+    }
+    return demoLlama(opts);
+  }
   const { config, saved, workload, info } = await prepareDemo(opts);
   const bar =
     opts.progress !== false && process.stderr.isTTY === true ? new ProgressBar() : undefined;
@@ -250,5 +263,11 @@ export function registerDemo(program: Command): void {
     )
     .option('--json', 'print the summary as JSON (nothing else on stdout)')
     .option('--no-progress', 'no progress bar, even on a terminal')
+    .option(
+      '--engine <name>',
+      'none (blocks of synthetic bytes, the default) or llama: the workload on node-llama-cpp with a small random model, each continuation checked against full prefill',
+    )
+    .option('--max-tokens <n>', 'llama: tokens generated and checked per request (default 4)')
+    .option('--threads <n>', 'llama: engine threads (default 2)')
     .action(demoCommand);
 }

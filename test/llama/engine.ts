@@ -33,7 +33,12 @@ export function writeModel(dir: string, name: string, spec: Partial<LlamaModelSp
 export async function openContext(
   llama: Llama,
   path: string,
-  options: { contextSize?: number; sequences?: number; flashAttention?: boolean } = {},
+  options: {
+    contextSize?: number;
+    sequences?: number;
+    flashAttention?: boolean;
+    batchSize?: number;
+  } = {},
 ): Promise<{ model: LlamaModel; context: LlamaContext }> {
   const model = await llama.loadModel({ modelPath: path });
   const context = await model.createContext({
@@ -41,6 +46,7 @@ export async function openContext(
     sequences: options.sequences ?? 2,
     threads: 1,
     ...(options.flashAttention === undefined ? {} : { flashAttention: options.flashAttention }),
+    ...(options.batchSize === undefined ? {} : { batchSize: options.batchSize }),
   });
   return { model, context };
 }
