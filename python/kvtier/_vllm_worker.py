@@ -197,9 +197,9 @@ class WorkerSide:
         if client is None or self.pool is None:
             return
         if isinstance(self.pool, CudaPool):
-            # The forward pass may still be running on the engine's stream. The channel's waitEvent
-            # (kvtier's stream waits on the engine's event) is not in the client yet, so until it
-            # is, the host waits for the stream here before the sidecar gathers.
+            # The forward pass may still be running on the engine's stream. Interprocess CUDA events
+            # (kvtier's stream waiting on the engine's event) are not implemented yet, so the host
+            # waits for the stream here before the sidecar gathers.
             import torch
 
             torch.cuda.current_stream(self.pool.device).synchronize()

@@ -13,13 +13,16 @@ import { prerequisite } from '../helpers.js';
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const python = '/usr/bin/python3';
 
-/** What is missing of python3-pytest, python3-numpy and python3-venv (empty: nothing). */
+/** What is missing of python3-pytest, -numpy, -torch and -venv (empty: nothing). */
 function missing(): string[] {
   if (!existsSync(python)) return ['python3'];
   const out: string[] = [];
   for (const [pkg, module] of [
     ['python3-pytest', 'pytest'],
     ['python3-numpy', 'numpy'],
+    // The adapters' tests hand torch CPU tensors to the connector, as vLLM does; without torch
+    // those cases would not be generated, so CI would run less than it claims.
+    ['python3-torch', 'torch'],
   ]) {
     if (spawnSync(python, ['-c', `import ${module}`]).status !== 0) out.push(pkg!);
   }
