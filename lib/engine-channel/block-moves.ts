@@ -19,7 +19,7 @@ import type { Region } from '../region.js';
 import type { ChannelContext } from './context.js';
 import { crc32cOfPieces } from './crc-combine.js';
 import type { Pool } from './pools.js';
-import { statusesFromPresence, statusesOf, type SaveStatus } from './put-status.js';
+import type { SaveStatus } from './put-status.js';
 
 /** Per block, the CRC of its pieces (descriptors spans[k] to spans[k + 1] of the batch). */
 function blockChecksums(result: BatchResult, spans: readonly number[]): number[] {
@@ -49,7 +49,7 @@ async function putFromPool(
   keys: string[],
   blocks: number[],
   priority: number,
-): Promise<SaveStatus[] | undefined> {
+): Promise<SaveStatus[]> {
   const region = pool.memory.target as Region;
   const bs = ctx.blockBytes;
   const base = pool.plan.segments(0)[0]!.poolOffset;
@@ -63,9 +63,7 @@ async function putFromPool(
   const out = new Array<SaveStatus>(keys.length);
   for (const { r } of results) ctx.counters.savedInPlace += r.stored;
   for (const { j, len, r } of results) {
-    const st = statusesOf(r, len);
-    if (!st) return undefined;
-    for (let i = 0; i < len; i++) out[j + i] = st[i]!;
+    for (let i = 0; i < len; i++) out[j + i] = r.status[i]!;
   }
   return out;
 }
@@ -117,13 +115,13 @@ async function putThroughStaging(
   keys: string[],
   blocks: number[],
   priority: number,
-): Promise<SaveStatus[] | undefined> {
+): Promise<SaveStatus[]> {
   const n = keys.length;
   return ctx.staging.with(pool.memory.kind === 'cuda-ipc', async (staging) => {
     await gatherBlocks(ctx.engineFor(pool), pool.memory.target, pool.plan, blocks, staging);
     const r = await ctx.warehouse.put(keys, staging.view(0, n * ctx.blockBytes), { priority });
     ctx.counters.savedStaged += r.stored;
-    return statusesOf(r, n);
+    return r.status;
   });
 }
 
@@ -135,23 +133,12 @@ export async function saveBlocks(
   blocks: number[],
   priority: number,
 ): Promise<SaveStatus[]> {
-  const before = ctx.warehouse.lookup(keys).tiers.map((t) => t >= 0);
-  let status: SaveStatus[] | undefined;
-  if (pool.packedInPlace) {
-    status = await putFromPool(ctx, pool, keys, blocks, priority);
-  } else if (pool.memory.kind === 'memfd' && priority === 0) {
-    status = await gatherIntoSlots(ctx, pool, keys, blocks);
-    status ??= await putThroughStaging(ctx, pool, keys, blocks, priority);
-  } else {
-    status = await putThroughStaging(ctx, pool, keys, blocks, priority);
+  if (pool.packedInPlace) return putFromPool(ctx, pool, keys, blocks, priority);
+  if (pool.memory.kind === 'memfd' && priority === 0) {
+    const status = await gatherIntoSlots(ctx, pool, keys, blocks);
+    if (status) return status;
   }
-  return (
-    status ??
-    statusesFromPresence(
-      before,
-      ctx.warehouse.lookup(keys).tiers.map((t) => t >= 0),
-    )
-  );
+  return putThroughStaging(ctx, pool, keys, blocks, priority);
 }
 
 /** Scatters blocks from staging (key j at j * blockBytes) for the keys `which` lists. */
