@@ -9,13 +9,12 @@ import type { Command } from 'commander';
 import { EngineChannel } from '../engine-channel/server.js';
 import { KvtierError } from '../errors.js';
 import { Warehouse, type WarehouseOptions } from '../warehouse/warehouse.js';
+import { serveUntilSignal, tierSummary, type Log } from './serve-lifecycle.js';
 
 export interface EngineSocketOptions {
   engineSocket?: string;
   engineSocketMode?: string;
 }
-
-type Log = (event: string, fields?: Record<string, unknown>) => void;
 
 export function addEngineSocketOptions(cmd: Command): void {
   cmd
@@ -68,33 +67,16 @@ export async function serveEnginesOnly(
     await warehouse.close();
     throw e;
   }
-  const stats = warehouse.stats();
   log('listening', {
     engineSocket: channel.path,
     blockBytes: options.blockBytes,
     maxBatch: channel.maxBatch,
-    blocks: stats.blocks,
-    tiers: stats.tiers.map((t) => ({
-      name: t.name,
-      kind: t.kind,
-      capacityBlocks: t.capacityBlocks,
-    })),
+    ...tierSummary(warehouse),
   });
-  await new Promise<void>((done) => {
-    let stopping = false;
-    const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      log('stopping', { signal, engines: channel.counters.connected });
-      void (async () => {
-        await channel.close();
-        const blocks = warehouse.stats().blocks;
-        await warehouse.close();
-        log('stopped', { blocks });
-        done();
-      })();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  await serveUntilSignal(
+    log,
+    warehouse,
+    () => ({ engines: channel.counters.connected }),
+    () => channel.close(),
+  );
 }

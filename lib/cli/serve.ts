@@ -16,6 +16,7 @@ import { parseAddress } from '../peer/protocol.js';
 import { PeerServer } from '../peer/server.js';
 import type { TransportOption } from '../peer/transports.js';
 import { Warehouse, type TierOptions } from '../warehouse/warehouse.js';
+import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
 import {
   addEngineSocketOptions,
   checkEngineSocketOptions,
@@ -149,7 +150,6 @@ export async function serve(opts: ServeOptions): Promise<void> {
     await warehouse.close();
     throw e;
   }
-  const stats = warehouse.stats();
   log('listening', {
     host,
     port: server.port,
@@ -159,32 +159,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
     durability,
     maxBatch: server.maxBatch,
     ...(engines ? { engineSocket: engines.path } : {}),
-    blocks: stats.blocks,
-    tiers: stats.tiers.map((t) => ({
-      name: t.name,
-      kind: t.kind,
-      capacityBlocks: t.capacityBlocks,
-    })),
+    ...tierSummary(warehouse),
   });
-  await new Promise<void>((done) => {
-    let stopping = false;
-    const stop = (signal: string): void => {
-      if (stopping) return;
-      stopping = true;
-      log('stopping', { signal, connections: server.connections });
-      void (async () => {
-        await cluster?.close();
-        await engines?.close();
-        await server.close();
-        const blocks = warehouse.stats().blocks;
-        await warehouse.close();
-        log('stopped', { blocks });
-        done();
-      })();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  await serveUntilSignal(
+    log,
+    warehouse,
+    () => ({ connections: server.connections }),
+    async () => {
+      await cluster?.close();
+      await engines?.close();
+      await server.close();
+    },
+  );
 }
 
 export function registerServe(program: Command): void {
