@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 
 import { chainKeys, connect, connectCluster } from 'kvtier';
 
-const CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../dist/apps/cli/main.js', import.meta.url));
 const BLOCK_TOKENS = 16;
 const BLOCK_BYTES = 16 << 10;
 const TOKEN = 'example-cluster-token-0123456789';

@@ -1,6 +1,6 @@
-export { ErrorCodes, KvtierError, isKvtierError, type ErrorCode } from './errors.js';
-export { Region, type RegionOptions, type PinOption } from './region.js';
-export { KvFile, openFile, type OpenFileOptions } from './file.js';
+export { ErrorCodes, KvtierError, isKvtierError, type ErrorCode } from './core/errors.js';
+export { Region, type RegionOptions, type PinOption } from './core/region.js';
+export { KvFile, openFile, type OpenFileOptions } from './core/file.js';
 export {
   BatchResult,
   createEngine,
@@ -10,8 +10,8 @@ export {
   type EngineOptions,
   type Target,
   type ChecksumOption,
-} from './engine.js';
-export { probe, type ProbeReport } from './probe.js';
+} from './core/engine.js';
+export { probe, type ProbeReport } from './core/probe.js';
 export {
   chainKeys,
   KeyChain,
@@ -20,7 +20,7 @@ export {
   type Key,
   type KeyLike,
   type ChainOptions,
-} from './warehouse/keys.js';
+} from './keys/keys.js';
 export {
   Warehouse,
   type WarehouseOptions,
@@ -78,7 +78,7 @@ export {
   type GpuFileStats,
   type ImportOptions,
   type IpcExport,
-} from './gpu/index.js';
+} from './core/gpu/index.js';
 export {
   connect,
   PeerClient,

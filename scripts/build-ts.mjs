@@ -7,4 +7,4 @@ import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 const tsc = require.resolve('typescript/bin/tsc');
 execFileSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
-chmodSync('dist/cli/main.js', 0o755);
+chmodSync('dist/apps/cli/main.js', 0o755);

@@ -1,5 +1,5 @@
-import { probe } from '../lib/probe.js';
-import type { EngineKind } from '../lib/engine.js';
+import { probe } from '../lib/core/probe.js';
+import type { EngineKind } from '../lib/core/engine.js';
 import { prerequisite } from './helpers.js';
 
 /** The engines this machine can run; io_uring must be compiled in CI (liburing-dev is installed

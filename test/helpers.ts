@@ -5,7 +5,7 @@ import { randomFillSync } from 'node:crypto';
 
 import { expect } from 'vitest';
 
-import { isKvtierError } from '../lib/errors.js';
+import { isKvtierError } from '../lib/core/errors.js';
 
 /** CI installs every prerequisite it can; there a missing one is a failure, not a skip. */
 export const inCI = process.env.CI === 'true';

@@ -7,10 +7,10 @@
  */
 import { randomBytes } from 'node:crypto';
 
-import type { Target } from '../engine.js';
-import { isKvtierError, KvtierError } from '../errors.js';
-import { badArgument, describe, options as readOptions } from '../validate.js';
-import type { Key } from '../warehouse/keys.js';
+import type { Target } from '../core/engine.js';
+import { isKvtierError, KvtierError } from '../core/errors.js';
+import { badArgument, describe, options as readOptions } from '../core/validate.js';
+import type { Key } from '../keys/keys.js';
 import type { BlockSource, ClusterStats, Warehouse } from '../warehouse/warehouse.js';
 import { RedisIndex, type NodeFacts, type RedisIndexOptions } from './redis-index.js';
 import { checkNodeId } from './schema.js';

@@ -4,8 +4,8 @@
  * Requests ask the peer for its own blocks only, so a stale entry never sends nodes in a loop.
  */
 import { connect, type PeerClient } from '../peer/client.js';
-import type { Target } from '../engine.js';
-import type { Key } from '../warehouse/keys.js';
+import type { Target } from '../core/engine.js';
+import type { Key } from '../keys/keys.js';
 import type { PeerFetch } from './node.js';
 
 export interface PeerPoolOptions {

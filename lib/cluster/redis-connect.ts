@@ -4,7 +4,7 @@
  */
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 
 export type RedisClient = Redis | Cluster;
 export type RedisMode = 'standalone' | 'cluster';

@@ -6,8 +6,8 @@
  */
 import { EventEmitter } from 'node:events';
 
-import { KvtierError } from '../errors.js';
-import { keyBytes, type Key } from '../warehouse/keys.js';
+import { KvtierError } from '../core/errors.js';
+import { keyBytes, type Key } from '../keys/keys.js';
 import {
   openRedis,
   redisError,

@@ -12,8 +12,8 @@
  * different shards. The registry and the node hash carry no format version in their names, so a
  * node of another kvtier format is still seen (and ignored, with a log line) rather than missed.
  */
-import { KvtierError } from '../errors.js';
-import { describe } from '../validate.js';
+import { KvtierError } from '../core/errors.js';
+import { describe } from '../core/validate.js';
 
 /** The layout version of block sets. A change to their members' meaning bumps it. */
 export const INDEX_FORMAT = '1';

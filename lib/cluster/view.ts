@@ -3,9 +3,9 @@
  * of a chain, and a ranking for routers. `connectCluster()` opens one for a router or for
  * `kvtier cluster status`; a node in the cluster uses one to find peers.
  */
-import { KvtierError } from '../errors.js';
-import { boolean, finite, instance, options as readOptions } from '../validate.js';
-import { KeyChain, toKeys, type Key, type KeyLike } from '../warehouse/keys.js';
+import { KvtierError } from '../core/errors.js';
+import { boolean, finite, instance, options as readOptions } from '../core/validate.js';
+import { KeyChain, toKeys, type Key, type KeyLike } from '../keys/keys.js';
 import { RedisIndex, type NodeRecord, type RedisIndexOptions } from './redis-index.js';
 
 export interface RankOptions {

@@ -13,9 +13,9 @@
  *   through a staging buffer, get verifying every block there before it is scattered, so a torn
  *   or corrupt block from a file never reaches the pool.
  */
-import { type BatchResult, TransferBatch } from '../engine.js';
+import { type BatchResult, TransferBatch } from '../core/engine.js';
 import { appendGather, appendScatter, gatherBlocks } from '../layout/index.js';
-import type { Region } from '../region.js';
+import type { Region } from '../core/region.js';
 import type { ChannelContext } from './context.js';
 import { crc32cOfPieces } from './crc-combine.js';
 import type { Pool } from './pools.js';

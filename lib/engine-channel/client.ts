@@ -7,9 +7,9 @@ import { closeSync, ftruncateSync, openSync, unlinkSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 
-import { type ErrorCode, ErrorCodes, KvtierError } from '../errors.js';
+import { type ErrorCode, ErrorCodes, KvtierError } from '../core/errors.js';
 import type { KvLayoutSpec } from '../layout/index.js';
-import { Region } from '../region.js';
+import { Region } from '../core/region.js';
 import { encodeFrame, FrameReader, type Header } from './frames.js';
 import type { SaveStatus } from './put-status.js';
 

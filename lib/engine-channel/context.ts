@@ -1,6 +1,6 @@
 /** What the engine channel's handlers share: the Warehouse, the pools, buffers and counters. */
-import { createEngine, type IoEngine } from '../engine.js';
-import { createCopyEngine } from '../gpu/engines.js';
+import { createEngine, type IoEngine } from '../core/engine.js';
+import { createCopyEngine } from '../core/gpu/engines.js';
 import type { Lease, Warehouse } from '../warehouse/warehouse.js';
 import { PoolRegistry, type Pool } from './pools.js';
 import { Staging } from './staging.js';

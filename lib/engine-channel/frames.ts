@@ -4,7 +4,7 @@
  * header and hands the payload on as it is; decoding keeps chunks as they came and copies a frame
  * out only when it spans chunks.
  */
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 
 /** Largest frame body either side accepts. */
 export const MAX_FRAME_BYTES = 64 << 20;

@@ -5,11 +5,11 @@
  * pool target is a borrowed DeviceRegion spanning all of them (copies touch only the planned
  * pieces, which lie inside the imported tensors).
  */
-import { KvtierError } from '../errors.js';
-import { DeviceRegion } from '../gpu/device-region.js';
+import { KvtierError } from '../core/errors.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
 import type { KvLayoutSpec, KvTensorRef } from '../layout/index.js';
 import { kvDims, kvDtypeBytes } from '../layout/index.js';
-import { native } from '../native.js';
+import { native } from '../core/native.js';
 import type { PoolMemory } from './pools.js';
 
 export interface CudaIpcSpec {

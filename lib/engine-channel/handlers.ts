@@ -3,7 +3,7 @@
  * payload and returns the answer's fields, or throws a KvtierError that becomes an error answer.
  * Every check runs before anything is stored or written.
  */
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 import { describeKvLayout, planKvCopy } from '../layout/index.js';
 import type { KvLayoutSpec, KvPacking } from '../layout/index.js';
 import type { ChannelContext, SessionState } from './context.js';

@@ -3,8 +3,8 @@
  * and mapped shared. Node's sockets drop SCM_RIGHTS, so /proc stands in for descriptor passing;
  * the pid is the kernel's (SO_PEERCRED), so an engine can only name its own descriptors.
  */
-import { KvtierError, isKvtierError } from '../errors.js';
-import { Region } from '../region.js';
+import { KvtierError, isKvtierError } from '../core/errors.js';
+import { Region } from '../core/region.js';
 import type { PoolMemory } from './pools.js';
 
 export interface MemfdSpec {

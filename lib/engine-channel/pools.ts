@@ -4,9 +4,9 @@
  * the same memory cannot be registered twice, and a pool closes only once the operations in
  * flight on it have ended.
  */
-import type { Target } from '../engine.js';
-import { KvtierError } from '../errors.js';
-import { InFlight } from '../inflight.js';
+import type { Target } from '../core/engine.js';
+import { KvtierError } from '../core/errors.js';
+import { InFlight } from '../core/inflight.js';
 import type { KvCopyPlan, KvLayout } from '../layout/index.js';
 
 export interface PoolMemory {

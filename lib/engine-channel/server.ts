@@ -6,7 +6,7 @@
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 import type { Warehouse } from '../warehouse/warehouse.js';
 import { ChannelContext, type EngineCounters, type Log } from './context.js';
 import { Session } from './session.js';

@@ -5,8 +5,8 @@
  */
 import type { Socket } from 'node:net';
 
-import { isKvtierError, KvtierError } from '../errors.js';
-import { native } from '../native.js';
+import { isKvtierError, KvtierError } from '../core/errors.js';
+import { native } from '../core/native.js';
 import type { ChannelContext, SessionState } from './context.js';
 import { encodeFrame, FrameReader, type Frame } from './frames.js';
 import { handlers } from './handlers.js';

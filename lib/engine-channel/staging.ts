@@ -2,7 +2,7 @@
  * Staging buffers: host Regions of one batch each, reused across requests so a save or load
  * costs no allocation. Pinned ones (for GPU pools) are kept apart from plain ones.
  */
-import { Region } from '../region.js';
+import { Region } from '../core/region.js';
 
 export class Staging {
   private readonly free: { plain: Region[]; pinned: Region[] } = { plain: [], pinned: [] };

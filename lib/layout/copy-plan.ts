@@ -7,9 +7,9 @@
  * Packing order of a kvtier block: layer-major; within a layer K then V; within each of those
  * `NHD` (tokens, then heads, then dim — the default) or `HND` (heads, then tokens, then dim).
  */
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 import { checkBlockIndex, type KvLayout } from './kv-layout.js';
-import { guard, oneOf, options as readOptions } from '../validate.js';
+import { guard, oneOf, options as readOptions } from '../core/validate.js';
 
 export type KvPacking = 'NHD' | 'HND';
 

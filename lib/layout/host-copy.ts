@@ -4,10 +4,10 @@
  * memory threads the pool is host memory; with a GPU copy engine it is a DeviceRegion (an engine's
  * imported KV pool) and the packed blocks are pinned host memory or GPU memory.
  */
-import { checkTarget, IoEngine, type Target, TransferBatch } from '../engine.js';
-import { KvtierError } from '../errors.js';
-import { DeviceRegion } from '../gpu/device-region.js';
-import { Region } from '../region.js';
+import { checkTarget, IoEngine, type Target, TransferBatch } from '../core/engine.js';
+import { KvtierError } from '../core/errors.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
+import { Region } from '../core/region.js';
 import { KV_SEGMENT_STRIDE, KvCopyPlan, type KvPlanOptions, planKvCopy } from './copy-plan.js';
 import type { KvLayout } from './kv-layout.js';
 import {
@@ -17,7 +17,7 @@ import {
   oneOf,
   options as readOptions,
   signal as checkSignal,
-} from '../validate.js';
+} from '../core/validate.js';
 
 export interface KvCopyOptions extends KvPlanOptions {
   /** Byte offset of the first packed block in the packed buffer (default 0). */

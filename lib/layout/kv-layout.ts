@@ -12,8 +12,8 @@
  *   exactly as PyTorch's `tensor.stride()` returns them. Omitted strides mean a contiguous
  *   (row-major) tensor of that shape.
  */
-import { KvtierError } from '../errors.js';
-import { describe, guard } from '../validate.js';
+import { KvtierError } from '../core/errors.js';
+import { describe, guard } from '../core/validate.js';
 
 export type KvDtype = 'fp16' | 'bf16' | 'fp8' | 'fp32';
 

@@ -11,8 +11,8 @@ import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { KvtierError, isKvtierError } from '../errors.js';
-import { chainKeys } from '../warehouse/keys.js';
+import { KvtierError, isKvtierError } from '../core/errors.js';
+import { chainKeys } from '../keys/keys.js';
 import { Warehouse, type TierOptions, type WarehouseOptions } from '../warehouse/warehouse.js';
 import {
   kvBytesPerToken,

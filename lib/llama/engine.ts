@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 
 export interface LlamaModelLike {
   readonly filename?: string | undefined;

@@ -10,7 +10,7 @@
  */
 import { closeSync, openSync, renameSync, writeSync } from 'node:fs';
 
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 
 export interface LlamaModelSpec {
   /** Hidden size. */

@@ -15,7 +15,7 @@
  * K of every layer (its B rows), then V of every layer (B rows, or per channel B elements), so
  * the blocks of a prefix are all that is needed to write a state file for any shorter prefix.
  */
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 
 export const STATE_MAGIC = 0x67677371; // 'ggsq'
 export const STATE_VERSION = 3;

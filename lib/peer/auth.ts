@@ -6,7 +6,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 import { NONCE_BYTES } from './protocol.js';
 
 const SERVER_LABEL = Buffer.from('kvtier v1 server', 'latin1');

@@ -8,9 +8,9 @@
  */
 import { lookup as dnsLookup } from 'node:dns/promises';
 
-import { checkTarget, nativeTargetOf, regionOf, type Target } from '../engine.js';
-import { DeviceRegion } from '../gpu/device-region.js';
-import { KvtierError } from '../errors.js';
+import { checkTarget, nativeTargetOf, regionOf, type Target } from '../core/engine.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
+import { KvtierError } from '../core/errors.js';
 import {
   badArgument,
   finite,
@@ -18,10 +18,10 @@ import {
   integer,
   options as readOptions,
   string,
-} from '../validate.js';
-import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../native.js';
-import { Region } from '../region.js';
-import { toKeys, type Key, type KeyChain, type KeyLike } from '../warehouse/keys.js';
+} from '../core/validate.js';
+import { native, type NativeTarget, type NativeVerbs, type NetEvent } from '../core/native.js';
+import { Region } from '../core/region.js';
+import { toKeys, type Key, type KeyChain, type KeyLike } from '../keys/keys.js';
 import {
   checkSecret,
   clientProof,

@@ -5,9 +5,9 @@
  * is given its key. Slots are claimed when puts arrive and given back after a quiet spell, so an
  * idle server's host tier holds only blocks.
  */
-import { regionOf } from '../engine.js';
+import { regionOf } from '../core/engine.js';
 import type { LandingSlot, Warehouse } from '../warehouse/warehouse.js';
-import type { Key } from '../warehouse/keys.js';
+import type { Key } from '../keys/keys.js';
 import type { Net } from './net.js';
 import { MsgType } from './protocol.js';
 

@@ -9,9 +9,9 @@ import {
   type NativeTcpTransport,
   type NetEvent,
   type NetStats,
-} from '../native.js';
-import { nativeTargetOf, type Target } from '../engine.js';
-import type { Region } from '../region.js';
+} from '../core/native.js';
+import { nativeTargetOf, type Target } from '../core/engine.js';
+import type { Region } from '../core/region.js';
 
 export const EventKind = {
   ACCEPTED: 1,

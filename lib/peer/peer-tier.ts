@@ -4,9 +4,9 @@
  * peer; gets read from it the keys no local tier holds, then keep them locally (promotion). A peer
  * that is down or slow costs misses, never errors or wrong bytes: its failures are counted.
  */
-import type { Target } from '../engine.js';
-import { KvtierError } from '../errors.js';
-import type { Key } from '../warehouse/keys.js';
+import type { Target } from '../core/engine.js';
+import { KvtierError } from '../core/errors.js';
+import type { Key } from '../keys/keys.js';
 import { connect, type PeerClient } from './client.js';
 
 export interface PeerTierOptions {

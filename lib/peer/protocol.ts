@@ -3,8 +3,8 @@
  * metadata sections. docs/protocol.md describes the same bytes for implementers in other
  * languages; change both together.
  */
-import { KvtierError } from '../errors.js';
-import { KEY_BYTES, type Key } from '../warehouse/keys.js';
+import { KvtierError } from '../core/errors.js';
+import { KEY_BYTES, type Key } from '../keys/keys.js';
 
 export const PROTOCOL_VERSION = 1;
 export const FRAME_MAGIC = 0x5054564b; // the bytes "KVTP"

@@ -9,13 +9,13 @@ import {
   type NativeVerbs,
   type NetEvent,
   type NetStats,
-} from '../native.js';
-import { nativeTargetOf } from '../engine.js';
-import { KvtierError } from '../errors.js';
-import { badArgument, finite, func, guard, integer, string } from '../validate.js';
-import { Region } from '../region.js';
+} from '../core/native.js';
+import { nativeTargetOf } from '../core/engine.js';
+import { KvtierError } from '../core/errors.js';
+import { badArgument, finite, func, guard, integer, string } from '../core/validate.js';
+import { Region } from '../core/region.js';
 import type { Reservation, Warehouse } from '../warehouse/warehouse.js';
-import type { Key } from '../warehouse/keys.js';
+import type { Key } from '../keys/keys.js';
 import { nonce, proofMatches, clientProof, serverProof, type Secret } from './auth.js';
 import { Landing } from './landing.js';
 import { Net, type ConnHandler } from './net.js';

@@ -3,9 +3,9 @@
  * libibverbs and a device whose port is up and can make a queue pair. An explicit request for verbs that
  * cannot be met fails with KVTIER_NOT_AVAILABLE; 'auto' reports what it chose and why.
  */
-import { KvtierError } from '../errors.js';
-import { describe } from '../validate.js';
-import { native } from '../native.js';
+import { KvtierError } from '../core/errors.js';
+import { describe } from '../core/validate.js';
+import { native } from '../core/native.js';
 
 export type TransportOption = 'auto' | 'tcp' | 'verbs';
 

@@ -1,5 +1,5 @@
 /** The eviction policies kvtier ships, by name. */
-import { KvtierError } from '../errors.js';
+import { KvtierError } from '../core/errors.js';
 import { BeladyPolicy } from './belady.js';
 import { ArcPolicy } from './arc.js';
 import { DensityPolicy } from './density.js';

@@ -8,7 +8,7 @@
  * copy is evicted is written down (demoted) or dropped.
  */
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
-import { badArgument, boolean, guard, integer, options as readOptions } from '../validate.js';
+import { badArgument, boolean, guard, integer, options as readOptions } from '../core/validate.js';
 
 export const ABSENT = -1;
 

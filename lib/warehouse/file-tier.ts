@@ -6,15 +6,15 @@
 import { readFile, rename, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 
-import { ensureDir } from '../dirs.js';
+import { ensureDir } from '../core/dirs.js';
 
-import { TransferBatch as Batch, type IoEngine, type TransferBatch } from '../engine.js';
-import { fromSystemError, KvtierError } from '../errors.js';
-import { openFile, type KvFile } from '../file.js';
-import { native } from '../native.js';
-import { Region } from '../region.js';
+import { TransferBatch as Batch, type IoEngine, type TransferBatch } from '../core/engine.js';
+import { fromSystemError, KvtierError } from '../core/errors.js';
+import { openFile, type KvFile } from '../core/file.js';
+import { native } from '../core/native.js';
+import { Region } from '../core/region.js';
 import type { FoundBlock, ScanResult, SlotBlock, SlotPlace, Tier } from './tier.js';
-import { KEY_BYTES, type Key } from './keys.js';
+import { KEY_BYTES, type Key } from '../keys/keys.js';
 
 export const FORMAT = 'kvtier-file-tier';
 export const FORMAT_VERSION = 1;

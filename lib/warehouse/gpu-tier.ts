@@ -6,8 +6,8 @@
  * and scattered on the way in, so kvtier serves blocks straight from where the engine computes
  * with them.
  */
-import { KvtierError } from '../errors.js';
-import { DeviceRegion } from '../gpu/device-region.js';
+import { KvtierError } from '../core/errors.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
 import { planKvCopy, type KvCopyPlan } from '../layout/copy-plan.js';
 import { checkBlockIndex, type KvLayout } from '../layout/kv-layout.js';
 import type { SlotPlace, Tier } from './tier.js';

@@ -1,6 +1,6 @@
 /** HostTier: fixed-size slots in one large region, pinned when a CUDA device allows it. */
-import { KvtierError } from '../errors.js';
-import { Region } from '../region.js';
+import { KvtierError } from '../core/errors.js';
+import { Region } from '../core/region.js';
 import type { SlotPlace, Tier } from './tier.js';
 
 export class HostTier implements Tier {

@@ -2,8 +2,8 @@
  * The Warehouse's argument checks: each public method reads its options here once, into a plain
  * object of the right types, before it touches any state.
  */
-import { checkEngineOptions } from '../engine.js';
-import { DeviceRegion } from '../gpu/device-region.js';
+import { checkEngineOptions } from '../core/engine.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
 import {
   badArgument,
   boolean,
@@ -16,7 +16,7 @@ import {
   options as readOptions,
   signal,
   string,
-} from '../validate.js';
+} from '../core/validate.js';
 import type {
   GetOptions,
   PrefetchOptions,

@@ -3,7 +3,7 @@
  * at once. A job waiting in the queue can be cancelled (AbortSignal) or expire (deadline); once
  * started it runs to the end, because bytes in the kernel cannot be recalled.
  */
-import { abortError, KvtierError } from '../errors.js';
+import { abortError, KvtierError } from '../core/errors.js';
 
 interface Job<T> {
   bytes: number;

@@ -3,11 +3,11 @@
  * goes where (through the BlockIndex) and moves the bytes with the engines. GPU, host and file
  * tiers implement it, and so will peer tiers.
  */
-import type { Target, TransferBatch } from '../engine.js';
-import type { KvFile } from '../file.js';
-import type { DeviceRegion } from '../gpu/device-region.js';
+import type { Target, TransferBatch } from '../core/engine.js';
+import type { KvFile } from '../core/file.js';
+import type { DeviceRegion } from '../core/gpu/device-region.js';
 import type { KvCopyPlan } from '../layout/copy-plan.js';
-import type { Key } from './keys.js';
+import type { Key } from '../keys/keys.js';
 
 export type TierKind = 'gpu' | 'host' | 'file';
 

@@ -9,10 +9,10 @@
  * Moves between a file and GPU memory go through pinned host staging in two steps, so they are
  * checksummed like every other move and files never face a paged pool.
  */
-import { TransferBatch, type BatchResult, type IoEngine } from '../engine.js';
-import { KvtierError } from '../errors.js';
-import { DeviceRegion } from '../gpu/device-region.js';
-import { Region } from '../region.js';
+import { TransferBatch, type BatchResult, type IoEngine } from '../core/engine.js';
+import { KvtierError } from '../core/errors.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
+import { Region } from '../core/region.js';
 import type { SlotPlace } from './tier.js';
 
 export interface TransferOutcome {

@@ -10,11 +10,11 @@ import {
   type EngineOptions,
   type IoEngine,
   type Target,
-} from '../engine.js';
-import { abortError, KvtierError } from '../errors.js';
-import { DeviceRegion } from '../gpu/device-region.js';
-import { createCopyEngine } from '../gpu/engines.js';
-import { Region } from '../region.js';
+} from '../core/engine.js';
+import { abortError, KvtierError } from '../core/errors.js';
+import { DeviceRegion } from '../core/gpu/device-region.js';
+import { createCopyEngine } from '../core/gpu/engines.js';
+import { Region } from '../core/region.js';
 import { DEFAULT_POLICY, isOffline, policyByName } from '../policy/index.js';
 import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
 import { ABSENT, BlockIndex, type Plan } from './block-index.js';
@@ -22,8 +22,8 @@ import { FileTier, type Durability } from './file-tier.js';
 import type { KvLayout } from '../layout/kv-layout.js';
 import { GpuTier } from './gpu-tier.js';
 import { HostTier } from './host-tier.js';
-import { KeyChain, toKey, toKeys, type Key, type KeyLike } from './keys.js';
-import { badArgument, func, guard, integer } from '../validate.js';
+import { KeyChain, toKey, toKeys, type Key, type KeyLike } from '../keys/keys.js';
+import { badArgument, func, guard, integer } from '../core/validate.js';
 import {
   checkGetOptions,
   checkPinOptions,

@@ -1,7 +1,7 @@
 """Shared helpers of the adapter tests: a real `kvtier serve --engine-socket` sidecar, engine-owned
 KV memory in a memfd (as vLLM or SGLang would allocate it), and the KV bytes a fake model computes.
 
-KVTIER_CLI names the CLI to run (default: this repository's dist/cli/main.js). The same
+KVTIER_CLI names the CLI to run (default: this repository's dist/apps/cli/main.js). The same
 conventions as conftest.py's fixtures; kept here so the adapter tests do not depend on them.
 """
 
@@ -33,7 +33,7 @@ _here = str(REPO / "python" / "kvtier")
 if _here not in [str(p) for p in kvtier.__path__]:
     kvtier.__path__.append(_here)
 
-CLI = Path(os.environ.get("KVTIER_CLI") or REPO / "dist" / "cli" / "main.js")
+CLI = Path(os.environ.get("KVTIER_CLI") or REPO / "dist" / "apps" / "cli" / "main.js")
 
 try:
     import torch

@@ -1,6 +1,6 @@
 """Fixtures shared by the Python tests: a real `kvtier serve --engine-socket` process.
 
-KVTIER_CLI names the CLI to run (default: this repository's dist/cli/main.js, built by `npm test`'s
+KVTIER_CLI names the CLI to run (default: this repository's dist/apps/cli/main.js, built by `npm test`'s
 pretest step).
 """
 
@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))  # the package under test, not an installed copy
 
-CLI = Path(os.environ.get("KVTIER_CLI") or REPO / "dist" / "cli" / "main.js")
+CLI = Path(os.environ.get("KVTIER_CLI") or REPO / "dist" / "apps" / "cli" / "main.js")
 
 
 def until(what: str, check: Callable[[], bool], seconds: float = 20.0) -> None:

@@ -1,7 +1,7 @@
 /** `kvtier bench engine` in miniature: it runs both sides and checks the bytes it loaded. */
 import { describe, expect, it } from 'vitest';
 
-import { runEngineBench } from '../../lib/bench/engine-bench.js';
+import { runEngineBench } from '../../lib/apps/bench/engine-bench.js';
 
 describe('kvtier bench engine', () => {
   it('reports save and load for both layouts, channel next to the Warehouse', async () => {

@@ -6,7 +6,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 
 import type { EngineClient, HostPoolFile } from '../../lib/engine-channel/client.js';
-import { isKvtierError } from '../../lib/errors.js';
+import { isKvtierError } from '../../lib/core/errors.js';
 import { tempDir, until } from '../helpers.js';
 import { killAll } from '../peer/serve-process.js';
 import {

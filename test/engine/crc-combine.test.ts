@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { crc32cCombine, crc32cOfPieces } from '../../lib/engine-channel/crc-combine.js';
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { randomBytes } from '../helpers.js';
 
 describe('crc32cCombine', () => {

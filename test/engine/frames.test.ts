@@ -7,7 +7,7 @@ import {
   keysOf,
   MAX_FRAME_BYTES,
 } from '../../lib/engine-channel/frames.js';
-import { isKvtierError } from '../../lib/errors.js';
+import { isKvtierError } from '../../lib/core/errors.js';
 import { randomBytes } from '../helpers.js';
 
 describe('engine channel frames', () => {

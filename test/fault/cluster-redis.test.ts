@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ClusterNode } from '../../lib/cluster/node.js';
 import { connectCluster } from '../../lib/cluster/view.js';
-import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
+import { chainKeys, type Key } from '../../lib/keys/keys.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';
 import { until } from '../helpers.js';
 import { haveRedisServer, startRedis, type RedisServer } from '../redis.js';

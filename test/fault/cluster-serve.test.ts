@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connectCluster } from '../../lib/cluster/view.js';
 import { connect } from '../../lib/peer/client.js';
-import { chainKeys } from '../../lib/warehouse/keys.js';
+import { chainKeys } from '../../lib/keys/keys.js';
 import { tempDir, until } from '../helpers.js';
 import {
   killAll,

@@ -1,5 +1,5 @@
 /** Whether this machine has a GPU kvtier can drive; the GPU tests skip elsewhere, saying why. */
-import { probe } from '../../lib/probe.js';
+import { probe } from '../../lib/core/probe.js';
 
 const report = probe();
 export const gpuReason = report.cuda.available

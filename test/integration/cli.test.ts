@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 
 import { tempDir } from '../helpers.js';
 
-const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 
 function run(...args: string[]): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000 });

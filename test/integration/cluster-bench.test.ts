@@ -2,7 +2,7 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { runClusterBench } from '../../lib/bench/cluster-bench.js';
+import { runClusterBench } from '../../lib/apps/bench/cluster-bench.js';
 import { haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
 const haveRedis = haveRedisServer();

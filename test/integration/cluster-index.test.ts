@@ -13,13 +13,13 @@ import { RedisIndex } from '../../lib/cluster/redis-index.js';
 import { parseRedisUrl } from '../../lib/cluster/redis-connect.js';
 import { nodeKeys, REGISTRY_KEY } from '../../lib/cluster/schema.js';
 import { connectCluster, type ClusterView } from '../../lib/cluster/view.js';
-import { isKvtierError, type ErrorCode } from '../../lib/errors.js';
-import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
+import { isKvtierError, type ErrorCode } from '../../lib/core/errors.js';
+import { chainKeys, type Key } from '../../lib/keys/keys.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';
 import { freePort, haveRedisServer, startRedis, type RedisServer } from '../redis.js';
 
 const haveRedis = haveRedisServer();
-const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 const BS = 4096;
 
 async function rejectsWith(p: Promise<unknown>, code: ErrorCode): Promise<string> {

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClusterNode } from '../../lib/cluster/node.js';
 import { nodeKeys } from '../../lib/cluster/schema.js';
 import { connectCluster } from '../../lib/cluster/view.js';
-import { chainKeys } from '../../lib/warehouse/keys.js';
+import { chainKeys } from '../../lib/keys/keys.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';
 import { prerequisite } from '../helpers.js';
 import {

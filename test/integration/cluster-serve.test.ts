@@ -15,7 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nodeKeys } from '../../lib/cluster/schema.js';
 import { connectCluster, type ClusterView } from '../../lib/cluster/view.js';
 import { connect } from '../../lib/peer/client.js';
-import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
+import { chainKeys, type Key } from '../../lib/keys/keys.js';
 import { tempDir, until } from '../helpers.js';
 import {
   killAll,

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 
 import { prerequisite, tempDir } from '../helpers.js';
 
-const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 const fixture = fileURLToPath(
   new URL('../fixtures/traces/conversation-head400.jsonl', import.meta.url),
 );

@@ -20,7 +20,7 @@ import {
   type CloseError,
   type WarehouseOptions,
 } from '../../lib/index.js';
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { blockFor, blocksFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
 

@@ -4,8 +4,8 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import type { Target } from '../../lib/engine.js';
-import { chainKeys, type Key } from '../../lib/warehouse/keys.js';
+import type { Target } from '../../lib/core/engine.js';
+import { chainKeys, type Key } from '../../lib/keys/keys.js';
 import { Warehouse, type BlockSource } from '../../lib/warehouse/warehouse.js';
 
 const BS = 4096;

@@ -10,7 +10,7 @@ import {
   Warehouse,
   type WarehouseOptions,
 } from '../../lib/index.js';
-import { probe } from '../../lib/probe.js';
+import { probe } from '../../lib/core/probe.js';
 import { blockFor, blocksFor } from '../blocks.js';
 import { prerequisite, tempDir } from '../helpers.js';
 

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { isKvtierError } from '../../lib/errors.js';
+import { isKvtierError } from '../../lib/core/errors.js';
 import { LlamaKvCache } from '../../lib/llama/adapter.js';
 import { cutBlocks, parseSeqState } from '../../lib/llama/state-format.js';
 import { Warehouse } from '../../lib/warehouse/warehouse.js';

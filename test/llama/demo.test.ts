@@ -12,7 +12,7 @@ import {
   formatLlamaAgent,
   llamaAgentWorkload,
   runLlamaAgent,
-} from '../../lib/demo/llama-agent.js';
+} from '../../lib/apps/demo/llama-agent.js';
 import { TINY_MODEL } from '../../lib/llama/gguf-writer.js';
 import { loadEngine } from './engine.js';
 

@@ -4,7 +4,7 @@ import { randomFillSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 
 import { createEngine, KvtierError, Region, TransferBatch } from '../../lib/index.js';
-import { probe } from '../../lib/probe.js';
+import { probe } from '../../lib/core/probe.js';
 
 describe('Region', () => {
   it('allocates zeroed, page-aligned memory shared with JavaScript without copies', async () => {

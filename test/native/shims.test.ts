@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { probe } from '../../lib/probe.js';
+import { probe } from '../../lib/core/probe.js';
 import { prerequisite, tempDir } from '../helpers.js';
 
 const dist = fileURLToPath(new URL('../../dist/index.js', import.meta.url));

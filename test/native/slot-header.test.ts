@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 
 const EMPTY = 0;
 const VALID = 1;

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { Region } from '../../lib/index.js';
-import { native, type NetEvent } from '../../lib/native.js';
+import { native, type NetEvent } from '../../lib/core/native.js';
 
 function transport(): InstanceType<ReturnType<typeof native>['NativeTcpTransport']> {
   return new (native().NativeTcpTransport)({ maxConnections: 4 }, (_: NetEvent[]) => {});

@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { prerequisite, tempDir } from '../helpers.js';
 
 const shimDir = fileURLToPath(new URL('../../native/shim/', import.meta.url));

@@ -10,11 +10,11 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { tempDir } from '../helpers.js';
 import { buildSoftVerbs } from '../peer/soft-verbs.js';
 
-const dist = fileURLToPath(new URL('../../dist/native.js', import.meta.url));
+const dist = fileURLToPath(new URL('../../dist/core/native.js', import.meta.url));
 const dir = tempDir('kvtier-verbs-link-');
 let soft: Record<string, string> | undefined;
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { chainKeys, connect } from '../../lib/index.js';
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { randomBytes, tempDir, until } from '../helpers.js';
 import { keysMeta, RawPeer, rawFrame } from './raw.js';
 import {

@@ -13,7 +13,7 @@ import {
   Warehouse,
   type PeerClient,
 } from '../../lib/index.js';
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { randomBytes, tempDir } from '../helpers.js';
 import { keysMeta, RawPeer, rawFrame } from './raw.js';
 

@@ -15,7 +15,7 @@ import {
   Warehouse,
   type PeerClient,
 } from '../../lib/index.js';
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 import { randomBytes, tempDir, until } from '../helpers.js';
 import { keysMeta, rawFrame, RawPeer } from './raw.js';
 

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+export const CLI = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 export const TOKEN = 'kvtier-test-secret-0123456789abcdef';
 
 export interface ServeOptions {

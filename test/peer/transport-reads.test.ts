@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import type { NetEvent } from '../../lib/native.js';
+import type { NetEvent } from '../../lib/core/native.js';
 import { Net } from '../../lib/peer/net.js';
 import { frame } from '../../lib/peer/protocol.js';
 import { randomBytes } from '../helpers.js';

@@ -1,6 +1,6 @@
 /**
  * Runs the Python client's tests (python/tests: the client, and the vLLM and SGLang adapters)
- * with Debian's pytest, so `npm test` covers them. They spawn this repository's dist/cli/main.js.
+ * with Debian's pytest, so `npm test` covers them. They spawn this repository's dist/apps/cli/main.js.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { fileBenchOptions } from '../../lib/cli/bench.js';
+import { fileBenchOptions } from '../../lib/apps/cli/bench.js';
 import {
   runFileBench,
   summarize,
@@ -12,14 +12,14 @@ import {
   type FileBenchOptions,
   type FileBenchReport,
   type FileBenchRun,
-} from '../../lib/bench/file-bench.js';
-import { findFio } from '../../lib/bench/fio.js';
-import { median } from '../../lib/bench/stats.js';
-import { fileBenchJson, formatFileBench } from '../../lib/bench/report.js';
+} from '../../lib/apps/bench/file-bench.js';
+import { findFio } from '../../lib/apps/bench/fio.js';
+import { median } from '../../lib/apps/bench/stats.js';
+import { fileBenchJson, formatFileBench } from '../../lib/apps/bench/report.js';
 import { badArgument, prerequisite, tempDir } from '../helpers.js';
 
 const MiB = 2 ** 20;
-const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 
 describe('bench file options', () => {
   const dir = tempDir();

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { isKvtierError } from '../../lib/errors.js';
-import { findFio, fioArgs, fioVersion, parseFioJson, runFio } from '../../lib/bench/fio.js';
+import { isKvtierError } from '../../lib/core/errors.js';
+import { findFio, fioArgs, fioVersion, parseFioJson, runFio } from '../../lib/apps/bench/fio.js';
 import { prerequisite, randomBytes, tempDir } from '../helpers.js';
 
 const MiB = 2 ** 20;

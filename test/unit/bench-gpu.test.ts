@@ -5,11 +5,11 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { gpuBenchOptions } from '../../lib/cli/bench-gpu.js';
-import { probe } from '../../lib/probe.js';
+import { gpuBenchOptions } from '../../lib/apps/cli/bench-gpu.js';
+import { probe } from '../../lib/core/probe.js';
 import { badArgument, prerequisite } from '../helpers.js';
 
-const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 const base = {
   sizes: '1MiB,4MiB',
   trials: '3',

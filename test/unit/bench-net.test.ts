@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { findIperf, formatNetBench, runNetBench } from '../../lib/bench/net-bench.js';
+import { findIperf, formatNetBench, runNetBench } from '../../lib/apps/bench/net-bench.js';
 import { prerequisite } from '../helpers.js';
 
 describe('kvtier bench net', () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { isKvtierError } from '../../lib/errors.js';
+import { isKvtierError } from '../../lib/core/errors.js';
 import {
   formatSize,
   median,
@@ -8,7 +8,7 @@ import {
   parseSizeList,
   permutation,
   sequence,
-} from '../../lib/bench/stats.js';
+} from '../../lib/apps/bench/stats.js';
 
 describe('parseSize', () => {
   it('reads plain byte counts and binary units, with or without the i', () => {

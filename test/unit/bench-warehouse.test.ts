@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it } from 'vitest';
 
-import { warehouseBenchOptions } from '../../lib/cli/bench.js';
+import { warehouseBenchOptions } from '../../lib/apps/cli/bench.js';
 import {
   assertSameChain,
   benchTokens,
@@ -12,7 +12,7 @@ import {
   chainKeysWithCreateHash,
   mapPrefix,
   validateKeysBenchOptions,
-} from '../../lib/bench/keys-bench.js';
+} from '../../lib/apps/bench/keys-bench.js';
 import {
   pipeline,
   runWarehouseBench,
@@ -21,13 +21,13 @@ import {
   formatWarehouseBench,
   type WarehouseBenchOptions,
   type WarehouseBenchReport,
-} from '../../lib/bench/warehouse-bench.js';
-import { chainKeys, namespaceRoot } from '../../lib/warehouse/keys.js';
+} from '../../lib/apps/bench/warehouse-bench.js';
+import { chainKeys, namespaceRoot } from '../../lib/keys/keys.js';
 import { badArgument, tempDir } from '../helpers.js';
 
 const KiB = 1024;
 const MiB = 2 ** 20;
-const cli = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
 
 describe('the createHash peer computes the same chain as chainKeys', () => {
   it.each([

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
-import { native } from '../../lib/native.js';
+import { native } from '../../lib/core/native.js';
 
 /** Bit-at-a-time CRC-32C: slow, obvious, and independent of the native table and instructions. */
 function reference(data: Uint8Array, seed = 0): number {

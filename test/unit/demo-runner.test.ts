@@ -1,16 +1,16 @@
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 
 import { KvtierError, Warehouse } from '../../lib/index.js';
-import { blockContent, checkBlock, fillBlock } from '../../lib/demo/content.js';
+import { blockContent, checkBlock, fillBlock } from '../../lib/apps/demo/content.js';
 import {
   blockBytesOf,
   defaultFileBytes,
   defaultHostBytes,
   readSavedConfig,
   writeSavedConfig,
-} from '../../lib/demo/config.js';
-import { runDemo } from '../../lib/demo/runner.js';
-import { generateWorkload } from '../../lib/demo/workload.js';
+} from '../../lib/apps/demo/config.js';
+import { runDemo } from '../../lib/apps/demo/runner.js';
+import { generateWorkload } from '../../lib/apps/demo/workload.js';
 import { tempDir } from '../helpers.js';
 
 const KEY_A = 'a'.repeat(64);

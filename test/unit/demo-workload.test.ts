@@ -6,7 +6,7 @@ import {
   generateWorkload,
   Rng,
   type DemoRequest,
-} from '../../lib/demo/workload.js';
+} from '../../lib/apps/demo/workload.js';
 
 const plain = (r: DemoRequest): unknown => ({ ...r, tokens: Array.from(r.tokens) });
 

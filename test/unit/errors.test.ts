@@ -8,7 +8,7 @@ import {
   fromSystemError,
   isKvtierError,
   KvtierError,
-} from '../../lib/errors.js';
+} from '../../lib/core/errors.js';
 
 describe('KvtierError', () => {
   it('carries a stable code, errno, syscall and cause', () => {

@@ -5,7 +5,7 @@ import { randomFillSync } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
-import { KvtierError } from '../../lib/errors.js';
+import { KvtierError } from '../../lib/core/errors.js';
 import {
   describeKvLayout,
   KvCopyPlan,

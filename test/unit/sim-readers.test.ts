@@ -4,9 +4,9 @@ import { gzipSync } from 'node:zlib';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { isKvtierError } from '../../lib/errors.js';
-import { openTrace } from '../../lib/sim/open.js';
-import type { TraceReadOptions } from '../../lib/sim/trace.js';
+import { isKvtierError } from '../../lib/core/errors.js';
+import { openTrace } from '../../lib/apps/sim/open.js';
+import type { TraceReadOptions } from '../../lib/apps/sim/trace.js';
 import { tempDir } from '../helpers.js';
 
 const dir = tempDir('kvtier-sim-readers-');

@@ -4,8 +4,8 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, it, onTestFinished } from 'vitest';
 
-import { openTrace } from '../../lib/sim/open.js';
-import { scanTrace, simulate } from '../../lib/sim/replay.js';
+import { openTrace } from '../../lib/apps/sim/open.js';
+import { scanTrace, simulate } from '../../lib/apps/sim/replay.js';
 import { tempDir } from '../helpers.js';
 
 const fixture = fileURLToPath(

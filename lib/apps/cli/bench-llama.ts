@@ -1,0 +1,72 @@
+/** `kvtier bench llama`: time to first token on a real engine, restored through kvtier or prefilled. */
+import type { Command } from 'commander';
+
+import {
+  formatLlamaBench,
+  LLAMA_DEFAULTS,
+  runLlamaBench,
+  type LlamaBenchOptions,
+} from '../bench/llama-bench.js';
+import { KvtierError } from '../../core/errors.js';
+
+interface LlamaCommandOptions {
+  contexts: string;
+  blockTokens: string;
+  threads: string;
+  maxPrefillSeconds: string;
+  dir?: string;
+  json?: boolean;
+}
+
+function whole(text: string, what: string, min: number): number {
+  if (!/^\s*\d+\s*$/.test(text) || Number(text) < min) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `${what} must be an integer >= ${min}, got '${text}'`,
+    );
+  }
+  return Number(text);
+}
+
+export function llamaBenchOptions(opts: LlamaCommandOptions): LlamaBenchOptions {
+  const contexts = opts.contexts.split(',').map((c) => {
+    const m = /^\s*(\d+)\s*(k?)\s*$/i.exec(c);
+    if (!m) throw new KvtierError('KVTIER_BAD_ARGUMENT', `not a token count: '${c}'`);
+    return Number(m[1]) * (m[2] ? 1024 : 1);
+  });
+  const out: LlamaBenchOptions = {
+    contexts,
+    blockTokens: whole(opts.blockTokens, 'block tokens', 1),
+    threads: whole(opts.threads, 'threads', 1),
+    maxPrefillSeconds: whole(opts.maxPrefillSeconds, 'max prefill seconds', 1),
+  };
+  if (opts.dir !== undefined) out.dir = opts.dir;
+  return out;
+}
+
+export function registerLlamaBench(bench: Command): void {
+  bench
+    .command('llama')
+    .description(
+      'time to first token on node-llama-cpp (CPU) with a random llama model: KV state restored ' +
+        'from the host tier and from the file tier next to full prefill, same model, same run',
+    )
+    .option('--contexts <list>', 'prompt lengths in tokens (k = 1024)', '1k,4k,16k')
+    .option('--block-tokens <n>', 'tokens per block', String(LLAMA_DEFAULTS.blockTokens))
+    .option('--threads <n>', 'engine threads', String(LLAMA_DEFAULTS.threads))
+    .option(
+      '--max-prefill-seconds <s>',
+      'skip a context whose prefill would take longer (extrapolated)',
+      String(LLAMA_DEFAULTS.maxPrefillSeconds),
+    )
+    .option('--dir <dir>', 'directory for the model and the file tier (default: the temp dir)')
+    .option('--json', 'print the report as JSON')
+    .action(async (opts: LlamaCommandOptions) => {
+      const options = llamaBenchOptions(opts);
+      options.onProgress = (m) => process.stderr.write(`  ${m}\n`);
+      const report = await runLlamaBench(options);
+      process.stdout.write(
+        opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatLlamaBench(report),
+      );
+    });
+}

@@ -1,0 +1,82 @@
+/**
+ * The engine channel options of `kvtier serve` (lib/engine-channel/): a Unix socket for engine
+ * processes on this host, beside the network listener or instead of it.
+ */
+import { resolve } from 'node:path';
+
+import type { Command } from 'commander';
+
+import { EngineChannel } from '../../engine-channel/server.js';
+import { KvtierError } from '../../core/errors.js';
+import { Warehouse, type WarehouseOptions } from '../../warehouse/warehouse.js';
+import { serveUntilSignal, tierSummary, type Log } from './serve-lifecycle.js';
+
+export interface EngineSocketOptions {
+  engineSocket?: string;
+  engineSocketMode?: string;
+}
+
+export function addEngineSocketOptions(cmd: Command): void {
+  cmd
+    .option('--engine-socket <path>', 'Unix socket for engine processes on this host')
+    .option('--engine-socket-mode <mode>', 'permission bits of the engine socket (octal)', '0600');
+}
+
+/** Checks the options; true when an engine socket was asked for. */
+export function checkEngineSocketOptions(opts: EngineSocketOptions): boolean {
+  modeOf(opts);
+  return opts.engineSocket !== undefined;
+}
+
+function modeOf(opts: EngineSocketOptions): number {
+  const text = opts.engineSocketMode ?? '0600';
+  if (!/^0?[0-7]{3}$/.test(text)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--engine-socket-mode must be octal permission bits such as 0600, got '${text}'`,
+    );
+  }
+  return parseInt(text, 8);
+}
+
+export async function startEngineChannel(
+  opts: EngineSocketOptions,
+  warehouse: Warehouse,
+  log: Log,
+): Promise<EngineChannel | undefined> {
+  if (opts.engineSocket === undefined) return undefined;
+  return EngineChannel.start({
+    path: resolve(opts.engineSocket),
+    mode: modeOf(opts),
+    warehouse,
+    log,
+  });
+}
+
+/** `kvtier serve --engine-socket` without --listen: engines on this host only. */
+export async function serveEnginesOnly(
+  opts: EngineSocketOptions,
+  options: WarehouseOptions,
+  log: Log,
+): Promise<void> {
+  const warehouse = await Warehouse.open(options);
+  let channel: EngineChannel;
+  try {
+    channel = (await startEngineChannel(opts, warehouse, log))!;
+  } catch (e) {
+    await warehouse.close();
+    throw e;
+  }
+  log('listening', {
+    engineSocket: channel.path,
+    blockBytes: options.blockBytes,
+    maxBatch: channel.maxBatch,
+    ...tierSummary(warehouse),
+  });
+  await serveUntilSignal(
+    log,
+    warehouse,
+    () => ({ engines: channel.counters.connected }),
+    () => channel.close(),
+  );
+}

@@ -1,0 +1,252 @@
+/**
+ * `kvtier sim`: replays a serving trace through the Warehouse's own BlockIndex and policies (tiers
+ * that account capacity and move no bytes) and reports hit rates per tier.
+ */
+import { basename } from 'node:path';
+
+import type { Command } from 'commander';
+import Table from 'cli-table3';
+
+import { KvtierError } from '../../core/errors.js';
+import { DEFAULT_POLICY, isOffline, policyByName, policyNames } from '../../policy/index.js';
+import {
+  models,
+  parseCapacity,
+  parseTiers,
+  resolveCapacity,
+  type CapacitySpec,
+} from '../sim/capacity.js';
+import { openTrace } from '../sim/open.js';
+import { renderPlot, type PlotPoint } from '../sim/plot.js';
+import { scanTrace, simulate, type SimResult, type TraceStats } from '../sim/replay.js';
+import type { Trace, TraceFormat } from '../sim/trace.js';
+
+interface SimOpts {
+  trace: string;
+  format: string;
+  merge: string;
+  capacity?: string;
+  tiers?: string;
+  policy: string;
+  model?: string;
+  blockBytes?: string;
+  blockTokens?: string;
+  json?: boolean;
+  plot?: string;
+  onError: string;
+}
+
+const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
+
+function bytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
+}
+
+class Progress {
+  private last = 0;
+  constructor(
+    private readonly label: string,
+    private readonly total: number,
+    private readonly on: boolean,
+  ) {}
+  update(done: number): void {
+    if (!this.on) return;
+    const now = Date.now();
+    if (now - this.last < 100 && done < this.total) return;
+    this.last = now;
+    const f = this.total > 0 ? Math.min(1, done / this.total) : 0;
+    const width = 30;
+    const bar = '█'.repeat(Math.round(f * width)).padEnd(width, '░');
+    process.stderr.write(`\r${this.label.padEnd(18)} ${bar} ${(f * 100).toFixed(0).padStart(3)}%`);
+  }
+  done(): void {
+    if (this.on) process.stderr.write('\r\x1b[K');
+  }
+}
+
+export function formatSim(r: SimResult): string {
+  const out: string[] = [];
+  out.push(
+    `${r.requests.toLocaleString('en-US')} requests, ${r.accesses.toLocaleString('en-US')} block accesses, ${r.distinct.toLocaleString('en-US')} distinct blocks (${r.blockTokens} tokens each)`,
+  );
+  out.push(
+    `policy ${r.policy}; ceiling (infinite capacity): prefix ${pct(r.ceiling.prefix)}, any ${pct(r.ceiling.any)}`,
+  );
+  const t = new Table({
+    head: [
+      'tier',
+      'capacity (blocks)',
+      'prefix hits',
+      'any hits',
+      'promoted',
+      'demoted',
+      'evicted',
+    ],
+    style: { head: [] },
+  });
+  for (const tier of r.tiers) {
+    t.push([
+      tier.name,
+      tier.capacity.toLocaleString('en-US'),
+      pct(tier.hitRate.prefix),
+      pct(tier.hitRate.any),
+      r.blockBytes ? bytes(tier.bytesPromoted) : tier.promotions.toLocaleString('en-US'),
+      r.blockBytes ? bytes(tier.bytesDemoted) : tier.demotions.toLocaleString('en-US'),
+      tier.evictions.toLocaleString('en-US'),
+    ]);
+  }
+  t.push(['total', '', pct(r.hitRate.prefix), pct(r.hitRate.any), '', '', '']);
+  out.push(t.toString());
+  out.push(
+    `prefill tokens saved: ${r.prefillTokensSaved.toLocaleString('en-US')}; replay ${r.replaySeconds.toFixed(1)} s (${(r.accessesPerSecond / 1e6).toFixed(2)} M accesses/s)`,
+  );
+  if (r.skipped > 0) out.push(`skipped ${r.skipped} malformed line(s) or file(s)`);
+  return out.join('\n');
+}
+
+function choice(name: string, value: string, allowed: readonly string[]): void {
+  if (!allowed.includes(value)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--${name} ${value}: expected one of ${allowed.join(', ')}`,
+    );
+  }
+}
+
+function positiveInt(name: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `--${name} ${text}: expected a positive integer`);
+  }
+  return n;
+}
+
+export async function runSim(opts: SimOpts): Promise<SimResult> {
+  choice('format', opts.format, ['auto', 'mooncake', 'kvcache-tester', 'kvtier']);
+  choice('merge', opts.merge, ['concurrent', 'sequential']);
+  choice('on-error', opts.onError, ['skip', 'stop']);
+  policyByName(opts.policy, 1); // unknown policy: fail before reading anything
+  if (opts.capacity !== undefined && opts.tiers !== undefined) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'give --capacity or --tiers, not both');
+  }
+  if (opts.model !== undefined && opts.blockBytes !== undefined) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'give --model or --block-bytes, not both');
+  }
+  if (opts.model !== undefined && models[opts.model] === undefined) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `unknown model "${opts.model}" (known: ${Object.keys(models).join(', ')}; or give --block-bytes)`,
+    );
+  }
+  const specs: { name: string; spec: CapacitySpec }[] = opts.tiers
+    ? parseTiers(opts.tiers)
+    : [{ name: 'cache', spec: parseCapacity(opts.capacity ?? '5%') }];
+  const explicitBlockBytes = positiveInt('block-bytes', opts.blockBytes);
+  const explicitBlockTokens = positiveInt('block-tokens', opts.blockTokens);
+  const tty = !opts.json && process.stderr.isTTY === true;
+  const trace: Trace = await openTrace(opts.trace, opts.format as TraceFormat | 'auto', {
+    onError: opts.onError as 'skip' | 'stop',
+    merge: opts.merge as 'concurrent' | 'sequential',
+    onSkip: (m) => {
+      if (!opts.json) process.stderr.write(`${tty ? '\r\x1b[K' : ''}kvtier: skipped ${m}\n`);
+    },
+  });
+  const blockTokens = explicitBlockTokens ?? trace.blockTokens ?? 1;
+  const blockBytes =
+    explicitBlockBytes ?? (opts.model ? models[opts.model]! * blockTokens : undefined);
+  const scanProgress = new Progress('reading trace', 1, tty);
+  let stats: TraceStats = await scanTrace(trace, {
+    next: isOffline(opts.policy),
+    onProgress: () => scanProgress.update(0),
+  });
+  scanProgress.done();
+  if (stats.accesses === 0) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `${opts.trace}: the trace has no block accesses`);
+  }
+  const tiers = specs.map((s) => ({
+    name: s.name,
+    capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
+  }));
+  const progress = new Progress(`replaying (${opts.policy})`, stats.requests, tty);
+  const result = await simulate(trace, {
+    tiers,
+    policy: opts.policy,
+    blockTokens,
+    blockBytes: blockBytes ?? 0,
+    stats,
+    onProgress: (n) => progress.update(n),
+  });
+  progress.done();
+  if (opts.plot) {
+    const points: PlotPoint[] = [];
+    const shares = [1, 2, 5, 10, 25, 50];
+    const plotted = [...new Set(['lru', DEFAULT_POLICY, opts.policy, 'belady'])];
+    if (!stats.next) stats = await scanTrace(trace, { next: true });
+    const plotProgress = new Progress('plotting', shares.length * plotted.length, tty);
+    let done = 0;
+    for (const policy of plotted) {
+      for (const share of shares) {
+        const capacity = Math.max(1, Math.round((stats.distinct * share) / 100));
+        const r = await simulate(trace, {
+          tiers: [{ name: 'cache', capacity }],
+          policy,
+          blockTokens,
+          stats,
+        });
+        points.push({ policy, capacity: share, hitRate: r.hitRate.prefix });
+        plotProgress.update(++done);
+      }
+    }
+    plotProgress.done();
+    await renderPlot(
+      points,
+      stats.ceiling.prefix,
+      `kvtier sim: ${basename(opts.trace)} (prefix hit rate)`,
+      opts.plot,
+    );
+  }
+  return result;
+}
+
+export function registerSim(program: Command): void {
+  program
+    .command('sim')
+    .description(
+      "replay a serving trace through kvtier's placement code and report hit rates per tier",
+    )
+    .requiredOption('--trace <path>', 'trace file, or a folder of kv-cache-tester sessions')
+    .option('--format <format>', 'auto | mooncake | kvcache-tester | kvtier', 'auto')
+    .option(
+      '--merge <how>',
+      'kv-cache-tester sessions: concurrent (all from t=0) | sequential',
+      'concurrent',
+    )
+    .option(
+      '--capacity <size>',
+      'one tier: 5% (of distinct blocks), 20000 (blocks) or 16GiB (default 5%)',
+    )
+    .option('--tiers <list>', 'a hierarchy, top first: gpu=1%,host=5%,file=25%')
+    .option('--policy <name>', `eviction policy: ${policyNames().join(', ')}`, DEFAULT_POLICY)
+    .option('--model <name>', `KV bytes per token from a model: ${Object.keys(models).join(', ')}`)
+    .option('--block-bytes <n>', 'bytes per block (instead of --model)')
+    .option('--block-tokens <n>', "tokens per block (default: the trace's)")
+    .option('--on-error <what>', 'malformed lines or files: stop | skip', 'stop')
+    .option('--json', 'print only the result as JSON')
+    .option(
+      '--plot <file>',
+      'also draw hit rate against capacity for several policies (.svg or .png)',
+    )
+    .action(async (opts: SimOpts) => {
+      const result = await runSim(opts);
+      process.stdout.write(
+        opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatSim(result)}\n`,
+      );
+    });
+}

@@ -1,0 +1,336 @@
+/**
+ * Loads the native addon: a prebuilt binary for this platform wins, a local build is used
+ * otherwise (node-gyp-build decides). Loading is lazy so `kvtier info` can still report why the
+ * addon is missing.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { KvtierError } from './errors.js';
+
+export interface LibraryStatus {
+  available: boolean;
+  reason?: string;
+  loaded: boolean;
+  path?: string;
+  version?: string;
+}
+
+export interface NativeProbe {
+  addonVersion: string;
+  cpus: number;
+  pageSize: number;
+  ioUring: { available: boolean; reason?: string; compiled: boolean; liburingVersion?: string };
+  cuda: LibraryStatus & {
+    driverVersion?: number;
+    devices: {
+      ordinal: number;
+      name: string;
+      pciBusId: string;
+      memoryBytes: number;
+      computeCapability: string;
+    }[];
+  };
+  cufile: LibraryStatus & { mode?: 'gds' | 'compat'; modeReason?: string };
+  ibverbs: LibraryStatus & { devices: { name: string; guid: string; transport: string }[] };
+}
+
+export interface DirectProbe {
+  available: boolean;
+  reason?: string;
+  memAlign?: number;
+  offsetAlign?: number;
+}
+
+export interface NativeRegion {
+  readonly buffer: ArrayBuffer;
+  slice(offset: number, length: number): ArrayBuffer;
+  readonly pinned: boolean;
+  readonly pinReason: string;
+  readonly byteLength: number;
+  readonly closed: boolean;
+  /** "<dev>:<inode>" of a shared file mapping; empty for allocated memory. */
+  readonly fileId: string;
+  close(): void;
+}
+
+export interface NativeFile {
+  readonly path: string;
+  readonly direct: boolean;
+  readonly directReason: string;
+  readonly memAlign: number;
+  readonly offsetAlign: number;
+  readonly closed: boolean;
+  size(): number;
+  lock(): void;
+  close(): void;
+}
+
+export interface NativeDeviceRegion {
+  readonly byteLength: number;
+  readonly device: number;
+  readonly pointer: bigint;
+  readonly origin: 'owned' | 'wrapped' | 'imported';
+  ipcHandle(): { handle: Uint8Array; offset: number };
+  close(): void;
+}
+
+export type NativeTarget = NativeRegion | NativeDeviceRegion | ArrayBufferView | ArrayBuffer;
+
+export interface NativeEngine {
+  readonly kind: 'io_uring' | 'threads' | 'cuda' | 'cufile' | 'posix';
+  readonly queueDepth: number;
+  readonly inFlight: number;
+  submit(
+    descriptors: Float64Array,
+    targets: NativeTarget[],
+    files: NativeFile[],
+  ): Promise<Float64Array>;
+  close(): void;
+}
+
+/** One event from the native TCP transport's thread (native/net/tcp_transport.h). */
+export interface NetEvent {
+  kind: 1 | 2 | 3 | 4 | 5 | 6; // accepted, connected, frame, sent, closed, refused
+  conn: number;
+  listener?: number;
+  type?: number;
+  flags?: number;
+  requestId?: number;
+  meta?: Buffer;
+  payload?: Buffer;
+  payloadBytes?: number;
+  placed?: boolean;
+  area?: number;
+  /** Payloads that landed in landing pieces: their tokens, in order. */
+  landed?: Uint32Array;
+  /** Placed payloads: CRC-32C of each destination filled, in order. */
+  checksums?: Uint32Array;
+  /** Bytes this frame counts against its connection's backpressure until released. */
+  held?: number;
+  token?: number;
+  errno?: number;
+  text?: string;
+}
+
+export interface NativeTcpTransport {
+  listen(host: string, port: number, backlog?: number): { id: number; port: number };
+  connect(host: string, port: number): number;
+  send(
+    conn: number,
+    head: Uint8Array,
+    targets: NativeTarget[],
+    spans: Float64Array | undefined,
+    token: number,
+    notify: boolean,
+    expectType?: number,
+    expectRequestId?: number,
+    expectSpans?: Float64Array,
+  ): void;
+  setLimits(
+    conn: number,
+    maxMeta: number,
+    maxPayload: number,
+    maxQueued?: number,
+    answerType?: number,
+    answerUnit?: number,
+  ): void;
+  provide(region: NativeRegion, offset: number, length: number, token: number): void;
+  land(target: NativeTarget, offset: number, length: number, token: number, type: number): void;
+  unland(): number[];
+  release(conn: number, bytes: number): void;
+  closeConnection(conn: number, why: string): void;
+  closeListener(listener: number): void;
+  ref(): void;
+  unref(): void;
+  close(): void;
+  stats(): NetStats;
+}
+
+/** Counters of a native TCP transport (TcpTransport::Stats). */
+export interface NetStats {
+  /** Times a connection stopped being read (backpressure). */
+  pauses: number;
+  /** Most bytes one connection had held by JavaScript (frames and reserved answers). */
+  maxHeld: number;
+  /** Most bytes one connection had queued to write, and the bytes queued now in all. */
+  maxOutQueued: number;
+  outQueued: number;
+  /** Connections closed in their handshake to make room for newer ones. */
+  handshakesEvicted: number;
+  /** Connections refused: the authenticated ones were at their limit. */
+  refused: number;
+  /** Connections closed for a partly received frame left idle (payloadTimeoutMs). */
+  stalled: number;
+  /** ERROR frames the transport itself sent before closing a connection. */
+  errorFrames: number;
+  /** Landing pieces payloads were read into, and of those, pieces of payloads cut short. */
+  landingTaken: number;
+  landingReturned: number;
+}
+
+/** RDMA verbs for the peer protocol (native/net/verbs_link.h). */
+export interface NativeVerbs {
+  readonly device: string;
+  /** A new RC queue pair and its 28-byte wire address (docs/protocol.md, VERBS_CONNECT). */
+  createQueuePair(): { id: number; address: Buffer };
+  connectQueuePair(id: number, remote: Uint8Array): void;
+  destroyQueuePair(id: number): void;
+  /**
+   * Registers a Region's memory for the peer (cached per region and access; role 'server' only):
+   * 'read' lends it to the peer's RDMA READs only, 'write' to its RDMA WRITEs (and READs). The
+   * address is that of the target's first byte.
+   */
+  register(target: NativeTarget, access: 'read' | 'write'): { address: number; rkey: number };
+  /**
+   * Six numbers per work request: opcode (0 READ, 1 WRITE), target index, target offset,
+   * length, remote address, remote key. Rejects with KVTIER_PEER when any fails.
+   */
+  post(qp: number, ops: Float64Array, targets: NativeTarget[]): Promise<void>;
+  close(): void;
+}
+
+export interface NativeAddon {
+  init(errorClass: typeof KvtierError): void;
+  probe(): NativeProbe;
+  probeDirect(dir: string): DirectProbe;
+  chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
+  crc32c(data: ArrayBufferView, seed?: number): number;
+  /** One entry per whole header in data (native/io/slot_header_js.h). */
+  decodeSlotHeaders(
+    data: Uint8Array,
+    headerBytes: number,
+    blockBytes: number,
+  ): {
+    /** 0 empty, 1 valid, 2 torn (fails its CRC), 3 bad (CRC holds, a field is impossible). */
+    status: Uint8Array;
+    keyLength: Uint8Array;
+    /** 32 bytes a slot, the key first. */
+    keys: Buffer;
+    length: Float64Array;
+    checksum: Uint32Array;
+    generation: Float64Array;
+  };
+  verbsProbe(options: { device?: string; port?: number }): {
+    available: boolean;
+    reason?: string;
+    device?: string;
+    port?: number;
+    linkLayer?: string;
+    lid?: number;
+  };
+  NativeRegion: new (
+    bytes: number | { path: string; bytes: number },
+    pin: 'auto' | 'on' | 'off',
+    maxArrayBuffer: number,
+  ) => NativeRegion;
+  /** getsockopt(SO_PEERCRED) on a connected Unix-domain socket's descriptor. */
+  peerCredentials(fd: number): { pid: number; uid: number; gid: number };
+  NativeFile: new (
+    path: string,
+    options: {
+      create?: boolean;
+      truncate?: boolean;
+      readOnly?: boolean;
+      direct?: 'on' | 'off' | 'auto';
+      size?: number;
+    },
+  ) => NativeFile;
+  NativeEngine: new (options: { kind: 'io_uring' | 'threads'; queueDepth: number }) => NativeEngine;
+  NativeDeviceRegion: new (
+    options:
+      | { origin: 'owned'; device: number; bytes: number }
+      | { origin: 'wrapped'; device: number; pointer: bigint; bytes: number }
+      | { origin: 'imported'; device: number; handle: Uint8Array; offset: number; bytes: number },
+  ) => NativeDeviceRegion;
+  NativeCopyEngine: new (options: {
+    device: number;
+    streams: number;
+    batch: boolean;
+    kernel: boolean;
+  }) => NativeEngine & { readonly batchCopy: boolean; readonly kernelPath: string };
+  NativeGpuFileEngine: new (options: {
+    device: number;
+    io: 'cufile' | 'posix';
+    threads: number;
+    chunkBytes: number;
+    fallback: boolean;
+  }) => NativeEngine & { readonly fallbacks: number };
+  /**
+   * role 'client' (default): its queue pairs grant the peer no access and it lends no memory;
+   * 'server': its queue pairs accept the peer's RDMA READ and WRITE, and it registers memory.
+   */
+  NativeVerbs: new (options: {
+    device?: string;
+    port?: number;
+    role?: 'client' | 'server';
+  }) => NativeVerbs;
+  NativeTcpTransport: new (
+    options: { maxConnections?: number; maxHandshakes?: number; payloadTimeoutMs?: number },
+    onEvents: (events: NetEvent[]) => void,
+  ) => NativeTcpTransport;
+}
+
+/** The package root: this file is lib/core/native.ts (dist/core/native.js), two levels below it. */
+export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+let loaded: NativeAddon | undefined;
+let loadError: Error | undefined;
+
+/** Where the addon was loaded from, once it was. */
+export let addonPath: string | undefined;
+
+/** The prebuilt Node-API binary shipped for this platform, if any (prebuildify's layout). */
+function prebuiltPath(): string | undefined {
+  const dir = join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
+  if (!existsSync(dir)) return undefined;
+  const name = readdirSync(dir).find((f) => f.endsWith('.node'));
+  return name === undefined ? undefined : join(dir, name);
+}
+
+/** Candidates in order of preference: an explicit KVTIER_ADDON (sanitizer builds, tests), the
+ * prebuilt binary, then whatever node-gyp-build finds (a local build). */
+function candidates(require: NodeJS.Require): string[] {
+  if (process.env.KVTIER_ADDON) return [process.env.KVTIER_ADDON];
+  const list: string[] = [];
+  const prebuilt = prebuiltPath();
+  if (prebuilt) list.push(prebuilt);
+  try {
+    const build = require('node-gyp-build') as { path(dir: string): string };
+    list.push(build.path(packageRoot));
+  } catch (e) {
+    if (list.length === 0) throw e;
+  }
+  return list;
+}
+
+export function native(): NativeAddon {
+  if (loaded) return loaded;
+  if (loadError) throw loadError;
+  const require = createRequire(import.meta.url);
+  try {
+    const failures: string[] = [];
+    for (const path of candidates(require)) {
+      try {
+        const addon = require(path) as NativeAddon;
+        addon.init(KvtierError);
+        addonPath = path;
+        loaded = addon;
+        return addon;
+      } catch (e) {
+        // A prebuilt binary for another libc or an older Node-API falls through to the build.
+        failures.push(`${path}: ${(e as Error).message}`);
+      }
+    }
+    throw new Error(failures.join('; '));
+  } catch (e) {
+    loadError = new KvtierError(
+      'KVTIER_NOT_AVAILABLE',
+      `the kvtier native addon could not be loaded: ${(e as Error).message}`,
+      { cause: e },
+    );
+    throw loadError;
+  }
+}
