@@ -27,6 +27,8 @@ export {
   type TierOptions,
   type PutResult,
   type PutStatus,
+  type EvictResult,
+  type EvictStatus,
   type CloseError,
   type GetResult,
   type LookupResult,

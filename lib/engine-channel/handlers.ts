@@ -223,7 +223,7 @@ async function evict(
 ): Promise<Answer> {
   const n = int(h.n, 'n', 0);
   const keys = keysIn(h, payload, n, Number.MAX_SAFE_INTEGER);
-  return { evicted: await ctx.warehouse.evict(keys) };
+  return { evicted: (await ctx.warehouse.evict(keys)).removed };
 }
 
 function stats(ctx: ChannelContext): Answer {

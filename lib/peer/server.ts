@@ -701,11 +701,9 @@ export class PeerServer {
     switch (type) {
       case MsgType.PUT: {
         this.putCounts.copied += keys.length;
-        const before = keys.length > 0 ? wh.lookup(keys).tiers : [];
-        if (keys.length > 0) await wh.put(keys, payload!);
-        const after = keys.length > 0 ? wh.lookup(keys).tiers : [];
-        let statuses: number[] = keys.map((_, i) =>
-          before[i]! >= 0 ? Status.PRESENT : after[i]! >= 0 ? Status.OK : Status.REJECTED,
+        const put = keys.length > 0 ? (await wh.put(keys, payload!)).status : [];
+        let statuses: number[] = put.map((s) =>
+          s === 'present' ? Status.PRESENT : s === 'stored' ? Status.OK : Status.REJECTED,
         );
         if (this.durable(type, flags)) statuses = await this.persisted(keys, statuses);
         this.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
@@ -781,11 +779,8 @@ export class PeerServer {
         return;
       }
       case MsgType.DELETE: {
-        const before = wh.lookup(keys).tiers;
-        await wh.evict(keys);
-        const after = wh.lookup(keys).tiers;
-        const statuses = keys.map((_, i) =>
-          before[i]! < 0 ? Status.MISSING : after[i]! < 0 ? Status.OK : Status.REJECTED,
+        const statuses = (await wh.evict(keys)).status.map((s) =>
+          s === 'absent' ? Status.MISSING : s === 'removed' ? Status.OK : Status.REJECTED,
         );
         this.reply(state, MsgType.DELETE_RESULT, rid, encodeResults(statuses));
         return;
@@ -1112,10 +1107,12 @@ export class PeerServer {
       for (const i of stored) result[i] = Status.OK;
     } else {
       const sent = offer.keys.filter((_, i) => offer.statuses[i] === Status.OK);
-      if (sent.length > 0) await wh.put(sent, payload!);
-      const after = sent.length > 0 ? wh.lookup(offer.keys).tiers : [];
+      const put = sent.length > 0 ? (await wh.put(sent, payload!)).status : [];
+      let next = 0;
       offer.statuses.forEach((x, i) => {
-        if (x === Status.OK && after[i]! >= 0) result[i] = Status.OK;
+        if (x !== Status.OK) return;
+        const s = put[next++];
+        if (s === 'stored' || s === 'present') result[i] = Status.OK;
       });
     }
     const answer = offer.durable ? await this.persisted(offer.keys, result) : result;

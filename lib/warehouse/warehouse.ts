@@ -144,6 +144,19 @@ export interface PutResult {
   status: PutStatus[];
 }
 
+/**
+ * What became of one key of an evict. 'removed': gone from every tier. 'absent': not held here.
+ * 'pinned': held under a lease (or pinned by a reader meanwhile), so it stays.
+ */
+export type EvictStatus = 'removed' | 'absent' | 'pinned';
+
+export interface EvictResult {
+  /** Blocks removed. */
+  removed: number;
+  /** Per key of the evict, in order (a key named twice has the status of its first mention). */
+  status: EvictStatus[];
+}
+
 export interface LookupResult {
   /** Leading keys cached: the prefix an engine need not recompute. */
   prefix: number;
@@ -1659,16 +1672,17 @@ export class Warehouse {
 
   /**
    * Removes blocks from every tier (pinned ones stay). A file tier forgets them on disk too, so
-   * they do not come back after a restart. Resolves with the number removed.
+   * they do not come back after a restart. Resolves with the number removed and each key's
+   * status, so a caller (the peer server) need not look keys up before and after.
    */
-  async evict(keys: KeyChain | readonly KeyLike[]): Promise<number> {
+  async evict(keys: KeyChain | readonly KeyLike[]): Promise<EvictResult> {
     this.assertOpen();
     this.expireLeases();
     const list = toKeys(keys);
     return this.track(this.evictNow(list));
   }
 
-  private async evictNow(keys: Key[]): Promise<number> {
+  private async evictNow(keys: Key[]): Promise<EvictResult> {
     while (this.unsettled(keys)) await this.settle(keys);
     const round = new TransferRound();
     const chosen: Key[] = [];
@@ -1700,7 +1714,12 @@ export class Warehouse {
       removed.push(key);
     }
     this.changed([], removed);
-    return removed.length;
+    const gone = new Set(removed);
+    const status = keys.map((key): EvictStatus => {
+      if (gone.has(key)) return 'removed';
+      return this.index.get(key) ? 'pinned' : 'absent';
+    });
+    return { removed: removed.length, status };
   }
 
   // -------------------------------------------------------------------------------- cluster

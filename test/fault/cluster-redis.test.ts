@@ -60,7 +60,7 @@ describe.runIf(haveRedis)('cluster faults: Redis down and back', () => {
       expect(got.count).toBe(12);
       expect(dst.equals(src)).toBe(true);
       expect(w.lookup(keys).prefix).toBe(12);
-      expect(await w.evict(keys.slice(11))).toBe(1);
+      expect((await w.evict(keys.slice(11))).removed).toBe(1);
 
       await redis.start(); // empty: no persistence
       await until('the resync', () => w.stats().cluster?.state === 'ok');

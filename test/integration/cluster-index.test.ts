@@ -132,7 +132,7 @@ describe.runIf(haveRedis)('cluster index on a real redis-server', () => {
       expect(after[0]!.prefix).toBeLessThan(6);
 
       // Explicit evict() leaves the index too.
-      expect(await b.evict(keys.slice(5, 10))).toBe(5);
+      expect((await b.evict(keys.slice(5, 10))).removed).toBe(5);
       await nb.settled();
       expect((await view.rank(keys, { nodes: ['rank-b'] }))[0]!.prefix).toBe(5);
       expect(na.stats()).toMatchObject({ state: 'ok', degraded: false });

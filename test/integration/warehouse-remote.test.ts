@@ -115,7 +115,7 @@ describe('Warehouse remote source and change feed', () => {
       for (const k of removedByPut) expect(w.lookup([k]).prefix).toBe(0);
       const held = w.keys();
       expect(held.length).toBe(4);
-      expect(await w.evict(held.slice(0, 1))).toBe(1);
+      expect((await w.evict(held.slice(0, 1))).removed).toBe(1);
       expect(changes.at(-1)).toEqual({ added: [], removed: held.slice(0, 1) });
       // A listener that throws does not fail the operation.
       w.watch(() => {

@@ -188,7 +188,7 @@ describe('Warehouse', () => {
     // A millisecond before expiry by the warehouse's clock (the wall clock has barely moved, and
     // no timer has fired), the lease still holds.
     now = 60_999;
-    expect(await wh.evict(keys.slice(7))).toBe(0);
+    expect((await wh.evict(keys.slice(7))).removed).toBe(0);
     // At expiry it is gone, though no wall-clock time passed: the host tier takes new blocks
     // again, pushing the formerly pinned ones down, and evict() may remove them.
     now = 61_000;
@@ -196,7 +196,7 @@ describe('Warehouse', () => {
     expect((await wh.put(third, blocksFor(third, BS))).stored).toBe(4);
     expect(wh.lookup(third).tiers).toEqual([0, 0, 0, 0]);
     expect(wh.lookup(keys).tiers.filter((t) => t === 1)).toHaveLength(4);
-    expect(await wh.evict(keys.slice(7))).toBe(1);
+    expect((await wh.evict(keys.slice(7))).removed).toBe(1);
     wh.unpin(lease); // already expired: a no-op
     await wh.close();
   });
@@ -206,9 +206,13 @@ describe('Warehouse', () => {
     const keys = chain(2);
     await wh.put(keys, blocksFor(keys, BS));
     const lease = wh.pin(keys, { ttlMs: 60_000 });
-    expect(await wh.evict(keys)).toBe(0);
+    expect(await wh.evict(keys)).toEqual({ removed: 0, status: ['pinned', 'pinned'] });
     wh.unpin(lease);
-    expect(await wh.evict(keys)).toBe(2);
+    const absent = chain(1, 'never-put');
+    expect(await wh.evict([keys[0]!, ...absent, keys[1]!, keys[0]!])).toEqual({
+      removed: 2,
+      status: ['removed', 'absent', 'removed', 'removed'],
+    });
     await wh.close();
   });
 
@@ -275,7 +279,7 @@ describe('Warehouse', () => {
     const wh = await open({ dir: d, writeThrough: true });
     const keys = chain(3);
     await wh.put(keys, blocksFor(keys, BS));
-    expect(await wh.evict([keys[1]!])).toBe(1);
+    expect((await wh.evict([keys[1]!])).removed).toBe(1);
     expect(wh.lookup(keys).tiers).toEqual([0, -1, 0]);
     await wh.close();
     const again = await open({ dir: d });

@@ -198,7 +198,7 @@ describe.skipIf(!llama)('llama adapter on the real engine', () => {
       const keys = kv.keysOf(P1);
 
       // Missing: block 1 evicted, so only block 0 comes back.
-      expect(await kv.warehouse.evict([keys[1]!])).toBe(1);
+      expect((await kv.warehouse.evict([keys[1]!])).removed).toBe(1);
       await seq.clearHistory();
       const missing = await afterRestore(kv, seq, P1, 6);
       expect(missing.restore.restoredTokens).toBe(B);

@@ -314,7 +314,7 @@ class WarehouseSide implements IoSide {
   }
 
   async clear(): Promise<void> {
-    const removed = await this.warehouse.evict(this.everyKey);
+    const { removed } = await this.warehouse.evict(this.everyKey);
     if (removed !== this.blocks) {
       throw new KvtierError('KVTIER_IO', `evicted ${removed} of ${this.blocks} blocks`);
     }
