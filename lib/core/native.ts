@@ -1,6 +1,6 @@
 /**
- * Loads the native addon: a prebuilt binary for this platform wins, a local build is used
- * otherwise (node-gyp-build decides). Loading is lazy so `kvtier info` can still report why the
+ * Loads the native addon: a local build when there is one, else the prebuilt binary for this
+ * platform (see candidates()). Loading is lazy so `kvtier info` can still report why the
  * addon is missing.
  */
 import { existsSync, readdirSync } from 'node:fs';
@@ -290,19 +290,41 @@ function prebuiltPath(): string | undefined {
   return name === undefined ? undefined : join(dir, name);
 }
 
-/** Candidates in order of preference: an explicit KVTIER_ADDON (sanitizer builds, tests), the
- * prebuilt binary, then whatever node-gyp-build finds (a local build). */
+/** Whether `path` is a prebuilt binary of this package (prebuildify's folder). */
+export function isPrebuilt(path: string): boolean {
+  return path.startsWith(join(packageRoot, 'prebuilds'));
+}
+
+/**
+ * Why the addon in use is a local build rather than a prebuilt one (for `kvtier info`), or
+ * undefined when a prebuilt binary was loaded or none was tried.
+ */
+export let localBuildReason: string | undefined;
+
+/**
+ * Candidates in order of preference: an explicit KVTIER_ADDON (sanitizer builds, tests), a local
+ * build when there is one (a checkout being worked on must run what it just compiled, as
+ * node-gyp-build also prefers), then the prebuilt binary. An installed package has no local build
+ * unless its prebuilt binary did not fit, so there the prebuilt one is used.
+ */
 function candidates(require: NodeJS.Require): string[] {
   if (process.env.KVTIER_ADDON) return [process.env.KVTIER_ADDON];
   const list: string[] = [];
+  const local = join(packageRoot, 'build', 'Release', 'kvtier.node');
   const prebuilt = prebuiltPath();
+  if (existsSync(local)) list.push(local);
   if (prebuilt) list.push(prebuilt);
-  try {
+  if (list.length === 0) {
+    // Neither: node-gyp-build's own search names what it looked for in its error.
     const build = require('node-gyp-build') as { path(dir: string): string };
     list.push(build.path(packageRoot));
-  } catch (e) {
-    if (list.length === 0) throw e;
   }
+  localBuildReason =
+    prebuilt === undefined
+      ? `no prebuilt binary for ${process.platform}-${process.arch} in this package`
+      : existsSync(local)
+        ? 'build/Release holds a local build, which wins over a prebuilt binary'
+        : undefined;
   return list;
 }
 
@@ -317,6 +339,10 @@ export function native(): NativeAddon {
         const addon = require(path) as NativeAddon;
         addon.init(KvtierError);
         addonPath = path;
+        if (isPrebuilt(path)) localBuildReason = undefined;
+        else if (failures.length > 0) {
+          localBuildReason = `the prebuilt binary could not be loaded: ${failures.join('; ')}`;
+        }
         loaded = addon;
         return addon;
       } catch (e) {

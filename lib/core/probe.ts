@@ -1,7 +1,7 @@
 /** What this machine offers kvtier, as `kvtier info` reports it. */
 import { tmpdir } from 'node:os';
 
-import { addonPath, native, type NativeProbe } from './native.js';
+import { addonPath, isPrebuilt, localBuildReason, native, type NativeProbe } from './native.js';
 import { version } from './version.js';
 
 interface Capability {
@@ -12,7 +12,13 @@ interface Capability {
 
 export interface ProbeReport {
   version: string;
-  addon: Capability & { version?: string; path?: string; prebuilt?: boolean };
+  addon: Capability & {
+    version?: string;
+    path?: string;
+    prebuilt?: boolean;
+    /** Why a local build is in use instead of a prebuilt binary. */
+    localBuildReason?: string;
+  };
   platform: { node: string; arch: string; cpus: number; pageSize: number | null };
   ioUring: Capability & { compiled?: boolean; liburingVersion?: string };
   oDirect: Capability & { dir: string; memAlign?: number; offsetAlign?: number };
@@ -73,7 +79,8 @@ export function probe(options: { dir?: string } = {}): ProbeReport {
     addon: {
       available: true,
       version: addonVersion,
-      ...(addonPath ? { path: addonPath, prebuilt: addonPath.includes('/prebuilds/') } : {}),
+      ...(addonPath ? { path: addonPath, prebuilt: isPrebuilt(addonPath) } : {}),
+      ...(localBuildReason ? { localBuildReason } : {}),
     },
     platform: { node: process.version, arch: process.arch, cpus, pageSize },
     ioUring,

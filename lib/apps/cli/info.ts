@@ -18,6 +18,7 @@ export function formatInfo(r: ProbeReport): string {
       `${r.addon.version ?? ''} ${r.addon.prebuilt ? 'prebuilt' : 'local build'} ${r.addon.path ?? ''}`,
     ),
   );
+  if (r.addon.localBuildReason) out.push(`  ${''.padEnd(10)} (${r.addon.localBuildReason})`);
   out.push(`  ${'cpus'.padEnd(10)} ${r.platform.cpus}, page size ${r.platform.pageSize ?? '?'} B`);
   out.push(line('io_uring', r.ioUring, `liburing ${r.ioUring.liburingVersion ?? ''}`.trim()));
   out.push(
