@@ -187,6 +187,16 @@ describe('layers of lib/', () => {
     expect(stale, 'delete these allowances from test/unit/layers.test.ts').toEqual([]);
   });
 
+  it('keeps internal.ts out of the package: only index.ts and llama/index.ts are published entries', () => {
+    const pkg = JSON.parse(readFileSync(join(LIB, '..', 'package.json'), 'utf8')) as {
+      exports: Record<string, { import: string }>;
+    };
+    const published = Object.values(pkg.exports)
+      .map((e) => (typeof e === 'string' ? e : e.import))
+      .filter((path) => path.endsWith('.js'));
+    expect(published.sort()).toEqual(['./dist/index.js', './dist/llama/index.js']);
+  });
+
   it('reports an import up a layer, past the entries, between siblings, or in a cycle', () => {
     const bad = check(
       new Map([

@@ -1,4 +1,4 @@
-/** `kvtier demo --engine llama`: the demo's agent workload on node-llama-cpp (lib/demo/llama-agent.ts). */
+/** `kvtier demo --engine llama`: the demo's agent workload on node-llama-cpp (lib/apps/demo/llama-agent.ts). */
 import { KvtierError } from '../../index.js';
 import { formatLlamaAgent, runLlamaAgent } from '../demo/llama-agent.js';
 
