@@ -1,5 +1,5 @@
 import { join } from 'node:path';
-import { packageRoot } from '../core/native.js';
+import { packageRoot } from '../internal.js';
 
 /**
  * The built CLI, also when a caller runs from lib/ (tests): benchmarks start `kvtier serve` as a

@@ -1,14 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { isKvtierError } from '../../lib/core/errors.js';
-import {
-  formatSize,
-  median,
-  parseSize,
-  parseSizeList,
-  permutation,
-  sequence,
-} from '../../lib/apps/bench/stats.js';
+import { median, permutation, sequence } from '../../lib/apps/bench/stats.js';
+import { formatSize, parseSize, parseSizeList } from '../../lib/apps/sizes.js';
 
 describe('parseSize', () => {
   it('reads plain byte counts and binary units, with or without the i', () => {

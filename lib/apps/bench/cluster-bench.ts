@@ -12,10 +12,8 @@
 import { randomBytes } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 
-import { abortError, KvtierError } from '../../core/errors.js';
-import { openRedis, type RedisClient } from '../../cluster/redis-connect.js';
-import { RedisIndex, type NodeFacts } from '../../cluster/redis-index.js';
-import { chainKeys, type Key } from '../../keys/keys.js';
+import { chainKeys, type Key, KvtierError, RedisIndex } from '../../index.js';
+import { abortError, type NodeFacts, openRedis, type RedisClient } from '../../internal.js';
 
 export interface ClusterBenchOptions {
   redis: string;

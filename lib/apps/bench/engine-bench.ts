@@ -13,11 +13,16 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { EngineClient, HostPoolFile } from '../../engine-channel/client.js';
-import { KvtierError } from '../../core/errors.js';
-import { describeKvLayout, planKvCopy, type KvLayoutSpec } from '../../layout/index.js';
-import { Warehouse } from '../../warehouse/warehouse.js';
-import { formatSize, median } from './stats.js';
+import {
+  describeKvLayout,
+  type KvLayoutSpec,
+  KvtierError,
+  planKvCopy,
+  Warehouse,
+} from '../../index.js';
+import { EngineClient, HostPoolFile } from '../../internal.js';
+import { formatSize } from '../sizes.js';
+import { median } from './stats.js';
 
 /** Channel / in-process Warehouse, at least (issue 14, host path). */
 export const ENGINE_TARGET = 0.9;

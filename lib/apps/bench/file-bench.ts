@@ -14,11 +14,16 @@ import type { FileHandle } from 'node:fs/promises';
 import { cpus, release, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import { createEngine, type EngineKind, type IoEngine } from '../../core/engine.js';
-import { abortError, KvtierError } from '../../core/errors.js';
-import { openFile, type KvFile } from '../../core/file.js';
-import { native } from '../../core/native.js';
-import { Region } from '../../core/region.js';
+import {
+  createEngine,
+  type EngineKind,
+  type IoEngine,
+  type KvFile,
+  KvtierError,
+  openFile,
+  Region,
+} from '../../index.js';
+import { abortError, native } from '../../internal.js';
 import {
   findFio,
   fioArgs,

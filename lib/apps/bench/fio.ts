@@ -3,8 +3,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 
-import { KvtierError } from '../../core/errors.js';
-import type { EngineKind } from '../../core/engine.js';
+import { type EngineKind, KvtierError } from '../../index.js';
 
 export type Op = 'read' | 'write';
 export type Pattern = 'seq' | 'rand';

@@ -10,24 +10,25 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { createEngine, TransferBatch, type IoEngine } from '../../core/engine.js';
-import { KvtierError } from '../../core/errors.js';
-import { openFile } from '../../core/file.js';
-import { DeviceRegion } from '../../core/gpu/device-region.js';
-import {
-  createCopyEngine,
-  createGpuFileEngine,
-  type GpuCopyEngine,
-} from '../../core/gpu/engines.js';
-import { describeKvLayout, type KvLayout } from '../../layout/kv-layout.js';
 import {
   appendGather,
   appendScatter,
+  createCopyEngine,
+  createEngine,
+  createGpuFileEngine,
+  describeKvLayout,
+  DeviceRegion,
   gatherBlocks,
+  type GpuCopyEngine,
+  type IoEngine,
+  type KvLayout,
+  KvtierError,
+  openFile,
+  probe,
+  Region,
   scatterBlocks,
-} from '../../layout/host-copy.js';
-import { probe } from '../../core/probe.js';
-import { Region } from '../../core/region.js';
+  TransferBatch,
+} from '../../index.js';
 import { median } from './stats.js';
 
 const MiB = 2 ** 20;

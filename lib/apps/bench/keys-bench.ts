@@ -9,12 +9,17 @@
  */
 import { createHash } from 'node:crypto';
 
-import { KvtierError } from '../../core/errors.js';
-import { LruPolicy } from '../../policy/lru.js';
-import { Region } from '../../core/region.js';
-import { BlockIndex } from '../../warehouse/block-index.js';
-import { chainKeys, KEY_BYTES, namespaceRoot, type Key } from '../../keys/keys.js';
-import { Warehouse } from '../../warehouse/warehouse.js';
+import {
+  BlockIndex,
+  chainKeys,
+  type Key,
+  KvtierError,
+  LruPolicy,
+  namespaceRoot,
+  Region,
+  Warehouse,
+} from '../../index.js';
+import { KEY_BYTES } from '../../internal.js';
 import { median, seededRandom } from './stats.js';
 
 /** The targets of issue 3 ("Speed"). */

@@ -1,9 +1,11 @@
 /** kvtier's side of the file benchmark: one pass over a file through an IoEngine. */
-import type { IoEngine } from '../../core/engine.js';
-import { TransferBatch } from '../../core/engine.js';
-import { KvtierError } from '../../core/errors.js';
-import type { KvFile } from '../../core/file.js';
-import type { Region } from '../../core/region.js';
+import {
+  type IoEngine,
+  type KvFile,
+  KvtierError,
+  type Region,
+  TransferBatch,
+} from '../../index.js';
 import type { Op } from './fio.js';
 import type { LoopResult } from './node-loop.js';
 

@@ -7,16 +7,16 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { KvtierError } from '../../core/errors.js';
-import { LlamaKvCache } from '../../llama/adapter.js';
-import { importNodeLlamaCpp, kvBytesPerToken } from '../../llama/engine.js';
-import { BENCH_MODEL, writeLlamaGguf, type LlamaModelSpec } from '../../llama/gguf-writer.js';
+import { KvtierError } from '../../index.js';
 import {
-  batchMatchedNext,
-  compareNext,
-  nextAfter,
-  type Comparison,
-} from '../../llama/reference.js';
+  BENCH_MODEL,
+  importNodeLlamaCpp,
+  kvBytesPerToken,
+  LlamaKvCache,
+  type LlamaModelSpec,
+  writeLlamaGguf,
+} from '../../llama/index.js';
+import { batchMatchedNext, compareNext, type Comparison, nextAfter } from '../../internal.js';
 
 export interface LlamaBenchOptions {
   /** Prompt lengths in tokens. */

@@ -12,11 +12,8 @@ import { accessSync, constants, statSync } from 'node:fs';
 import { randomBytes, randomFillSync } from 'node:crypto';
 import { createServer } from 'node:net';
 
-import { KvtierError } from '../../core/errors.js';
-import { connect, type PeerClient } from '../../peer/client.js';
-import { LANDING_BYTES } from '../../peer/landing.js';
-import { parseAddress } from '../../peer/protocol.js';
-import { Region } from '../../core/region.js';
+import { connect, KvtierError, type PeerClient, Region } from '../../index.js';
+import { LANDING_BYTES, parseAddress } from '../../internal.js';
 import { median } from './stats.js';
 
 export interface NetBenchOptions {

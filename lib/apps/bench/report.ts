@@ -2,7 +2,7 @@
 import Table from 'cli-table3';
 
 import type { FileBenchReport, FileBenchRow } from './file-bench.js';
-import { formatSize } from './stats.js';
+import { formatSize } from '../sizes.js';
 
 /** The report as JSON: `rows` first, then the context needed to trust them. */
 export function fileBenchJson(report: FileBenchReport): string {

@@ -18,13 +18,21 @@ import { join } from 'node:path';
 
 import Table from 'cli-table3';
 
-import { createEngine, TransferBatch, type EngineKind, type IoEngine } from '../../core/engine.js';
-import { abortError, KvtierError } from '../../core/errors.js';
-import { openFile, type KvFile } from '../../core/file.js';
-import { native } from '../../core/native.js';
-import { Region } from '../../core/region.js';
-import { chainKeys, KEY_BYTES, KeyChain, type Key } from '../../keys/keys.js';
-import { Warehouse } from '../../warehouse/warehouse.js';
+import {
+  chainKeys,
+  createEngine,
+  type EngineKind,
+  type IoEngine,
+  type Key,
+  KeyChain,
+  type KvFile,
+  KvtierError,
+  openFile,
+  Region,
+  TransferBatch,
+  Warehouse,
+} from '../../index.js';
+import { abortError, KEY_BYTES, native } from '../../internal.js';
 import { validateFileBenchOptions } from './file-bench.js';
 import {
   KEY_TARGETS,
@@ -37,7 +45,8 @@ import {
   type KeysRun,
   type LookupRow,
 } from './keys-bench.js';
-import { formatSize, median } from './stats.js';
+import { formatSize } from '../sizes.js';
+import { median } from './stats.js';
 
 /** Warehouse / raw engine, at least (issue 3, "Speed"). */
 export const IO_TARGET = 0.9;

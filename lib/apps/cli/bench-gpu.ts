@@ -8,8 +8,8 @@ import {
   type GpuBenchOptions,
   type GpuBenchReport,
 } from '../bench/gpu-bench.js';
-import { formatSize, parseSize, parseSizeList } from '../bench/stats.js';
-import { KvtierError } from '../../core/errors.js';
+import { formatSize, parseSize, parseSizeList } from '../sizes.js';
+import { KvtierError } from '../../index.js';
 
 interface GpuCommandOptions {
   sizes: string;

@@ -7,7 +7,7 @@ import {
   runLlamaBench,
   type LlamaBenchOptions,
 } from '../bench/llama-bench.js';
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 
 interface LlamaCommandOptions {
   contexts: string;

@@ -3,12 +3,12 @@ import { unlinkSync } from 'node:fs';
 
 import type { Command } from 'commander';
 
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 import { registerGpuBench } from './bench-gpu.js';
 import { registerLlamaBench } from './bench-llama.js';
 import { DEFAULTS, runFileBench, type FileBenchOptions } from '../bench/file-bench.js';
 import { fileBenchJson, formatFileBench } from '../bench/report.js';
-import { formatSize, parseSize, parseSizeList } from '../bench/stats.js';
+import { formatSize, parseSize, parseSizeList } from '../sizes.js';
 import { KEYS_DEFAULTS } from '../bench/keys-bench.js';
 import {
   formatWarehouseBench,

@@ -6,7 +6,7 @@ import {
   formatClusterBench,
   runClusterBench,
 } from '../bench/cluster-bench.js';
-import { connectCluster, type ClusterStatus } from '../../cluster/view.js';
+import { type ClusterStatus, connectCluster } from '../../index.js';
 
 function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

@@ -1,5 +1,5 @@
-/** `kvtier demo --engine llama`: the demo's agent workload on node-llama-cpp (lib/demo/llama-agent.ts). */
-import { KvtierError } from '../../core/errors.js';
+/** `kvtier demo --engine llama`: the demo's agent workload on node-llama-cpp (lib/apps/demo/llama-agent.ts). */
+import { KvtierError } from '../../index.js';
 import { formatLlamaAgent, runLlamaAgent } from '../demo/llama-agent.js';
 
 export interface DemoLlamaOptions {

@@ -10,8 +10,8 @@ import { join, resolve } from 'node:path';
 
 import type { Command } from 'commander';
 
-import { parseSize } from '../bench/stats.js';
-import { KvtierError } from '../../core/errors.js';
+import { parseSize } from '../sizes.js';
+import { KvtierError } from '../../index.js';
 import {
   blockBytesOf,
   checkPositiveInteger,

@@ -1,7 +1,7 @@
 /** `kvtier info`: what kvtier found on this machine and, for each missing piece, why. */
 import type { Command } from 'commander';
 
-import { probe, type ProbeReport } from '../../core/probe.js';
+import { probe, type ProbeReport } from '../../index.js';
 
 function line(name: string, c: { available: boolean; reason?: string }, detail: string): string {
   const mark = c.available ? 'yes' : 'no ';

@@ -4,8 +4,8 @@
  */
 import { Command, CommanderError } from 'commander';
 
-import { KvtierError } from '../../core/errors.js';
-import { version } from '../../core/version.js';
+import { KvtierError } from '../../index.js';
+import { version } from '../../internal.js';
 import { registerBench } from './bench.js';
 import { registerCluster } from './cluster.js';
 import { registerDemo } from './demo.js';

@@ -5,13 +5,8 @@
  */
 import type { Command } from 'commander';
 
-import { ClusterNode } from '../../cluster/node.js';
-import { PeerPool } from '../../cluster/peer-pool.js';
-import { parseRedisUrl } from '../../cluster/redis-connect.js';
-import { checkNodeId } from '../../cluster/schema.js';
-import { KvtierError } from '../../core/errors.js';
-import type { Secret } from '../../peer/auth.js';
-import type { Warehouse } from '../../warehouse/warehouse.js';
+import { ClusterNode, KvtierError, PeerPool, type Warehouse } from '../../index.js';
+import { checkNodeId, parseRedisUrl, type Secret } from '../../internal.js';
 
 export interface ServeClusterOptions {
   redis?: string;

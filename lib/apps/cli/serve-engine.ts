@@ -6,9 +6,8 @@ import { resolve } from 'node:path';
 
 import type { Command } from 'commander';
 
-import { EngineChannel } from '../../engine-channel/server.js';
-import { KvtierError } from '../../core/errors.js';
-import { Warehouse, type WarehouseOptions } from '../../warehouse/warehouse.js';
+import { KvtierError, Warehouse, type WarehouseOptions } from '../../index.js';
+import { EngineChannel } from '../../internal.js';
 import { serveUntilSignal, tierSummary, type Log } from './serve-lifecycle.js';
 
 export interface EngineSocketOptions {

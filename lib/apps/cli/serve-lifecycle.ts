@@ -3,7 +3,7 @@
  * SIGTERM or SIGINT (servers close first, so requests in flight finish, then the warehouse writes
  * its host-only blocks down and closes).
  */
-import type { Warehouse } from '../../warehouse/warehouse.js';
+import type { Warehouse } from '../../index.js';
 
 export type Log = (event: string, fields?: Record<string, unknown>) => void;
 

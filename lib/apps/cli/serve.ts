@@ -8,14 +8,14 @@ import { resolve } from 'node:path';
 
 import type { Command } from 'commander';
 
-import { parseSize } from '../bench/stats.js';
-import type { EngineChannel } from '../../engine-channel/server.js';
-import { KvtierError } from '../../core/errors.js';
-import { readTokenFile } from '../../peer/auth.js';
-import { parseAddress } from '../../peer/protocol.js';
-import { PeerServer } from '../../peer/server.js';
-import type { TransportOption } from '../../peer/transports.js';
-import { Warehouse, type TierOptions } from '../../warehouse/warehouse.js';
+import { parseSize } from '../sizes.js';
+import { KvtierError, PeerServer, type TierOptions, Warehouse } from '../../index.js';
+import {
+  type EngineChannel,
+  parseAddress,
+  readTokenFile,
+  type TransportOption,
+} from '../../internal.js';
 import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
 import {
   addEngineSocketOptions,

@@ -7,8 +7,8 @@ import { basename } from 'node:path';
 import type { Command } from 'commander';
 import Table from 'cli-table3';
 
-import { KvtierError } from '../../core/errors.js';
-import { DEFAULT_POLICY, isOffline, policyByName, policyNames } from '../../policy/index.js';
+import { KvtierError } from '../../index.js';
+import { DEFAULT_POLICY, isOffline, policyByName, policyNames } from '../../internal.js';
 import {
   models,
   parseCapacity,

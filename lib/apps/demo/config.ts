@@ -8,8 +8,8 @@ import { readFile, rename, statfs, writeFile } from 'node:fs/promises';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 
-import { ensureDir as makeDirs } from '../../core/dirs.js';
-import { fromSystemError, KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
+import { ensureDir as makeDirs, fromSystemError } from '../../internal.js';
 
 export const CONFIG_FILE = 'kvtier-demo.json';
 

@@ -11,7 +11,7 @@
  */
 import { createCipheriv, createHash } from 'node:crypto';
 
-import type { Key } from '../../keys/keys.js';
+import type { Key } from '../../index.js';
 
 let zeros = Buffer.alloc(0);
 

@@ -9,17 +9,23 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { KvtierError } from '../../core/errors.js';
-import { LlamaKvCache, type LlamaKvStats } from '../../llama/adapter.js';
-import { importNodeLlamaCpp, kvBytesPerToken } from '../../llama/engine.js';
-import { TINY_MODEL, writeLlamaGguf, type LlamaModelSpec } from '../../llama/gguf-writer.js';
+import { KvtierError } from '../../index.js';
+import {
+  importNodeLlamaCpp,
+  kvBytesPerToken,
+  LlamaKvCache,
+  type LlamaKvStats,
+  type LlamaModelSpec,
+  TINY_MODEL,
+  writeLlamaGguf,
+} from '../../llama/index.js';
 import {
   compareNext,
-  nextAfter,
   type Comparison,
   type LlamaEvalSequenceLike,
+  nextAfter,
   type NextToken,
-} from '../../llama/reference.js';
+} from '../../internal.js';
 import { generateWorkload, type DemoRequest, type RequestKind } from './workload.js';
 
 /**

@@ -12,16 +12,18 @@
  * A block that comes back with wrong bytes stops the run with KVTIER_CORRUPT: the warehouse
  * promises to drop a corrupt block (a miss, counted), never to return it.
  */
-import { abortError, KvtierError } from '../../core/errors.js';
-import { Region } from '../../core/region.js';
-import { chainKeys, type Key } from '../../keys/keys.js';
 import {
-  Warehouse,
+  chainKeys,
   type GetResult,
+  type Key,
+  KvtierError,
   type PutResult,
+  Region,
   type TierStats,
+  Warehouse,
   type WarehouseStats,
-} from '../../warehouse/warehouse.js';
+} from '../../index.js';
+import { abortError } from '../../internal.js';
 import { checkBlock, fillBlock } from './content.js';
 import type { DemoRequest, Workload } from './workload.js';
 

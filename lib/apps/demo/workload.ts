@@ -15,7 +15,7 @@
  * requests without looking ahead, so a longer run begins with exactly the requests of a shorter
  * one: a second `kvtier demo` with the same seed asks for what the first one stored.
  */
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 
 export interface WorkloadOptions {
   /** PRNG seed, a 32-bit unsigned integer. */

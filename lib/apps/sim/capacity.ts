@@ -1,5 +1,5 @@
 /** Capacities for `kvtier sim`: a share of the trace's distinct blocks, a block count, or bytes. */
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 
 /** KV bytes per token (2 × layers × kv heads × head dim × 2 bytes, fp16/bf16). */
 export const models: Record<string, number> = {

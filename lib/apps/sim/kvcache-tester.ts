@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { gunzip as gunzipCb } from 'node:zlib';
 
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 import {
   badTrace,
   checkIds,

@@ -3,7 +3,7 @@ import { open as openFile, stat } from 'node:fs/promises';
 import { createGunzip } from 'node:zlib';
 import { createReadStream } from 'node:fs';
 
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 import { JsonlTrace } from './jsonl.js';
 import { KvCacheTesterTrace } from './kvcache-tester.js';
 import { traceFormats, type Trace, type TraceFormat, type TraceReadOptions } from './trace.js';

@@ -5,7 +5,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 
 export interface PlotPoint {
   policy: string;

@@ -7,16 +7,15 @@
  * every block found), then inserts its blocks in order into the top tier. A block evicted from a
  * tier with no copy further down is demoted to the next tier (write-back), or dropped from the last.
  */
-import { KvtierError } from '../../core/errors.js';
-import { isOffline, policyByName } from '../../policy/index.js';
-import type { AccessInfo } from '../../policy/policy.js';
+import { type AccessInfo, BlockIndex, KvtierError } from '../../index.js';
 import {
   ABSENT,
-  BlockIndex,
   DENSE_KEY_LIMIT,
   DenseKeyIds,
+  isOffline,
   MapKeyIds,
-} from '../../warehouse/block-index.js';
+  policyByName,
+} from '../../internal.js';
 import type { Trace } from './trace.js';
 
 export interface TraceStats {

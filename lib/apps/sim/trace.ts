@@ -3,7 +3,7 @@
  * chain of block keys (equal key ⇒ equal prefix up to that block) at a time in milliseconds.
  * Keys are numbers (safe integers); readers namespace ids that are only unique per session.
  */
-import { KvtierError } from '../../core/errors.js';
+import { KvtierError } from '../../index.js';
 
 export interface TraceRequest {
   /** Milliseconds since the trace began; never decreases along a trace. */
