@@ -37,6 +37,9 @@ export {
   type WarehouseStats,
   type TierStats,
 } from './warehouse/warehouse.js';
+// Registers the tier kind 'peer' (a block source) with the Warehouse.
+export type { PeerTierOptions } from './peer/peer-source.js';
+import './peer/peer-source.js';
 export { BlockIndex } from './warehouse/block-index.js';
 export type { AccessInfo, EvictionPolicy } from './policy/policy.js';
 export { LruPolicy } from './policy/lru.js';
@@ -108,4 +111,4 @@ export {
   type RankedNode,
   type RankOptions,
 } from './cluster/index.js';
-export type { BlockSource, ChangeListener, ClusterStats } from './warehouse/warehouse.js';
+export type { BlockSource, ChangeListener, ClusterStats } from './warehouse/types.js';

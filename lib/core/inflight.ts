@@ -1,6 +1,7 @@
 /**
- * Counts the transfers that touch a resource, so closing it can wait for them instead of pulling
- * memory or a descriptor out from under the kernel.
+ * Counts the work in flight on a resource (transfers touching memory or a descriptor, operations
+ * of a store), so closing it can wait for them instead of pulling memory or a descriptor out from
+ * under the kernel.
  */
 export class InFlight {
   private count = 0;
@@ -23,7 +24,15 @@ export class InFlight {
     }
   }
 
-  /** Resolves once nothing is in flight. */
+  /** Counts `p` until it settles (either way); returns it unchanged. */
+  track<T>(p: Promise<T>): Promise<T> {
+    this.begin();
+    const end = (): void => this.end();
+    p.then(end, end);
+    return p;
+  }
+
+  /** Resolves once nothing is in flight (work begun meanwhile is waited for too). */
   drained(): Promise<void> {
     if (this.count === 0) return Promise.resolve();
     return new Promise((resolve) => this.waiters.push(resolve));

@@ -1,4 +1,7 @@
 /** kvtier/llama: kvtier as node-llama-cpp's KV store (node-llama-cpp is an optional peer). */
+// Registers the tier kind 'peer' with the Warehouse, as the main entry does: a peer tier in
+// LlamaKvOptions.tiers works whichever entry the caller imported.
+import '../peer/peer-source.js';
 export {
   LlamaKvCache,
   type GenerateResult,

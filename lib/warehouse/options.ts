@@ -23,7 +23,8 @@ import type {
   PutOptions,
   TierOptions,
   WarehouseOptions,
-} from './warehouse.js';
+} from './types.js';
+import { sourceKind } from './sources.js';
 
 const TIER_FIELDS = [
   'kind',
@@ -34,11 +35,9 @@ const TIER_FIELDS = [
   'layout',
   'blocks',
   'dir',
-  'url',
-  'token',
-  'tokenFile',
-  'timeoutMs',
 ] as const;
+
+const LOCAL_KINDS: readonly unknown[] = ['gpu', 'host', 'file'];
 
 function optional<T>(value: T | undefined, check: (v: T) => unknown): void {
   if (value !== undefined) check(value);
@@ -46,8 +45,13 @@ function optional<T>(value: T | undefined, check: (v: T) => unknown): void {
 
 function checkTier(given: unknown, name: string): TierOptions {
   if (given === undefined) throw badArgument(name, 'a tier description', given);
+  if (typeof given === 'object' && given !== null) {
+    const kind = guard(`${name}.kind`, (): unknown => (given as Record<string, unknown>).kind);
+    // Kinds past the local ones are block sources their own layer registered (a peer).
+    if (!LOCAL_KINDS.includes(kind)) return sourceKind(kind, `${name}.kind`).check(given, name);
+  }
   const t = readOptions<Record<(typeof TIER_FIELDS)[number], unknown>>(given, name, TIER_FIELDS);
-  const kind = oneOf(t.kind, `${name}.kind`, ['gpu', 'host', 'file', 'peer'] as const);
+  const kind = oneOf(t.kind, `${name}.kind`, ['gpu', 'host', 'file'] as const);
   optional(t.name, (v) => string(v, `${name}.name`));
   optional(t.bytes, (v) => integer(v, `${name}.bytes`, { min: 1 }));
   if (kind === 'gpu') {
@@ -66,16 +70,6 @@ function checkTier(given: unknown, name: string): TierOptions {
     });
   }
   if (kind === 'file') string(t.dir, `${name}.dir`);
-  if (kind === 'peer') {
-    string(t.url, `${name}.url`);
-    optional(t.tokenFile, (v) => string(v, `${name}.tokenFile`));
-    optional(t.token, (v) => {
-      if (typeof v !== 'string' && !guard(`${name}.token`, () => Buffer.isBuffer(v))) {
-        throw badArgument(`${name}.token`, 'a string or a Buffer', v);
-      }
-    });
-    optional(t.timeoutMs, (v) => finite(v, `${name}.timeoutMs`, { min: 1 }));
-  }
   return t as unknown as TierOptions;
 }
 

@@ -205,8 +205,10 @@ describe('close', () => {
     await wh.put(keys, blocksFor(keys, BS));
     // Fault injection: the blocks file goes away under the warehouse, so the write-down of the
     // host-only blocks throws part way through close().
-    const internals = wh as unknown as { tiers: { file?: { close(): Promise<void> } }[] };
-    await internals.tiers[1]!.file!.close();
+    const internals = wh as unknown as {
+      parts: { tiers: { file?: { close(): Promise<void> } }[] };
+    };
+    await internals.parts.tiers[1]!.file!.close();
     const error = (await wh.close().catch((e: unknown) => e)) as CloseError;
     expect(error).toBeInstanceOf(KvtierError);
     expect(error.code).toBe('KVTIER_CLOSED');

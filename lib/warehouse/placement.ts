@@ -1,0 +1,454 @@
+/**
+ * The placement executor: the one pipeline that gives blocks slots in tiers. Every operation that
+ * places blocks (put, promotion and prefetch copies, write-down on close, durable puts, the peer
+ * server's ingest and reservations) runs it:
+ *
+ *   plan (BlockIndex.plan, by the caller) → begin: hold the keys and the plans' victims, make room
+ *   (victims written down a tier, deepest first) → transfer the bytes in, checksumming them
+ *   (or checksum bytes someone else wrote in place) → describe (slot headers, once payloads are
+ *   down: a slot never describes bytes that were not written) → sync (durability 'sync') →
+ *   commit or abort each plan, all at once → report keys added and evicted to the change feed.
+ *
+ * Nothing reaches the index before commit: a failure anywhere aborts the plans not committed, so
+ * their slots and victims are given back and the index stays as it was.
+ */
+import type { IoEngine } from '../core/engine.js';
+import type { KvtierError } from '../core/errors.js';
+import type { InFlight } from '../core/inflight.js';
+import type { Key } from '../keys/keys.js';
+import type { AccessInfo } from '../policy/policy.js';
+import { ABSENT, type BlockIndex, type Plan } from './block-index.js';
+import type { ChangeFeed } from './changes.js';
+import type { Hold, KeyLocks } from './key-locks.js';
+import type { StatsBook } from './stats.js';
+import type { SlotBlock, SlotPlace, Tier } from './tier.js';
+import { TransferRound } from './transfers.js';
+
+/** Why a block could not be placed. */
+export type PlaceFailure = 'no-space' | 'io-error';
+
+export function failureOf(error: KvtierError | undefined): PlaceFailure {
+  return error?.code === 'KVTIER_NO_SPACE' ? 'no-space' : 'io-error';
+}
+
+/** One block to place: its plan, where its bytes come from, and how it is accessed. */
+export interface Placing {
+  readonly plan: Plan<Key>;
+  /** The bytes copied into the slot; absent when someone else writes them (claim, reserve). */
+  readonly from?: SlotPlace;
+  readonly length: number;
+  /** The block's CRC-32C: when given, the copy must match it; otherwise the copy computes it. */
+  checksum?: number;
+  /** For the policies at commit: priority, position in its chain, chain length. */
+  readonly priority: number;
+  readonly depth: number;
+  readonly chain: number;
+}
+
+/**
+ * How slot headers are written. 'later': batched, not waited for (close and syncFiles wait);
+ * 'together': batched and waited for, a failure failing the whole tier's group; 'each': one
+ * write per block, waited for, so each block knows whether its own landed.
+ */
+export type HeaderMode = 'later' | 'together' | 'each';
+
+/** What the executor works with: the Warehouse's parts. */
+export interface PlacementEnv {
+  readonly index: BlockIndex<Key>;
+  readonly tiers: readonly Tier[];
+  readonly memoryEngine: IoEngine;
+  readonly fileEngine: IoEngine;
+  readonly gpuCopy: IoEngine | undefined;
+  readonly stats: StatsBook;
+  readonly feed: ChangeFeed;
+  readonly locks: KeyLocks;
+  readonly inflight: InFlight;
+  readonly now: () => number;
+}
+
+export class Placement {
+  /** File-tier header writes not waited for ('later'): a sync waits for them first. */
+  private readonly headerWrites = new Set<Promise<void>>();
+
+  constructor(readonly env: PlacementEnv) {}
+
+  info(priority: number, depth: number, chain: number): AccessInfo {
+    return { now: this.env.now(), priority, depth, chainLength: chain };
+  }
+
+  /** Holds the plans' keys, their victims and `also`, and makes room for them. */
+  async begin(items: Placing[], also: Iterable<Key> = []): Promise<PlacementBatch> {
+    const hold = this.env.locks.hold();
+    hold.add(also);
+    const keys: Key[] = [];
+    for (const { plan } of items) {
+      keys.push(plan.key);
+      for (const m of plan.moves) keys.push(m.key);
+    }
+    hold.add(keys);
+    const batch = new PlacementBatch(this, items, hold);
+    try {
+      const failed = await this.makeRoom(items.map((p) => p.plan));
+      for (const p of items) {
+        const why = failed.get(p.plan);
+        if (why !== undefined) batch.drop(p, why);
+      }
+      return batch;
+    } catch (e) {
+      batch.abort();
+      batch.release();
+      throw e;
+    }
+  }
+
+  /** The whole pipeline for blocks whose bytes are copied in: resolves with the ended batch. */
+  async run(
+    items: Placing[],
+    options: { headers: HeaderMode; sync?: boolean; also?: Iterable<Key>; added?: boolean },
+  ): Promise<PlacementBatch> {
+    const batch = await this.begin(items, options.also);
+    try {
+      await batch.transfer();
+      await batch.describe(options.headers);
+      if (options.sync) await batch.sync();
+      batch.commit(options.added ?? false);
+      return batch;
+    } catch (e) {
+      batch.abort();
+      throw e;
+    } finally {
+      batch.release();
+    }
+  }
+
+  /**
+   * Gives each key a slot in tier `to` (making room as a put does) and copies its bytes there
+   * from `from`, verified against the checksum the index knows: promotion, prefetch, write-down.
+   * Returns the ended batch (its `committed` landed; its `errors` say why others did not).
+   */
+  async copyTo(
+    items: readonly { key: Key; from: SlotPlace }[],
+    to: number,
+  ): Promise<PlacementBatch> {
+    const { index } = this.env;
+    const placing: Placing[] = [];
+    const seen = new Set<Key>();
+    for (const { key, from } of items) {
+      // A key named twice (two sequences sharing a prompt in one get) gets one slot, not two.
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const e = index.get(key);
+      if (!e || e.slots[to] !== ABSENT) continue;
+      const plan = index.plan(key, to, this.info(e.priority, 0, 1));
+      if (!plan) continue;
+      placing.push({
+        plan,
+        from,
+        length: e.length,
+        checksum: e.checksum,
+        priority: e.priority,
+        depth: 0,
+        chain: 1,
+      });
+    }
+    return this.run(placing, { headers: 'each' });
+  }
+
+  /**
+   * Carries out the moves of plans: victims written down a tier, deepest tier first, so every
+   * slot a move frees is free before the next move (or the new block) reuses it. Returns the
+   * plans whose moves failed, and why; those must be aborted, not committed.
+   */
+  async makeRoom(plans: readonly Plan<Key>[]): Promise<Map<Plan<Key>, PlaceFailure>> {
+    const { index, tiers, stats } = this.env;
+    const failed = new Map<Plan<Key>, PlaceFailure>();
+    for (let from = tiers.length - 1; from >= 0; from--) {
+      const round = new TransferRound();
+      const owners: Plan<Key>[] = [];
+      const landing = tiers.map((): SlotBlock[] => []);
+      for (const plan of plans) {
+        for (const m of plan.moves) {
+          if (m.fromTier !== from || m.toTier === ABSENT) continue;
+          const e = index.get(m.key)!;
+          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
+          landing[m.toTier]!.push({
+            slot: m.toSlot,
+            key: m.key,
+            length: e.length,
+            checksum: e.checksum,
+          });
+          owners.push(plan);
+          stats.tiers[m.fromTier]!.bytesOut += e.length;
+          stats.tiers[m.toTier]!.bytesIn += e.length;
+        }
+      }
+      if (round.length === 0) continue;
+      this.describeAll(round, landing);
+      (await this.runRound(round)).forEach((o, n) => {
+        if (!o.ok) {
+          failed.set(owners[n]!, failureOf(o.error));
+          stats.counters.ioErrors++;
+        }
+      });
+    }
+    return failed;
+  }
+
+  /** Syncs the file tiers once pending header writes are down; resolves with why it failed. */
+  async syncFiles(): Promise<PlaceFailure | undefined> {
+    await Promise.allSettled([...this.headerWrites]);
+    const sync = new TransferRound();
+    for (const t of this.env.tiers) t.sync?.(sync.file);
+    if (sync.file.length === 0) return undefined;
+    const r = await this.env.fileEngine.submit(sync.file);
+    if (r.ok) return undefined;
+    this.env.stats.counters.ioErrors++;
+    return failureOf(r.errors.find((e) => e !== undefined));
+  }
+
+  place(tier: number, slot: number): SlotPlace {
+    return this.env.tiers[tier]!.place(slot);
+  }
+
+  runRound(round: TransferRound): ReturnType<TransferRound['run']> {
+    return round.run(this.env.memoryEngine, this.env.fileEngine, this.env.gpuCopy);
+  }
+
+  /** Adds the header writes of blocks landing in each tier that keeps headers. */
+  describeAll(round: TransferRound, landing: readonly SlotBlock[][]): void {
+    landing.forEach((blocks, t) => {
+      if (blocks.length > 0) this.env.tiers[t]!.describe?.(round.file, blocks);
+    });
+  }
+
+  /** Header writes nobody waits for: counted in flight (close waits), and by syncFiles(). */
+  writeLater(round: TransferRound): void {
+    const written = this.env.fileEngine.submit(round.file).then((r) => {
+      if (!r.ok) this.env.stats.counters.ioErrors++;
+    });
+    this.headerWrites.add(written);
+    const forget = (): void => void this.headerWrites.delete(written);
+    written.then(forget, forget);
+    void this.env.inflight.track(written);
+  }
+}
+
+/** One run of the pipeline over a set of plans, step by step. */
+export class PlacementBatch {
+  /** Why each failed block failed; a failed block is aborted at commit. */
+  readonly failed = new Map<Placing, PlaceFailure>();
+  /** The errors behind failures, for callers that report them (close). */
+  readonly errors: KvtierError[] = [];
+  /** Blocks committed (or claimed), in order. */
+  readonly committed: Placing[] = [];
+  private readonly ended = new Set<Placing>();
+
+  constructor(
+    private readonly exec: Placement,
+    readonly items: readonly Placing[],
+    private readonly hold: Hold,
+  ) {}
+
+  /** Items not failed (so far). */
+  get live(): Placing[] {
+    return this.items.filter((p) => !this.failed.has(p));
+  }
+
+  fail(p: Placing, why: PlaceFailure): void {
+    this.failed.set(p, why);
+  }
+
+  /** Fails an item and gives back its slot and victims now, not at the end. */
+  drop(p: Placing, why: PlaceFailure): void {
+    this.fail(p, why);
+    if (this.ended.has(p)) return;
+    this.ended.add(p);
+    this.exec.env.index.abort(p.plan);
+  }
+
+  /** Copies each live item's bytes in from `from`, checksumming them (or verifying the checksum). */
+  async transfer(): Promise<void> {
+    const { stats } = this.exec.env;
+    const round = new TransferRound();
+    const moving: { p: Placing; at: number }[] = [];
+    for (const p of this.live) {
+      if (!p.from) continue;
+      const to = this.exec.place(p.plan.tier, p.plan.slot);
+      moving.push({ p, at: round.move(p.from, to, p.length, true) });
+    }
+    if (moving.length === 0) return;
+    const outcomes = await this.exec.runRound(round);
+    for (const { p, at } of moving) {
+      const o = outcomes[at]!;
+      if (o.error) this.errors.push(o.error);
+      if (!o.ok || o.checksum === undefined) {
+        this.fail(p, failureOf(o.error));
+        stats.counters.ioErrors++;
+      } else if (p.checksum === undefined) {
+        p.checksum = o.checksum;
+      } else if (p.checksum !== o.checksum) {
+        this.fail(p, 'io-error'); // the source changed or is damaged: not this copy
+      }
+    }
+  }
+
+  /**
+   * For bytes someone else wrote into the slots (reserve): takes their checksums, one per live
+   * item in order, or computes them from the slots when not given.
+   */
+  async checksumInPlace(given?: ArrayLike<number>): Promise<void> {
+    const live = this.live;
+    if (given && given.length === live.length) {
+      live.forEach((p, n) => (p.checksum = given[n]! >>> 0));
+      return;
+    }
+    const round = new TransferRound();
+    for (const p of live) {
+      round.checksum(
+        this.exec.place(p.plan.tier, p.plan.slot) as SlotPlace & { kind: 'memory' },
+        p.length,
+      );
+    }
+    const outcomes = await round.run(this.exec.env.memoryEngine, this.exec.env.fileEngine);
+    live.forEach((p, n) => {
+      const o = outcomes[n]!;
+      if (o.ok && o.checksum !== undefined) p.checksum = o.checksum;
+      else {
+        this.fail(p, failureOf(o.error));
+        this.exec.env.stats.counters.ioErrors++;
+      }
+    });
+  }
+
+  /** Writes the slot headers of the live items, in tiers that keep them. */
+  async describe(mode: HeaderMode): Promise<void> {
+    const { tiers, fileEngine, stats } = this.exec.env;
+    const round = new TransferRound();
+    if (mode === 'each') {
+      const described: Placing[] = [];
+      for (const p of this.live) {
+        const tier = tiers[p.plan.tier]!;
+        if (!tier.describe) continue;
+        tier.describe(round.file, [this.block(p)]);
+        described.push(p);
+      }
+      if (described.length === 0) return;
+      const r = await fileEngine.submit(round.file);
+      if (!r.ok) stats.counters.ioErrors++;
+      described.forEach((p, i) => {
+        const error = r.errors[i];
+        if (error === undefined) return;
+        this.fail(p, failureOf(error));
+        this.errors.push(error);
+      });
+      return;
+    }
+    const landing = tiers.map((): SlotBlock[] => []);
+    const described: Placing[] = [];
+    for (const p of this.live) {
+      if (!tiers[p.plan.tier]!.describe) continue;
+      landing[p.plan.tier]!.push(this.block(p));
+      described.push(p);
+    }
+    this.exec.describeAll(round, landing);
+    if (round.file.length === 0) return;
+    if (mode === 'later') {
+      // The headers only serve a later restart, so nobody waits for them (close() does, and so
+      // does a sync: syncFiles()). A header that lands late over a reused slot names a block
+      // whose checksum the new payload fails: a miss after restart, never wrong data.
+      this.exec.writeLater(round);
+      return;
+    }
+    const r = await fileEngine.submit(round.file);
+    if (!r.ok) {
+      // Headers are few and grouped; one failing leaves the new blocks undescribed.
+      const why = failureOf(r.errors.find((e) => e !== undefined));
+      for (const p of described) this.fail(p, why);
+      stats.counters.ioErrors++;
+    }
+  }
+
+  /** Durability before anyone is told the blocks are there: a failed sync fails them all. */
+  async sync(): Promise<void> {
+    const why = await this.exec.syncFiles();
+    if (why === undefined) return;
+    for (const p of this.live) this.fail(p, why);
+  }
+
+  /**
+   * The index changes only now, all at once: live items committed, failed ones aborted. Tells the
+   * change feed of the victims that left, and of the keys added when `added`.
+   */
+  commit(added: boolean): void {
+    const { index, feed, stats } = this.exec.env;
+    const keys: Key[] = [];
+    const removed: Key[] = [];
+    for (const p of this.items) {
+      if (this.ended.has(p)) continue;
+      this.ended.add(p);
+      if (this.failed.has(p) || p.checksum === undefined) {
+        index.abort(p.plan);
+        continue;
+      }
+      index.commit(p.plan, this.exec.info(p.priority, p.depth, p.chain), {
+        length: p.length,
+        checksum: p.checksum,
+      });
+      this.committed.push(p);
+      stats.tiers[p.plan.tier]!.bytesIn += p.length;
+      if (feed.active) {
+        if (added) keys.push(p.plan.key);
+        feed.evictedBy(p.plan, removed);
+      }
+    }
+    feed.changed(keys, removed);
+  }
+
+  /**
+   * Gives the live items' slots to no key (BlockIndex.claim): their victims are gone, and the
+   * slots stay taken until adopted or unclaimed. Failed items are aborted.
+   */
+  claim(): void {
+    const { index, feed } = this.exec.env;
+    const removed: Key[] = [];
+    for (const p of this.items) {
+      if (this.ended.has(p)) continue;
+      this.ended.add(p);
+      if (this.failed.has(p)) {
+        index.abort(p.plan);
+        continue;
+      }
+      index.claim(p.plan, this.exec.info(p.priority, p.depth, p.chain));
+      this.committed.push(p);
+      feed.evictedBy(p.plan, removed);
+    }
+    feed.changed([], removed);
+  }
+
+  /** Gives back what every item not yet committed or aborted holds. Idempotent. */
+  abort(): void {
+    for (const p of this.items) {
+      if (this.ended.has(p)) continue;
+      this.ended.add(p);
+      this.exec.env.index.abort(p.plan);
+    }
+  }
+
+  /** Lets other operations on the keys go on. */
+  release(): void {
+    this.hold.release();
+  }
+
+  /** Per key, why it failed ('no-space' wins: it is what a caller can act on). */
+  failures(): Map<Key, PlaceFailure> {
+    const out = new Map<Key, PlaceFailure>();
+    for (const [p, why] of this.failed) {
+      if (out.get(p.plan.key) !== 'no-space') out.set(p.plan.key, why);
+    }
+    return out;
+  }
+
+  private block(p: Placing): SlotBlock {
+    return { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum! };
+  }
+}

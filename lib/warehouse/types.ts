@@ -1,0 +1,297 @@
+/**
+ * The Warehouse's public types: its options, results, statistics and the interfaces it offers to
+ * layers above (block sources, the change feed, the host-slot protocol). Types only, so every
+ * module of the warehouse and every caller can import them without a cycle.
+ */
+import type { EngineOptions, Target } from '../core/engine.js';
+import type { KvtierError } from '../core/errors.js';
+import type { DeviceRegion } from '../core/gpu/device-region.js';
+import type { KvLayout } from '../layout/kv-layout.js';
+import type { Key } from '../keys/keys.js';
+import type { EvictionPolicy } from '../policy/policy.js';
+import type { Durability } from './file-tier.js';
+import type { TierKind } from './tier.js';
+
+/**
+ * GPU memory above the host tier: `bytes` of a pool kvtier allocates on `device`, or `region`, GPU
+ * memory the caller owns (allocated, wrapped, or imported by CUDA IPC from an inference engine),
+ * which kvtier fills and indexes but never frees.
+ */
+export type GpuTierOptions = {
+  kind: 'gpu';
+  name?: string;
+  /** CUDA device of an allocated pool (default 0). */
+  device?: number;
+} & (
+  | { bytes: number; region?: undefined; layout?: undefined }
+  | {
+      region: DeviceRegion;
+      bytes?: number;
+      /**
+       * The region is an engine's paged KV pool with this layout (offsets from the region's
+       * start): each slot is one of the engine's blocks, `blocks` (default all of them), so
+       * blocks go in and out of the engine's cache directly.
+       */
+      layout?: KvLayout;
+      blocks?: readonly number[];
+    }
+);
+
+export interface HostTierOptions {
+  kind: 'host';
+  /** Capacity in bytes (rounded down to whole blocks). */
+  bytes: number;
+  name?: string;
+}
+
+export interface FileTierOptions {
+  kind: 'file';
+  dir: string;
+  bytes: number;
+  name?: string;
+}
+
+/**
+ * The options of tier kinds that a layer above registers as block sources (lib/warehouse/
+ * sources.ts), by kind: the peer layer adds `peer` (lib/peer/peer-source.ts) by declaration merging,
+ * so the warehouse names no such kind itself.
+ */
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type
+export interface SourceTierOptionsByKind {}
+
+/** A registered source kind's name ('peer'). */
+export type SourceKind = Extract<keyof SourceTierOptionsByKind, string>;
+
+export type SourceTierOptions = SourceTierOptionsByKind[SourceKind];
+
+export type LocalTierOptions = GpuTierOptions | HostTierOptions | FileTierOptions;
+
+/** Local tiers fastest first; a source tier (a peer), when given, comes last. */
+export type TierOptions = LocalTierOptions | SourceTierOptions;
+
+/** A policy name from lib/policy (default: the simulator-tested default), or a factory. */
+export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>);
+
+export interface WarehouseOptions {
+  /** Bytes per block: all layers' K and V for one block of tokens. */
+  blockBytes: number;
+  /**
+   * Fastest first: at most one GPU tier, then at most one host tier, then at most one file tier,
+   * then at most one peer.
+   */
+  tiers: TierOptions[];
+  policy?: PolicyOption;
+  /**
+   * 'sync': a put resolves only once its file-tier copy is durable (fdatasync), so it implies
+   * writeThrough, and `stored` counts only blocks whose durable copy landed.
+   */
+  durability?: Durability;
+  /** Write every put to the file tier too, not only on eviction. */
+  writeThrough?: boolean;
+  /** Copy blocks read from a lower tier into the top tier (default true). */
+  promote?: boolean;
+  /** The file engine (default: io_uring where usable, queue depth 32). */
+  engine?: EngineOptions;
+  /** Bound on bytes that prefetches move at once (default 64 blocks). */
+  prefetchBytes?: number;
+  /** Clock for policies and leases, in milliseconds (default Date.now). */
+  now?: () => number;
+}
+
+export interface PutOptions {
+  /** Engine-given priority: higher survives eviction longer. */
+  priority?: number;
+  writeThrough?: boolean;
+}
+
+/**
+ * What became of one block of a put. 'stored': newly stored. 'present': already there (equal keys
+ * mean equal content). 'busy': no room, every candidate slot pinned or in use; a retry later may
+ * succeed. 'no-space': the disk is full (ENOSPC, EDQUOT or EFBIG). 'io-error': another I/O failure.
+ */
+export type PutStatus = 'stored' | 'present' | 'busy' | 'no-space' | 'io-error';
+
+export interface PutResult {
+  /** Blocks newly stored. */
+  stored: number;
+  /** Blocks that were already there (equal keys mean equal content). */
+  present: number;
+  /** Blocks not stored: 'busy', 'no-space' or 'io-error' in `status`. */
+  rejected: number;
+  /**
+   * Per key of the put, in order (a key named twice has the status of its first mention; the
+   * counts above count it once).
+   */
+  status: PutStatus[];
+}
+
+/**
+ * What became of one key of an evict. 'removed': gone from every tier. 'absent': not held here.
+ * 'pinned': held under a lease (or pinned by a reader meanwhile), so it stays.
+ */
+export type EvictStatus = 'removed' | 'absent' | 'pinned';
+
+export interface EvictResult {
+  /** Blocks removed. */
+  removed: number;
+  /** Per key of the evict, in order (a key named twice has the status of its first mention). */
+  status: EvictStatus[];
+}
+
+export interface LookupResult {
+  /** Leading keys cached: the prefix an engine need not recompute. */
+  prefix: number;
+  /** Per key, the index of the fastest tier holding it, or -1. */
+  tiers: number[];
+}
+
+export interface GetOptions {
+  signal?: AbortSignal;
+  promote?: boolean;
+  /** Whether a local miss may be fetched from the cluster (setRemote; default true). */
+  remote?: boolean;
+}
+
+export interface GetResult {
+  /** Per key, whether dst now holds its block. */
+  found: boolean[];
+  count: number;
+  /** Leading keys found. */
+  prefix: number;
+  /**
+   * Per key, the tier it was read from, or -1. Past the local tiers come the peer tier (when
+   * there is one) and then the cluster (setRemote): a block fetched from another node of the
+   * cluster reads one past the last of those.
+   */
+  tiers: number[];
+}
+
+/**
+ * Blocks this warehouse does not hold but can fetch: a peer given as the last tier, or the cluster
+ * (another node's warehouse, attached with setRemote). Consulted on a local miss, in that order,
+ * by one routine (lib/warehouse/sources.ts). A block it cannot deliver, stale or gone, or a source
+ * that is down, is reported not found: fetch never rejects for that, only for an abort.
+ */
+export interface BlockSource {
+  /** Writes the block of keys[j] into block at[j] of dst where it can; per key, whether it did. */
+  fetch(
+    keys: readonly Key[],
+    dst: Target,
+    at: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<boolean[]>;
+  /**
+   * A write-through sink: stores block at[j] of src under keys[j] beside every put's local copy;
+   * put resolves once it is done. Never rejects (a failure costs only that copy).
+   */
+  store?(keys: readonly Key[], src: Target, at: readonly number[]): Promise<void>;
+  /** The cluster's state, reported as stats().cluster. */
+  stats?(): ClusterStats;
+}
+
+/** A source opened from a tier description (a peer): listed in stats().tiers, closed with the warehouse. */
+export interface SourceTier extends BlockSource {
+  readonly name: string;
+  readonly kind: SourceKind;
+  tierStats(): TierStats;
+  close(): Promise<void>;
+}
+
+export interface ClusterStats {
+  /** 'ok', or 'degraded' while the cluster index cannot be reached (local tiers still serve). */
+  state: string;
+  degraded: boolean;
+  [field: string]: unknown;
+}
+
+/** Told, after each operation, which keys entered the warehouse and which left it entirely. */
+export type ChangeListener = (added: readonly Key[], removed: readonly Key[]) => void;
+
+export interface PrefetchOptions {
+  /** Tier index or name to bring blocks up to (default: the top tier). */
+  to?: number | string;
+  priority?: number;
+  signal?: AbortSignal;
+  /** Drop the prefetch if it has not started by this time (ms, same clock as `now`). */
+  deadline?: number;
+}
+
+export interface PrefetchResult {
+  moved: number;
+  alreadyThere: number;
+  missing: number;
+}
+
+export interface Lease {
+  readonly id: number;
+  readonly keys: readonly Key[];
+  readonly expiresAt: number;
+}
+
+export interface TierStats {
+  name: string;
+  kind: TierKind | SourceKind;
+  capacityBlocks: number;
+  usedBlocks: number;
+  hits: number;
+  misses: number;
+  bytesIn: number;
+  bytesOut: number;
+  evictions: number;
+  promotions: number;
+  demotions: number;
+  corrupt: number;
+  /** Source tiers (a peer): operations that failed (their keys counted as misses). */
+  errors?: number;
+}
+
+export interface WarehouseStats {
+  blockBytes: number;
+  blocks: number;
+  gets: number;
+  hits: number;
+  misses: number;
+  /** hits / (hits + misses) over every key asked for by get(). */
+  hitRate: number;
+  corrupt: number;
+  ioErrors: number;
+  /** Blocks served by other nodes of the cluster after a local miss (counted in hits too). */
+  remoteHits: number;
+  tiers: TierStats[];
+  /** Present when the warehouse is in a cluster (setRemote). */
+  cluster?: ClusterStats;
+}
+
+/** Slots reserved for bytes written in place (Warehouse.reserve). */
+export interface Reservation {
+  /** Per key: the memory its bytes go to, or why it needs none. */
+  readonly slots: (LentBlock | 'present' | 'rejected')[];
+  /**
+   * The bytes are in place: stores the blocks; resolves with the stored. `checksums` (one per
+   * filled slot, in key order), when the writer computed them, spare reading the slots again.
+   */
+  commit(checksums?: ArrayLike<number>): Promise<{ stored: number[]; present: number }>;
+  /** Nothing (or not everything) arrived: gives the slots back. */
+  abort(): void;
+}
+
+/** A host-tier slot that belongs to no key yet (Warehouse.claim). */
+export interface LandingSlot {
+  readonly target: Target;
+  readonly offset: number;
+  /** @internal The slot's number in the host tier. */
+  readonly slot: number;
+}
+
+/** A block lent out of the host tier (Warehouse.lend). */
+export interface LentBlock {
+  target: Target;
+  offset: number;
+  length: number;
+  checksum: number;
+}
+
+/** close()'s error: `unwritten` names the blocks it could not write down (lost). */
+export interface CloseError extends KvtierError {
+  readonly unwritten: Key[];
+}
