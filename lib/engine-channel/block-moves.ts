@@ -75,7 +75,7 @@ async function gatherIntoSlots(
   keys: string[],
   blocks: number[],
 ): Promise<SaveStatus[] | undefined> {
-  const reservation = await ctx.warehouse.reserve(keys);
+  const reservation = await ctx.warehouse.hostSlots.reserve(keys);
   if (!reservation) return undefined;
   const status = reservation.slots.map((s): SaveStatus => (s === 'present' ? 'present' : 'busy'));
   let checksums: number[];
@@ -183,7 +183,7 @@ export async function loadBlocks(
     return found;
   }
   const engine = ctx.engineFor(pool);
-  const rest = await ctx.warehouse.lend(keys, async (places) => {
+  const rest = await ctx.warehouse.hostSlots.lend(keys, async (places) => {
     // Scattered straight from the host-tier slots, each piece's CRC taken as it lands in the
     // pool; a block whose pieces do not add up to its checksum is reported not loaded and
     // fetched again through get (which drops the bad copy and verifies before it scatters).
