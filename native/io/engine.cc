@@ -9,8 +9,6 @@
 #include "../common/instance_data.h"
 #include "../common/targets.h"
 #include "file.h"
-#include "thread_pool_engine.h"
-#include "uring_engine.h"
 
 namespace kvtier {
 
@@ -50,11 +48,11 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   queueDepth_ = static_cast<unsigned>(depth);
 
   if (kind_ == "threads") {
-    io_.reset(new ThreadPoolEngine(queueDepth_));
+    io_ = NewThreadPoolEngine(queueDepth_);
   } else if (kind_ == "io_uring") {
     std::string reason;
     if (!UringUsable(&reason)) Throw(env, kNotAvailable, "io_uring is not usable: " + reason);
-    io_.reset(NewUringEngine(queueDepth_));
+    io_ = NewUringEngine(queueDepth_);
   } else {
     Throw(env, kBadArgument, "engine kind must be 'io_uring' or 'threads', got '" + kind_ + "'");
   }

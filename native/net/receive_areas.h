@@ -44,7 +44,7 @@ class ReceiveAreas {
   std::vector<Area> areas_;
   std::vector<Area> landing_;
   uint64_t landingLen_ = 0;
-  uint8_t landingType_ = 0;  // the frame type whose payloads land (a server's PUT)
+  uint8_t landingType_ = 0;            // the frame type whose payloads land (a server's PUT)
   std::atomic<uint64_t> taken_{0};     // landing pieces payloads were read into
   std::atomic<uint64_t> returned_{0};  // of those, pieces of payloads cut short
 };

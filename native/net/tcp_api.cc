@@ -190,8 +190,8 @@ std::vector<Target> Targets(Napi::Env env, const std::vector<Napi::Value>& value
 }
 
 // (target index, offset, length) triples into spans, every one checked against its target.
-std::vector<TcpTransport::Span> Spans(Napi::Env env, const std::vector<Target>& mems,
-                                      Napi::Value v, uint64_t* total) {
+std::vector<TcpTransport::Span> Spans(Napi::Env env, const std::vector<Target>& mems, Napi::Value v,
+                                      uint64_t* total) {
   std::vector<TcpTransport::Span> spans;
   *total = 0;
   if (v.IsUndefined() || v.IsNull()) return spans;
