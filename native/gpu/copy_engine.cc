@@ -171,7 +171,7 @@ void CopyEngine::Deliver(Napi::Env env, Napi::Function, CopyEngine* engine, JsBa
     batch->borrowed.clear();
     return;
   }
-  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  ReleaseTargets(env, &batch->borrowed);
   batch->borrowed.clear();
   batch->keepAlive.clear();
   if (engine->life_.closed()) {
@@ -430,7 +430,7 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   }
   HoldTargets(env, targets, &batch->borrowed, &batch->keepAlive);
   auto refuse = [&](const std::string& message) {
-    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &batch->borrowed);
     Throw(env, kIo, message);
   };
   Lane& lane = lanes_[nextStream_++ % lanes_.size()];

@@ -369,7 +369,7 @@ void GpuFileEngine::Deliver(Napi::Env env, Napi::Function, GpuFileEngine* engine
   }
   // Why an op failed, where the errno alone does not say (cuFile's own error codes).
   results.Set("messages", messages);
-  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  ReleaseTargets(env, &batch->borrowed);
   batch->borrowed.clear();
   batch->ops.clear();
   batch->keepAlive.clear();
@@ -448,7 +448,7 @@ Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
 
   Napi::Promise promise = batch->deferred.Promise();
   if (queued == 0) {
-    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &batch->borrowed);
     batch->deferred.Resolve(Napi::Float64Array::New(env, count));
     return promise;
   }

@@ -96,7 +96,7 @@ void Engine::Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* raw) 
     results[i] = op.err != 0 ? -static_cast<double>(op.err) : static_cast<double>(op.done);
     if (batch->withCrc) results[n + i] = op.crc;
   }
-  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  ReleaseTargets(env, &batch->borrowed);
   batch->borrowed.clear();
   batch->keepAlive.clear();
   batch->deferred.Resolve(results);
@@ -202,7 +202,7 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
     // Nothing to do in the kernel (empty batch or only zero-length transfers).
     Napi::Float64Array results = Napi::Float64Array::New(env, anyCrc ? 2 * count : count);
     for (size_t i = 0; i < results.ElementLength(); ++i) results[i] = 0;  // CRC of nothing is 0
-    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &batch->borrowed);
     batch->deferred.Resolve(results);
     return promise;
   }

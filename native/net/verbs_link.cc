@@ -390,7 +390,7 @@ Napi::Value VerbsLink::Post(const Napi::CallbackInfo& info) {
     try {
       thread_ = std::thread([this] { Run(); });
     } catch (const std::exception& e) {
-      for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
+      ReleaseTargets(env, &job->borrowed);
       Throw(env, kIo, std::string("cannot start the verbs completion thread: ") + e.what());
     }
   }
@@ -414,7 +414,7 @@ void VerbsLink::Deliver(Napi::Env env, Napi::Function, VerbsLink* self, Job* raw
   // A stranded job's buffers stay referenced for good (KeepForever): the device may still write
   // into them, so they must never be collected and their memory reused.
   if (!job->stranded) {
-    for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &job->borrowed);
   }
   job->borrowed.clear();
   // No exception may leave a thread-safe function's callback: it would end the process.
