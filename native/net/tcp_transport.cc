@@ -92,12 +92,16 @@ void TcpTransport::Run() {
     }
     Flush();
   } catch (const std::exception& e) {
-    // Only allocation failures can get here; the sockets close with the transport.
-    NetEvent ev;
-    ev.kind = NetEvent::kClosed;
-    ev.text = std::string("network thread failed: ") + e.what();
-    Emit(std::move(ev));
-    Flush();
+    // Only allocation failures can get here; the sockets close with the transport. Telling
+    // JavaScript may fail the same way, and then it stays untold rather than end the process.
+    try {
+      NetEvent ev;
+      ev.kind = NetEvent::kClosed;
+      ev.text = std::string("network thread failed: ") + e.what();
+      Emit(std::move(ev));
+      Flush();
+    } catch (const std::exception&) {
+    }
   }
 }
 
