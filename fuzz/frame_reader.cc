@@ -1,4 +1,4 @@
-// fuzz-sources: native/net/frame_reader.cc native/common/crc32c.cc
+// fuzz-sources: native/net/frame_reader.cc native/net/batch_layout.cc native/common/crc32c.cc
 // libFuzzer target for the peer protocol's frame parser (native/net/frame_reader.h). Input:
 //   byte 0  mode: bit 0 authenticated limits (else the handshake's), bit 1 answers of type 0x13
 //           are placed into expected destinations, bit 2 large payload remainders are "read
@@ -8,6 +8,7 @@
 // Checks: no sanitizer report; every complete frame's metadata has its declared length; placed
 // payloads' checksums match their destinations' bytes; an ERROR frame built from any text parses.
 #include "../native/net/frame_reader.h"
+#include "../native/net/batch_layout.h"
 
 #include <cstddef>
 #include <cstdint>

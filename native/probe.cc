@@ -13,7 +13,7 @@
 
 #include "common/errors.h"
 #include "io/file_handle.h"
-#include "io/uring_engine.h"
+#include "io/io_engine.h"
 #include "shim/cuda.h"
 #include "shim/cufile.h"
 #include "shim/ibverbs.h"

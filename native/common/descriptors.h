@@ -48,6 +48,16 @@ inline uint8_t* TargetRange(Napi::Env env, const std::vector<Target>& targets, c
   return target.data + off;
 }
 
+// Lets go of the buffers HoldTargets referenced (main thread, live environment; at teardown the
+// references die with the environment and only the list is dropped).
+inline void ReleaseTargets(Napi::Env env, std::vector<napi_ref>* borrowed) {
+  for (napi_ref ref : *borrowed) {
+    // Fails only for an environment being torn down, which frees the reference itself.
+    if (napi_delete_reference(env, ref) != napi_ok) continue;
+  }
+  borrowed->clear();
+}
+
 // Takes a reference on every JavaScript buffer among the targets (released by the caller on the
 // main thread when the batch is delivered) and collects the native memory to keep alive.
 inline void HoldTargets(Napi::Env env, const std::vector<Target>& targets,
@@ -59,8 +69,7 @@ inline void HoldTargets(Napi::Env env, const std::vector<Target>& targets,
     if (t.js.IsEmpty()) continue;
     napi_ref ref;
     if (napi_create_reference(env, t.js, 1, &ref) != napi_ok) {
-      for (napi_ref r : *borrowed) (void)napi_delete_reference(env, r);
-      borrowed->clear();
+      ReleaseTargets(env, borrowed);
       Throw(env, kIo, "cannot reference a target buffer");
     }
     borrowed->push_back(ref);

@@ -1,6 +1,7 @@
 #include "copy_engine.h"
 
 #include <algorithm>
+#include <exception>
 #include <memory>
 #include <utility>
 
@@ -67,7 +68,6 @@ Napi::Function CopyEngine::Define(Napi::Env env) {
 // new NativeCopyEngine({ device, streams, batch, kernel })
 CopyEngine::CopyEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CopyEngine>(info) {
   Napi::Env env = info.Env();
-  env_ = env;
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
   Napi::Value dv = opts.Get("device");
   uint64_t device = dv.IsUndefined() ? 0 : ByteCountArg(env, dv, "device");
@@ -94,30 +94,19 @@ CopyEngine::CopyEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CopyEn
     lanes_.push_back(Lane{s});
   }
   LoadKernel();
-  tsfn_ = Tsfn::New(env, "kvtier-gpu-copy", 0, 1, this);
-  // An idle engine must not keep the process alive; submit() refs it while batches are out.
-  tsfn_.Unref(env);
-  completer_ = std::thread([this] { Complete(); });
-  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) cleanupHooked_ = true;
-}
-
-CopyEngine::~CopyEngine() {
-  Shutdown(false);
-  if (cleanupHooked_) {
-    (void)napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-    cleanupHooked_ = false;
+  // An idle engine must not keep the process alive; submit() holds it while batches are out.
+  life_.Begin(env, Tsfn::New(env, "kvtier-gpu-copy", 0, 1, this), [this] { StopWork(); });
+  try {
+    completer_ = std::thread([this] { Complete(); });
+  } catch (const std::exception& e) {
+    life_.Shutdown();  // frees the streams made above
+    Throw(env, kNotAvailable, std::string("cannot start the GPU completion thread: ") + e.what());
   }
 }
 
-void CopyEngine::CleanupHook(void* arg) {
-  auto* self = static_cast<CopyEngine*>(arg);
-  self->cleanupHooked_ = false;
-  self->Shutdown(true);
-}
+CopyEngine::~CopyEngine() { life_.Shutdown(); }
 
-void CopyEngine::Shutdown(bool abort) {
-  if (closed_) return;
-  closed_ = true;
+void CopyEngine::StopWork() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
@@ -140,11 +129,6 @@ void CopyEngine::Shutdown(bool abort) {
   spareTables_.clear();
   module_ = nullptr;
   kernel_ = nullptr;
-  if (abort) {
-    tsfn_.Abort();
-  } else {
-    tsfn_.Release();
-  }
 }
 
 void CopyEngine::Complete() {
@@ -172,7 +156,7 @@ void CopyEngine::Complete() {
       batch->rc = api_->eventSynchronize(batch->event);
     }
 
-    if (tsfn_.NonBlockingCall(batch) != napi_ok) {
+    if (life_.tsfn().NonBlockingCall(batch) != napi_ok) {
       // Only during environment teardown: nobody is left to resolve. The memory is let go here;
       // the references die with the environment.
       batch->borrowed.clear();
@@ -187,10 +171,10 @@ void CopyEngine::Deliver(Napi::Env env, Napi::Function, CopyEngine* engine, JsBa
     batch->borrowed.clear();
     return;
   }
-  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  ReleaseTargets(env, &batch->borrowed);
   batch->borrowed.clear();
   batch->keepAlive.clear();
-  if (engine->closed_) {
+  if (engine->life_.closed()) {
     // Shut down already: nothing will reuse them, and the pools were freed.
     std::string why;
     if (Cuda::instance().makeCurrent(engine->device_, &why)) {
@@ -213,7 +197,7 @@ void CopyEngine::Deliver(Napi::Env env, Napi::Function, CopyEngine* engine, JsBa
     for (size_t i = 0; i < batch->results.size(); ++i) results[i] = batch->results[i];
     batch->deferred.Resolve(results);
   }
-  if (--engine->inFlight_ == 0 && !engine->closed_) engine->tsfn_.Unref(env);
+  engine->life_.Idle(env);
   engine->Unref();
 }
 
@@ -388,7 +372,7 @@ std::string CopyEngine::Enqueue(JsBatch* batch, Lane& lane) {
 // leaves no way to tell which copies landed.
 Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "GPU copy engine is closed");
+  if (life_.closed()) Throw(env, kClosed, "GPU copy engine is closed");
   BatchArgs args = ReadBatchArgs(info, false);
   Napi::Float64Array descs = args.descs;
   size_t count = args.count;
@@ -446,7 +430,7 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   }
   HoldTargets(env, targets, &batch->borrowed, &batch->keepAlive);
   auto refuse = [&](const std::string& message) {
-    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &batch->borrowed);
     Throw(env, kIo, message);
   };
   Lane& lane = lanes_[nextStream_++ % lanes_.size()];
@@ -455,7 +439,7 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
     batch->deferredOn = stream;
     batch->event = spareEvents_.back();
     spareEvents_.pop_back();
-    if (inFlight_++ == 0) tsfn_.Ref(env);
+    life_.Busy(env);
     Ref();
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -482,7 +466,7 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
     batch->table = nullptr;
     refuse(cuda.fail("cuEventRecord", rc));
   }
-  if (inFlight_++ == 0) tsfn_.Ref(env);
+  life_.Busy(env);
   Ref();  // the JS engine object stays alive while its batches are out
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -493,7 +477,7 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value CopyEngine::Close(const Napi::CallbackInfo& info) {
-  Shutdown(false);
+  life_.Shutdown();
   return info.Env().Undefined();
 }
 
@@ -506,7 +490,7 @@ Napi::Value CopyEngine::QueueDepth(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value CopyEngine::InFlight(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(inFlight_));
+  return Napi::Number::New(info.Env(), static_cast<double>(life_.busy()));
 }
 
 // kernelPath: '' when small-piece gathers and scatters go through the kernel, else why not.

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/threaded_object.h"
 #include "../shim/cuda_api.h"
 
 namespace kvtier {
@@ -24,7 +25,6 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
  private:
   struct JsBatch;
   static void Deliver(Napi::Env env, Napi::Function, CopyEngine* engine, JsBatch* batch);
-  static void CleanupHook(void* arg);
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Kind(const Napi::CallbackInfo& info);
@@ -34,7 +34,8 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   Napi::Value KernelPath(const Napi::CallbackInfo& info);
   // Waits for each batch's completion event in submission order, off the main thread.
   void Complete();
-  void Shutdown(bool abort);
+  // Joins the completer (every queued batch finishes first) and frees the CUDA resources.
+  void StopWork();
   struct Lane {
     shim::cu::Stream stream = nullptr;
     shim::cu::DevicePtr staging = 0;  // HBM the kernel path rearranges through (stream-ordered)
@@ -64,16 +65,12 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   shim::cu::Function kernel_ = nullptr;
   std::string kernelReason_;  // why the kernel path is off, when it is
   size_t nextStream_ = 0;
-  Tsfn tsfn_;
   std::thread completer_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<JsBatch*> pending_;  // guarded by mutex_
   bool stopping_ = false;         // guarded by mutex_
-  size_t inFlight_ = 0;           // main thread only
-  bool closed_ = false;
-  bool cleanupHooked_ = false;
-  napi_env env_ = nullptr;
+  ThreadedObject<Tsfn> life_;     // its busy count: batches out (main thread only)
 };
 
 }  // namespace kvtier

@@ -83,7 +83,6 @@ Napi::Function GpuFileEngine::Define(Napi::Env env) {
 GpuFileEngine::GpuFileEngine(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<GpuFileEngine>(info) {
   Napi::Env env = info.Env();
-  env_ = env;
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
   Napi::Value dv = opts.Get("device");
   uint64_t device = dv.IsUndefined() ? 0 : ByteCountArg(env, dv, "device");
@@ -111,30 +110,19 @@ GpuFileEngine::GpuFileEngine(const Napi::CallbackInfo& info)
   if (api_ == nullptr || !cuda.makeCurrent(device_, &why)) Throw(env, kNotAvailable, why);
   if (cufile_ && !CuFile::instance().driverOpen(&why)) Throw(env, kNotAvailable, why);
 
-  tsfn_ = Tsfn::New(env, "kvtier-gpu-file", 0, 1, this);
-  tsfn_.Unref(env);
-  for (uint64_t i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
-  for (auto& w : workers_) threads_.emplace_back([this, worker = w.get()] { Work(worker); });
-  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) cleanupHooked_ = true;
-}
-
-GpuFileEngine::~GpuFileEngine() {
-  Shutdown(false);
-  if (cleanupHooked_) {
-    (void)napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-    cleanupHooked_ = false;
+  life_.Begin(env, Tsfn::New(env, "kvtier-gpu-file", 0, 1, this), [this] { StopWork(); });
+  try {
+    for (uint64_t i = 0; i < threads; ++i) workers_.push_back(std::make_unique<Worker>());
+    for (auto& w : workers_) threads_.emplace_back([this, worker = w.get()] { Work(worker); });
+  } catch (const std::exception& e) {
+    life_.Shutdown();  // joins the threads that did start
+    Throw(env, kNotAvailable, std::string("cannot start GPU file threads: ") + e.what());
   }
 }
 
-void GpuFileEngine::CleanupHook(void* arg) {
-  auto* self = static_cast<GpuFileEngine*>(arg);
-  self->cleanupHooked_ = false;
-  self->Shutdown(true);
-}
+GpuFileEngine::~GpuFileEngine() { life_.Shutdown(); }
 
-void GpuFileEngine::Shutdown(bool abort) {
-  if (closed_) return;
-  closed_ = true;
+void GpuFileEngine::StopWork() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
@@ -145,11 +133,6 @@ void GpuFileEngine::Shutdown(bool abort) {
   threads_.clear();
   std::string why;
   if (Cuda::instance().makeCurrent(device_, &why)) workers_.clear();
-  if (abort) {
-    tsfn_.Abort();
-  } else {
-    tsfn_.Release();
-  }
 }
 
 void GpuFileEngine::Work(Worker* w) {
@@ -187,7 +170,7 @@ void GpuFileEngine::Work(Worker* w) {
     }
     JsBatch* batch = op->batch;
     if (batch->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      if (tsfn_.NonBlockingCall(batch) != napi_ok) {
+      if (life_.tsfn().NonBlockingCall(batch) != napi_ok) {
         batch->borrowed.clear();
         delete batch;
       }
@@ -386,12 +369,12 @@ void GpuFileEngine::Deliver(Napi::Env env, Napi::Function, GpuFileEngine* engine
   }
   // Why an op failed, where the errno alone does not say (cuFile's own error codes).
   results.Set("messages", messages);
-  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  ReleaseTargets(env, &batch->borrowed);
   batch->borrowed.clear();
   batch->ops.clear();
   batch->keepAlive.clear();
   batch->deferred.Resolve(results);
-  if (--engine->inFlight_ == 0 && !engine->closed_) engine->tsfn_.Unref(env);
+  engine->life_.Idle(env);
   engine->Unref();
 }
 
@@ -401,7 +384,7 @@ void GpuFileEngine::Deliver(Napi::Env env, Napi::Function, GpuFileEngine* engine
 // or -errno.
 Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "GPU file engine is closed");
+  if (life_.closed()) Throw(env, kClosed, "GPU file engine is closed");
   BatchArgs args = ReadBatchArgs(info, true);
   Napi::Float64Array descs = args.descs;
   size_t count = args.count;
@@ -465,12 +448,12 @@ Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
 
   Napi::Promise promise = batch->deferred.Promise();
   if (queued == 0) {
-    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &batch->borrowed);
     batch->deferred.Resolve(Napi::Float64Array::New(env, count));
     return promise;
   }
   batch->remaining.store(queued, std::memory_order_relaxed);
-  if (inFlight_++ == 0) tsfn_.Ref(env);
+  life_.Busy(env);
   Ref();
   JsBatch* raw = batch.release();
   {
@@ -484,7 +467,7 @@ Napi::Value GpuFileEngine::Submit(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value GpuFileEngine::Close(const Napi::CallbackInfo& info) {
-  Shutdown(false);
+  life_.Shutdown();
   return info.Env().Undefined();
 }
 
@@ -502,7 +485,7 @@ Napi::Value GpuFileEngine::Fallbacks(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value GpuFileEngine::InFlight(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(inFlight_));
+  return Napi::Number::New(info.Env(), static_cast<double>(life_.busy()));
 }
 
 }  // namespace kvtier

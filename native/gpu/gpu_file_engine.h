@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "../common/threaded_object.h"
 #include "../shim/cuda_api.h"
 
 namespace kvtier {
@@ -32,7 +33,6 @@ class GpuFileEngine : public Napi::ObjectWrap<GpuFileEngine> {
 
  private:
   static void Deliver(Napi::Env env, Napi::Function, GpuFileEngine* engine, JsBatch* batch);
-  static void CleanupHook(void* arg);
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Kind(const Napi::CallbackInfo& info);
@@ -41,7 +41,8 @@ class GpuFileEngine : public Napi::ObjectWrap<GpuFileEngine> {
   Napi::Value Fallbacks(const Napi::CallbackInfo& info);
   void Work(Worker* worker);
   void Run(Op* op, Worker* worker);
-  void Shutdown(bool abort);
+  // Workers drain the queue, then join; their CUDA resources go with them.
+  void StopWork();
 
   using Tsfn = Napi::TypedThreadSafeFunction<GpuFileEngine, JsBatch, &GpuFileEngine::Deliver>;
   const shim::cu::Api* api_ = nullptr;
@@ -52,15 +53,11 @@ class GpuFileEngine : public Napi::ObjectWrap<GpuFileEngine> {
   size_t chunkBytes_ = 0;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
-  Tsfn tsfn_;
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<Op*> queue_;  // guarded by mutex_
-  bool stopping_ = false;  // guarded by mutex_
-  size_t inFlight_ = 0;    // main thread only
-  bool closed_ = false;
-  bool cleanupHooked_ = false;
-  napi_env env_ = nullptr;
+  std::deque<Op*> queue_;      // guarded by mutex_
+  bool stopping_ = false;      // guarded by mutex_
+  ThreadedObject<Tsfn> life_;  // its busy count: batches out (main thread only)
 };
 
 }  // namespace kvtier

@@ -9,8 +9,6 @@
 #include "../common/instance_data.h"
 #include "../common/targets.h"
 #include "file.h"
-#include "thread_pool_engine.h"
-#include "uring_engine.h"
 
 namespace kvtier {
 
@@ -42,7 +40,6 @@ Napi::Function Engine::Define(Napi::Env env) {
 // queueDepth is the ring depth for io_uring and the thread count for the thread pool.
 Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
   Napi::Env env = info.Env();
-  env_ = env;
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
   kind_ = StringOption(opts, "kind", "threads");
   Napi::Value qd = opts.Get("queueDepth");
@@ -51,11 +48,11 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
   queueDepth_ = static_cast<unsigned>(depth);
 
   if (kind_ == "threads") {
-    io_.reset(new ThreadPoolEngine(queueDepth_));
+    io_ = NewThreadPoolEngine(queueDepth_);
   } else if (kind_ == "io_uring") {
     std::string reason;
     if (!UringUsable(&reason)) Throw(env, kNotAvailable, "io_uring is not usable: " + reason);
-    io_.reset(NewUringEngine(queueDepth_));
+    io_ = NewUringEngine(queueDepth_);
   } else {
     Throw(env, kBadArgument, "engine kind must be 'io_uring' or 'threads', got '" + kind_ + "'");
   }
@@ -64,41 +61,17 @@ Engine::Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) 
     io_.reset();
     Throw(env, kNotAvailable, error);
   }
-  tsfn_ = Tsfn::New(env, "kvtier-io", 0, 1, this);
-  // An idle engine must not keep the process alive; submit() refs it while batches are out.
-  tsfn_.Unref(env);
-  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) cleanupHooked_ = true;
+  // An idle engine must not keep the process alive; submit() holds it while batches are out.
+  // Stopping finishes the I/O the kernel holds buffers for and joins the threads.
+  life_.Begin(env, Tsfn::New(env, "kvtier-io", 0, 1, this), [this] {
+    if (io_) io_->Stop();
+  });
 }
 
-Engine::~Engine() {
-  Shutdown();
-  if (cleanupHooked_) {
-    (void)napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-    cleanupHooked_ = false;
-  }
-}
-
-void Engine::CleanupHook(void* arg) {
-  // The environment is going away (process exit or worker termination): finish the I/O the
-  // kernel holds buffers for, join the threads, and drop completions nobody can receive.
-  auto* self = static_cast<Engine*>(arg);
-  self->cleanupHooked_ = false;
-  if (self->closed_) return;
-  self->closed_ = true;
-  if (self->io_) self->io_->Stop();
-  self->tsfn_.Abort();
-}
-
-void Engine::Shutdown() {
-  if (closed_) return;
-  closed_ = true;
-  if (io_) io_->Stop();
-  // Batches already queued are still delivered; the function is finalized after them.
-  tsfn_.Release();
-}
+Engine::~Engine() { life_.Shutdown(); }
 
 void Engine::Post(Batch* batch) {
-  if (tsfn_.NonBlockingCall(batch) != napi_ok) {
+  if (life_.tsfn().NonBlockingCall(batch) != napi_ok) {
     // Only during environment teardown: nobody is left to resolve. The files and memory are let
     // go here; the references die with the environment.
     auto* js = static_cast<JsBatch*>(batch);
@@ -123,7 +96,7 @@ void Engine::Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* raw) 
     results[i] = op.err != 0 ? -static_cast<double>(op.err) : static_cast<double>(op.done);
     if (batch->withCrc) results[n + i] = op.crc;
   }
-  for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+  ReleaseTargets(env, &batch->borrowed);
   batch->borrowed.clear();
   batch->keepAlive.clear();
   batch->deferred.Resolve(results);
@@ -131,7 +104,7 @@ void Engine::Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* raw) 
 }
 
 void Engine::Finished(Napi::Env env) {
-  if (--inFlight_ == 0 && !closed_) tsfn_.Unref(env);
+  life_.Idle(env);
   Unref();
 }
 
@@ -142,7 +115,7 @@ void Engine::Finished(Napi::Env env) {
 // Copy descriptors (op 3) name their source in the file index and file offset fields.
 Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "engine is closed");
+  if (life_.closed()) Throw(env, kClosed, "engine is closed");
   BatchArgs args = ReadBatchArgs(info, true);
   Napi::Float64Array descs = args.descs;
   size_t count = args.count;
@@ -229,7 +202,7 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
     // Nothing to do in the kernel (empty batch or only zero-length transfers).
     Napi::Float64Array results = Napi::Float64Array::New(env, anyCrc ? 2 * count : count);
     for (size_t i = 0; i < results.ElementLength(); ++i) results[i] = 0;  // CRC of nothing is 0
-    for (napi_ref ref : batch->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &batch->borrowed);
     batch->deferred.Resolve(results);
     return promise;
   }
@@ -242,7 +215,7 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
   }
   batch->remaining.store(queued, std::memory_order_relaxed);
   batch->sink = this;
-  if (inFlight_++ == 0) tsfn_.Ref(env);
+  life_.Busy(env);
   Ref();  // the JS engine object stays alive while its batches are out
   batch.release();
   io_->Submit(work);
@@ -250,7 +223,7 @@ Napi::Value Engine::Submit(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Engine::Close(const Napi::CallbackInfo& info) {
-  Shutdown();
+  life_.Shutdown();
   return info.Env().Undefined();
 }
 
@@ -263,7 +236,7 @@ Napi::Value Engine::QueueDepth(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Engine::InFlight(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), static_cast<double>(inFlight_));
+  return Napi::Number::New(info.Env(), static_cast<double>(life_.busy()));
 }
 
 }  // namespace kvtier

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "../common/threaded_object.h"
 #include "io_engine.h"
 
 namespace kvtier {
@@ -21,7 +22,6 @@ class Engine : public Napi::ObjectWrap<Engine>, public CompletionSink {
  private:
   struct JsBatch;
   static void Deliver(Napi::Env env, Napi::Function, Engine* engine, Batch* batch);
-  static void CleanupHook(void* arg);
 
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
@@ -29,18 +29,14 @@ class Engine : public Napi::ObjectWrap<Engine>, public CompletionSink {
   Napi::Value QueueDepth(const Napi::CallbackInfo& info);
   Napi::Value InFlight(const Napi::CallbackInfo& info);
 
-  void Shutdown();
   void Finished(Napi::Env env);
 
   using Tsfn = Napi::TypedThreadSafeFunction<Engine, Batch, &Engine::Deliver>;
   std::unique_ptr<IoEngine> io_;
-  Tsfn tsfn_;
   std::string kind_;
   unsigned queueDepth_ = 0;
-  size_t inFlight_ = 0;  // batches submitted and not yet delivered (main thread only)
-  bool closed_ = false;
-  bool cleanupHooked_ = false;
-  napi_env env_ = nullptr;
+  // Its busy count is the batches submitted and not yet delivered (main thread only).
+  ThreadedObject<Tsfn> life_;
 };
 
 }  // namespace kvtier

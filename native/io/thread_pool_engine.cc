@@ -1,13 +1,20 @@
-#include "thread_pool_engine.h"
-
+// The thread pool engine: pread/pwrite on a fixed set of kvtier-owned threads.
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <system_error>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../common/worker_pool.h"
+#include "io_engine.h"
 
 namespace kvtier {
 
+namespace {
+
+// Runs one op to completion with blocking system calls (retrying EINTR and short transfers).
 void ExecuteBlocking(Op& op) {
   if (op.kind == OpKind::kSync) {
     while (fdatasync(op.fd) != 0) {
@@ -41,56 +48,35 @@ void ExecuteBlocking(Op& op) {
   }
 }
 
-bool ThreadPoolEngine::Start(std::string* error) {
-  try {
-    threads_.reserve(threadCount_);
-    for (unsigned i = 0; i < threadCount_; ++i) threads_.emplace_back([this] { Work(); });
-  } catch (const std::system_error& e) {
-    *error = std::string("cannot start I/O threads: ") + e.what();
-    Stop();
-    return false;
-  }
-  return true;
-}
+class ThreadPoolEngine final : public IoEngine {
+ public:
+  explicit ThreadPoolEngine(unsigned threads) : threadCount_(threads) {}
+  ~ThreadPoolEngine() override { Stop(); }
 
-void ThreadPoolEngine::Submit(const std::vector<Op*>& ops) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.insert(queue_.end(), ops.begin(), ops.end());
+  bool Start(std::string* error) override {
+    bool ok = pool_.Start(
+        threadCount_,
+        [](Op*& op) {
+          ExecuteBlocking(*op);
+          CompleteOp(*op);
+        },
+        error);
+    if (!ok) *error = "cannot start I/O threads: " + *error;
+    return ok;
   }
-  if (ops.size() == 1) {
-    cv_.notify_one();
-  } else {
-    cv_.notify_all();
-  }
-}
 
-void ThreadPoolEngine::Stop() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
-  }
-  cv_.notify_all();
-  for (std::thread& t : threads_) {
-    if (t.joinable()) t.join();
-  }
-  threads_.clear();
-}
+  void Submit(const std::vector<Op*>& ops) override { pool_.PushAll(ops.begin(), ops.end()); }
+  void Stop() override { pool_.Stop(); }
 
-void ThreadPoolEngine::Work() {
-  for (;;) {
-    Op* op;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      // Stopping drains the queue first, so every op submitted gets its completion.
-      if (queue_.empty()) return;
-      op = queue_.front();
-      queue_.pop_front();
-    }
-    ExecuteBlocking(*op);
-    CompleteOp(*op);
-  }
+ private:
+  unsigned threadCount_;
+  WorkerPool<Op*> pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<IoEngine> NewThreadPoolEngine(unsigned threads) {
+  return std::make_unique<ThreadPoolEngine>(threads);
 }
 
 }  // namespace kvtier

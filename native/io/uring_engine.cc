@@ -1,6 +1,6 @@
-#include "uring_engine.h"
-
 #include "../common/crc32c.h"
+#include "../common/worker_pool.h"
+#include "io_engine.h"
 
 #ifdef KVTIER_HAVE_LIBURING
 
@@ -30,87 +30,48 @@ namespace {
 class Finisher {
  public:
   bool Start(unsigned threads, std::string* error) {
-    try {
-      for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
-    } catch (const std::system_error& e) {
-      *error = std::string("cannot start completion threads: ") + e.what();
-      Stop();
-      return false;
-    }
-    return true;
+    if (pool_.Start(
+            threads, [](Job& job) { Finish(job); }, error))
+      return true;
+    *error = "cannot start completion threads: " + *error;
+    return false;
   }
 
   // Hands over every op finished in one pass over the completion queue at once: one lock and one
   // wake-up per pass, not per op.
   void PushAll(std::vector<Op*>* ops) {
-    if (ops->empty()) return;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      for (Op* op : *ops) queue_.push_back({op, false});
-    }
-    if (ops->size() == 1) {
-      cv_.notify_one();
-    } else {
-      cv_.notify_all();
-    }
+    jobs_.clear();
+    for (Op* op : *ops) jobs_.push_back({op, false});
+    pool_.PushAll(jobs_.begin(), jobs_.end());
     ops->clear();
   }
 
   // Checksums a write's source bytes while the kernel writes them.
-  void PushChecksum(Op* op) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back({op, true});
-    }
-    cv_.notify_one();
-  }
+  void PushChecksum(Op* op) { pool_.Push({op, true}); }
 
   // Completes everything queued, then joins.
-  void Stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-    threads_.clear();
-  }
+  void Stop() { pool_.Stop(); }
 
  private:
   struct Job {
-    Op* op;
-    bool checksumOnly;
+    Op* op = nullptr;
+    bool checksumOnly = false;
   };
 
-  void Work() {
-    for (;;) {
-      Job job;
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        job = queue_.front();
-        queue_.pop_front();
-      }
-      if (job.checksumOnly) {
-        Op* op = job.op;
-        op->crc = Crc32c(0, op->mem, op->len);
-        op->crcDone = true;
-        // The write may still be in the kernel: whichever part ends last completes the op.
-        if (__atomic_sub_fetch(&op->parts, 1, __ATOMIC_ACQ_REL) == 0) CompleteOp(*op);
-      } else {
-        CompleteOp(*job.op);
-      }
+  static void Finish(Job& job) {
+    if (job.checksumOnly) {
+      Op* op = job.op;
+      op->crc = Crc32c(0, op->mem, op->len);
+      op->crcDone = true;
+      // The write may still be in the kernel: whichever part ends last completes the op.
+      if (__atomic_sub_fetch(&op->parts, 1, __ATOMIC_ACQ_REL) == 0) CompleteOp(*op);
+    } else {
+      CompleteOp(*job.op);
     }
   }
 
-  std::vector<std::thread> threads_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Job> queue_;
-  bool stopping_ = false;
+  WorkerPool<Job> pool_;
+  std::vector<Job> jobs_;  // the ring thread's only: reused between passes
 };
 
 class UringEngine final : public IoEngine {
@@ -359,7 +320,9 @@ std::string UringVersion() {
 #endif
 }
 
-IoEngine* NewUringEngine(unsigned queueDepth) { return new UringEngine(queueDepth); }
+std::unique_ptr<IoEngine> NewUringEngine(unsigned queueDepth) {
+  return std::make_unique<UringEngine>(queueDepth);
+}
 
 }  // namespace kvtier
 
@@ -372,7 +335,7 @@ bool UringUsable(std::string* reason) {
   return false;
 }
 std::string UringVersion() { return ""; }
-IoEngine* NewUringEngine(unsigned) { return nullptr; }
+std::unique_ptr<IoEngine> NewUringEngine(unsigned) { return nullptr; }
 
 }  // namespace kvtier
 

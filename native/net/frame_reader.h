@@ -27,11 +27,6 @@ inline constexpr uint8_t kErrorFrameType = 0x05;
 inline constexpr uint32_t kErrorProtocol = 1;
 inline constexpr uint32_t kErrorLimit = 4;
 
-// Batch metadata: a u32 count, a reserved u32, then fixed-size entries.
-inline constexpr size_t kBatchFixedBytes = 8;
-inline constexpr size_t kKeyEntryBytes = 40;
-inline constexpr size_t kResultEntryBytes = 8;
-
 struct ByteSpan {
   uint8_t* data;
   uint64_t len;
@@ -118,17 +113,6 @@ class FrameReader {
   Fault fault_;
   uint64_t frames_ = 0;
 };
-
-// The payload of an answer to a request whose destinations were given ahead (GET_RESULT): its
-// metadata starts with a count, a reserved word, then 8-byte entries whose first byte is the
-// status; every entry with status 0 owns one destination's worth of payload, in order. Fills
-// *place with the destinations that receive bytes, or returns false with *why.
-bool MatchPlacement(const std::vector<uint8_t>& meta, const std::vector<ByteSpan>& expect,
-                    uint64_t payloadLen, std::vector<ByteSpan>* place, std::string* why);
-
-// The most answer bytes a batch request (a GET) can cause: its count of keys, no more than its
-// metadata holds, times `unit` (the block size).
-uint64_t AnswerBytes(const std::vector<uint8_t>& meta, uint64_t unit);
 
 // An ERROR frame (requestId 0: it concerns the connection) with this code and text.
 std::vector<uint8_t> ErrorFrame(uint32_t code, const std::string& text);

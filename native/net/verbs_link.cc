@@ -126,7 +126,6 @@ Napi::Function VerbsLink::Define(Napi::Env env) {
 // role 'client' (the default: least access) or 'server' (verbs_link.h).
 VerbsLink::VerbsLink(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VerbsLink>(info) {
   Napi::Env env = info.Env();
-  env_ = env;
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
   std::string role = StringOption(opts, "role", "client");
   if (role != "client" && role != "server") {
@@ -139,33 +138,13 @@ VerbsLink::VerbsLink(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VerbsLin
   std::unique_ptr<VerbsEndpoint> ep = VerbsEndpoint::Open(o, &error);
   if (!ep) Throw(env, kNotAvailable, "the verbs transport is not available: " + error);
   ep_ = std::shared_ptr<VerbsEndpoint>(std::move(ep));
-  tsfn_ = Tsfn::New(env, "kvtier-verbs", 0, 1, this);
-  tsfnMade_ = true;
-  // An idle link must not keep the process alive; post() refs it while jobs are out.
-  tsfn_.Unref(env);
-  if (napi_add_env_cleanup_hook(env, CleanupHook, this) == napi_ok) cleanupHooked_ = true;
+  // An idle link must not keep the process alive; post() holds it while jobs are out.
+  life_.Begin(env, Tsfn::New(env, "kvtier-verbs", 0, 1, this), [this] { StopWork(); });
 }
 
-VerbsLink::~VerbsLink() {
-  Shutdown();
-  if (cleanupHooked_) {
-    (void)napi_remove_env_cleanup_hook(env_, CleanupHook, this);
-    cleanupHooked_ = false;
-  }
-}
+VerbsLink::~VerbsLink() { life_.Shutdown(); }
 
-void VerbsLink::CleanupHook(void* arg) {
-  // The environment is going away: no JavaScript can run any more, so jobs still queued for the
-  // main thread are dropped (Abort hands them to Deliver without an environment) instead of
-  // settled.
-  auto* self = static_cast<VerbsLink*>(arg);
-  self->cleanupHooked_ = false;
-  self->Shutdown(true);
-}
-
-void VerbsLink::Shutdown(bool abort) {
-  if (closed_) return;
-  closed_ = true;
+void VerbsLink::StopWork() {
   // Queue pairs in the error state flush whatever is still queued, so the thread's drain is short.
   for (auto& [id, qp] : qps_) {
     qp->dead.store(true);
@@ -178,15 +157,6 @@ void VerbsLink::Shutdown(bool abort) {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
-  // Jobs already handed to the thread-safe function are still delivered; it finalizes after them.
-  if (tsfnMade_) {
-    if (abort) {
-      tsfn_.Abort();
-    } else {
-      tsfn_.Release();
-    }
-  }
-  tsfnMade_ = false;
   qps_.clear();
   cache_.clear();
   ep_.reset();  // closed once the last queue pair and registration held by a job is gone
@@ -199,7 +169,7 @@ Napi::Value VerbsLink::Device(const Napi::CallbackInfo& info) {
 // createQueuePair() -> { id, address: Buffer(28) }
 Napi::Value VerbsLink::CreateQueuePair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "the verbs link is closed");
+  if (life_.closed()) Throw(env, kClosed, "the verbs link is closed");
   std::string error;
   // A client's queue pair is only ever the initiator: its peer may neither read nor write through
   // it. A server's answers the client's READs and WRITEs.
@@ -227,7 +197,7 @@ Napi::Value VerbsLink::CreateQueuePair(const Napi::CallbackInfo& info) {
 }
 
 std::shared_ptr<VerbsLink::Qp> VerbsLink::QpArg(Napi::Env env, Napi::Value v) {
-  if (closed_) Throw(env, kClosed, "the verbs link is closed");
+  if (life_.closed()) Throw(env, kClosed, "the verbs link is closed");
   uint64_t id = ByteCountArg(env, v, "queue pair id");
   auto it = qps_.find(static_cast<uint32_t>(id));
   if (id > UINT32_MAX || it == qps_.end()) {
@@ -265,7 +235,7 @@ Napi::Value VerbsLink::ConnectQueuePair(const Napi::CallbackInfo& info) {
 // it any more.
 Napi::Value VerbsLink::DestroyQueuePair(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) return env.Undefined();
+  if (life_.closed()) return env.Undefined();
   uint64_t id = ByteCountArg(env, info[0], "queue pair id");
   auto it = qps_.find(static_cast<uint32_t>(id));
   if (id > UINT32_MAX || it == qps_.end()) return env.Undefined();
@@ -315,7 +285,7 @@ std::shared_ptr<VerbsLink::Reg> VerbsLink::RegistrationFor(
 // it. Servers only: a client lends nothing.
 Napi::Value VerbsLink::Register(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (closed_) Throw(env, kClosed, "the verbs link is closed");
+  if (life_.closed()) Throw(env, kClosed, "the verbs link is closed");
   if (!responder_) {
     Throw(env, kBadArgument, "a client verbs link lends no memory (register needs role 'server')");
   }
@@ -420,11 +390,11 @@ Napi::Value VerbsLink::Post(const Napi::CallbackInfo& info) {
     try {
       thread_ = std::thread([this] { Run(); });
     } catch (const std::exception& e) {
-      for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
+      ReleaseTargets(env, &job->borrowed);
       Throw(env, kIo, std::string("cannot start the verbs completion thread: ") + e.what());
     }
   }
-  if (inFlight_++ == 0) tsfn_.Ref(env);
+  life_.Busy(env);
   Ref();  // the JavaScript object stays alive while its jobs are out
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -444,7 +414,7 @@ void VerbsLink::Deliver(Napi::Env env, Napi::Function, VerbsLink* self, Job* raw
   // A stranded job's buffers stay referenced for good (KeepForever): the device may still write
   // into them, so they must never be collected and their memory reused.
   if (!job->stranded) {
-    for (napi_ref ref : job->borrowed) (void)napi_delete_reference(env, ref);
+    ReleaseTargets(env, &job->borrowed);
   }
   job->borrowed.clear();
   // No exception may leave a thread-safe function's callback: it would end the process.
@@ -454,7 +424,7 @@ void VerbsLink::Deliver(Napi::Env env, Napi::Function, VerbsLink* self, Job* raw
     } else {
       job->deferred.Reject(MakeError(env, kPeer, job->error).Value());
     }
-    if (--self->inFlight_ == 0 && self->tsfnMade_) self->tsfn_.Unref(env);
+    self->life_.Idle(env);
     self->Unref();
   } catch (const Napi::Error&) {
     // JavaScript cannot run (the environment is stopping): nobody is left to settle.
@@ -482,7 +452,7 @@ void VerbsLink::Run() {
   std::string deviceError;
   auto stopAt = std::chrono::steady_clock::time_point::max();
   auto finish = [&](Job* j) {
-    if (tsfn_.NonBlockingCall(j) != napi_ok) {
+    if (life_.tsfn().NonBlockingCall(j) != napi_ok) {
       // Only during environment teardown: nobody is left to settle it.
       j->borrowed.clear();
       delete j;
@@ -644,7 +614,7 @@ void KeepForever(VerbsLink::Job* j) {
 }  // namespace
 
 Napi::Value VerbsLink::Close(const Napi::CallbackInfo& info) {
-  Shutdown();
+  life_.Shutdown();
   return info.Env().Undefined();
 }
 

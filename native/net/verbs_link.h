@@ -31,6 +31,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "../common/threaded_object.h"
 #include "../memory/region_memory.h"
 #include "verbs_endpoint.h"
 
@@ -72,7 +73,6 @@ class VerbsLink : public Napi::ObjectWrap<VerbsLink> {
 
  private:
   static void Deliver(Napi::Env env, Napi::Function, VerbsLink* self, Job* job);
-  static void CleanupHook(void* arg);
   using Tsfn = Napi::TypedThreadSafeFunction<VerbsLink, Job, &VerbsLink::Deliver>;
 
   Napi::Value CreateQueuePair(const Napi::CallbackInfo& info);
@@ -90,9 +90,9 @@ class VerbsLink : public Napi::ObjectWrap<VerbsLink> {
                                        const std::shared_ptr<RegionMemory>& memory, int access);
   void Sweep();
   std::shared_ptr<Qp> QpArg(Napi::Env env, Napi::Value v);
-  void StartThread(Napi::Env env);
   void Run();
-  void Shutdown(bool abort = false);
+  // Fails the queue pairs (so the thread drains fast), joins the thread, lets go of the device.
+  void StopWork();
 
   std::shared_ptr<VerbsEndpoint> ep_;
   // 'server': queue pairs accept the peer's READ and WRITE, and register() lends memory.
@@ -109,17 +109,12 @@ class VerbsLink : public Napi::ObjectWrap<VerbsLink> {
   };
   std::map<std::pair<const RegionMemory*, int>, Cached> cache_;
 
-  Tsfn tsfn_;
-  bool tsfnMade_ = false;
   std::thread thread_;
   std::mutex mu_;  // guards incoming_ and stop_
   std::condition_variable wake_;
   std::deque<Job*> incoming_;
   bool stop_ = false;
-  size_t inFlight_ = 0;  // jobs posted and not yet delivered (main thread only)
-  bool closed_ = false;
-  bool cleanupHooked_ = false;
-  napi_env env_ = nullptr;
+  ThreadedObject<Tsfn> life_;  // its busy count: jobs posted and not yet delivered
 };
 
 }  // namespace kvtier

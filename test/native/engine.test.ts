@@ -12,6 +12,7 @@ import {
   TransferBatch,
   type EngineKind,
 } from '../../lib/index.js';
+import { native } from '../../lib/core/native.js';
 import { engineKinds } from '../engines.js';
 import { randomBytes, tempDir } from '../helpers.js';
 
@@ -59,6 +60,29 @@ describe.each(engineKinds())('%s engine', (kind: EngineKind) => {
     }
     await Promise.all([src.close(), dst.close(), file.close()]);
     await engine.close();
+  });
+
+  it('native close() finishes every op already queued before it joins (worker pool drain)', async () => {
+    // The public close() waits for batches first; the binding's own close() must still complete
+    // whatever its threads have queued, or a batch's promise would never settle.
+    const engine = new (native().NativeEngine)({ kind, queueDepth: 1 });
+    const block = 4096;
+    const blocks = 64;
+    const src = Region.allocate(block * blocks);
+    src.view().set(randomBytes(block * blocks));
+    const file = await openFile(fresh(), { create: true, size: block * blocks });
+    const w = new TransferBatch();
+    for (let i = 0; i < blocks; i++) w.write(file, i * block, src, i * block, block);
+    const done = engine.submit(
+      w.packed(),
+      w.targets,
+      w.files.map((f) => f.native),
+    );
+    engine.close();
+    const results = await done;
+    expect(Array.from(results)).toEqual(new Array(blocks).fill(block));
+    expect(Buffer.compare(readFileSync(file.path), src.view())).toBe(0);
+    await Promise.all([src.close(), file.close()]);
   });
 
   it('moves ordinary unaligned Buffers through a bounce buffer', async () => {
