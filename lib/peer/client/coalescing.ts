@@ -6,7 +6,8 @@
 import { regionOf, type Target } from '../../core/engine.js';
 import { KvtierError } from '../../core/errors.js';
 import type { Key } from '../../keys/keys.js';
-import type { Memory, Session, Sessions } from './session.js';
+import type { Memory } from './memory.js';
+import type { Session, Sessions } from './session.js';
 
 /**
  * Puts and gets of at most this many bytes that are asked for in the same turn leave together, up

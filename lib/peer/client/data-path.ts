@@ -5,7 +5,8 @@
  */
 import type { Key } from '../../keys/keys.js';
 import { MAX_OFFERS, MsgType } from '../protocol.js';
-import type { Answer, DataPath, Memory, Session, Sessions } from './session.js';
+import type { Memory } from './memory.js';
+import type { Answer, DataPath, Session, Sessions } from './session.js';
 
 /** TCP: a GET's blocks arrive in its answer, a put's in its PUT_DATA frame. */
 export class TcpPath implements DataPath {

@@ -23,7 +23,8 @@ import {
   type ConnectOptions,
   type PeerPutOptions,
 } from './options.js';
-import { HOST_MEMORY_ONLY, Sessions, type Memory, type Session } from './session.js';
+import { HOST_MEMORY_ONLY, type Memory } from './memory.js';
+import { Sessions, type Session } from './session.js';
 import { VerbsPath } from './verbs-path.js';
 
 export { connectOptions, type ConnectOptions, type PeerPutOptions } from './options.js';

@@ -5,12 +5,9 @@
  * it did not receive whole); a request that outlives its timeout rejects with KVTIER_TIMEOUT and
  * the connection is replaced, since a stalled peer cannot be trusted to answer in order.
  */
-import { nativeTargetOf, regionOf, type Target } from '../../core/engine.js';
 import { KvtierError } from '../../core/errors.js';
-import { DeviceRegion } from '../../core/gpu/device-region.js';
 import { InFlight } from '../../core/inflight.js';
 import type { NativeTarget, NetEvent } from '../../core/native.js';
-import type { Region } from '../../core/region.js';
 import type { Key } from '../../keys/keys.js';
 import { Net } from '../net.js';
 import {
@@ -26,6 +23,7 @@ import {
   Status,
 } from '../protocol.js';
 import type { Transport } from '../transports.js';
+import { hold, type Memory } from './memory.js';
 import type { ConnectOptions } from './options.js';
 
 /** An answer's entries; `placements` when it was a verbs answer (GET_RESULT, PUT_ACCEPT). */
@@ -34,12 +32,6 @@ export interface Answer {
   word: number;
   checksums?: number[];
   placements?: Placement[];
-}
-
-/** Where the blocks of a request live: key i's block is block `slots[i]` of `targets[i]`. */
-export interface Memory {
-  targets: readonly Target[];
-  slots: readonly number[];
 }
 
 /**
@@ -99,13 +91,6 @@ interface Pending {
   release(): void;
 }
 
-/** Memory of a request, held in flight: `at[i]` indexes key i's target in `targets`. */
-export interface Held {
-  targets: NativeTarget[];
-  at: number[];
-  release: () => void;
-}
-
 const ANSWER_TYPES = {
   [MsgType.PUT]: MsgType.PUT_RESULT,
   [MsgType.GET]: MsgType.GET_RESULT,
@@ -114,47 +99,6 @@ const ANSWER_TYPES = {
   [MsgType.PUT_OFFER]: MsgType.PUT_ACCEPT,
   [MsgType.PUT_DATA]: MsgType.PUT_RESULT,
 } as Record<number, number>;
-
-export const HOST_MEMORY_ONLY =
-  'peer transfers move host memory; gather GPU blocks into a pinned Region first';
-
-/**
- * Holds the memory of a request's keys in flight (each Region's inFlight) until release(), and
- * names each distinct target once: requests coalesced from several callers have many.
- */
-export function hold(memory: Memory, count: number): Held {
-  const regions: Region[] = [];
-  const index = new Map<Target, number>();
-  const targets: NativeTarget[] = [];
-  const release = (): void => {
-    for (const r of regions) r.inFlight.end();
-  };
-  const at: number[] = [];
-  try {
-    for (let i = 0; i < count; i++) {
-      const target = memory.targets[i]!;
-      let n = index.get(target);
-      if (n === undefined) {
-        if (target instanceof DeviceRegion) {
-          throw new KvtierError('KVTIER_BAD_ARGUMENT', HOST_MEMORY_ONLY);
-        }
-        const region = regionOf(target);
-        if (region) {
-          region.assertOpen();
-          region.inFlight.begin();
-          regions.push(region);
-        }
-        n = targets.push(nativeTargetOf(target)) - 1;
-        index.set(target, n);
-      }
-      at.push(n);
-    }
-  } catch (e) {
-    release();
-    throw e;
-  }
-  return { targets, at, release };
-}
 
 export class Sessions {
   readonly net = new Net();

@@ -10,14 +10,8 @@ import { native, type NativeVerbs } from '../../core/native.js';
 import type { Key } from '../../keys/keys.js';
 import { frame, MsgType, Status } from '../protocol.js';
 import type { QueuePairs } from './handshake.js';
-import {
-  hold,
-  type Answer,
-  type DataPath,
-  type Memory,
-  type Session,
-  type Sessions,
-} from './session.js';
+import { hold, type Memory } from './memory.js';
+import type { Answer, DataPath, Session, Sessions } from './session.js';
 
 export class VerbsPath implements DataPath, QueuePairs {
   /** The RDMA endpoint, made by the first verbs session. */
