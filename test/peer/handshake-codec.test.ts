@@ -98,9 +98,10 @@ describe('handshake codecs (docs/protocol.md, Handshake)', () => {
     ];
     for (const [decode, size] of decoders) {
       for (const n of [0, 1, size - 1, size + 1, 4096]) {
-        expect(protocolCode(() => decode(Buffer.alloc(n))), `${n} of ${size} bytes`).toBe(
-          'KVTIER_PROTOCOL',
-        );
+        expect(
+          protocolCode(() => decode(Buffer.alloc(n))),
+          `${n} of ${size} bytes`,
+        ).toBe('KVTIER_PROTOCOL');
       }
       expect(protocolCode(() => decode(new Uint8Array(size)))).toBeUndefined();
     }
@@ -127,9 +128,7 @@ describe('handshake codecs (docs/protocol.md, Handshake)', () => {
       ),
     ).toBe('KVTIER_PROTOCOL');
     expect(protocolCode(() => encodeAuth({ proof: short, transport: 0 }))).toBe('KVTIER_PROTOCOL');
-    expect(protocolCode(() => encodeReady({ proof: short, transport: 0 }))).toBe(
-      'KVTIER_PROTOCOL',
-    );
+    expect(protocolCode(() => encodeReady({ proof: short, transport: 0 }))).toBe('KVTIER_PROTOCOL');
   });
 
   it('decoded nonces are copies: the receive buffer may be reused', () => {
