@@ -39,6 +39,8 @@ export class ServerCore {
   readonly work = new InFlight();
   /** Answers handed to the transport and not yet out: shutdown lets them go out first. */
   readonly sends = new InFlight();
+  /** Connections accepted and not yet closed (their close events delivered). */
+  readonly open = new InFlight();
   readonly putCounts = { landed: 0, placed: 0, copied: 0 };
   readonly listener: number;
   readonly port: number;

@@ -86,6 +86,7 @@ export class PeerServer {
     const { core } = this;
     const state = newConn(conn, remote);
     this.conns.set(conn, state);
+    core.open.begin();
     state.timer = setTimeout(
       () => core.drop(state, ErrorKind.AUTH, 'no authenticated handshake in time'),
       this.options.handshakeTimeoutMs ?? 5000,
@@ -113,6 +114,7 @@ export class PeerServer {
         if (state.qp !== undefined) core.verbs?.destroyQueuePair(state.qp);
         core.landing.connectionClosed();
         this.conns.delete(conn);
+        core.open.end();
         core.log('connection_closed', { conn, remote, reason: why, ...(errno ? { errno } : {}) });
       },
     };
@@ -186,7 +188,11 @@ export class PeerServer {
       for (const c of this.conns.values()) {
         core.net.closeConnection(c.id, 'the server is shutting down');
       }
-      await new Promise((r) => setTimeout(r, 20));
+      // Their close events (which give back offers' slots and lent blocks) come from the
+      // transport's thread; the transport's own close below delivers any still missing then.
+      const closes = timeout(20);
+      await Promise.race([core.open.drained(), closes.done]);
+      closes.cancel();
       await core.landing.close();
       core.net.unref();
       core.net.close();
