@@ -130,7 +130,13 @@ export class ServerCore {
         resolve();
       }),
     );
-    this.net.send(state.id, head, targets, spans, token, true);
+    try {
+      this.net.send(state.id, head, targets, spans, token, true);
+    } catch (e) {
+      state.sending.get(token)?.();
+      state.sending.delete(token);
+      throw e;
+    }
     return sent;
   }
 
