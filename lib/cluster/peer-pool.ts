@@ -3,7 +3,7 @@
  * address, opened on first use and dropped when it fails (the next fetch opens a fresh one).
  * Requests ask the peer for its own blocks only, so a stale entry never sends nodes in a loop.
  */
-import { connect, type PeerClient } from '../peer/client.js';
+import { connect, connectOptions, type PeerClient } from '../peer/client.js';
 import type { Target } from '../core/engine.js';
 import type { Key } from '../keys/keys.js';
 import type { PeerFetch } from './node.js';
@@ -49,15 +49,16 @@ export class PeerPool {
     let p = this.clients.get(address);
     if (!p) {
       const o = this.options;
-      p = connect(address, {
-        ...(o.token !== undefined ? { token: o.token } : {}),
-        ...(o.tokenFile !== undefined ? { tokenFile: o.tokenFile } : {}),
-        blockBytes: o.blockBytes,
-        timeoutMs: o.timeoutMs ?? 5000,
-        connectTimeoutMs: o.connectTimeoutMs ?? 2000,
-        // Reconnecting is this pool's business: a failed peer is dropped and dialled afresh.
-        reconnect: false,
-      });
+      p = connect(
+        address,
+        connectOptions(o, {
+          blockBytes: o.blockBytes,
+          timeoutMs: o.timeoutMs ?? 5000,
+          connectTimeoutMs: o.connectTimeoutMs ?? 2000,
+          // Reconnecting is this pool's business: a failed peer is dropped and dialled afresh.
+          reconnect: false,
+        }),
+      );
       this.clients.set(address, p);
       p.catch(() => {
         if (this.clients.get(address) === p) this.clients.delete(address);

@@ -167,6 +167,14 @@ describe('kvtier serve under bad input', () => {
         ],
         ['an unknown message type', () => rawFrame(0x7e, 1, keysMeta([])), 1],
         ['a result type sent to the server', () => rawFrame(0x13, 1, keysMeta([])), 1],
+        // Verbs-only frames and flags on a TCP connection (Transport.refuses).
+        ['VERBS_CONNECT on a tcp connection', () => rawFrame(0x20, 0, Buffer.alloc(28)), 1],
+        ['RELEASE on a tcp connection', () => rawFrame(0x22, 1, Buffer.alloc(0)), 1],
+        [
+          'a GET with REMOTE_READ on a tcp connection',
+          () => rawFrame(0x12, 1, keysMeta(keysFor(1, 7)), Buffer.alloc(0), 0, 0x02),
+          1,
+        ],
       ];
       for (const [what, make, kind] of cases) {
         const peer = await RawPeer.open(server.port);

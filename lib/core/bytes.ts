@@ -1,0 +1,16 @@
+/**
+ * Byte views of host memory targets: one helper for every place that needs to read or copy a
+ * block in JavaScript (checksums, copies between places of one batch).
+ */
+import { DeviceRegion } from './gpu/device-region.js';
+import { KvtierError } from './errors.js';
+import { Region } from './region.js';
+import type { Target } from './engine.js';
+
+/** The bytes [offset, offset + length) of a host target, as a view (no copy). */
+export function hostBytes(t: Target, offset: number, length: number): Uint8Array {
+  if (t instanceof Region) return t.view(offset, length);
+  if (t instanceof DeviceRegion) throw new KvtierError('KVTIER_BAD_ARGUMENT', 'not host memory');
+  if (ArrayBuffer.isView(t)) return new Uint8Array(t.buffer, t.byteOffset + offset, length);
+  return new Uint8Array(t, offset, length);
+}

@@ -1,0 +1,308 @@
+/**
+ * A client of a kvtier peer (`kvtier serve`): batched put, get, lookup and delete over the peer
+ * protocol. Many requests may be in flight on one connection; the connection, its requests and
+ * reconnecting are session.ts's, small requests leave together (coalescing.ts), and the blocks
+ * travel the session's data path (TCP frames, or RDMA over verbs).
+ */
+import { lookup as dnsLookup } from 'node:dns/promises';
+
+import { checkTarget, type Target } from '../../core/engine.js';
+import { KvtierError } from '../../core/errors.js';
+import { DeviceRegion } from '../../core/gpu/device-region.js';
+import { Region } from '../../core/region.js';
+import { string } from '../../core/validate.js';
+import { toKeys, type Key, type KeyChain, type KeyLike } from '../../keys/keys.js';
+import { MsgType, parseAddress, RequestFlag, Status } from '../protocol.js';
+import { chooseTransport } from '../transports.js';
+import { Coalescer, type Batch } from './coalescing.js';
+import { TcpPath, TwoStepPuts } from './data-path.js';
+import { handshake } from './handshake.js';
+import {
+  checkConnectOptions,
+  secretOf,
+  type ConnectOptions,
+  type PeerPutOptions,
+} from './options.js';
+import { HOST_MEMORY_ONLY, type Memory } from './memory.js';
+import { Sessions, type Session } from './session.js';
+import { VerbsPath } from './verbs-path.js';
+
+export { connectOptions, type ConnectOptions, type PeerPutOptions } from './options.js';
+
+export interface PeerPutResult {
+  /** Per key: 'stored', 'present' (already there) or 'rejected' (no room or failed). */
+  status: ('stored' | 'present' | 'rejected')[];
+  stored: number;
+  present: number;
+  rejected: number;
+}
+
+export interface PeerGetResult {
+  found: boolean[];
+  count: number;
+  prefix: number;
+}
+
+export interface PeerLookupResult {
+  present: boolean[];
+  prefix: number;
+}
+
+/** Connects and authenticates; rejects with KVTIER_AUTH, KVTIER_PROTOCOL or KVTIER_PEER. */
+export async function connect(url: string, given: ConnectOptions = {}): Promise<PeerClient> {
+  const { host, port } = parseAddress(string(url, 'url'));
+  const options = checkConnectOptions(given);
+  const secret = await secretOf(options);
+  const choice = chooseTransport(options.transport ?? 'auto');
+  const address = (await dnsLookup(host).catch((e: unknown) => {
+    throw new KvtierError('KVTIER_PEER', `cannot resolve ${host}`, { cause: e });
+  })) as { address: string };
+  const client = new PeerClient(url, address.address, port, secret, options, choice.kind);
+  await client.open();
+  return client;
+}
+
+export class PeerClient {
+  private readonly sessions: Sessions;
+  private readonly verbs: VerbsPath;
+  private readonly tcp: TcpPath;
+  private readonly twoStep: TwoStepPuts;
+  private readonly coalescer: Coalescer;
+  readonly timeoutMs: number;
+  /** Why this transport was chosen. */
+  transportReason = '';
+
+  /** @internal */
+  constructor(
+    readonly url: string,
+    address: string,
+    port: number,
+    secret: Buffer,
+    private readonly options: ConnectOptions,
+    private readonly wantTransport: 'tcp' | 'verbs',
+  ) {
+    this.sessions = new Sessions(url, options, (events) =>
+      handshake(
+        {
+          net: this.sessions.net,
+          url,
+          address,
+          port,
+          secret,
+          options,
+          want: wantTransport,
+          queuePairs: this.verbs,
+          paths: { tcp: this.tcp, verbs: this.verbs },
+          chose: (reason) => (this.transportReason = reason),
+        },
+        events,
+      ),
+    );
+    this.timeoutMs = this.sessions.timeoutMs;
+    this.verbs = new VerbsPath(this.sessions);
+    this.tcp = new TcpPath(this.sessions);
+    this.twoStep = new TwoStepPuts(this.sessions);
+    this.coalescer = new Coalescer(this.sessions, (s, type, flags, keys, memory) =>
+      this.frames(s, type, flags, keys, memory),
+    );
+  }
+
+  get blockBytes(): number {
+    return this.sessions.session?.blockBytes ?? this.options.blockBytes ?? 0;
+  }
+
+  get maxBatch(): number {
+    return this.sessions.session?.maxBatch ?? 0;
+  }
+
+  get connected(): boolean {
+    return this.sessions.session !== undefined;
+  }
+
+  get transport(): 'tcp' | 'verbs' {
+    return this.sessions.session?.transport.kind ?? this.wantTransport;
+  }
+
+  /** Blocks received whose bytes failed their checksum (reported missing). */
+  get corrupt(): number {
+    return this.sessions.corruptBlocks;
+  }
+
+  /** @internal Connects and runs the handshake. */
+  open(): Promise<void> {
+    return this.sessions.open();
+  }
+
+  /** Waits until connected again (or `ms` pass); resolves with whether it is connected. */
+  waitConnected(ms = this.timeoutMs): Promise<boolean> {
+    return this.sessions.waitConnected(ms);
+  }
+
+  /** Splits a batch into frames the server accepts and runs them at once. */
+  private async batched(
+    type: number,
+    keys: KeyChain | readonly KeyLike[],
+    target?: Target,
+    at?: readonly number[],
+    flags = 0,
+  ): Promise<Batch> {
+    const s = this.sessions.ready();
+    const list = toKeys(keys);
+    const slots = at ?? list.map((_, i) => i);
+    if (target !== undefined) {
+      if (target instanceof DeviceRegion) {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', HOST_MEMORY_ONLY);
+      }
+      const size = target.byteLength;
+      if (target instanceof Region) target.assertOpen();
+      if (slots.length !== list.length) {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', 'one block index per key is needed');
+      }
+      const highest = slots.reduce((m, x) => Math.max(m, x), -1);
+      if (
+        slots.some((x) => !Number.isSafeInteger(x) || x < 0) ||
+        size < (highest + 1) * s.blockBytes
+      ) {
+        throw new KvtierError(
+          'KVTIER_BAD_ARGUMENT',
+          `${size} bytes cannot hold ${highest + 1} blocks of ${s.blockBytes} bytes`,
+        );
+      }
+    }
+    if (target !== undefined && this.coalescer.fits(s, list.length)) {
+      return this.coalescer.add(s, type, flags, list, target, slots);
+    }
+    return this.frames(
+      s,
+      type,
+      flags,
+      list,
+      target ? { targets: list.map(() => target), slots } : undefined,
+    );
+  }
+
+  /** Splits a batch into frames the server accepts and runs them at once. */
+  private async frames(
+    s: Session,
+    type: number,
+    flags: number,
+    list: Key[],
+    memory: Memory | undefined,
+  ): Promise<Batch> {
+    const chunks: Promise<Batch>[] = [];
+    for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
+      const part = list.slice(from, from + s.maxBatch);
+      const mem = memory
+        ? {
+            targets: memory.targets.slice(from, from + s.maxBatch),
+            slots: memory.slots.slice(from, from + s.maxBatch),
+          }
+        : undefined;
+      if (type === MsgType.PUT && mem && s.transport.twoStepPut(s.blockBytes, s.lands)) {
+        chunks.push(this.twoStep.put(s, part, mem, flags));
+      } else if (type === MsgType.GET && mem) {
+        chunks.push(s.path.get(s, part, mem, flags));
+      } else {
+        chunks.push(this.sessions.request(s, type, part, mem, flags));
+      }
+      if (list.length === 0) break;
+    }
+    const results = await Promise.all(chunks);
+    const statuses = results.flatMap((r) => r.statuses);
+    // LOOKUP's word is the prefix of its chunk; the whole prefix runs through full chunks only.
+    let word = 0;
+    for (const r of results) {
+      word += r.word;
+      if (r.word < r.statuses.length) break;
+    }
+    return { statuses, word };
+  }
+
+  /** Stores block i of src (bytes [i*blockBytes, (i+1)*blockBytes)) under keys[i] on the peer. */
+  async put(
+    keys: KeyChain | readonly KeyLike[],
+    src: Target,
+    options: PeerPutOptions = {},
+  ): Promise<PeerPutResult> {
+    checkTarget(src, 'src');
+    return this.putAt(keys, src, undefined, options);
+  }
+
+  /** @internal put() with block `at[i]` of src under keys[i]. */
+  async putAt(
+    keys: KeyChain | readonly KeyLike[],
+    src: Target,
+    at?: readonly number[],
+    options: PeerPutOptions = {},
+  ): Promise<PeerPutResult> {
+    if (options === null || typeof options !== 'object') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'put options must be an object');
+    }
+    const durable = options.durable ?? this.options.durable ?? false;
+    if (typeof durable !== 'boolean') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'durable must be a boolean');
+    }
+    if (durable && !this.sessions.ready().durable) {
+      throw new KvtierError(
+        'KVTIER_NOT_AVAILABLE',
+        `${this.url} cannot make puts durable (it has no file tier, or predates durable puts)`,
+      );
+    }
+    const flags = durable ? RequestFlag.DURABLE : 0;
+    const { statuses } = await this.batched(MsgType.PUT, keys, src, at, flags);
+    const status = statuses.map((s) =>
+      s === Status.OK ? 'stored' : s === Status.PRESENT ? 'present' : 'rejected',
+    ) as PeerPutResult['status'];
+    const count = (w: string): number => status.filter((s) => s === w).length;
+    return {
+      status,
+      stored: count('stored'),
+      present: count('present'),
+      rejected: count('rejected'),
+    };
+  }
+
+  /**
+   * Reads blocks into dst (block i at i*blockBytes). A block is reported found only once all of
+   * its bytes arrived; bytes of missing blocks are left untouched.
+   */
+  async get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+    checkTarget(dst, 'dst');
+    return this.getAt(keys, dst);
+  }
+
+  /**
+   * @internal get() with block `at[i]` of dst for keys[i]; `localOnly` asks the peer not to
+   * fetch from the cluster on a miss (RequestFlag.LOCAL_ONLY).
+   */
+  async getAt(
+    keys: KeyChain | readonly KeyLike[],
+    dst: Target,
+    at?: readonly number[],
+    options: { localOnly?: boolean } = {},
+  ): Promise<PeerGetResult> {
+    const flags = options.localOnly ? RequestFlag.LOCAL_ONLY : 0;
+    const { statuses } = await this.batched(MsgType.GET, keys, dst, at, flags);
+    const found = statuses.map((s) => s === Status.OK);
+    let prefix = 0;
+    while (prefix < found.length && found[prefix]) prefix++;
+    return { found, count: found.filter(Boolean).length, prefix };
+  }
+
+  async lookup(keys: KeyChain | readonly KeyLike[]): Promise<PeerLookupResult> {
+    const { statuses, word } = await this.batched(MsgType.LOOKUP, keys);
+    return { present: statuses.map((s) => s === Status.OK), prefix: word };
+  }
+
+  /** Removes blocks from the peer; resolves with how many it removed (pinned ones stay). */
+  async delete(keys: KeyChain | readonly KeyLike[]): Promise<{ removed: number }> {
+    const { statuses } = await this.batched(MsgType.DELETE, keys);
+    return { removed: statuses.filter((s) => s === Status.OK).length };
+  }
+
+  /** Closes the connection; requests in flight reject with KVTIER_PEER. */
+  async close(): Promise<void> {
+    await this.sessions.close();
+    this.verbs.close();
+  }
+}
