@@ -47,7 +47,7 @@ export class Landing {
     const host = wh.stats().tiers[0];
     const byShare = host?.kind === 'host' ? Math.floor(host.capacityBlocks * LANDING_SHARE) : 0;
     const want = Math.min(Math.floor(LANDING_BYTES / wh.blockBytes), byShare);
-    this.target = want >= LANDING_MIN_SLOTS && wh.takesBytesInPlace() ? want : 0;
+    this.target = want >= LANDING_MIN_SLOTS && wh.hostSlots.inPlace() ? want : 0;
   }
 
   /** Whether puts may land here at all (announced to clients, who then put in one step). */
@@ -64,9 +64,9 @@ export class Landing {
     if (this.claiming || this.out.size >= this.target) return;
     this.claiming = (async () => {
       try {
-        const claimed = await this.warehouse.claim(this.target - this.out.size);
+        const claimed = await this.warehouse.hostSlots.claim(this.target - this.out.size);
         if (this.closed) {
-          this.warehouse.unclaim(claimed);
+          this.warehouse.hostSlots.giveBack(claimed);
           return;
         }
         for (const slot of claimed) {
@@ -128,7 +128,7 @@ export class Landing {
 
   private forget(token: number, slot: LandingSlot): void {
     this.slots.delete(token);
-    this.warehouse.unclaim([slot]);
+    this.warehouse.hostSlots.giveBack([slot]);
   }
 
   /**
@@ -144,7 +144,7 @@ export class Landing {
     const slots = Array.from(tokens, (t) => this.back(t)!);
     let stored: boolean[] | undefined;
     try {
-      stored = await this.warehouse.land(keys, slots, checksums);
+      stored = await this.warehouse.hostSlots.land(keys, slots, checksums);
       return stored;
     } finally {
       tokens.forEach((token, i) => {

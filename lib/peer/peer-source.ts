@@ -14,7 +14,7 @@ import { badArgument, finite, guard, options as readOptions, string } from '../c
 import type { Key } from '../keys/keys.js';
 import { registerSourceKind } from '../warehouse/sources.js';
 import type { SourceTier, TierStats } from '../warehouse/types.js';
-import { connect, type PeerClient } from './client.js';
+import { connect, connectOptions, type PeerClient } from './client.js';
 
 export interface PeerTierOptions {
   kind: 'peer';
@@ -53,12 +53,10 @@ export class PeerSource implements SourceTier {
   ) {}
 
   static async open(options: PeerTierOptions, blockBytes: number): Promise<PeerSource> {
-    const client = await connect(options.url, {
-      ...(options.token !== undefined ? { token: options.token } : {}),
-      ...(options.tokenFile !== undefined ? { tokenFile: options.tokenFile } : {}),
-      blockBytes,
-      timeoutMs: options.timeoutMs ?? 10_000,
-    });
+    const client = await connect(
+      options.url,
+      connectOptions(options, { blockBytes, timeoutMs: options.timeoutMs ?? 10_000 }),
+    );
     return new PeerSource(options.name ?? 'peer', client);
   }
 

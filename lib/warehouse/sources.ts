@@ -10,9 +10,9 @@
  *
  * One routine fills misses from them in that order (fill()); the Warehouse never names a kind.
  */
+import { hostBytes } from '../core/bytes.js';
 import type { Target } from '../core/engine.js';
 import { abortError, KvtierError } from '../core/errors.js';
-import { Region } from '../core/region.js';
 import { badArgument, guard } from '../core/validate.js';
 import type { Key } from '../keys/keys.js';
 import type {
@@ -185,11 +185,5 @@ function firstMisses(keys: readonly Key[], found: readonly boolean[]): number[] 
 
 /** Copies block `from` of dst to block `to` (dst is host memory: get refuses GPU memory). */
 function copyBlock(dst: Target, from: number, to: number, bs: number): void {
-  const block = (at: number): Uint8Array =>
-    dst instanceof Region
-      ? dst.view(at, bs)
-      : ArrayBuffer.isView(dst)
-        ? new Uint8Array(dst.buffer, dst.byteOffset + at, bs)
-        : new Uint8Array(dst as ArrayBuffer, at, bs);
-  block(to * bs).set(block(from * bs));
+  hostBytes(dst, to * bs, bs).set(hostBytes(dst, from * bs, bs));
 }

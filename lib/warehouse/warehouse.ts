@@ -35,15 +35,12 @@ import type {
   EvictResult,
   GetOptions,
   GetResult,
-  LandingSlot,
   Lease,
-  LentBlock,
   LookupResult,
   PrefetchOptions,
   PrefetchResult,
   PutOptions,
   PutResult,
-  Reservation,
   WarehouseOptions,
   WarehouseStats,
 } from './types.js';
@@ -310,54 +307,5 @@ export class Warehouse {
   close(): Promise<void> {
     this.closing ??= closeParts(this.parts);
     return this.closing;
-  }
-
-  // The host-slot protocol's old entry points, until the peer server and engine channel move.
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  takesBytesInPlace(): boolean {
-    return this.hostSlots.inPlace();
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  claim(count: number): Promise<LandingSlot[]> {
-    return this.hostSlots.claim(count);
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  land(
-    keys: readonly Key[],
-    slots: readonly LandingSlot[],
-    sums: ArrayLike<number>,
-  ): Promise<boolean[]> {
-    return this.hostSlots.land(keys, slots, sums);
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  unclaim(slots: readonly LandingSlot[]): void {
-    this.hostSlots.giveBack(slots);
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
-    return this.hostSlots.reserve(keys);
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  get persists(): boolean {
-    return this.hostSlots.persists;
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  persist(keys: readonly Key[]): Promise<boolean[]> {
-    return this.hostSlots.persist(keys);
-  }
-
-  /** @deprecated internal: use warehouse.hostSlots; removed once callers move */
-  lend<T>(
-    keys: readonly KeyLike[],
-    use: (places: (LentBlock | undefined)[]) => Promise<T>,
-  ): Promise<T> {
-    return this.hostSlots.lend(keys, use);
   }
 }

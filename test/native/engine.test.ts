@@ -65,7 +65,7 @@ describe.each(engineKinds())('%s engine', (kind: EngineKind) => {
   it('native close() finishes every op already queued before it joins (worker pool drain)', async () => {
     // The public close() waits for batches first; the binding's own close() must still complete
     // whatever its threads have queued, or a batch's promise would never settle.
-    const engine = new (native().NativeEngine)({ kind, queueDepth: 1 });
+    const engine = new (native().NativeEngine)({ kind: kind as 'io_uring' | 'threads', queueDepth: 1 });
     const block = 4096;
     const blocks = 64;
     const src = Region.allocate(block * blocks);

@@ -65,7 +65,7 @@ describe('peer integrity', () => {
     const keys = keysFor(2, 2);
     const src = randomBytes(2 * BS);
     await client.put(keys, src);
-    await wh.lend(keys.slice(1), async ([b]) => {
+    await wh.hostSlots.lend(keys.slice(1), async ([b]) => {
       const view = (b!.target as Region).view(b!.offset, BS);
       view[12345]! ^= 0xff;
       return Promise.resolve();

@@ -240,7 +240,7 @@ describe('Warehouse.claim and land', () => {
       const keys = keysFor(8, 9);
       const src = randomBytes(8 * 4096);
       await w.put(keys, src);
-      const slots = await w.claim(3);
+      const slots = await w.hostSlots.claim(3);
       expect(slots).toHaveLength(3);
       expect(w.stats().tiers[0]!.usedBlocks).toBe(8); // 5 blocks and 3 claimed slots
       expect(w.lookup(keys).tiers.filter((t) => t === 1)).toHaveLength(3); // demoted, not lost
@@ -253,13 +253,13 @@ describe('Warehouse.claim and land', () => {
         native().crc32c(bytes.subarray(i * 4096, (i + 1) * 4096)),
       );
       // fresh[0] twice and keys[0] (already stored) are not stored again.
-      const stored = await w.land([fresh[0]!, fresh[1]!, fresh[0]!], slots, [
+      const stored = await w.hostSlots.land([fresh[0]!, fresh[1]!, fresh[0]!], slots, [
         checksums[0]!,
         checksums[1]!,
         checksums[2]!,
       ]);
       expect(stored).toEqual([true, true, false]);
-      w.unclaim([slots[2]!]);
+      w.hostSlots.giveBack([slots[2]!]);
       expect(w.stats().tiers[0]!.usedBlocks).toBe(7);
       const got = Buffer.alloc(2 * 4096);
       expect((await w.get(fresh.slice(0, 2), got)).count).toBe(2);
@@ -268,7 +268,7 @@ describe('Warehouse.claim and land', () => {
       expect((await w.get(keys, all)).count).toBe(8);
       expect(all.equals(src)).toBe(true);
       expect(changes.some((c) => c.added.includes(fresh[1]!))).toBe(true);
-      await expect(w.land([fresh[2]!], slots, [])).rejects.toMatchObject({
+      await expect(w.hostSlots.land([fresh[2]!], slots, [])).rejects.toMatchObject({
         code: 'KVTIER_BAD_ARGUMENT',
       });
     } finally {
@@ -288,8 +288,8 @@ describe('Warehouse.claim and land', () => {
       ],
     });
     try {
-      expect(await w.claim(2)).toEqual([]);
-      expect(w.takesBytesInPlace()).toBe(false);
+      expect(await w.hostSlots.claim(2)).toEqual([]);
+      expect(w.hostSlots.inPlace()).toBe(false);
     } finally {
       await w.close();
       d.remove();
@@ -320,13 +320,13 @@ async function queueingServer(
 describe('backpressure', () => {
   it('stops reading a connection whose requests pile up, and serves them all once they drain', async () => {
     const { w, s, raw } = await queueingServer(1024);
-    let gate: Awaited<ReturnType<Warehouse['reserve']>>;
+    let gate: Awaited<ReturnType<Warehouse['hostSlots']['reserve']>>;
     try {
       // 320 puts of two blocks (40 MiB) whose keys a reservation holds: none can finish until it
       // ends, so without backpressure every byte would queue in the server.
       const frames = 320;
       const keys = keysFor(frames * 2, 11);
-      gate = await w.reserve(keys);
+      gate = await w.hostSlots.reserve(keys);
       expect(gate).toBeDefined();
       const src = randomBytes(frames * 2 * BS);
       for (let f = 0; f < frames; f++) {
@@ -359,10 +359,10 @@ describe('backpressure', () => {
 
   it('a paused connection whose client hangs up is closed', async () => {
     const { w, s, raw } = await queueingServer(256);
-    let gate: Awaited<ReturnType<Warehouse['reserve']>>;
+    let gate: Awaited<ReturnType<Warehouse['hostSlots']['reserve']>>;
     try {
       const keys = keysFor(16, 30);
-      gate = await w.reserve(keys);
+      gate = await w.hostSlots.reserve(keys);
       for (let f = 0; f < 8; f++) {
         raw.send(
           rawFrame(0x10, f + 1, keysMeta(keys.slice(2 * f, 2 * f + 2)), randomBytes(2 * BS)),

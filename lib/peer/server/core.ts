@@ -199,7 +199,7 @@ export class ServerCore {
    * OK or PRESENT; the others answer REJECTED, so nothing is acknowledged that a crash could lose.
    */
   async persisted(keys: Key[], statuses: number[]): Promise<number[]> {
-    const safe = await this.options.warehouse.persist(keys);
+    const safe = await this.options.warehouse.hostSlots.persist(keys);
     return statuses.map((x, i) =>
       safe[i] || (x !== Status.OK && x !== Status.PRESENT) ? x : Status.REJECTED,
     );

@@ -144,7 +144,7 @@ export class Gets {
     const { core } = this;
     const wh = core.options.warehouse;
     const bs = wh.blockBytes;
-    await wh.lend(keys, async (lent) => {
+    await wh.hostSlots.lend(keys, async (lent) => {
       const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
       const region = rest.length > 0 ? core.pool.take(rest.length * bs) : undefined;
       region?.inFlight.begin();

@@ -90,7 +90,7 @@ export class Handlers {
       return undefined;
     }
     const durable = core.durable(type, flags);
-    if (durable && !core.options.warehouse.persists) {
+    if (durable && !core.options.warehouse.hostSlots.persists) {
       const message = 'durable puts need a file tier, and this server has none';
       core.refuse(state, rid, ErrorKind.INTERNAL, message);
       return undefined;

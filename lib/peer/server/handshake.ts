@@ -83,7 +83,7 @@ export class ServerHandshake {
       TCP.capability |
       (core.transport.verbs ? VERBS.capability : 0) |
       (core.landing.enabled ? Capability.LANDS : 0) |
-      (core.options.warehouse.persists ? Capability.DURABLE : 0)
+      (core.options.warehouse.hostSlots.persists ? Capability.DURABLE : 0)
     );
   }
 

@@ -55,7 +55,7 @@ export class Offers {
     state.offering.add(rid);
     let reservation: Reservation | undefined;
     try {
-      reservation = await wh.reserve(keys);
+      reservation = await wh.hostSlots.reserve(keys);
     } finally {
       state.offering.delete(rid);
     }
