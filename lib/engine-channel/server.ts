@@ -70,11 +70,7 @@ export class EngineChannel {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', `socket mode must be 0 to 0777, got ${mode}`);
     }
     await clearStale(options.path);
-    const ctx = new ChannelContext(
-      options.warehouse,
-      options.log ?? (() => {}),
-      options.observe,
-    );
+    const ctx = new ChannelContext(options.warehouse, options.log ?? (() => {}), options.observe);
     const server = createServer({ allowHalfOpen: false });
     const channel = new EngineChannel(options.path, ctx, server);
     server.on('connection', (socket) => {

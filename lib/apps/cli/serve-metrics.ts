@@ -20,8 +20,8 @@ import { timedWarehouse } from './timed-warehouse.js';
 
 /** Seconds: 50 us (a host-tier hit) to 10 s (a large batch from a slow disk). */
 const LATENCY_BUCKETS = [
-  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-  2.5, 5, 10,
+  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+  5, 10,
 ];
 
 /** HOST:PORT, [V6]:PORT, or a bare PORT (then loopback: metrics are not for the whole network). */
@@ -123,7 +123,11 @@ export class ServeMetrics {
     tier('kvtier_tier_evictions_total', 'Blocks evicted from this tier', 'evictions');
     tier('kvtier_tier_promotions_total', 'Blocks copied up into this tier', 'promotions');
     tier('kvtier_tier_demotions_total', 'Blocks moved down out of this tier', 'demotions');
-    tier('kvtier_tier_corrupt_blocks_total', 'Blocks of this tier whose checksum failed', 'corrupt');
+    tier(
+      'kvtier_tier_corrupt_blocks_total',
+      'Blocks of this tier whose checksum failed',
+      'corrupt',
+    );
     tier('kvtier_tier_errors_total', 'Failed operations of a source tier (a peer)', 'errors');
     const level = (name: string, help: string, field: Field2): void =>
       this.gauge(name, help, ['tier', 'kind'], () => perTier(field));
