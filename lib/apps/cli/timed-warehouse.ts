@@ -60,7 +60,7 @@ function timedView<T extends object>(target: T, observe: OperationObserver, nest
     get(t, prop) {
       if (made.has(prop)) return made.get(prop);
       const value: unknown = Reflect.get(t, prop, t);
-      let out = value;
+      let out: unknown;
       if (typeof prop === 'string' && nested.includes(prop) && value && typeof value === 'object') {
         out = timedView(value, observe, []);
       } else if (typeof value === 'function') {
