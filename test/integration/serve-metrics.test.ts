@@ -7,8 +7,7 @@ import { networkInterfaces } from 'node:os';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { connect, type PeerClient } from '../../lib/index.js';
-import { Region } from '../../lib/index.js';
+import { connect, type PeerClient, Region } from '../../lib/index.js';
 import { type EngineClient } from '../../lib/engine-channel/client.js';
 import {
   BLOCK_BYTES,
