@@ -7,6 +7,12 @@ import { Staging } from './staging.js';
 
 export type Log = (event: string, fields?: Record<string, unknown>) => void;
 
+/**
+ * Told of every request a session served: its op, seconds from dispatch to answer, and the error
+ * code it failed with (undefined when it succeeded). For metrics; requests are not timed without.
+ */
+export type RequestObserver = (op: string, seconds: number, code: string | undefined) => void;
+
 export interface EngineCounters {
   connections: number;
   connected: number;
@@ -59,6 +65,7 @@ export class ChannelContext {
   constructor(
     readonly warehouse: Warehouse,
     readonly log: Log,
+    readonly observe?: RequestObserver,
   ) {
     this.maxBatch = maxBatchFor(warehouse.blockBytes);
     this.staging = new Staging(this.maxBatch * warehouse.blockBytes);

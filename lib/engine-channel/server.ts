@@ -8,7 +8,7 @@ import { connect, createServer, type Server } from 'node:net';
 
 import { KvtierError } from '../core/errors.js';
 import type { Warehouse } from '../warehouse/warehouse.js';
-import { ChannelContext, type EngineCounters, type Log } from './context.js';
+import { ChannelContext, type EngineCounters, type Log, type RequestObserver } from './context.js';
 import { Session } from './session.js';
 
 export interface EngineChannelOptions {
@@ -17,6 +17,8 @@ export interface EngineChannelOptions {
   mode?: number;
   warehouse: Warehouse;
   log?: Log;
+  /** Told of each request served, with its latency (`kvtier serve --metrics`). */
+  observe?: RequestObserver;
 }
 
 /** Whether something answers on the socket at `path` (a live server we must not replace). */
@@ -68,7 +70,7 @@ export class EngineChannel {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', `socket mode must be 0 to 0777, got ${mode}`);
     }
     await clearStale(options.path);
-    const ctx = new ChannelContext(options.warehouse, options.log ?? (() => {}));
+    const ctx = new ChannelContext(options.warehouse, options.log ?? (() => {}), options.observe);
     const server = createServer({ allowHalfOpen: false });
     const channel = new EngineChannel(options.path, ctx, server);
     server.on('connection', (socket) => {

@@ -95,6 +95,9 @@ export class Session {
   private async run(op: string, id: number, f: Frame): Promise<void> {
     this.ctx.counters.requests++;
     this.inFlight++;
+    const observe = this.ctx.observe;
+    const start = observe ? process.hrtime.bigint() : 0n;
+    let failed: string | undefined;
     try {
       const handler = Object.hasOwn(handlers, op) ? handlers[op] : undefined;
       if (!handler) throw new KvtierError('KVTIER_BAD_ARGUMENT', `unknown op '${op}'`);
@@ -103,11 +106,16 @@ export class Session {
     } catch (e) {
       this.ctx.counters.errors++;
       const code = isKvtierError(e) ? e.code : 'KVTIER_IO';
+      failed = code;
       if (!isKvtierError(e))
         this.ctx.log('engine-error', { pid: this.state.pid, op, error: String(e) });
       this.send({ id, ok: false, code, message: (e as Error).message ?? String(e) });
     } finally {
       this.inFlight--;
+      // Unknown ops are named by the client: one label value for all of them keeps the metric's
+      // series bounded.
+      const known = Object.hasOwn(handlers, op) ? op : 'unknown';
+      observe?.(known, Number(process.hrtime.bigint() - start) / 1e9, failed);
     }
   }
 

@@ -14,7 +14,9 @@ import { createServer } from 'node:net';
 
 import { connect, KvtierError, type PeerClient, Region } from '../../index.js';
 import { LANDING_BYTES, parseAddress } from '../../internal.js';
+import { checkRoom, fittedSizes, noRoom, passSizes } from './net-fit.js';
 import { median } from './stats.js';
+import { formatSize } from '../sizes.js';
 
 export interface NetBenchOptions {
   /** HOST:PORT of a running `kvtier serve`; without it a server is started on loopback. */
@@ -24,6 +26,11 @@ export interface NetBenchOptions {
   inflight: number;
   /** Bytes moved per timed pass at blockSize. */
   bytes: number;
+  /**
+   * `bytes` was asked for: a peer that cannot hold such passes stops the run before anything is
+   * timed. Otherwise the passes are made smaller to fit it (reported as `fitted`).
+   */
+  fixedBytes?: boolean;
   /** Block size of the operations-per-second rows. */
   smallBlockSize: number;
   /** Operations per timed pass at smallBlockSize. */
@@ -74,6 +81,11 @@ export interface NetBenchReport {
   iperf3: { path: string; gbps: number; runs: number[] } | { missing: string };
   reps: number;
   rows: NetRow[];
+  /**
+   * Present when the peer could not hold the passes --bytes asked for by default, and they were
+   * sized to what it held: the bytes asked for, the bytes of each pass, and the blocks it held.
+   */
+  fitted?: { requestedBytes: number; bytes: number; peerBlocks: number };
 }
 
 const CLI = cliPath;
@@ -251,6 +263,7 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
   let transport = 'tcp';
   let transportReason = '';
   let peerName = options.peer ?? '';
+  let fitted: NetBenchReport['fitted'];
   try {
     for (const bs of sizes) {
       let url: string;
@@ -282,12 +295,6 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
       const buffers = Region.allocate(inflight * bs);
       try {
         randomFillSync(new Uint8Array(buffers.buffer));
-        const ops =
-          bs === blockSize ? Math.max(inflight, Math.floor(options.bytes / bs)) : options.smallOps;
-        const distinct =
-          bs === blockSize
-            ? Math.max(inflight, Math.floor(Math.min(options.bytes, 256 << 20) / bs))
-            : 4096;
         const salt = randomBytes(8).toString('hex');
         // Hex keys: the salt keeps runs against a long-lived peer apart, the round the put passes.
         const keyOf = (i: number, round: number): string =>
@@ -295,12 +302,44 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
             64,
             '0',
           );
-        // The get working set, stored once.
-        const getKeys = Array.from({ length: distinct }, (_, i) => keyOf(i, 0));
-        for (let i = 0; i < distinct; i += inflight) {
-          const part = getKeys.slice(i, i + inflight);
-          await client.put(part, buffers);
+        const keysOf = (n: number, round: number): string[] =>
+          Array.from({ length: n }, (_, i) => keyOf(i, round));
+        let { ops, distinct } =
+          bs === blockSize
+            ? passSizes(options.bytes, bs, inflight)
+            : { ops: options.smallOps, distinct: 4096 };
+        // Before anything is timed: the get set and a put pass stored as the passes will, untimed
+        // (this is also the put warm-up: the server's memory is touched once, as a running
+        // server's is). A peer that cannot hold them stops the run here, or, when the pass size
+        // was not asked for, gets passes sized to what it held.
+        options.onProgress?.(`warming up at ${bs} B, checking the peer holds the passes`);
+        const room = await checkRoom(
+          client,
+          keysOf(distinct, 0),
+          keysOf(ops, 0xffff),
+          inflight,
+          buffers,
+        );
+        if (!room.fits) {
+          const fit = fittedSizes(room.held, bs, inflight);
+          const want = { ops, distinct };
+          if (options.fixedBytes || bs !== blockSize || !fit) {
+            throw noRoom(url, room.held, want, bs, inflight);
+          }
+          ({ ops, distinct } = fit);
+          options.onProgress?.(`passes sized to what the peer held: ${ops} blocks`);
+          const again = await checkRoom(
+            client,
+            keysOf(distinct, 0),
+            keysOf(ops, 0xffff),
+            inflight,
+            buffers,
+          );
+          if (!again.fits) throw noRoom(url, again.held, fit, bs, inflight);
+          fitted = { requestedBytes: options.bytes, bytes: ops * bs, peerBlocks: room.held };
         }
+        // The get working set, stored once (by checkRoom).
+        const getKeys = keysOf(distinct, 0);
         const results: Record<
           'get' | 'put',
           { gbps: number[]; lat: number[]; ops: number[]; bytes: number[] }
@@ -318,9 +357,6 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
           for (let i = 0; i < keys.length; i += 256) await client.delete(keys.slice(i, i + 256));
           return r;
         };
-        // Warm-up, untimed: the server's memory is touched once, as a running server's is.
-        options.onProgress?.(`warming up at ${bs} B`);
-        await putPass(0xffff);
         await pass(client, 'get', getKeys, Math.min(ops, distinct), inflight, buffers, bs);
         const ratios: Record<'get' | 'put', number[]> = { get: [], put: [] };
         for (let rep = 0; rep < reps; rep++) {
@@ -405,6 +441,7 @@ export async function runNetBench(options: NetBenchOptions): Promise<NetBenchRep
           : { missing: 'iperf3 did not run' },
     reps,
     rows,
+    ...(fitted ? { fitted } : {}),
   };
 }
 
@@ -415,6 +452,13 @@ export function netBenchJson(report: NetBenchReport): string {
 export function formatNetBench(report: NetBenchReport): string {
   const lines: string[] = [];
   lines.push(`peer: ${report.peer}`);
+  if (report.fitted) {
+    const f = report.fitted;
+    lines.push(
+      `passes sized to fit the peer: ${formatSize(f.bytes)} each, not ${formatSize(f.requestedBytes)} ` +
+        `(it held ${f.peerBlocks} blocks of this run at once; --bytes chooses)`,
+    );
+  }
   lines.push(`transport: ${report.transport} (${report.transportReason})`);
   if ('gbps' in report.iperf3) {
     lines.push(

@@ -276,7 +276,7 @@ interface NetCommandOptions {
   json?: boolean;
 }
 
-async function netCommand(opts: NetCommandOptions): Promise<void> {
+async function netCommand(opts: NetCommandOptions, cmd: Command): Promise<void> {
   const progress = progressLine();
   const report = await interruptible(
     (signal) =>
@@ -286,6 +286,7 @@ async function netCommand(opts: NetCommandOptions): Promise<void> {
         blockSize: parseSize(opts.blockSize, 'block size'),
         inflight: count(opts.inflight, 'in flight'),
         bytes: parseSize(opts.bytes, 'bytes'),
+        fixedBytes: cmd.getOptionValueSource('bytes') !== 'default',
         smallBlockSize: parseSize(opts.smallBlockSize, 'small block size'),
         smallOps: count(opts.smallOps, 'small ops'),
         reps: count(opts.reps, 'reps'),

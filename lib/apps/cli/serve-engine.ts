@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { KvtierError, Warehouse, type WarehouseOptions } from '../../index.js';
 import { EngineChannel } from '../../internal.js';
 import { serveUntilSignal, tierSummary, type Log } from './serve-lifecycle.js';
+import { ServeMetrics } from './serve-metrics.js';
 
 export interface EngineSocketOptions {
   engineSocket?: string;
@@ -42,13 +43,15 @@ export async function startEngineChannel(
   opts: EngineSocketOptions,
   warehouse: Warehouse,
   log: Log,
+  metrics?: ServeMetrics,
 ): Promise<EngineChannel | undefined> {
   if (opts.engineSocket === undefined) return undefined;
   return EngineChannel.start({
     path: resolve(opts.engineSocket),
     mode: modeOf(opts),
     warehouse,
-    log,
+    log: metrics?.countingLog('engine', log) ?? log,
+    ...(metrics ? { observe: metrics.engineObserver() } : {}),
   });
 }
 
@@ -57,25 +60,36 @@ export async function serveEnginesOnly(
   opts: EngineSocketOptions,
   options: WarehouseOptions,
   log: Log,
+  metricsAt?: { host: string; port: number },
 ): Promise<void> {
   const warehouse = await Warehouse.open(options);
-  let channel: EngineChannel;
+  const metrics = metricsAt ? new ServeMetrics(warehouse) : undefined;
+  let channel: EngineChannel | undefined;
+  let metricsPort: number | undefined;
   try {
-    channel = (await startEngineChannel(opts, warehouse, log))!;
+    channel = (await startEngineChannel(opts, warehouse, log, metrics))!;
+    metrics?.attach({ engines: channel });
+    if (metricsAt) metricsPort = await metrics!.listen(metricsAt.host, metricsAt.port);
   } catch (e) {
+    await channel?.close();
     await warehouse.close();
     throw e;
   }
+  const engines = channel;
   log('listening', {
-    engineSocket: channel.path,
+    engineSocket: engines.path,
     blockBytes: options.blockBytes,
-    maxBatch: channel.maxBatch,
+    maxBatch: engines.maxBatch,
+    ...(metricsAt ? { metricsHost: metricsAt.host, metricsPort } : {}),
     ...tierSummary(warehouse),
   });
   await serveUntilSignal(
     log,
     warehouse,
-    () => ({ engines: channel.counters.connected }),
-    () => channel.close(),
+    () => ({ engines: engines.counters.connected }),
+    async () => {
+      await metrics?.close();
+      await engines.close();
+    },
   );
 }

@@ -17,6 +17,7 @@ import {
   type TransportOption,
 } from '../../internal.js';
 import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
+import { parseMetricsAddress, ServeMetrics } from './serve-metrics.js';
 import {
   addEngineSocketOptions,
   checkEngineSocketOptions,
@@ -45,6 +46,7 @@ export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions {
   durability?: string;
   maxHandshakes?: string;
   payloadTimeout?: string;
+  metrics?: string;
 }
 
 /** A whole number from min to max, or KVTIER_BAD_ARGUMENT naming the option. */
@@ -84,11 +86,12 @@ function warehouseOptions(opts: ServeOptions): { blockBytes: number; tiers: Tier
 
 export async function serve(opts: ServeOptions): Promise<void> {
   const engineSocket = checkEngineSocketOptions(opts);
+  const metricsAt = opts.metrics === undefined ? undefined : parseMetricsAddress(opts.metrics);
   if (opts.listen === undefined && !engineSocket) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --listen, --engine-socket or both');
   }
   if (opts.listen === undefined) {
-    await serveEnginesOnly(opts, warehouseOptions(opts), log);
+    await serveEnginesOnly(opts, warehouseOptions(opts), log, metricsAt);
     return;
   }
   if (opts.tokenFile === undefined) {
@@ -120,12 +123,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const payloadTimeoutMs = intOption(opts.payloadTimeout, 30_000, '--payload-timeout', 86_400_000);
   const secret = await readTokenFile(opts.tokenFile);
   const warehouse = await Warehouse.open({ blockBytes, tiers, durability });
+  const metrics = metricsAt ? new ServeMetrics(warehouse) : undefined;
   let server: PeerServer;
   try {
     server = PeerServer.start({
       host,
       port,
-      warehouse,
+      warehouse: metrics?.peerWarehouse() ?? warehouse,
       secret,
       transport,
       maxConnections,
@@ -133,7 +137,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       durablePuts: durability === 'sync',
       maxHandshakes,
       payloadTimeoutMs,
-      log,
+      log: metrics?.countingLog('peer', log) ?? log,
     });
   } catch (e) {
     await warehouse.close();
@@ -141,10 +145,14 @@ export async function serve(opts: ServeOptions): Promise<void> {
   }
   let cluster: JoinedCluster | undefined;
   let engines: EngineChannel | undefined;
+  let metricsPort: number | undefined;
   try {
-    engines = await startEngineChannel(opts, warehouse, log);
+    engines = await startEngineChannel(opts, warehouse, log, metrics);
     cluster = await joinFromServe(opts, warehouse, { host, port: server.port }, secret, log);
+    metrics?.attach({ peer: server, ...(engines ? { engines } : {}) });
+    if (metricsAt) metricsPort = await metrics!.listen(metricsAt.host, metricsAt.port);
   } catch (e) {
+    await cluster?.close();
     await engines?.close();
     await server.close();
     await warehouse.close();
@@ -159,6 +167,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     durability,
     maxBatch: server.maxBatch,
     ...(engines ? { engineSocket: engines.path } : {}),
+    ...(metricsAt ? { metricsHost: metricsAt.host, metricsPort } : {}),
     ...tierSummary(warehouse),
   });
   await serveUntilSignal(
@@ -166,6 +175,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     warehouse,
     () => ({ connections: server.connections }),
     async () => {
+      await metrics?.close();
       await cluster?.close();
       await engines?.close();
       await server.close();
@@ -197,6 +207,10 @@ export function registerServe(program: Command): void {
       '64',
     )
     .option('--payload-timeout <ms>', 'close connections idle part way through a frame', '30000')
+    .option(
+      '--metrics <[host:]port>',
+      'serve Prometheus metrics at http://HOST:PORT/metrics (a bare port binds 127.0.0.1)',
+    )
     .action(async (opts: ServeOptions) => {
       await serve(opts);
     });
