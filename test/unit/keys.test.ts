@@ -74,7 +74,7 @@ describe('chainKeys', () => {
       );
     }
     for (const bad of [[-1], [1.5], [2 ** 32], [Number.NaN], ['7'], [null], [undefined]]) {
-      expect(() => chainKeys(bad, { blockTokens: 1 })).toThrow(
+      expect(() => chainKeys(bad as number[], { blockTokens: 1 })).toThrow(
         expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
       );
     }
