@@ -127,8 +127,9 @@ function tokenIds(tokens: ArrayLike<number>, blockTokens: number): Uint32Array {
   const ids = new Uint32Array(full);
   for (let i = 0; i < full; i++) {
     const t = tokens[i];
-    // One comparison: only a number that is already a uint32 survives >>> 0 unchanged.
-    if ((t as number) >>> 0 !== t) throw badArgument(`token ${i}`, 'a uint32', t);
+    // Only a number that is already a uint32 survives >>> 0 unchanged (the typeof first: >>> would
+    // call an object's valueOf, and throw a TypeError on a BigInt).
+    if (typeof t !== 'number' || t >>> 0 !== t) throw badArgument(`token ${i}`, 'a uint32', t);
     ids[i] = t;
   }
   return ids;

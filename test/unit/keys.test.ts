@@ -73,7 +73,19 @@ describe('chainKeys', () => {
         expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
       );
     }
-    for (const bad of [[-1], [1.5], [2 ** 32], [Number.NaN], ['7'], [null], [undefined]]) {
+    const valueOf = { valueOf: (): number => 7 };
+    for (const bad of [
+      [-1],
+      [1.5],
+      [2 ** 32],
+      [Number.NaN],
+      [Infinity],
+      ['7'],
+      [null],
+      [undefined],
+      [7n],
+      [valueOf],
+    ]) {
       expect(() => chainKeys(bad as number[], { blockTokens: 1 })).toThrow(
         expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
       );
