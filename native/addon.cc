@@ -33,6 +33,7 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("probe", Napi::Function::New(env, kvtier::Probe, "probe"));
   exports.Set("probeDirect", Napi::Function::New(env, kvtier::ProbeDirect, "probeDirect"));
   exports.Set("chainHash", Napi::Function::New(env, kvtier::ChainHash, "chainHash"));
+  exports.Set("hex", Napi::Function::New(env, kvtier::HexJs, "hex"));
   exports.Set("crc32c", Napi::Function::New(env, kvtier::Crc32cJs, "crc32c"));
   exports.Set("decodeSlotHeaders",
               Napi::Function::New(env, kvtier::DecodeSlotHeadersJs, "decodeSlotHeaders"));

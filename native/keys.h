@@ -7,6 +7,8 @@ namespace kvtier {
 
 // chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array(32)) -> Buffer(n * 32)
 Napi::Value ChainHash(const Napi::CallbackInfo& info);
+// hex(bytes: ArrayBufferView, start = 0, end = length) -> string: lowercase hex of [start, end)
+Napi::Value HexJs(const Napi::CallbackInfo& info);
 // crc32c(data: ArrayBufferView, seed = 0) -> number
 Napi::Value Crc32cJs(const Napi::CallbackInfo& info);
 

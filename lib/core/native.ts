@@ -197,6 +197,8 @@ export interface NativeAddon {
   probe(): NativeProbe;
   probeDirect(dir: string): DirectProbe;
   chainHash(tokens: Uint32Array, blockTokens: number, root: Uint8Array): Buffer;
+  /** Lowercase hex of bytes [start, end) (default: all of them). */
+  hex(bytes: ArrayBufferView, start?: number, end?: number): string;
   crc32c(data: ArrayBufferView, seed?: number): number;
   /** One entry per whole header in data (native/io/slot_header_js.h). */
   decodeSlotHeaders(

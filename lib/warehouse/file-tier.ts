@@ -11,7 +11,7 @@ import { ensureDir } from '../core/dirs.js';
 import { TransferBatch as Batch, type IoEngine, type TransferBatch } from '../core/engine.js';
 import { fromSystemError, KvtierError } from '../core/errors.js';
 import { openFile, type KvFile } from '../core/file.js';
-import { native } from '../core/native.js';
+import { native, type NativeAddon } from '../core/native.js';
 import { Region } from '../core/region.js';
 import type { FoundBlock, ScanResult, SlotBlock, SlotPlace, Tier } from './tier.js';
 import { KEY_BYTES, type Key } from '../keys/keys.js';
@@ -47,6 +47,12 @@ export interface FileTierOptions {
 }
 
 const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to;
+
+/** A safe integer as uint64 little-endian, without a BigInt. */
+function writeU64(out: Buffer, at: number, value: number): void {
+  out.writeUInt32LE(value % 0x1_0000_0000, at);
+  out.writeUInt32LE(Math.floor(value / 0x1_0000_0000), at + 4);
+}
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -234,29 +240,42 @@ export class FileTier implements Tier {
 
   describe(batch: TransferBatch, blocks: readonly SlotBlock[]): void {
     const { headerBytes } = this.meta;
-    const sorted = [...blocks].sort((x, y) => x.slot - y.slot);
+    // Usually in slot order already (free slots are handed out in order): then no copy to sort.
+    let sorted = blocks;
+    for (let i = 1; i < blocks.length; i++) {
+      if (blocks[i]!.slot < blocks[i - 1]!.slot) {
+        sorted = [...blocks].sort((x, y) => x.slot - y.slot);
+        break;
+      }
+    }
+    const addon = native();
     // Consecutive slots share one write: fewer descriptors, and one larger O_DIRECT request.
     for (let start = 0; start < sorted.length;) {
       let end = start + 1;
       while (end < sorted.length && sorted[end]!.slot === sorted[end - 1]!.slot + 1) end++;
       const run = Buffer.alloc((end - start) * headerBytes);
-      for (let i = start; i < end; i++)
-        this.encodeHeader(run, (i - start) * headerBytes, sorted[i]!);
+      for (let i = start; i < end; i++) {
+        this.encodeHeader(addon, run, (i - start) * headerBytes, sorted[i]!);
+      }
       batch.write(this.file, sorted[start]!.slot * headerBytes, run);
       start = end;
     }
   }
 
-  private encodeHeader(out: Buffer, at: number, block: SlotBlock): void {
-    const header = out.subarray(at, at + this.meta.headerBytes);
-    MAGIC.copy(header, 0);
-    const keyBuf = Buffer.from(block.key, 'hex');
-    header.writeUInt32LE(keyBuf.length, 8);
-    keyBuf.copy(header, 16);
-    header.writeBigUInt64LE(BigInt(block.length), 48);
-    header.writeUInt32LE(block.checksum >>> 0, 56);
-    header.writeBigUInt64LE(BigInt(++this.generation), 64);
-    header.writeUInt32LE(native().crc32c(header.subarray(0, HEADER_FIELDS)), HEADER_FIELDS);
+  /**
+   * One header (docs/format.md) into the zeroed `out` at `at`. Written field by field in place:
+   * no key Buffer, no BigInt, no views but the one the checksum reads (a put of 32 blocks of
+   * 256 KiB spent a tenth of its main-thread time here).
+   */
+  private encodeHeader(addon: NativeAddon, out: Buffer, at: number, block: SlotBlock): void {
+    MAGIC.copy(out, at);
+    // Keys are canonical hex (toKey): 16 to 32 bytes.
+    out.writeUInt32LE(out.write(block.key, at + 16, KEY_BYTES, 'hex'), at + 8);
+    writeU64(out, at + 48, block.length);
+    out.writeUInt32LE(block.checksum >>> 0, at + 56);
+    writeU64(out, at + 64, ++this.generation);
+    const fields = new Uint8Array(out.buffer, out.byteOffset + at, HEADER_FIELDS);
+    out.writeUInt32LE(addon.crc32c(fields), at + HEADER_FIELDS);
   }
 
   forget(batch: TransferBatch, slot: number): void {

@@ -205,6 +205,8 @@ describe('runWarehouseBench (shape only, no timing assertions)', () => {
             'batch',
             'blockSize',
             'blocks',
+            'crcPeerGbps',
+            'crcRatio',
             'engine',
             'gbps',
             'inFlight',
@@ -235,12 +237,19 @@ describe('runWarehouseBench (shape only, no timing assertions)', () => {
           report.runs.filter(
             (x) => x.tool === tool && x.op === r.op && x.blockSize === r.blockSize,
           );
-        const [mine, theirs] = [passes('warehouse'), passes('engine')];
+        const [mine, theirs, summed] = [
+          passes('warehouse'),
+          passes('engine'),
+          passes('engine+crc'),
+        ];
         expect(mine).toHaveLength(1);
         expect(theirs).toHaveLength(1);
+        expect(summed).toHaveLength(1);
         expect(r.gbps).toBe(mine[0]!.gbps);
         expect(r.peerGbps).toBe(theirs[0]!.gbps);
-        for (const x of [...mine, ...theirs]) {
+        expect(r.crcPeerGbps).toBe(summed[0]!.gbps);
+        expect(r.crcRatio).toBeCloseTo(r.gbps / r.crcPeerGbps, 9);
+        for (const x of [...mine, ...theirs, ...summed]) {
           expect((x.gbps * 1e9 * x.ms) / 1e3 / tiny.size!).toBeCloseTo(1, 9);
         }
         expect(r.blocks * r.blockSize).toBe(tiny.size);
@@ -261,16 +270,23 @@ describe('runWarehouseBench (shape only, no timing assertions)', () => {
         expect(r).toMatchObject({ keys: 16, peer: 'Map', targetKeysPerSec: 5e6 });
         expect(r.ratio).toBeCloseTo(r.keysPerSec / r.peerKeysPerSec, 9);
       }
-      // Alternating passes: one warehouse and one engine run per op and repetition.
-      expect(report.runs.map((r) => `${r.tool} ${r.op}`).sort()).toEqual(
-        ['engine get', 'engine put', 'warehouse get', 'warehouse put'].sort(),
-      );
+      // Alternating passes: one warehouse, one engine and one engine+crc run per op and
+      // repetition, the warehouse's next to the plain engine's.
+      expect(report.runs.map((r) => `${r.tool} ${r.op}`)).toEqual([
+        'warehouse put',
+        'engine put',
+        'engine+crc put',
+        'warehouse get',
+        'engine get',
+        'engine+crc get',
+      ]);
       expect(report.load.start).toHaveLength(3);
       expect(report.load.end).toHaveLength(3);
       expect(report.io?.method).toMatch(/CRC-32C/);
       const json = JSON.parse(warehouseBenchJson(report)) as WarehouseBenchReport;
       expect(json.rows).toEqual(report.rows);
       expect(formatWarehouseBench(report)).toMatch(/warehouse GB\/s/);
+      expect(formatWarehouseBench(report)).toMatch(/engine\+crc GB\/s/);
       expect(readdirSync(dir.path)).toEqual([]);
     } finally {
       dir.remove();

@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
-
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
-import { chainKeys, namespaceRoot, toKey } from '../../lib/index.js';
+import { randomBytes } from 'node:crypto';
+
+import { native } from '../../lib/core/native.js';
+import { chainKeys, KeyChain, namespaceRoot, toKey } from '../../lib/index.js';
 
 /** The chain computed the slow, obvious way (docs/keys.md), to check the native one against. */
 function reference(tokens: number[], blockTokens: number, namespace: string): string[] {
@@ -71,8 +73,20 @@ describe('chainKeys', () => {
         expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
       );
     }
-    for (const bad of [[-1], [1.5], [2 ** 32], [Number.NaN]]) {
-      expect(() => chainKeys(bad, { blockTokens: 1 })).toThrow(
+    const valueOf = { valueOf: (): number => 7 };
+    for (const bad of [
+      [-1],
+      [1.5],
+      [2 ** 32],
+      [Number.NaN],
+      [Infinity],
+      ['7'],
+      [null],
+      [undefined],
+      [7n],
+      [valueOf],
+    ]) {
+      expect(() => chainKeys(bad as number[], { blockTokens: 1 })).toThrow(
         expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
       );
     }
@@ -84,5 +98,63 @@ describe('chainKeys', () => {
     );
     expect(toKey(new Uint8Array(16).fill(0xab))).toBe('ab'.repeat(16));
     expect(toKey('AB'.repeat(32))).toBe('ab'.repeat(32));
+  });
+});
+
+describe('KeyChain hex form', () => {
+  it('is byte for byte Buffer.toString("hex") of the binary form, at every length', () => {
+    // Lengths around the 64-key runs KeyChain encodes at a time, and keys with every byte value.
+    for (const keys of [0, 1, 2, 15, 16, 63, 64, 65, 127, 128, 129, 1000, 8192]) {
+      const bytes = randomBytes(keys * 32);
+      const chain = new KeyChain(bytes);
+      const hex = bytes.toString('hex');
+      expect(chain.keys().length).toBe(keys);
+      expect(chain.keys().join('')).toBe(hex);
+      for (let i = 0; i < keys; i++) {
+        expect(chain.key(i)).toBe(bytes.subarray(i * 32, i * 32 + 32).toString('hex'));
+      }
+      expect([...chain]).toEqual(chain.keys());
+    }
+    const all = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    expect(new KeyChain(all).keys().join('')).toBe(all.toString('hex'));
+  });
+
+  it('agrees with Buffer.toString("hex") on random bytes, offsets and lengths', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 9000, size: 'max' }),
+        fc.nat(),
+        fc.nat(),
+        (data, a, b) => {
+          const bytes = Buffer.from(data);
+          const start = bytes.length === 0 ? 0 : a % (bytes.length + 1);
+          const end = start + (bytes.length === 0 ? 0 : b % (bytes.length - start + 1));
+          expect(native().hex(bytes, start, end)).toBe(bytes.toString('hex', start, end));
+          expect(native().hex(bytes)).toBe(bytes.toString('hex'));
+          // A view into a larger buffer: the encoder starts at the view, not the ArrayBuffer.
+          const view = new Uint8Array(bytes.buffer, bytes.byteOffset + start, end - start);
+          expect(native().hex(view)).toBe(bytes.toString('hex', start, end));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('refuses ranges outside the bytes', () => {
+    const bytes = Buffer.alloc(8);
+    for (const [start, end] of [
+      [4, 2],
+      [0, 9],
+      [9, 9],
+      [-1, 4],
+      [0.5, 4],
+    ] as const) {
+      expect(() => native().hex(bytes, start, end)).toThrow(
+        expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
+      );
+    }
+    expect(() => native().hex('not bytes' as unknown as Uint8Array)).toThrow(
+      expect.objectContaining({ code: 'KVTIER_BAD_ARGUMENT' }),
+    );
   });
 });

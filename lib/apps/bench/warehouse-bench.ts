@@ -4,7 +4,8 @@
  * 1. io: Warehouse put/get on a single O_DIRECT file tier, against the raw file engine moving the
  *    same bytes with TransferBatch in batches of the same size, with the same number of calls in
  *    flight, on the same file system, through the same engine kind and queue depth. The Warehouse
- *    does everything it does in production: a CRC-32C round on the memory engine before each put,
+ *    does everything it does in production: a CRC-32C of every block put (computed on the engine's
+ *    threads while the kernel writes it),
  *    placement plans and commits, a self-describing slot header written with every block, and a
  *    CRC-32C check of every block read by get (computed on the engine thread as the read lands).
  *    For every block size, repetition and op, the Warehouse pass and the engine pass run back to
@@ -96,12 +97,20 @@ export interface IoRow {
   ratio: number;
   target: number;
   meetsTarget: boolean;
+  /**
+   * The raw engine again, asked for the CRC-32C of every transfer (computed on the engine's
+   * threads, as the Warehouse's are): what checksumming alone costs, so that ratio splits into
+   * the checksum's share and the control plane's. Not the target's peer.
+   */
+  crcPeerGbps: number;
+  /** gbps / crcPeerGbps. */
+  crcRatio: number;
 }
 
 export type WarehouseBenchRow = IoRow | ChainKeysRow | LookupRow;
 
 export interface IoRun {
-  tool: 'warehouse' | 'engine';
+  tool: 'warehouse' | 'engine' | 'engine+crc';
   op: 'put' | 'get';
   blockSize: number;
   rep: number;
@@ -334,7 +343,11 @@ class WarehouseSide implements IoSide {
   }
 }
 
-/** The raw engine side: the same bytes, the same calls, TransferBatch writes and reads. */
+/**
+ * The raw engine side: the same bytes, the same calls, TransferBatch writes and reads; with
+ * `checksum`, each transfer also asks for its CRC-32C, computed on the engine's threads as the
+ * Warehouse's are (comparing a read's with the stored one is an integer compare, left out).
+ */
 class EngineSide implements IoSide {
   constructor(
     private readonly engine: IoEngine,
@@ -344,21 +357,26 @@ class EngineSide implements IoSide {
     private readonly blocks: number,
     private readonly batch: number,
     private readonly inFlight: number,
+    private readonly checksum = false,
   ) {}
 
   private pass(op: 'read' | 'write'): Promise<number> {
-    const { blockSize: bs, batch, staging, file } = this;
+    const { blockSize: bs, batch, staging, file, checksum } = this;
+    const options = { checksum };
     return pipeline(this.blocks, batch, this.inFlight, async (from, to, lane) => {
       const b = new TransferBatch();
       for (let i = from; i < to; i++) {
         const mem = (lane * batch + (i - from)) * bs;
-        if (op === 'write') b.write(file, i * bs, staging, mem, bs);
-        else b.read(file, i * bs, staging, mem, bs);
+        if (op === 'write') b.write(file, i * bs, staging, mem, bs, options);
+        else b.read(file, i * bs, staging, mem, bs, options);
       }
       const r = await this.engine.submit(b);
       r.throwIfFailed();
       for (const n of r.bytes) {
         if (n !== bs) throw new KvtierError('KVTIER_IO', `the engine moved ${n} of ${bs} bytes`);
+      }
+      if (checksum && r.checksums?.length !== to - from) {
+        throw new KvtierError('KVTIER_IO', 'the engine returned no checksums');
       }
     });
   }
@@ -398,6 +416,7 @@ async function runIo(
     try {
       file = await openFile(rawPath, { create: true, truncate: true, direct: true, size: r.size });
       const raw = new EngineSide(engine, file, staging, bs, blocks, r.batch, r.inFlight);
+      const rawCrc = new EngineSide(engine, file, staging, bs, blocks, r.batch, r.inFlight, true);
       wh = await WarehouseSide.open(whDir, bs, blocks, r, engineKind, staging);
       // Untimed: every block of both files written once, both read paths warm.
       progress(`${formatSize(bs)}: warming up`);
@@ -408,9 +427,11 @@ async function runIo(
       await wh.clear();
       for (let rep = 0; rep < r.reps; rep++) {
         step++;
+        // The warehouse and the plain engine stay next to each other whatever the order.
         const sides: [IoRun['tool'], IoSide][] = [
           ['warehouse', wh],
           ['engine', raw],
+          ['engine+crc', rawCrc],
         ];
         if (rep % 2 === 1) sides.reverse();
         for (const op of ['put', 'get'] as const) {
@@ -449,6 +470,7 @@ async function runIo(
       const gbps = pick('warehouse');
       const peerGbps = pick('engine');
       const ratio = gbps / peerGbps;
+      const crcPeerGbps = pick('engine+crc');
       rows.push({
         section: 'io',
         op,
@@ -464,6 +486,8 @@ async function runIo(
         ratio,
         target: IO_TARGET,
         meetsTarget: ratio >= IO_TARGET,
+        crcPeerGbps,
+        crcRatio: gbps / crcPeerGbps,
       });
     }
   }
@@ -489,11 +513,15 @@ function spreads(runs: KeysRun[]): NonNullable<WarehouseBenchReport['keySamples'
 const IO_METHOD =
   'one file-tier Warehouse (O_DIRECT, durability none) vs the raw engine on its own file in the ' +
   'same directory, same engine kind and queue depth; put = Warehouse.put of `batch` keys per call ' +
-  '(CRC-32C round on the memory engine, plan, payload + 512-byte slot header writes, commit), ' +
+  '(plan, payload writes each checksummed with CRC-32C on the engine threads beside the write, ' +
+  'then one write of the slot headers, commit), ' +
   '`inFlight` calls at once; engine put = one TransferBatch of `batch` writes per call; get = ' +
   'Warehouse.get (reads with CRC-32C computed on the engine thread and checked) vs TransferBatch ' +
-  'reads without checksums; both files written once untimed first; passes alternate in order ' +
-  'per repetition; blocks evicted between repetitions (untimed); GB/s = 1e9 B/s of payload';
+  'reads without checksums; engine+crc = the same TransferBatch passes with { checksum: true } ' +
+  '(CRC-32C on the engine threads: beside each write, after each read), reported beside the ' +
+  'ratio to split it into checksum and control plane; both files written once untimed first; ' +
+  'passes alternate in order per repetition (warehouse and engine always adjacent); blocks ' +
+  'evicted between repetitions (untimed); GB/s = 1e9 B/s of payload';
 
 const KEYS_METHOD =
   'chainKeys vs a per-block createHash(sha256) loop producing the same bytes (asserted equal ' +
@@ -582,8 +610,17 @@ export function formatWarehouseBench(report: WarehouseBenchReport): string {
         `call(s) in flight, median of ${s.reps}`,
     );
     const t = new Table({
-      head: ['op', 'block', 'warehouse GB/s', 'engine GB/s', 'ratio', `>= ${IO_TARGET}`],
-      colAligns: ['left', 'right', 'right', 'right', 'right', 'left'],
+      head: [
+        'op',
+        'block',
+        'warehouse GB/s',
+        'engine GB/s',
+        'ratio',
+        `>= ${IO_TARGET}`,
+        'engine+crc GB/s',
+        'ratio',
+      ],
+      colAligns: ['left', 'right', 'right', 'right', 'right', 'left', 'right', 'right'],
       ...tableStyle,
     });
     for (const x of io) {
@@ -594,6 +631,8 @@ export function formatWarehouseBench(report: WarehouseBenchReport): string {
         x.peerGbps.toFixed(2),
         `${x.ratio.toFixed(3)}x`,
         mark(x.meetsTarget),
+        x.crcPeerGbps.toFixed(2),
+        `${x.crcRatio.toFixed(3)}x`,
       ]);
     }
     out.push(t.toString());
