@@ -49,14 +49,9 @@ export function packAndInstall(repo, tmp) {
   sh('tar', ['-xzf', first, '-C', src], repo);
   const pkg = join(src, 'package');
   symlinkSync(join(repo, 'node_modules'), join(pkg, 'node_modules'));
-  sh(
-    process.execPath,
-    [join(repo, 'node_modules', 'prebuildify', 'bin.js'), '--napi', '--strip'],
-    pkg,
-    {
-      PATH: `${join(repo, 'node_modules', '.bin')}:${process.env.PATH ?? ''}`,
-    },
-  );
+  // `npm run prebuild`, as a release does: npm's environment (its nodedir, its PATH with the
+  // copy's node_modules/.bin) is what node-gyp builds with, as at `npm install`.
+  sh('npm', ['run', 'prebuild'], pkg);
   const dest = join(tmp, 'tarball');
   mkdirSync(dest);
   const tarball = pack(pkg, dest);
