@@ -282,3 +282,27 @@ describe('codec refusals', () => {
     badArg(() => k.encode(big, new Uint8Array(k.encodedBytes)), /beyond \+-65504/);
   });
 });
+
+/** docs/codecs.md's test vectors: input values, their exact encoding, and the decoded values. */
+const VECTORS: { spec: CodecSpec; dtype: KvFloatDtype; shape: number[]; x: number[]; hex: string; y: number[] }[] = [
+  { spec: { codec: 'fp8-e4m3' }, dtype: 'fp32', shape: [1, 1, 1, 4], x: [448, -224, 1.75, 0, 1, 2, 3, 4], hex: '4b565443010103000100000001000000010000000400000000000000100000000000803f2549123c7ef63e006e767a7e', y: [448, -224, 1.75, 0, 1, 2, 2.857142925262451, 4] },
+  { spec: { codec: 'int8', scales: 'token' }, dtype: 'fp16', shape: [1, 1, 1, 4], x: [1, -0.5, 0.25, 0, 127, 63.5, -1, 0], hex: '4b565443010201010100000001000000010000000400000000000000100000000402013c0000803f7fc020007f40ff00', y: [1, -0.50390625, 0.251953125, 0, 127, 64, -1, 0] },
+  { spec: { codec: 'int8', scales: 'kivi' }, dtype: 'bf16', shape: [1, 2, 1, 2], x: [1, -8, 0.5, 4, 2, 2, -3, 1], hex: '4b565443010202020100000002000000010000000200000000000000180000000402013c0402813d0402813c0683c13c7f8140407f7f812a', y: [1, -8, 0.50390625, 4.03125, 2, 2, -3, 0.9921875] },
+  { spec: { codec: 'kivi2', group: 4 }, dtype: 'fp16', shape: [1, 2, 1, 4], x: [0, 1, 2, 3, 3, 2, 1, 0, -1, 0, 0.5, 1, 10, 20, 30, 40], hex: '4b5654430103010001000000020000000100000004000000040000001c000000003c00005635003c5635003c003c0000563900bc00490049f00fe4e4', y: [0, 1, 2, 3, 3, 2, 1, 0, -1, -0.3330078125, 0.333984375, 1.0009765625, 10, 20, 30, 40] },
+  { spec: { codec: 'kivi4', group: 2 }, dtype: 'fp16', shape: [1, 1, 1, 4], x: [0, 1.5, -2, 2, 0.1, 0.2, 5, -5], hex: '4b5654430104010001000000010000000100000004000000020000001c000000000000000000003e000000c000000040d41e662e563900c50000f00f', y: [0, 1.5, -2, 2, 0.0999755859375, 0.199951171875, 5.00390625, -5] },
+];
+
+describe('codec test vectors', () => {
+  it.each(VECTORS.map((v) => [JSON.stringify(v.spec), v] as const))('%s encodes to its exact bytes and decodes to its exact values', (_name, v) => {
+    const [L, T, H, D] = v.shape as [number, number, number, number];
+    const c = BlockCodec.open(v.spec, { dtype: v.dtype, numLayers: L, blockTokens: T, kvHeads: H, headDim: D });
+    const enc = new Uint8Array(c.encodedBytes);
+    c.encode(toBytes(new Float32Array(v.x), v.dtype), enc);
+    expect(Buffer.from(enc).toString('hex')).toBe(v.hex);
+    for (const isa of ['auto', 'scalar'] as const) {
+      const dec = new Uint8Array(c.decodedBytes);
+      c.decode(Buffer.from(v.hex, 'hex'), dec, 1, { isa });
+      expect([...fromBytes(dec, v.dtype)]).toEqual(v.y);
+    }
+  });
+});
