@@ -82,7 +82,8 @@ uint64_t PayloadBytes(const Params& p) {
 
 bool NonFinite(float f) { return !std::isfinite(f); }
 
-// --- fp8 ------------------------------------------------------------------------------------------
+// --- fp8
+// ------------------------------------------------------------------------------------------
 
 const char* EncodeFp8(const Params& p, const uint8_t* src, uint8_t* out) {
   Shape s = ShapeOf(p);
@@ -126,9 +127,10 @@ void DecodeFp8(const Params& p, const uint8_t* in, uint8_t* dst, const RowKernel
   }
 }
 
-// --- int8 -----------------------------------------------------------------------------------------
-// Scales per layer: keys [H][D] (per channel) then values [T][H] (per token) with kKivi; with
-// kToken both slabs [T][H].
+// --- int8
+// ----------------------------------------------------------------------------------------- Scales
+// per layer: keys [H][D] (per channel) then values [T][H] (per token) with kKivi; with kToken both
+// slabs [T][H].
 
 float Int8Scale(float amax) { return amax > 0 ? amax / 127.0f : 1.0f; }
 
@@ -220,8 +222,9 @@ void DecodeInt8(const Params& p, const uint8_t* in, uint8_t* dst, const RowKerne
   }
 }
 
-// --- kivi -----------------------------------------------------------------------------------------
-// Per layer: key groups' (scale, min) as fp16 pairs [H][D], value groups' [T][H][D/G]; after all
+// --- kivi
+// ----------------------------------------------------------------------------------------- Per
+// layer: key groups' (scale, min) as fp16 pairs [H][D], value groups' [T][H][D/G]; after all
 // layers' parameters, the codes: per slab a little-endian bit stream of `bits`-bit codes in block
 // order, padded to a byte.
 
@@ -323,7 +326,8 @@ const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out) {
       if (const char* why = KiviParams(lo, hi, levels, &g)) return why;
       PutGroup(vparams + 4 * gi, g);
       for (uint64_t j = 0; j < s.G; j++) {
-        PutCode(vcodes, first + j, bits, QuantizeKivi(Load(p.dtype, src, vbase + first + j), g, levels));
+        PutCode(vcodes, first + j, bits,
+                QuantizeKivi(Load(p.dtype, src, vbase + first + j), g, levels));
       }
     }
   }
@@ -424,12 +428,14 @@ const char* CheckParams(const Params& p) {
     return "the block is too large";
   }
   if (IsKivi(p.codec)) {
-    if (p.group == 0 || p.dim % p.group != 0) return "the group size must divide the head dimension";
+    if (p.group == 0 || p.dim % p.group != 0)
+      return "the group size must divide the head dimension";
     if (p.scales != Scales::kNone) return "kivi takes no scales option";
   } else {
     if (p.group != 0) return "only kivi takes a group size";
     if (p.codec == Codec::kInt8) {
-      if (p.scales != Scales::kToken && p.scales != Scales::kKivi) return "int8 needs a scale layout";
+      if (p.scales != Scales::kToken && p.scales != Scales::kKivi)
+        return "int8 needs a scale layout";
     } else if (p.scales != Scales::kNone) {
       return "fp8-e4m3 takes no scales option";
     }
@@ -437,7 +443,9 @@ const char* CheckParams(const Params& p) {
   return nullptr;
 }
 
-uint64_t DecodedBytes(const Params& p) { return ShapeOf(p).L * 2 * ShapeOf(p).slab() * DtypeBytes(p.dtype); }
+uint64_t DecodedBytes(const Params& p) {
+  return ShapeOf(p).L * 2 * ShapeOf(p).slab() * DtypeBytes(p.dtype);
+}
 
 uint64_t EncodedBytes(const Params& p) { return kHeaderBytes + PayloadBytes(p); }
 

@@ -25,10 +25,10 @@ struct Params {
   Codec codec = Codec::kFp8E4m3;
   Dtype dtype = Dtype::kFp16;
   uint32_t layers = 0;
-  uint32_t tokens = 0;  // blockTokens
-  uint32_t heads = 0;   // kvHeads
-  uint32_t dim = 0;     // headDim
-  uint32_t group = 0;   // kivi: channels per value group (divides dim); 0 for the others
+  uint32_t tokens = 0;            // blockTokens
+  uint32_t heads = 0;             // kvHeads
+  uint32_t dim = 0;               // headDim
+  uint32_t group = 0;             // kivi: channels per value group (divides dim); 0 for the others
   Scales scales = Scales::kNone;  // int8: kToken or kKivi; kNone for the others
 };
 

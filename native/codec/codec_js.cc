@@ -26,27 +26,41 @@ Params ParamsArg(Napi::Env env, Napi::Value v) {
   Napi::Object o = v.As<Napi::Object>();
   Params p;
   std::string name = StringOption(o, "codec", "");
-  if (name == "fp8-e4m3") p.codec = Codec::kFp8E4m3;
-  else if (name == "int8") p.codec = Codec::kInt8;
-  else if (name == "kivi2") p.codec = Codec::kKivi2;
-  else if (name == "kivi4") p.codec = Codec::kKivi4;
-  else Throw(env, kBadArgument, "unknown codec '" + name + "'");
+  if (name == "fp8-e4m3")
+    p.codec = Codec::kFp8E4m3;
+  else if (name == "int8")
+    p.codec = Codec::kInt8;
+  else if (name == "kivi2")
+    p.codec = Codec::kKivi2;
+  else if (name == "kivi4")
+    p.codec = Codec::kKivi4;
+  else
+    Throw(env, kBadArgument, "unknown codec '" + name + "'");
   std::string dtype = StringOption(o, "dtype", "");
-  if (dtype == "fp16") p.dtype = Dtype::kFp16;
-  else if (dtype == "bf16") p.dtype = Dtype::kBf16;
-  else if (dtype == "fp32") p.dtype = Dtype::kFp32;
-  else Throw(env, kBadArgument, "codec " + name + " cannot encode dtype '" + dtype + "'");
+  if (dtype == "fp16")
+    p.dtype = Dtype::kFp16;
+  else if (dtype == "bf16")
+    p.dtype = Dtype::kBf16;
+  else if (dtype == "fp32")
+    p.dtype = Dtype::kFp32;
+  else
+    Throw(env, kBadArgument, "codec " + name + " cannot encode dtype '" + dtype + "'");
   p.layers = SizeField(o, "layers");
   p.tokens = SizeField(o, "tokens");
   p.heads = SizeField(o, "heads");
   p.dim = SizeField(o, "dim");
   p.group = SizeField(o, "group");
   std::string scales = StringOption(o, "scales", "none");
-  if (scales == "none") p.scales = Scales::kNone;
-  else if (scales == "token") p.scales = Scales::kToken;
-  else if (scales == "kivi") p.scales = Scales::kKivi;
-  else Throw(env, kBadArgument, "unknown scales '" + scales + "'");
-  if (const char* why = codec::CheckParams(p)) Throw(env, kBadArgument, "codec " + name + ": " + why);
+  if (scales == "none")
+    p.scales = Scales::kNone;
+  else if (scales == "token")
+    p.scales = Scales::kToken;
+  else if (scales == "kivi")
+    p.scales = Scales::kKivi;
+  else
+    Throw(env, kBadArgument, "unknown scales '" + scales + "'");
+  if (const char* why = codec::CheckParams(p))
+    Throw(env, kBadArgument, "codec " + name + ": " + why);
   return p;
 }
 
@@ -110,8 +124,10 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   codec::Isa isa = codec::BestIsa();
   if (!info[4].IsUndefined()) {
     std::string name = info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "";
-    if (name == "scalar") isa = codec::Isa::kScalar;
-    else if (name != "auto") Throw(env, kBadArgument, "isa must be 'scalar' or 'auto'");
+    if (name == "scalar")
+      isa = codec::Isa::kScalar;
+    else if (name != "auto")
+      Throw(env, kBadArgument, "isa must be 'scalar' or 'auto'");
   }
   const uint64_t in = codec::EncodedBytes(p), out = codec::DecodedBytes(p);
   CheckSpans(env, src, in, dst, out, blocks);

@@ -25,8 +25,7 @@ inline float HalfToFloatInline(uint16_t h) {
   const uint32_t two_w = w + w;
   const float normalized = FromBits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
   const float denormalized = FromBits((two_w >> 17) | (126u << 23)) - 0.5f;
-  const uint32_t result =
-      sign | (two_w < (1u << 27) ? Bits(denormalized) : Bits(normalized));
+  const uint32_t result = sign | (two_w < (1u << 27) ? Bits(denormalized) : Bits(normalized));
   return FromBits(result);
 }
 
@@ -58,8 +57,7 @@ inline float Bf16ToFloat(uint16_t h) { return FromBits(static_cast<uint32_t>(h) 
 // 15 instead of 7), times 2^8: exact for every code, subnormals included. 0x7F (e4m3's NaN) thus
 // reads as 480; the encoder never writes it.
 inline float E4m3ToFloatInline(uint8_t b) {
-  const uint16_t h =
-      static_cast<uint16_t>(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8));
+  const uint16_t h = static_cast<uint16_t>(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8));
   return HalfToFloatInline(h) * 256.0f;
 }
 

@@ -12,7 +12,8 @@ namespace kvtier::codec {
 
 namespace {
 
-// --- scalar ---------------------------------------------------------------------------------------
+// --- scalar
+// ---------------------------------------------------------------------------------------
 
 struct Fp8Table {
   float v[256];
@@ -59,8 +60,9 @@ const RowKernels kScalar[3] = {
     {Fp8Scalar<Dtype::kFp32>, Int8Scalar<Dtype::kFp32>},
 };
 
-// --- AVX2 + F16C ----------------------------------------------------------------------------------
-// Eight values a step; the tail goes through the scalar loop, which computes the same operations.
+// --- AVX2 + F16C
+// ---------------------------------------------------------------------------------- Eight values a
+// step; the tail goes through the scalar loop, which computes the same operations.
 #if defined(__x86_64__)
 
 #define KVTIER_AVX2 __attribute__((target("avx2,f16c")))
