@@ -20,7 +20,7 @@
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=c++17"],
-      "cflags": ["-Wall", "-Wextra", "-fvisibility=hidden"],
+      "cflags": ["-Wall", "-Wextra", "-fvisibility=hidden", "-ffp-contract=off"],
       "cflags_cc": ["-std=c++20", "-fexceptions", "-Wno-missing-field-initializers"],
       "libraries": ["-ldl", "-lpthread"],
       "conditions": [

@@ -18,6 +18,15 @@ export { native, packageRoot } from './core/native.js';
 export { abortError, fromSystemError } from './core/errors.js';
 export { ensureDir } from './core/dirs.js';
 export { version } from './core/version.js';
+// core: the KV block codecs (docs/codecs.md), which `kvtier bench codec` measures; not yet public.
+export {
+  BlockCodec,
+  CODEC_NAMES,
+  codecIsa,
+  type CodecName,
+  type CodecParams,
+  type CodecSpec,
+} from './core/codec.js';
 
 // keys
 export { KEY_BYTES } from './keys/keys.js';

@@ -2,6 +2,7 @@
 // policy; lib/ decides what moves.
 #include <napi.h>
 
+#include "codec/codec_js.h"
 #include "common/errors.h"
 #include "gpu/copy_engine.h"
 #include "gpu/device_region.h"
@@ -48,6 +49,7 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCredentials",
               Napi::Function::New(env, kvtier::PeerCredentials, "peerCredentials"));
   exports.Set("verbsProbe", Napi::Function::New(env, kvtier::VerbsProbe, "verbsProbe"));
+  kvtier::CodecExports(env, exports);
   return exports;
 }
 

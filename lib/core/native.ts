@@ -192,6 +192,18 @@ export interface NativeVerbs {
   close(): void;
 }
 
+/** What the native side takes, and what a block's header says. */
+export interface CodecParams {
+  codec: 'fp8-e4m3' | 'int8' | 'kivi2' | 'kivi4';
+  dtype: 'fp16' | 'bf16' | 'fp32';
+  layers: number;
+  tokens: number;
+  heads: number;
+  dim: number;
+  group: number;
+  scales: 'none' | 'token' | 'kivi';
+}
+
 export interface NativeAddon {
   init(errorClass: typeof KvtierError): void;
   probe(): NativeProbe;
@@ -215,6 +227,18 @@ export interface NativeAddon {
     checksum: Uint32Array;
     generation: Float64Array;
   };
+  /** KV block codecs (native/codec/codec_js.h); lib/core/codec.ts is their face. */
+  codecEncode(params: CodecParams, src: Uint8Array, dst: Uint8Array, blocks: number): void;
+  codecDecode(
+    params: CodecParams,
+    src: Uint8Array,
+    dst: Uint8Array,
+    blocks: number,
+    isa?: 'scalar' | 'auto',
+  ): void;
+  codecSizes(params: CodecParams): { decodedBytes: number; encodedBytes: number };
+  codecReadHeader(src: Uint8Array): CodecParams;
+  codecIsa(): string;
   verbsProbe(options: { device?: string; port?: number }): {
     available: boolean;
     reason?: string;

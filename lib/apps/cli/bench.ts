@@ -4,6 +4,7 @@ import { unlinkSync } from 'node:fs';
 import type { Command } from 'commander';
 
 import { KvtierError } from '../../index.js';
+import { registerCodecBench } from './bench-codec.js';
 import { registerGpuBench } from './bench-gpu.js';
 import { registerLlamaBench } from './bench-llama.js';
 import { DEFAULTS, runFileBench, type FileBenchOptions } from '../bench/file-bench.js';
@@ -309,6 +310,7 @@ export function registerBench(program: Command): void {
     .command('bench')
     .description('measure a kvtier data path next to its obvious peer');
   registerGpuBench(bench);
+  registerCodecBench(bench);
   registerLlamaBench(bench);
   bench
     .command('file')

@@ -1,0 +1,148 @@
+#include "rows.h"
+
+#include <cstring>
+
+#include "convert.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace kvtier::codec {
+
+namespace {
+
+// --- scalar
+// ---------------------------------------------------------------------------------------
+
+struct Fp8Table {
+  float v[256];
+  Fp8Table() {
+    for (int b = 0; b < 256; b++) v[b] = E4m3ToFloatInline(static_cast<uint8_t>(b));
+  }
+};
+const Fp8Table kFp8;
+
+inline void Store(Dtype dtype, uint8_t* out, size_t i, float x) {
+  switch (dtype) {
+    case Dtype::kFp16: {
+      uint16_t h = FloatToHalfInline(x);
+      std::memcpy(out + 2 * i, &h, 2);
+      return;
+    }
+    case Dtype::kBf16: {
+      uint16_t h = FloatToBf16Inline(x);
+      std::memcpy(out + 2 * i, &h, 2);
+      return;
+    }
+    case Dtype::kFp32:
+      std::memcpy(out + 4 * i, &x, 4);
+      return;
+  }
+}
+
+template <Dtype D>
+void Fp8Scalar(const uint8_t* codes, size_t n, float scale, uint8_t* out) {
+  for (size_t i = 0; i < n; i++) Store(D, out, i, kFp8.v[codes[i]] * scale);
+}
+
+template <Dtype D>
+void Int8Scalar(const uint8_t* codes, size_t n, float scale, const float* scales, uint8_t* out) {
+  for (size_t i = 0; i < n; i++) {
+    const float q = static_cast<float>(static_cast<int8_t>(codes[i]));
+    Store(D, out, i, q * (scales != nullptr ? scales[i] : scale));
+  }
+}
+
+const RowKernels kScalar[3] = {
+    {Fp8Scalar<Dtype::kFp16>, Int8Scalar<Dtype::kFp16>},
+    {Fp8Scalar<Dtype::kBf16>, Int8Scalar<Dtype::kBf16>},
+    {Fp8Scalar<Dtype::kFp32>, Int8Scalar<Dtype::kFp32>},
+};
+
+// --- AVX2 + F16C
+// ---------------------------------------------------------------------------------- Eight values a
+// step; the tail goes through the scalar loop, which computes the same operations.
+#if defined(__x86_64__)
+
+#define KVTIER_AVX2 __attribute__((target("avx2,f16c")))
+
+template <Dtype D>
+KVTIER_AVX2 inline void Store8(uint8_t* out, __m256 x) {
+  if constexpr (D == Dtype::kFp32) {
+    _mm256_storeu_ps(reinterpret_cast<float*>(out), x);
+  } else if constexpr (D == Dtype::kFp16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                     _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    __m256i u = _mm256_castps_si256(x);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+    u = _mm256_srli_epi32(u, 16);
+    __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
+  }
+}
+
+template <Dtype D>
+KVTIER_AVX2 void Fp8Avx2(const uint8_t* codes, size_t n, float scale, uint8_t* out) {
+  constexpr size_t kOut = D == Dtype::kFp32 ? 4 : 2;
+  const __m256 s = _mm256_set1_ps(scale);
+  const __m256 k256 = _mm256_set1_ps(256.0f);
+  const __m128i low7 = _mm_set1_epi16(0x7F);
+  const __m128i sign = _mm_set1_epi16(0x80);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, low7), 7),
+                             _mm_slli_epi16(_mm_and_si128(b, sign), 8));
+    __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(h), k256);  // exact: the code's value
+    Store8<D>(out + i * kOut, _mm256_mul_ps(v, s));
+  }
+  Fp8Scalar<D>(codes + i, n - i, scale, out + i * kOut);
+}
+
+template <Dtype D>
+KVTIER_AVX2 void Int8Avx2(const uint8_t* codes, size_t n, float scale, const float* scales,
+                          uint8_t* out) {
+  constexpr size_t kOut = D == Dtype::kFp32 ? 4 : 2;
+  const __m256 s1 = _mm256_set1_ps(scale);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
+    __m256 s = scales != nullptr ? _mm256_loadu_ps(scales + i) : s1;
+    Store8<D>(out + i * kOut, _mm256_mul_ps(_mm256_cvtepi32_ps(q), s));
+  }
+  Int8Scalar<D>(codes + i, n - i, scale, scales != nullptr ? scales + i : nullptr, out + i * kOut);
+}
+
+const RowKernels kAvx2[3] = {
+    {Fp8Avx2<Dtype::kFp16>, Int8Avx2<Dtype::kFp16>},
+    {Fp8Avx2<Dtype::kBf16>, Int8Avx2<Dtype::kBf16>},
+    {Fp8Avx2<Dtype::kFp32>, Int8Avx2<Dtype::kFp32>},
+};
+#endif
+
+}  // namespace
+
+const RowKernels& ScalarRows(Dtype dtype) { return kScalar[static_cast<int>(dtype) - 1]; }
+
+const RowKernels* Avx2Rows(Dtype dtype) {
+#if defined(__x86_64__)
+  return &kAvx2[static_cast<int>(dtype) - 1];
+#else
+  (void)dtype;
+  return nullptr;
+#endif
+}
+
+bool CpuHasAvx2() {
+#if defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return has;
+#else
+  return false;
+#endif
+}
+
+}  // namespace kvtier::codec
