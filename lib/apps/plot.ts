@@ -58,7 +58,13 @@ function barSpec(chart: Chart): Record<string, unknown> {
     width: { step: Math.max(12, Math.min(28, 96 / series.length)) },
     height: 300,
     encoding: {
-      x: { field: 'x', type: 'nominal', sort: null, title: chart.xTitle, axis: { labelAngle: -30 } },
+      x: {
+        field: 'x',
+        type: 'nominal',
+        sort: null,
+        title: chart.xTitle,
+        axis: { labelAngle: -30, labelLimit: 240 },
+      },
       xOffset: { field: 'series', type: 'nominal', sort: series },
       y: { field: 'y', type: 'quantitative', title: chart.yTitle },
       color: {
@@ -95,7 +101,10 @@ function lineSpec(chart: Chart): Record<string, unknown> {
       ...(dashed.length > 0
         ? {
             strokeDash: {
-              condition: { test: `indexof(${JSON.stringify(dashed)}, datum.series) >= 0`, value: [4, 4] },
+              condition: {
+                test: `indexof(${JSON.stringify(dashed)}, datum.series) >= 0`,
+                value: [4, 4],
+              },
               value: [1, 0],
             },
           }
@@ -115,13 +124,19 @@ export function chartSpec(chart: Chart): Record<string, unknown> {
   };
   const panels = [...new Set(chart.rows.map((r) => r.panel).filter((p) => p !== undefined))];
   if (panels.length === 0) return { ...base, ...inner };
-  // Panels hold different units (GB/s beside ms): each its own x and y scale.
-  const { width, height, ...layer } = inner;
+  // Panels hold different units (GB/s beside ms): one view each, side by side, each with its
+  // own scales; the colours (the series) stay shared, so kvtier is one colour throughout.
   return {
     ...base,
-    facet: { column: { field: 'panel', type: 'nominal', sort: panels, title: null } },
-    spec: { width, height, ...layer },
-    resolve: { scale: { x: 'independent', y: 'independent' } },
+    hconcat: panels.map((panel) => {
+      const rows = chart.rows.filter((r) => r.panel === panel);
+      const view =
+        chart.mark === 'lines'
+          ? lineSpec({ ...chart, yTitle: panel })
+          : barSpec({ ...chart, rows, yTitle: panel });
+      return { transform: [{ filter: { field: 'panel', equal: panel } }], ...view };
+    }),
+    resolve: { scale: { xOffset: 'independent' } },
   };
 }
 

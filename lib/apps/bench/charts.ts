@@ -53,7 +53,7 @@ export function warehouseChart(r: WarehouseBenchReport): Chart {
     if (row.section === 'io') {
       const panel = 'put/get (GB/s)';
       const x = `${row.op} ${formatSize(row.blockSize)}`;
-      rows.push({ panel, series: 'kvtier Warehouse', x, y: row.gbps });
+      rows.push({ panel, series: 'kvtier', x, y: row.gbps });
       rows.push({ panel, series: 'raw engine', x, y: row.peerGbps });
     } else if (row.section === 'chainKeys') {
       const panel = 'chainKeys (ms per chain)';
@@ -68,7 +68,7 @@ export function warehouseChart(r: WarehouseBenchReport): Chart {
   return {
     title: 'kvtier bench warehouse',
     xTitle: 'measurement',
-    yTitle: 'the unit in the panel title',
+    yTitle: 'the unit of each panel',
     rows,
   };
 }
@@ -122,7 +122,7 @@ export function clusterChart(r: ClusterBenchReport): Chart {
   return {
     title: `kvtier cluster bench: Redis ${r.redisVersion} (${r.mode}), ${r.options.nodes} nodes`,
     xTitle: 'measurement',
-    yTitle: 'the unit in the panel title',
+    yTitle: 'the unit of each panel',
     rows,
   };
 }
