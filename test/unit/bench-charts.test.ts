@@ -94,7 +94,12 @@ describe('bench chart rows', () => {
   });
 
   it('bench engine: the channel next to in-process put/get per layout and operation', () => {
-    const rate = (GBps: number): Rate => ({ seconds: 1, blocksPerSec: 1, GBps, cpuSecondsPerGB: 1 });
+    const rate = (GBps: number): Rate => ({
+      seconds: 1,
+      blocksPerSec: 1,
+      GBps,
+      cpuSecondsPerGB: 1,
+    });
     const report = {
       options: { blocks: 8, batch: 2 },
       rows: [
@@ -198,7 +203,7 @@ describe('bench chart rows', () => {
     expect(rows).toHaveLength(6);
   });
 
-  it("sim: one line per policy in percent, and the ceiling at every capacity", () => {
+  it('sim: one line per policy in percent, and the ceiling at every capacity', () => {
     const rows = plotRows(
       [
         { policy: 'lru', capacity: 1, hitRate: 0.1 },

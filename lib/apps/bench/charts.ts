@@ -137,7 +137,12 @@ export function gpuChart(r: GpuBenchReport): Chart {
       rows.push({ series: row.peer, x, y: row.peerGbps });
     }
   }
-  return { title: `kvtier bench gpu: ${r.device}`, xTitle: 'operation and size', yTitle: GBPS, rows };
+  return {
+    title: `kvtier bench gpu: ${r.device}`,
+    xTitle: 'operation and size',
+    yTitle: GBPS,
+    rows,
+  };
 }
 
 /** `bench llama`: time to first token per context, restored from each tier next to prefill. */

@@ -8,7 +8,10 @@ export interface BenchOutputOptions {
 }
 
 /** `--plot FILE` for a bench command: `.option(...PLOT_OPTION)`. */
-export const PLOT_OPTION = ['--plot <file>', 'also draw the table as a chart (.svg or .png)'] as const;
+export const PLOT_OPTION = [
+  '--plot <file>',
+  'also draw the table as a chart (.svg or .png)',
+] as const;
 
 /**
  * Checks what a bench will write before it runs (a bad --plot extension is refused before any
