@@ -29,12 +29,12 @@ const CLEAR = '\r\x1b[K';
 /** Redraws at most this often: a terminal redrawn per block slows the run it reports on. */
 const REDRAW_MS = 100;
 
-/** The line on the terminal now, if any: an error printed mid-run clears it first. */
-let current: ProgressLine | undefined;
+/** The lines on the terminal now: an error printed mid-run clears them first. */
+const showing = new Set<ProgressLine>();
 
 /** Clears whatever progress line is showing (before the CLI prints an error). */
 export function clearProgress(): void {
-  current?.clear();
+  for (const line of [...showing]) line.clear();
 }
 
 /** One line of status text, replaced by each message and cleared before the result prints. */
@@ -52,14 +52,14 @@ export class ProgressLine {
     if (!this.on) return;
     this.stream.write(`${CLEAR}${message.slice(0, (this.stream.columns || 80) - 1)}`);
     this.shown = true;
-    current = this;
+    showing.add(this);
   }
 
   /** Removes the line, so that what prints next starts on a clean line. */
   clear(): void {
     if (this.shown) this.stream.write(CLEAR);
     this.shown = false;
-    if (current === this) current = undefined;
+    showing.delete(this);
   }
 
   /** Prints a line that stays (a notice), above the progress line. */

@@ -48,9 +48,8 @@ function fileBench(dir: string, ...more: string[]): string[] {
 
 /** Runs the CLI with stdin, stdout and stderr on a pty (script(1)); returns all it wrote. */
 function onTerminal(args: string[]): { status: number | null; output: string } | undefined {
-  if (!prerequisite('script', spawnSync('script', ['--version']).status === 0, 'bsdutils')) {
-    return undefined;
-  }
+  const available = spawnSync('script', ['--version']).status === 0;
+  if (!prerequisite(available, 'script(1) for a pty (Debian: bsdutils)')) return undefined;
   const quoted = [process.execPath, cli, ...args].map((a) => `'${a}'`).join(' ');
   const r = spawnSync('script', ['-qec', quoted, '/dev/null'], {
     encoding: 'utf8',
