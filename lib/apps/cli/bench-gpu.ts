@@ -10,6 +10,8 @@ import {
 } from '../bench/gpu-bench.js';
 import { formatSize, parseSize, parseSizeList } from '../sizes.js';
 import { KvtierError } from '../../index.js';
+import { gpuChart } from '../bench/charts.js';
+import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
 
 interface GpuCommandOptions {
   sizes: string;
@@ -21,6 +23,7 @@ interface GpuCommandOptions {
   python: string;
   peer: boolean;
   json?: boolean;
+  plot?: string;
 }
 
 function whole(text: string, what: string, min: number): number {
@@ -114,13 +117,17 @@ export function registerGpuBench(bench: Command): void {
     .option('--dir <dir>', 'directory for the test files', '.')
     .option('--python <path>', 'python with CUDA PyTorch, for the peers', 'python3')
     .option('--no-peer', 'skip the PyTorch peers')
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON')
     .action(async (opts: GpuCommandOptions) => {
+      const progress = startBench(opts);
       const options = gpuBenchOptions(opts);
-      options.onProgress = (m) => process.stderr.write(`  ${m}\n`);
+      options.onProgress = (m) => progress.show(m);
       const report = await runGpuBench(options);
-      process.stdout.write(
-        opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatGpuBench(report),
-      );
+      await finishBench(opts, progress, report, {
+        json: (r) => `${JSON.stringify(r, null, 2)}\n`,
+        table: formatGpuBench,
+        chart: gpuChart,
+      });
     });
 }

@@ -8,6 +8,8 @@ import {
   type LlamaBenchOptions,
 } from '../bench/llama-bench.js';
 import { KvtierError } from '../../index.js';
+import { llamaChart } from '../bench/charts.js';
+import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
 
 interface LlamaCommandOptions {
   contexts: string;
@@ -16,6 +18,7 @@ interface LlamaCommandOptions {
   maxPrefillSeconds: string;
   dir?: string;
   json?: boolean;
+  plot?: string;
 }
 
 function whole(text: string, what: string, min: number): number {
@@ -60,13 +63,17 @@ export function registerLlamaBench(bench: Command): void {
       String(LLAMA_DEFAULTS.maxPrefillSeconds),
     )
     .option('--dir <dir>', 'directory for the model and the file tier (default: the temp dir)')
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON')
     .action(async (opts: LlamaCommandOptions) => {
+      const progress = startBench(opts);
       const options = llamaBenchOptions(opts);
-      options.onProgress = (m) => process.stderr.write(`  ${m}\n`);
+      options.onProgress = (m) => progress.show(m);
       const report = await runLlamaBench(options);
-      process.stdout.write(
-        opts.json ? `${JSON.stringify(report, null, 2)}\n` : formatLlamaBench(report),
-      );
+      await finishBench(opts, progress, report, {
+        json: (r) => `${JSON.stringify(r, null, 2)}\n`,
+        table: formatLlamaBench,
+        chart: llamaChart,
+      });
     });
 }

@@ -26,6 +26,8 @@ import {
   type EngineBenchForm,
 } from '../bench/engine-bench.js';
 import { formatNetBench, NET_DEFAULTS, netBenchJson, runNetBench } from '../bench/net-bench.js';
+import { engineChart, fileChart, netChart, warehouseChart } from '../bench/charts.js';
+import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
 
 interface FileCommandOptions {
   dir?: string;
@@ -39,6 +41,7 @@ interface FileCommandOptions {
   fioMem?: string;
   nodeFs: boolean;
   json?: boolean;
+  plot?: string;
 }
 
 function count(text: string, what: string): number {
@@ -77,23 +80,6 @@ export function fileBenchOptions(opts: FileCommandOptions): FileBenchOptions {
   else if (typeof opts.fio === 'string') out.fio = opts.fio;
   if (opts.fioMem !== undefined) out.fioMem = opts.fioMem;
   return out;
-}
-
-/** A one-line progress display on stderr (a terminal only). */
-function progressLine(): { show(message: string): void; clear(): void } {
-  const tty = process.stderr.isTTY === true;
-  let shown = false;
-  return {
-    show(message) {
-      if (!tty) return;
-      process.stderr.write(`\r\x1b[K${message.slice(0, (process.stderr.columns || 80) - 1)}`);
-      shown = true;
-    },
-    clear() {
-      if (shown) process.stderr.write('\r\x1b[K');
-      shown = false;
-    },
-  };
 }
 
 /**
@@ -135,13 +121,12 @@ async function interruptible<T>(
 }
 
 async function fileCommand(opts: FileCommandOptions): Promise<void> {
+  const progress = startBench(opts);
   const options = fileBenchOptions(opts);
-  const progress = progressLine();
   options.onProgress = (message) => progress.show(message);
   options.onNotice = (message) => {
     if (opts.json) return; // in JSON the report says it (fioMissing)
-    progress.clear();
-    process.stderr.write(`kvtier: ${message}\n`);
+    progress.note(`kvtier: ${message}`);
   };
   // A second Ctrl-C exits at once (a running fio is killed), still removing the test files.
   const files: string[] = [];
@@ -159,8 +144,11 @@ async function fileCommand(opts: FileCommandOptions): Promise<void> {
       }
     },
   );
-  progress.clear();
-  process.stdout.write(opts.json ? fileBenchJson(report) : formatFileBench(report));
+  await finishBench(opts, progress, report, {
+    json: fileBenchJson,
+    table: formatFileBench,
+    chart: fileChart,
+  });
 }
 
 interface WarehouseCommandOptions {
@@ -181,6 +169,7 @@ interface WarehouseCommandOptions {
   chainKeys: boolean;
   lookup: boolean;
   json?: boolean;
+  plot?: string;
 }
 
 /** Turns `bench warehouse`'s command line into options; bad input throws KVTIER_BAD_ARGUMENT. */
@@ -217,16 +206,19 @@ export function warehouseBenchOptions(opts: WarehouseCommandOptions): WarehouseB
 }
 
 async function warehouseCommand(opts: WarehouseCommandOptions): Promise<void> {
+  const progress = startBench(opts);
   const options = warehouseBenchOptions(opts);
-  const progress = progressLine();
   options.onProgress = (message) => progress.show(message);
   // The run's own cleanup removes the test files once it stops between passes.
   const report = await interruptible(
     (signal) => runWarehouseBench({ ...options, signal }),
     progress,
   );
-  progress.clear();
-  process.stdout.write(opts.json ? warehouseBenchJson(report) : formatWarehouseBench(report));
+  await finishBench(opts, progress, report, {
+    json: warehouseBenchJson,
+    table: formatWarehouseBench,
+    chart: warehouseChart,
+  });
 }
 
 interface EngineCommandOptions {
@@ -237,9 +229,11 @@ interface EngineCommandOptions {
   layers: string;
   forms: string;
   json?: boolean;
+  plot?: string;
 }
 
 async function engineCommand(opts: EngineCommandOptions): Promise<void> {
+  const progress = startBench(opts);
   const forms = opts.forms.split(',').map((f) => f.trim());
   for (const f of forms) {
     if (f !== 'block-major' && f !== 'kv-first') {
@@ -249,7 +243,6 @@ async function engineCommand(opts: EngineCommandOptions): Promise<void> {
       );
     }
   }
-  const progress = progressLine();
   const report = await runEngineBench({
     blocks: count(opts.blocks, 'blocks'),
     batch: count(opts.batch, 'batch'),
@@ -259,8 +252,11 @@ async function engineCommand(opts: EngineCommandOptions): Promise<void> {
     forms: forms as EngineBenchForm[],
     onProgress: (m) => progress.show(m),
   });
-  progress.clear();
-  process.stdout.write(opts.json ? engineBenchJson(report) : formatEngineBench(report));
+  await finishBench(opts, progress, report, {
+    json: engineBenchJson,
+    table: formatEngineBench,
+    chart: engineChart,
+  });
 }
 
 interface NetCommandOptions {
@@ -275,10 +271,11 @@ interface NetCommandOptions {
   iperf3: string | boolean;
   iperfSeconds?: string;
   json?: boolean;
+  plot?: string;
 }
 
 async function netCommand(opts: NetCommandOptions, cmd: Command): Promise<void> {
-  const progress = progressLine();
+  const progress = startBench(opts);
   const report = await interruptible(
     (signal) =>
       runNetBench({
@@ -301,8 +298,11 @@ async function netCommand(opts: NetCommandOptions, cmd: Command): Promise<void> 
       }),
     progress,
   );
-  progress.clear();
-  process.stdout.write(opts.json ? netBenchJson(report) : formatNetBench(report));
+  await finishBench(opts, progress, report, {
+    json: netBenchJson,
+    table: formatNetBench,
+    chart: netChart,
+  });
 }
 
 export function registerBench(program: Command): void {
@@ -336,6 +336,7 @@ export function registerBench(program: Command): void {
     .option('--no-fio', 'do not run fio')
     .option('--fio-mem <type>', "fio's buffer type (fio --mem), e.g. mmaphuge")
     .option('--no-node-fs', 'do not run the fs.promises peer')
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON on stdout')
     .action(fileCommand);
   bench
@@ -393,6 +394,7 @@ export function registerBench(program: Command): void {
     .option('--no-io', 'skip the put/get section')
     .option('--no-chain-keys', 'skip the chainKeys section')
     .option('--no-lookup', 'skip the lookup section')
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON on stdout')
     .action(warehouseCommand);
   bench
@@ -412,6 +414,7 @@ export function registerBench(program: Command): void {
       String(ENGINE_DEFAULTS.numLayers),
     )
     .option('--forms <list>', 'pool layouts: block-major, kv-first', 'block-major,kv-first')
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON on stdout')
     .action(engineCommand);
   bench
@@ -443,6 +446,7 @@ export function registerBench(program: Command): void {
     .option('--iperf3 <path>', 'the iperf3 to run (default: iperf3 on PATH)')
     .option('--no-iperf3', 'do not run iperf3')
     .option('--iperf-seconds <n>', 'seconds per iperf3 run', String(NET_DEFAULTS.iperfSeconds))
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON on stdout')
     .action(netCommand);
 }

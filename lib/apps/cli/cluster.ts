@@ -7,6 +7,8 @@ import {
   runClusterBench,
 } from '../bench/cluster-bench.js';
 import { type ClusterStatus, connectCluster } from '../../index.js';
+import { clusterChart } from '../bench/charts.js';
+import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
 
 function bytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -80,6 +82,7 @@ export function registerCluster(program: Command): void {
     .option('--seconds <s>', 'seconds per lookup measurement', String(d.seconds))
     .option('--publish-keys <n>', 'keys published', String(d.publishKeys))
     .option('--in-flight <n>', 'lookups in flight in the concurrent rows', String(d.inFlight))
+    .option(...PLOT_OPTION)
     .option('--json', 'print the report as JSON on stdout')
     .action(
       async (opts: {
@@ -91,7 +94,9 @@ export function registerCluster(program: Command): void {
         publishKeys: string;
         inFlight: string;
         json?: boolean;
+        plot?: string;
       }) => {
+        const progress = startBench(opts);
         const ac = new AbortController();
         const stop = (): void => ac.abort();
         process.once('SIGINT', stop);
@@ -105,11 +110,13 @@ export function registerCluster(program: Command): void {
             publishKeys: Number(opts.publishKeys),
             inFlight: Number(opts.inFlight),
             signal: ac.signal,
-            progress: (line) => process.stderr.write(`${line}\n`),
+            progress: (line) => progress.show(line),
           });
-          process.stdout.write(
-            opts.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatClusterBench(report)}\n`,
-          );
+          await finishBench(opts, progress, report, {
+            json: (r) => `${JSON.stringify(r, null, 2)}\n`,
+            table: (r) => `${formatClusterBench(r)}\n`,
+            chart: clusterChart,
+          });
         } finally {
           process.off('SIGINT', stop);
         }

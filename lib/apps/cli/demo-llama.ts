@@ -1,6 +1,7 @@
 /** `kvtier demo --engine llama`: the demo's agent workload on node-llama-cpp (lib/apps/demo/llama-agent.ts). */
 import { KvtierError } from '../../index.js';
 import { formatLlamaAgent, runLlamaAgent } from '../demo/llama-agent.js';
+import { showsProgress } from '../progress.js';
 
 export interface DemoLlamaOptions {
   requests?: string;
@@ -31,7 +32,7 @@ export async function demoLlama(opts: DemoLlamaOptions): Promise<void> {
     blockTokens: whole(opts.blockTokens, 'block tokens', 64, 4096),
     maxTokens: whole(opts.maxTokens, 'max tokens', 4, 256),
     threads: whole(opts.threads, 'threads', 2, 256),
-    ...(opts.progress !== false && process.stderr.isTTY === true
+    ...(showsProgress({ json: opts.json, progress: opts.progress })
       ? { onProgress: (m: string) => process.stderr.write(`  ${m}\n`) }
       : {}),
   });

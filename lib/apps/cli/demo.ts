@@ -25,7 +25,7 @@ import {
   writeSavedConfig,
   type SavedConfig,
 } from '../demo/config.js';
-import { ProgressBar } from '../demo/progress.js';
+import { DemoProgressBar } from '../demo/progress.js';
 import {
   formatHeader,
   formatSummary,
@@ -188,8 +188,8 @@ async function demoCommand(opts: DemoCommandOptions): Promise<void> {
     return demoLlama(opts);
   }
   const { config, saved, workload, info } = await prepareDemo(opts);
-  const bar =
-    opts.progress !== false && process.stderr.isTTY === true ? new ProgressBar() : undefined;
+  const progress = new DemoProgressBar({ json: opts.json, progress: opts.progress });
+  const bar = progress.on ? progress : undefined;
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals): void => {
     controller.abort(new KvtierError('KVTIER_ABORTED', `interrupted by ${signal}`));

@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 
 import { KvtierError } from '../../index.js';
 import { version } from '../../internal.js';
+import { clearProgress } from '../progress.js';
 import { registerBench } from './bench.js';
 import { registerCluster } from './cluster.js';
 import { registerDemo } from './demo.js';
@@ -29,6 +30,7 @@ registerCluster(program);
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) process.exit(e.exitCode);
+  clearProgress();
   if (e instanceof KvtierError) {
     process.stderr.write(`kvtier: ${e.message} [${e.code}]\n`);
   } else {

@@ -18,6 +18,8 @@ import {
 } from '../sim/capacity.js';
 import { openTrace } from '../sim/open.js';
 import { renderPlot, type PlotPoint } from '../sim/plot.js';
+import { checkPlotFile } from '../plot.js';
+import { ProgressBar, showsProgress } from '../progress.js';
 import { scanTrace, simulate, type SimResult, type TraceStats } from '../sim/replay.js';
 import type { Trace, TraceFormat } from '../sim/trace.js';
 
@@ -46,28 +48,6 @@ function bytes(n: number): string {
     i++;
   }
   return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
-}
-
-class Progress {
-  private last = 0;
-  constructor(
-    private readonly label: string,
-    private readonly total: number,
-    private readonly on: boolean,
-  ) {}
-  update(done: number): void {
-    if (!this.on) return;
-    const now = Date.now();
-    if (now - this.last < 100 && done < this.total) return;
-    this.last = now;
-    const f = this.total > 0 ? Math.min(1, done / this.total) : 0;
-    const width = 30;
-    const bar = '█'.repeat(Math.round(f * width)).padEnd(width, '░');
-    process.stderr.write(`\r${this.label.padEnd(18)} ${bar} ${(f * 100).toFixed(0).padStart(3)}%`);
-  }
-  done(): void {
-    if (this.on) process.stderr.write('\r\x1b[K');
-  }
 }
 
 export function formatSim(r: SimResult): string {
@@ -150,7 +130,8 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
     : [{ name: 'cache', spec: parseCapacity(opts.capacity ?? '5%') }];
   const explicitBlockBytes = positiveInt('block-bytes', opts.blockBytes);
   const explicitBlockTokens = positiveInt('block-tokens', opts.blockTokens);
-  const tty = !opts.json && process.stderr.isTTY === true;
+  const tty = showsProgress({ json: opts.json });
+  if (opts.plot !== undefined) checkPlotFile(opts.plot);
   const trace: Trace = await openTrace(opts.trace, opts.format as TraceFormat | 'auto', {
     onError: opts.onError as 'skip' | 'stop',
     merge: opts.merge as 'concurrent' | 'sequential',
@@ -161,12 +142,12 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
   const blockTokens = explicitBlockTokens ?? trace.blockTokens ?? 1;
   const blockBytes =
     explicitBlockBytes ?? (opts.model ? models[opts.model]! * blockTokens : undefined);
-  const scanProgress = new Progress('reading trace', 1, tty);
+  const scanProgress = new ProgressBar({ json: opts.json, label: 'reading trace' });
   let stats: TraceStats = await scanTrace(trace, {
     next: isOffline(opts.policy),
-    onProgress: () => scanProgress.update(0),
+    onProgress: () => scanProgress.update(0, 1),
   });
-  scanProgress.done();
+  scanProgress.clear();
   if (stats.accesses === 0) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', `${opts.trace}: the trace has no block accesses`);
   }
@@ -174,22 +155,23 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
     name: s.name,
     capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
   }));
-  const progress = new Progress(`replaying (${opts.policy})`, stats.requests, tty);
+  const progress = new ProgressBar({ json: opts.json, label: `replaying (${opts.policy})` });
   const result = await simulate(trace, {
     tiers,
     policy: opts.policy,
     blockTokens,
     blockBytes: blockBytes ?? 0,
     stats,
-    onProgress: (n) => progress.update(n),
+    onProgress: (n) => progress.update(n, stats.requests),
   });
-  progress.done();
+  progress.clear();
   if (opts.plot) {
     const points: PlotPoint[] = [];
     const shares = [1, 2, 5, 10, 25, 50];
     const plotted = [...new Set(['lru', DEFAULT_POLICY, opts.policy, 'belady'])];
     if (!stats.next) stats = await scanTrace(trace, { next: true });
-    const plotProgress = new Progress('plotting', shares.length * plotted.length, tty);
+    const plotProgress = new ProgressBar({ json: opts.json, label: 'plotting' });
+    const total = shares.length * plotted.length;
     let done = 0;
     for (const policy of plotted) {
       for (const share of shares) {
@@ -201,10 +183,10 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
           stats,
         });
         points.push({ policy, capacity: share, hitRate: r.hitRate.prefix });
-        plotProgress.update(++done);
+        plotProgress.update(++done, total);
       }
     }
-    plotProgress.done();
+    plotProgress.clear();
     await renderPlot(
       points,
       stats.ceiling.prefix,

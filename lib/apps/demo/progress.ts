@@ -1,30 +1,29 @@
-/** A one-line progress bar on a TTY stream, redrawn at most every 100 ms. */
+/** The demo's progress: requests done, hit rate and bytes moved after a bar (apps/progress.ts). */
+import { ProgressBar, type ProgressChoice } from '../progress.js';
 import type { DemoProgress } from './runner.js';
 
-export class ProgressBar {
-  private last = 0;
-  private shown = false;
+export class DemoProgressBar {
+  private readonly bar: ProgressBar;
 
-  constructor(private readonly stream: NodeJS.WriteStream = process.stderr) {}
+  constructor(choice: ProgressChoice = {}) {
+    this.bar = new ProgressBar({ ...choice, width: 28 });
+  }
+
+  get on(): boolean {
+    return this.bar.on;
+  }
 
   update(p: DemoProgress): void {
-    const now = Date.now();
-    if (now - this.last < 100 && p.done < p.total) return;
-    this.last = now;
-    const f = p.total > 0 ? Math.min(1, p.done / p.total) : 0;
-    const width = 28;
-    const filled = Math.round(f * width);
-    const bar = '█'.repeat(filled) + '░'.repeat(width - filled);
     const rate = p.seconds > 0 ? p.bytesMoved / p.seconds / 1e9 : 0;
-    const line =
-      `${bar} ${String(p.done).padStart(String(p.total).length)}/${p.total} requests` +
-      `  hit ${(p.hitRate * 100).toFixed(1)}%  ${(p.bytesMoved / 1e9).toFixed(2)} GB  ${rate.toFixed(2)} GB/s`;
-    this.stream.write(`\r\x1b[K${line.slice(0, (this.stream.columns || 100) - 1)}`);
-    this.shown = true;
+    this.bar.update(
+      p.done,
+      p.total,
+      `${String(p.done).padStart(String(p.total).length)}/${p.total} requests` +
+        `  hit ${(p.hitRate * 100).toFixed(1)}%  ${(p.bytesMoved / 1e9).toFixed(2)} GB  ${rate.toFixed(2)} GB/s`,
+    );
   }
 
   clear(): void {
-    if (this.shown) this.stream.write('\r\x1b[K');
-    this.shown = false;
+    this.bar.clear();
   }
 }
