@@ -94,6 +94,7 @@ describe('bench --plot', () => {
     ['bench net', ['bench', 'net', '--no-iperf3'], false],
     ['bench gpu', ['bench', 'gpu', '--no-peer'], true],
     ['bench llama', ['bench', 'llama'], true],
+    ['bench codec', ['bench', 'codec'], false],
     ['cluster bench', ['cluster', 'bench', '--redis', 'redis://127.0.0.1:1'], false],
     ['sim', ['sim', '--trace', trace], false],
   ])('%s refuses --plot chart.jpg before it starts', (_name, args, hasDir) => {

@@ -5,6 +5,7 @@
 import type { Chart, ChartRow } from '../plot.js';
 import { formatSize } from '../sizes.js';
 import type { ClusterBenchReport } from './cluster-bench.js';
+import type { CodecBenchReport } from './codec-bench.js';
 import type { EngineBenchReport } from './engine-bench.js';
 import type { FileBenchReport } from './file-bench.js';
 import type { GpuBenchReport } from './gpu-bench.js';
@@ -158,6 +159,22 @@ export function llamaChart(r: LlamaBenchReport): Chart {
     title: `kvtier bench llama: ${r.engine}, ${r.blockTokens}-token blocks`,
     xTitle: 'context',
     yTitle: 'time to first token (ms)',
+    rows,
+  };
+}
+
+/** `bench codec`: decode and encode GB/s per codec next to memcpy of the same decoded bytes. */
+export function codecChart(r: CodecBenchReport): Chart {
+  const rows: ChartRow[] = [];
+  for (const row of r.speed) {
+    rows.push({ series: 'decode', x: row.codec, y: row.decodeGBps });
+    rows.push({ series: 'encode', x: row.codec, y: row.encodeGBps });
+    rows.push({ series: 'memcpy (peer)', x: row.codec, y: row.memcpyGBps });
+  }
+  return {
+    title: `kvtier bench codec: ${r.options.dtype} KV, one core (${r.isa})`,
+    xTitle: 'codec',
+    yTitle: GBPS,
     rows,
   };
 }

@@ -9,10 +9,13 @@ import {
   runCodecBench,
   type CodecBenchOptions,
 } from '../bench/codec-bench.js';
+import { codecChart } from '../bench/charts.js';
+import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
 
 type Raw = Record<keyof Omit<CodecBenchOptions, 'dtype'>, string> & {
   dtype: string;
   json?: boolean;
+  plot?: string;
 };
 
 function whole(text: string, what: string): number {
@@ -54,8 +57,18 @@ export function registerCodecBench(bench: Command): void {
     const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
     cmd.option(`--${flag} <n>`, key, String(value));
   }
-  cmd.option('--json', 'print the report as JSON').action((raw: Raw) => {
-    const report = runCodecBench(codecBenchOptions(raw));
-    process.stdout.write(raw.json === true ? codecBenchJson(report) : formatCodecBench(report));
-  });
+  cmd
+    .option('--json', 'print the report as JSON')
+    .option(...PLOT_OPTION)
+    .action(async (raw: Raw) => {
+      const options = codecBenchOptions(raw);
+      const progress = startBench(raw);
+      progress.show('encoding and decoding (one core)...');
+      const report = runCodecBench(options);
+      await finishBench(raw, progress, report, {
+        json: codecBenchJson,
+        table: formatCodecBench,
+        chart: codecChart,
+      });
+    });
 }
