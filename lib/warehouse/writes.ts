@@ -106,7 +106,7 @@ export async function storeBlocks(
 }
 
 export async function evictNow(parts: Parts, keys: Key[]): Promise<EvictResult> {
-  const { locks, index, tiers, fileEngine, feed } = parts;
+  const { locks, index, tiers, fileEngine, feed, placement } = parts;
   while (locks.unsettled(keys)) await locks.settle(keys);
   const round = new TransferRound();
   const chosen: Key[] = [];
@@ -114,7 +114,10 @@ export async function evictNow(parts: Parts, keys: Key[]): Promise<EvictResult> 
     const e = index.get(key);
     if (!e || e.pins > 0) continue;
     tiers.forEach((t, i) => {
-      if (e.slots[i] !== ABSENT) t.forget?.(round.file, e.slots[i]!);
+      if (e.slots[i] === ABSENT || !t.forget) return;
+      // A header still gathered would otherwise land after the zero one: the block back at restart.
+      placement.dropHeader(i, e.slots[i]!);
+      t.forget(round.file, e.slots[i]!);
     });
     chosen.push(key);
   }

@@ -244,10 +244,17 @@ class UringEngine final : public IoEngine {
         if (!Prepare(op)) break;
         backlog_.pop_front();
       }
+      // The kernel gets the new requests before the finisher threads are woken: on a machine
+      // with few cores a woken finisher can take this thread's core, and the ring would sit
+      // with free entries while it checksums (a 256 KiB put pass lost several percent so).
+      if (io_uring_sq_ready(&ring_) > 0 && (!toChecksum_.empty() || !toFinish_.empty())) {
+        (void)io_uring_submit(&ring_);  // a failure leaves them queued for the submit below
+      }
       finisher_.PushAll(&toChecksum_, true);
       // Exit only once the armed wake-up read has completed, so the kernel never writes into
       // wakeBuf_ after the engine is gone. Stop() always writes the eventfd, so it does complete.
-      // Ops finished outside a completion pass (memory work, failures) go out before any wait.
+      // Ops finished in the last completion pass, or outside one (memory work, failures), go out
+      // before any wait.
       finisher_.PushAll(&toFinish_);
       if (stopping && inflight_ == 0 && backlog_.empty() && !wakeArmed_) break;
 
@@ -264,7 +271,7 @@ class UringEngine final : public IoEngine {
         ++seen;
       }
       io_uring_cq_advance(&ring_, seen);
-      finisher_.PushAll(&toFinish_);
+      // toFinish_ goes out at the top of the next pass, once the freed entries are refilled.
     }
   }
 

@@ -17,7 +17,8 @@ import { HostTier } from '../../lib/warehouse/host-tier.js';
 import { KeyLocks } from '../../lib/warehouse/key-locks.js';
 import { failureOf, Placement, type Placing } from '../../lib/warehouse/placement.js';
 import { StatsBook } from '../../lib/warehouse/stats.js';
-import type { SlotPlace, Tier } from '../../lib/warehouse/tier.js';
+import type { SlotBlock, SlotPlace, Tier } from '../../lib/warehouse/tier.js';
+import type { TransferBatch } from '../../lib/core/engine.js';
 
 const BS = 4096;
 const open: { close(): Promise<void> }[] = [];
@@ -35,10 +36,11 @@ interface Rig {
   locks: KeyLocks;
 }
 
-function rig(tiers: Tier[]): Rig {
-  const memoryEngine: IoEngine = createEngine({ kind: 'threads', queueDepth: 2 });
+function rig(tiers: Tier[], wrap?: (engine: IoEngine) => IoEngine): Rig {
+  const realMemoryEngine: IoEngine = createEngine({ kind: 'threads', queueDepth: 2 });
+  const memoryEngine = wrap ? wrap(realMemoryEngine) : realMemoryEngine;
   const fileEngine: IoEngine = createEngine({ kind: 'threads', queueDepth: 2 });
-  open.push(memoryEngine, fileEngine, ...tiers);
+  open.push(realMemoryEngine, fileEngine, ...tiers);
   const index = new BlockIndex<Key>(
     tiers.map((t) => ({ name: t.name, capacity: t.slots, policy: new LruPolicy<Key>() })),
   );
@@ -79,6 +81,29 @@ function slotBytes(tier: HostTier, slot: number): Buffer {
 
 const crc = (b: Uint8Array): number => native().crc32c(b);
 
+/** A host tier that keeps headers: records each header write as the slots it describes. */
+class DescribedTier extends HostTier {
+  readonly written: number[][] = [];
+  describe(_batch: TransferBatch, blocks: readonly SlotBlock[]): void {
+    this.written.push(blocks.map((b) => b.slot).sort((x, y) => x - y));
+  }
+}
+
+/** Holds the engine's second submission until `open()`: a put still moving its bytes. */
+function gated(): { wrap: (e: IoEngine) => IoEngine; open: () => void } {
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  let calls = 0;
+  const wrap = (e: IoEngine): IoEngine =>
+    ({
+      submit: async (batch: TransferBatch) => {
+        if (++calls === 2) await gate;
+        return e.submit(batch);
+      },
+    }) as unknown as IoEngine;
+  return { wrap, open };
+}
+
 describe('Placement', () => {
   it('commits: bytes in the slots, checksums in the index, keys reported added', async () => {
     const host = new HostTier('host', 4, BS);
@@ -100,6 +125,48 @@ describe('Placement', () => {
     expect(r.index.tiers[0]!.used).toBe(2);
     expect(r.stats.tiers[0]!.bytesIn).toBe(2 * BS);
     expect(r.locks.unsettled(['a', 'b'])).toBe(false);
+  });
+
+  it("gathers the 'later' headers of concurrent runs into one write, once none is left moving bytes", async () => {
+    const tier = new DescribedTier('host', 8, BS);
+    const g = gated();
+    const r = rig([tier], g.wrap);
+    const src = blocks(4, 5);
+    const first = r.placement.run([placing(r, 'a', src, 0), placing(r, 'b', src, 1)], {
+      headers: 'later',
+    });
+    const second = r.placement.run([placing(r, 'c', src, 2), placing(r, 'd', src, 3)], {
+      headers: 'later',
+    });
+    await first;
+    // The first run is over and committed, but its headers wait for the second's.
+    expect(r.index.get('a')).toBeDefined();
+    expect(tier.written).toEqual([]);
+    g.open();
+    await second;
+    const slots = ['a', 'b', 'c', 'd'].map((k) => r.index.get(k)!.slots[0]!);
+    expect(tier.written).toEqual([slots.sort((x, y) => x - y)]);
+  });
+
+  it('drops a gathered header when its slot is forgotten, and writes the rest on syncFiles', async () => {
+    const tier = new DescribedTier('host', 8, BS);
+    const g = gated();
+    const r = rig([tier], g.wrap);
+    const src = blocks(3, 6);
+    const first = r.placement.run([placing(r, 'a', src, 0), placing(r, 'b', src, 1)], {
+      headers: 'later',
+    });
+    const second = r.placement.run([placing(r, 'c', src, 2)], { headers: 'later' });
+    await first;
+    const a = r.index.get('a')!.slots[0]!;
+    const b = r.index.get('b')!.slots[0]!;
+    // An eviction of 'a' while its header is gathered: that header must never be written.
+    r.placement.dropHeader(0, a);
+    expect(await r.placement.syncFiles()).toBeUndefined();
+    expect(tier.written).toEqual([[b]]);
+    g.open();
+    await second;
+    expect(tier.written).toEqual([[b], [r.index.get('c')!.slots[0]!]]);
   });
 
   it('aborts a block whose copy does not match its checksum: slot given back, index unchanged', async () => {
