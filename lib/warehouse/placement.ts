@@ -200,6 +200,7 @@ export class Placement {
     for (let from = tiers.length - 1; from >= 0; from--) {
       const round = new TransferRound();
       const owners: Plan<Key>[] = [];
+      const dests: number[] = [];
       const landing = tiers.map((): SlotBlock[] => []);
       for (const plan of plans) {
         for (const m of plan.moves) {
@@ -213,6 +214,7 @@ export class Placement {
             checksum: e.checksum,
           });
           owners.push(plan);
+          dests.push(m.toTier);
           stats.tiers[m.fromTier]!.bytesOut += e.length;
           stats.tiers[m.toTier]!.bytesIn += e.length;
         }
@@ -222,7 +224,7 @@ export class Placement {
       (await this.runRound(round)).forEach((o, n) => {
         if (!o.ok) {
           failed.set(owners[n]!, failureOf(o.error));
-          stats.counters.ioErrors++;
+          stats.ioError(dests[n]);
         }
       });
     }
@@ -238,8 +240,15 @@ export class Placement {
     if (sync.file.length === 0) return undefined;
     const r = await this.env.fileEngine.submit(sync.file);
     if (r.ok) return undefined;
-    this.env.stats.counters.ioErrors++;
+    this.env.stats.ioError(this.fileTier());
     return failureOf(r.errors.find((e) => e !== undefined));
+  }
+
+  /** The tier that keeps slot headers and syncs (the file tier), if any: where header and sync
+   * failures are counted. */
+  fileTier(): number | undefined {
+    const t = this.env.tiers.findIndex((tier) => tier.describe !== undefined);
+    return t < 0 ? undefined : t;
   }
 
   place(tier: number, slot: number): SlotPlace {
@@ -304,7 +313,7 @@ export class Placement {
   /** Header writes nobody waits for: counted in flight (close waits), and by syncFiles(). */
   writeLater(round: TransferRound): void {
     const written = this.env.fileEngine.submit(round.file).then((r) => {
-      if (!r.ok) this.env.stats.counters.ioErrors++;
+      if (!r.ok) this.env.stats.ioError(this.fileTier());
     });
     this.headerWrites.add(written);
     const forget = (): void => void this.headerWrites.delete(written);
@@ -363,7 +372,7 @@ export class PlacementBatch {
       if (o.error) this.errors.push(o.error);
       if (!o.ok || o.checksum === undefined) {
         this.fail(p, failureOf(o.error));
-        stats.counters.ioErrors++;
+        stats.ioError(p.plan.tier);
       } else if (p.checksum === undefined) {
         p.checksum = o.checksum;
       } else if (p.checksum !== o.checksum) {
@@ -395,7 +404,7 @@ export class PlacementBatch {
       if (o.ok && o.checksum !== undefined) p.checksum = o.checksum;
       else {
         this.fail(p, failureOf(o.error));
-        this.exec.env.stats.counters.ioErrors++;
+        this.exec.env.stats.ioError(p.plan.tier);
       }
     });
   }
@@ -415,7 +424,7 @@ export class PlacementBatch {
       }
       if (described.length === 0) return;
       const r = await fileEngine.submit(round.file);
-      if (!r.ok) stats.counters.ioErrors++;
+      if (!r.ok) stats.ioError(this.exec.fileTier());
       described.forEach((p, i) => {
         const error = r.errors[i];
         if (error === undefined) return;
@@ -445,7 +454,7 @@ export class PlacementBatch {
       // Headers are few and grouped; one failing leaves the new blocks undescribed.
       const why = failureOf(r.errors.find((e) => e !== undefined));
       for (const p of described) this.fail(p, why);
-      stats.counters.ioErrors++;
+      stats.ioError(this.exec.fileTier());
     }
   }
 

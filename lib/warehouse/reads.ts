@@ -115,7 +115,7 @@ async function readLocal(
     }
     // Corrupt, torn or unreadable: this copy is gone; a lower copy may still serve.
     if (o.ok) stats.corrupt(t);
-    else stats.counters.ioErrors++;
+    else stats.ioError(t);
     // Drop exactly the copy that failed, if the index still points there.
     if (index.get(key)?.slots[t] === want.slot) {
       index.remove(key, t);

@@ -25,7 +25,7 @@ export async function closeParts(parts: Parts): Promise<void> {
     const sync = new TransferRound();
     for (const t of parts.tiers) t.sync?.(sync.file);
     if (sync.file.length > 0 && !(await parts.fileEngine.submit(sync.file)).ok) {
-      parts.stats.counters.ioErrors++;
+      parts.stats.ioError(parts.placement.fileTier());
     }
   } catch (e) {
     errors.push(e);

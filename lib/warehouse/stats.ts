@@ -23,6 +23,7 @@ export interface TierBytes {
   bytesIn: number;
   bytesOut: number;
   corrupt: number;
+  ioErrors: number;
 }
 
 export class StatsBook {
@@ -38,13 +39,30 @@ export class StatsBook {
   readonly tiers: TierBytes[];
 
   constructor(tiers: number) {
-    this.tiers = Array.from({ length: tiers }, () => ({ bytesIn: 0, bytesOut: 0, corrupt: 0 }));
+    this.tiers = Array.from({ length: tiers }, () => ({
+      bytesIn: 0,
+      bytesOut: 0,
+      corrupt: 0,
+      ioErrors: 0,
+    }));
   }
 
   /** A block of tier `t` failed its checksum. */
   corrupt(t: number, n = 1): void {
     this.tiers[t]!.corrupt += n;
     this.counters.corrupt += n;
+  }
+
+  /**
+   * An I/O operation failed; `t` is the tier whose read or write it was (the destination of a
+   * copy, since writes are what fail in practice: a full disk), when one is known.
+   */
+  ioError(t: number | undefined): void {
+    this.counters.ioErrors++;
+    if (t !== undefined && t >= 0) {
+      const tier = this.tiers[t];
+      if (tier) tier.ioErrors++;
+    }
   }
 
   report(

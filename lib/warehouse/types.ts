@@ -241,6 +241,8 @@ export interface TierStats {
   promotions: number;
   demotions: number;
   corrupt: number;
+  /** Local tiers: reads and writes of this tier that failed (their sum is `ioErrors`). */
+  ioErrors?: number;
   /** Source tiers (a peer): operations that failed (their keys counted as misses). */
   errors?: number;
 }

@@ -59,6 +59,7 @@ interface TierStatsLike {
   evictions: number;
   usedBlocks: number;
   capacityBlocks: number;
+  ioErrors: number;
 }
 
 describe('kvtier serve --metrics', () => {
@@ -159,6 +160,7 @@ describe('kvtier serve --metrics', () => {
       expect(value(after, 'kvtier_tier_evictions_total', l)).toBe(t.evictions);
       expect(value(after, 'kvtier_tier_used_blocks', l)).toBe(t.usedBlocks);
       expect(value(after, 'kvtier_tier_capacity_blocks', l)).toBe(t.capacityBlocks);
+      expect(value(after, 'kvtier_tier_io_errors_total', l)).toBe(t.ioErrors);
     }
 
     // And they moved by what was done: 24 + 4 keys found, 5 not.

@@ -221,6 +221,7 @@ describe('Placement', () => {
     expect(r.index.get('k')).toBeUndefined();
     expect(r.index.tiers[0]!.used).toBe(0);
     expect(r.stats.counters.ioErrors).toBe(1);
+    expect(r.stats.tiers[0]!.ioErrors).toBe(1); // counted against the tier written to
     expect(failureOf(new KvtierError('KVTIER_IO', 'x'))).toBe('io-error');
   });
 

@@ -108,7 +108,7 @@ export class ServeMetrics {
     this.gauge('kvtier_blocks', 'Distinct blocks held', [], () => [[{}, wh().blocks]]);
     this.gauge('kvtier_block_bytes', 'Bytes per block', [], () => [[{}, wh().blockBytes]]);
     type Field = 'hits' | 'misses' | 'bytesIn' | 'bytesOut' | 'evictions' | 'promotions';
-    type Field2 = 'demotions' | 'corrupt' | 'errors' | 'usedBlocks' | 'capacityBlocks';
+    type Field2 = 'demotions' | 'corrupt' | 'ioErrors' | 'errors' | 'usedBlocks' | 'capacityBlocks';
     const perTier = (field: Field | Field2): Reading[] =>
       wh().tiers.flatMap((t): Reading[] => {
         const v = t[field];
@@ -127,6 +127,11 @@ export class ServeMetrics {
       'kvtier_tier_corrupt_blocks_total',
       'Blocks of this tier whose checksum failed',
       'corrupt',
+    );
+    tier(
+      'kvtier_tier_io_errors_total',
+      'Reads and writes of this local tier that failed',
+      'ioErrors',
     );
     tier('kvtier_tier_errors_total', 'Failed operations of a source tier (a peer)', 'errors');
     const level = (name: string, help: string, field: Field2): void =>
