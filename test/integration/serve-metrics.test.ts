@@ -188,8 +188,15 @@ describe('kvtier serve --metrics', () => {
     expect(putBlocks).toBe(n);
   });
 
-  it('counts an authentication failure', async () => {
-    const failuresBefore = value(await scrape(), 'kvtier_peer_auth_failures_total');
+  it('counts an authentication failure, and the AUTH error frame it was answered with', async () => {
+    const before = await scrape();
+    const failuresBefore = value(before, 'kvtier_peer_auth_failures_total');
+    // A code never sent has no sample yet.
+    const framesOf = (s: Sample[]): number =>
+      s.some((x) => x.name === 'kvtier_peer_error_frames_total' && x.labels.code === 'auth')
+        ? value(s, 'kvtier_peer_error_frames_total', { code: 'auth' })
+        : 0;
+    const framesBefore = framesOf(before);
     await expect(
       connect(`127.0.0.1:${serve.port}`, {
         token: 'not-the-secret-0123456789abcdef',
@@ -200,7 +207,8 @@ describe('kvtier serve --metrics', () => {
       const s = await scrape();
       return (
         value(s, 'kvtier_peer_auth_failures_total') === failuresBefore + 1 &&
-        value(s, 'kvtier_peer_errors_total', { reason: 'auth' }) === failuresBefore + 1
+        value(s, 'kvtier_peer_errors_total', { reason: 'auth' }) === failuresBefore + 1 &&
+        framesOf(s) === framesBefore + 1
       );
     });
   });

@@ -194,6 +194,12 @@ export class ServeMetrics {
       }),
     );
     this.counter(
+      'kvtier_peer_error_frames_total',
+      'ERROR frames sent to clients, by the error code they carried (docs/protocol.md)',
+      ['code'],
+      peer((p) => Object.entries(p.errorsSent()).map(([code, v]): Reading => [{ code }, v])),
+    );
+    this.counter(
       'kvtier_peer_put_blocks_total',
       'Blocks of peer puts by path: landed in slots, placed by an offer, or copied',
       ['path'],

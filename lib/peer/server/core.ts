@@ -42,6 +42,8 @@ export class ServerCore {
   /** Connections accepted and not yet closed (their close events delivered). */
   readonly open = new InFlight();
   readonly putCounts = { landed: 0, placed: 0, copied: 0 };
+  /** ERROR frames sent, by the ErrorKind they carried (for metrics). */
+  readonly errorsSent = new Map<number, number>();
   readonly listener: number;
   readonly port: number;
   shuttingDown = false;
@@ -150,6 +152,7 @@ export class ServerCore {
   drop(state: ConnState, kind: number, message: string): void {
     if (state.phase === 'closed') return;
     this.log('connection_dropped', { conn: state.id, remote: state.remote, reason: message });
+    this.countError(kind);
     this.net.send(state.id, frame(MsgType.ERROR, 0, encodeError(kind, message)));
     this.net.closeConnection(state.id, message);
     state.phase = 'closed';
@@ -157,7 +160,12 @@ export class ServerCore {
 
   /** Refuses one request with an ERROR frame; the connection goes on. */
   refuse(state: ConnState, rid: number, kind: number, message: string): void {
+    this.countError(kind);
     this.net.send(state.id, frame(MsgType.ERROR, rid, encodeError(kind, message)));
+  }
+
+  private countError(kind: number): void {
+    this.errorsSent.set(kind, (this.errorsSent.get(kind) ?? 0) + 1);
   }
 
   reply(state: ConnState, type: number, rid: number, meta: Buffer): void {

@@ -77,6 +77,19 @@ export class PeerServer {
     return { pauses: s.pauses, maxQueued: s.maxHeld, maxAnswerQueued: s.maxOutQueued };
   }
 
+  /**
+   * ERROR frames sent to clients, by the error code they carried (docs/protocol.md's names,
+   * lower case: 'protocol', 'auth', 'limit'...). Codes never sent are absent.
+   */
+  errorsSent(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [name, code] of Object.entries(ErrorKind)) {
+      const n = this.core.errorsSent.get(code);
+      if (n !== undefined) out[name.toLowerCase()] = n;
+    }
+    return out;
+  }
+
   /** The transport's counters (backpressure and connection limits). */
   netStats(): NetStats {
     return this.core.net.stats();
