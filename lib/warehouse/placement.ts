@@ -91,6 +91,8 @@ export class Placement {
   private laterSince = 0;
   /** Runs with 'later' headers between begin and their headers: what may join a gathered write. */
   private laterRuns = 0;
+  /** Writes what is gathered once LATER_HEADER_MS have passed, if nothing did before. */
+  private laterTimer: NodeJS.Timeout | undefined;
 
   constructor(readonly env: PlacementEnv) {}
 
@@ -291,6 +293,15 @@ export class Placement {
       performance.now() - this.laterSince >= LATER_HEADER_MS
     ) {
       this.flushHeaders();
+    } else if (this.laterCount > 0 && this.laterTimer === undefined) {
+      // Puts that keep overlapping must not hold headers for ever: written after
+      // LATER_HEADER_MS at the latest. Unref'd: it never keeps the process alive, and close()
+      // flushes (and clears it) before the engines close.
+      this.laterTimer = setTimeout(() => {
+        this.laterTimer = undefined;
+        this.flushHeaders();
+      }, LATER_HEADER_MS);
+      this.laterTimer.unref();
     }
   }
 
@@ -301,6 +312,8 @@ export class Placement {
 
   /** Writes the gathered 'later' headers, not waited for. */
   flushHeaders(): void {
+    if (this.laterTimer !== undefined) clearTimeout(this.laterTimer);
+    this.laterTimer = undefined;
     if (this.laterCount === 0) return;
     const landing = this.env.tiers.map((_, t) => [...(this.laterHeaders.get(t)?.values() ?? [])]);
     this.laterHeaders.clear();
@@ -444,7 +457,9 @@ export class PlacementBatch {
       // The headers only serve a later restart, so nobody waits for them (close() does, and so
       // does a sync: syncFiles()). A header that lands late over a reused slot names a block
       // whose checksum the new payload fails: a miss after restart, never wrong data.
-      if (described.length > 0) this.exec.describeLater(landing);
+      // Called even with nothing to describe: this run may be the last of the concurrent ones,
+      // and then what the others gathered is written now.
+      this.exec.describeLater(landing);
       return;
     }
     this.exec.describeAll(round, landing);

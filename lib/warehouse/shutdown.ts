@@ -9,7 +9,6 @@ import { ABSENT } from './block-index.js';
 import type { Parts } from './configure.js';
 import { FLUSH_BATCH } from './host-slots.js';
 import type { SlotPlace } from './tier.js';
-import { TransferRound } from './transfers.js';
 import type { CloseError } from './types.js';
 
 export async function closeParts(parts: Parts): Promise<void> {
@@ -22,11 +21,9 @@ export async function closeParts(parts: Parts): Promise<void> {
     const flushed = await flushDown(parts);
     unwritten = flushed.unwritten;
     errors.push(...flushed.errors);
-    const sync = new TransferRound();
-    for (const t of parts.tiers) t.sync?.(sync.file);
-    if (sync.file.length > 0 && !(await parts.fileEngine.submit(sync.file)).ok) {
-      parts.stats.ioError(parts.placement.fileTier());
-    }
+    // Gathered 'later' headers are written and waited for, then the file tier synced: a block
+    // whose payload is down must not lose its header because the Warehouse closed first.
+    await parts.placement.syncFiles();
   } catch (e) {
     errors.push(e);
   } finally {
