@@ -58,16 +58,57 @@ function readLib(): Map<string, string> {
 }
 
 /**
- * The lib-relative files each file imports (static, type-only, re-exports and literal dynamic
- * imports, as TypeScript's own scanner finds them; comments and strings are not imports).
+ * Every module specifier a file names: import and export declarations (type-only, namespace
+ * re-exports `export * as ns from` included), `import('...')` types, and literal dynamic
+ * `import()` and `require()` calls, from TypeScript's own parse (comments and strings are not
+ * imports).
  */
+function specifiers(file: string, text: string): string[] {
+  const out: string[] = [];
+  const visit = (node: ts.Node): void => {
+    if (
+      (ts.isImportDeclaration(node) || ts.isExportDeclaration(node)) &&
+      node.moduleSpecifier !== undefined &&
+      ts.isStringLiteral(node.moduleSpecifier)
+    ) {
+      out.push(node.moduleSpecifier.text);
+    } else if (
+      ts.isImportTypeNode(node) &&
+      ts.isLiteralTypeNode(node.argument) &&
+      ts.isStringLiteral(node.argument.literal)
+    ) {
+      out.push(node.argument.literal.text);
+    } else if (
+      ts.isCallExpression(node) &&
+      (node.expression.kind === ts.SyntaxKind.ImportKeyword ||
+        (ts.isIdentifier(node.expression) && node.expression.text === 'require')) &&
+      node.arguments[0] !== undefined &&
+      ts.isStringLiteralLike(node.arguments[0])
+    ) {
+      out.push(node.arguments[0].text);
+    }
+    ts.forEachChild(node, visit);
+  };
+  visit(ts.createSourceFile(file, text, ts.ScriptTarget.Latest, true, ts.ScriptKind.TS));
+  return out;
+}
+
+/** The package's own entries, were a library file to import itself by name. */
+const SELF: Readonly<Record<string, string>> = {
+  kvtier: 'index.ts',
+  'kvtier/llama': 'llama/index.ts',
+};
+
+/** The lib-relative files each file imports (packages and node: built-ins are not followed). */
 function importGraph(sources: Sources): Map<string, Set<string>> {
   const graph = new Map<string, Set<string>>();
   for (const [file, text] of sources) {
     const targets = new Set<string>();
-    for (const { fileName } of ts.preProcessFile(text, true, true).importedFiles) {
-      if (!fileName.startsWith('.')) continue; // node: built-ins and packages
-      targets.add(posix.normalize(posix.join(dirname(file), fileName)).replace(/\.js$/, '.ts'));
+    for (const name of specifiers(file, text)) {
+      const self = SELF[name];
+      if (self !== undefined) targets.add(self);
+      if (!name.startsWith('.')) continue;
+      targets.add(posix.normalize(posix.join(dirname(file), name)).replace(/\.js$/, '.ts'));
     }
     graph.set(file, targets);
   }
@@ -212,14 +253,20 @@ describe('layers of lib/', () => {
         ['index.ts', "export { W } from './warehouse/w.js';"],
         ['lost/f.ts', "import { a } from '../core/a.js';"],
         ['warehouse/up.ts', "import { t } from '../../test/helpers.js';"],
+        ['keys/ns.ts', "export * as peer from '../peer/x.js';"],
+        ['layout/self.ts', "import { Warehouse } from 'kvtier';"],
+        ['policy/req.ts', "const x = require('../warehouse/w.js');"],
       ]),
     ).bad;
     expect(bad).toEqual([
       'apps/cli/m.ts -> warehouse/w.ts: an application reaches past index.ts / internal.ts into the library',
       'core/a.ts -> keys/b.ts: runs up from core to keys',
+      'keys/ns.ts -> peer/x.ts: runs up from keys to peer',
+      'layout/self.ts -> index.ts: runs up from layout to entry',
       'lost/f.ts -> core/a.ts: lost/ has no layer in RANKS',
       'peer/x.ts -> cluster/c.ts: runs up from peer to cluster',
       'policy/p.ts -> layout/k.ts: sibling layers policy and layout',
+      'policy/req.ts -> warehouse/w.ts: runs up from policy to warehouse',
       'warehouse/up.ts -> ../test/helpers.ts: leaves lib/',
       'import cycle: core/a.ts -> keys/b.ts -> core/a.ts',
       'import cycle: layout/k.ts -> layout/k.ts',
