@@ -17,11 +17,10 @@ import {
   pipeline,
   runWarehouseBench,
   validateWarehouseBenchOptions,
-  warehouseBenchJson,
-  formatWarehouseBench,
   type WarehouseBenchOptions,
   type WarehouseBenchReport,
 } from '../../lib/apps/bench/warehouse-bench.js';
+import { formatWarehouseBench, warehouseBenchJson } from '../../lib/apps/bench/warehouse-report.js';
 import { chainKeys, namespaceRoot } from '../../lib/keys/keys.js';
 import { badArgument, tempDir } from '../helpers.js';
 

@@ -12,12 +12,11 @@ import { fileBenchJson, formatFileBench } from '../bench/report.js';
 import { formatSize, parseSize, parseSizeList } from '../sizes.js';
 import { KEYS_DEFAULTS } from '../bench/keys-bench.js';
 import {
-  formatWarehouseBench,
   runWarehouseBench,
   WAREHOUSE_DEFAULTS,
-  warehouseBenchJson,
   type WarehouseBenchOptions,
 } from '../bench/warehouse-bench.js';
+import { formatWarehouseBench, warehouseBenchJson } from '../bench/warehouse-report.js';
 import {
   ENGINE_DEFAULTS,
   engineBenchJson,
