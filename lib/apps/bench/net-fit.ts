@@ -60,8 +60,12 @@ export async function checkRoom(
       const part = all.slice(stored, stored + inflight);
       const r = await client.put(part, buffers);
       if (r.stored + r.present !== part.length) {
+        // The peer refused some: count what it still holds of everything sent (earlier blocks may
+        // have been evicted to make room), so the --bytes suggested really fits.
+        stored += part.length;
+        await check();
         fits = false;
-        held = stored + r.stored + r.present;
+        held = Math.min(held, stored);
         break;
       }
       stored += part.length;
