@@ -19,6 +19,13 @@ import {
 import { openTrace } from '../sim/open.js';
 import { renderPlot, type PlotPoint } from '../sim/plot.js';
 import { scanTrace, simulate, type SimResult, type TraceStats } from '../sim/replay.js';
+import {
+  defaultPrefillRates,
+  formatTimed,
+  parseTierRates,
+  simulateTimed,
+  type TimedResult,
+} from '../sim/timed.js';
 import type { Trace, TraceFormat } from '../sim/trace.js';
 
 interface SimOpts {
@@ -33,6 +40,10 @@ interface SimOpts {
   blockTokens?: string;
   json?: boolean;
   plot?: string;
+  timed?: boolean;
+  prefillRate?: string;
+  tierRates?: string;
+  sessions?: boolean;
   onError: string;
 }
 
@@ -128,7 +139,7 @@ function positiveInt(name: string, text: string | undefined): number | undefined
   return n;
 }
 
-export async function runSim(opts: SimOpts): Promise<SimResult> {
+export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
   choice('format', opts.format, ['auto', 'mooncake', 'kvcache-tester', 'kvtier']);
   choice('merge', opts.merge, ['concurrent', 'sequential']);
   choice('on-error', opts.onError, ['skip', 'stop']);
@@ -174,6 +185,7 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
     name: s.name,
     capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
   }));
+  if (opts.timed) return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, tty);
   const progress = new Progress(`replaying (${opts.policy})`, stats.requests, tty);
   const result = await simulate(trace, {
     tiers,
@@ -181,6 +193,7 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
     blockTokens,
     blockBytes: blockBytes ?? 0,
     stats,
+    ...(opts.sessions ? { sessions: true } : {}),
     onProgress: (n) => progress.update(n),
   });
   progress.done();
@@ -215,6 +228,52 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
   return result;
 }
 
+async function runTimed(
+  opts: SimOpts,
+  trace: Trace,
+  stats: TraceStats,
+  tiers: { name: string; capacity: number }[],
+  blockTokens: number,
+  blockBytes: number | undefined,
+  tty: boolean,
+): Promise<TimedResult> {
+  // Timed replays price bytes: a model (default llama3-8b) or --block-bytes gives bytes per token.
+  const model = opts.model ?? (opts.blockBytes === undefined ? 'llama3-8b' : undefined);
+  const bytesPerToken = blockBytes !== undefined ? blockBytes / blockTokens : models[model!]!;
+  const prefill =
+    opts.prefillRate !== undefined
+      ? Number(opts.prefillRate)
+      : model !== undefined
+        ? defaultPrefillRates[model]
+        : undefined;
+  if (prefill === undefined || !(prefill > 0)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--prefill-rate ${opts.prefillRate ?? '(none)'}: expected tokens per second > 0 (no default for this model)`,
+    );
+  }
+  const named = parseTierRates(opts.tierRates);
+  const rates = tiers.map((t, i) => named[t.name] ?? (i === 0 ? { gbps: 1, latencyMs: 0 } : undefined));
+  const progress = new Progress(`timed (${opts.policy})`, stats.requests * 2, tty);
+  let base = 0;
+  let lastN = 0;
+  return simulateTimed(trace, {
+    tiers,
+    rates: rates.map((r) => r ?? { gbps: NaN, latencyMs: NaN }),
+    policy: opts.policy,
+    blockTokens,
+    bytesPerToken,
+    prefillTokensPerSecond: prefill,
+    stats,
+    ...(opts.sessions ? { sessions: true } : {}),
+    onProgress: (n) => {
+      if (n < lastN) base += lastN;
+      lastN = n;
+      progress.update(base + n);
+    },
+  }).finally(() => progress.done());
+}
+
 export function registerSim(program: Command): void {
   program
     .command('sim')
@@ -243,10 +302,13 @@ export function registerSim(program: Command): void {
       '--plot <file>',
       'also draw hit rate against capacity for several policies (.svg or .png)',
     )
+    .option('--timed', 'price hits in time: TTFT with and without the warehouse, GPU-s saved')
+    .option('--prefill-rate <tokens/s>', 'timed: prefill rate (default per model: llama3-8b 12000)')
+    .option('--tier-rates <list>', 'timed: GB/s[:latency ms] per tier (default host=53.8:0.01,file=1.87:0.1)')
+    .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
     .action(async (opts: SimOpts) => {
       const result = await runSim(opts);
-      process.stdout.write(
-        opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatSim(result)}\n`,
-      );
+      const text = 'ttft' in result ? formatTimed(result) : formatSim(result);
+      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${text}\n`);
     });
 }
