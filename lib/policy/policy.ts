@@ -34,7 +34,7 @@ export interface AccessInfo {
    * Optional engine hint about the conversation after this request: 'soon' (waiting for a tool,
    * back soon) or 'closed' (the conversation is over).
    */
-  hint?: 'soon' | 'closed';
+  hint?: 'soon' | 'closed' | undefined;
 }
 
 export interface EvictionPolicy<K> {

@@ -31,8 +31,9 @@ const FIRST_NODE = 3;
 /** Previous gap below this (ms) is short, below MEDIUM medium, else long. */
 const SHORT = 15_000;
 const MEDIUM = 120_000;
-/** Lineage classes: first turn, then 3 gap classes × 4 run-length classes. */
-const CLASSES = 13;
+/** Lineage classes: first turn, then 3 gap classes × 4 run-length classes, then hinted 'soon'. */
+const SOON = 13;
+const CLASSES = 14;
 /** Group lists: one per class, then the dead list; list sentinels are groups 0 .. LISTS-1. */
 const DEAD = CLASSES;
 const LISTS = CLASSES + 1;
@@ -90,6 +91,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private curChain = -1;
   private curRequest: number | undefined = undefined;
   private curSession = -1;
+  private curHint: 'soon' | 'closed' | undefined = undefined;
   private decided = false;
   private cand = 0;
   private candSerial = -1;
@@ -134,6 +136,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.curNow = info.now;
     this.curChain = info.chainLength;
     this.curSession = info.session ?? -1;
+    this.curHint = info.hint;
     if (info.now > this.now) this.now = info.now;
     this.cur = this.newGroup(info.now);
     this.decided = false;
@@ -184,8 +187,15 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     const cand = this.cand;
     this.cand = 0;
     if (cand !== 0 && this.gSerial[cand] === this.candSerial) this.maybeFree(cand);
+    if (this.curHint === 'soon') c = SOON;
     this.gClass[g] = c;
     this.gQuick[g] = quick;
+    if (this.curHint === 'closed') {
+      // The engine says the conversation is over: nothing of it will be read again.
+      this.gState[g] = GONE;
+      if (this.gCount[g]! > 0) this.listGroup(g, DEAD);
+      return;
+    }
     this.gState[g] = ALIVE;
     if (this.gCount[g]! > 0) this.listGroup(g, c);
   }
@@ -307,7 +317,9 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.gTail[g] = n;
     if (++this.gCount[g]! > this.gPeak[g]!) this.gPeak[g] = this.gCount[g]!;
     this.l.aux[n] = g;
-    if (this.gList[g] === 255 && this.gState[g] === ALIVE) this.listGroup(g, this.gClass[g]!);
+    if (this.gList[g] === 255 && this.gState[g] !== PENDING) {
+      this.listGroup(g, this.gState[g] === GONE ? DEAD : this.gClass[g]!);
+    }
   }
 
   /** Takes node n out of its group (it stays in its key list). */

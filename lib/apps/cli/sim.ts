@@ -44,6 +44,7 @@ interface SimOpts {
   prefillRate?: string;
   tierRates?: string;
   sessions?: boolean;
+  hints?: string;
   onError: string;
 }
 
@@ -143,6 +144,8 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
   choice('format', opts.format, ['auto', 'mooncake', 'kvcache-tester', 'kvtier']);
   choice('merge', opts.merge, ['concurrent', 'sequential']);
   choice('on-error', opts.onError, ['skip', 'stop']);
+  choice('hints', opts.hints ?? 'none', ['none', 'soon', 'closed', 'both']);
+  const hints = (opts.hints ?? 'none') as 'none' | 'soon' | 'closed' | 'both';
   policyByName(opts.policy, 1); // unknown policy: fail before reading anything
   if (opts.capacity !== undefined && opts.tiers !== undefined) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'give --capacity or --tiers, not both');
@@ -185,7 +188,7 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
     name: s.name,
     capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
   }));
-  if (opts.timed) return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, tty);
+  if (opts.timed) return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, tty, hints);
   const progress = new Progress(`replaying (${opts.policy})`, stats.requests, tty);
   const result = await simulate(trace, {
     tiers,
@@ -194,6 +197,7 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
     blockBytes: blockBytes ?? 0,
     stats,
     ...(opts.sessions ? { sessions: true } : {}),
+    hints,
     onProgress: (n) => progress.update(n),
   });
   progress.done();
@@ -236,6 +240,7 @@ async function runTimed(
   blockTokens: number,
   blockBytes: number | undefined,
   tty: boolean,
+  hints: 'none' | 'soon' | 'closed' | 'both',
 ): Promise<TimedResult> {
   // Timed replays price bytes: a model (default llama3-8b) or --block-bytes gives bytes per token.
   const model = opts.model ?? (opts.blockBytes === undefined ? 'llama3-8b' : undefined);
@@ -266,6 +271,7 @@ async function runTimed(
     prefillTokensPerSecond: prefill,
     stats,
     ...(opts.sessions ? { sessions: true } : {}),
+    hints,
     onProgress: (n) => {
       if (n < lastN) base += lastN;
       lastN = n;
@@ -306,6 +312,7 @@ export function registerSim(program: Command): void {
     .option('--prefill-rate <tokens/s>', 'timed: prefill rate (default per model: llama3-8b 12000)')
     .option('--tier-rates <list>', 'timed: GB/s[:latency ms] per tier (default host=53.8:0.01,file=1.87:0.1)')
     .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
+    .option('--hints <which>', 'engine hints the trace records: none | soon | closed | both', 'none')
     .action(async (opts: SimOpts) => {
       const result = await runSim(opts);
       const text = 'ttft' in result ? formatTimed(result) : formatSim(result);

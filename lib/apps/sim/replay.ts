@@ -126,6 +126,8 @@ export interface SimOptions {
   stats?: TraceStats;
   /** Pass the trace's session ids to the policy (AccessInfo.session); default false. */
   sessions?: boolean;
+  /** Engine hints the trace records, passed to the policy (AccessInfo.hint); default none. */
+  hints?: 'none' | 'soon' | 'closed' | 'both';
   /**
    * Called after each request's lookups with its prefix-hit tokens per tier (index = tier; the
    * array is reused: copy what you keep). For the timed replay (timed.ts).
@@ -209,6 +211,9 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
     request: 0,
   };
   const sessions = options.sessions === true;
+  const hints = options.hints ?? 'none';
+  const soon = hints === 'soon' || hints === 'both';
+  const closed = hints === 'closed' || hints === 'both';
   const onRequest = options.onRequest;
   const reqTokens = new Float64Array(nt);
   const meta = { length: 0, checksum: 0 };
@@ -221,6 +226,10 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
     info.chainLength = n;
     info.request = requests;
     if (sessions && r.session >= 0) info.session = r.session;
+    if (soon || closed) {
+      const h = r.hint;
+      info.hint = (h === 'soon' && soon) || (h === 'closed' && closed) ? h : undefined;
+    }
     let prefix = true;
     for (let i = 0; i < n; i++) {
       info.depth = i;

@@ -54,6 +54,7 @@ export interface TimedOptions {
   prefillTokensPerSecond: number;
   stats?: TraceStats;
   sessions?: boolean;
+  hints?: SimOptions['hints'];
   onProgress?: (requests: number) => void;
 }
 
@@ -118,6 +119,7 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       blockTokens: o.blockTokens,
       ...(o.stats ? { stats: o.stats } : {}),
       ...(o.sessions ? { sessions: true } : {}),
+      ...(o.hints ? { hints: o.hints } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
       onRequest: (r, hit) => {
         if (r.time < first) first = r.time;
