@@ -48,6 +48,8 @@ export interface ReturnTimeOptions {
   ghosts?: number;
   /** A request continues a group when it re-reads at least this share of it. Default 0.3. */
   continues?: number;
+  /** Bypass: a new block is not admitted when its group is worth less than the victim's. */
+  bypass?: boolean;
 }
 
 function classOf(gap: number, quick: number): number {
@@ -62,6 +64,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private readonly l = new KeyLists<K>(3);
   private readonly ghostLimit: number;
   private readonly continues: number;
+  private readonly bypass: boolean;
   // Per node: its group's chain (deeper / shallower neighbour), parent and child in the prefix tree.
   private bNext: Int32Array = new Int32Array(16);
   private bPrev: Int32Array = new Int32Array(16);
@@ -99,10 +102,17 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private lastNode = 0;
   private lastDepth = -1;
   private now = 0;
+  /** Per class: the head group whose value was last computed, and that value. */
+  private readonly headGroup = new Int32Array(CLASSES);
+  private readonly headSerial = new Float64Array(CLASSES);
+  private readonly headValue = new Float64Array(CLASSES);
+  private valueNow = NaN;
+  private valueVersion = -1;
 
   constructor(capacity: number, options: ReturnTimeOptions = {}) {
-    this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? Number(process.env.RT_GHOSTS ?? 2)) * capacity));
-    this.continues = options.continues ?? Number(process.env.RT_CONT ?? 0.3);
+    this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? 2) * capacity));
+    this.continues = options.continues ?? 0.3;
+    this.bypass = options.bypass ?? false;
     for (let g = 0; g < LISTS; g++) {
       this.gPrev[g] = g;
       this.gNext[g] = g;
@@ -463,20 +473,30 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     }
     // The current request's lineage is decided before anything is evicted for it.
     if (this.cur !== 0 && !this.decided) this.decide();
-    let guard = 0;
     for (let g = this.gNext[DEAD]!; g !== DEAD; g = this.gNext[g]!) {
-      if (++guard > 1e7) throw new Error('dead loop ' + g + ' ' + this.gList[g]);
       const n = this.deepest(g, evictable);
       if (n !== 0) return l.keys[n];
     }
     let best = 0;
     let bestValue = Infinity;
     let bestAge = -1;
+    const fresh = this.now === this.valueNow && this.model.version === this.valueVersion;
+    this.valueNow = this.now;
+    this.valueVersion = this.model.version;
     for (let c = 0; c < CLASSES; c++) {
       const g = this.gNext[c]!;
       if (g === c) continue;
       const age = this.now - this.gTime[g]!;
-      const v = this.model.value(c, age);
+      // Within one request the clock stands still: a class head's value is computed once.
+      let v: number;
+      if (fresh && this.headGroup[c] === g && this.headSerial[c] === this.gSerial[g]) {
+        v = this.headValue[c]!;
+      } else {
+        v = this.model.value(c, age);
+        this.headGroup[c] = g;
+        this.headSerial[c] = this.gSerial[g]!;
+        this.headValue[c] = v;
+      }
       if (v < bestValue || (v === bestValue && age > bestAge)) {
         best = g;
         bestValue = v;
@@ -492,11 +512,22 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     return n === 0 ? undefined : l.keys[n];
   }
 
+  admit(_key: K, _info: AccessInfo, victim: K): boolean {
+    if (!this.bypass || this.cur === 0) return true;
+    const l = this.l;
+    const n = l.find(victim);
+    if (n === 0 || l.list[n] !== LIVE) return true;
+    const v = l.aux[n]!;
+    if (v === 0 || v === this.cur || this.gState[v] !== ALIVE) return true;
+    const c = this.gClass[this.cur]!;
+    const mine = this.model.value(c, 0);
+    const theirs = this.model.value(this.gClass[v]!, this.now - this.gTime[v]!);
+    return mine >= theirs;
+  }
+
   /** The deepest evictable block of group g (0: none). */
   private deepest(g: number, evictable?: (key: K) => boolean): number {
-    let guard = 0;
     for (let n = this.gTail[g]!; n !== 0; n = this.bPrev[n]!) {
-      if (++guard > 1e7) throw new Error('chain loop ' + g + ' ' + this.gCount[g]);
       if (!evictable || evictable(this.l.keys[n] as K)) return n;
     }
     return 0;

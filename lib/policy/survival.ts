@@ -39,6 +39,8 @@ export class SurvivalModel {
   /** The index table, per class and bin of the idle time; rebuilt every `refresh` updates. */
   readonly index: Float64Array;
   private updates = 0;
+  /** Changes whenever the index table does. */
+  version = 0;
   private readonly pool: number;
 
   constructor(
@@ -102,6 +104,7 @@ export class SurvivalModel {
 
   /** Recomputes the index table: O(classes × bins²), run every `refresh` updates. */
   rebuild(): void {
+    this.version++;
     const h = new Float64Array(BINS);
     for (let c = 0; c < this.classes; c++) {
       for (let b = 0; b < BINS; b++) h[b] = Math.min(1, this.hazard(c, b));

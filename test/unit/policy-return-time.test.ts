@@ -16,7 +16,12 @@ const at = (now: number, depth: number, chainLength: number, req = request): Acc
 });
 
 /** One request by the sim's rules, straight on a policy: reads what is resident, places the rest. */
-function send(p: ReturnTimePolicy<number>, now: number, keys: number[], resident: Set<number>): void {
+function send(
+  p: ReturnTimePolicy<number>,
+  now: number,
+  keys: number[],
+  resident: Set<number>,
+): void {
   request++;
   keys.forEach((k, i) => {
     if (resident.has(k)) p.touch(k, at(now, i, keys.length));

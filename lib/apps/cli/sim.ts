@@ -258,7 +258,9 @@ async function runTimed(
     );
   }
   const named = parseTierRates(opts.tierRates);
-  const rates = tiers.map((t, i) => named[t.name] ?? (i === 0 ? { gbps: 1, latencyMs: 0 } : undefined));
+  const rates = tiers.map(
+    (t, i) => named[t.name] ?? (i === 0 ? { gbps: 1, latencyMs: 0 } : undefined),
+  );
   const progress = new Progress(`timed (${opts.policy})`, stats.requests * 2, tty);
   let base = 0;
   let lastN = 0;
@@ -310,9 +312,16 @@ export function registerSim(program: Command): void {
     )
     .option('--timed', 'price hits in time: TTFT with and without the warehouse, GPU-s saved')
     .option('--prefill-rate <tokens/s>', 'timed: prefill rate (default per model: llama3-8b 12000)')
-    .option('--tier-rates <list>', 'timed: GB/s[:latency ms] per tier (default host=53.8:0.01,file=1.87:0.1)')
+    .option(
+      '--tier-rates <list>',
+      'timed: GB/s[:latency ms] per tier (default host=53.8:0.01,file=1.87:0.1)',
+    )
     .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
-    .option('--hints <which>', 'engine hints the trace records: none | soon | closed | both', 'none')
+    .option(
+      '--hints <which>',
+      'engine hints the trace records: none | soon | closed | both',
+      'none',
+    )
     .action(async (opts: SimOpts) => {
       const result = await runSim(opts);
       const text = 'ttft' in result ? formatTimed(result) : formatSim(result);
