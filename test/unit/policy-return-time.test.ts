@@ -55,10 +55,10 @@ describe('ReturnTimePolicy', () => {
   it("evicts first what the conversation's next request did not re-read", () => {
     const p = new ReturnTimePolicy<number>(10);
     const resident = new Set<number>();
-    send(p, 0, [1, 2, 3], resident); // turn 1 (3 is its partial last block)
-    send(p, 500, [20, 21], resident); // another conversation
+    send(p, 0, [20, 21], resident); // another conversation, older
+    send(p, 500, [1, 2, 3], resident); // turn 1 (3 is its partial last block)
     send(p, 1000, [1, 2, 4, 5], resident); // turn 2 re-reads 1, 2: continues turn 1
-    // Block 3 is dead even though the other conversation's group is older.
+    // Block 3 is dead: it goes before the older conversation's blocks.
     expect(p.victim()).toBe(3);
     p.remove(3);
     expect(p.victim()).toBe(21);
