@@ -52,6 +52,13 @@ export interface ReturnTimeOptions {
   bypass?: boolean;
 }
 
+/** A copy of `a` in a new array of `size` elements. */
+function grow<T extends Int32Array | Uint8Array | Float64Array>(a: T, size: number): T {
+  const b = new (a.constructor as new (n: number) => T)(size);
+  b.set(a);
+  return b;
+}
+
 function classOf(gap: number, quick: number): number {
   const g = gap < SHORT ? 0 : gap < MEDIUM ? 1 : 2;
   const q = quick === 0 ? 0 : quick <= 2 ? 1 : quick <= 7 ? 2 : 3;
@@ -251,35 +258,20 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private growGroups(min: number): void {
     let size = this.gHead.length * 2;
     while (size < min) size *= 2;
-    const i32 = (a: Int32Array): Int32Array => {
-      const b = new Int32Array(size);
-      b.set(a);
-      return b;
-    };
-    const u8 = (a: Uint8Array): Uint8Array => {
-      const b = new Uint8Array(size);
-      b.set(a);
-      return b;
-    };
-    const f64 = (a: Float64Array): Float64Array => {
-      const b = new Float64Array(size);
-      b.set(a);
-      return b;
-    };
-    this.gHead = i32(this.gHead);
-    this.gTail = i32(this.gTail);
-    this.gCount = i32(this.gCount);
-    this.gGhosts = i32(this.gGhosts);
-    this.gPeak = i32(this.gPeak);
-    this.gState = u8(this.gState);
-    this.gClass = u8(this.gClass);
-    this.gQuick = i32(this.gQuick);
-    this.gTime = f64(this.gTime);
-    this.gSerial = f64(this.gSerial);
-    this.gSession = f64(this.gSession);
-    this.gPrev = i32(this.gPrev);
-    this.gNext = i32(this.gNext);
-    this.gList = u8(this.gList);
+    this.gHead = grow(this.gHead, size);
+    this.gTail = grow(this.gTail, size);
+    this.gCount = grow(this.gCount, size);
+    this.gGhosts = grow(this.gGhosts, size);
+    this.gPeak = grow(this.gPeak, size);
+    this.gState = grow(this.gState, size);
+    this.gClass = grow(this.gClass, size);
+    this.gQuick = grow(this.gQuick, size);
+    this.gTime = grow(this.gTime, size);
+    this.gSerial = grow(this.gSerial, size);
+    this.gSession = grow(this.gSession, size);
+    this.gPrev = grow(this.gPrev, size);
+    this.gNext = grow(this.gNext, size);
+    this.gList = grow(this.gList, size);
   }
 
   private unlistGroup(g: number): void {
@@ -355,15 +347,10 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     if (n < this.bNext.length) return;
     let size = this.bNext.length * 2;
     while (size <= n) size *= 2;
-    const grow = (a: Int32Array): Int32Array => {
-      const b = new Int32Array(size);
-      b.set(a);
-      return b;
-    };
-    this.bNext = grow(this.bNext);
-    this.bPrev = grow(this.bPrev);
-    this.parent = grow(this.parent);
-    this.child = grow(this.child);
+    this.bNext = grow(this.bNext, size);
+    this.bPrev = grow(this.bPrev, size);
+    this.parent = grow(this.parent, size);
+    this.child = grow(this.child, size);
   }
 
   /** Node n is read or placed by the current request at `depth`. */
