@@ -44,7 +44,7 @@ const ALIVE = 2;
 const GONE = 3;
 
 export interface ReturnTimeOptions {
-  /** Keys remembered after eviction (to see a conversation come back), × capacity. Default 2. */
+  /** Keys remembered after eviction (to see a conversation come back), × capacity. Default 4. */
   ghosts?: number;
   /** A request continues a group when it re-reads at least this share of it. Default 0.3. */
   continues?: number;
@@ -117,7 +117,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private valueVersion = -1;
 
   constructor(capacity: number, options: ReturnTimeOptions = {}) {
-    this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? 2) * capacity));
+    this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? 4) * capacity));
     this.continues = options.continues ?? 0.3;
     this.bypass = options.bypass ?? false;
     for (let g = 0; g < LISTS; g++) {
