@@ -64,6 +64,22 @@ describe('ReturnTimePolicy', () => {
     expect(p.victim()).toBe(21);
   });
 
+  it("takes the engine's 'closed' hint: the conversation's blocks go first", () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    send(p, 0, [20, 21], resident); // an older conversation, no hint
+    request++;
+    const closed = (i: number): AccessInfo => ({ ...at(1000, i, 2), hint: 'closed' });
+    [1, 2].forEach((k, i) => p.miss(k, closed(i)));
+    [1, 2].forEach((k, i) => p.insert(k, closed(i)));
+    send(p, 2000, [30], resident); // the next request ends the hinted one
+    expect(p.victim()).toBe(2);
+    p.remove(2);
+    expect(p.victim()).toBe(1);
+    p.remove(1);
+    expect(p.victim()).toBe(21);
+  });
+
   it('evicts an orphan (its parent was evicted) before anything else', () => {
     const p = new ReturnTimePolicy<number>(10);
     const resident = new Set<number>();
