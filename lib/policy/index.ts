@@ -6,6 +6,7 @@ import { DensityPolicy } from './density.js';
 import { LeafLruPolicy } from './lru-leaf.js';
 import { LruPolicy } from './lru.js';
 import { PriorityPolicy } from './priority.js';
+import { ReturnTimePolicy } from './return-time.js';
 import type { EvictionPolicy } from './policy.js';
 
 export type { AccessInfo, EvictionPolicy, PolicyFactory } from './policy.js';
@@ -52,6 +53,15 @@ const registry = new Map<string, PolicyEntry>([
       create: (c) => new ArcPolicy(c, { leafFirst: true, orphans: true }),
       offline: false,
       description: 'ARC on the prefix tree: deepest block of a request first, orphans first',
+    },
+  ],
+  [
+    'return-time',
+    {
+      create: (c) => new ReturnTimePolicy(c),
+      offline: false,
+      description:
+        'learned return times per conversation class: groups deepest first, lowest Gittins index',
     },
   ],
   [

@@ -22,6 +22,19 @@ export interface AccessInfo {
    * clock as an access counter (Infinity: never). Online callers leave it out.
    */
   next?: number;
+  /**
+   * Optional: which request this access belongs to (any value that changes from one request to
+   * the next). Without it, policies that need request boundaries take a change of `now` or
+   * `chainLength` as a new request.
+   */
+  request?: number;
+  /** Optional: the engine's conversation (session) id, when it gives one. */
+  session?: number;
+  /**
+   * Optional engine hint about the conversation after this request: 'soon' (waiting for a tool,
+   * back soon) or 'closed' (the conversation is over).
+   */
+  hint?: 'soon' | 'closed' | undefined;
 }
 
 export interface EvictionPolicy<K> {

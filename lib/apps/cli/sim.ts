@@ -21,6 +21,13 @@ import { renderPlot, type PlotPoint } from '../sim/plot.js';
 import { checkPlotFile } from '../plot.js';
 import { ProgressBar, showsProgress } from '../progress.js';
 import { scanTrace, simulate, type SimResult, type TraceStats } from '../sim/replay.js';
+import {
+  defaultPrefillRates,
+  formatTimed,
+  parseTierRates,
+  simulateTimed,
+  type TimedResult,
+} from '../sim/timed.js';
 import type { Trace, TraceFormat } from '../sim/trace.js';
 
 interface SimOpts {
@@ -35,6 +42,11 @@ interface SimOpts {
   blockTokens?: string;
   json?: boolean;
   plot?: string;
+  timed?: boolean;
+  prefillRate?: string;
+  tierRates?: string;
+  sessions?: boolean;
+  hints?: string;
   onError: string;
 }
 
@@ -108,10 +120,12 @@ function positiveInt(name: string, text: string | undefined): number | undefined
   return n;
 }
 
-export async function runSim(opts: SimOpts): Promise<SimResult> {
+export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
   choice('format', opts.format, ['auto', 'mooncake', 'kvcache-tester', 'kvtier']);
   choice('merge', opts.merge, ['concurrent', 'sequential']);
   choice('on-error', opts.onError, ['skip', 'stop']);
+  choice('hints', opts.hints ?? 'none', ['none', 'soon', 'closed', 'both']);
+  const hints = (opts.hints ?? 'none') as 'none' | 'soon' | 'closed' | 'both';
   policyByName(opts.policy, 1); // unknown policy: fail before reading anything
   if (opts.capacity !== undefined && opts.tiers !== undefined) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'give --capacity or --tiers, not both');
@@ -155,6 +169,7 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
     name: s.name,
     capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
   }));
+  if (opts.timed) return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, hints);
   const progress = new ProgressBar({ json: opts.json, label: `replaying (${opts.policy})` });
   const result = await simulate(trace, {
     tiers,
@@ -162,6 +177,8 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
     blockTokens,
     blockBytes: blockBytes ?? 0,
     stats,
+    ...(opts.sessions ? { sessions: true } : {}),
+    hints,
     onProgress: (n) => progress.update(n, stats.requests),
   });
   progress.clear();
@@ -197,6 +214,55 @@ export async function runSim(opts: SimOpts): Promise<SimResult> {
   return result;
 }
 
+async function runTimed(
+  opts: SimOpts,
+  trace: Trace,
+  stats: TraceStats,
+  tiers: { name: string; capacity: number }[],
+  blockTokens: number,
+  blockBytes: number | undefined,
+  hints: 'none' | 'soon' | 'closed' | 'both',
+): Promise<TimedResult> {
+  // Timed replays price bytes: a model (default llama3-8b) or --block-bytes gives bytes per token.
+  const model = opts.model ?? (opts.blockBytes === undefined ? 'llama3-8b' : undefined);
+  const bytesPerToken = blockBytes !== undefined ? blockBytes / blockTokens : models[model!]!;
+  const prefill =
+    opts.prefillRate !== undefined
+      ? Number(opts.prefillRate)
+      : model !== undefined
+        ? defaultPrefillRates[model]
+        : undefined;
+  if (prefill === undefined || !(prefill > 0)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--prefill-rate ${opts.prefillRate ?? '(none)'}: expected tokens per second > 0 (no default for this model)`,
+    );
+  }
+  const named = parseTierRates(opts.tierRates);
+  const rates = tiers.map(
+    (t, i) => named[t.name] ?? (i === 0 ? { gbps: 1, latencyMs: 0 } : undefined),
+  );
+  const progress = new ProgressBar({ json: opts.json, label: `timed (${opts.policy})` });
+  let base = 0;
+  let lastN = 0;
+  return simulateTimed(trace, {
+    tiers,
+    rates: rates.map((r) => r ?? { gbps: NaN, latencyMs: NaN }),
+    policy: opts.policy,
+    blockTokens,
+    bytesPerToken,
+    prefillTokensPerSecond: prefill,
+    stats,
+    ...(opts.sessions ? { sessions: true } : {}),
+    hints,
+    onProgress: (n) => {
+      if (n < lastN) base += lastN;
+      lastN = n;
+      progress.update(base + n, stats.requests * 2);
+    },
+  }).finally(() => progress.clear());
+}
+
 export function registerSim(program: Command): void {
   program
     .command('sim')
@@ -225,10 +291,21 @@ export function registerSim(program: Command): void {
       '--plot <file>',
       'also draw hit rate against capacity for several policies (.svg or .png)',
     )
+    .option('--timed', 'price hits in time: TTFT with and without the warehouse, GPU-s saved')
+    .option('--prefill-rate <tokens/s>', 'timed: prefill rate (default per model: llama3-8b 12000)')
+    .option(
+      '--tier-rates <list>',
+      'timed: GB/s[:latency ms] per tier (default host=53.8:0.01,file=1.87:0.1)',
+    )
+    .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
+    .option(
+      '--hints <which>',
+      'engine hints the trace records: none | soon | closed | both',
+      'none',
+    )
     .action(async (opts: SimOpts) => {
       const result = await runSim(opts);
-      process.stdout.write(
-        opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatSim(result)}\n`,
-      );
+      const text = 'ttft' in result ? formatTimed(result) : formatSim(result);
+      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${text}\n`);
     });
 }

@@ -31,6 +31,8 @@ interface FlatRequest {
   ids: number[];
   inputTokens: number;
   outputTokens: number;
+  /** The request stopped for a tool call (`stop: "tool_use"`): the engine would know. */
+  tool: boolean;
   order: number;
 }
 
@@ -43,6 +45,8 @@ interface Session {
   times: Float64Array;
   /** Per request: input tokens, output tokens. */
   tokens: Int32Array;
+  /** Per request: 1 when it stopped for a tool call, 2 for the session's last request. */
+  hints: Uint8Array;
   /** Per request: shared prefix length, tail length, tail ids (local). */
   data: Int32Array;
 }
@@ -100,6 +104,7 @@ function flatten(
       ids: r.hash_ids as number[],
       inputTokens: typeof r.in === 'number' ? r.in : 0,
       outputTokens: typeof r.out === 'number' ? r.out : 0,
+      tool: r.stop === 'tool_use',
       order: out.length,
     });
   }
@@ -184,11 +189,13 @@ export class KvCacheTesterTrace implements Trace {
       const data = new GrowInt32();
       const tokens = new Int32Array(flat.length * 2);
       const times = new Float64Array(flat.length);
+      const hints = new Uint8Array(flat.length);
       let maxId = -1;
       let prev: number[] = [];
       for (let i = 0; i < flat.length; i++) {
         const r = flat[i]!;
         times[i] = r.time;
+        hints[i] = i === flat.length - 1 ? 2 : r.tool ? 1 : 0;
         tokens[2 * i] = r.inputTokens;
         tokens[2 * i + 1] = r.outputTokens;
         const ids = r.ids;
@@ -205,7 +212,7 @@ export class KvCacheTesterTrace implements Trace {
         prev = ids;
       }
       if (maxId > 0x3fffffff) throw badTrace(file, `hash id ${maxId} is too large for a local id`);
-      sessions.push({ file, base, count: flat.length, times, tokens, data: data.done() });
+      sessions.push({ file, base, count: flat.length, times, tokens, hints, data: data.done() });
       base += maxId + 1;
     }
     this.keySpace = base;
@@ -316,6 +323,8 @@ class Cursor {
     req.outputTokens = s.tokens[2 * i + 1]!;
     req.priority = 0;
     req.session = this.index;
+    const h = s.hints[i];
+    req.hint = h === 1 ? 'soon' : h === 2 ? 'closed' : undefined;
     this.time = this.next < s.count ? s.times[this.next]! : Infinity;
   }
 }

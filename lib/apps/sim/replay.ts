@@ -16,7 +16,7 @@ import {
   MapKeyIds,
   policyByName,
 } from '../../internal.js';
-import type { Trace } from './trace.js';
+import type { Trace, TraceRequest } from './trace.js';
 
 export interface TraceStats {
   requests: number;
@@ -124,6 +124,15 @@ export interface SimOptions {
   blockBytes?: number;
   /** A scan already made (with `next` when the policy is offline). */
   stats?: TraceStats;
+  /** Pass the trace's session ids to the policy (AccessInfo.session); default false. */
+  sessions?: boolean;
+  /** Engine hints the trace records, passed to the policy (AccessInfo.hint); default none. */
+  hints?: 'none' | 'soon' | 'closed' | 'both';
+  /**
+   * Called after each request's lookups with its prefix-hit tokens per tier (index = tier; the
+   * array is reused: copy what you keep). For the timed replay (timed.ts).
+   */
+  onRequest?: (r: TraceRequest, hitTokens: Float64Array) => void;
   /** Called every few hundred requests with the requests replayed so far. */
   onProgress?: (requests: number) => void;
 }
@@ -193,7 +202,20 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
   let tokensSaved = 0;
   let requests = 0;
   let accesses = 0;
-  const info: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 0, next: Infinity };
+  const info: AccessInfo = {
+    now: 0,
+    priority: 0,
+    depth: 0,
+    chainLength: 0,
+    next: Infinity,
+    request: 0,
+  };
+  const sessions = options.sessions === true;
+  const hints = options.hints ?? 'none';
+  const soon = hints === 'soon' || hints === 'both';
+  const closed = hints === 'closed' || hints === 'both';
+  const onRequest = options.onRequest;
+  const reqTokens = new Float64Array(nt);
   const meta = { length: 0, checksum: 0 };
   const started = performance.now();
   for await (const r of trace.requests()) {
@@ -202,6 +224,12 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
     info.now = r.time;
     info.priority = r.priority;
     info.chainLength = n;
+    info.request = requests;
+    if (sessions && r.session >= 0) info.session = r.session;
+    if (soon || closed) {
+      const h = r.hint;
+      info.hint = (h === 'soon' && soon) || (h === 'closed' && closed) ? h : undefined;
+    }
     let prefix = true;
     for (let i = 0; i < n; i++) {
       info.depth = i;
@@ -213,12 +241,18 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
         anyHits[t]!++;
         if (prefix) {
           prefixHits[t]!++;
-          tokensSaved +=
+          const saved =
             r.inputTokens > 0
               ? Math.max(0, Math.min(blockTokens, r.inputTokens - i * blockTokens))
               : blockTokens;
+          tokensSaved += saved;
+          if (onRequest) reqTokens[t]! += saved;
         }
       }
+    }
+    if (onRequest) {
+      onRequest(r, reqTokens);
+      reqTokens.fill(0);
     }
     for (let i = 0; i < n; i++) {
       info.depth = i;

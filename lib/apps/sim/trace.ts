@@ -23,6 +23,11 @@ export interface TraceRequest {
   priority: number;
   /** Session (conversation) index, or -1 when the trace has none. */
   session: number;
+  /**
+   * What an engine could tell after this request, when the trace records it (kv-cache-tester):
+   * 'soon' (it stopped for a tool call) or 'closed' (the session's last request).
+   */
+  hint?: 'soon' | 'closed' | undefined;
 }
 
 export type TraceFormat = 'mooncake' | 'kvcache-tester' | 'kvtier';

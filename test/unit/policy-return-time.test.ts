@@ -1,0 +1,201 @@
+import { describe, expect, it } from 'vitest';
+
+import { policyByName } from '../../lib/policy/index.js';
+import type { AccessInfo } from '../../lib/policy/policy.js';
+import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
+import { BINS, binOf, SurvivalModel } from '../../lib/policy/survival.js';
+import { ABSENT, BlockIndex, DenseKeyIds } from '../../lib/warehouse/block-index.js';
+
+let request = 0;
+const at = (now: number, depth: number, chainLength: number, req = request): AccessInfo => ({
+  now,
+  priority: 0,
+  depth,
+  chainLength,
+  request: req,
+});
+
+/** One request by the sim's rules, straight on a policy: reads what is resident, places the rest. */
+function send(
+  p: ReturnTimePolicy<number>,
+  now: number,
+  keys: number[],
+  resident: Set<number>,
+): void {
+  request++;
+  keys.forEach((k, i) => {
+    if (resident.has(k)) p.touch(k, at(now, i, keys.length));
+    else p.miss(k, at(now, i, keys.length));
+  });
+  keys.forEach((k, i) => {
+    if (resident.has(k)) p.touch(k, at(now, i, keys.length));
+    else {
+      p.insert(k, at(now, i, keys.length));
+      resident.add(k);
+    }
+  });
+}
+
+describe('ReturnTimePolicy', () => {
+  it('evicts a group from its deepest block up, oldest group first while nothing is learned', () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    send(p, 0, [1, 2, 3], resident);
+    send(p, 1000, [7, 8], resident);
+    expect(p.victim()).toBe(3);
+    p.remove(3);
+    expect(p.victim()).toBe(2);
+    p.remove(2);
+    expect(p.victim()).toBe(1);
+    p.remove(1);
+    expect(p.victim()).toBe(8);
+    expect(p.size).toBe(2);
+  });
+
+  it("evicts first what the conversation's next request did not re-read", () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    send(p, 0, [20, 21], resident); // another conversation, older
+    send(p, 500, [1, 2, 3], resident); // turn 1 (3 is its partial last block)
+    send(p, 1000, [1, 2, 4, 5], resident); // turn 2 re-reads 1, 2: continues turn 1
+    // Block 3 is dead: it goes before the older conversation's blocks.
+    expect(p.victim()).toBe(3);
+    p.remove(3);
+    expect(p.victim()).toBe(21);
+  });
+
+  it("takes the engine's 'closed' hint: the conversation's blocks go first", () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    send(p, 0, [20, 21], resident); // an older conversation, no hint
+    request++;
+    const closed = (i: number): AccessInfo => ({ ...at(1000, i, 2), hint: 'closed' });
+    [1, 2].forEach((k, i) => p.miss(k, closed(i)));
+    [1, 2].forEach((k, i) => p.insert(k, closed(i)));
+    send(p, 2000, [30], resident); // the next request ends the hinted one
+    expect(p.victim()).toBe(2);
+    p.remove(2);
+    expect(p.victim()).toBe(1);
+    p.remove(1);
+    expect(p.victim()).toBe(21);
+  });
+
+  it('evicts an orphan (its parent was evicted) before anything else', () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    send(p, 0, [1, 2], resident); // a shared prefix, read last by ...
+    send(p, 10, [1, 2, 3, 4], resident); // ... this request; 3 → 4 hang below 2
+    send(p, 20, [1, 2], resident); // 1, 2 move to a newer group
+    send(p, 30, [9], resident);
+    p.remove(2); // another tier's decision, say
+    expect(p.victim()).toBe(3);
+    p.remove(3);
+    expect(p.victim()).toBe(4);
+  });
+
+  it('decides by learned return times: keeps the class that comes back, evicts the one that does not', () => {
+    // A small ghost memory (10 keys), so what never comes back is forgotten, and censored, soon.
+    const p = new ReturnTimePolicy<number>(10, { ghosts: 1 });
+    const resident = new Set<number>();
+    const drop = (keys: number[]): void => {
+      for (const k of keys) {
+        p.remove(k);
+        resident.delete(k);
+      }
+    };
+    let key = 100;
+    for (let c = 0; c < 40; c++) {
+      const t0 = c * 1_000_000;
+      // A quick conversation: each turn re-reads the last and comes back 2 s later, 8 turns.
+      const chain: number[] = [];
+      for (let turn = 0; turn < 8; turn++) {
+        chain.push(key++);
+        send(p, t0 + turn * 2000, [...chain], resident);
+      }
+      drop(chain);
+      // One-shot requests that never come back.
+      const once = [key++, key++, key++];
+      once.forEach((k, i) => send(p, t0 + 500_000 + i, [k], resident));
+      drop(once);
+    }
+    const now = 50_000_000;
+    send(p, now, [1], resident); // a one-shot, older than ...
+    send(p, now + 1000, [2], resident);
+    send(p, now + 3000, [2, 3], resident); // ... a conversation in its second, quick turn ...
+    send(p, now + 3500, [4], resident); // ... and a younger one-shot
+    // LRU would evict 1, then 2. The learned curves keep the conversation over both one-shots.
+    const first = p.victim()!;
+    expect([1, 4]).toContain(first);
+    p.remove(first);
+    expect([1, 4]).toContain(p.victim());
+    expect(p.model.hazard(0, binOf(2000))).toBeLessThan(p.model.hazard(1, binOf(2000)));
+  });
+
+  it('keeps its state bounded: ghosts at most ghosts × capacity, groups by the keys it keeps', () => {
+    const capacity = 64;
+    const policy = new ReturnTimePolicy<number>(capacity, { ghosts: 2 });
+    const index = new BlockIndex<number>([{ name: 'c', capacity, policy }], {
+      ids: new DenseKeyIds(1 << 16),
+    });
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const convs: number[][] = [];
+    let next = 0;
+    let hits = 0;
+    for (let r = 0; r < 20_000; r++) {
+      let chain: number[];
+      const c = rand(50);
+      if (convs[c] === undefined || rand(10) === 0) convs[c] = [];
+      chain = convs[c]!;
+      chain = [...chain, ...Array.from({ length: 1 + rand(4) }, () => next++)];
+      convs[c] = chain;
+      const info = (i: number): AccessInfo => ({
+        now: r * 100,
+        priority: 0,
+        depth: i,
+        chainLength: chain.length,
+        request: r,
+      });
+      chain.forEach((k, i) => {
+        if (index.access(k, info(i)) !== ABSENT) hits++;
+      });
+      chain.forEach((k, i) => index.place(k, 0, info(i), { length: 1, checksum: 0 }));
+      expect(policy.size).toBeLessThanOrEqual(capacity);
+      expect(policy.ghosts).toBeLessThanOrEqual(2 * capacity);
+      expect(policy.groups).toBeLessThanOrEqual(policy.size + policy.ghosts + 1);
+    }
+    expect(policy.size).toBe(capacity);
+    expect(hits).toBeGreaterThan(0);
+  });
+
+  it('is registered by name and wrapped for priorities', () => {
+    expect(policyByName<number>('return-time', 10).name).toBe('return-time');
+  });
+});
+
+describe('SurvivalModel', () => {
+  it('counts censored waits as survival, so a class that never returns learns a low value', () => {
+    const m = new SurvivalModel(2, 1);
+    for (let i = 0; i < 50; i++) m.returned(0, 3000); // class 0: back after 3 s
+    for (let i = 0; i < 50; i++) m.returned(1, 3000); // class 1: the same returns ...
+    for (let i = 0; i < 200; i++) m.censored(1, 3_600_000); // ... and many never came back
+    expect(m.hazard(1, binOf(3000))).toBeLessThan(m.hazard(0, binOf(3000)));
+    // Censoring adds exposure only before the censoring time: no events there, no hazard change
+    // past it beyond the pooled prior.
+    expect(m.atRisk[1 * BINS + binOf(3_600_000)]).toBe(0);
+    expect(m.atRisk[1 * BINS + binOf(3_600_000) - 1]).toBe(200);
+    expect(m.value(1, 0)).toBeLessThan(m.value(0, 0));
+    // Past the gap everyone returned at, the index falls: the conversation is probably over.
+    expect(m.value(0, 60_000)).toBeLessThan(m.value(0, 0));
+  });
+
+  it('bins log-spaced gaps and clamps the ends', () => {
+    expect(binOf(0)).toBe(0);
+    expect(binOf(-5)).toBe(0);
+    expect(binOf(1000)).toBe(4); // 4 bins per octave of (1 + gap / 1 s)
+    expect(binOf(1e12)).toBe(BINS - 1);
+  });
+});
