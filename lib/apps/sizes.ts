@@ -55,6 +55,17 @@ export function parseSize(text: string | number, what = 'size'): number {
 }
 
 /** Parses a comma-separated list of sizes (`256KiB,1MiB,4MiB`). */
+/** A whole number of at least `min` from the command line; KVTIER_BAD_ARGUMENT otherwise. */
+export function parseCount(text: string, what: string, min = 0): number {
+  if (!/^\s*\d+\s*$/.test(text) || Number(text) < min) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `${what} must be an integer >= ${min}, got '${text}'`,
+    );
+  }
+  return Number(text);
+}
+
 export function parseSizeList(text: string, what = 'size'): number[] {
   const parts = text.split(',').map((s) => s.trim());
   if (parts.some((p) => p.length === 0)) {

@@ -11,22 +11,13 @@ import {
 } from '../bench/codec-bench.js';
 import { codecChart } from '../bench/charts.js';
 import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
+import { parseCount } from '../sizes.js';
 
 type Raw = Record<keyof Omit<CodecBenchOptions, 'dtype'>, string> & {
   dtype: string;
   json?: boolean;
   plot?: string;
 };
-
-function whole(text: string, what: string): number {
-  if (!/^\s*\d+\s*$/.test(text) || Number(text) < 1) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `${what} must be a positive integer, got '${text}'`,
-    );
-  }
-  return Number(text);
-}
 
 /** Turns the command line into options; bad input throws KVTIER_BAD_ARGUMENT. */
 export function codecBenchOptions(raw: Raw): CodecBenchOptions {
@@ -38,7 +29,7 @@ export function codecBenchOptions(raw: Raw): CodecBenchOptions {
   }
   const out = { dtype: raw.dtype } as CodecBenchOptions;
   for (const key of Object.keys(CODEC_DEFAULTS) as (keyof CodecBenchOptions)[]) {
-    if (key !== 'dtype') out[key] = whole(raw[key], key);
+    if (key !== 'dtype') out[key] = parseCount(raw[key], key, 1);
   }
   return out;
 }

@@ -8,7 +8,7 @@ import {
   type GpuBenchOptions,
   type GpuBenchReport,
 } from '../bench/gpu-bench.js';
-import { formatSize, parseSize, parseSizeList } from '../sizes.js';
+import { formatSize, parseSize, parseSizeList, parseCount } from '../sizes.js';
 import { KvtierError } from '../../index.js';
 import { gpuChart } from '../bench/charts.js';
 import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
@@ -26,18 +26,8 @@ interface GpuCommandOptions {
   plot?: string;
 }
 
-function whole(text: string, what: string, min: number): number {
-  if (!/^\s*\d+\s*$/.test(text) || Number(text) < min) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `${what} must be an integer >= ${min}, got '${text}'`,
-    );
-  }
-  return Number(text);
-}
-
 export function gpuBenchOptions(opts: GpuCommandOptions): GpuBenchOptions {
-  const restoreTokens = whole(opts.restoreTokens, 'restore tokens', 0);
+  const restoreTokens = parseCount(opts.restoreTokens, 'restore tokens', 0);
   if (restoreTokens % 16 !== 0) {
     throw new KvtierError(
       'KVTIER_BAD_ARGUMENT',
@@ -47,9 +37,9 @@ export function gpuBenchOptions(opts: GpuCommandOptions): GpuBenchOptions {
   return {
     ...GPU_DEFAULTS,
     sizes: parseSizeList(opts.sizes, 'size'),
-    trials: whole(opts.trials, 'trials', 1),
+    trials: parseCount(opts.trials, 'trials', 1),
     fileBytes: parseSize(opts.fileSize, 'file size'),
-    gatherBlocks: whole(opts.gatherBlocks, 'gather blocks', 1),
+    gatherBlocks: parseCount(opts.gatherBlocks, 'gather blocks', 1),
     restoreTokens,
     dir: opts.dir,
     python: opts.peer ? opts.python : null,

@@ -10,6 +10,7 @@ import {
 import { KvtierError } from '../../index.js';
 import { llamaChart } from '../bench/charts.js';
 import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
+import { parseCount } from '../sizes.js';
 
 interface LlamaCommandOptions {
   contexts: string;
@@ -21,16 +22,6 @@ interface LlamaCommandOptions {
   plot?: string;
 }
 
-function whole(text: string, what: string, min: number): number {
-  if (!/^\s*\d+\s*$/.test(text) || Number(text) < min) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      `${what} must be an integer >= ${min}, got '${text}'`,
-    );
-  }
-  return Number(text);
-}
-
 export function llamaBenchOptions(opts: LlamaCommandOptions): LlamaBenchOptions {
   const contexts = opts.contexts.split(',').map((c) => {
     const m = /^\s*(\d+)\s*(k?)\s*$/i.exec(c);
@@ -39,9 +30,9 @@ export function llamaBenchOptions(opts: LlamaCommandOptions): LlamaBenchOptions 
   });
   const out: LlamaBenchOptions = {
     contexts,
-    blockTokens: whole(opts.blockTokens, 'block tokens', 1),
-    threads: whole(opts.threads, 'threads', 1),
-    maxPrefillSeconds: whole(opts.maxPrefillSeconds, 'max prefill seconds', 1),
+    blockTokens: parseCount(opts.blockTokens, 'block tokens', 1),
+    threads: parseCount(opts.threads, 'threads', 1),
+    maxPrefillSeconds: parseCount(opts.maxPrefillSeconds, 'max prefill seconds', 1),
   };
   if (opts.dir !== undefined) out.dir = opts.dir;
   return out;
