@@ -14,3 +14,16 @@ export function hostBytes(t: Target, offset: number, length: number): Uint8Array
   if (ArrayBuffer.isView(t)) return new Uint8Array(t.buffer, t.byteOffset + offset, length);
   return new Uint8Array(t, offset, length);
 }
+
+/**
+ * Refuses GPU memory where only host memory will do (blocks are checksummed on the host side of
+ * every transfer; engines' GPU blocks reach kvtier through a gather into a pinned Region).
+ */
+export function requireHostMemory(t: Target, what: string): void {
+  if (t instanceof DeviceRegion) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `${what} must be host memory (a Region or a buffer); gather GPU blocks into a pinned Region first`,
+    );
+  }
+}

@@ -12,7 +12,7 @@
  */
 import { checkTarget, type Target } from '../core/engine.js';
 import { abortError, KvtierError } from '../core/errors.js';
-import { DeviceRegion } from '../core/gpu/device-region.js';
+import { requireHostMemory } from '../core/bytes.js';
 import { Region } from '../core/region.js';
 import { func, guard } from '../core/validate.js';
 import { KeyChain, toKey, toKeys, type Key, type KeyLike } from '../keys/keys.js';
@@ -84,14 +84,7 @@ export class Warehouse {
 
   /** Host memory holding `blocks` blocks: GPU memory reaches the warehouse as a tier only. */
   private checkSpan(what: string, target: Target, blocks: number): void {
-    if (target instanceof DeviceRegion) {
-      // Blocks are checksummed on the host side of every transfer; GPU memory is a tier, and
-      // engines' GPU blocks reach the warehouse through a gather into host memory.
-      throw new KvtierError(
-        'KVTIER_BAD_ARGUMENT',
-        `${what} must be host memory (a Region or a buffer); gather GPU blocks into a pinned Region first`,
-      );
-    }
+    requireHostMemory(target, what);
     const size = target.byteLength;
     if (target instanceof Region) target.assertOpen();
     if (size < blocks * this.blockBytes) {

@@ -8,7 +8,7 @@ import { lookup as dnsLookup } from 'node:dns/promises';
 
 import { checkTarget, type Target } from '../../core/engine.js';
 import { KvtierError } from '../../core/errors.js';
-import { DeviceRegion } from '../../core/gpu/device-region.js';
+import { requireHostMemory } from '../../core/bytes.js';
 import { Region } from '../../core/region.js';
 import { string } from '../../core/validate.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../../keys/keys.js';
@@ -23,7 +23,7 @@ import {
   type ConnectOptions,
   type PeerPutOptions,
 } from './options.js';
-import { HOST_MEMORY_ONLY, type Memory } from './memory.js';
+import { type Memory } from './memory.js';
 import { Sessions, type Session } from './session.js';
 import { VerbsPath } from './verbs-path.js';
 
@@ -150,9 +150,7 @@ export class PeerClient {
     const list = toKeys(keys);
     const slots = at ?? list.map((_, i) => i);
     if (target !== undefined) {
-      if (target instanceof DeviceRegion) {
-        throw new KvtierError('KVTIER_BAD_ARGUMENT', HOST_MEMORY_ONLY);
-      }
+      requireHostMemory(target, 'a peer transfer target');
       const size = target.byteLength;
       if (target instanceof Region) target.assertOpen();
       if (slots.length !== list.length) {

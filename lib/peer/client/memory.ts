@@ -1,7 +1,6 @@
 /** The caller's memory a request moves blocks to or from, held while the request needs it. */
 import { nativeTargetOf, regionOf, type Target } from '../../core/engine.js';
-import { KvtierError } from '../../core/errors.js';
-import { DeviceRegion } from '../../core/gpu/device-region.js';
+import { requireHostMemory } from '../../core/bytes.js';
 import type { NativeTarget } from '../../core/native.js';
 import type { Region } from '../../core/region.js';
 
@@ -17,9 +16,6 @@ export interface Held {
   at: number[];
   release: () => void;
 }
-
-export const HOST_MEMORY_ONLY =
-  'peer transfers move host memory; gather GPU blocks into a pinned Region first';
 
 /**
  * Holds the memory of a request's keys in flight (each Region's inFlight) until release(), and
@@ -38,9 +34,7 @@ export function hold(memory: Memory, count: number): Held {
       const target = memory.targets[i]!;
       let n = index.get(target);
       if (n === undefined) {
-        if (target instanceof DeviceRegion) {
-          throw new KvtierError('KVTIER_BAD_ARGUMENT', HOST_MEMORY_ONLY);
-        }
+        requireHostMemory(target, 'a peer transfer target');
         const region = regionOf(target);
         if (region) {
           region.assertOpen();
