@@ -213,21 +213,24 @@ describe('kvtier serve --metrics', () => {
     });
   });
 
+  /** `kvtier serve` of a tiny warehouse with `--metrics ADDRESS`, for the refusals. */
+  const smallServe = (metrics: string): string[] => [
+    'serve',
+    '--listen',
+    '127.0.0.1:0',
+    '--host-bytes',
+    '1MiB',
+    '--block-bytes',
+    '4KiB',
+    '--token-file',
+    `${dir.path}/token`,
+    '--metrics',
+    metrics,
+  ];
+
   it('refuses a bad address before anything starts', async () => {
     for (const bad of ['localhost:http', '127.0.0.1:70000', 'a:b:1']) {
-      const r = await runCli([
-        'serve',
-        '--listen',
-        '127.0.0.1:0',
-        '--host-bytes',
-        '1MiB',
-        '--block-bytes',
-        '4KiB',
-        '--token-file',
-        `${dir.path}/token`,
-        '--metrics',
-        bad,
-      ]);
+      const r = await runCli(smallServe(bad));
       expect(r.code).not.toBe(0);
       expect(r.stderr).toContain('[KVTIER_BAD_ARGUMENT]');
       expect(r.stderr).toContain('--metrics');
@@ -237,19 +240,7 @@ describe('kvtier serve --metrics', () => {
 
   it('refuses an address it cannot bind, and closes what it opened', async () => {
     const taken = new URL(url).port;
-    const r = await runCli([
-      'serve',
-      '--listen',
-      '127.0.0.1:0',
-      '--host-bytes',
-      '1MiB',
-      '--block-bytes',
-      '4KiB',
-      '--token-file',
-      `${dir.path}/token`,
-      '--metrics',
-      taken,
-    ]);
+    const r = await runCli(smallServe(taken));
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/--metrics cannot listen on 127\.0\.0\.1:\d+ \(EADDRINUSE\)/);
     expect(r.stdout).not.toContain('"listening"');
