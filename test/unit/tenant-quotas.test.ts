@@ -30,7 +30,11 @@ function setup(): { ix: BlockIndex<string>; owners: TenantOwners } {
   owners.bind(tiers);
   const lru = <K>(): LruPolicy<K> => new LruPolicy<K>();
   const ix = new BlockIndex<string>(
-    tiers.map((t, i) => ({ name: t.name, capacity: t.slots, policy: owners.policy(i, lru, t.slots) })),
+    tiers.map((t, i) => ({
+      name: t.name,
+      capacity: t.slots,
+      policy: owners.policy(i, lru, t.slots),
+    })),
     { owners },
   );
   owners.attach(ix);
@@ -43,7 +47,10 @@ function reconciled(ix: BlockIndex<string>, owners: TenantOwners, claimed = 0): 
     const held = [0, 0, 0, 0];
     for (const [key, e] of ix) if (e.slots[t] !== ABSENT) held[owners.of(key)]!++;
     held[0]! += t === 0 ? claimed : 0;
-    expect([0, 1, 2, 3].map((o) => ix.usage(o, t)), `tier ${t}`).toEqual(held);
+    expect(
+      [0, 1, 2, 3].map((o) => ix.usage(o, t)),
+      `tier ${t}`,
+    ).toEqual(held);
     expect(held.reduce((a, b) => a + b, 0)).toBe(ix.tiers[t]!.used);
   }
 }
@@ -101,7 +108,7 @@ describe('tenant quotas in the BlockIndex', () => {
     let seed = 42;
     const rand = (n: number): number => {
       seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed % n;
+      return (seed >>> 16) % n; // the low bits of this generator repeat with a short period
     };
     const keys: string[] = [];
     const claims: number[] = [];
