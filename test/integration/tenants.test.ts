@@ -229,6 +229,27 @@ describe('tenants: quotas', () => {
     await wh.close();
   });
 
+  it('spills what passes the quota of the top tier into the tier below, as a put spills', async () => {
+    const wh = await open(
+      { tenants: [{ name: 'a', quota: { host: { bytes: 4 * BS } } }] },
+      {
+        tiers: [
+          { kind: 'host', bytes: 8 * BS },
+          { kind: 'file', dir: dir(), bytes: 32 * BS },
+        ],
+      },
+    );
+    const a = wh.tenant('a');
+    const keys = chain(8, 'a');
+    expect((await a.put(keys, blocksFor(keys, BS))).status).toEqual(keys.map(() => 'stored'));
+    expect(a.lookup(keys).tiers).toEqual([0, 0, 0, 0, 1, 1, 1, 1]);
+    expect(a.stats().tiers.map((t) => t.blocks)).toEqual([4, 4]);
+    const dst = Buffer.alloc(8 * BS);
+    expect((await a.get(keys, dst, { promote: false })).count).toBe(8);
+    expect(same(keys, dst)).toBe(true);
+    await wh.close();
+  });
+
   it("keeps a tenant's working set hit for hit while a neighbour writes ten times the tier", async () => {
     const TIER = 32;
     const tenants = [
