@@ -6,10 +6,9 @@
  * counters apply on the way.
  */
 import { checkTarget, type Target } from '../core/engine.js';
-import { KvtierError } from '../core/errors.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
-import { checkPutOptions } from './options.js';
+import { checkPutOptions, leaseId } from './options.js';
 import type { Tenancy, Tenant } from './tenants.js';
 import type {
   EvictResult,
@@ -208,10 +207,8 @@ export class TenantView {
 
   /** Ends one of this view's leases early; idempotent, and a no-op for any other lease. */
   unpin(lease: Lease): void {
-    if (typeof lease !== 'object' || lease === null) {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'lease must be a Lease');
-    }
-    if (!this.leases.delete(lease.id)) return;
+    const id = leaseId(lease);
+    if (!this.leases.delete(id)) return;
     this.store.unpin(lease);
   }
 
