@@ -78,8 +78,12 @@ export class TenantView {
     return this.tenant.keys.internalAll(toKeys(keys));
   }
 
+  /**
+   * Expires what is due before an operation looks. A sweep that fails (a file tier that cannot
+   * forget a block) fails no operation: the blocks stay due, and the next sweep tries again.
+   */
   private async fresh(): Promise<void> {
-    if (this.tenancy.due()) await this.tenancy.sweep();
+    if (this.tenancy.due()) await this.tenancy.sweep().catch(() => undefined);
   }
 
   /**
