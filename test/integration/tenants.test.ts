@@ -1,7 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 
 import {
   chainKeys,
@@ -353,6 +353,82 @@ describe('tenants: retention', () => {
     expect(s.stats().expired).toEqual(count(4));
     expect(s.stats().evicted).toEqual(count(0));
     expect(wh.keys()).toEqual([]);
+    await wh.close();
+  });
+});
+
+describe('tenants: retention without operations', () => {
+  it('expires an idle warehouse on its one timer', async () => {
+    // Only setTimeout is faked: the timer is advanced by hand, and nothing sleeps.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      let now = 0;
+      const wh = await open({
+        now: () => now,
+        retentionClasses: { s: 1000 },
+        tenants: [{ name: 's', retention: 's' }],
+      });
+      const keys = chain(2, 's');
+      await wh.tenant('s').put(keys, blocksFor(keys, BS));
+      now = 999;
+      vi.advanceTimersByTime(999);
+      expect(wh.keys()).toHaveLength(2);
+      now = 1000;
+      vi.advanceTimersByTime(1);
+      // keys() does not sweep: only the timer can have removed them (stats() is asked only
+      // once they are gone, since it would sweep too).
+      const s = wh.tenant('s');
+      for (let i = 0; i < 1000 && (wh.keys().length > 0 || s.stats().expired.blocks < 2); i++) {
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(wh.keys()).toEqual([]);
+      expect(wh.tenant('s').stats().expired).toEqual(count(2));
+      await wh.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('starts the time of blocks found on disk at the open, and keeps quotas over them', async () => {
+    const d = dir();
+    let now = 0;
+    const options = (): WarehouseOptions => ({
+      blockBytes: BS,
+      tiers: [{ kind: 'file', dir: d, bytes: 16 * BS }],
+      tenancy: {
+        blockTokens: TOKENS,
+        now: () => now,
+        retentionClasses: { s: 1000 },
+        tenants: [{ name: 's', retention: 's', quota: { file: { bytes: 4 * BS } } }],
+      },
+    });
+    let wh = await Warehouse.open(options());
+    const keys = chain(6, 's');
+    const first = keys.slice(0, 4);
+    const then = keys.slice(4);
+    expect((await wh.tenant('s').put(first, blocksFor(first, BS))).stored).toBe(4);
+    expect((await wh.tenant('s').put(then, blocksFor(then, BS))).stored).toBe(2);
+    expect(wh.tenant('s').stats().tiers[0]!.blocks).toBe(4);
+    await wh.close();
+    now = 5000; // long past their time, but unknown to the reopened store
+    wh = await Warehouse.open(options());
+    const s = wh.tenant('s');
+    expect(s.stats().tiers[0]!.blocks).toBe(4);
+    expect(s.lookup(keys).tiers.filter((t) => t === 0)).toHaveLength(4);
+    // The quota still holds over what was found: two more take the place of two of those.
+    const more = chain(2, 's2');
+    expect((await s.put(more, blocksFor(more, BS))).stored).toBe(2);
+    expect(s.stats().tiers[0]!.blocks).toBe(4);
+    expect(s.stats().evicted).toEqual(count(2));
+    expect(s.lookup(keys).tiers.filter((t) => t === 0)).toHaveLength(2);
+    now = 5999;
+    expect(s.lookup(keys).tiers.filter((t) => t === 0)).toHaveLength(2);
+    now = 6000;
+    expect(s.lookup(keys).prefix).toBe(0);
+    expect((await s.get(keys, Buffer.alloc(6 * BS))).count).toBe(0);
+    expect(s.lookup(more).prefix).toBe(0);
+    expect(s.stats().expired).toEqual(count(4));
+    expect(s.stats().tiers[0]!.blocks).toBe(0);
     await wh.close();
   });
 });
