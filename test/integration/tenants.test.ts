@@ -290,6 +290,37 @@ describe('tenants: quotas', () => {
     expect(noisy.bUsed).toBe(TIER / 2); // b wrote 320 blocks and holds its half
   });
 
+  it('takes blocks of a tenant over its quota first (reopened with a smaller one)', async () => {
+    const d = dir();
+    const open2 = (aBytes: number): Promise<Warehouse> =>
+      Warehouse.open({
+        blockBytes: BS,
+        tiers: [{ kind: 'file', dir: d, bytes: 8 * BS }],
+        tenancy: {
+          blockTokens: TOKENS,
+          tenants: [
+            { name: 'a', quota: { file: { bytes: aBytes } } },
+            { name: 'b', quota: { file: { bytes: 4 * BS } } },
+            { name: 'c' },
+          ],
+        },
+      });
+    let wh = await open2(8 * BS);
+    const ka = chain(8, 'a');
+    expect((await wh.tenant('a').put(ka, blocksFor(ka, BS))).stored).toBe(8);
+    await wh.close();
+    wh = await open2(4 * BS); // a now holds twice its quota, and the tier is full
+    const kb = chain(4, 'b');
+    expect((await wh.tenant('b').put(kb, blocksFor(kb, BS))).stored).toBe(4);
+    // Every block b needed came from a, the tenant over its quota.
+    expect(wh.tenant('a').stats().tiers[0]!.blocks).toBe(4);
+    expect(wh.tenant('a').stats().evicted).toEqual(count(4));
+    // c has no quota: with a and b both within theirs, only its own blocks could make room.
+    const kc = chain(1, 'c');
+    expect((await wh.tenant('c').put(kc, blocksFor(kc, BS))).status).toEqual(['busy']);
+    await wh.close();
+  });
+
   it("never evicts a 'pinned' tenant's blocks for another tenant's put", async () => {
     const wh = await open(
       {
