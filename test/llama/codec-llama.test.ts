@@ -1,0 +1,67 @@
+/**
+ * `kvtier bench codec --llama`: the codecs on KV that node-llama-cpp itself produced, read out of
+ * its saved state, and the engine's next token after the decoded KV is loaded back into it.
+ */
+import { describe, expect, it } from 'vitest';
+
+import { runCodecLlama } from '../../lib/apps/bench/codec-llama.js';
+import { TINY_MODEL } from '../../lib/llama/gguf-writer.js';
+import { tempDir } from '../helpers.js';
+import { loadEngine } from './engine.js';
+
+const llama = await loadEngine();
+
+describe.skipIf(!llama)('codec accuracy on a real engine', () => {
+  it('measures every codec on the engine KV and feeds the decoded KV back to the engine', async () => {
+    const dir = tempDir('kvtier-codec-llama-');
+    try {
+      // TINY_MODEL: head dimension 16, so kivi groups of 16.
+      const r = await runCodecLlama({
+        tokens: 64,
+        blockTokens: 16,
+        queries: 2,
+        tail: 4,
+        threads: 1,
+        group: 16,
+        model: { ...TINY_MODEL, seed: 5 },
+        dir: dir.path,
+      });
+      expect(r.blocks).toBe(4);
+      expect(r.model.headDim).toBe(16);
+      // 2 layers × K and V × 16 tokens × 2 KV heads × 16 dims × f16.
+      expect(r.decodedBlockBytes).toBe(2 * 2 * 16 * 2 * 16 * 2);
+      expect(r.kv.kRms).toBeGreaterThan(0);
+      // Loading the original KV twice gives the same distribution: the deltas below are the codecs'.
+      expect(r.engineNoise.maxProbDelta).toBe(0);
+      expect(r.rows.map((x) => x.codec)).toEqual([
+        'fp8-e4m3',
+        'int8 (K/channel, V/token)',
+        'int8 (per token)',
+        'kivi4',
+        'kivi2',
+      ]);
+      const by = Object.fromEntries(r.rows.map((x) => [x.codec, x]));
+      for (const row of r.rows) {
+        expect(row.ratio).toBeCloseTo(row.encodedBlockBytes / r.decodedBlockBytes, 12);
+        for (const v of [row.kRelRms, row.vRelRms, row.attnRelErrMean, row.attnRelErrMax]) {
+          expect(v).toBeGreaterThan(0);
+          expect(v).toBeLessThan(1);
+        }
+        expect(row.attnRelErrMax).toBeGreaterThanOrEqual(row.attnRelErrMean);
+      }
+      // Fewer bits, more error: each lossy step shows in K, V and attention outputs.
+      const k2 = by.kivi2!;
+      const k4 = by.kivi4!;
+      const i8 = by['int8 (K/channel, V/token)']!;
+      for (const key of ['kRelRms', 'vRelRms', 'attnRelErrMean'] as const) {
+        expect(k2[key]).toBeGreaterThan(k4[key]);
+        expect(k4[key]).toBeGreaterThan(i8[key]);
+      }
+      // The decoded KV reached the engine: its next-token distribution moved, more for kivi2.
+      expect(k2.engine.totalVariation).toBeGreaterThan(0);
+      expect(k2.engine.totalVariation).toBeGreaterThan(i8.engine.totalVariation);
+    } finally {
+      dir.remove();
+    }
+  }, 300_000);
+});
