@@ -61,7 +61,8 @@ export interface KvStats {
   vAbsMax: number;
   /**
    * K's outlier channels: per (layer, head) the largest channel RMS over the median one, averaged
-   * (KIVI's synthetic KV in `bench codec` has about 10; Gaussian KV about 1.3).
+   * (near 1 when every channel has the same scale; KIVI finds trained keys with a few channels
+   * an order of magnitude larger than the rest).
    */
   kChannelPeakToMedian: number;
 }
