@@ -145,11 +145,20 @@ describe('kvtier sim --codec', () => {
         expect(t.hitRate.warehouse).toBe(none.timed!.hitRate.warehouse);
         expect(t.loadedBytes[1]).toBeCloseTo(fileBytes * row.ratio, 0);
         // Mean TTFT moves by (read fewer bytes at 2 GB/s, then decode all of them) per request.
-        const deltaMs = ((fileBytes * (row.ratio - 1)) / 2e6 + fileBytes / (dec * 1e6)) / t.requests;
+        const deltaMs =
+          ((fileBytes * (row.ratio - 1)) / 2e6 + fileBytes / (dec * 1e6)) / t.requests;
         expect(t.ttft.warehouse.mean - none.timed!.ttft.warehouse.mean).toBeCloseTo(deltaMs, 6);
       }
       // --decode-gbps overrides the file's rate.
-      const o = json(...args, '--codec', 'kivi2', '--decode-rates', rates, '--decode-gbps', 'kivi2=3');
+      const o = json(
+        ...args,
+        '--codec',
+        'kivi2',
+        '--decode-rates',
+        rates,
+        '--decode-gbps',
+        'kivi2=3',
+      );
       expect(o.rows[0]!.decodeGBps).toBe(3);
     } finally {
       dir.remove();
@@ -168,7 +177,10 @@ describe('kvtier sim --codec', () => {
         ['--tiers', 'gpu=1,file=2', '--codec', 'int8', '--timed', '--decode-gbps', 'int8=0'],
         /--decode-gbps int8=0/,
       ],
-      [['--codec', 'kivi2', '--timed', '--decode-rates', fixture], /cannot read decode rates|not a kvtier bench codec/],
+      [
+        ['--codec', 'kivi2', '--timed', '--decode-rates', fixture],
+        /cannot read decode rates|not a kvtier bench codec/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = run(...args);
@@ -182,7 +194,9 @@ describe('kvtier sim --codec', () => {
   it('prints one markdown row per codec', () => {
     const r = run('--tiers', 'gpu=256MiB,host=1GiB,file=20GiB', '--codec', 'none,kivi2');
     expect(r.status, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/\| codec \| bytes\/block \| ratio \| gpu blocks \| host blocks \| file\* blocks/);
+    expect(r.stdout).toMatch(
+      /\| codec \| bytes\/block \| ratio \| gpu blocks \| host blocks \| file\* blocks/,
+    );
     expect(r.stdout).toMatch(/\| none \| 67,108,864 \| 1\.000 \| 4 \| 16 \| 320 \|/);
     expect(r.stdout).toMatch(/\| kivi2 \| 10,616,864 \| 0\.158 \| 4 \| 16 \| 2,022 \|/);
   });

@@ -174,7 +174,12 @@ function scatter(state: SeqState, s: Shape, blocks: number, bytes: Uint8Array): 
         for (let t = 0; t < s.tokens; t++) {
           const o = at(s, b, l, kv, t, 0) * width;
           for (let ch = 0; ch < HD; ch++) {
-            src.copy(out, offset(l, kv, b * s.tokens + t, ch), o + ch * width, o + (ch + 1) * width);
+            src.copy(
+              out,
+              offset(l, kv, b * s.tokens + t, ch),
+              o + ch * width,
+              o + (ch + 1) * width,
+            );
           }
         }
   return out;
@@ -346,7 +351,10 @@ export async function runCodecLlama(options: CodecLlamaOptions): Promise<CodecLl
     if (!state.layout || state.cells !== o.tokens) bad('the saved state does not hold the prompt');
     if (state.layout.layers.length !== spec.layers) bad('the state has another layer count');
     const s: Shape = { layers: spec.layers, tokens: o.blockTokens, heads: kvHeads, dim };
-    if (state.layout.layers[0]!.kRow !== kvHeads * dim * (state.layout.layers[0]!.kType === 1 ? 2 : 4)) {
+    if (
+      state.layout.layers[0]!.kRow !==
+      kvHeads * dim * (state.layout.layers[0]!.kType === 1 ? 2 : 4)
+    ) {
       bad('the state K rows are not kvHeads × headDim');
     }
     const blocks = Math.floor(o.tokens / o.blockTokens);

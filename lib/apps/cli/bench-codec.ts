@@ -54,7 +54,10 @@ export function registerCodecBench(bench: Command): void {
   cmd
     .option('--json', 'print the report as JSON')
     .option(...PLOT_OPTION)
-    .option('--llama', "accuracy on a real engine's KV instead (node-llama-cpp, see bench-codec-llama.ts)")
+    .option(
+      '--llama',
+      "accuracy on a real engine's KV instead (node-llama-cpp, see bench-codec-llama.ts)",
+    )
     .option('--llama-tokens <n>', '--llama: prompt tokens evaluated', '2048')
     .action(async (raw: Raw) => {
       if (raw.llama) return runCodecLlamaCommand(raw);

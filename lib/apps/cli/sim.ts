@@ -302,7 +302,11 @@ function timedCodecRates(
   tiers: { name: string }[],
   model: string,
   codecs: SimCodec[],
-): { rates: TierRate[]; prefillTokensPerSecond: number; decodeGBps: Partial<Record<SimCodec, number>> } {
+): {
+  rates: TierRate[];
+  prefillTokensPerSecond: number;
+  decodeGBps: Partial<Record<SimCodec, number>>;
+} {
   const file = opts.decodeRates ?? defaultDecodeRatesFile();
   const lossy = codecs.some((c) => c !== 'none');
   if (file === undefined && opts.decodeGbps === undefined && lossy) {
@@ -393,7 +397,10 @@ export function registerSim(program: Command): void {
       '--codec <list>',
       'one replay per codec at the same tier bytes: none, fp8-e4m3, int8, kivi4, kivi2 (layout from --model, default llama3-8b)',
     )
-    .option('--codec-tiers <list>', 'codec: the encoded tiers (default: every tier but gpu and host)')
+    .option(
+      '--codec-tiers <list>',
+      'codec: the encoded tiers (default: every tier but gpu and host)',
+    )
     .option(
       '--decode-gbps <list>',
       'codec, timed: decode GB/s per codec, e.g. kivi2=0.8 (default: the newest bench/results/codec-*.json)',

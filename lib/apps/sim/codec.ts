@@ -297,7 +297,14 @@ export async function simulateCodecs(o: CodecSimOptions): Promise<CodecSimResult
     }
     rows.push(row);
   }
-  return { kind: 'codec', model: o.model, blockTokens: o.blockTokens, blockBytes, policy: o.policy, rows };
+  return {
+    kind: 'codec',
+    model: o.model,
+    blockTokens: o.blockTokens,
+    blockBytes,
+    policy: o.policy,
+    rows,
+  };
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
@@ -324,14 +331,24 @@ export function formatCodecSim(r: CodecSimResult): string {
     'ratio',
     ...tierHead,
     ...(timed
-      ? ['decode GB/s', 'found tokens', 'TTFT p50 ms', 'TTFT p90 ms', 'TTFT mean ms', `${enc.join('+')} read`]
+      ? [
+          'decode GB/s',
+          'found tokens',
+          'TTFT p50 ms',
+          'TTFT p90 ms',
+          'TTFT mean ms',
+          `${enc.join('+')} read`,
+        ]
       : ['prefix hit rate', 'any hit rate', `${enc.join('+')} read`, `${enc.join('+')} written`]),
   ];
   const lines = [
     `${r.model} KV (bf16), ${r.blockTokens}-token blocks of ${r.blockBytes.toLocaleString('en-US')} B; policy ${r.policy}; * = encoded tier (same bytes, more blocks)`,
     '',
     `| ${head.join(' | ')} |`,
-    `| --- | ${head.slice(1).map(() => '---:').join(' | ')} |`,
+    `| --- | ${head
+      .slice(1)
+      .map(() => '---:')
+      .join(' | ')} |`,
   ];
   for (const row of r.rows) {
     const cells = [

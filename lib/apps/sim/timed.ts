@@ -112,7 +112,10 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
   }
   for (const c of o.codecs ?? []) {
     if (c && !(c.ratio > 0 && c.ratio <= 1 && c.decodeGBps > 0)) {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a codec needs a ratio in (0, 1] and a decode rate > 0');
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        'a codec needs a ratio in (0, 1] and a decode rate > 0',
+      );
     }
   }
   const rate = o.prefillTokensPerSecond;
