@@ -47,7 +47,7 @@ export interface CodecLlamaOptions {
 export const CODEC_LLAMA_DEFAULTS = {
   tokens: 2048,
   blockTokens: 16,
-  queries: 16,
+  queries: 8,
   tail: 8,
   threads: 2,
   group: 32,
