@@ -56,7 +56,7 @@ export function registerCodecBench(bench: Command): void {
     .option(...PLOT_OPTION)
     .option(
       '--llama',
-      "accuracy on a real engine's KV instead (node-llama-cpp, see bench-codec-llama.ts)",
+      "instead: accuracy on KV that node-llama-cpp computes for a random-weight model kvtier writes, and the engine's next token after the decoded KV (uses --tokens as block tokens, --group, --queries)",
     )
     .option('--llama-tokens <n>', '--llama: prompt tokens evaluated', '2048')
     .action(async (raw: Raw) => {
