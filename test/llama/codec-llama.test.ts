@@ -2,6 +2,9 @@
  * `kvtier bench codec --llama`: the codecs on KV that node-llama-cpp itself produced, read out of
  * its saved state, and the engine's next token after the decoded KV is loaded back into it.
  */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
 import { describe, expect, it } from 'vitest';
 
 import { runCodecLlama } from '../../lib/apps/bench/codec-llama.js';
@@ -10,6 +13,15 @@ import { tempDir } from '../helpers.js';
 import { loadEngine } from './engine.js';
 
 const llama = await loadEngine();
+const cli = fileURLToPath(new URL('../../dist/apps/cli/main.js', import.meta.url));
+
+function bench(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [cli, 'bench', 'codec', '--llama', ...args], {
+    encoding: 'utf8',
+    timeout: 300_000,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
 
 describe.skipIf(!llama)('codec accuracy on a real engine', () => {
   it('measures every codec on the engine KV and feeds the decoded KV back to the engine', async () => {
@@ -62,6 +74,32 @@ describe.skipIf(!llama)('codec accuracy on a real engine', () => {
       expect(k2.engine.totalVariation).toBeGreaterThan(i8.engine.totalVariation);
     } finally {
       dir.remove();
+    }
+  }, 300_000);
+
+  it('kvtier bench codec --llama prints the report, and refuses what it cannot do', () => {
+    const r = bench('--llama-tokens', '64', '--tokens', '16', '--queries', '2', '--json');
+    expect(r.status, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout) as {
+      bench: string;
+      blocks: number;
+      model: { weights: string };
+      rows: { codec: string; kRelRms: number }[];
+    };
+    expect(j.bench).toBe('codec-llama');
+    expect(j.blocks).toBe(4);
+    expect(j.model.weights).toBe('random');
+    expect(j.rows).toHaveLength(5);
+    for (const row of j.rows) expect(row.kRelRms).toBeGreaterThan(0);
+    for (const [args, message] of [
+      [['--plot', 'x.svg'], /--llama draws no chart/],
+      [['--llama-tokens', '8', '--tokens', '16'], /must hold at least one block/],
+      [['--llama-tokens', 'many'], /llama tokens/],
+    ] as [string[], RegExp][]) {
+      const b = bench(...args);
+      expect(b.status, args.join(' ')).not.toBe(0);
+      expect(b.stderr).toMatch(message);
+      expect(b.stderr).toMatch(/\[KVTIER_BAD_ARGUMENT\]/);
     }
   }, 300_000);
 });

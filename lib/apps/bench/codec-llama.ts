@@ -322,7 +322,8 @@ function distance(
 export async function runCodecLlama(options: CodecLlamaOptions): Promise<CodecLlamaReport> {
   const o = options;
   const spec = o.model ?? BENCH_MODEL;
-  if (!(o.tokens >= o.blockTokens)) bad('--tokens must hold at least one block');
+  if (!(o.tokens >= o.blockTokens))
+    bad('the prompt (--llama-tokens) must hold at least one block (--tokens tokens)');
   const progress = o.onProgress ?? (() => undefined);
   const kvHeads = spec.kvHeads ?? spec.heads;
   const dim = spec.embd / spec.heads;
