@@ -171,6 +171,7 @@ describe('kvtier sim --codec', () => {
       [['--codec', 'none,none'], /none given twice/],
       [['--codec', 'int8', '--block-bytes', '1000'], /--codec needs the KV layout of a --model/],
       [['--codec-tiers', 'file'], /--codec-tiers needs --codec/],
+      [['--codec', 'int8', '--decode-gbps', 'int8=2'], /they need --timed/],
       [['--tiers', 'gpu=1,host=2', '--codec', 'int8'], /every tier is gpu or host/],
       [['--tiers', 'gpu=1,file=2', '--codec', 'int8', '--codec-tiers', 'nvme'], /no such tier/],
       [

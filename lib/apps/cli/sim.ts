@@ -164,6 +164,8 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult | C
     ] as const) {
       if (v !== undefined) throw new KvtierError('KVTIER_BAD_ARGUMENT', `--${flag} needs --codec`);
     }
+  } else if (!opts.timed && (opts.decodeGbps !== undefined || opts.decodeRates !== undefined)) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'decode rates price loads: they need --timed');
   } else if (opts.blockBytes !== undefined || opts.plot !== undefined) {
     throw new KvtierError(
       'KVTIER_BAD_ARGUMENT',
