@@ -77,6 +77,32 @@ describe.skipIf(!llama)('codec accuracy on a real engine', () => {
     }
   }, 300_000);
 
+  it('reads a transposed V cache (flash attention off) the same way', async () => {
+    const dir = tempDir('kvtier-codec-llama-');
+    try {
+      const r = await runCodecLlama({
+        tokens: 32,
+        blockTokens: 16,
+        queries: 1,
+        tail: 2,
+        threads: 1,
+        group: 16,
+        flashAttention: false,
+        model: { ...TINY_MODEL, seed: 6 },
+        dir: dir.path,
+      });
+      // Gather and scatter are checked inverse inside the run; the values must be V's, not K's.
+      expect(r.vTransposed).toBe(true);
+      expect(r.engineNoise.maxProbDelta).toBe(0);
+      expect(r.kv.vRms).not.toBe(r.kv.kRms);
+      const kivi2 = r.rows.find((x) => x.codec === 'kivi2')!;
+      expect(kivi2.vRelRms).toBeGreaterThan(0);
+      expect(kivi2.engine.totalVariation).toBeGreaterThan(0);
+    } finally {
+      dir.remove();
+    }
+  }, 300_000);
+
   it('kvtier bench codec --llama prints the report, and refuses what it cannot do', () => {
     const r = bench('--llama-tokens', '64', '--tokens', '16', '--queries', '2', '--json');
     expect(r.status, r.stderr).toBe(0);

@@ -39,6 +39,8 @@ export interface CodecLlamaOptions {
   tail: number;
   threads: number;
   group: number;
+  /** The context's flash attention (default: the engine's choice); off stores V transposed. */
+  flashAttention?: boolean;
   model?: LlamaModelSpec;
   dir?: string;
   onProgress?: (message: string) => void;
@@ -90,7 +92,7 @@ export interface CodecLlamaReport {
   engine: string;
   machine: { cpus: number; cpuModel: string };
   model: LlamaModelSpec & { weights: 'random'; headDim: number };
-  options: Omit<CodecLlamaOptions, 'onProgress' | 'model' | 'dir'>;
+  options: Omit<CodecLlamaOptions, 'onProgress' | 'model' | 'dir' | 'flashAttention'>;
   kvType: string;
   vTransposed: boolean;
   blocks: number;
@@ -262,6 +264,7 @@ export async function runCodecLlama(options: CodecLlamaOptions): Promise<CodecLl
       contextSize: o.tokens + o.tail + 64,
       sequences: 1,
       threads: o.threads,
+      ...(o.flashAttention === undefined ? {} : { flashAttention: o.flashAttention }),
     });
     const seq = context.getSequence() as unknown as LlamaEvalSequenceLike;
     const prompt = promptOf(o.tokens + o.tail, spec.vocab, 12345);
