@@ -12,11 +12,14 @@ import {
 import { codecChart } from '../bench/charts.js';
 import { finishBench, PLOT_OPTION, startBench } from './bench-output.js';
 import { parseCount } from '../sizes.js';
+import { runCodecLlamaCommand } from './bench-codec-llama.js';
 
 type Raw = Record<keyof Omit<CodecBenchOptions, 'dtype'>, string> & {
   dtype: string;
   json?: boolean;
   plot?: string;
+  llama?: boolean;
+  llamaTokens: string;
 };
 
 /** Turns the command line into options; bad input throws KVTIER_BAD_ARGUMENT. */
@@ -51,7 +54,13 @@ export function registerCodecBench(bench: Command): void {
   cmd
     .option('--json', 'print the report as JSON')
     .option(...PLOT_OPTION)
+    .option(
+      '--llama',
+      "instead: accuracy on KV that node-llama-cpp computes for a random-weight model kvtier writes, and the engine's next token after the decoded KV (uses --tokens as block tokens, --group, --queries)",
+    )
+    .option('--llama-tokens <n>', '--llama: prompt tokens evaluated', '2048')
     .action(async (raw: Raw) => {
+      if (raw.llama) return runCodecLlamaCommand(raw);
       const options = codecBenchOptions(raw);
       const progress = startBench(raw);
       progress.show('encoding and decoding (one core)...');

@@ -26,9 +26,21 @@ import {
   formatTimed,
   parseTierRates,
   simulateTimed,
+  type TierRate,
   type TimedResult,
 } from '../sim/timed.js';
 import type { Trace, TraceFormat } from '../sim/trace.js';
+import {
+  defaultDecodeRatesFile,
+  encodedTiers,
+  formatCodecSim,
+  parseCodecList,
+  parseDecodeRates,
+  readDecodeRates,
+  simulateCodecs,
+  type CodecSimResult,
+  type SimCodec,
+} from '../sim/codec.js';
 
 interface SimOpts {
   trace: string;
@@ -48,6 +60,10 @@ interface SimOpts {
   sessions?: boolean;
   hints?: string;
   onError: string;
+  codec?: string;
+  codecTiers?: string;
+  decodeGbps?: string;
+  decodeRates?: string;
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
@@ -120,7 +136,7 @@ function positiveInt(name: string, text: string | undefined): number | undefined
   return n;
 }
 
-export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
+export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult | CodecSimResult> {
   choice('format', opts.format, ['auto', 'mooncake', 'kvcache-tester', 'kvtier']);
   choice('merge', opts.merge, ['concurrent', 'sequential']);
   choice('on-error', opts.onError, ['skip', 'stop']);
@@ -139,6 +155,23 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
       `unknown model "${opts.model}" (known: ${Object.keys(models).join(', ')}; or give --block-bytes)`,
     );
   }
+  const codecs = opts.codec === undefined ? undefined : parseCodecList(opts.codec);
+  if (codecs === undefined) {
+    for (const [flag, v] of [
+      ['codec-tiers', opts.codecTiers],
+      ['decode-gbps', opts.decodeGbps],
+      ['decode-rates', opts.decodeRates],
+    ] as const) {
+      if (v !== undefined) throw new KvtierError('KVTIER_BAD_ARGUMENT', `--${flag} needs --codec`);
+    }
+  } else if (!opts.timed && (opts.decodeGbps !== undefined || opts.decodeRates !== undefined)) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', 'decode rates price loads: they need --timed');
+  } else if (opts.blockBytes !== undefined || opts.plot !== undefined) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      '--codec needs the KV layout of a --model (not --block-bytes) and draws no --plot',
+    );
+  }
   const specs: { name: string; spec: CapacitySpec }[] = opts.tiers
     ? parseTiers(opts.tiers)
     : [{ name: 'cache', spec: parseCapacity(opts.capacity ?? '5%') }];
@@ -154,8 +187,9 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
     },
   });
   const blockTokens = explicitBlockTokens ?? trace.blockTokens ?? 1;
-  const blockBytes =
-    explicitBlockBytes ?? (opts.model ? models[opts.model]! * blockTokens : undefined);
+  // A codec needs a layout: the model's, llama3-8b unless named.
+  const model = opts.model ?? (codecs ? 'llama3-8b' : undefined);
+  const blockBytes = explicitBlockBytes ?? (model ? models[model]! * blockTokens : undefined);
   const scanProgress = new ProgressBar({ json: opts.json, label: 'reading trace' });
   let stats: TraceStats = await scanTrace(trace, {
     next: isOffline(opts.policy),
@@ -169,6 +203,32 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
     name: s.name,
     capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
   }));
+  if (codecs) {
+    const encoded = encodedTiers(tiers, opts.codecTiers);
+    const progress = new ProgressBar({ json: opts.json, label: `codecs (${opts.policy})` });
+    const passes = codecs.length * (opts.timed && tiers.length > 1 ? 2 : 1);
+    let done = 0;
+    let lastN = 0;
+    return simulateCodecs({
+      trace,
+      stats,
+      tiers,
+      specs: specs.map((s) => s.spec),
+      codecs,
+      encoded,
+      model: model!,
+      blockTokens,
+      policy: opts.policy,
+      ...(opts.sessions ? { sessions: true } : {}),
+      hints,
+      ...(opts.timed ? { timed: timedCodecRates(opts, tiers, model!, codecs) } : {}),
+      onProgress: (_c, n) => {
+        if (n < lastN) done++;
+        lastN = n;
+        progress.update(done * stats.requests + n, passes * stats.requests);
+      },
+    }).finally(() => progress.clear());
+  }
   if (opts.timed) return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, hints);
   const progress = new ProgressBar({ json: opts.json, label: `replaying (${opts.policy})` });
   const result = await simulate(trace, {
@@ -214,18 +274,7 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult> {
   return result;
 }
 
-async function runTimed(
-  opts: SimOpts,
-  trace: Trace,
-  stats: TraceStats,
-  tiers: { name: string; capacity: number }[],
-  blockTokens: number,
-  blockBytes: number | undefined,
-  hints: 'none' | 'soon' | 'closed' | 'both',
-): Promise<TimedResult> {
-  // Timed replays price bytes: a model (default llama3-8b) or --block-bytes gives bytes per token.
-  const model = opts.model ?? (opts.blockBytes === undefined ? 'llama3-8b' : undefined);
-  const bytesPerToken = blockBytes !== undefined ? blockBytes / blockTokens : models[model!]!;
+function prefillRate(opts: SimOpts, model: string | undefined): number {
   const prefill =
     opts.prefillRate !== undefined
       ? Number(opts.prefillRate)
@@ -238,16 +287,64 @@ async function runTimed(
       `--prefill-rate ${opts.prefillRate ?? '(none)'}: expected tokens per second > 0 (no default for this model)`,
     );
   }
+  return prefill;
+}
+
+function tierRates(opts: SimOpts, tiers: { name: string }[]): TierRate[] {
   const named = parseTierRates(opts.tierRates);
-  const rates = tiers.map(
-    (t, i) => named[t.name] ?? (i === 0 ? { gbps: 1, latencyMs: 0 } : undefined),
+  return tiers.map(
+    (t, i) =>
+      named[t.name] ?? (i === 0 ? { gbps: 1, latencyMs: 0 } : { gbps: NaN, latencyMs: NaN }),
   );
+}
+
+/** Timed codec replays: tier and prefill rates as usual, decode GB/s measured or given. */
+function timedCodecRates(
+  opts: SimOpts,
+  tiers: { name: string }[],
+  model: string,
+  codecs: SimCodec[],
+): {
+  rates: TierRate[];
+  prefillTokensPerSecond: number;
+  decodeGBps: Partial<Record<SimCodec, number>>;
+} {
+  const file = opts.decodeRates ?? defaultDecodeRatesFile();
+  const lossy = codecs.some((c) => c !== 'none');
+  if (file === undefined && opts.decodeGbps === undefined && lossy) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      '--timed --codec: no bench/results/codec-*.json here; give --decode-gbps codec=GB/s,... or --decode-rates <file>',
+    );
+  }
+  const base = file === undefined ? {} : readDecodeRates(file);
+  return {
+    rates: tierRates(opts, tiers),
+    prefillTokensPerSecond: prefillRate(opts, model),
+    decodeGBps: parseDecodeRates(opts.decodeGbps, base),
+  };
+}
+
+async function runTimed(
+  opts: SimOpts,
+  trace: Trace,
+  stats: TraceStats,
+  tiers: { name: string; capacity: number }[],
+  blockTokens: number,
+  blockBytes: number | undefined,
+  hints: 'none' | 'soon' | 'closed' | 'both',
+): Promise<TimedResult> {
+  // Timed replays price bytes: a model (default llama3-8b) or --block-bytes gives bytes per token.
+  const model = opts.model ?? (opts.blockBytes === undefined ? 'llama3-8b' : undefined);
+  const bytesPerToken = blockBytes !== undefined ? blockBytes / blockTokens : models[model!]!;
+  const prefill = prefillRate(opts, model);
+  const rates = tierRates(opts, tiers);
   const progress = new ProgressBar({ json: opts.json, label: `timed (${opts.policy})` });
   let base = 0;
   let lastN = 0;
   return simulateTimed(trace, {
     tiers,
-    rates: rates.map((r) => r ?? { gbps: NaN, latencyMs: NaN }),
+    rates,
     policy: opts.policy,
     blockTokens,
     bytesPerToken,
@@ -299,13 +396,31 @@ export function registerSim(program: Command): void {
     )
     .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
     .option(
+      '--codec <list>',
+      'one replay per codec at the same tier bytes: none, fp8-e4m3, int8, kivi4, kivi2 (layout from --model, default llama3-8b)',
+    )
+    .option(
+      '--codec-tiers <list>',
+      'codec: the encoded tiers (default: every tier but gpu and host)',
+    )
+    .option(
+      '--decode-gbps <list>',
+      'codec, timed: decode GB/s per codec, e.g. kivi2=0.8 (default: the newest bench/results/codec-*.json)',
+    )
+    .option('--decode-rates <file>', 'codec, timed: a `kvtier bench codec --json` report')
+    .option(
       '--hints <which>',
       'engine hints the trace records: none | soon | closed | both',
       'none',
     )
     .action(async (opts: SimOpts) => {
       const result = await runSim(opts);
-      const text = 'ttft' in result ? formatTimed(result) : formatSim(result);
+      const text =
+        'kind' in result
+          ? formatCodecSim(result)
+          : 'ttft' in result
+            ? formatTimed(result)
+            : formatSim(result);
       process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${text}\n`);
     });
 }

@@ -52,6 +52,11 @@ export interface TimedOptions {
   /** KV bytes per token. */
   bytesPerToken: number;
   prefillTokensPerSecond: number;
+  /**
+   * Per tier (by position): a codec at rest. A load then reads `ratio` of the bytes at the tier's
+   * bandwidth and decodes the full bytes at `decodeGBps`, one after the other.
+   */
+  codecs?: ({ ratio: number; decodeGBps: number } | undefined)[];
   stats?: TraceStats;
   sessions?: boolean;
   hints?: SimOptions['hints'];
@@ -77,6 +82,8 @@ export interface TimedResult {
   prefillSecondsAvoidedPerHour: { warehouse: number; gpuOnly: number };
   /** Seconds spent loading blocks from lower tiers per hour of traffic (warehouse case). */
   loadSecondsPerHour: number;
+  /** Bytes read from each tier as stored (encoded where a codec applies), warehouse case. */
+  loadedBytes: number[];
   hitRate: { warehouse: number; gpuOnly: number };
 }
 
@@ -103,13 +110,28 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       );
     }
   }
+  for (const c of o.codecs ?? []) {
+    if (c && !(c.ratio > 0 && c.ratio <= 1 && c.decodeGBps > 0)) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        'a codec needs a ratio in (0, 1] and a decode rate > 0',
+      );
+    }
+  }
   const rate = o.prefillTokensPerSecond;
   let first = Infinity;
   let last = -Infinity;
   const run = async (
     tiers: SimTier[],
-  ): Promise<{ ttft: Float64Array; noCache: Float64Array; saved: number; load: number }> => {
+  ): Promise<{
+    ttft: Float64Array;
+    noCache: Float64Array;
+    saved: number;
+    load: number;
+    loaded: number[];
+  }> => {
     const ttft: number[] = [];
+    const loaded = tiers.map(() => 0);
     const noCache: number[] = [];
     let saved = 0;
     let load = 0;
@@ -132,7 +154,12 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
           found += tok;
           if (t > 0 && tok > 0) {
             const rt = o.rates[t]!;
-            loadMs += rt.latencyMs + (tok * o.bytesPerToken) / (rt.gbps * 1e6);
+            const codec = o.codecs?.[t];
+            const bytes = tok * o.bytesPerToken;
+            const stored = codec ? bytes * codec.ratio : bytes;
+            loaded[t]! += stored;
+            loadMs += rt.latencyMs + stored / (rt.gbps * 1e6);
+            if (codec) loadMs += bytes / (codec.decodeGBps * 1e6);
           }
         }
         const prefillMs = (Math.max(0, input - found) / rate) * 1000;
@@ -148,6 +175,7 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       noCache: Float64Array.from(noCache),
       saved,
       load,
+      loaded,
     };
   };
   const all = await run(o.tiers);
@@ -170,6 +198,7 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       gpuOnly: perHour(gpu.saved / rate),
     },
     loadSecondsPerHour: perHour(all.load / 1000),
+    loadedBytes: all.loaded,
     hitRate: {
       warehouse: input > 0 ? all.saved / rate / (input / 1000) : 0,
       gpuOnly: input > 0 ? gpu.saved / rate / (input / 1000) : 0,
