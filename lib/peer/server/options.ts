@@ -96,7 +96,7 @@ export function checkServerOptions(options: unknown): void {
   }
   const tenants = read('tenants');
   if (tenants !== undefined) {
-    const t = tenants as Partial<ServerTenancy> | null;
+    const t = tenants as Partial<ServerTenancy>;
     if (
       typeof t !== 'object' ||
       t === null ||
