@@ -238,7 +238,7 @@ export async function readTenantsConfig(
     const entry: TenancyConfig['tenants'][0] = { name };
     if (o.quota !== undefined) entry.quota = quota(o.quota, `${where}.quota`, tiers);
     if (o.retention !== undefined) {
-      if (typeof o.retention !== 'string' || !(o.retention in classes)) {
+      if (typeof o.retention !== 'string' || !Object.hasOwn(classes, o.retention)) {
         const known = Object.keys(classes);
         throw bad(
           `${where}: retention class ${JSON.stringify(o.retention)} is not configured (retentionClasses: ${known.length > 0 ? known.join(', ') : 'none'})`,
