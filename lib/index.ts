@@ -36,6 +36,13 @@ export {
   type Lease,
   type WarehouseStats,
   type TierStats,
+  TenantView,
+  type TenancyOptions,
+  type TenantOptions,
+  type TenantQuota,
+  type TenantStats,
+  type TenantTierStats,
+  type TenantCount,
 } from './warehouse/warehouse.js';
 // Registers the tier kind 'peer' (a block source) with the Warehouse.
 export type { PeerTierOptions } from './peer/peer-source.js';

@@ -20,6 +20,8 @@ export const ErrorCodes = [
   // The cluster index (TS only: the native side never meets Redis).
   'KVTIER_REDIS',
   'KVTIER_CONFLICT',
+  // Tenancy: a tenant name the warehouse was not opened with.
+  'KVTIER_UNKNOWN_TENANT',
 ] as const;
 
 export type ErrorCode = (typeof ErrorCodes)[number];

@@ -79,11 +79,38 @@ export interface TierConfig<K> {
 
 export { DENSE_KEY_LIMIT, DenseKeyIds, MapKeyIds, type KeyIds } from './key-ids.js';
 
+/**
+ * Owners of blocks (tenants, lib/warehouse/tenants.ts): who a key belongs to, whether an owner is
+ * at its quota in a tier, and which block makes room for whom. Without owners the index is as it
+ * always was (one policy per tier decides).
+ */
+export interface Owners<K> {
+  /** Owner count, 0 (no owner) included: owners are 0 .. count-1. */
+  readonly count: number;
+  /** The key's owner (0: none). A pure function of the key, so it needs no row. */
+  of(key: K): number;
+  /** Whether `owner` taking one more slot of `tier` would pass its quota there. */
+  atQuota(tier: number, owner: number): boolean;
+  /**
+   * The block of `tier` to evict for a new copy of a key of `owner` (its own when `capped`), or
+   * undefined when none may go.
+   */
+  victim(
+    tier: number,
+    owner: number,
+    capped: boolean,
+    evictable: (key: K) => boolean,
+    forKey: K,
+  ): K | undefined;
+}
+
 export interface BlockIndexOptions<K> {
   /** Whether a block evicted from its last tier is written to the next one (default true). */
   demote?: boolean;
   /** How keys map to rows (default: a Map, for any key type). */
   ids?: KeyIds<K>;
+  /** Owners with quotas (tenants): usage per owner and tier kept, and victims chosen by them. */
+  owners?: Owners<K>;
 }
 
 /**
@@ -113,10 +140,16 @@ export class BlockIndex<K> {
   private readonly demoteInfo: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 0 };
   /** Whether the slot the last reserve() returned was free (else an evicted block's). */
   private fresh = false;
+  private readonly owners: Owners<K> | undefined;
+  /**
+   * Slots per owner and tier (owner * nt + tier), reserved ones included: a slot is charged to
+   * its new owner when planned, and given back to the victim if the plan is aborted.
+   */
+  private readonly owned: Float64Array;
 
   constructor(tiers: TierConfig<K>[], options: BlockIndexOptions<K> = {}) {
     tiers = checkTierConfigs(tiers);
-    options = readOptions<BlockIndexOptions<K>>(options, 'options', ['demote', 'ids']);
+    options = readOptions<BlockIndexOptions<K>>(options, 'options', ['demote', 'ids', 'owners']);
     if (options.demote !== undefined) boolean(options.demote, 'options.demote');
     this.tiers = tiers.map((t) => ({
       name: t.name,
@@ -130,6 +163,8 @@ export class BlockIndex<K> {
     this.free = tiers.map(() => []);
     this.nextSlot = tiers.map(() => 0);
     this.demote = options.demote ?? true;
+    this.owners = options.owners;
+    this.owned = new Float64Array(this.owners ? this.owners.count * this.nt : 0);
     this.evictable = tiers.map((_, t) => (key: K) => {
       const id = this.ids.get(key);
       return id >= 0 && this.pinned[id] === 0 && (this.busyBits[id]! & (1 << t)) === 0;
@@ -139,6 +174,15 @@ export class BlockIndex<K> {
 
   get size(): number {
     return this.ids.size;
+  }
+
+  /** Slots `owner` holds (or has reserved) in `tier`; 0 without owners. */
+  usage(owner: number, tier: number): number {
+    return this.owned[owner * this.nt + tier] ?? 0;
+  }
+
+  private charge(key: K, tier: number, n: number): void {
+    if (this.owners) this.owned[this.owners.of(key) * this.nt + tier]! += n;
   }
 
   /** A snapshot of the block's entry (changes to the index later do not show in it). */
@@ -261,11 +305,17 @@ export class BlockIndex<K> {
     info: AccessInfo,
     meta: { length: number; checksum: number },
   ): void {
+    if (this.owners) {
+      // The claimed slot was charged to no owner (a landing name): it passes to the key's.
+      this.owned[tier]! -= 1;
+      this.charge(key, tier, 1);
+    }
     this.finish(key, tier, slot, this.scratch, 0, info, meta);
   }
 
   /** Frees a claimed slot. */
   unclaim(tier: number, slot: number): void {
+    if (this.owners) this.owned[tier]! -= 1;
     this.release(tier, slot);
   }
 
@@ -274,6 +324,7 @@ export class BlockIndex<K> {
     const id = this.ids.get(plan.key);
     if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
     if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
+    this.charge(plan.key, plan.tier, -1);
     this.rollback(plan.moves, plan.moves.length);
     if (plan.fresh) this.release(plan.tier, plan.slot);
   }
@@ -286,6 +337,7 @@ export class BlockIndex<K> {
     for (let t = 0; t < this.nt; t++) {
       if ((tier === undefined || tier === t) && this.slot[row + t] !== ABSENT) {
         this.release(t, this.slot[row + t]!);
+        this.charge(key, t, -1);
         this.slot[row + t] = ABSENT;
         this.tiers[t]!.policy.remove(key);
       }
@@ -325,6 +377,7 @@ export class BlockIndex<K> {
     let id = this.ids.get(key);
     if (id < 0) id = this.newRow(key, meta, info.priority);
     this.slot[id * this.nt + tier] = slot;
+    this.charge(key, tier, 1);
     const t = this.tiers[tier]!;
     t.used++;
     this.nextSlot[tier] = Math.max(this.nextSlot[tier]!, slot + 1);
@@ -459,15 +512,26 @@ export class BlockIndex<K> {
     depth: number,
   ): number {
     const t = this.tiers[tier]!;
-    if (t.used < t.capacity) {
+    const o = this.owners;
+    const owner = o ? o.of(forKey) : 0;
+    // An owner at its quota makes room with its own blocks, even where slots are free.
+    const capped = o !== undefined && o.atQuota(tier, owner);
+    if (t.used < t.capacity && !capped) {
       t.used++;
+      if (o) this.owned[owner * this.nt + tier]! += 1;
       const free = this.free[tier]!;
       this.fresh = true;
       return free.length > 0 ? free.pop()! : this.nextSlot[tier]!++;
     }
-    const victim = t.policy.victim(this.evictable[tier]);
+    const victim = o
+      ? o.victim(tier, owner, capped, this.evictable[tier]!, forKey)
+      : t.policy.victim(this.evictable[tier]);
     if (victim === undefined) return ABSENT;
     if (depth === 0 && t.policy.admit && !t.policy.admit(forKey, info, victim)) return ABSENT;
+    if (o) {
+      this.owned[owner * this.nt + tier]! += 1;
+      this.charge(victim, tier, -1);
+    }
     const v = this.ids.get(victim);
     const vSlot = this.slot[v * this.nt + tier]!;
     this.busyBits[v]! |= 1 << tier;
@@ -552,7 +616,10 @@ export class BlockIndex<K> {
       const m = moves[i]!;
       const id = this.ids.get(m.key);
       if (id >= 0) this.busyBits[id]! &= ~(1 << m.fromTier);
+      // The victim holds its slot again, and gives back the one reserved for it lower down.
+      this.charge(m.key, m.fromTier, 1);
       if (m.toTier !== ABSENT) {
+        this.charge(m.key, m.toTier, -1);
         if (id >= 0) this.busyBits[id]! &= ~(1 << m.toTier);
         if (m.toFresh) this.release(m.toTier, m.toSlot);
       }

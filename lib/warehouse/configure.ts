@@ -23,6 +23,7 @@ import { Placement, type PlacementEnv } from './placement.js';
 import { PrefetchQueue } from './prefetch.js';
 import { sourceKind, Sources } from './sources.js';
 import { StatsBook } from './stats.js';
+import type { TenantOwners } from './tenant-quotas.js';
 import type { Tier } from './tier.js';
 import type {
   LocalTierOptions,
@@ -66,7 +67,8 @@ export function durableTier(parts: Parts): number {
   return parts.tiers[last]!.durable ? last : ABSENT;
 }
 
-export async function openParts(given: WarehouseOptions): Promise<Parts> {
+/** `owners`: the tenants' quotas (tenants.ts), which wrap each tier's policy. */
+export async function openParts(given: WarehouseOptions, owners?: TenantOwners): Promise<Parts> {
   const options = checkWarehouseOptions(given);
   const { blockBytes } = options;
   const locals = options.tiers.filter(isLocal);
@@ -93,9 +95,16 @@ export async function openParts(given: WarehouseOptions): Promise<Parts> {
       sourceTiers.push(await sourceKind(t.kind, 'tier kind').open(t, blockBytes));
     }
     const now = options.now ?? Date.now;
+    owners?.bind(tiers);
     const index = new BlockIndex<Key>(
-      tiers.map((t) => ({ name: t.name, capacity: t.slots, policy: policy<Key>(t.slots) })),
+      tiers.map((t, i) => ({
+        name: t.name,
+        capacity: t.slots,
+        policy: owners ? owners.policy(i, policy, t.slots) : policy<Key>(t.slots),
+      })),
+      owners ? { owners } : {},
     );
+    owners?.attach(index);
     const stats = new StatsBook(tiers.length);
     const env: PlacementEnv = {
       index,

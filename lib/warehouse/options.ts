@@ -86,6 +86,7 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
     'engine',
     'prefetchBytes',
     'now',
+    'tenancy',
   ]);
   integer(o.blockBytes, 'blockBytes', { min: 1 });
   if (!guard('tiers', () => Array.isArray(o.tiers))) {
@@ -105,6 +106,7 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
   if (o.engine !== undefined) o.engine = checkEngineOptions(o.engine, 'engine');
   optional(o.prefetchBytes, (v) => integer(v, 'prefetchBytes', { min: 1 }));
   optional(o.now, (v) => func(v, 'now'));
+  // tenancy is checked by tenant-options.ts (Warehouse.open), against these tiers.
   return o as WarehouseOptions;
 }
 

@@ -96,6 +96,78 @@ export interface WarehouseOptions {
   prefetchBytes?: number;
   /** Clock for policies and leases, in milliseconds (default Date.now). */
   now?: () => number;
+  /**
+   * Tenants (docs/tenants.md): quotas per tier, retention classes, accounting and isolated keys,
+   * through warehouse.tenant(name). Absent: one namespace, as before. With it, the Warehouse's
+   * own methods act as an operator: they see the internal (per-tenant) keys.
+   */
+  tenancy?: TenancyOptions;
+}
+
+/** A tenant's quota in one tier: bytes (rounded down to whole blocks), or a share of the tier. */
+export type TenantQuota = { bytes: number } | { share: number };
+
+export interface TenancyOptions {
+  /** Tokens per block: turns blocks into the tokens providers bill in. */
+  blockTokens: number;
+  /**
+   * Retention classes by name: a time-to-live in ms after a block's last use (put or hit), or
+   * 'pinned' (kept until its own tenant's quota or evict removes it).
+   */
+  retentionClasses?: Record<string, number | 'pinned'>;
+  tenants: TenantOptions[];
+  /**
+   * The warehouse secret the tenants' key salts derive from (at least 16 bytes). Absent: read
+   * from the file tier's directory (tenancy.key), or made at random and kept there; without a
+   * file tier, random per open.
+   */
+  secret?: Uint8Array;
+  /** Clock for retention (default: the warehouse's `now`, else Date.now). */
+  now?: () => number;
+}
+
+export interface TenantOptions {
+  /** 1 to 64 of [A-Za-z0-9._-]. */
+  name: string;
+  /** Per tier name (TierOptions.name, or its kind when unnamed); unlisted tiers: no quota. */
+  quota?: Record<string, TenantQuota>;
+  /** A retentionClasses name; absent: the policy alone decides. */
+  retention?: string;
+  /** A put whose chain is shorter (keys × blockTokens) stores nothing: status 'too-short'. */
+  minPrefixTokens?: number;
+  /** Default priority of this tenant's puts. */
+  priority?: number;
+}
+
+/** Blocks, bytes and tokens (blocks × blockTokens) of one tenant counter. */
+export interface TenantCount {
+  blocks: number;
+  bytes: number;
+  tokens: number;
+}
+
+export interface TenantTierStats {
+  name: string;
+  /** Slots this tenant's blocks hold in the tier (reserved ones included while a put is in flight). */
+  blocks: number;
+  usedBytes: number;
+  quotaBytes?: number;
+}
+
+export interface TenantStats {
+  name: string;
+  retention?: string;
+  /** The retention class's time-to-live (absent: none, or 'pinned'). */
+  ttlMs?: number;
+  tiers: TenantTierStats[];
+  /** Counters since open. Blocks stored by this tenant's puts (cache writes). */
+  written: TenantCount;
+  /** Blocks served to this tenant's gets (cache reads, hits). */
+  read: TenantCount;
+  /** Blocks that left the warehouse other than by expiry or the tenant's own evict: for space. */
+  evicted: TenantCount;
+  /** Blocks removed because their retention ran out. */
+  expired: TenantCount;
 }
 
 export interface PutOptions {
@@ -107,16 +179,19 @@ export interface PutOptions {
 /**
  * What became of one block of a put. 'stored': newly stored. 'present': already there (equal keys
  * mean equal content). 'busy': no room, every candidate slot pinned or in use; a retry later may
- * succeed. 'no-space': the disk is full (ENOSPC, EDQUOT or EFBIG). 'io-error': another I/O failure.
+ * succeed. 'no-space': the disk is full (ENOSPC, EDQUOT or EFBIG), or (a tenant's put) the tenant is
+ * at its quota in every tier the block could go to and none of its own blocks can make room.
+ * 'io-error': another I/O failure. 'too-short' (a tenant's put): the chain is shorter than the
+ * tenant's minPrefixTokens, so nothing of it was stored.
  */
-export type PutStatus = 'stored' | 'present' | 'busy' | 'no-space' | 'io-error';
+export type PutStatus = 'stored' | 'present' | 'busy' | 'no-space' | 'io-error' | 'too-short';
 
 export interface PutResult {
   /** Blocks newly stored. */
   stored: number;
   /** Blocks that were already there (equal keys mean equal content). */
   present: number;
-  /** Blocks not stored: 'busy', 'no-space' or 'io-error' in `status`. */
+  /** Blocks not stored: 'busy', 'no-space', 'io-error' or 'too-short' in `status`. */
   rejected: number;
   /**
    * Per key of the put, in order (a key named twice has the status of its first mention; the
@@ -262,6 +337,8 @@ export interface WarehouseStats {
   tiers: TierStats[];
   /** Present when the warehouse is in a cluster (setRemote). */
   cluster?: ClusterStats;
+  /** Present with `tenancy`: each tenant's usage and counters. */
+  tenants?: TenantStats[];
 }
 
 /** Slots reserved for bytes written in place (Warehouse.reserve). */

@@ -21,6 +21,7 @@ import { openParts, type Parts } from './configure.js';
 import { HostSlots } from './host-slots.js';
 import { MAX_TIMER_MS } from './leases.js';
 import {
+  checkWarehouseOptions,
   checkGetOptions,
   checkPinOptions,
   checkPrefetchOptions,
@@ -28,6 +29,9 @@ import {
 } from './options.js';
 import { getNow } from './reads.js';
 import { closeParts } from './shutdown.js';
+import { checkTenancy } from './tenant-options.js';
+import { TenantView } from './tenant-view.js';
+import { prepareTenancy, Tenancy } from './tenants.js';
 import type { SlotPlace } from './tier.js';
 import type {
   BlockSource,
@@ -48,6 +52,7 @@ import { evictNow, putNow } from './writes.js';
 
 export type * from './types.js';
 export { HostSlots } from './host-slots.js';
+export { TenantView } from './tenant-view.js';
 
 export class Warehouse {
   readonly blockBytes: number;
@@ -58,9 +63,12 @@ export class Warehouse {
   readonly hostSlots: HostSlots;
   private readonly parts: Parts;
   private closing: Promise<void> | undefined;
+  private readonly tenancy: Tenancy | undefined;
+  private readonly views = new Map<string, TenantView>();
 
-  private constructor(parts: Parts) {
+  private constructor(parts: Parts, tenancy?: Tenancy) {
     this.parts = parts;
+    this.tenancy = tenancy;
     this.blockBytes = parts.blockBytes;
     this.hostSlots = new HostSlots(parts, (expire) => {
       this.assertOpen();
@@ -69,7 +77,42 @@ export class Warehouse {
   }
 
   static async open(options: WarehouseOptions): Promise<Warehouse> {
-    return new Warehouse(await openParts(options));
+    const tenancy = guard('options', () => (options as Partial<WarehouseOptions> | null)?.tenancy);
+    if (tenancy === undefined) return new Warehouse(await openParts(options));
+    // Tenancy is checked, and its secret found, before anything is opened.
+    const checked = checkWarehouseOptions(options);
+    const setup = await prepareTenancy(checkTenancy(checked.tenancy, checked.tiers), checked);
+    const parts = await openParts(checked, setup.owners);
+    const warehouse = new Warehouse(parts, new Tenancy(parts, setup));
+    try {
+      await setup.writeSecret?.();
+    } catch (e) {
+      await warehouse.close().catch(() => undefined);
+      throw e;
+    }
+    return warehouse;
+  }
+
+  /**
+   * One tenant's view of the store (docs/tenants.md): the same methods, over keys only that
+   * tenant reaches, under its quotas, retention and accounting. KVTIER_UNKNOWN_TENANT for a name
+   * the warehouse was not opened with (or any name, without `tenancy`). With tenancy, the
+   * Warehouse's own methods are the operator's: they see every tenant's internal keys.
+   */
+  tenant(name: string): TenantView {
+    this.assertOpen();
+    if (!this.tenancy) {
+      throw new KvtierError('KVTIER_UNKNOWN_TENANT', 'this warehouse was opened without tenancy');
+    }
+    const t = this.tenancy.get(name);
+    let view = this.views.get(t.config.name);
+    if (!view) this.views.set(t.config.name, (view = new TenantView(this, this.tenancy, t)));
+    return view;
+  }
+
+  /** The tenants' names, in configuration order ([] without tenancy). */
+  tenants(): string[] {
+    return this.tenancy?.names() ?? [];
   }
 
   /** Throws once close() began; ends the leases whose time has come. */
@@ -287,7 +330,12 @@ export class Warehouse {
   stats(): WarehouseStats {
     const p = this.parts;
     p.leases.expire();
-    return p.stats.report(this.blockBytes, p.index, p.tiers, p.sources);
+    const report = p.stats.report(this.blockBytes, p.index, p.tiers, p.sources);
+    if (this.tenancy) {
+      if (this.tenancy.due()) void this.tenancy.sweep().catch(() => undefined);
+      report.tenants = this.tenancy.allStats();
+    }
+    return report;
   }
 
   /**
@@ -298,6 +346,7 @@ export class Warehouse {
    * naming them: they are lost.
    */
   close(): Promise<void> {
+    this.tenancy?.close();
     this.closing ??= closeParts(this.parts);
     return this.closing;
   }
