@@ -63,7 +63,6 @@ export function checkTenantsCombination(opts: {
   tokenFile?: string | undefined;
   engineSocket?: string | undefined;
   redis?: string | undefined;
-  durability?: string | undefined;
 }): void {
   if (opts.tokenFile !== undefined) {
     throw bad('--tenants takes the operator token from the tenants config, not --token-file');
@@ -75,9 +74,6 @@ export function checkTenantsCombination(opts: {
   }
   if (opts.redis !== undefined) {
     throw bad('--tenants with --redis: cluster nodes fetch for each other outside any tenant');
-  }
-  if (opts.durability === 'sync') {
-    throw bad("--tenants with --durability sync: a tenant's puts are not made durable one by one");
   }
 }
 

@@ -18,12 +18,7 @@ import {
 } from '../../internal.js';
 import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
 import { parseMetricsAddress, ServeMetrics } from './serve-metrics.js';
-import {
-  checkTenantsCombination,
-  readTenantsConfig,
-  serverTenancy,
-  type TenantWarehouse,
-} from './serve-tenants.js';
+import { checkTenantsCombination, readTenantsConfig, serverTenancy } from './serve-tenants.js';
 import {
   addEngineSocketOptions,
   checkEngineSocketOptions,
@@ -157,9 +152,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
       durablePuts: durability === 'sync',
       maxHandshakes,
       payloadTimeoutMs,
-      ...(tenants
-        ? { tenants: serverTenancy(tenants, warehouse as unknown as TenantWarehouse) }
-        : {}),
+      ...(tenants ? { tenants: serverTenancy(tenants, warehouse) } : {}),
       log: metrics?.countingLog('peer', log) ?? log,
     });
   } catch (e) {

@@ -98,9 +98,7 @@ export class Handlers {
     }
     const durable = core.durable(type, flags);
     if (durable && !core.canPersist(state)) {
-      const message = core.options.tenants
-        ? 'durable puts are not offered to tenants here'
-        : 'durable puts need a file tier, and this server has none';
+      const message = 'durable puts need a file tier, and this server has none';
       core.refuse(state, rid, ErrorKind.INTERNAL, message);
       return undefined;
     }

@@ -88,9 +88,7 @@ export class ServerHandshake {
       TCP.capability |
       (core.transport.verbs ? VERBS.capability : 0) |
       (core.landing.enabled && !core.options.tenants ? Capability.LANDS : 0) |
-      (core.options.warehouse.hostSlots.persists && !core.options.tenants
-        ? Capability.DURABLE
-        : 0) |
+      (core.options.warehouse.hostSlots.persists ? Capability.DURABLE : 0) |
       (core.options.tenants ? Capability.TENANTS : 0)
     );
   }
