@@ -227,21 +227,31 @@ describe('isolation through serve', () => {
     ).text();
     const table = await tenantsTable();
     const aStats = table.find((t) => t.name === 'a')!;
-    const line = (name: string): number => {
-      const m = new RegExp(`^${name} (\\d+)`, 'm').exec(text);
-      expect(m, name).not.toBeNull();
-      return Number(m![1]);
+    // One sample by name and labels, whatever order the labels are printed in.
+    const line = (name: string, labels: Record<string, string>): number => {
+      const found = text.split('\n').find((l) => {
+        const m = /^([a-z_]+)\{([^}]*)\} /.exec(l);
+        if (!m || m[1] !== name) return false;
+        return Object.entries(labels).every(([k, v]) => m[2]!.split(',').includes(`${k}="${v}"`));
+      });
+      expect(found, `${name} ${JSON.stringify(labels)}`).toBeDefined();
+      return Number(found!.split(' ').pop());
     };
-    expect(line('kvtier_tenant_blocks_total\\{tenant="a",event="written"\\}')).toBe(
+    expect(line('kvtier_tenant_blocks_total', { tenant: 'a', event: 'written' })).toBe(
       aStats.written.blocks,
     );
-    expect(line('kvtier_tenant_tokens_total\\{tenant="a",event="read"\\}')).toBe(
+    expect(line('kvtier_tenant_tokens_total', { tenant: 'a', event: 'read' })).toBe(
       aStats.read.tokens,
     );
-    expect(line('kvtier_tenant_tier_used_bytes\\{tenant="a",tier="host"\\}')).toBe(
+    expect(line('kvtier_tenant_tier_used_bytes', { tenant: 'a', tier: 'host' })).toBe(
       aStats.tiers.find((t) => t.name === 'host')!.usedBytes,
     );
-    expect(line('kvtier_tenant_tier_quota_bytes\\{tenant="b",tier="host"\\}')).toBe(64 * BS);
+    expect(line('kvtier_tenant_tier_quota_bytes', { tenant: 'b', tier: 'host' })).toBe(64 * BS);
+    // The tenants' requests are timed like any peer request.
+    const count = (op: string): number =>
+      line('kvtier_operation_duration_seconds_count', { channel: 'peer', op });
+    expect(count('put')).toBe(1);
+    expect(count('get')).toBeGreaterThan(0);
   });
 
   it("the human table names each tenant; a tenant's token gets KVTIER_AUTH", async () => {

@@ -17,7 +17,7 @@ import { KvtierError, type PeerServer, type Warehouse } from '../../index.js';
 import type { EngineChannel } from '../../internal.js';
 import type { Log } from './serve-lifecycle.js';
 import { registerTenantMetrics, type TenantFigures } from './serve-metrics-tenants.js';
-import { timedWarehouse } from './timed-warehouse.js';
+import { timedTenantView, timedWarehouse } from './timed-warehouse.js';
 
 /** Seconds: 50 us (a host-tier hit) to 10 s (a large batch from a slow disk). */
 const LATENCY_BUCKETS = [
@@ -268,6 +268,11 @@ export class ServeMetrics {
     return timedWarehouse(this.warehouse, (op, s) =>
       this.latency.observe({ channel: 'peer', op }, s),
     );
+  }
+
+  /** A tenant's view for the peer server, its operations timed like peerWarehouse()'s. */
+  peerTenantView<T extends object>(view: T): T {
+    return timedTenantView(view, (op, s) => this.latency.observe({ channel: 'peer', op }, s));
   }
 
   /** `log`, with each event also counted (authentication failures, dropped connections). */

@@ -50,10 +50,14 @@ export interface TenantWarehouse {
  * The peer server's tenancy: tokens from the config, each tenant's view from the warehouse, and
  * the operator's STATS answered with the warehouse's per-tenant statistics.
  */
-export function serverTenancy(t: ServeTenants, warehouse: TenantWarehouse): ServerTenancy {
+export function serverTenancy(
+  t: ServeTenants,
+  warehouse: TenantWarehouse,
+  wrap: (view: PeerStore) => PeerStore = (v) => v,
+): ServerTenancy {
   return {
     tokens: t.tokens,
-    view: (name) => warehouse.tenant(name),
+    view: (name) => wrap(warehouse.tenant(name)),
     stats: () => ({ tenants: warehouse.stats().tenants ?? [] }),
   };
 }

@@ -152,7 +152,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
       durablePuts: durability === 'sync',
       maxHandshakes,
       payloadTimeoutMs,
-      ...(tenants ? { tenants: serverTenancy(tenants, warehouse) } : {}),
+      ...(tenants
+        ? {
+            tenants: serverTenancy(tenants, warehouse, (view) =>
+              metrics ? metrics.peerTenantView(view) : view,
+            ),
+          }
+        : {}),
       log: metrics?.countingLog('peer', log) ?? log,
     });
   } catch (e) {
