@@ -13,6 +13,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { chainKeys, connect, isKvtierError, type PeerClient } from '../../lib/index.js';
+import {
+  connect as connectEngine,
+  BLOCK_BYTES as ENGINE_BLOCK_BYTES,
+  keys as engineKeys,
+  kvFirst,
+  randomPool,
+} from '../engine/channel-helpers.js';
 import { randomBytes, tempDir } from '../helpers.js';
 import { killAll, runCli, startServe, type ServeProcess } from '../peer/serve-process.js';
 
@@ -285,5 +292,94 @@ describe('isolation through serve', () => {
     const back = Buffer.alloc(aData.length);
     expect((await a.get(aKeys, back)).count).toBe(aKeys.length);
     expect(back.equals(aData)).toBe(true);
+  });
+});
+
+describe('an engine socket bound to a tenant (--engine-tenant)', () => {
+  it("saves and loads in its tenant's namespace only", async () => {
+    const socket = join(dir.path, 'engine.sock');
+    const server = await startServe({
+      blockBytes: ENGINE_BLOCK_BYTES,
+      hostBytes: 256 * ENGINE_BLOCK_BYTES,
+      extra: [
+        '--tenants',
+        config(goodConfig, 'engine.json'),
+        '--engine-socket',
+        socket,
+        '--engine-tenant',
+        'a',
+      ],
+    });
+    const url = `127.0.0.1:${server.port}`;
+    const engine = await connectEngine(socket);
+    const a = await connect(url, { token: tokens.a, tenant: 'a' });
+    const b = await connect(url, { token: tokens.b, tenant: 'b' });
+    const { spec, bytes } = kvFirst(8);
+    const pool = randomPool(bytes);
+    try {
+      await engine.registerHostPool(pool, spec, 'kv');
+      const ek = engineKeys(4, 'engine-tenant');
+      expect((await engine.save('kv', ek, [0, 1, 2, 3])).stored).toBe(4);
+      const hex = ek.map((k) => k.toString('hex'));
+      // Tenant a finds the engine's blocks by the same keys; tenant b does not.
+      expect((await a.lookup(hex)).present).toEqual([true, true, true, true]);
+      expect((await b.lookup(hex)).present).toEqual([false, false, false, false]);
+      // And the engine finds what tenant a put, not what b put.
+      const ak = engineKeys(2, 'from-a').map((k) => k.toString('hex'));
+      const bk = engineKeys(2, 'from-b').map((k) => k.toString('hex'));
+      await a.put(ak, randomBytes(2 * ENGINE_BLOCK_BYTES));
+      await b.put(bk, randomBytes(2 * ENGINE_BLOCK_BYTES));
+      const loadA = await engine.load(
+        'kv',
+        ak.map((k) => Buffer.from(k, 'hex')),
+        [4, 5],
+      );
+      expect(loadA.loaded).toEqual([true, true]);
+      const loadB = await engine.load(
+        'kv',
+        bk.map((k) => Buffer.from(k, 'hex')),
+        [6, 7],
+      );
+      expect(loadB.loaded).toEqual([false, false]);
+      // The engine's stats name its own tenant only.
+      const { stats } = (await engine.stats()) as unknown as { stats: { tenants?: Stats[] } };
+      expect(stats.tenants?.map((t) => t.name)).toEqual(['a']);
+      expect(stats.tenants?.[0]?.written.blocks).toBe(6);
+      await engine.release('kv');
+    } finally {
+      engine.close();
+      await a.close();
+      await b.close();
+      await server.stop();
+    }
+  });
+
+  it('--engine-tenant must name a tenant of the config, and goes with --tenants', async () => {
+    const path = config(goodConfig);
+    const socket = join(dir.path, 'e2.sock');
+    const unknown = await runCli([
+      ...serveArgs(path),
+      '--engine-socket',
+      socket,
+      '--engine-tenant',
+      'zed',
+    ]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/--engine-tenant zed: no such tenant.*\[KVTIER_BAD_ARGUMENT\]/);
+    const alone = await runCli([
+      'serve',
+      '--listen',
+      '127.0.0.1:0',
+      '--block-bytes',
+      String(BS),
+      '--host-bytes',
+      String(256 * BS),
+      '--token-file',
+      join(dir.path, 'op.token'),
+      '--engine-tenant',
+      'a',
+    ]);
+    expect(alone.code).toBe(1);
+    expect(alone.stderr).toMatch(/--engine-tenant goes with --tenants/);
   });
 });

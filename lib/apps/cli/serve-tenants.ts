@@ -62,18 +62,31 @@ export function serverTenancy(
   };
 }
 
+/** --engine-tenant names a tenant of the config, and goes with --tenants only. */
+export function checkEngineTenant(
+  engineTenant: string | undefined,
+  t: ServeTenants | undefined,
+): void {
+  if (engineTenant === undefined) return;
+  if (!t) throw bad('--engine-tenant goes with --tenants');
+  if (!t.tokens.has(engineTenant)) {
+    throw bad(`--engine-tenant ${engineTenant}: no such tenant in the tenants config`);
+  }
+}
+
 /** Options that cannot go with --tenants, and why (docs/tenants.md). */
 export function checkTenantsCombination(opts: {
   tokenFile?: string | undefined;
   engineSocket?: string | undefined;
+  engineTenant?: string | undefined;
   redis?: string | undefined;
 }): void {
   if (opts.tokenFile !== undefined) {
     throw bad('--tenants takes the operator token from the tenants config, not --token-file');
   }
-  if (opts.engineSocket !== undefined) {
+  if (opts.engineSocket !== undefined && opts.engineTenant === undefined) {
     throw bad(
-      '--tenants with --engine-socket: the engine channel serves one namespace (it is local and guarded by the socket file permissions), so it cannot be bound to tenants',
+      '--tenants with --engine-socket needs --engine-tenant NAME: the engine channel has no handshake that names a tenant, so the socket acts as one tenant (guarded by its file permissions)',
     );
   }
   if (opts.redis !== undefined) {

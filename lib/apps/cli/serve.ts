@@ -18,7 +18,12 @@ import {
 } from '../../internal.js';
 import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
 import { parseMetricsAddress, ServeMetrics } from './serve-metrics.js';
-import { checkTenantsCombination, readTenantsConfig, serverTenancy } from './serve-tenants.js';
+import {
+  checkEngineTenant,
+  checkTenantsCombination,
+  readTenantsConfig,
+  serverTenancy,
+} from './serve-tenants.js';
 import {
   addEngineSocketOptions,
   checkEngineSocketOptions,
@@ -93,6 +98,12 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --listen, --engine-socket or both');
   }
   if (opts.listen === undefined) {
+    if (opts.tenants !== undefined || opts.engineTenant !== undefined) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        '--tenants needs --listen (the operator reads the statistics over it)',
+      );
+    }
     await serveEnginesOnly(opts, warehouseOptions(opts), log, metricsAt);
     return;
   }
@@ -131,6 +142,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
           opts.tenants,
           tiers.map((t) => t.kind),
         );
+  checkEngineTenant(opts.engineTenant, tenants);
   const secret = tenants ? tenants.operator : await readTokenFile(opts.tokenFile!);
   const warehouse = await Warehouse.open({
     blockBytes,
