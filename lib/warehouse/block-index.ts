@@ -93,7 +93,7 @@ export interface Owners<K> {
   atQuota(tier: number, owner: number): boolean;
   /**
    * The block of `tier` to evict for a new copy of a key of `owner` (its own when `capped`), or
-   * undefined when none may go.
+   * undefined when none may go. `depth` > 0: forKey is itself a victim being written down.
    */
   victim(
     tier: number,
@@ -101,6 +101,7 @@ export interface Owners<K> {
     capped: boolean,
     evictable: (key: K) => boolean,
     forKey: K,
+    depth: number,
   ): K | undefined;
 }
 
@@ -524,7 +525,7 @@ export class BlockIndex<K> {
       return free.length > 0 ? free.pop()! : this.nextSlot[tier]!++;
     }
     const victim = o
-      ? o.victim(tier, owner, capped, this.evictable[tier]!, forKey)
+      ? o.victim(tier, owner, capped, this.evictable[tier]!, forKey, depth)
       : t.policy.victim(this.evictable[tier]);
     if (victim === undefined) return ABSENT;
     if (depth === 0 && t.policy.admit && !t.policy.admit(forKey, info, victim)) return ABSENT;

@@ -26,11 +26,18 @@ const TAG_HEX = TAG_BYTES * 2;
 export const SECRET_FILE = 'tenancy.key';
 const SECRET_BYTES = 32;
 export const MIN_SECRET_BYTES = 16;
+/**
+ * Internal keys remembered per tenant. An HMAC costs microseconds; an engine looks the same
+ * prefixes up again and again (a 128k-token chain is 8,192 keys). The memo is the tenant's own:
+ * it holds only keys this tenant's callers sent, so it tells no tenant anything of another.
+ */
+export const KEY_MEMO = 32_768;
 
 export class TenantKeys {
   /** Hex tag of the tenant's keys. */
   readonly tag: string;
   private readonly salt: Buffer;
+  private readonly memo = new Map<Key, Key>();
 
   constructor(secret: Uint8Array, name: string) {
     this.salt = createHmac('sha256', secret).update(`kvtier-tenant-salt\0${name}`).digest();
@@ -44,9 +51,14 @@ export class TenantKeys {
   /** The internal key of a key the tenant's client sent (validated as every key is). */
   internal(key: KeyLike): Key {
     const hex = toKey(key);
+    let internal = this.memo.get(hex);
+    if (internal !== undefined) return internal;
     const bytes = Buffer.from(hex, 'hex');
     const mac = createHmac('sha256', this.salt).update(bytes).digest();
-    return this.tag + mac.toString('hex', 0, bytes.length - TAG_BYTES);
+    internal = this.tag + mac.toString('hex', 0, bytes.length - TAG_BYTES);
+    if (this.memo.size >= KEY_MEMO) this.memo.delete(this.memo.keys().next().value!);
+    this.memo.set(hex, internal);
+    return internal;
   }
 
   internalAll(keys: readonly KeyLike[]): Key[] {

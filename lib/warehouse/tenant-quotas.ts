@@ -23,6 +23,9 @@ import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
 import type { BlockIndex, Owners } from './block-index.js';
 import { tagOf } from './tenant-keys.js';
 
+/** Refusals remembered at most (the oldest forgotten first). */
+const REFUSED_LIMIT = 65_536;
+
 /** One tier's policy under tenancy: the whole tier's order, and each tenant's. */
 export class TenantPolicy implements EvictionPolicy<Key> {
   readonly name: string;
@@ -95,7 +98,10 @@ export class TenantOwners implements Owners<Key> {
   private nt = 0;
   private index: BlockIndex<Key> | undefined;
   private policies: TenantPolicy[] = [];
-  /** Keys a quota turned away since the caller last looked (TenantView.put). */
+  /**
+   * Keys a quota turned away, for TenantView.put to tell 'no-space' from 'busy'. Bounded: other
+   * placements (promotions, reservations) are refused too, and nobody asks about those.
+   */
   readonly refused = new Set<Key>();
   /** Whether each owner's blocks are kept from other tenants' pressure ('pinned' retention). */
   private readonly pinned: boolean[];
@@ -148,6 +154,12 @@ export class TenantOwners implements Owners<Key> {
     return this.quotas[owner * this.nt + tier] ?? Infinity;
   }
 
+  private refuse(key: Key): void {
+    if (this.refused.size >= REFUSED_LIMIT)
+      this.refused.delete(this.refused.values().next().value!);
+    this.refused.add(key);
+  }
+
   atQuota(tier: number, owner: number): boolean {
     if (owner === 0) return false;
     return this.index!.usage(owner, tier) + 1 > this.quota(owner, tier);
@@ -159,11 +171,12 @@ export class TenantOwners implements Owners<Key> {
     capped: boolean,
     evictable: (key: Key) => boolean,
     forKey: Key,
+    depth: number,
   ): Key | undefined {
     const policy = this.policies[tier]!;
     if (capped) {
       const v = policy.tenant(owner).victim(evictable);
-      if (v === undefined) this.refused.add(forKey);
+      if (v === undefined && depth === 0) this.refuse(forKey);
       return v;
     }
     const index = this.index!;

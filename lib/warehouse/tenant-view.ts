@@ -6,10 +6,9 @@
  * counters apply on the way.
  */
 import { checkTarget, type Target } from '../core/engine.js';
-import { KvtierError } from '../core/errors.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
-import { checkPutOptions } from './options.js';
+import { checkPutOptions, leaseId } from './options.js';
 import type { Tenancy, Tenant } from './tenants.js';
 import type {
   EvictResult,
@@ -79,8 +78,12 @@ export class TenantView {
     return this.tenant.keys.internalAll(toKeys(keys));
   }
 
+  /**
+   * Expires what is due before an operation looks. A sweep that fails (a file tier that cannot
+   * forget a block) fails no operation: the blocks stay due, and the next sweep tries again.
+   */
   private async fresh(): Promise<void> {
-    if (this.tenancy.due()) await this.tenancy.sweep();
+    if (this.tenancy.due()) await this.tenancy.sweep().catch(() => undefined);
   }
 
   /**
@@ -208,10 +211,8 @@ export class TenantView {
 
   /** Ends one of this view's leases early; idempotent, and a no-op for any other lease. */
   unpin(lease: Lease): void {
-    if (typeof lease !== 'object' || lease === null) {
-      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'lease must be a Lease');
-    }
-    if (!this.leases.delete(lease.id)) return;
+    const id = leaseId(lease);
+    if (!this.leases.delete(id)) return;
     this.store.unpin(lease);
   }
 

@@ -16,6 +16,7 @@ import {
   chainKeys,
   ClusterNode,
   ClusterView,
+  TenantView,
   connect,
   connectCluster,
   createCopyEngine,
@@ -235,10 +236,50 @@ async function dispose(v: unknown): Promise<void> {
 type Case = (v: unknown) => unknown;
 const any = (v: unknown): never => v as never;
 
+/** A warehouse with tenants, opened on first use (issue 18). */
+let tenanted: Promise<Warehouse> | undefined;
+const tenantOf = async (): Promise<TenantView> => {
+  tenanted ??= Warehouse.open({
+    blockBytes: BS,
+    tiers: [{ kind: 'host', bytes: 8 * BS }],
+    tenancy: {
+      blockTokens: 4,
+      retentionClasses: { short: 60_000 },
+      tenants: [{ name: 't', quota: { host: { share: 0.5 } }, retention: 'short' }],
+    },
+  });
+  return (await tenanted).tenant('t');
+};
+afterAll(async () => (await tenanted)?.close());
+
 function cases(): Record<string, Case> {
   const dst = (): Region => region;
   const some = (): string[] => keys.slice(0, 2);
+  const tenancy = (t: unknown): Promise<Warehouse> =>
+    Warehouse.open({ blockBytes: BS, tiers: [{ kind: 'host', bytes: 4 * BS }], tenancy: any(t) });
   return {
+    'Warehouse.open({tenancy: v})': (v) => tenancy(v),
+    'Warehouse.open({tenancy: {tenants: [v]}})': (v) => tenancy({ blockTokens: 4, tenants: [v] }),
+    'Warehouse.open({tenancy: {blockTokens, retentionClasses, secret, now: v}})': (v) =>
+      tenancy({
+        tenants: [{ name: 'a', retention: 'x' }],
+        blockTokens: 4,
+        retentionClasses: { x: 1000 },
+        ...pick(v, ['blockTokens', 'retentionClasses', 'secret', 'now']),
+      }),
+    'Warehouse.open({tenancy: {tenants: [{quota, retention, ...: v}]}})': (v) =>
+      tenancy({
+        blockTokens: 4,
+        tenants: [{ name: 'a', ...pick(v, ['quota', 'retention', 'minPrefixTokens', 'priority']) }],
+      }),
+    'tenant(v)': (v) => wh.tenant(any(v)),
+    'tenant.put(v, src)': async (v) => (await tenantOf()).put(any(v), src),
+    'tenant.put(keys, src, v)': async (v) => (await tenantOf()).put(some(), src, any(v)),
+    'tenant.get(v, dst)': async (v) => (await tenantOf()).get(any(v), dst()),
+    'tenant.lookup(v)': async (v) => (await tenantOf()).lookup(any(v)),
+    'tenant.pin(keys, v)': async (v) => (await tenantOf()).pin(some(), any(v)),
+    'tenant.unpin(v)': async (v) => (await tenantOf()).unpin(any(v)),
+    'tenant.evict(v)': async (v) => (await tenantOf()).evict(any(v)),
     'Warehouse.open(v)': (v) => Warehouse.open(any(v)),
     'Warehouse.open({blockBytes: v})': (v) =>
       Warehouse.open({ blockBytes: any(v), tiers: [{ kind: 'host', bytes: 4 * BS }] }),

@@ -1,7 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 
 import {
   chainKeys,
@@ -229,6 +229,27 @@ describe('tenants: quotas', () => {
     await wh.close();
   });
 
+  it('spills what passes the quota of the top tier into the tier below, as a put spills', async () => {
+    const wh = await open(
+      { tenants: [{ name: 'a', quota: { host: { bytes: 4 * BS } } }] },
+      {
+        tiers: [
+          { kind: 'host', bytes: 8 * BS },
+          { kind: 'file', dir: dir(), bytes: 32 * BS },
+        ],
+      },
+    );
+    const a = wh.tenant('a');
+    const keys = chain(8, 'a');
+    expect((await a.put(keys, blocksFor(keys, BS))).status).toEqual(keys.map(() => 'stored'));
+    expect(a.lookup(keys).tiers).toEqual([0, 0, 0, 0, 1, 1, 1, 1]);
+    expect(a.stats().tiers.map((t) => t.blocks)).toEqual([4, 4]);
+    const dst = Buffer.alloc(8 * BS);
+    expect((await a.get(keys, dst, { promote: false })).count).toBe(8);
+    expect(same(keys, dst)).toBe(true);
+    await wh.close();
+  });
+
   it("keeps a tenant's working set hit for hit while a neighbour writes ten times the tier", async () => {
     const TIER = 32;
     const tenants = [
@@ -267,6 +288,37 @@ describe('tenants: quotas', () => {
     expect(alone.hits).toEqual(Array.from({ length: 10 }, () => 12));
     expect(noisy.hits).toEqual(alone.hits);
     expect(noisy.bUsed).toBe(TIER / 2); // b wrote 320 blocks and holds its half
+  });
+
+  it('takes blocks of a tenant over its quota first (reopened with a smaller one)', async () => {
+    const d = dir();
+    const open2 = (aBytes: number): Promise<Warehouse> =>
+      Warehouse.open({
+        blockBytes: BS,
+        tiers: [{ kind: 'file', dir: d, bytes: 8 * BS }],
+        tenancy: {
+          blockTokens: TOKENS,
+          tenants: [
+            { name: 'a', quota: { file: { bytes: aBytes } } },
+            { name: 'b', quota: { file: { bytes: 4 * BS } } },
+            { name: 'c' },
+          ],
+        },
+      });
+    let wh = await open2(8 * BS);
+    const ka = chain(8, 'a');
+    expect((await wh.tenant('a').put(ka, blocksFor(ka, BS))).stored).toBe(8);
+    await wh.close();
+    wh = await open2(4 * BS); // a now holds twice its quota, and the tier is full
+    const kb = chain(4, 'b');
+    expect((await wh.tenant('b').put(kb, blocksFor(kb, BS))).stored).toBe(4);
+    // Every block b needed came from a, the tenant over its quota.
+    expect(wh.tenant('a').stats().tiers[0]!.blocks).toBe(4);
+    expect(wh.tenant('a').stats().evicted).toEqual(count(4));
+    // c has no quota: with a and b both within theirs, only its own blocks could make room.
+    const kc = chain(1, 'c');
+    expect((await wh.tenant('c').put(kc, blocksFor(kc, BS))).status).toEqual(['busy']);
+    await wh.close();
   });
 
   it("never evicts a 'pinned' tenant's blocks for another tenant's put", async () => {
@@ -332,6 +384,82 @@ describe('tenants: retention', () => {
     expect(s.stats().expired).toEqual(count(4));
     expect(s.stats().evicted).toEqual(count(0));
     expect(wh.keys()).toEqual([]);
+    await wh.close();
+  });
+});
+
+describe('tenants: retention without operations', () => {
+  it('expires an idle warehouse on its one timer', async () => {
+    // Only setTimeout is faked: the timer is advanced by hand, and nothing sleeps.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      let now = 0;
+      const wh = await open({
+        now: () => now,
+        retentionClasses: { s: 1000 },
+        tenants: [{ name: 's', retention: 's' }],
+      });
+      const keys = chain(2, 's');
+      await wh.tenant('s').put(keys, blocksFor(keys, BS));
+      now = 999;
+      vi.advanceTimersByTime(999);
+      expect(wh.keys()).toHaveLength(2);
+      now = 1000;
+      vi.advanceTimersByTime(1);
+      // keys() does not sweep: only the timer can have removed them (stats() is asked only
+      // once they are gone, since it would sweep too).
+      const s = wh.tenant('s');
+      for (let i = 0; i < 1000 && (wh.keys().length > 0 || s.stats().expired.blocks < 2); i++) {
+        await new Promise((r) => setImmediate(r));
+      }
+      expect(wh.keys()).toEqual([]);
+      expect(wh.tenant('s').stats().expired).toEqual(count(2));
+      await wh.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('starts the time of blocks found on disk at the open, and keeps quotas over them', async () => {
+    const d = dir();
+    let now = 0;
+    const options = (): WarehouseOptions => ({
+      blockBytes: BS,
+      tiers: [{ kind: 'file', dir: d, bytes: 16 * BS }],
+      tenancy: {
+        blockTokens: TOKENS,
+        now: () => now,
+        retentionClasses: { s: 1000 },
+        tenants: [{ name: 's', retention: 's', quota: { file: { bytes: 4 * BS } } }],
+      },
+    });
+    let wh = await Warehouse.open(options());
+    const keys = chain(6, 's');
+    const first = keys.slice(0, 4);
+    const then = keys.slice(4);
+    expect((await wh.tenant('s').put(first, blocksFor(first, BS))).stored).toBe(4);
+    expect((await wh.tenant('s').put(then, blocksFor(then, BS))).stored).toBe(2);
+    expect(wh.tenant('s').stats().tiers[0]!.blocks).toBe(4);
+    await wh.close();
+    now = 5000; // long past their time, but unknown to the reopened store
+    wh = await Warehouse.open(options());
+    const s = wh.tenant('s');
+    expect(s.stats().tiers[0]!.blocks).toBe(4);
+    expect(s.lookup(keys).tiers.filter((t) => t === 0)).toHaveLength(4);
+    // The quota still holds over what was found: two more take the place of two of those.
+    const more = chain(2, 's2');
+    expect((await s.put(more, blocksFor(more, BS))).stored).toBe(2);
+    expect(s.stats().tiers[0]!.blocks).toBe(4);
+    expect(s.stats().evicted).toEqual(count(2));
+    expect(s.lookup(keys).tiers.filter((t) => t === 0)).toHaveLength(2);
+    now = 5999;
+    expect(s.lookup(keys).tiers.filter((t) => t === 0)).toHaveLength(2);
+    now = 6000;
+    expect(s.lookup(keys).prefix).toBe(0);
+    expect((await s.get(keys, Buffer.alloc(6 * BS))).count).toBe(0);
+    expect(s.lookup(more).prefix).toBe(0);
+    expect(s.stats().expired).toEqual(count(4));
+    expect(s.stats().tiers[0]!.blocks).toBe(0);
     await wh.close();
   });
 });
