@@ -3,12 +3,12 @@
  * retention class, replayed to report each tenant's hit rate (docs/tenants.md, "Sizing").
  *
  * How it models the warehouse's tenants: requests go to a tenant by a hash of their session (or,
- * in a trace without sessions, of their first block), so a conversation stays with one tenant.
+ * in a trace without sessions, request by request), so a conversation stays with one tenant.
  * Each tenant gets its own BlockIndex whose tiers hold its share of each tier's capacity, with
  * one policy per tenant per tier: a tenant at its quota evicts its own blocks and never anyone
- * else's. That is the quota-first rule with every tenant at its quota, the case a seller of
- * shares sizes for; the warehouse also lets a tenant use room nobody else is using (its quotas are
- * upper bounds), which the simulator does not, so its figures are the guaranteed floor. Keys of
+ * else's. That is the warehouse's quota-first rule (a quota is a cap, one policy instance per
+ * tenant and tier) when every tenant has a quota in every tier; left out are tenants without
+ * quotas and tenants over theirs after landings or a restart. Keys of
  * different tenants never meet, as in the warehouse: the same prefix in two tenants is stored
  * twice. A retention class expires a block once the trace's clock passes its last use by the ttl.
  */
