@@ -287,6 +287,11 @@ describe('isolation through serve', () => {
     const table = await tenantsTable();
     const bStats = table.find((t) => t.name === 'b')!;
     expect(bStats.tiers.find((t) => t.name === 'host')!.usedBytes).toBeLessThanOrEqual(64 * BS);
+    // B's accounting reconciles: what it wrote, less what left, is what it holds.
+    const held = bStats.tiers.find((t) => t.name === 'host')!.blocks;
+    expect(bStats.written.blocks - bStats.evicted.blocks - bStats.expired.blocks).toBe(held);
+    expect(bStats.evicted.blocks).toBeGreaterThan(0);
+    expect(bStats.written.tokens).toBe(bStats.written.blocks * BLOCK_TOKENS);
     const aAfter = table.find((t) => t.name === 'a')!;
     expect(aAfter.evicted.blocks).toBe(before.evicted.blocks);
     const back = Buffer.alloc(aData.length);

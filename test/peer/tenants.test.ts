@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { connect, isKvtierError, PeerServer, Warehouse, type PeerClient } from '../../lib/index.js';
 import { tenantStats, type PeerStore } from '../../lib/internal.js';
+import { decodeAuth, encodeAuth } from '../../lib/peer/handshake-codec.js';
 import { Capability } from '../../lib/peer/protocol.js';
 import { randomBytes } from '../helpers.js';
 import { rawFrame, RawPeer, type RawFrame } from './raw.js';
@@ -244,6 +245,25 @@ describe('authentication bound to tenants', () => {
   it('refuses a tenant name that is not one', async () => {
     const r = await refusal(connect(url(), { token: tokens.alice, tenant: 'no/slash' }));
     expect(r.code).toBe('KVTIER_BAD_ARGUMENT');
+  });
+});
+
+describe("AUTH's tenant field", () => {
+  it('round-trips, is exactly 40 bytes without a tenant, and refuses a bad length', () => {
+    const proof = cryptoRandom(32);
+    const plainAuth = encodeAuth({ proof, transport: 0 });
+    expect(plainAuth.length).toBe(40);
+    expect(decodeAuth(plainAuth).tenant).toBeUndefined();
+    const named = encodeAuth({ proof, transport: 1, tenant: 'acme.prod-1' });
+    expect(named.length).toBe(40 + 11);
+    expect(named[36]).toBe(11);
+    const back = decodeAuth(named);
+    expect(back).toMatchObject({ transport: 1, tenant: 'acme.prod-1' });
+    expect(Buffer.from(back.proof).equals(proof)).toBe(true);
+    // The length byte and the frame disagree: a protocol error, not a shorter name.
+    expect(() => decodeAuth(named.subarray(0, 45))).toThrow(/AUTH/);
+    expect(() => encodeAuth({ proof, transport: 0, tenant: 'x'.repeat(65) })).toThrow();
+    expect(() => encodeAuth({ proof, transport: 0, tenant: '' })).toThrow();
   });
 });
 
