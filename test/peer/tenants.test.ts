@@ -242,6 +242,17 @@ describe('authentication bound to tenants', () => {
     expect(r.message).toMatch(/serves no tenants/);
   });
 
+  it('a server without tenants answers a named tenant with AUTH, even with its own secret', async () => {
+    const raw = await RawPeer.open(plain.port);
+    try {
+      const f = await rawAuth(raw, tokens.operator, 'alice', true);
+      expect(f?.type).toBe(0x05);
+      expect(f!.meta.readUInt32LE(0)).toBe(2); // ErrorKind.AUTH
+    } finally {
+      raw.close();
+    }
+  });
+
   it('refuses a tenant name that is not one', async () => {
     const r = await refusal(connect(url(), { token: tokens.alice, tenant: 'no/slash' }));
     expect(r.code).toBe('KVTIER_BAD_ARGUMENT');
