@@ -39,7 +39,9 @@ export { ABSENT, DENSE_KEY_LIMIT, DenseKeyIds, MapKeyIds } from './warehouse/blo
 
 // peer: the address, token-file and transport parsers `kvtier serve` shares with the library,
 // and the landing size the network benchmark sizes its buffers by.
-export { readTokenFile, type Secret } from './peer/auth.js';
+export { checkSecret, readTokenFile, TENANT_NAME, type Secret } from './peer/auth.js';
+export { tenantStats } from './peer/client.js';
+export type { PeerStore, ServerTenancy } from './peer/server.js';
 export { LANDING_BYTES } from './peer/landing.js';
 export { parseAddress } from './peer/protocol.js';
 export type { TransportOption } from './peer/transports.js';

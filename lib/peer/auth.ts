@@ -45,18 +45,45 @@ export function nonce(): Buffer {
   return randomBytes(NONCE_BYTES);
 }
 
-function mac(secret: Secret, label: Buffer, a: Buffer, b: Buffer): Buffer {
-  return createHmac('sha256', secret).update(label).update(a).update(b).digest();
+/**
+ * A tenant's name (docs/tenants.md): what a client may name in AUTH, and what `serve --tenants`
+ * accepts in its config. ASCII only, so its bytes on the wire are its characters.
+ */
+export const TENANT_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+export const TENANT_NAME_MAX = 64;
+
+const NO_TENANT = Buffer.alloc(0);
+
+/**
+ * Both proofs cover the tenant the client named (its ASCII bytes, nothing when it named none, so
+ * a connection without a tenant computes exactly the proofs of protocol version 1 before tenants).
+ */
+function mac(secret: Secret, label: Buffer, a: Buffer, b: Buffer, tenant: Buffer): Buffer {
+  return createHmac('sha256', secret).update(label).update(a).update(b).update(tenant).digest();
 }
 
-/** The server's proof, over the client's nonce then its own. */
-export function serverProof(secret: Secret, clientNonce: Buffer, serverNonce: Buffer): Buffer {
-  return mac(secret, SERVER_LABEL, clientNonce, serverNonce);
+function tenantBytes(tenant: string | undefined): Buffer {
+  return tenant === undefined ? NO_TENANT : Buffer.from(tenant, 'latin1');
 }
 
-/** The client's proof, over the server's nonce then its own. */
-export function clientProof(secret: Secret, serverNonce: Buffer, clientNonce: Buffer): Buffer {
-  return mac(secret, CLIENT_LABEL, serverNonce, clientNonce);
+/** The server's proof, over the client's nonce, its own, then the tenant named. */
+export function serverProof(
+  secret: Secret,
+  clientNonce: Buffer,
+  serverNonce: Buffer,
+  tenant?: string,
+): Buffer {
+  return mac(secret, SERVER_LABEL, clientNonce, serverNonce, tenantBytes(tenant));
+}
+
+/** The client's proof, over the server's nonce, its own, then the tenant named. */
+export function clientProof(
+  secret: Secret,
+  serverNonce: Buffer,
+  clientNonce: Buffer,
+  tenant?: string,
+): Buffer {
+  return mac(secret, CLIENT_LABEL, serverNonce, clientNonce, tenantBytes(tenant));
 }
 
 export function proofMatches(expected: Buffer, got: Buffer): boolean {

@@ -12,3 +12,4 @@ export {
   type PeerPutOptions,
   type PeerPutResult,
 } from './client/index.js';
+export { tenantStats } from './client/tenant-stats.js';

@@ -4,6 +4,7 @@
  * batch codecs in protocol.ts, a decoder checks the length before it reads a field and throws
  * KVTIER_PROTOCOL; what a value means (a version or block size this end refuses) is the caller's.
  */
+import { TENANT_NAME_MAX } from './auth.js';
 import {
   AUTH_BYTES,
   CHALLENGE_BYTES,
@@ -38,6 +39,12 @@ export interface Proof {
   proof: Buffer;
   /** TransportId. */
   transport: number;
+}
+
+/** AUTH may name a tenant (only to a server whose CHALLENGE has Capability.TENANTS). */
+export interface Auth extends Proof {
+  /** The tenant's name, ASCII; undefined: none named (the operator, or a server without tenants). */
+  tenant?: string;
 }
 
 function exactly(meta: Uint8Array, bytes: number, name: string): Buffer {
@@ -117,8 +124,30 @@ function decodeProof(meta: Uint8Array, bytes: number, name: string): Proof {
   return { proof: m.subarray(0, MAC_BYTES), transport: m.readUInt32LE(MAC_BYTES) };
 }
 
-export const encodeAuth = (p: Proof): Buffer => encodeProof(p, AUTH_BYTES);
-export const decodeAuth = (meta: Uint8Array): Proof => decodeProof(meta, AUTH_BYTES, 'AUTH');
+/**
+ * AUTH: 40 bytes, or 40 plus a tenant's name, whose length is the byte at offset 36 (0: no
+ * tenant, and then the frame is exactly the 40 bytes of a client without tenants).
+ */
+export function encodeAuth(a: Auth): Buffer {
+  const name = a.tenant === undefined ? Buffer.alloc(0) : Buffer.from(a.tenant, 'latin1');
+  if (name.length > TENANT_NAME_MAX || (a.tenant !== undefined && name.length === 0)) {
+    throw protocolError(`a tenant's name is 1 to ${TENANT_NAME_MAX} bytes, not ${name.length}`);
+  }
+  const out = Buffer.alloc(AUTH_BYTES + name.length);
+  encodeProof(a, AUTH_BYTES).copy(out, 0);
+  out.writeUInt8(name.length, 36);
+  name.copy(out, AUTH_BYTES);
+  return out;
+}
+
+export function decodeAuth(meta: Uint8Array): Auth {
+  const n = meta.length >= AUTH_BYTES ? (meta[36] ?? 0) : 0;
+  if (n > TENANT_NAME_MAX) throw protocolError(`AUTH names a tenant of ${n} bytes`);
+  const m = exactly(meta, AUTH_BYTES + n, 'AUTH');
+  const auth: Auth = { proof: m.subarray(0, MAC_BYTES), transport: m.readUInt32LE(MAC_BYTES) };
+  if (n > 0) auth.tenant = m.toString('latin1', AUTH_BYTES, AUTH_BYTES + n);
+  return auth;
+}
 export const encodeReady = (p: Proof): Buffer => encodeProof(p, READY_BYTES);
 export const decodeReady = (meta: Uint8Array): Proof => decodeProof(meta, READY_BYTES, 'READY');
 

@@ -30,6 +30,9 @@ export const MsgType = {
   VERBS_CONNECT: 0x20,
   VERBS_READY: 0x21,
   RELEASE: 0x22,
+  /** Operator only, on a server with tenants: the statistics of every tenant (docs/tenants.md). */
+  STATS: 0x23,
+  STATS_RESULT: 0x24,
 } as const;
 
 /**
@@ -84,7 +87,13 @@ export const RequestFlag = {
 /** Capability bits of HELLO and CHALLENGE. */
 /** LANDS (server only): one-step PUT blocks land straight in the store, so offers gain nothing. */
 /** DURABLE (server only): the server honours RequestFlag.DURABLE (it has a file tier). */
-export const Capability = { TCP: 1, VERBS: 2, LANDS: 4, DURABLE: 8 } as const;
+/**
+ * TENANTS (server only): the server serves tenants; AUTH names one (its token signs the proof),
+ * or names none and signs with the operator's token (docs/protocol.md, Tenants).
+ */
+export const Capability = { TCP: 1, VERBS: 2, LANDS: 4, DURABLE: 8, TENANTS: 16 } as const;
+/** Most bytes of a STATS_RESULT's metadata (the statistics of every tenant, as JSON). */
+export const MAX_STATS_BYTES = 1 << 20;
 export const TransportId = { tcp: 0, verbs: 1 } as const;
 
 export const NONCE_BYTES = 32;

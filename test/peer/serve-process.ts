@@ -15,7 +15,8 @@ export interface ServeOptions {
   blockBytes: number;
   hostBytes?: number;
   fileBytes?: number;
-  tokenFile: string;
+  /** Absent: the extra arguments name the secrets (serve --tenants). */
+  tokenFile?: string;
   port?: number;
   extra?: string[];
   /** Added to the child's environment (a loader path, say). */
@@ -57,8 +58,7 @@ export function serveArgs(o: ServeOptions): string[] {
     `127.0.0.1:${o.port ?? 0}`,
     '--block-bytes',
     String(o.blockBytes),
-    '--token-file',
-    o.tokenFile,
+    ...(o.tokenFile !== undefined ? ['--token-file', o.tokenFile] : []),
   ];
   if (o.hostBytes !== undefined) args.push('--host-bytes', String(o.hostBytes));
   if (o.dir !== undefined) args.push('--dir', o.dir, '--file-bytes', String(o.fileBytes));

@@ -13,6 +13,7 @@ import { registerDemo } from './demo.js';
 import { registerInfo } from './info.js';
 import { registerServe } from './serve.js';
 import { registerSim } from './sim.js';
+import { registerTenants } from './tenants.js';
 
 const program = new Command()
   .name('kvtier')
@@ -27,6 +28,7 @@ registerBench(program);
 registerSim(program);
 registerServe(program);
 registerCluster(program);
+registerTenants(program);
 
 function fail(e: unknown): never {
   if (e instanceof CommanderError) process.exit(e.exitCode);

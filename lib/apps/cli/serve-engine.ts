@@ -14,12 +14,49 @@ import { ServeMetrics } from './serve-metrics.js';
 export interface EngineSocketOptions {
   engineSocket?: string;
   engineSocketMode?: string;
+  /** With `serve --tenants`: the tenant the engine socket acts as. */
+  engineTenant?: string;
 }
 
 export function addEngineSocketOptions(cmd: Command): void {
   cmd
     .option('--engine-socket <path>', 'Unix socket for engine processes on this host')
-    .option('--engine-socket-mode <mode>', 'permission bits of the engine socket (octal)', '0600');
+    .option('--engine-socket-mode <mode>', 'permission bits of the engine socket (octal)', '0600')
+    .option('--engine-tenant <name>', 'with --tenants: the tenant engines on the socket act as');
+}
+
+/**
+ * The warehouse as one tenant sees it, for the engine channel (`--engine-tenant`): its blocks go
+ * through the tenant's view (keys mapped into the tenant's namespace, its quota, its counters);
+ * what describes the warehouse (blockBytes, tiers) is the warehouse's, and stats() lists only this
+ * tenant's statistics, never another's.
+ */
+export function engineTenantWarehouse(warehouse: Warehouse, name: string): Warehouse {
+  const view = warehouse.tenant(name);
+  const routed = new Set<PropertyKey>([
+    'put',
+    'get',
+    'lookup',
+    'prefetch',
+    'evict',
+    'pin',
+    'unpin',
+  ]);
+  const stats = (): ReturnType<Warehouse['stats']> => ({
+    ...warehouse.stats(),
+    tenants: [view.stats()],
+  });
+  return new Proxy(warehouse, {
+    get(target, prop) {
+      if (prop === 'hostSlots') return view.hostSlots;
+      if (prop === 'stats') return stats;
+      const from: object = routed.has(prop) ? view : target;
+      const value: unknown = Reflect.get(from, prop, from);
+      return typeof value === 'function'
+        ? (value as (...a: unknown[]) => unknown).bind(from)
+        : value;
+    },
+  });
 }
 
 /** Checks the options; true when an engine socket was asked for. */
@@ -49,7 +86,10 @@ export async function startEngineChannel(
   return EngineChannel.start({
     path: resolve(opts.engineSocket),
     mode: modeOf(opts),
-    warehouse,
+    warehouse:
+      opts.engineTenant !== undefined
+        ? engineTenantWarehouse(warehouse, opts.engineTenant)
+        : warehouse,
     log: metrics?.countingLog('engine', log) ?? log,
     ...(metrics ? { observe: metrics.engineObserver() } : {}),
   });

@@ -16,7 +16,8 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import { KvtierError, type PeerServer, type Warehouse } from '../../index.js';
 import type { EngineChannel } from '../../internal.js';
 import type { Log } from './serve-lifecycle.js';
-import { timedWarehouse } from './timed-warehouse.js';
+import { registerTenantMetrics, type TenantFigures } from './serve-metrics-tenants.js';
+import { timedTenantView, timedWarehouse } from './timed-warehouse.js';
 
 /** Seconds: 50 us (a host-tier hit) to 10 s (a large batch from a slow disk). */
 const LATENCY_BUCKETS = [
@@ -60,6 +61,10 @@ export class ServeMetrics {
       registers: [r],
     });
     this.warehouseMetrics();
+    // Only a warehouse with tenants has per-tenant series.
+    const tenants = (): readonly TenantFigures[] | undefined =>
+      (this.warehouse.stats() as { tenants?: TenantFigures[] }).tenants;
+    if (tenants() !== undefined) registerTenantMetrics(r, () => tenants() ?? []);
   }
 
   /** A counter whose values are read at scrape time (the sources count; this only reports). */
@@ -263,6 +268,11 @@ export class ServeMetrics {
     return timedWarehouse(this.warehouse, (op, s) =>
       this.latency.observe({ channel: 'peer', op }, s),
     );
+  }
+
+  /** A tenant's view for the peer server, its operations timed like peerWarehouse()'s. */
+  peerTenantView<T extends object>(view: T): T {
+    return timedTenantView(view, (op, s) => this.latency.observe({ channel: 'peer', op }, s));
   }
 
   /** `log`, with each event also counted (authentication failures, dropped connections). */

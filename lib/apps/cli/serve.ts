@@ -19,6 +19,12 @@ import {
 import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
 import { parseMetricsAddress, ServeMetrics } from './serve-metrics.js';
 import {
+  checkEngineTenant,
+  checkTenantsCombination,
+  readTenantsConfig,
+  serverTenancy,
+} from './serve-tenants.js';
+import {
   addEngineSocketOptions,
   checkEngineSocketOptions,
   serveEnginesOnly,
@@ -47,6 +53,7 @@ export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions {
   maxHandshakes?: string;
   payloadTimeout?: string;
   metrics?: string;
+  tenants?: string;
 }
 
 /** A whole number from min to max, or KVTIER_BAD_ARGUMENT naming the option. */
@@ -91,11 +98,18 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --listen, --engine-socket or both');
   }
   if (opts.listen === undefined) {
+    if (opts.tenants !== undefined || opts.engineTenant !== undefined) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        '--tenants needs --listen (the operator reads the statistics over it)',
+      );
+    }
     await serveEnginesOnly(opts, warehouseOptions(opts), log, metricsAt);
     return;
   }
-  if (opts.tokenFile === undefined) {
-    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--listen needs --token-file');
+  if (opts.tenants !== undefined) checkTenantsCombination(opts);
+  else if (opts.tokenFile === undefined) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--listen needs --token-file (or --tenants)');
   }
   const { host, port } = parseAddress(opts.listen);
   const { blockBytes, tiers } = warehouseOptions(opts);
@@ -121,8 +135,21 @@ export async function serve(opts: ServeOptions): Promise<void> {
   }
   const maxHandshakes = intOption(opts.maxHandshakes, 64, '--max-handshakes', 65536);
   const payloadTimeoutMs = intOption(opts.payloadTimeout, 30_000, '--payload-timeout', 86_400_000);
-  const secret = await readTokenFile(opts.tokenFile);
-  const warehouse = await Warehouse.open({ blockBytes, tiers, durability });
+  const tenants =
+    opts.tenants === undefined
+      ? undefined
+      : await readTenantsConfig(
+          opts.tenants,
+          tiers.map((t) => t.kind),
+        );
+  checkEngineTenant(opts.engineTenant, tenants);
+  const secret = tenants ? tenants.operator : await readTokenFile(opts.tokenFile!);
+  const warehouse = await Warehouse.open({
+    blockBytes,
+    tiers,
+    durability,
+    ...(tenants ? { tenancy: tenants.tenancy } : {}),
+  });
   const metrics = metricsAt ? new ServeMetrics(warehouse) : undefined;
   let server: PeerServer;
   try {
@@ -137,6 +164,13 @@ export async function serve(opts: ServeOptions): Promise<void> {
       durablePuts: durability === 'sync',
       maxHandshakes,
       payloadTimeoutMs,
+      ...(tenants
+        ? {
+            tenants: serverTenancy(tenants, warehouse, (view) =>
+              metrics ? metrics.peerTenantView(view) : view,
+            ),
+          }
+        : {}),
       log: metrics?.countingLog('peer', log) ?? log,
     });
   } catch (e) {
@@ -166,6 +200,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     blockBytes,
     durability,
     maxBatch: server.maxBatch,
+    ...(tenants ? { tenants: [...tenants.tokens.keys()] } : {}),
     ...(engines ? { engineSocket: engines.path } : {}),
     ...(metricsAt ? { metricsHost: metricsAt.host, metricsPort } : {}),
     ...tierSummary(warehouse),
@@ -193,6 +228,10 @@ export function registerServe(program: Command): void {
     .option('--file-bytes <size>', 'file tier capacity, e.g. 64GiB')
     .requiredOption('--block-bytes <size>', 'bytes per block, e.g. 1MiB')
     .option('--token-file <file>', 'file holding the shared secret (at least 16 bytes)')
+    .option(
+      '--tenants <file>',
+      'serve tenants: a JSON config of tenants, their tokens, quotas and retention (docs/tenants.md)',
+    )
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
     .option('--handshake-timeout <ms>', 'close connections not authenticated by then', '5000')

@@ -29,6 +29,12 @@ import {
   type TierRate,
   type TimedResult,
 } from '../sim/timed.js';
+import {
+  formatTenantsSim,
+  parseSimTenants,
+  simulateTenants,
+  type TenantsSimResult,
+} from '../sim/tenants.js';
 import type { Trace, TraceFormat } from '../sim/trace.js';
 import {
   defaultDecodeRatesFile,
@@ -59,6 +65,7 @@ interface SimOpts {
   tierRates?: string;
   sessions?: boolean;
   hints?: string;
+  tenants?: string;
   onError: string;
   codec?: string;
   codecTiers?: string;
@@ -136,13 +143,16 @@ function positiveInt(name: string, text: string | undefined): number | undefined
   return n;
 }
 
-export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult | CodecSimResult> {
+export async function runSim(
+  opts: SimOpts,
+): Promise<SimResult | TimedResult | CodecSimResult | TenantsSimResult> {
   choice('format', opts.format, ['auto', 'mooncake', 'kvcache-tester', 'kvtier']);
   choice('merge', opts.merge, ['concurrent', 'sequential']);
   choice('on-error', opts.onError, ['skip', 'stop']);
   choice('hints', opts.hints ?? 'none', ['none', 'soon', 'closed', 'both']);
   const hints = (opts.hints ?? 'none') as 'none' | 'soon' | 'closed' | 'both';
   policyByName(opts.policy, 1); // unknown policy: fail before reading anything
+  if (opts.tenants !== undefined) checkTenantsSim(opts);
   if (opts.capacity !== undefined && opts.tiers !== undefined) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'give --capacity or --tiers, not both');
   }
@@ -203,6 +213,15 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult | C
     name: s.name,
     capacity: resolveCapacity(s.spec, stats.distinct, blockBytes, s.name),
   }));
+  if (opts.tenants !== undefined) {
+    return simulateTenants(trace, {
+      tiers,
+      policy: opts.policy,
+      blockTokens,
+      stats,
+      tenants: parseSimTenants(opts.tenants),
+    });
+  }
   if (codecs) {
     const encoded = encodedTiers(tiers, opts.codecTiers);
     const progress = new ProgressBar({ json: opts.json, label: `codecs (${opts.policy})` });
@@ -272,6 +291,18 @@ export async function runSim(opts: SimOpts): Promise<SimResult | TimedResult | C
     );
   }
   return result;
+}
+
+/** --tenants: the spec checked before the trace is read, and what it cannot go with. */
+function checkTenantsSim(opts: SimOpts): void {
+  parseSimTenants(opts.tenants!);
+  const clash = [
+    opts.timed && '--timed',
+    opts.codec !== undefined && '--codec',
+    opts.plot !== undefined && '--plot',
+    isOffline(opts.policy) && `--policy ${opts.policy} (it reads the whole trace ahead)`,
+  ].find(Boolean);
+  if (clash) throw new KvtierError('KVTIER_BAD_ARGUMENT', `--tenants does not go with ${clash}`);
 }
 
 function prefillRate(opts: SimOpts, model: string | undefined): number {
@@ -413,6 +444,10 @@ export function registerSim(program: Command): void {
       'engine hints the trace records: none | soon | closed | both',
       'none',
     )
+    .option(
+      '--tenants <spec>',
+      'split sessions into tenants: a:share=0.6:ttl=5m[:traffic=0.5],b:share=0.4:ttl=1h',
+    )
     .action(async (opts: SimOpts) => {
       const result = await runSim(opts);
       const text =
@@ -420,7 +455,9 @@ export function registerSim(program: Command): void {
           ? formatCodecSim(result)
           : 'ttft' in result
             ? formatTimed(result)
-            : formatSim(result);
+            : 'tenants' in result
+              ? formatTenantsSim(result)
+              : formatSim(result);
       process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${text}\n`);
     });
 }

@@ -93,3 +93,8 @@ function timedView<T extends object>(target: T, observe: OperationObserver, nest
 export function timedWarehouse(warehouse: Warehouse, observe: OperationObserver): Warehouse {
   return timedView(warehouse, observe, ['hostSlots']);
 }
+
+/** A tenant's view of the warehouse (serve --tenants), timed the same way. */
+export function timedTenantView<T extends object>(view: T, observe: OperationObserver): T {
+  return timedView(view, observe, ['hostSlots']);
+}

@@ -109,6 +109,10 @@ export function handshake(d: Dial, events: SessionEvents): Promise<Session> {
         );
       }
       serverNonce = c.serverNonce;
+      const serverTenants = (c.capabilities & Capability.TENANTS) !== 0;
+      if (options.tenant !== undefined && !serverTenants) {
+        return fail(new KvtierError('KVTIER_AUTH', `${url} serves no tenants`));
+      }
       const transport =
         d.want === 'verbs' && (c.capabilities & VERBS.capability) !== 0 ? VERBS : TCP;
       if (options.transport === 'verbs' && transport !== VERBS) {
@@ -124,6 +128,7 @@ export function handshake(d: Dial, events: SessionEvents): Promise<Session> {
         path: d.paths[transport.kind],
         lands: (c.capabilities & Capability.LANDS) !== 0,
         durable: (c.capabilities & Capability.DURABLE) !== 0,
+        tenants: serverTenants,
       };
       if (session.blockBytes < 1 || session.maxBatch < 1) return protocol('bad limits');
       d.chose(
@@ -133,14 +138,19 @@ export function handshake(d: Dial, events: SessionEvents): Promise<Session> {
             ? 'tcp: the server offers no verbs'
             : (chooseTransport(options.transport ?? 'auto').reason ?? 'tcp'),
       );
-      const proof = clientProof(d.secret, serverNonce, clientNonce);
+      const proof = clientProof(d.secret, serverNonce, clientNonce, options.tenant);
       phase = 'ready';
       // Answers may be as large as the largest batch the server allows (with a placement per
       // entry over verbs).
       const resultMeta =
         BATCH_FIXED_BYTES + session.maxBatch * (RESULT_ENTRY_BYTES + PLACEMENT_BYTES);
       net.setLimits(conn, Math.max(resultMeta, HANDSHAKE_META_LIMIT), session.maxPayload);
-      net.send(conn, frame(MsgType.AUTH, 0, encodeAuth({ proof, transport: transport.id })));
+      const auth = encodeAuth({
+        proof,
+        transport: transport.id,
+        ...(options.tenant !== undefined ? { tenant: options.tenant } : {}),
+      });
+      net.send(conn, frame(MsgType.AUTH, 0, auth));
     };
 
     const onReady = (type: number, meta: Buffer): void => {
@@ -151,7 +161,7 @@ export function handshake(d: Dial, events: SessionEvents): Promise<Session> {
         proof = undefined;
       }
       if (!proof || !session) return protocol('expected READY');
-      if (!proofMatches(serverProof(d.secret, clientNonce, serverNonce!), proof)) {
+      if (!proofMatches(serverProof(d.secret, clientNonce, serverNonce!, options.tenant), proof)) {
         return fail(new KvtierError('KVTIER_AUTH', `${url} could not prove it knows the secret`));
       }
       if (!session.transport.queuePairs) return succeed(session);

@@ -8,7 +8,7 @@ import {
   options as readOptions,
   string,
 } from '../../core/validate.js';
-import { checkSecret, readTokenFile, type Secret } from '../auth.js';
+import { checkSecret, readTokenFile, TENANT_NAME, type Secret } from '../auth.js';
 import type { TransportOption } from '../transports.js';
 
 export interface ConnectOptions {
@@ -16,6 +16,12 @@ export interface ConnectOptions {
   token?: string | Buffer;
   /** a file holding it. */
   tokenFile?: string;
+  /**
+   * The tenant this client is, on a server with tenants (`serve --tenants`): the token is that
+   * tenant's, and every key is then in its namespace on the server. Absent on such a server: the
+   * token is the operator's, which may only read statistics (tenantStats()).
+   */
+  tenant?: string;
   /** The block size this client expects; the server refuses a mismatch. Default: the server's. */
   blockBytes?: number;
   /** Per-operation timeout (default 30 s). */
@@ -64,6 +70,7 @@ export function checkConnectOptions(given: unknown): ConnectOptions {
   const o = readOptions<ConnectOptions>(given, 'options', [
     'token',
     'tokenFile',
+    'tenant',
     'blockBytes',
     'timeoutMs',
     'connectTimeoutMs',
@@ -79,6 +86,9 @@ export function checkConnectOptions(given: unknown): ConnectOptions {
     throw badArgument('options.token', 'a string or a Buffer', o.token);
   }
   if (o.tokenFile !== undefined) string(o.tokenFile, 'options.tokenFile');
+  if (o.tenant !== undefined && !TENANT_NAME.test(string(o.tenant, 'options.tenant'))) {
+    throw badArgument('options.tenant', '1 to 64 of A-Z a-z 0-9 . _ -', o.tenant);
+  }
   if (o.blockBytes !== undefined) integer(o.blockBytes, 'options.blockBytes', { min: 1 });
   if (o.timeoutMs !== undefined) finite(o.timeoutMs, 'options.timeoutMs', { min: 1 });
   if (o.connectTimeoutMs !== undefined) {

@@ -69,6 +69,8 @@ export interface Session {
   lands: boolean;
   /** The server honours RequestFlag.DURABLE (Capability.DURABLE). */
   durable: boolean;
+  /** The server serves tenants (Capability.TENANTS). */
+  tenants?: boolean;
   /** The connected queue pair of a verbs session. */
   qp?: number;
 }

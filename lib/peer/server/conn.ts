@@ -4,6 +4,7 @@ import type { Region } from '../../core/region.js';
 import type { Key } from '../../keys/keys.js';
 import type { Reservation } from '../../warehouse/warehouse.js';
 import { TCP, type Transport } from '../transports.js';
+import type { PeerStore } from './store.js';
 
 export interface ConnState {
   id: number;
@@ -12,6 +13,15 @@ export interface ConnState {
   phase: 'hello' | 'auth' | 'verbs' | 'ready' | 'closed';
   /** Chosen in AUTH; TCP until then. */
   transport: Transport;
+  /**
+   * What this connection's requests are served from (set in AUTH): the warehouse, or the view of
+   * the tenant it authenticated as. Undefined until then, and for an operator (STATS only).
+   */
+  store?: PeerStore;
+  /** The tenant it authenticated as, on a server with tenants. */
+  tenant?: string;
+  /** Authenticated with the operator's token on a server with tenants: statistics only. */
+  operator?: boolean;
   clientNonce?: Buffer;
   serverNonce?: Buffer;
   timer?: NodeJS.Timeout;

@@ -195,6 +195,12 @@ export class ServerCore {
       .finally(() => this.work.end());
   }
 
+  /** Whether `state`'s store can make puts durable (a tenant's view may not). */
+  canPersist(state: ConnState): boolean {
+    const slots = state.store?.hostSlots;
+    return slots?.persist !== undefined && slots.persists === true;
+  }
+
   /** Whether a request is a put that must be durable before it is answered. */
   durable(type: number, flags: number): boolean {
     if (type !== MsgType.PUT && type !== MsgType.PUT_OFFER) return false;
@@ -206,8 +212,8 @@ export class ServerCore {
    * the file tier and syncs it (Warehouse.persist). Only keys whose synced file copy is there keep
    * OK or PRESENT; the others answer REJECTED, so nothing is acknowledged that a crash could lose.
    */
-  async persisted(keys: Key[], statuses: number[]): Promise<number[]> {
-    const safe = await this.options.warehouse.hostSlots.persist(keys);
+  async persisted(state: ConnState, keys: Key[], statuses: number[]): Promise<number[]> {
+    const safe = await state.store!.hostSlots!.persist!(keys);
     return statuses.map((x, i) =>
       safe[i] || (x !== Status.OK && x !== Status.PRESENT) ? x : Status.REJECTED,
     );

@@ -18,6 +18,7 @@ import {
   Status,
 } from '../protocol.js';
 import type { ConnState, SentBlock } from './conn.js';
+import { lendOf } from './store.js';
 import type { ServerCore } from './core.js';
 
 export class Gets {
@@ -27,7 +28,7 @@ export class Gets {
   async send(state: ConnState, rid: number, keys: Key[], localOnly: boolean): Promise<void> {
     const { core } = this;
     const bs = core.blockBytes;
-    await this.withBlocks(keys, localOnly, async (blocks) => {
+    await this.withBlocks(state, keys, localOnly, async (blocks) => {
       if (state.phase === 'closed') return;
       const targets: NativeTarget[] = [];
       const index = new Map<unknown, number>();
@@ -98,7 +99,7 @@ export class Gets {
     released: Promise<void>,
   ): Promise<void> {
     const { core } = this;
-    await this.withBlocks(keys, localOnly, async (blocks) => {
+    await this.withBlocks(state, keys, localOnly, async (blocks) => {
       if (state.phase === 'closed') return;
       const statuses: number[] = [];
       const checksums: number[] = [];
@@ -137,14 +138,15 @@ export class Gets {
    * until `use` settles.
    */
   private async withBlocks(
+    state: ConnState,
     keys: Key[],
     localOnly: boolean,
     use: (blocks: (SentBlock | undefined)[]) => Promise<void>,
   ): Promise<void> {
     const { core } = this;
-    const wh = core.options.warehouse;
-    const bs = wh.blockBytes;
-    await wh.hostSlots.lend(keys, async (lent) => {
+    const wh = state.store!;
+    const bs = core.blockBytes;
+    await lendOf(wh)(keys, async (lent) => {
       const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
       const region = rest.length > 0 ? core.pool.take(rest.length * bs) : undefined;
       region?.inFlight.begin();

@@ -10,6 +10,7 @@ import {
   encodeResults,
   ErrorKind,
   MAX_OFFERS,
+  MAX_STATS_BYTES,
   MsgType,
   RequestFlag,
   Status,
@@ -54,6 +55,7 @@ export class Handlers {
       state.leases.get(rid)?.();
       return undefined;
     }
+    if (type === MsgType.STATS && core.options.tenants) return this.stats(state, ev);
     if (!REQUESTS.includes(type)) {
       core.drop(state, ErrorKind.PROTOCOL, `unknown message type ${type}`);
       return undefined;
@@ -89,8 +91,13 @@ export class Handlers {
       );
       return undefined;
     }
+    // The operator's token reads statistics; it never reads or writes anyone's blocks.
+    if (state.operator) {
+      core.refuse(state, rid, ErrorKind.AUTH, "the operator's token may only ask for STATS");
+      return undefined;
+    }
     const durable = core.durable(type, flags);
-    if (durable && !core.options.warehouse.hostSlots.persists) {
+    if (durable && !core.canPersist(state)) {
       const message = 'durable puts need a file tier, and this server has none';
       core.refuse(state, rid, ErrorKind.INTERNAL, message);
       return undefined;
@@ -99,8 +106,11 @@ export class Handlers {
       core.refuse(state, rid, ErrorKind.SHUTTING_DOWN, 'shutting down');
       return undefined;
     }
-    if (type === MsgType.PUT || type === MsgType.PUT_OFFER) core.landing.demand();
-    if (type === MsgType.PUT && ev.landed) {
+    // With tenants nothing lands: landed slots would be stored under the keys as sent, outside
+    // the tenant's namespace (the LANDS capability is not offered, so clients put by copy).
+    const tenants = core.options.tenants !== undefined;
+    if (!tenants && (type === MsgType.PUT || type === MsgType.PUT_OFFER)) core.landing.demand();
+    if (!tenants && type === MsgType.PUT && ev.landed) {
       return core.track(state, type, rid, this.putLanded(state, rid, keys, ev, durable));
     }
     const payload = core.payloadOf(ev, payloadBytes);
@@ -116,7 +126,7 @@ export class Handlers {
     flags: number,
   ): Promise<void> {
     const { core } = this;
-    const wh = core.options.warehouse;
+    const wh = state.store!;
     switch (type) {
       case MsgType.PUT: {
         core.putCounts.copied += keys.length;
@@ -124,7 +134,7 @@ export class Handlers {
         let statuses: number[] = put.map((s) =>
           s === 'present' ? Status.PRESENT : s === 'stored' ? Status.OK : Status.REJECTED,
         );
-        if (core.durable(type, flags)) statuses = await core.persisted(keys, statuses);
+        if (core.durable(type, flags)) statuses = await core.persisted(state, keys, statuses);
         core.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
         return;
       }
@@ -159,6 +169,30 @@ export class Handlers {
     }
   }
 
+  /**
+   * STATS: the statistics of every tenant, as JSON, to the operator only. A tenant asking is
+   * refused with AUTH, like a request its token does not allow; the connection goes on.
+   */
+  private stats(state: ConnState, ev: NetEvent): undefined {
+    const { core } = this;
+    const rid = ev.requestId!;
+    if ((ev.meta?.length ?? 0) !== 0 || (ev.payloadBytes ?? 0) !== 0) {
+      core.drop(state, ErrorKind.PROTOCOL, 'STATS carries no metadata and no payload');
+      return undefined;
+    }
+    if (!state.operator) {
+      core.refuse(state, rid, ErrorKind.AUTH, "only the operator's token may ask for STATS");
+      return undefined;
+    }
+    const json = Buffer.from(JSON.stringify(core.options.tenants!.stats()), 'utf8');
+    if (json.length > MAX_STATS_BYTES) {
+      core.refuse(state, rid, ErrorKind.LIMIT, `the statistics take ${json.length} bytes`);
+      return undefined;
+    }
+    core.reply(state, MsgType.STATS_RESULT, rid, json);
+    return undefined;
+  }
+
   /** A one-step put whose blocks landed straight in claimed host-tier slots (Landing). */
   private async putLanded(
     state: ConnState,
@@ -176,7 +210,7 @@ export class Handlers {
     const mine = new Set(keys.filter((_, i) => stored[i]));
     let statuses: number[] = keys.map((k) => (mine.has(k) ? Status.OK : Status.PRESENT));
     // Landed in host-tier slots: a durable put also waits for their synced file copies.
-    if (durable) statuses = await core.persisted(keys, statuses);
+    if (durable) statuses = await core.persisted(state, keys, statuses);
     core.reply(state, MsgType.PUT_RESULT, rid, encodeResults(statuses));
   }
 }

@@ -3,6 +3,8 @@
  * AUTH by READY once the client's proof checks out, and on a verbs connection VERBS_CONNECT by
  * VERBS_READY. A connection that breaks a rule is answered with ERROR and closed.
  */
+import { randomBytes } from 'node:crypto';
+
 import type { NetEvent } from '../../core/native.js';
 import { clientProof, nonce, proofMatches, serverProof } from '../auth.js';
 import {
@@ -12,8 +14,8 @@ import {
   encodeChallenge,
   encodeReady,
   encodeVerbsAddress,
+  type Auth,
   type Hello,
-  type Proof,
 } from '../handshake-codec.js';
 import {
   Capability,
@@ -28,6 +30,9 @@ import type { ConnState } from './conn.js';
 import type { ServerCore } from './core.js';
 
 export class ServerHandshake {
+  /** The secret of tenants that do not exist: random, never stored or sent. */
+  private readonly nobody = randomBytes(32);
+
   constructor(private readonly core: ServerCore) {}
 
   /** A frame of a connection still in its handshake. */
@@ -82,22 +87,36 @@ export class ServerHandshake {
     return (
       TCP.capability |
       (core.transport.verbs ? VERBS.capability : 0) |
-      (core.landing.enabled ? Capability.LANDS : 0) |
-      (core.options.warehouse.hostSlots.persists ? Capability.DURABLE : 0)
+      (core.landing.enabled && !core.options.tenants ? Capability.LANDS : 0) |
+      (core.options.warehouse.hostSlots.persists ? Capability.DURABLE : 0) |
+      (core.options.tenants ? Capability.TENANTS : 0)
     );
+  }
+
+  /**
+   * The secret AUTH's proof must be signed with: the named tenant's token; the operator's when
+   * none is named (or the only secret, on a server without tenants). A tenant this server does not
+   * have gets a secret nobody holds, so its proof fails exactly as a wrong token's does: the same
+   * work, the same ERROR, the same log line, and no way to learn which names exist.
+   */
+  private secretFor(tenant: string | undefined): Buffer {
+    const { options } = this.core;
+    if (tenant === undefined) return options.secret;
+    return options.tenants?.tokens.get(tenant) ?? this.nobody;
   }
 
   private onAuth(state: ConnState, type: number, meta: Buffer): void {
     const { core } = this;
-    const { secret } = core.options;
-    let auth: Proof | undefined;
+    let auth: Auth | undefined;
     try {
       if (type === MsgType.AUTH) auth = decodeAuth(meta);
     } catch {
       auth = undefined;
     }
     if (!auth) return core.drop(state, ErrorKind.PROTOCOL, 'expected AUTH');
-    const expected = clientProof(secret, state.serverNonce!, state.clientNonce!);
+    const tenant = auth.tenant;
+    const secret = this.secretFor(tenant);
+    const expected = clientProof(secret, state.serverNonce!, state.clientNonce!, tenant);
     if (!proofMatches(expected, auth.proof)) {
       // The log names the peer, never the secret or the proofs.
       core.log('auth_failed', { conn: state.id, remote: state.remote });
@@ -112,6 +131,17 @@ export class ServerHandshake {
       );
     }
     state.transport = transport;
+    const tenants = core.options.tenants;
+    if (tenants && tenant !== undefined) {
+      // Bound for the connection's life: every request goes through this view, whose keys live
+      // in the tenant's namespace, whatever the client sends.
+      state.tenant = tenant;
+      state.store = tenants.view(tenant);
+    } else if (tenants) {
+      state.operator = true;
+    } else {
+      state.store = core.options.warehouse;
+    }
     // A verbs connection sets up its queue pairs (VERBS_CONNECT) before any request, within the
     // handshake's time limit.
     if (!transport.queuePairs) clearTimeout(state.timer);
@@ -127,7 +157,7 @@ export class ServerHandshake {
     );
     // The server proves itself only to a client that proved itself first: nobody without the
     // secret gets an HMAC computed with it.
-    const proof = serverProof(secret, state.clientNonce!, state.serverNonce!);
+    const proof = serverProof(secret, state.clientNonce!, state.serverNonce!, tenant);
     core.net.send(
       state.id,
       frame(MsgType.READY, 0, encodeReady({ proof, transport: transport.id })),
@@ -136,6 +166,8 @@ export class ServerHandshake {
       conn: state.id,
       remote: state.remote,
       transport: transport.kind,
+      ...(state.tenant !== undefined ? { tenant: state.tenant } : {}),
+      ...(state.operator ? { operator: true } : {}),
     });
   }
 

@@ -15,7 +15,7 @@ import { Handlers } from './handlers.js';
 import { ServerHandshake } from './handshake.js';
 import { checkServerOptions, type PeerServerOptions } from './options.js';
 
-export type { LogFn, PeerServerOptions } from './options.js';
+export type { LogFn, PeerServerOptions, ServerTenancy } from './options.js';
 
 /** Resolves after `ms` (at once when not positive), unless cancelled first. */
 function timeout(ms: number): { done: Promise<void>; cancel(): void } {

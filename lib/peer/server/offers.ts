@@ -46,7 +46,7 @@ export class Offers {
    */
   async offer(state: ConnState, rid: number, keys: Key[], durable: boolean): Promise<void> {
     const { core } = this;
-    const wh = core.options.warehouse;
+    const wh = state.store!;
     if (state.offers.has(rid) || state.offering.has(rid)) {
       core.drop(state, ErrorKind.PROTOCOL, `request id ${rid} already has an offer`);
       return;
@@ -55,7 +55,8 @@ export class Offers {
     state.offering.add(rid);
     let reservation: Reservation | undefined;
     try {
-      reservation = await wh.hostSlots.reserve(keys);
+      // A store that cannot reserve (a tenant's view) takes the data like a one-step put's.
+      reservation = wh.hostSlots?.reserve ? await wh.hostSlots.reserve(keys) : undefined;
     } finally {
       state.offering.delete(rid);
     }
@@ -230,7 +231,7 @@ export class Offers {
     checksums: Uint32Array | undefined,
   ): Promise<void> {
     const { core } = this;
-    const wh = core.options.warehouse;
+    const wh = state.store!;
     const result = offer.statuses.map((x) => (x === Status.OK ? Status.REJECTED : x));
     const accepted = offer.statuses.filter((x) => x === Status.OK).length;
     if (offer.reservation) core.putCounts.placed += accepted;
@@ -248,7 +249,7 @@ export class Offers {
         if (s === 'stored' || s === 'present') result[i] = Status.OK;
       });
     }
-    const answer = offer.durable ? await core.persisted(offer.keys, result) : result;
+    const answer = offer.durable ? await core.persisted(state, offer.keys, result) : result;
     core.reply(state, MsgType.PUT_RESULT, rid, encodeResults(answer));
   }
 }

@@ -3,8 +3,24 @@ import { badArgument, finite, func, guard, integer, string } from '../../core/va
 import type { Warehouse } from '../../warehouse/warehouse.js';
 import type { Secret } from '../auth.js';
 import type { TransportOption } from '../transports.js';
+import type { PeerStore } from './store.js';
 
 export type LogFn = (event: string, fields?: Record<string, unknown>) => void;
+
+/**
+ * A server's tenants (docs/tenants.md). Each connection names one in AUTH and proves it holds that
+ * tenant's token; its requests then go to the tenant's view of the warehouse, where keys are mapped
+ * to the tenant's namespace on this side. A connection naming none proves it holds the operator's
+ * token (PeerServerOptions.secret) and may only ask for statistics (STATS).
+ */
+export interface ServerTenancy {
+  /** Each tenant's token, by name. */
+  tokens: ReadonlyMap<string, Secret>;
+  /** The tenant's view of the warehouse (warehouse.tenant(name)). */
+  view(name: string): PeerStore;
+  /** What an operator's STATS is answered with: JSON-serialisable. */
+  stats(): unknown;
+}
 
 export interface PeerServerOptions {
   host: string;
@@ -45,6 +61,8 @@ export interface PeerServerOptions {
    * the warehouse needs a file tier.
    */
   durablePuts?: boolean;
+  /** Serve tenants; `secret` is then the operator's token. */
+  tenants?: ServerTenancy;
   log?: LogFn;
 }
 
@@ -75,6 +93,19 @@ export function checkServerOptions(options: unknown): void {
   for (const field of ['handshakeTimeoutMs', 'offerTimeoutMs', 'landingIdleMs', 'leaseTimeoutMs']) {
     const v = read(field);
     if (v !== undefined) finite(v, `options.${field}`, { min: 0 });
+  }
+  const tenants = read('tenants');
+  if (tenants !== undefined) {
+    const t = tenants as Partial<ServerTenancy>;
+    if (
+      typeof t !== 'object' ||
+      t === null ||
+      !(t.tokens instanceof Map) ||
+      typeof t.view !== 'function' ||
+      typeof t.stats !== 'function'
+    ) {
+      throw badArgument('options.tenants', 'tokens (a Map), view() and stats()', tenants);
+    }
   }
   const log = read('log');
   if (log !== undefined) func(log, 'options.log');
