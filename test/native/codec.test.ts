@@ -167,15 +167,16 @@ describe('codec round trips', () => {
     // decoders must agree on any payload, 0x7F included), and an int8 block with scales at the
     // edges of fp32 (subnormal products, results that overflow fp16 to infinity).
     for (const dtype of dtypes) {
-      const shape = { layers: 1, tokens: 8, heads: 2, dim: 16 };
-      const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(shape, dtype));
-      const src = toBytes(syntheticKv(shape, 1, 7), dtype);
+      // Rows of 24: a 16-code SIMD step and a scalar tail. The scales include ones whose 256-fold
+      // overflows (3e38, 2e36: the SIMD path's fused multiply is not taken) and subnormal ones.
+      const fshape = { layers: 1, tokens: 8, heads: 4, dim: 24 };
+      const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(fshape, dtype));
       const enc = new Uint8Array(fp8.encodedBytes);
-      fp8.encode(src, enc);
-      const codes = 32 + 4 * 4;
-      for (let i = 0; i < 512; i++) enc[codes + i] = i & 0xff;
+      fp8.encode(toBytes(syntheticKv(fshape, 1, 7), dtype), enc);
+      const codes = 32 + 4 * 8;
+      for (let i = 0; i < 2 * 8 * 4 * 24; i++) enc[codes + i] = (i * 7) & 0xff;
       const dv = new DataView(enc.buffer);
-      for (const [j, s] of [1e-38, 3.4e38 / 448, 1, 2 ** -20].entries())
+      for (const [j, s] of [1e-38, 3.4e38 / 448, 1, 2 ** -20, 3e38, 2e36, 1e-45, -0.75].entries())
         dv.setFloat32(32 + 4 * j, s, true);
       const a = new Uint8Array(fp8.decodedBytes);
       const b = new Uint8Array(fp8.decodedBytes);
@@ -183,6 +184,8 @@ describe('codec round trips', () => {
       fp8.decode(enc, b, 1, { isa: 'scalar' });
       expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
 
+      const shape = { layers: 1, tokens: 8, heads: 2, dim: 16 };
+      const src = toBytes(syntheticKv(shape, 1, 7), dtype);
       const int8 = BlockCodec.open({ codec: 'int8', scales: 'kivi' }, layoutOf(shape, dtype));
       const e2 = new Uint8Array(int8.encodedBytes);
       int8.encode(src, e2);
