@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "convert.h"
+#include "encode_rows.h"
 #include "rows.h"
 
 namespace kvtier::codec {
@@ -85,29 +86,22 @@ bool NonFinite(float f) { return !std::isfinite(f); }
 // --- fp8
 // ------------------------------------------------------------------------------------------
 
-const char* EncodeFp8(const Params& p, const uint8_t* src, uint8_t* out) {
+const char* EncodeFp8(const Params& p, const uint8_t* src, uint8_t* out, const EncodeKernels& k) {
   Shape s = ShapeOf(p);
+  const size_t ib = DtypeBytes(p.dtype);
   uint8_t* scales = out;
   uint8_t* codes = out + ScaleCount(p) * 4;
   for (uint64_t slab = 0; slab < s.L * 2; slab++) {
-    const uint64_t base = slab * s.slab();
     for (uint64_t h = 0; h < s.H; h++) {
-      float amax = 0;
-      for (uint64_t t = 0; t < s.T; t++) {
-        for (uint64_t d = 0; d < s.D; d++) {
-          float x = Load(p.dtype, src, base + (t * s.H + h) * s.D + d);
-          if (NonFinite(x)) return "a value to encode is not finite";
-          amax = std::fmax(amax, std::fabs(x));
-        }
+      // The (slab, head): T rows of D values, H·D apart.
+      const uint64_t first = slab * s.slab() + h * s.D;
+      float amax;
+      if (!k.amax(src + first * ib, s.D, s.T, s.H * s.D, &amax)) {
+        return "a value to encode is not finite";
       }
       const float scale = amax > 0 ? amax / kFp8Max : 1.0f;
       PutF32(scales + 4 * (slab * s.H + h), scale);
-      for (uint64_t t = 0; t < s.T; t++) {
-        const uint64_t row = base + (t * s.H + h) * s.D;
-        for (uint64_t d = 0; d < s.D; d++) {
-          codes[row + d] = FloatToE4m3(Load(p.dtype, src, row + d) / scale);
-        }
-      }
+      k.fp8(src + first * ib, s.D, s.T, s.H * s.D, scale, codes + first);
     }
   }
   return nullptr;
@@ -134,49 +128,40 @@ void DecodeFp8(const Params& p, const uint8_t* in, uint8_t* dst, const RowKernel
 
 float Int8Scale(float amax) { return amax > 0 ? amax / 127.0f : 1.0f; }
 
-uint8_t QuantizeInt8(float x, float scale) {
-  float q = std::nearbyint(x / scale);
-  q = std::fmin(127.0f, std::fmax(-127.0f, q));
-  return static_cast<uint8_t>(static_cast<int8_t>(q));
-}
-
-const char* EncodeInt8(const Params& p, const uint8_t* src, uint8_t* out) {
+const char* EncodeInt8(const Params& p, const uint8_t* src, uint8_t* out, const EncodeKernels& k) {
   Shape s = ShapeOf(p);
+  const size_t ib = DtypeBytes(p.dtype);
   uint8_t* scales = out;
   uint8_t* codes = out + ScaleCount(p) * 4;
+  constexpr uint64_t kChunk = 1024;  // channels whose scales are computed together
+  float channel[kChunk];
   uint64_t next_scale = 0;
   for (uint64_t slab = 0; slab < s.L * 2; slab++) {
     const uint64_t base = slab * s.slab();
-    for (uint64_t i = 0; i < s.slab(); i++) {
-      if (NonFinite(Load(p.dtype, src, base + i))) return "a value to encode is not finite";
-    }
     if (p.scales == Scales::kKivi && slab % 2 == 0) {
       for (uint64_t h = 0; h < s.H; h++) {
-        for (uint64_t d = 0; d < s.D; d++) {
-          float amax = 0;
-          for (uint64_t t = 0; t < s.T; t++) {
-            amax = std::fmax(amax, std::fabs(Load(p.dtype, src, base + (t * s.H + h) * s.D + d)));
+        for (uint64_t d0 = 0; d0 < s.D; d0 += kChunk) {
+          const uint64_t n = s.D - d0 < kChunk ? s.D - d0 : kChunk;
+          const uint64_t first = base + h * s.D + d0;
+          if (!k.column_amax(src + first * ib, n, s.T, s.H * s.D, channel)) {
+            return "a value to encode is not finite";
           }
-          const float scale = Int8Scale(amax);
-          PutF32(scales + 4 * (next_scale + h * s.D + d), scale);
-          for (uint64_t t = 0; t < s.T; t++) {
-            const uint64_t i = base + (t * s.H + h) * s.D + d;
-            codes[i] = QuantizeInt8(Load(p.dtype, src, i), scale);
+          for (uint64_t i = 0; i < n; i++) {
+            channel[i] = Int8Scale(channel[i]);
+            PutF32(scales + 4 * (next_scale + h * s.D + d0 + i), channel[i]);
           }
+          k.int8(src + first * ib, n, s.T, s.H * s.D, 0, channel, codes + first);
         }
       }
       next_scale += s.H * s.D;
     } else {
       for (uint64_t r = 0; r < s.T * s.H; r++) {
-        float amax = 0;
-        for (uint64_t d = 0; d < s.D; d++) {
-          amax = std::fmax(amax, std::fabs(Load(p.dtype, src, base + r * s.D + d)));
-        }
+        const uint64_t first = base + r * s.D;
+        float amax;
+        if (!k.amax(src + first * ib, s.D, 1, 0, &amax)) return "a value to encode is not finite";
         const float scale = Int8Scale(amax);
         PutF32(scales + 4 * (next_scale + r), scale);
-        for (uint64_t d = 0; d < s.D; d++) {
-          codes[base + r * s.D + d] = QuantizeInt8(Load(p.dtype, src, base + r * s.D + d), scale);
-        }
+        k.int8(src + first * ib, s.D, 1, 0, scale, nullptr, codes + first);
       }
       next_scale += s.T * s.H;
     }
@@ -396,21 +381,7 @@ float HalfToFloat(uint16_t h) { return HalfToFloatInline(h); }
 uint16_t FloatToBf16(float f) { return FloatToBf16Inline(f); }
 float E4m3ToFloat(uint8_t b) { return E4m3ToFloatInline(b); }
 
-uint8_t FloatToE4m3(float f) {
-  const uint32_t u = Bits(f);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
-  const float v = std::fabs(f);
-  if (!(v < kFp8Max)) return sign | 0x7E;  // saturate (NaN never reaches here: refused earlier)
-  if (v < 0x1.0p-6f) {
-    // Subnormal range: steps of 2^-9; code 8 is the smallest normal, 2^-6, as it should be.
-    return sign | static_cast<uint8_t>(std::nearbyint(v * 512.0f));
-  }
-  uint32_t r = Bits(v);
-  r += 0x7FFFFu + ((r >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
-  const int e = static_cast<int>(r >> 23) - 127;
-  const uint32_t code = (static_cast<uint32_t>(e + 7) << 3) | ((r >> 20) & 7u);
-  return sign | static_cast<uint8_t>(code > 0x7E ? 0x7E : code);
-}
+uint8_t FloatToE4m3(float f) { return FloatToE4m3Inline(f); }
 
 Isa BestIsa() { return CpuHasAvx2() ? Isa::kAvx2 : Isa::kScalar; }
 
@@ -487,15 +458,17 @@ const char* ReadHeader(const uint8_t* in, size_t len, Params* p) {
   return nullptr;
 }
 
-const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst) {
+const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
   if (const char* why = CheckParams(p)) return why;
   WriteHeader(p, dst);
   uint8_t* out = dst + kHeaderBytes;
+  const EncodeKernels* k = &ScalarEncoders(p.dtype);
+  if (isa == Isa::kAvx2 && Avx2Encoders(p.dtype) != nullptr) k = Avx2Encoders(p.dtype);
   switch (p.codec) {
     case Codec::kFp8E4m3:
-      return EncodeFp8(p, src, out);
+      return EncodeFp8(p, src, out, *k);
     case Codec::kInt8:
-      return EncodeInt8(p, src, out);
+      return EncodeInt8(p, src, out, *k);
     default:
       return EncodeKivi(p, src, out);
   }

@@ -61,4 +61,21 @@ inline float E4m3ToFloatInline(uint8_t b) {
   return HalfToFloatInline(h) * 256.0f;
 }
 
+// fp32 to e4m3: round to nearest even, saturating at +-448 (0x7E); 0x7F (NaN) is never written.
+inline uint8_t FloatToE4m3Inline(float f) {
+  const uint32_t u = Bits(f);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
+  const float v = __builtin_fabsf(f);
+  if (!(v < 448.0f)) return sign | 0x7E;  // saturate (NaN never reaches here: refused earlier)
+  if (v < 0x1.0p-6f) {
+    // Subnormal range: steps of 2^-9; code 8 is the smallest normal, 2^-6, as it should be.
+    return sign | static_cast<uint8_t>(__builtin_nearbyintf(v * 512.0f));
+  }
+  uint32_t r = Bits(v);
+  r += 0x7FFFFu + ((r >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
+  const int e = static_cast<int>(r >> 23) - 127;
+  const uint32_t code = (static_cast<uint32_t>(e + 7) << 3) | ((r >> 20) & 7u);
+  return sign | static_cast<uint8_t>(code > 0x7E ? 0x7E : code);
+}
+
 }  // namespace kvtier::codec

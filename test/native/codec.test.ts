@@ -127,7 +127,7 @@ const arbCase = fc
   });
 
 describe('codec round trips', () => {
-  it(`decodes every codec and dtype within its bound, SIMD (${codecIsa()}) equal to scalar`, () => {
+  it(`decodes every codec and dtype within its bound, SIMD (${codecIsa()}) encode and decode equal to scalar`, () => {
     fc.assert(
       fc.property(arbCase, ({ spec, shape, dtype, blocks, seed, magnitude }) => {
         const codec = BlockCodec.open(spec, layoutOf(shape, dtype));
@@ -141,6 +141,9 @@ describe('codec round trips', () => {
         const src = toBytes(x, dtype);
         const enc = new Uint8Array(codec.encodedBytes * blocks);
         codec.encode(src, enc, blocks);
+        const encScalar = new Uint8Array(codec.encodedBytes * blocks).fill(0xee);
+        codec.encode(src, encScalar, blocks, { isa: 'scalar' });
+        expect(Buffer.from(enc).equals(Buffer.from(encScalar))).toBe(true);
         const fast = new Uint8Array(src.length);
         const scalar = new Uint8Array(src.length).fill(0xee);
         codec.decode(enc, fast, blocks);
@@ -199,6 +202,61 @@ describe('codec round trips', () => {
       int8.decode(e2, d, 1, { isa: 'scalar' });
       expect(Buffer.from(c).equals(Buffer.from(d))).toBe(true);
     }
+  });
+});
+
+/**
+ * Values where rounding decides. At scale 1 (a group whose amax is 448 for fp8, 127 for int8)
+ * these are ties between two codes, subnormal e4m3 steps and their midpoints; times a power of
+ * two they stay ties, as the scale scales with them.
+ */
+const FP8_TIES = [448, 1.0625, -1.1875, 1.1875, 2 ** -10, 3 * 2 ** -10, -(5 * 2 ** -10), 2 ** -6 - 2 ** -10, 2 ** -6 - 2 ** -11, 0.5625, 17, 19, -0, 0, 440, 444, 436, 2 ** -9];
+const INT8_TIES = [127, 0.5, 1.5, 2.5, -2.5, -0.5, 126.5, -126.5, 3.5, -0, 0, 64.5];
+const EXTREMES = [65504, -65504, 3e38, -3e38, 1e-30, 2 ** -24, 3 * 2 ** -24, 1.17549435e-38, 1e-45, -1e-45, 2 ** -126, 1];
+
+describe('SIMD encoders', () => {
+  it('write the scalar encoder\'s bytes on ties, subnormals, saturation, ±0 and the dtypes\' extremes', () => {
+    let compared = 0;
+    for (const dtype of dtypes) {
+      for (const dim of [8, 16, 20, 40]) {
+        const shape = { layers: 2, tokens: 5, heads: 3, dim };
+        const n = 2 * 2 * 5 * 3 * dim;
+        for (const [k, shift] of [0, -12, 9, 40].entries()) {
+          // Each (layer, K or V, head) gets a theme: fp8 ties, int8 ties (every row and every
+          // channel reaching 127), extremes, zeros of both signs, or the smallest values.
+          const x = new Float32Array(n);
+          for (let i = 0; i < n; i++) {
+            const d = i % dim;
+            const h = Math.floor(i / dim) % 3;
+            const t = Math.floor(i / (dim * 3)) % 5;
+            const slab = Math.floor(i / (dim * 15));
+            const theme = (slab * 3 + h + k) % 5;
+            const pick = (set: number[]): number => set[(i * 7 + k) % set.length] as number;
+            if (theme === 0) x[i] = (t === 0 && d === 0 ? 448 : pick(FP8_TIES)) * 2 ** shift;
+            else if (theme === 1) x[i] = (t === 0 || d === 0 ? (i % 2 ? 127 : -127) : pick(INT8_TIES)) * 2 ** shift;
+            else if (theme === 2) x[i] = pick(EXTREMES);
+            else if (theme === 3) x[i] = i % 3 === 0 ? -0 : 0;
+            else x[i] = pick(EXTREMES) * 2 ** -100;
+          }
+          // As the dtype holds them, with beyond-range values saturated to its largest finite one.
+          const max = dtype === 'fp16' ? 65504 : dtype === 'bf16' ? 3.3895313892515355e38 : 3.4028234663852886e38;
+          const src = toBytes(x.map((v) => (Math.abs(v) > max ? Math.sign(v) * max : v)), dtype);
+          for (const spec of [{ codec: 'fp8-e4m3' }, { codec: 'int8', scales: 'kivi' }, { codec: 'int8', scales: 'token' }] as CodecSpec[]) {
+            const c = BlockCodec.open(spec, layoutOf(shape, dtype));
+            const a = new Uint8Array(c.encodedBytes);
+            const b = new Uint8Array(c.encodedBytes).fill(0xee);
+            c.encode(src, a);
+            c.encode(src, b, 1, { isa: 'scalar' });
+            if (!Buffer.from(a).equals(Buffer.from(b))) {
+              const i = a.findIndex((v, j) => v !== b[j]);
+              throw new Error(`${spec.codec} ${dtype} dim ${dim} shift ${shift}: byte ${i} ${a[i]} vs scalar ${b[i]}`);
+            }
+            compared++;
+          }
+        }
+      }
+    }
+    expect(compared).toBe(3 * 4 * 4 * 3);
   });
 });
 
