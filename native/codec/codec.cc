@@ -246,21 +246,9 @@ void PutCode(uint8_t* codes, uint64_t i, unsigned bits, uint8_t q) {
   codes[bit / 8] |= static_cast<uint8_t>(q << (bit % 8));
 }
 
-uint8_t GetCode(const uint8_t* codes, uint64_t i, unsigned bits) {
-  const uint64_t bit = i * bits;
-  return static_cast<uint8_t>((codes[bit / 8] >> (bit % 8)) & ((1u << bits) - 1));
-}
-
 void PutGroup(uint8_t* at, const Group& g) {
   std::memcpy(at, &g.scale, 2);
   std::memcpy(at + 2, &g.min, 2);
-}
-
-Group GetGroup(const uint8_t* at) {
-  Group g;
-  std::memcpy(&g.scale, at, 2);
-  std::memcpy(&g.min, at + 2, 2);
-  return g;
 }
 
 const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out) {
@@ -319,58 +307,42 @@ const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out) {
   return nullptr;
 }
 
-template <Dtype D>
-void DecodeKiviT(const Params& p, const uint8_t* in, uint8_t* dst) {
+void DecodeKivi(const Params& p, const uint8_t* in, uint8_t* dst, const RowKernels& k) {
   Shape s = ShapeOf(p);
   const unsigned bits = KiviBits(p.codec);
   const uint64_t layer_groups = KiviKeyGroups(s) + KiviValueGroups(s);
   const uint8_t* codes_base = in + s.L * layer_groups * 4;
   const uint64_t slab_codes = KiviSlabCodeBytes(s, bits);
-  const size_t ob = DtypeBytes(D);
-  auto store = [&](uint64_t i, float x) {
-    if constexpr (D == Dtype::kFp32) {
-      std::memcpy(dst + 4 * i, &x, 4);
-    } else {
-      uint16_t h = D == Dtype::kFp16 ? FloatToHalfInline(x) : FloatToBf16Inline(x);
-      std::memcpy(dst + ob * i, &h, 2);
-    }
-  };
+  const size_t ob = DtypeBytes(p.dtype);
+  // Group parameters are converted to fp32 once per chunk of groups, then reused by every row.
+  constexpr uint64_t kChunk = 1024;
+  float scales[kChunk], mins[kChunk];
   for (uint64_t l = 0; l < s.L; l++) {
     const uint8_t* params = in + l * layer_groups * 4;
+    // Keys: a (scale, min) per (head, channel), shared by the block's tokens.
     const uint8_t* kcodes = codes_base + (l * 2) * slab_codes;
-    const uint64_t kbase = (l * 2) * s.slab();
-    for (uint64_t r = 0; r < s.T * s.H; r++) {
-      const uint64_t h = r % s.H;
-      for (uint64_t d = 0; d < s.D; d++) {
-        Group g = GetGroup(params + 4 * (h * s.D + d));
-        const float q = GetCode(kcodes, r * s.D + d, bits);
-        const float prod = q * HalfToFloatInline(g.scale);
-        store(kbase + r * s.D + d, HalfToFloatInline(g.min) + prod);
+    uint8_t* kout = dst + (l * 2) * s.slab() * ob;
+    for (uint64_t h = 0; h < s.H; h++) {
+      for (uint64_t d0 = 0; d0 < s.D; d0 += kChunk) {
+        const uint64_t n = s.D - d0 < kChunk ? s.D - d0 : kChunk;
+        k.kivi_params(params + 4 * (h * s.D + d0), n, scales, mins);
+        for (uint64_t t = 0; t < s.T; t++) {
+          const uint64_t first = (t * s.H + h) * s.D + d0;
+          k.kivi(kcodes, first, n, bits, scales, mins, 1, kout + first * ob);
+        }
       }
     }
+    // Values: a (scale, min) per G consecutive elements, in block order.
     const uint8_t* vparams = params + 4 * KiviKeyGroups(s);
     const uint8_t* vcodes = codes_base + (l * 2 + 1) * slab_codes;
-    const uint64_t vbase = (l * 2 + 1) * s.slab();
-    for (uint64_t gi = 0; gi < KiviValueGroups(s); gi++) {
-      Group g = GetGroup(vparams + 4 * gi);
-      const float sc = HalfToFloatInline(g.scale), mn = HalfToFloatInline(g.min);
-      for (uint64_t j = 0; j < s.G; j++) {
-        const uint64_t i = gi * s.G + j;
-        const float prod = static_cast<float>(GetCode(vcodes, i, bits)) * sc;
-        store(vbase + i, mn + prod);
-      }
+    uint8_t* vout = dst + (l * 2 + 1) * s.slab() * ob;
+    const uint64_t groups = KiviValueGroups(s);
+    const uint64_t per_call = s.G < kChunk ? kChunk / s.G : 1;
+    for (uint64_t g0 = 0; g0 < groups; g0 += per_call) {
+      const uint64_t count = groups - g0 < per_call ? groups - g0 : per_call;
+      k.kivi_params(vparams + 4 * g0, count, scales, mins);
+      k.kivi(vcodes, g0 * s.G, count * s.G, bits, scales, mins, s.G, vout + g0 * s.G * ob);
     }
-  }
-}
-
-void DecodeKivi(const Params& p, const uint8_t* in, uint8_t* dst) {
-  switch (p.dtype) {
-    case Dtype::kFp16:
-      return DecodeKiviT<Dtype::kFp16>(p, in, dst);
-    case Dtype::kBf16:
-      return DecodeKiviT<Dtype::kBf16>(p, in, dst);
-    case Dtype::kFp32:
-      return DecodeKiviT<Dtype::kFp32>(p, in, dst);
   }
 }
 
@@ -497,7 +469,7 @@ const char* Decode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
       DecodeInt8(p, in, dst, *rows);
       break;
     default:
-      DecodeKivi(p, in, dst);
+      DecodeKivi(p, in, dst, *rows);
       break;
   }
   return nullptr;

@@ -1,6 +1,7 @@
 // Scalar number conversions shared by the codecs' scalar and SIMD paths. Each is exact or rounds
 // to nearest, ties to even, with IEEE single-precision operations only, so every machine gets the
-// same bits (fp16 ones follow Maratyszcza's FP16 library and agree with F16C's VCVTPS2PH).
+// same bits (fp16 ones follow Maratyszcza's FP16 library and agree with F16C's VCVTPS2PH, NaNs
+// included).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -41,7 +42,9 @@ inline uint16_t FloatToHalfInline(float f) {
   const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
   const uint32_t mantissa_bits = bits & 0x00000FFFu;
   const uint32_t nonsign = exp_bits + mantissa_bits;
-  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+  // A NaN keeps its payload's top bits and is quieted, as F16C's VCVTPS2PH does.
+  const uint32_t nan = 0x7E00u | ((w >> 13) & 0x3FFu);
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? nan : nonsign));
 }
 
 // No NaN reaches it from a decoder (scales and values are finite).

@@ -165,7 +165,7 @@ describe('codec round trips', () => {
     );
   });
 
-  it('SIMD and scalar decoders agree on every fp8 code and on extreme int8 scales', () => {
+  it('SIMD and scalar decoders agree on every fp8 code, extreme int8 scales and arbitrary kivi payloads', () => {
     // One fp16 block whose fp8 codes are all 256 bytes (written over an encoded block: the
     // decoders must agree on any payload, 0x7F included), and an int8 block with scales at the
     // edges of fp32 (subnormal products, results that overflow fp16 to infinity).
@@ -201,6 +201,21 @@ describe('codec round trips', () => {
       int8.decode(e2, c);
       int8.decode(e2, d, 1, { isa: 'scalar' });
       expect(Buffer.from(c).equals(Buffer.from(d))).toBe(true);
+
+      // kivi with every byte after the header arbitrary: fp16 parameters of every kind (subnormal,
+      // infinite, NaN) and every code, for groups of 8 and 16 (the SIMD path) and 4 (scalar).
+      for (const [bits, group] of [[2, 8], [4, 16], [2, 4]] as const) {
+        const kshape = { layers: 2, tokens: 8, heads: 2, dim: 32 };
+        const kivi = BlockCodec.open({ codec: bits === 2 ? 'kivi2' : 'kivi4', group }, layoutOf(kshape, dtype));
+        const e3 = new Uint8Array(kivi.encodedBytes);
+        kivi.encode(toBytes(syntheticKv(kshape, 1, 9), dtype), e3);
+        for (let i = 32; i < e3.length; i++) e3[i] = (i * 151 + (i >> 8) * 17) & 0xff;
+        const f = new Uint8Array(kivi.decodedBytes);
+        const g = new Uint8Array(kivi.decodedBytes);
+        kivi.decode(e3, f);
+        kivi.decode(e3, g, 1, { isa: 'scalar' });
+        expect(Buffer.from(f).equals(Buffer.from(g))).toBe(true);
+      }
     }
   });
 });
