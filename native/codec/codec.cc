@@ -23,17 +23,6 @@ bool IsKivi(Codec c) { return c == Codec::kKivi2 || c == Codec::kKivi4; }
 
 unsigned KiviBits(Codec c) { return c == Codec::kKivi2 ? 2 : 4; }
 
-float Load(Dtype dtype, const uint8_t* src, size_t i) {
-  if (dtype == Dtype::kFp32) {
-    float f;
-    std::memcpy(&f, src + 4 * i, 4);
-    return f;
-  }
-  uint16_t h;
-  std::memcpy(&h, src + 2 * i, 2);
-  return dtype == Dtype::kFp16 ? HalfToFloatInline(h) : Bf16ToFloat(h);
-}
-
 void PutU32(uint8_t* out, uint32_t v) {
   for (int i = 0; i < 4; i++) out[i] = static_cast<uint8_t>(v >> (8 * i));
 }
@@ -80,8 +69,6 @@ uint64_t PayloadBytes(const Params& p) {
   }
   return ScaleCount(p) * 4 + s.L * 2 * s.slab();
 }
-
-bool NonFinite(float f) { return !std::isfinite(f); }
 
 // --- fp8
 // ------------------------------------------------------------------------------------------
@@ -233,75 +220,66 @@ const char* KiviParams(float lo, float hi, unsigned levels, Group* g) {
   return nullptr;
 }
 
-uint8_t QuantizeKivi(float x, const Group& g, unsigned levels) {
-  const float s = HalfToFloatInline(g.scale);
-  if (s == 0) return 0;
-  float q = std::nearbyint((x - HalfToFloatInline(g.min)) / s);
-  q = std::fmin(static_cast<float>(levels), std::fmax(0.0f, q));
-  return static_cast<uint8_t>(q);
-}
-
-void PutCode(uint8_t* codes, uint64_t i, unsigned bits, uint8_t q) {
-  const uint64_t bit = i * bits;
-  codes[bit / 8] |= static_cast<uint8_t>(q << (bit % 8));
-}
-
 void PutGroup(uint8_t* at, const Group& g) {
   std::memcpy(at, &g.scale, 2);
   std::memcpy(at + 2, &g.min, 2);
 }
 
-const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out) {
+const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out, const EncodeKernels& k) {
   Shape s = ShapeOf(p);
+  const size_t ib = DtypeBytes(p.dtype);
   const unsigned bits = KiviBits(p.codec);
   const unsigned levels = (1u << bits) - 1;
   const uint64_t layer_groups = KiviKeyGroups(s) + KiviValueGroups(s);
   uint8_t* codes_base = out + s.L * layer_groups * 4;
   const uint64_t slab_codes = KiviSlabCodeBytes(s, bits);
   std::memset(codes_base, 0, s.L * 2 * slab_codes);
+  // Ranges and parameters a chunk of groups at a time; the parameters as fp32 for quantizing.
+  constexpr uint64_t kChunk = 1024;
+  float lo[kChunk], hi[kChunk], scales[kChunk], mins[kChunk];
+  // One group's parameters, checked and stored; errors in group order, as documented.
+  auto params_of = [&](float l, float h, uint8_t* at, uint64_t j) -> const char* {
+    Group g;
+    if (const char* why = KiviParams(l, h, levels, &g)) return why;
+    PutGroup(at, g);
+    scales[j] = HalfToFloatInline(g.scale);
+    mins[j] = HalfToFloatInline(g.min);
+    return nullptr;
+  };
   for (uint64_t l = 0; l < s.L; l++) {
     uint8_t* params = out + l * layer_groups * 4;
-    // Keys: one group per (head, channel) over the block's tokens.
-    const uint64_t kbase = (l * 2) * s.slab();
+    // Keys: one group per (head, channel) over the block's tokens (T rows, H·D apart).
+    const uint8_t* ksrc = src + (l * 2) * s.slab() * ib;
     uint8_t* kcodes = codes_base + (l * 2) * slab_codes;
     for (uint64_t h = 0; h < s.H; h++) {
-      for (uint64_t d = 0; d < s.D; d++) {
-        float lo = INFINITY, hi = -INFINITY;
-        for (uint64_t t = 0; t < s.T; t++) {
-          float x = Load(p.dtype, src, kbase + (t * s.H + h) * s.D + d);
-          if (NonFinite(x)) return "a value to encode is not finite";
-          lo = std::fmin(lo, x);
-          hi = std::fmax(hi, x);
+      for (uint64_t d0 = 0; d0 < s.D; d0 += kChunk) {
+        const uint64_t n = s.D - d0 < kChunk ? s.D - d0 : kChunk;
+        const uint64_t first = h * s.D + d0;
+        const size_t bad = k.kivi_column_range(ksrc + first * ib, n, s.T, s.H * s.D, lo, hi);
+        for (uint64_t j = 0; j < n; j++) {
+          if (j == bad) return "a value to encode is not finite";
+          if (const char* why = params_of(lo[j], hi[j], params + 4 * (first + j), j)) return why;
         }
-        Group g;
-        if (const char* why = KiviParams(lo, hi, levels, &g)) return why;
-        PutGroup(params + 4 * (h * s.D + d), g);
-        for (uint64_t t = 0; t < s.T; t++) {
-          const uint64_t i = (t * s.H + h) * s.D + d;
-          PutCode(kcodes, i, bits, QuantizeKivi(Load(p.dtype, src, kbase + i), g, levels));
-        }
+        k.kivi(ksrc + first * ib, n, s.T, s.H * s.D, bits, scales, mins, 1, kcodes, first);
       }
     }
-    // Values: one group per (token, head, G channels).
-    const uint64_t vbase = (l * 2 + 1) * s.slab();
+    // Values: one group per G consecutive elements (token, head, G channels).
+    const uint8_t* vsrc = src + (l * 2 + 1) * s.slab() * ib;
     uint8_t* vcodes = codes_base + (l * 2 + 1) * slab_codes;
     uint8_t* vparams = params + 4 * KiviKeyGroups(s);
-    for (uint64_t gi = 0; gi < KiviValueGroups(s); gi++) {
-      const uint64_t first = gi * s.G;  // groups tile each row of D channels in order
-      float lo = INFINITY, hi = -INFINITY;
-      for (uint64_t j = 0; j < s.G; j++) {
-        float x = Load(p.dtype, src, vbase + first + j);
-        if (NonFinite(x)) return "a value to encode is not finite";
-        lo = std::fmin(lo, x);
-        hi = std::fmax(hi, x);
+    const uint64_t groups = KiviValueGroups(s);
+    const uint64_t per_call = s.G < kChunk ? kChunk / s.G : 1;
+    for (uint64_t g0 = 0; g0 < groups; g0 += per_call) {
+      const uint64_t count = groups - g0 < per_call ? groups - g0 : per_call;
+      for (uint64_t j = 0; j < count; j++) {
+        const uint64_t first = (g0 + j) * s.G;
+        float l0, h0;
+        if (!k.kivi_range(vsrc + first * ib, s.G, &l0, &h0)) {
+          return "a value to encode is not finite";
+        }
+        if (const char* why = params_of(l0, h0, vparams + 4 * (g0 + j), j)) return why;
       }
-      Group g;
-      if (const char* why = KiviParams(lo, hi, levels, &g)) return why;
-      PutGroup(vparams + 4 * gi, g);
-      for (uint64_t j = 0; j < s.G; j++) {
-        PutCode(vcodes, first + j, bits,
-                QuantizeKivi(Load(p.dtype, src, vbase + first + j), g, levels));
-      }
+      k.kivi(vsrc + g0 * s.G * ib, count * s.G, 1, 0, bits, scales, mins, s.G, vcodes, g0 * s.G);
     }
   }
   return nullptr;
@@ -442,7 +420,7 @@ const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
     case Codec::kInt8:
       return EncodeInt8(p, src, out, *k);
     default:
-      return EncodeKivi(p, src, out);
+      return EncodeKivi(p, src, out, *k);
   }
 }
 

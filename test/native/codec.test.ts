@@ -232,6 +232,7 @@ const EXTREMES = [65504, -65504, 3e38, -3e38, 1e-30, 2 ** -24, 3 * 2 ** -24, 1.1
 describe('SIMD encoders', () => {
   it('write the scalar encoder\'s bytes on ties, subnormals, saturation, ±0 and the dtypes\' extremes', () => {
     let compared = 0;
+    let refused = 0;
     for (const dtype of dtypes) {
       for (const dim of [8, 16, 20, 40]) {
         const shape = { layers: 2, tokens: 5, heads: 3, dim };
@@ -256,12 +257,35 @@ describe('SIMD encoders', () => {
           // As the dtype holds them, with beyond-range values saturated to its largest finite one.
           const max = dtype === 'fp16' ? 65504 : dtype === 'bf16' ? 3.3895313892515355e38 : 3.4028234663852886e38;
           const src = toBytes(x.map((v) => (Math.abs(v) > max ? Math.sign(v) * max : v)), dtype);
-          for (const spec of [{ codec: 'fp8-e4m3' }, { codec: 'int8', scales: 'kivi' }, { codec: 'int8', scales: 'token' }] as CodecSpec[]) {
+          // kivi refuses values beyond fp16, so it gets the same block within ±60000 as well.
+          const small = toBytes(x.map((v) => Math.max(-60000, Math.min(60000, v))), dtype);
+          const specs: [CodecSpec, Uint8Array][] = [
+            [{ codec: 'fp8-e4m3' }, src],
+            [{ codec: 'int8', scales: 'kivi' }, src],
+            [{ codec: 'int8', scales: 'token' }, src],
+            [{ codec: 'kivi2', group: dim % 8 === 0 ? 8 : 4 }, small],
+            [{ codec: 'kivi4', group: dim }, small],
+            [{ codec: 'kivi4', group: 4 }, src],
+          ];
+          for (const [spec, input] of specs) {
             const c = BlockCodec.open(spec, layoutOf(shape, dtype));
             const a = new Uint8Array(c.encodedBytes);
             const b = new Uint8Array(c.encodedBytes).fill(0xee);
-            c.encode(src, a);
-            c.encode(src, b, 1, { isa: 'scalar' });
+            const outcome = (f: () => void): string => {
+              try {
+                f();
+                return 'ok';
+              } catch (err) {
+                return (err as KvtierError).message;
+              }
+            };
+            const oa = outcome(() => c.encode(input, a));
+            expect(oa).toBe(outcome(() => c.encode(input, b, 1, { isa: 'scalar' })));
+            if (oa !== 'ok') {
+              expect(oa).toMatch(/beyond \+-65504/);
+              refused++;
+              continue;
+            }
             if (!Buffer.from(a).equals(Buffer.from(b))) {
               const i = a.findIndex((v, j) => v !== b[j]);
               throw new Error(`${spec.codec} ${dtype} dim ${dim} shift ${shift}: byte ${i} ${a[i]} vs scalar ${b[i]}`);
@@ -271,7 +295,9 @@ describe('SIMD encoders', () => {
         }
       }
     }
-    expect(compared).toBe(3 * 4 * 4 * 3);
+    expect(compared + refused).toBe(3 * 4 * 4 * 6);
+    expect(refused).toBeGreaterThan(0); // kivi4 group 4 on the unclamped block
+    expect(compared).toBeGreaterThan(3 * 4 * 4 * 5);
   });
 });
 
@@ -363,6 +389,29 @@ describe('codec refusals', () => {
     const big = new Float32Array(32).fill(1e6);
     const k = BlockCodec.open({ codec: 'kivi4', group: 8 }, layoutOf(s, 'fp32'));
     badArg(() => k.encode(big, new Uint8Array(k.encodedBytes)), /beyond \+-65504/);
+    // The first group in order decides which refusal, on both paths: key channels (over the
+    // tokens), then value groups.
+    const w = { layers: 1, tokens: 3, heads: 2, dim: 16 };
+    const kv = BlockCodec.open({ codec: 'kivi2', group: 8 }, layoutOf(w, 'fp32'));
+    const n = kv.decodedBytes / 4;
+    const at = (kvi: number, t: number, h: number, d: number): number => ((kvi * 3 + t) * 2 + h) * 16 + d;
+    for (const [bigAt, nanAt, want] of [
+      [at(0, 2, 0, 5), at(0, 1, 0, 9), /beyond/],
+      [at(0, 2, 0, 9), at(0, 0, 0, 5), /not finite/],
+      [at(0, 0, 1, 0), at(0, 2, 0, 15), /not finite/],
+      [at(1, 0, 0, 7), at(1, 0, 1, 3), /beyond/],
+      [at(1, 1, 0, 9), at(1, 0, 1, 3), /not finite/], // value group 5 after group 2
+      [at(1, 0, 1, 2), at(1, 1, 0, 9), /beyond/],
+      [at(1, 2, 1, 9), at(1, 0, 1, 3), /not finite/],
+      [at(1, 0, 0, 0), at(0, 2, 1, 12), /not finite/],
+    ] as const) {
+      const y = new Float32Array(n).fill(0.5);
+      y[bigAt] = -7e4;
+      y[nanAt] = NaN;
+      for (const isa of ['auto', 'scalar'] as const) {
+        badArg(() => kv.encode(y, new Uint8Array(kv.encodedBytes), 1, { isa }), want);
+      }
+    }
   });
 });
 
