@@ -1,6 +1,10 @@
 // KV block codecs (docs/codecs.md): round trips over random shapes within each codec's error
 // bound, the SIMD and scalar decoders agreeing bit for bit, the header refusing a wrong decode,
 // codecs refusing layouts they cannot fit, and fixed test vectors with their exact bytes.
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { Worker } from 'node:worker_threads';
+
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
@@ -20,6 +24,7 @@ import {
   type CodecSpec,
 } from '../../lib/core/codec.js';
 import { KvtierError } from '../../lib/core/errors.js';
+import { native } from '../../lib/core/native.js';
 import { describeKvLayout } from '../../lib/layout/index.js';
 
 interface Shape {
@@ -475,6 +480,57 @@ describe('codec async calls on the codec threads', () => {
       }),
     );
     expect(back.every(Boolean)).toBe(true);
+  });
+
+  it('holds the source while in flight: the caller dropping it and a collection change nothing', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const shape = { layers: 32, tokens: 16, heads: 8, dim: 128 }; // 2 MiB blocks
+    const codec = BlockCodec.open({ codec: 'kivi2' }, layoutOf(shape, 'bf16'));
+    const want = new Uint8Array(codec.encodedBytes * 4);
+    codec.encode(toBytes(syntheticKv(shape, 4, 5), 'bf16'), want, 4);
+    // The native pool itself (encodeAsync's own frame would hold the buffers too), on the slow
+    // scalar path so the calls are still running when the collector runs: src exists only inside
+    // start(), so only the native call's reference keeps it alive.
+    const pool = new (native().NativeCodecPool)({ threads: 2 });
+    const start = (): [Promise<void>, Uint8Array] => {
+      const src = toBytes(syntheticKv(shape, 4, 5), 'bf16');
+      const dst = new Uint8Array(codec.encodedBytes * 4);
+      return [pool.run('encode', codec.params, src, dst, 4, 'scalar'), dst];
+    };
+    const calls = [start(), start(), start()];
+    for (let i = 0; i < 5; i++) {
+      gc();
+      new Uint8Array(1 << 23).fill(0xcc); // reuse whatever memory was freed
+    }
+    await Promise.all(calls.map(([p]) => p));
+    for (const [, got] of calls) expect(Buffer.from(got).equals(Buffer.from(want))).toBe(true);
+    pool.close();
+  });
+
+  it('settles the calls out when the pool is replaced, and a worker thread terminated with calls in flight leaves this thread working', async () => {
+    setCodecThreads(2);
+    const shape = { layers: 4, tokens: 16, heads: 8, dim: 128 };
+    const codec = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(shape, 'fp16'));
+    const src = toBytes(syntheticKv(shape, 6, 8), 'fp16');
+    const want = new Uint8Array(codec.encodedBytes * 6);
+    codec.encode(src, want, 6);
+    const outs = [0, 1, 2, 3].map(() => new Uint8Array(want.length));
+    const pending = outs.map((o) => codec.encodeAsync(src, o, 6));
+    setCodecThreads(1); // closes the pool the calls are queued on: they finish there
+    expect(codecThreads()).toBe(1);
+    await Promise.all(pending);
+    for (const o of outs) expect(Buffer.from(o).equals(Buffer.from(want))).toBe(true);
+
+    const worker = new Worker(new URL('./fixtures/codec-worker.mjs', import.meta.url));
+    await new Promise<void>((resolve, reject) => {
+      worker.once('message', () => resolve());
+      worker.once('error', reject);
+    });
+    expect(await worker.terminate()).toBe(1);
+    const again = new Uint8Array(want.length);
+    await codec.encodeAsync(src, again, 6);
+    expect(Buffer.from(again).equals(Buffer.from(want))).toBe(true);
   });
 
   it('refuses as the synchronous calls do: the same codes and messages, a refused decode leaving dst untouched', async () => {
