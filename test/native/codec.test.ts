@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
+import { BENCH_CODECS, runCodecBench } from '../../lib/apps/bench/codec-bench.js';
 import {
   dtypeBytes,
   fromBytes,
@@ -603,5 +604,26 @@ describe('codec test vectors', () => {
       c.decode(Buffer.from(v.hex, 'hex'), dec, 1, { isa });
       expect([...fromBytes(dec, v.dtype)]).toEqual(v.y);
     }
+  });
+});
+
+describe('kvtier bench codec', () => {
+  it('reports every codec: sizes as the codec computes them, every speed measured, the async thread count', async () => {
+    setCodecThreads(2);
+    const o = { dtype: 'fp16' as const, layers: 2, tokens: 4, heads: 2, dim: 64, group: 32, blocks: 3, reps: 3, accuracyBlocks: 2, accuracyLayers: 1, queries: 2 };
+    const r = await runCodecBench(o);
+    expect(r.threads).toBe(2);
+    expect(r.isa).toBe(codecIsa());
+    expect(r.speed.map((s) => s.codec)).toEqual(BENCH_CODECS.map((c) => c.name));
+    for (const [i, row] of r.speed.entries()) {
+      const c = BlockCodec.open(BENCH_CODECS[i]!.spec(o.group), layoutOf(o, 'fp16'));
+      expect(row.decodedBlockBytes).toBe(c.decodedBytes);
+      expect(row.encodedBlockBytes).toBe(c.encodedBytes);
+      for (const v of [row.encodeGBps, row.encodeScalarGBps, row.decodeGBps, row.memcpyGBps, row.encodeAsyncGBps, row.decodeAsyncGBps]) {
+        expect(Number.isFinite(v) && v > 0).toBe(true);
+      }
+      expect(row.decodeVsMemcpy).toBeCloseTo(row.decodeGBps / row.memcpyGBps, 12);
+    }
+    expect(r.accuracy).toHaveLength(BENCH_CODECS.length);
   });
 });
