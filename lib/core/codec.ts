@@ -80,8 +80,8 @@ function codecPool(): NativeCodecPool {
 }
 
 /**
- * Sets how many threads the asynchronous codec calls share (1 to 256). Calls already queued finish
- * on the old threads; the next call starts the new ones.
+ * Sets how many threads the asynchronous codec calls share (1 to 256). The calls already queued
+ * finish on the old threads, and this call waits for them; the next call starts the new ones.
  */
 export function setCodecThreads(threads: number): void {
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 256) {

@@ -1,5 +1,5 @@
 // Row decoders: the inner loops of fp8 and int8 decoding, one (token, head) row of headDim values
-// at a time, in a scalar and an AVX2 form that produce the same bits (codec_avx2.cc).
+// at a time, in a scalar and an AVX2 form that produce the same bits (rows.cc).
 #pragma once
 #include <cstddef>
 #include <cstdint>
