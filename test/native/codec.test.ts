@@ -11,24 +11,16 @@ import {
   toBytes,
   type KvFloatDtype,
 } from '../../lib/apps/bench/kv-values.js';
-import { BlockCodec, codecIsa, type CodecName, type CodecSpec } from '../../lib/core/codec.js';
+import {
+  BlockCodec,
+  codecIsa,
+  type CodecName,
+  type CodecSpec,
+} from '../../lib/core/codec.js';
 import { KvtierError } from '../../lib/core/errors.js';
 import { describeKvLayout } from '../../lib/layout/index.js';
 
-interface Shape {
-  layers: number;
-  tokens: number;
-  heads: number;
-  dim: number;
-}
-
-const layoutOf = (s: Shape, dtype: string) => ({
-  dtype,
-  numLayers: s.layers,
-  blockTokens: s.tokens,
-  kvHeads: s.heads,
-  headDim: s.dim,
-});
+import { arbCase, codecs, dtypes, layoutOf, type Shape } from './codec-cases.js';
 
 /** Output rounding of the decoded dtype, relative. */
 const OUT_EPS: Record<KvFloatDtype, number> = { fp16: 2 ** -11, bf16: 2 ** -8, fp32: 0 };
@@ -93,34 +85,8 @@ function bounds(spec: CodecSpec, s: Shape, x: Float32Array, dtype: KvFloatDtype)
   return out;
 }
 
-const codecs: CodecName[] = ['fp8-e4m3', 'int8', 'kivi2', 'kivi4'];
-const dtypes: KvFloatDtype[] = ['fp16', 'bf16', 'fp32'];
-
-const arbCase = fc
-  .record({
-    codec: fc.constantFrom(...codecs),
-    dtype: fc.constantFrom(...dtypes),
-    layers: fc.integer({ min: 1, max: 3 }),
-    tokens: fc.integer({ min: 1, max: 20 }),
-    heads: fc.integer({ min: 1, max: 4 }),
-    groups: fc.integer({ min: 1, max: 4 }),
-    group: fc.constantFrom(1, 2, 3, 4, 5, 8, 12, 16),
-    scales: fc.constantFrom('token' as const, 'kivi' as const),
-    blocks: fc.integer({ min: 1, max: 3 }),
-    seed: fc.integer({ min: 0, max: 2 ** 31 - 1 }),
-    magnitude: fc.constantFrom(1, 12, 300),
-  })
-  .map((c) => {
-    const kivi = c.codec === 'kivi2' || c.codec === 'kivi4';
-    const spec: CodecSpec = { codec: c.codec };
-    if (kivi) spec.group = c.group;
-    if (c.codec === 'int8') spec.scales = c.scales;
-    const shape = { layers: c.layers, tokens: c.tokens, heads: c.heads, dim: c.group * c.groups };
-    return { ...c, spec, shape };
-  });
-
 describe('codec round trips', () => {
-  it(`decodes every codec and dtype within its bound, SIMD (${codecIsa()}) equal to scalar`, () => {
+  it(`decodes every codec and dtype within its bound, SIMD (${codecIsa()}) encode and decode equal to scalar`, () => {
     fc.assert(
       fc.property(arbCase, ({ spec, shape, dtype, blocks, seed, magnitude }) => {
         const codec = BlockCodec.open(spec, layoutOf(shape, dtype));
@@ -134,6 +100,9 @@ describe('codec round trips', () => {
         const src = toBytes(x, dtype);
         const enc = new Uint8Array(codec.encodedBytes * blocks);
         codec.encode(src, enc, blocks);
+        const encScalar = new Uint8Array(codec.encodedBytes * blocks).fill(0xee);
+        codec.encode(src, encScalar, blocks, { isa: 'scalar' });
+        expect(Buffer.from(enc).equals(Buffer.from(encScalar))).toBe(true);
         const fast = new Uint8Array(src.length);
         const scalar = new Uint8Array(src.length).fill(0xee);
         codec.decode(enc, fast, blocks);
@@ -155,20 +124,21 @@ describe('codec round trips', () => {
     );
   });
 
-  it('SIMD and scalar decoders agree on every fp8 code and on extreme int8 scales', () => {
+  it('SIMD and scalar decoders agree on every fp8 code, extreme int8 scales and arbitrary kivi payloads', () => {
     // One fp16 block whose fp8 codes are all 256 bytes (written over an encoded block: the
     // decoders must agree on any payload, 0x7F included), and an int8 block with scales at the
     // edges of fp32 (subnormal products, results that overflow fp16 to infinity).
     for (const dtype of dtypes) {
-      const shape = { layers: 1, tokens: 8, heads: 2, dim: 16 };
-      const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(shape, dtype));
-      const src = toBytes(syntheticKv(shape, 1, 7), dtype);
+      // Rows of 24: a 16-code SIMD step and a scalar tail. The scales include ones whose 256-fold
+      // overflows (3e38, 2e36: the SIMD path's fused multiply is not taken) and subnormal ones.
+      const fshape = { layers: 1, tokens: 8, heads: 4, dim: 24 };
+      const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(fshape, dtype));
       const enc = new Uint8Array(fp8.encodedBytes);
-      fp8.encode(src, enc);
-      const codes = 32 + 4 * 4;
-      for (let i = 0; i < 512; i++) enc[codes + i] = i & 0xff;
+      fp8.encode(toBytes(syntheticKv(fshape, 1, 7), dtype), enc);
+      const codes = 32 + 4 * 8;
+      for (let i = 0; i < 2 * 8 * 4 * 24; i++) enc[codes + i] = (i * 7) & 0xff;
       const dv = new DataView(enc.buffer);
-      for (const [j, s] of [1e-38, 3.4e38 / 448, 1, 2 ** -20].entries())
+      for (const [j, s] of [1e-38, 3.4e38 / 448, 1, 2 ** -20, 3e38, 2e36, 1e-45, -0.75].entries())
         dv.setFloat32(32 + 4 * j, s, true);
       const a = new Uint8Array(fp8.decodedBytes);
       const b = new Uint8Array(fp8.decodedBytes);
@@ -176,6 +146,8 @@ describe('codec round trips', () => {
       fp8.decode(enc, b, 1, { isa: 'scalar' });
       expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
 
+      const shape = { layers: 1, tokens: 8, heads: 2, dim: 16 };
+      const src = toBytes(syntheticKv(shape, 1, 7), dtype);
       const int8 = BlockCodec.open({ codec: 'int8', scales: 'kivi' }, layoutOf(shape, dtype));
       const e2 = new Uint8Array(int8.encodedBytes);
       int8.encode(src, e2);
@@ -188,7 +160,103 @@ describe('codec round trips', () => {
       int8.decode(e2, c);
       int8.decode(e2, d, 1, { isa: 'scalar' });
       expect(Buffer.from(c).equals(Buffer.from(d))).toBe(true);
+
+      // kivi with every byte after the header arbitrary: fp16 parameters of every kind (subnormal,
+      // infinite, NaN) and every code, for groups of 8 and 16 (the SIMD path) and 4 (scalar).
+      for (const [bits, group] of [[2, 8], [4, 16], [2, 4]] as const) {
+        const kshape = { layers: 2, tokens: 8, heads: 2, dim: 32 };
+        const kivi = BlockCodec.open({ codec: bits === 2 ? 'kivi2' : 'kivi4', group }, layoutOf(kshape, dtype));
+        const e3 = new Uint8Array(kivi.encodedBytes);
+        kivi.encode(toBytes(syntheticKv(kshape, 1, 9), dtype), e3);
+        for (let i = 32; i < e3.length; i++) e3[i] = (i * 151 + (i >> 8) * 17) & 0xff;
+        const f = new Uint8Array(kivi.decodedBytes);
+        const g = new Uint8Array(kivi.decodedBytes);
+        kivi.decode(e3, f);
+        kivi.decode(e3, g, 1, { isa: 'scalar' });
+        expect(Buffer.from(f).equals(Buffer.from(g))).toBe(true);
+      }
     }
+  });
+});
+
+/**
+ * Values where rounding decides. At scale 1 (a group whose amax is 448 for fp8, 127 for int8)
+ * these are ties between two codes, subnormal e4m3 steps and their midpoints; times a power of
+ * two they stay ties, as the scale scales with them.
+ */
+const FP8_TIES = [448, 1.0625, -1.1875, 1.1875, 2 ** -10, 3 * 2 ** -10, -(5 * 2 ** -10), 2 ** -6 - 2 ** -10, 2 ** -6 - 2 ** -11, 0.5625, 17, 19, -0, 0, 440, 444, 436, 2 ** -9];
+const INT8_TIES = [127, 0.5, 1.5, 2.5, -2.5, -0.5, 126.5, -126.5, 3.5, -0, 0, 64.5];
+const EXTREMES = [65504, -65504, 3e38, -3e38, 1e-30, 2 ** -24, 3 * 2 ** -24, 1.17549435e-38, 1e-45, -1e-45, 2 ** -126, 1];
+
+describe('SIMD encoders', () => {
+  it('write the scalar encoder\'s bytes on ties, subnormals, saturation, ±0 and the dtypes\' extremes', () => {
+    let compared = 0;
+    let refused = 0;
+    for (const dtype of dtypes) {
+      for (const dim of [8, 16, 20, 40]) {
+        const shape = { layers: 2, tokens: 5, heads: 3, dim };
+        const n = 2 * 2 * 5 * 3 * dim;
+        for (const [k, shift] of [0, -12, 9, 40].entries()) {
+          // Each (layer, K or V, head) gets a theme: fp8 ties, int8 ties (every row and every
+          // channel reaching 127), extremes, zeros of both signs, or the smallest values.
+          const x = new Float32Array(n);
+          for (let i = 0; i < n; i++) {
+            const d = i % dim;
+            const h = Math.floor(i / dim) % 3;
+            const t = Math.floor(i / (dim * 3)) % 5;
+            const slab = Math.floor(i / (dim * 15));
+            const theme = (slab * 3 + h + k) % 5;
+            const pick = (set: number[]): number => set[(i * 7 + k) % set.length] as number;
+            if (theme === 0) x[i] = (t === 0 && d === 0 ? 448 : pick(FP8_TIES)) * 2 ** shift;
+            else if (theme === 1) x[i] = (t === 0 || d === 0 ? (i % 2 ? 127 : -127) : pick(INT8_TIES)) * 2 ** shift;
+            else if (theme === 2) x[i] = pick(EXTREMES);
+            else if (theme === 3) x[i] = i % 3 === 0 ? -0 : 0;
+            else x[i] = pick(EXTREMES) * 2 ** -100;
+          }
+          // As the dtype holds them, with beyond-range values saturated to its largest finite one.
+          const max = dtype === 'fp16' ? 65504 : dtype === 'bf16' ? 3.3895313892515355e38 : 3.4028234663852886e38;
+          const src = toBytes(x.map((v) => (Math.abs(v) > max ? Math.sign(v) * max : v)), dtype);
+          // kivi refuses values beyond fp16, so it gets the same block within ±60000 as well.
+          const small = toBytes(x.map((v) => Math.max(-60000, Math.min(60000, v))), dtype);
+          const specs: [CodecSpec, Uint8Array][] = [
+            [{ codec: 'fp8-e4m3' }, src],
+            [{ codec: 'int8', scales: 'kivi' }, src],
+            [{ codec: 'int8', scales: 'token' }, src],
+            [{ codec: 'kivi2', group: dim % 8 === 0 ? 8 : 4 }, small],
+            [{ codec: 'kivi4', group: dim }, small],
+            [{ codec: 'kivi4', group: 4 }, src],
+          ];
+          for (const [spec, input] of specs) {
+            const c = BlockCodec.open(spec, layoutOf(shape, dtype));
+            const a = new Uint8Array(c.encodedBytes);
+            const b = new Uint8Array(c.encodedBytes).fill(0xee);
+            const outcome = (f: () => void): string => {
+              try {
+                f();
+                return 'ok';
+              } catch (err) {
+                return (err as KvtierError).message;
+              }
+            };
+            const oa = outcome(() => c.encode(input, a));
+            expect(oa).toBe(outcome(() => c.encode(input, b, 1, { isa: 'scalar' })));
+            if (oa !== 'ok') {
+              expect(oa).toMatch(/beyond \+-65504/);
+              refused++;
+              continue;
+            }
+            if (!Buffer.from(a).equals(Buffer.from(b))) {
+              const i = a.findIndex((v, j) => v !== b[j]);
+              throw new Error(`${spec.codec} ${dtype} dim ${dim} shift ${shift}: byte ${i} ${a[i]} vs scalar ${b[i]}`);
+            }
+            compared++;
+          }
+        }
+      }
+    }
+    expect(compared + refused).toBe(3 * 4 * 4 * 6);
+    expect(refused).toBeGreaterThan(0); // kivi4 group 4 on the unclamped block
+    expect(compared).toBeGreaterThan(3 * 4 * 4 * 5);
   });
 });
 
@@ -280,6 +348,29 @@ describe('codec refusals', () => {
     const big = new Float32Array(32).fill(1e6);
     const k = BlockCodec.open({ codec: 'kivi4', group: 8 }, layoutOf(s, 'fp32'));
     badArg(() => k.encode(big, new Uint8Array(k.encodedBytes)), /beyond \+-65504/);
+    // The first group in order decides which refusal, on both paths: key channels (over the
+    // tokens), then value groups.
+    const w = { layers: 1, tokens: 3, heads: 2, dim: 16 };
+    const kv = BlockCodec.open({ codec: 'kivi2', group: 8 }, layoutOf(w, 'fp32'));
+    const n = kv.decodedBytes / 4;
+    const at = (kvi: number, t: number, h: number, d: number): number => ((kvi * 3 + t) * 2 + h) * 16 + d;
+    for (const [bigAt, nanAt, want] of [
+      [at(0, 2, 0, 5), at(0, 1, 0, 9), /beyond/],
+      [at(0, 2, 0, 9), at(0, 0, 0, 5), /not finite/],
+      [at(0, 0, 1, 0), at(0, 2, 0, 15), /not finite/],
+      [at(1, 0, 0, 7), at(1, 0, 1, 3), /beyond/],
+      [at(1, 1, 0, 9), at(1, 0, 1, 3), /not finite/], // value group 5 after group 2
+      [at(1, 0, 1, 2), at(1, 1, 0, 9), /beyond/],
+      [at(1, 2, 1, 9), at(1, 0, 1, 3), /not finite/],
+      [at(1, 0, 0, 0), at(0, 2, 1, 12), /not finite/],
+    ] as const) {
+      const y = new Float32Array(n).fill(0.5);
+      y[bigAt] = -7e4;
+      y[nanAt] = NaN;
+      for (const isa of ['auto', 'scalar'] as const) {
+        badArg(() => kv.encode(y, new Uint8Array(kv.encodedBytes), 1, { isa }), want);
+      }
+    }
   });
 });
 
