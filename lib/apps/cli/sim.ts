@@ -37,7 +37,7 @@ import {
 } from '../sim/tenants.js';
 import type { Trace, TraceFormat } from '../sim/trace.js';
 import {
-  defaultDecodeRatesFile,
+  DEFAULT_DECODE_GBPS,
   encodedTiers,
   formatCodecSim,
   parseCodecList,
@@ -240,7 +240,7 @@ export async function runSim(
       policy: opts.policy,
       ...(opts.sessions ? { sessions: true } : {}),
       hints,
-      ...(opts.timed ? { timed: timedCodecRates(opts, tiers, model!, codecs) } : {}),
+      ...(opts.timed ? { timed: timedCodecRates(opts, tiers, model!) } : {}),
       onProgress: (_c, n) => {
         if (n < lastN) done++;
         lastN = n;
@@ -334,21 +334,13 @@ function timedCodecRates(
   opts: SimOpts,
   tiers: { name: string }[],
   model: string,
-  codecs: SimCodec[],
 ): {
   rates: TierRate[];
   prefillTokensPerSecond: number;
   decodeGBps: Partial<Record<SimCodec, number>>;
 } {
-  const file = opts.decodeRates ?? defaultDecodeRatesFile();
-  const lossy = codecs.some((c) => c !== 'none');
-  if (file === undefined && opts.decodeGbps === undefined && lossy) {
-    throw new KvtierError(
-      'KVTIER_BAD_ARGUMENT',
-      '--timed --codec: no bench/results/codec-*.json here; give --decode-gbps codec=GB/s,... or --decode-rates <file>',
-    );
-  }
-  const base = file === undefined ? {} : readDecodeRates(file);
+  const base =
+    opts.decodeRates === undefined ? DEFAULT_DECODE_GBPS : readDecodeRates(opts.decodeRates);
   return {
     rates: tierRates(opts, tiers),
     prefillTokensPerSecond: prefillRate(opts, model),
@@ -436,7 +428,7 @@ export function registerSim(program: Command): void {
     )
     .option(
       '--decode-gbps <list>',
-      'codec, timed: decode GB/s per codec, e.g. kivi2=0.8 (default: the newest bench/results/codec-*.json)',
+      "codec, timed: decode GB/s per codec, e.g. kivi2=0.8 (default: kvtier's own one-core AVX2 figures, docs/codecs.md)",
     )
     .option('--decode-rates <file>', 'codec, timed: a `kvtier bench codec --json` report')
     .option(

@@ -9,11 +9,10 @@
  * a bound, no overlap of read and decode). Encoding happens on the write-back path and is not on
  * any request's TTFT; it is not priced.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 
 import { KvtierError } from '../../index.js';
-import { BlockCodec, CODEC_NAMES, packageRoot, type CodecName } from '../../internal.js';
+import { BlockCodec, CODEC_NAMES, type CodecName } from '../../internal.js';
 import type { CapacitySpec } from './capacity.js';
 import { simulate, type SimResult, type SimTier, type TraceStats } from './replay.js';
 import { simulateTimed, type TierRate, type TimedResult } from './timed.js';
@@ -127,15 +126,18 @@ export function scaleCapacities(
   });
 }
 
-/** The newest bench/results/codec-*.json of this checkout (absent from an installed package). */
-export function defaultDecodeRatesFile(): string | undefined {
-  const dir = join(packageRoot, 'bench', 'results');
-  if (!existsSync(dir)) return undefined;
-  const files = readdirSync(dir)
-    .filter((f) => /^codec-\d{4}-\d{2}-\d{2}.*\.json$/.test(f))
-    .sort();
-  return files.length > 0 ? join(dir, files[files.length - 1]!) : undefined;
-}
+/**
+ * One-core decode GB/s per codec when none are given: kvtier's own measurement on the 2-core
+ * x86-64 build host, AVX2 path (bench/results/codec-2026-12-03b.json, every other process paused).
+ * Built in, so a checkout and an installed package price decode the same; a host of your own is
+ * better measured with `kvtier bench codec --json` and passed with --decode-rates.
+ */
+export const DEFAULT_DECODE_GBPS: Readonly<Record<CodecName, number>> = {
+  'fp8-e4m3': 16.0,
+  int8: 13.6,
+  kivi4: 8.25,
+  kivi2: 8.58,
+};
 
 /** One-core decode GB/s per codec from a `kvtier bench codec --json` report. */
 export function readDecodeRates(path: string): Partial<Record<SimCodec, number>> {
