@@ -39,6 +39,8 @@ export interface Placing {
   readonly length: number;
   /** The block's CRC-32C: when given, the copy must match it; otherwise the copy computes it. */
   checksum?: number;
+  /** Into an encoding tier: the CRC-32C of the stored bytes (the slot header's). */
+  stored?: number;
   /** For the policies at commit: priority, position in its chain, chain length. */
   readonly priority: number;
   readonly depth: number;
@@ -203,18 +205,17 @@ export class Placement {
       const round = new TransferRound();
       const owners: Plan<Key>[] = [];
       const dests: number[] = [];
+      const blocks: SlotBlock[] = [];
       const landing = tiers.map((): SlotBlock[] => []);
       for (const plan of plans) {
         for (const m of plan.moves) {
           if (m.fromTier !== from || m.toTier === ABSENT) continue;
           const e = index.get(m.key)!;
           round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          landing[m.toTier]!.push({
-            slot: m.toSlot,
-            key: m.key,
-            length: e.length,
-            checksum: e.checksum,
-          });
+          const block = { slot: m.toSlot, key: m.key, length: e.length, checksum: e.checksum };
+          // An encoding tier's header needs the stored bytes' CRC: written once they are down.
+          if (!tiers[m.toTier]!.codec) landing[m.toTier]!.push(block);
+          blocks.push(block);
           owners.push(plan);
           dests.push(m.toTier);
           stats.tiers[m.fromTier]!.bytesOut += e.length;
@@ -223,12 +224,27 @@ export class Placement {
       }
       if (round.length === 0) continue;
       this.describeAll(round, landing);
+      const coded = tiers.map((): SlotBlock[] => []);
+      const codedOwners: Plan<Key>[] = [];
       (await this.runRound(round)).forEach((o, n) => {
         if (!o.ok) {
           failed.set(owners[n]!, failureOf(o.error));
           stats.ioError(dests[n]);
+        } else if (o.stored !== undefined) {
+          tiers[dests[n]!]!.recordStored?.(blocks[n]!.slot, o.stored);
+          coded[dests[n]!]!.push({ ...blocks[n]!, stored: o.stored });
+          codedOwners.push(owners[n]!);
         }
       });
+      if (codedOwners.length === 0) continue;
+      const headers = new TransferRound();
+      this.describeAll(headers, coded);
+      const r = await this.env.fileEngine.submit(headers.file);
+      if (!r.ok) {
+        const why = failureOf(r.errors.find((e) => e !== undefined));
+        for (const plan of codedOwners) failed.set(plan, why);
+        stats.ioError(this.fileTier());
+      }
     }
     return failed;
   }
@@ -380,16 +396,28 @@ export class PlacementBatch {
     }
     if (moving.length === 0) return;
     const outcomes = await this.exec.runRound(round);
+    const { tiers } = this.exec.env;
     for (const { p, at } of moving) {
       const o = outcomes[at]!;
       if (o.error) this.errors.push(o.error);
-      if (!o.ok || o.checksum === undefined) {
+      if (o.ok && o.intact === false) {
+        // Out of an encoding tier, damaged: not copied. The next get that reads it counts it
+        // corrupt and drops it (reads.ts).
+        this.fail(p, 'io-error');
+      } else if (!o.ok || o.checksum === undefined) {
         this.fail(p, failureOf(o.error));
         stats.ioError(p.plan.tier);
+      } else if (o.intact === true) {
+        // Decoded out of an encoding tier: the block is now what the codec gives back.
+        p.checksum = o.checksum;
       } else if (p.checksum === undefined) {
         p.checksum = o.checksum;
       } else if (p.checksum !== o.checksum) {
         this.fail(p, 'io-error'); // the source changed or is damaged: not this copy
+      }
+      if (o.stored !== undefined && !this.failed.has(p)) {
+        p.stored = o.stored;
+        tiers[p.plan.tier]!.recordStored?.(p.plan.slot, o.stored);
       }
     }
   }
@@ -554,6 +582,7 @@ export class PlacementBatch {
   }
 
   private block(p: Placing): SlotBlock {
-    return { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum! };
+    const b = { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum! };
+    return p.stored === undefined ? b : { ...b, stored: p.stored };
   }
 }

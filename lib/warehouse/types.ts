@@ -3,6 +3,7 @@
  * layers above (block sources, the change feed, the host-slot protocol). Types only, so every
  * module of the warehouse and every caller can import them without a cycle.
  */
+import type { CodecLayout, CodecName } from '../core/codec.js';
 import type { EngineOptions, Target } from '../core/engine.js';
 import type { KvtierError } from '../core/errors.js';
 import type { DeviceRegion } from '../core/gpu/device-region.js';
@@ -47,8 +48,24 @@ export interface HostTierOptions {
 export interface FileTierOptions {
   kind: 'file';
   dir: string;
+  /** Capacity in bytes: bytes / blockBytes blocks, or bytes / the encoded size with a codec. */
   bytes: number;
   name?: string;
+  /** Store blocks encoded (lossy; docs/codecs.md). Default: as they are. */
+  codec?: FileTierCodecOptions;
+}
+
+/**
+ * A file tier's codec: its name and options (BlockCodec's), and the layout of the warehouse's
+ * blocks (describeKvLayout's result will do), whose block bytes must be the warehouse's blockBytes.
+ */
+export interface FileTierCodecOptions {
+  codec: CodecName;
+  /** kivi2, kivi4: channels per value group (default 32). */
+  group?: number;
+  /** int8: 'kivi' (default: keys per channel, values per token) or 'token'. */
+  scales?: 'token' | 'kivi';
+  layout: CodecLayout;
 }
 
 /**
@@ -245,6 +262,13 @@ export interface TierStats {
   ioErrors?: number;
   /** Source tiers (a peer): operations that failed (their keys counted as misses). */
   errors?: number;
+  /**
+   * Local tiers: the codec blocks are stored with, 'none' when stored as they are. `bytesIn` and
+   * `bytesOut` count blocks as the warehouse sees them (blockBytes each), not as stored.
+   */
+  codec?: 'none' | { codec: string; group?: number; scales?: string };
+  /** Local tiers: bytes one block takes in the tier (blockBytes, or its encoding padded). */
+  storedBlockBytes?: number;
 }
 
 export interface WarehouseStats {
