@@ -4,11 +4,29 @@
  * (so a directory is never read back with another codec), and the one place the encode and decode
  * calls are made.
  */
-import { BlockCodec, CODEC_NAMES, type CodecLayout, type CodecSpec } from '../core/codec.js';
+import {
+  BlockCodec,
+  CODEC_NAMES,
+  type CodecLayout,
+  type CodecName,
+  type CodecSpec,
+} from '../core/codec.js';
 import { KvtierError } from '../core/errors.js';
 import { describe, integer, options as readOptions, string } from '../core/validate.js';
 import type { TierCodecInfo } from './tier.js';
-import type { FileTierCodecOptions } from './types.js';
+
+/**
+ * A file tier's codec: its name and options (BlockCodec's), and the layout of the warehouse's
+ * blocks (describeKvLayout's result will do), whose block bytes must be the warehouse's blockBytes.
+ */
+export interface FileTierCodecOptions {
+  codec: CodecName;
+  /** kivi2, kivi4: channels per value group (default 32). */
+  group?: number;
+  /** int8: 'kivi' (default: keys per channel, values per token) or 'token'. */
+  scales?: 'token' | 'kivi';
+  layout: CodecLayout;
+}
 
 function bad(message: string): never {
   throw new KvtierError('KVTIER_BAD_ARGUMENT', message);

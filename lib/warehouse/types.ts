@@ -3,7 +3,6 @@
  * layers above (block sources, the change feed, the host-slot protocol). Types only, so every
  * module of the warehouse and every caller can import them without a cycle.
  */
-import type { CodecLayout, CodecName } from '../core/codec.js';
 import type { EngineOptions, Target } from '../core/engine.js';
 import type { KvtierError } from '../core/errors.js';
 import type { DeviceRegion } from '../core/gpu/device-region.js';
@@ -12,6 +11,7 @@ import type { Key } from '../keys/keys.js';
 import type { EvictionPolicy } from '../policy/policy.js';
 import type { Durability } from './file-tier.js';
 import type { TierKind } from './tier.js';
+import type { FileTierCodecOptions } from './tier-codec.js';
 
 /**
  * GPU memory above the host tier: `bytes` of a pool kvtier allocates on `device`, or `region`, GPU
@@ -55,18 +55,7 @@ export interface FileTierOptions {
   codec?: FileTierCodecOptions;
 }
 
-/**
- * A file tier's codec: its name and options (BlockCodec's), and the layout of the warehouse's
- * blocks (describeKvLayout's result will do), whose block bytes must be the warehouse's blockBytes.
- */
-export interface FileTierCodecOptions {
-  codec: CodecName;
-  /** kivi2, kivi4: channels per value group (default 32). */
-  group?: number;
-  /** int8: 'kivi' (default: keys per channel, values per token) or 'token'. */
-  scales?: 'token' | 'kivi';
-  layout: CodecLayout;
-}
+export type { FileTierCodecOptions } from './tier-codec.js';
 
 /**
  * The options of tier kinds that a layer above registers as block sources (lib/warehouse/
