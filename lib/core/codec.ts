@@ -1,15 +1,18 @@
 /**
  * KV block codecs (docs/codecs.md): lossy encodings of one packed kvtier block (NHD packing,
- * docs/layouts.md) for the tiers below GPU memory. The work is native (native/codec/): encode and
- * decode run synchronously on the calling thread, one call for any number of consecutive blocks.
+ * docs/layouts.md) for the tiers below GPU memory. The work is native (native/codec/): one call
+ * for any number of consecutive blocks, either synchronously on the calling thread or, with the
+ * Async methods, on kvtier's codec threads (the batch split across them; one promise per call).
  *
  * A codec is opened for a layout, so a codec that cannot fit it (an fp8 layout, a head dimension
  * the group size does not divide) fails at open with KVTIER_BAD_ARGUMENT. Every encoded block
  * carries a header naming its codec, version, dtype and shape; decoding a block that another codec
  * (or another layout) wrote is refused the same way, never turned into a wrong block.
  */
+import { availableParallelism } from 'node:os';
+
 import { KvtierError } from './errors.js';
-import { native, type CodecParams } from './native.js';
+import { native, type CodecParams, type NativeCodecPool } from './native.js';
 import { describe } from './validate.js';
 
 export type { CodecParams } from './native.js';
@@ -57,6 +60,38 @@ function bytesOf(view: unknown, name: string): Uint8Array {
 /** Which decode path this CPU uses: 'avx2' (AVX2 and F16C) or 'scalar'; both give the same bits. */
 export function codecIsa(): string {
   return native().codecIsa();
+}
+
+/** Threads of the shared codec pool when none was set: one a core, at most this many. */
+export const DEFAULT_CODEC_THREADS_MAX = 8;
+
+let pool: NativeCodecPool | undefined;
+let poolThreads: number | undefined;
+
+/** The process's codec threads, started at the first asynchronous call. */
+function codecPool(): NativeCodecPool {
+  pool ??= new (native().NativeCodecPool)({
+    threads: poolThreads ?? Math.min(availableParallelism(), DEFAULT_CODEC_THREADS_MAX),
+  });
+  return pool;
+}
+
+/**
+ * Sets how many threads the asynchronous codec calls share (1 to 256). Calls already queued finish
+ * on the old threads; the next call starts the new ones.
+ */
+export function setCodecThreads(threads: number): void {
+  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 256) {
+    bad(`codec threads must be an integer from 1 to 256, got ${describe(threads)}`);
+  }
+  poolThreads = threads;
+  pool?.close();
+  pool = undefined;
+}
+
+/** How many threads the asynchronous codec calls run on (starting them if needed). */
+export function codecThreads(): number {
+  return codecPool().threads;
 }
 
 export class BlockCodec {
@@ -137,6 +172,39 @@ export class BlockCodec {
     options: { isa?: 'scalar' | 'auto' } = {},
   ): void {
     native().codecDecode(
+      this.params,
+      bytesOf(src, 'src'),
+      bytesOf(dst, 'dst'),
+      blocks,
+      options.isa,
+    );
+  }
+
+  /**
+   * encode() on kvtier's codec threads. Both buffers are held until the promise settles and must
+   * not be touched meanwhile; a refusal rejects with the same KvtierError as encode() (the first
+   * refused block's), and dst is then unspecified, as with encode().
+   */
+  async encodeAsync(
+    src: ArrayBufferView | ArrayBuffer,
+    dst: ArrayBufferView | ArrayBuffer,
+    blocks = 1,
+  ): Promise<void> {
+    await codecPool().run('encode', this.params, bytesOf(src, 'src'), bytesOf(dst, 'dst'), blocks);
+  }
+
+  /**
+   * decode() on kvtier's codec threads. Every header is checked before anything is queued: a
+   * refused batch rejects with decode()'s KvtierError and leaves dst untouched.
+   */
+  async decodeAsync(
+    src: ArrayBufferView | ArrayBuffer,
+    dst: ArrayBufferView | ArrayBuffer,
+    blocks = 1,
+    options: { isa?: 'scalar' | 'auto' } = {},
+  ): Promise<void> {
+    await codecPool().run(
+      'decode',
       this.params,
       bytesOf(src, 'src'),
       bytesOf(dst, 'dst'),

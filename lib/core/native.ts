@@ -204,6 +204,26 @@ export interface CodecParams {
   scales: 'none' | 'token' | 'kivi';
 }
 
+/** kvtier's codec threads (native/codec/codec_pool.h); lib/core/codec.ts is their face. */
+export interface NativeCodecPool {
+  /**
+   * Encodes or decodes `blocks` consecutive blocks of src into dst on the pool's threads; rejects
+   * with the synchronous calls' KvtierError codes. Decode checks every header before queueing.
+   */
+  run(
+    op: 'encode' | 'decode',
+    params: CodecParams,
+    src: Uint8Array,
+    dst: Uint8Array,
+    blocks: number,
+    isa?: 'scalar' | 'auto',
+  ): Promise<void>;
+  readonly threads: number;
+  /** Calls queued and not yet settled. */
+  readonly inFlight: number;
+  close(): void;
+}
+
 export interface NativeAddon {
   init(errorClass: typeof KvtierError): void;
   probe(): NativeProbe;
@@ -239,6 +259,7 @@ export interface NativeAddon {
   codecSizes(params: CodecParams): { decodedBytes: number; encodedBytes: number };
   codecReadHeader(src: Uint8Array): CodecParams;
   codecIsa(): string;
+  NativeCodecPool: new (options: { threads: number }) => NativeCodecPool;
   verbsProbe(options: { device?: string; port?: number }): {
     available: boolean;
     reason?: string;

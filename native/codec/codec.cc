@@ -501,15 +501,18 @@ const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst) {
   }
 }
 
-const char* Decode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
-  if (const char* why = CheckParams(p)) return why;
+const char* CheckHeader(const Params& p, const uint8_t* src) {
   uint8_t expect[kHeaderBytes];
   WriteHeader(p, expect);
-  if (std::memcmp(src, expect, kHeaderBytes) != 0) {
-    Params got;
-    if (const char* why = ReadHeader(src, kHeaderBytes, &got)) return why;
-    return "the block was encoded with another codec, dtype or shape";
-  }
+  if (std::memcmp(src, expect, kHeaderBytes) == 0) return nullptr;
+  Params got;
+  if (const char* why = ReadHeader(src, kHeaderBytes, &got)) return why;
+  return "the block was encoded with another codec, dtype or shape";
+}
+
+const char* Decode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
+  if (const char* why = CheckParams(p)) return why;
+  if (const char* why = CheckHeader(p, src)) return why;
   const uint8_t* in = src + kHeaderBytes;
   const RowKernels* rows = &ScalarRows(p.dtype);
   if (isa == Isa::kAvx2 && CpuHasAvx2()) rows = Avx2Rows(p.dtype);

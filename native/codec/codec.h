@@ -55,6 +55,11 @@ const char* ReadHeader(const uint8_t* in, size_t len, Params* p);
 // is unspecified.
 const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst);
 
+// nullptr when the block's header is the one p writes; else why not (the header's own defect if it
+// is not a header at all, else that another codec, dtype or shape wrote it). Batches check every
+// block with it before decoding any, so a refused batch leaves the destination as it was.
+const char* CheckHeader(const Params& p, const uint8_t* src);
+
 // Decodes one block of EncodedBytes(p) bytes into DecodedBytes(p) bytes. Refused (a message,
 // dst untouched) unless the block's header equals the header of p.
 const char* Decode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa);

@@ -5,6 +5,7 @@
 #include "../common/args.h"
 #include "../common/errors.h"
 #include "codec.h"
+#include "codec_pool.h"
 
 namespace kvtier {
 
@@ -21,7 +22,9 @@ uint32_t SizeField(Napi::Object o, const char* key) {
   return static_cast<uint32_t>(v);
 }
 
-Params ParamsArg(Napi::Env env, Napi::Value v) {
+}  // namespace
+
+Params CodecParamsArg(Napi::Env env, Napi::Value v) {
   if (!v.IsObject()) Throw(env, kBadArgument, "codec parameters must be an object");
   Napi::Object o = v.As<Napi::Object>();
   Params p;
@@ -64,6 +67,27 @@ Params ParamsArg(Napi::Env env, Napi::Value v) {
   return p;
 }
 
+void CheckCodecSpans(Napi::Env env, const uint8_t* src, size_t src_len, uint64_t src_block,
+                     const uint8_t* dst, size_t dst_len, uint64_t dst_block, uint64_t blocks) {
+  if (src_len / src_block < blocks) {
+    Throw(env, kBadArgument,
+          "src holds " + std::to_string(src_len) + " bytes, less than " + std::to_string(blocks) +
+              " blocks of " + std::to_string(src_block));
+  }
+  if (dst_len / dst_block < blocks) {
+    Throw(env, kBadArgument,
+          "dst holds " + std::to_string(dst_len) + " bytes, less than " + std::to_string(blocks) +
+              " blocks of " + std::to_string(dst_block));
+  }
+  const uint8_t* s_end = src + src_block * blocks;
+  const uint8_t* d_end = dst + dst_block * blocks;
+  if (blocks > 0 && src < d_end && dst < s_end) {
+    Throw(env, kBadArgument, "src and dst overlap");
+  }
+}
+
+namespace {
+
 struct Bytes {
   uint8_t* data;
   size_t length;
@@ -79,29 +103,14 @@ Bytes BytesArg(Napi::Env env, Napi::Value v, const char* what) {
   return {static_cast<uint8_t*>(ab.Data()) + view.ByteOffset(), view.ByteLength()};
 }
 
-// Checks src and dst hold `blocks` blocks of the given sizes and do not overlap.
 void CheckSpans(Napi::Env env, const Bytes& src, uint64_t src_block, const Bytes& dst,
                 uint64_t dst_block, uint64_t blocks) {
-  if (src.length / src_block < blocks) {
-    Throw(env, kBadArgument,
-          "src holds " + std::to_string(src.length) + " bytes, less than " +
-              std::to_string(blocks) + " blocks of " + std::to_string(src_block));
-  }
-  if (dst.length / dst_block < blocks) {
-    Throw(env, kBadArgument,
-          "dst holds " + std::to_string(dst.length) + " bytes, less than " +
-              std::to_string(blocks) + " blocks of " + std::to_string(dst_block));
-  }
-  const uint8_t* s_end = src.data + src_block * blocks;
-  const uint8_t* d_end = dst.data + dst_block * blocks;
-  if (blocks > 0 && src.data < d_end && dst.data < s_end) {
-    Throw(env, kBadArgument, "src and dst overlap");
-  }
+  CheckCodecSpans(env, src.data, src.length, src_block, dst.data, dst.length, dst_block, blocks);
 }
 
 Napi::Value Encode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Params p = ParamsArg(env, info[0]);
+  Params p = CodecParamsArg(env, info[0]);
   Bytes src = BytesArg(env, info[1], "src");
   Bytes dst = BytesArg(env, info[2], "dst");
   uint64_t blocks = ByteCountArg(env, info[3], "blocks");
@@ -117,7 +126,7 @@ Napi::Value Encode(const Napi::CallbackInfo& info) {
 
 Napi::Value Decode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Params p = ParamsArg(env, info[0]);
+  Params p = CodecParamsArg(env, info[0]);
   Bytes src = BytesArg(env, info[1], "src");
   Bytes dst = BytesArg(env, info[2], "dst");
   uint64_t blocks = ByteCountArg(env, info[3], "blocks");
@@ -133,8 +142,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   CheckSpans(env, src, in, dst, out, blocks);
   // Every header first, so a refused batch leaves dst as it was.
   for (uint64_t b = 0; b < blocks; b++) {
-    Params got;
-    if (const char* why = codec::ReadHeader(src.data + b * in, in, &got)) {
+    if (const char* why = codec::CheckHeader(p, src.data + b * in)) {
       Throw(env, kBadArgument, "block " + std::to_string(b) + ": " + why);
     }
   }
@@ -148,7 +156,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
 
 Napi::Value Sizes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Params p = ParamsArg(env, info[0]);
+  Params p = CodecParamsArg(env, info[0]);
   Napi::Object out = Napi::Object::New(env);
   out.Set("decodedBytes", static_cast<double>(codec::DecodedBytes(p)));
   out.Set("encodedBytes", static_cast<double>(codec::EncodedBytes(p)));
@@ -187,6 +195,7 @@ Napi::Object CodecExports(Napi::Env env, Napi::Object exports) {
   exports.Set("codecSizes", Napi::Function::New(env, Sizes, "codecSizes"));
   exports.Set("codecReadHeader", Napi::Function::New(env, ReadHeader, "codecReadHeader"));
   exports.Set("codecIsa", Napi::Function::New(env, IsaJs, "codecIsa"));
+  exports.Set("NativeCodecPool", CodecPool::Define(env));
   return exports;
 }
 

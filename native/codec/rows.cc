@@ -84,21 +84,63 @@ KVTIER_AVX2 inline void Store8(uint8_t* out, __m256 x) {
   }
 }
 
+// bf16 with round-to-nearest-even, as integers: the bits of x plus 0x7FFF plus the lowest kept bit.
+// The result's top 16 bits are the bf16.
+KVTIER_AVX2 inline __m256i Bf16Round(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
+}
+
+// Eight e4m3 codes, each in the high byte of a 16-bit lane (the low byte is ignored), as the fp16
+// whose bits are the code's sign at bit 15 and its other bits at 7..13: an arithmetic shift right
+// by one puts the magnitude in place and copies the sign into bit 14, which the mask clears.
+KVTIER_AVX2 inline __m256 Fp8HighBytesToHalfValue(__m128i w) {
+  const __m128i h = _mm_and_si128(_mm_srai_epi16(w, 1), _mm_set1_epi16(static_cast<short>(0xBF80)));
+  return _mm256_cvtph_ps(h);
+}
+
+template <bool kFused>
+KVTIER_AVX2 inline __m256 Fp8Value(__m256 half, __m256 s) {
+  return kFused ? _mm256_mul_ps(half, s)
+                : _mm256_mul_ps(_mm256_mul_ps(half, _mm256_set1_ps(256.0f)), s);
+}
+
+// Sixteen codes a step. value(code) * scale is (half(code) * 256) * scale in the scalar path;
+// here half(code) * (256 * scale): 256 * scale is exact unless it overflows (then the two
+// multiplies are kept), and both round the same exact product once, so the bits agree.
+template <Dtype D, bool kFused>
+KVTIER_AVX2 inline size_t Fp8Avx2Body(const uint8_t* codes, size_t n, float scale, uint8_t* out) {
+  constexpr size_t kOut = D == Dtype::kFp32 ? 4 : 2;
+  const __m256 s = _mm256_set1_ps(kFused ? scale * 256.0f : scale);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+    if constexpr (D == Dtype::kBf16) {
+      // Even codes to one vector, odd to the other, so the two results interleave into place
+      // with one blend: each 32-bit lane takes its even element's bf16 low, its odd one's high.
+      const __m256 even = Fp8Value<kFused>(Fp8HighBytesToHalfValue(_mm_slli_epi16(x, 8)), s);
+      const __m256 odd = Fp8Value<kFused>(Fp8HighBytesToHalfValue(x), s);
+      const __m256i r =
+          _mm256_blend_epi16(_mm256_srli_epi32(Bf16Round(even), 16), Bf16Round(odd), 0xAA);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * kOut), r);
+    } else {
+      const __m128i zero = _mm_setzero_si128();
+      const __m256 lo = Fp8Value<kFused>(Fp8HighBytesToHalfValue(_mm_unpacklo_epi8(zero, x)), s);
+      const __m256 hi = Fp8Value<kFused>(Fp8HighBytesToHalfValue(_mm_unpackhi_epi8(zero, x)), s);
+      Store8<D>(out + i * kOut, lo);
+      Store8<D>(out + (i + 8) * kOut, hi);
+    }
+  }
+  return i;
+}
+
 template <Dtype D>
 KVTIER_AVX2 void Fp8Avx2(const uint8_t* codes, size_t n, float scale, uint8_t* out) {
   constexpr size_t kOut = D == Dtype::kFp32 ? 4 : 2;
-  const __m256 s = _mm256_set1_ps(scale);
-  const __m256 k256 = _mm256_set1_ps(256.0f);
-  const __m128i low7 = _mm_set1_epi16(0x7F);
-  const __m128i sign = _mm_set1_epi16(0x80);
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i)));
-    __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, low7), 7),
-                             _mm_slli_epi16(_mm_and_si128(b, sign), 8));
-    __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(h), k256);  // exact: the code's value
-    Store8<D>(out + i * kOut, _mm256_mul_ps(v, s));
-  }
+  const float fused = scale * 256.0f;
+  const size_t i = fused - fused == 0.0f ? Fp8Avx2Body<D, true>(codes, n, scale, out)
+                                         : Fp8Avx2Body<D, false>(codes, n, scale, out);
   Fp8Scalar<D>(codes + i, n - i, scale, out + i * kOut);
 }
 

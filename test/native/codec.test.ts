@@ -11,7 +11,14 @@ import {
   toBytes,
   type KvFloatDtype,
 } from '../../lib/apps/bench/kv-values.js';
-import { BlockCodec, codecIsa, type CodecName, type CodecSpec } from '../../lib/core/codec.js';
+import {
+  BlockCodec,
+  codecIsa,
+  codecThreads,
+  setCodecThreads,
+  type CodecName,
+  type CodecSpec,
+} from '../../lib/core/codec.js';
 import { KvtierError } from '../../lib/core/errors.js';
 import { describeKvLayout } from '../../lib/layout/index.js';
 
@@ -160,15 +167,16 @@ describe('codec round trips', () => {
     // decoders must agree on any payload, 0x7F included), and an int8 block with scales at the
     // edges of fp32 (subnormal products, results that overflow fp16 to infinity).
     for (const dtype of dtypes) {
-      const shape = { layers: 1, tokens: 8, heads: 2, dim: 16 };
-      const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(shape, dtype));
-      const src = toBytes(syntheticKv(shape, 1, 7), dtype);
+      // Rows of 24: a 16-code SIMD step and a scalar tail. The scales include ones whose 256-fold
+      // overflows (3e38, 2e36: the SIMD path's fused multiply is not taken) and subnormal ones.
+      const fshape = { layers: 1, tokens: 8, heads: 4, dim: 24 };
+      const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layoutOf(fshape, dtype));
       const enc = new Uint8Array(fp8.encodedBytes);
-      fp8.encode(src, enc);
-      const codes = 32 + 4 * 4;
-      for (let i = 0; i < 512; i++) enc[codes + i] = i & 0xff;
+      fp8.encode(toBytes(syntheticKv(fshape, 1, 7), dtype), enc);
+      const codes = 32 + 4 * 8;
+      for (let i = 0; i < 2 * 8 * 4 * 24; i++) enc[codes + i] = (i * 7) & 0xff;
       const dv = new DataView(enc.buffer);
-      for (const [j, s] of [1e-38, 3.4e38 / 448, 1, 2 ** -20].entries())
+      for (const [j, s] of [1e-38, 3.4e38 / 448, 1, 2 ** -20, 3e38, 2e36, 1e-45, -0.75].entries())
         dv.setFloat32(32 + 4 * j, s, true);
       const a = new Uint8Array(fp8.decodedBytes);
       const b = new Uint8Array(fp8.decodedBytes);
@@ -176,6 +184,8 @@ describe('codec round trips', () => {
       fp8.decode(enc, b, 1, { isa: 'scalar' });
       expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
 
+      const shape = { layers: 1, tokens: 8, heads: 2, dim: 16 };
+      const src = toBytes(syntheticKv(shape, 1, 7), dtype);
       const int8 = BlockCodec.open({ codec: 'int8', scales: 'kivi' }, layoutOf(shape, dtype));
       const e2 = new Uint8Array(int8.encodedBytes);
       int8.encode(src, e2);
@@ -280,6 +290,117 @@ describe('codec refusals', () => {
     const big = new Float32Array(32).fill(1e6);
     const k = BlockCodec.open({ codec: 'kivi4', group: 8 }, layoutOf(s, 'fp32'));
     badArg(() => k.encode(big, new Uint8Array(k.encodedBytes)), /beyond \+-65504/);
+  });
+});
+
+/** The KvtierError a call throws or rejects with, or a failure when it succeeds. */
+async function refusal(fn: () => unknown): Promise<KvtierError> {
+  try {
+    await fn();
+  } catch (e) {
+    expect(e).toBeInstanceOf(KvtierError);
+    return e as KvtierError;
+  }
+  throw new Error('no error');
+}
+
+describe('codec async calls on the codec threads', () => {
+  it('encode and decode the same bytes as the synchronous calls, batches split across 3 threads', async () => {
+    setCodecThreads(3);
+    expect(codecThreads()).toBe(3);
+    await fc.assert(
+      fc.asyncProperty(arbCase, fc.integer({ min: 1, max: 7 }), async ({ spec, shape, dtype, seed, magnitude }, blocks) => {
+        const codec = BlockCodec.open(spec, layoutOf(shape, dtype));
+        const src = toBytes(syntheticKv(shape, blocks, seed, { channels: 2, magnitude }), dtype);
+        const encSync = new Uint8Array(codec.encodedBytes * blocks);
+        codec.encode(src, encSync, blocks);
+        const encAsync = new Uint8Array(codec.encodedBytes * blocks).fill(0xa5);
+        await codec.encodeAsync(src, encAsync, blocks);
+        expect(Buffer.from(encAsync).equals(Buffer.from(encSync))).toBe(true);
+        const decSync = new Uint8Array(src.length);
+        codec.decode(encSync, decSync, blocks);
+        for (const isa of ['auto', 'scalar'] as const) {
+          const decAsync = new Uint8Array(src.length).fill(0xa5);
+          await codec.decodeAsync(encAsync, decAsync, blocks, { isa });
+          expect(Buffer.from(decAsync).equals(Buffer.from(decSync))).toBe(true);
+        }
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it('settles many concurrent calls, each with its own bytes', async () => {
+    setCodecThreads(2);
+    const shape = { layers: 2, tokens: 8, heads: 2, dim: 32 };
+    const codecsOpen = codecs.map((c) => BlockCodec.open({ codec: c }, layoutOf(shape, 'bf16')));
+    const jobs = Array.from({ length: 24 }, (_, i) => {
+      const codec = codecsOpen[i % codecsOpen.length]!;
+      const src = toBytes(syntheticKv(shape, 3, 100 + i), 'bf16');
+      const want = new Uint8Array(codec.encodedBytes * 3);
+      codec.encode(src, want, 3);
+      const got = new Uint8Array(want.length);
+      return { codec, src, want, got, done: codec.encodeAsync(src, got, 3) };
+    });
+    await Promise.all(jobs.map((j) => j.done));
+    for (const j of jobs) expect(Buffer.from(j.got).equals(Buffer.from(j.want))).toBe(true);
+    const back = await Promise.all(
+      jobs.map(async (j) => {
+        const out = new Uint8Array(j.src.length);
+        await j.codec.decodeAsync(j.got, out, 3);
+        const ref = new Uint8Array(j.src.length);
+        j.codec.decode(j.want, ref, 3);
+        return Buffer.from(out).equals(Buffer.from(ref));
+      }),
+    );
+    expect(back.every(Boolean)).toBe(true);
+  });
+
+  it('refuses as the synchronous calls do: the same codes and messages, a refused decode leaving dst untouched', async () => {
+    setCodecThreads(3);
+    const s = { layers: 1, tokens: 4, heads: 2, dim: 8 };
+    for (const codec of codecs) {
+      const c = BlockCodec.open({ codec, ...(codec.startsWith('kivi') ? { group: 4 } : {}) }, layoutOf(s, 'fp32'));
+      const n = c.decodedBytes / 4;
+      // Five blocks, a NaN in block 3 and an infinity in block 4: the first refused block is named.
+      const x = new Float32Array(5 * n).fill(0.5);
+      x[3 * n + 7] = NaN;
+      x[4 * n + 1] = -Infinity;
+      const syncErr = await refusal(() => c.encode(x, new Uint8Array(5 * c.encodedBytes), 5));
+      const asyncErr = await refusal(() => c.encodeAsync(x, new Uint8Array(5 * c.encodedBytes), 5));
+      expect(syncErr.code).toBe('KVTIER_BAD_ARGUMENT');
+      expect(asyncErr.code).toBe(syncErr.code);
+      expect(asyncErr.message).toBe(syncErr.message);
+      expect(asyncErr.message).toMatch(/^block 3: .*not finite/);
+
+      // A second block written by another codec: refused before the first block is decoded.
+      const good = new Uint8Array(2 * c.encodedBytes);
+      c.encode(new Float32Array(2 * n).fill(0.25), good, 2);
+      const other = BlockCodec.open({ codec: codec === 'int8' ? 'fp8-e4m3' : 'int8' }, layoutOf(s, 'fp32'));
+      const foreign = new Uint8Array(other.encodedBytes);
+      other.encode(new Float32Array(n).fill(0.25), foreign);
+      good.set(foreign.subarray(0, 32), c.encodedBytes);
+      const dst = new Uint8Array(2 * c.decodedBytes).fill(0x5a);
+      const dSync = await refusal(() => c.decode(good, dst, 2));
+      const dAsync = await refusal(() => c.decodeAsync(good, dst, 2));
+      expect(dAsync.code).toBe('KVTIER_BAD_ARGUMENT');
+      expect(dAsync.message).toBe(dSync.message);
+      expect(dAsync.message).toMatch(/^block 1: the block was encoded with another codec/);
+      expect(dst.every((b) => b === 0x5a)).toBe(true);
+
+      const small = await refusal(() => c.decodeAsync(good, dst.subarray(1), 2));
+      expect(small.code).toBe('KVTIER_BAD_ARGUMENT');
+      expect(small.message).toMatch(/dst holds/);
+      const overlap = await refusal(() => c.encodeAsync(new Uint8Array(good.buffer), good.subarray(0, c.encodedBytes), 1));
+      expect(overlap.code).toBe('KVTIER_BAD_ARGUMENT');
+    }
+    const k = BlockCodec.open({ codec: 'kivi2', group: 8 }, layoutOf(s, 'fp32'));
+    const big = new Float32Array(2 * (k.decodedBytes / 4)).fill(1);
+    big[k.decodedBytes / 4 + 3] = 1e6;
+    const e = await refusal(() => k.encodeAsync(big, new Uint8Array(2 * k.encodedBytes), 2));
+    expect(e.code).toBe('KVTIER_BAD_ARGUMENT');
+    expect(e.message).toMatch(/^block 1: .*beyond \+-65504/);
+    await refusal(() => k.encodeAsync('nope' as unknown as Uint8Array, new Uint8Array(k.encodedBytes)));
+    expect(() => setCodecThreads(0)).toThrow(/codec threads/);
   });
 });
 
