@@ -121,16 +121,14 @@ export async function runCoded(
       );
     });
     const o1 = first.length > 0 ? await first.run() : [];
-    // Step 2: the codec's work, then the encoded blocks written and the decoded ones delivered.
-    const second = newRound();
-    const at2: number[] = [];
+    // Step 2: the codec's work, every block at once (the codec threads share it out), then the
+    // encoded blocks written and the decoded ones delivered.
     const sums: (number | undefined)[] = [];
-    for (let i = 0; i < moves.length; i++) {
-      const m = moves[i]!;
+    const work = moves.map(async (m, i): Promise<void> => {
       const r = at1[i] === undefined ? undefined : o1[at1[i]!]!;
       if (r && !r.ok) {
         out[i] = failed(r.error);
-        continue;
+        return;
       }
       const into = codedOf(m.to);
       if (into) {
@@ -139,13 +137,33 @@ export async function runCoded(
           ? hostBytes(m.from.target, m.from.offset, m.length)
           : decoding!.view(decodedAt[i], m.length);
         const dst = storing.view(storedAt[i], into.storedBytes);
+        dst.fill(0, into.codec.encodedBytes);
         try {
           await encodeBlock(into.codec, src, dst.subarray(0, into.codec.encodedBytes));
         } catch (e) {
           out[i] = failed(e as KvtierError); // a block it cannot encode (a NaN, say)
-          continue;
         }
-        dst.fill(0, into.codec.encodedBytes);
+        return;
+      }
+      const c = codedOf(m.from)!;
+      if (r!.bytes !== c.storedBytes || r!.checksum !== c.stored) {
+        out[i] = CORRUPT;
+        return;
+      }
+      const dst = isHost(m.to)
+        ? hostBytes(m.to.target, m.to.offset, m.length)
+        : decoding!.view(decodedAt[i], m.length);
+      if (!(await decodes(c.codec, storing.view(storedAt[i], c.codec.encodedBytes), dst))) {
+        out[i] = CORRUPT;
+      }
+    });
+    await Promise.all(work);
+    const second = newRound();
+    const at2: number[] = [];
+    moves.forEach((m, i) => {
+      if (out[i] !== undefined) return;
+      const into = codedOf(m.to);
+      if (into) {
         const file = m.to as SlotPlace & { kind: 'file' };
         at2[i] = second.move(
           { kind: 'memory', target: storing, offset: storedAt[i]! },
@@ -153,25 +171,14 @@ export async function runCoded(
           into.storedBytes,
           true,
         );
-        continue;
-      }
-      const c = codedOf(m.from)!;
-      if (r!.bytes !== c.storedBytes || r!.checksum !== c.stored) {
-        out[i] = CORRUPT;
-        continue;
-      }
-      const dst = isHost(m.to)
-        ? hostBytes(m.to.target, m.to.offset, m.length)
-        : decoding!.view(decodedAt[i], m.length);
-      if (!(await decodes(c.codec, storing.view(storedAt[i], c.codec.encodedBytes), dst))) {
-        out[i] = CORRUPT;
-        continue;
-      }
-      if (!isHost(m.to)) at2[i] = second.move(stagedPlace(i), m.to, m.length, m.checksum);
-      else if (m.checksum) at2[i] = second.checksum(m.to, m.length);
-      else
+      } else if (!isHost(m.to)) {
+        at2[i] = second.move(stagedPlace(i), m.to, m.length, m.checksum);
+      } else if (m.checksum) {
+        at2[i] = second.checksum(m.to, m.length);
+      } else {
         out[i] = { ok: true, bytes: m.length, checksum: undefined, error: undefined, intact: true };
-    }
+      }
+    });
     const o2 = second.length > 0 ? await second.run() : [];
     moves.forEach((m, i) => {
       if (out[i] !== undefined) return;

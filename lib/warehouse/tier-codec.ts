@@ -166,24 +166,23 @@ export function checkCodecRecord(
 }
 
 /**
- * Encodes one block. The one place the Warehouse encodes: synchronous on the calling thread for
- * now (docs/codecs.md says what that costs); the native worker-thread calls go here.
+ * Encodes one block: the one place the Warehouse encodes, on kvtier's codec threads (the main
+ * thread only waits). src and dst must not be touched until it settles.
  */
 export async function encodeBlock(
   codec: BlockCodec,
   src: Uint8Array,
   dst: Uint8Array,
 ): Promise<void> {
-  codec.encode(src, dst, 1);
-  return Promise.resolve();
+  await codec.encodeAsync(src, dst, 1);
 }
 
-/** Decodes one block; refused (dst untouched) when its header is not this codec's. */
+/** Decodes one block on the codec threads; refused (dst untouched) when its header is not this
+ * codec's. */
 export async function decodeBlock(
   codec: BlockCodec,
   src: Uint8Array,
   dst: Uint8Array,
 ): Promise<void> {
-  codec.decode(src, dst, 1);
-  return Promise.resolve();
+  await codec.decodeAsync(src, dst, 1);
 }
