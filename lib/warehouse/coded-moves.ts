@@ -125,7 +125,7 @@ export async function runCoded(
     // encoded blocks written and the decoded ones delivered.
     const sums: (number | undefined)[] = [];
     const work = moves.map(async (m, i): Promise<void> => {
-      const r = at1[i] === undefined ? undefined : o1[at1[i]!]!;
+      const r = at1[i] === undefined ? undefined : o1[at1[i]]!;
       if (r && !r.ok) {
         out[i] = failed(r.error);
         return;

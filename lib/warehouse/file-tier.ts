@@ -334,7 +334,7 @@ export class FileTier implements Tier {
     // With a codec, the header describes what the slot holds: the stored bytes and their CRC.
     const coded = this.storedSums !== undefined;
     writeU64(out, at + 48, coded ? this.payloadBytes : block.length);
-    const sum = coded ? (block.stored ?? this.storedSums![block.slot]!) : block.checksum;
+    const sum = coded ? (block.stored ?? this.storedSums[block.slot]!) : block.checksum;
     out.writeUInt32LE(sum >>> 0, at + 56);
     writeU64(out, at + 64, ++this.generation);
     const fields = new Uint8Array(out.buffer, out.byteOffset + at, HEADER_FIELDS);

@@ -4,13 +4,7 @@
  * (so a directory is never read back with another codec), and the one place the encode and decode
  * calls are made.
  */
-import {
-  BlockCodec,
-  CODEC_NAMES,
-  type CodecLayout,
-  type CodecName,
-  type CodecSpec,
-} from '../core/codec.js';
+import { BlockCodec, CODEC_NAMES, type CodecLayout, type CodecName } from '../core/codec.js';
 import { KvtierError } from '../core/errors.js';
 import { describe, integer, options as readOptions, string } from '../core/validate.js';
 import type { TierCodecInfo } from './tier.js';
@@ -83,7 +77,7 @@ export function openTierCodec(
   const { layout, ...spec } = option;
   let codec: BlockCodec;
   try {
-    codec = BlockCodec.open(spec as CodecSpec, layout);
+    codec = BlockCodec.open(spec, layout);
   } catch (e) {
     if (e instanceof KvtierError) bad(`tier ${name}: ${e.message}`);
     throw e;
