@@ -34,6 +34,8 @@ export interface MoveOutcome {
   intact?: boolean;
   /** Into an encoding tier: the CRC-32C of the stored bytes, for the slot header. */
   stored?: number;
+  /** Into an encoding tier: the codec refused the block (a NaN, say), so it can never go there. */
+  refused?: boolean;
 }
 
 export interface CodedMove {
@@ -141,7 +143,7 @@ export async function runCoded(
         try {
           await encodeBlock(into.codec, src, dst.subarray(0, into.codec.encodedBytes));
         } catch (e) {
-          out[i] = failed(e as KvtierError); // a block it cannot encode (a NaN, say)
+          out[i] = { ...failed(e as KvtierError), refused: true }; // a NaN, say
         }
         return;
       }

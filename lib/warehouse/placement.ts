@@ -114,11 +114,16 @@ export class Placement {
     hold.add(keys);
     const batch = new PlacementBatch(this, items, hold);
     try {
-      const failed = await this.makeRoom(items.map((p) => p.plan));
+      const refused: { key: Key; tier: number }[] = [];
+      const failed = await this.makeRoom(
+        items.map((p) => p.plan),
+        refused,
+      );
       for (const p of items) {
         const why = failed.get(p.plan);
         if (why !== undefined) batch.drop(p, why);
       }
+      this.dropRefused(refused);
       return batch;
     } catch (e) {
       batch.abort();
@@ -198,7 +203,11 @@ export class Placement {
    * slot a move frees is free before the next move (or the new block) reuses it. Returns the
    * plans whose moves failed, and why; those must be aborted, not committed.
    */
-  async makeRoom(plans: readonly Plan<Key>[]): Promise<Map<Plan<Key>, PlaceFailure>> {
+  async makeRoom(
+    plans: readonly Plan<Key>[],
+    /** Victims an encoding tier's codec refused (a NaN, say): they can never move down. */
+    refused: { key: Key; tier: number }[] = [],
+  ): Promise<Map<Plan<Key>, PlaceFailure>> {
     const { index, tiers, stats } = this.env;
     const failed = new Map<Plan<Key>, PlaceFailure>();
     for (let from = tiers.length - 1; from >= 0; from--) {
@@ -206,6 +215,7 @@ export class Placement {
       const owners: Plan<Key>[] = [];
       const dests: number[] = [];
       const blocks: SlotBlock[] = [];
+      const sources: number[] = [];
       const landing = tiers.map((): SlotBlock[] => []);
       for (const plan of plans) {
         for (const m of plan.moves) {
@@ -216,6 +226,7 @@ export class Placement {
           // An encoding tier's header needs the stored bytes' CRC: written once they are down.
           if (!tiers[m.toTier]!.codec) landing[m.toTier]!.push(block);
           blocks.push(block);
+          sources.push(m.fromTier);
           owners.push(plan);
           dests.push(m.toTier);
           stats.tiers[m.fromTier]!.bytesOut += e.length;
@@ -230,6 +241,7 @@ export class Placement {
         if (!o.ok) {
           failed.set(owners[n]!, failureOf(o.error));
           stats.ioError(dests[n]);
+          if (o.refused) refused.push({ key: blocks[n]!.key, tier: sources[n]! });
         } else if (o.stored !== undefined) {
           tiers[dests[n]!]!.recordStored?.(blocks[n]!.slot, o.stored);
           coded[dests[n]!]!.push({ ...blocks[n]!, stored: o.stored });
@@ -247,6 +259,24 @@ export class Placement {
       }
     }
     return failed;
+  }
+
+  /**
+   * Evicts victims whose demotion the codec refused, once their plans are aborted: kept, they
+   * would be picked again by every placement that needs room and fail it. The placement that
+   * found them fails; the next one finds the room.
+   */
+  private dropRefused(refused: readonly { key: Key; tier: number }[]): void {
+    const { index, feed } = this.env;
+    const removed: Key[] = [];
+    for (const { key, tier } of refused) {
+      const e = index.get(key);
+      // A lease taken meanwhile keeps it (pinned blocks are never evicted).
+      if (!e || e.slots[tier] === ABSENT || e.pins > 0 || e.busy !== 0) continue;
+      index.remove(key, tier);
+      if (!index.get(key)) removed.push(key);
+    }
+    if (removed.length > 0) feed.changed([], removed);
   }
 
   /** Syncs the file tiers once pending header writes are down; resolves with why it failed. */

@@ -465,3 +465,35 @@ describe('Warehouse with an encoding file tier', () => {
     await wh.close();
   });
 });
+
+describe('blocks the codec refuses', () => {
+  it('a NaN block is kept where it was put, and dropped (not moved down) when it must make room', async () => {
+    const dtype = 'fp16';
+    const bs = blockBytesOf(dtype);
+    const d = dir();
+    const wh = await Warehouse.open(
+      options(d, { codec: 'fp8-e4m3' }, dtype, 16, { policy: 'lru' }),
+    );
+    try {
+      const keys = keysOf(6, 'nan');
+      const x = kvBlocks(6, dtype, 21);
+      x.writeUInt16LE(0x7e00, 10); // a NaN in block 0
+      const put = async (i: number) =>
+        (await wh.put([keys[i]!], x.subarray(i * bs, (i + 1) * bs))).status[0];
+      expect(await put(0)).toBe('stored');
+      const dst = Buffer.alloc(bs);
+      expect((await wh.get([keys[0]!], dst, { promote: false })).tiers).toEqual([0]);
+      expect(dst.equals(x.subarray(0, bs))).toBe(true); // in memory, exactly as put
+      expect(await put(1)).toBe('stored');
+      // Block 0 is the victim: the codec refuses it, so this put fails once and block 0 goes.
+      expect(await put(2)).toBe('io-error');
+      expect(wh.lookup([keys[0]!]).tiers).toEqual([-1]);
+      // The room is there now: the next puts succeed, demoting block 1 encoded.
+      for (const i of [2, 3, 4, 5]) expect(await put(i)).toBe('stored');
+      expect(wh.lookup(keys).tiers).toEqual([-1, 1, 1, 1, 0, 0]);
+      expect(wh.stats().corrupt).toBe(0);
+    } finally {
+      await wh.close();
+    }
+  });
+});
