@@ -496,4 +496,24 @@ describe('blocks the codec refuses', () => {
       await wh.close();
     }
   });
+
+  it('under durability sync, a block the codec refuses is not stored', async () => {
+    const dtype = 'bf16';
+    const bs = blockBytesOf(dtype);
+    const wh = await Warehouse.open(
+      options(dir(), { codec: 'kivi2' }, dtype, 8, { durability: 'sync' }),
+    );
+    const keys = keysOf(2, 'nan-sync');
+    const x = kvBlocks(2, dtype, 22);
+    x.writeUInt16LE(0x7f80, bs + 64); // +infinity in block 1
+    const r = await wh.put(keys, x);
+    expect(r.status).toEqual(['stored', 'io-error']);
+    expect(wh.stats().tiers[1]!.usedBlocks).toBe(1);
+    // Its host copy stays until close, which cannot write it down either, and says so.
+    await rejectsWith(
+      wh.close(),
+      'KVTIER_BAD_ARGUMENT',
+      new RegExp(`lost: ${keys[1]}.*not finite`),
+    );
+  });
 });
