@@ -14,7 +14,9 @@ import { isKvtierError } from '../../lib/core/errors.js';
 import { native } from '../../lib/core/native.js';
 import {
   chainKeys,
+  connect,
   describeKvLayout,
+  PeerServer,
   Warehouse,
   type FileTierCodecOptions,
   type WarehouseOptions,
@@ -515,5 +517,46 @@ describe('blocks the codec refuses', () => {
       'KVTIER_BAD_ARGUMENT',
       new RegExp(`lost: ${keys[1]}.*not finite`),
     );
+  });
+});
+
+describe('a server whose file tier encodes', () => {
+  it('takes durable puts encoded, and serves a peer decode(encode(x)) from the file, x from memory', async () => {
+    const dtype = 'bf16';
+    const bs = blockBytesOf(dtype);
+    const spec: CodecSpec = { codec: 'kivi4' };
+    const codec = BlockCodec.open(spec, layoutOf(dtype));
+    const wh = await Warehouse.open(options(dir(), spec, dtype, 32));
+    const secret = 'codec-test-secret-0123456789abcdef';
+    const server = PeerServer.start({
+      host: '127.0.0.1',
+      port: 0,
+      warehouse: wh,
+      secret: Buffer.from(secret),
+    });
+    const client = await connect(`127.0.0.1:${server.port}`, { token: secret });
+    try {
+      const n = 6;
+      const keys = keysOf(n, 'served');
+      const x = kvBlocks(n, dtype, 31);
+      expect((await client.put(keys, x, { durable: true })).stored).toBe(n);
+      expect(wh.stats().tiers[1]!.usedBlocks).toBe(n); // every block's durable copy, encoded
+      const where = wh.lookup(keys).tiers;
+      expect(where.filter((t) => t === 1).length).toBeGreaterThan(0);
+      const dst = Buffer.alloc(n * bs);
+      expect((await client.get(keys, dst)).count).toBe(n);
+      const lossy = roundTrip(codec, x, n);
+      where.forEach((t, i) => {
+        const want = (t === 0 ? x : lossy).subarray(i * bs, (i + 1) * bs);
+        expect(dst.subarray(i * bs, (i + 1) * bs).equals(want), `block ${i} (tier ${t})`).toBe(
+          true,
+        );
+      });
+      expect(wh.stats().corrupt).toBe(0);
+    } finally {
+      await client.close();
+      await server.close();
+      await wh.close();
+    }
   });
 });
