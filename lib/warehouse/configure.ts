@@ -23,8 +23,8 @@ import { Placement, type PlacementEnv } from './placement.js';
 import { PrefetchQueue } from './prefetch.js';
 import { sourceKind, Sources } from './sources.js';
 import { StatsBook } from './stats.js';
-import { openTierCodec } from './tier-codec.js';
 import type { Tier } from './tier.js';
+import { openTierCodec } from './tier-codec.js';
 import type {
   LocalTierOptions,
   PolicyOption,
