@@ -22,14 +22,10 @@ import type { ChangeFeed } from './changes.js';
 import type { Hold, KeyLocks } from './key-locks.js';
 import type { StatsBook } from './stats.js';
 import type { SlotBlock, SlotPlace, Tier } from './tier.js';
+import { dropRefused, failureOf, makeRoom, type PlaceFailure } from './make-room.js';
 import { TransferRound } from './transfers.js';
 
-/** Why a block could not be placed. */
-export type PlaceFailure = 'no-space' | 'io-error';
-
-export function failureOf(error: KvtierError | undefined): PlaceFailure {
-  return error?.code === 'KVTIER_NO_SPACE' ? 'no-space' : 'io-error';
-}
+export { failureOf, type PlaceFailure } from './make-room.js';
 
 /** One block to place: its plan, where its bytes come from, and how it is accessed. */
 export interface Placing {
@@ -123,7 +119,7 @@ export class Placement {
         const why = failed.get(p.plan);
         if (why !== undefined) batch.drop(p, why);
       }
-      this.dropRefused(refused);
+      dropRefused(this.env, refused);
       return batch;
     } catch (e) {
       batch.abort();
@@ -199,84 +195,14 @@ export class Placement {
   }
 
   /**
-   * Carries out the moves of plans: victims written down a tier, deepest tier first, so every
-   * slot a move frees is free before the next move (or the new block) reuses it. Returns the
-   * plans whose moves failed, and why; those must be aborted, not committed.
+   * Carries out the moves of plans (make-room.ts); returns the plans whose moves failed, and why:
+   * those must be aborted, not committed.
    */
-  async makeRoom(
+  makeRoom(
     plans: readonly Plan<Key>[],
-    /** Victims an encoding tier's codec refused (a NaN, say): they can never move down. */
     refused: { key: Key; tier: number }[] = [],
   ): Promise<Map<Plan<Key>, PlaceFailure>> {
-    const { index, tiers, stats } = this.env;
-    const failed = new Map<Plan<Key>, PlaceFailure>();
-    for (let from = tiers.length - 1; from >= 0; from--) {
-      const round = new TransferRound();
-      const owners: Plan<Key>[] = [];
-      const dests: number[] = [];
-      const blocks: SlotBlock[] = [];
-      const sources: number[] = [];
-      const landing = tiers.map((): SlotBlock[] => []);
-      for (const plan of plans) {
-        for (const m of plan.moves) {
-          if (m.fromTier !== from || m.toTier === ABSENT) continue;
-          const e = index.get(m.key)!;
-          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          const block = { slot: m.toSlot, key: m.key, length: e.length, checksum: e.checksum };
-          // An encoding tier's header needs the stored bytes' CRC: written once they are down.
-          if (!tiers[m.toTier]!.codec) landing[m.toTier]!.push(block);
-          blocks.push(block);
-          sources.push(m.fromTier);
-          owners.push(plan);
-          dests.push(m.toTier);
-          stats.tiers[m.fromTier]!.bytesOut += e.length;
-          stats.tiers[m.toTier]!.bytesIn += e.length;
-        }
-      }
-      if (round.length === 0) continue;
-      this.describeAll(round, landing);
-      const coded = tiers.map((): SlotBlock[] => []);
-      const codedOwners: Plan<Key>[] = [];
-      (await this.runRound(round)).forEach((o, n) => {
-        if (!o.ok) {
-          failed.set(owners[n]!, failureOf(o.error));
-          stats.ioError(dests[n]);
-          if (o.refused) refused.push({ key: blocks[n]!.key, tier: sources[n]! });
-        } else if (o.stored !== undefined) {
-          tiers[dests[n]!]!.recordStored?.(blocks[n]!.slot, o.stored);
-          coded[dests[n]!]!.push({ ...blocks[n]!, stored: o.stored });
-          codedOwners.push(owners[n]!);
-        }
-      });
-      if (codedOwners.length === 0) continue;
-      const headers = new TransferRound();
-      this.describeAll(headers, coded);
-      const r = await this.env.fileEngine.submit(headers.file);
-      if (!r.ok) {
-        const why = failureOf(r.errors.find((e) => e !== undefined));
-        for (const plan of codedOwners) failed.set(plan, why);
-        stats.ioError(this.fileTier());
-      }
-    }
-    return failed;
-  }
-
-  /**
-   * Evicts victims whose demotion the codec refused, once their plans are aborted: kept, they
-   * would be picked again by every placement that needs room and fail it. The placement that
-   * found them fails; the next one finds the room.
-   */
-  private dropRefused(refused: readonly { key: Key; tier: number }[]): void {
-    const { index, feed } = this.env;
-    const removed: Key[] = [];
-    for (const { key, tier } of refused) {
-      const e = index.get(key);
-      // A lease taken meanwhile keeps it (pinned blocks are never evicted).
-      if (!e || e.slots[tier] === ABSENT || e.pins > 0 || e.busy !== 0) continue;
-      index.remove(key, tier);
-      if (!index.get(key)) removed.push(key);
-    }
-    if (removed.length > 0) feed.changed([], removed);
+    return makeRoom(this, plans, refused);
   }
 
   /** Syncs the file tiers once pending header writes are down; resolves with why it failed. */
