@@ -282,9 +282,10 @@ describe('Warehouse with an encoding file tier', () => {
         codec: { codec: spec.codec },
       });
     }
+    const plainDir = dir();
     const plain = await Warehouse.open({
       blockBytes: bs,
-      tiers: [{ kind: 'file', dir: dir(), bytes }],
+      tiers: [{ kind: 'file', dir: plainDir, bytes }],
     });
     expect(plain.stats().tiers[0]).toMatchObject({
       capacityBlocks: 40,
@@ -292,6 +293,17 @@ describe('Warehouse with an encoding file tier', () => {
       storedBlockBytes: bs,
     });
     await plain.close();
+    // Lossless directories are written as before: version 1, no codec fields.
+    expect(Object.keys(metaOf(plainDir)).sort()).toEqual([
+      'blockBytes',
+      'format',
+      'headerBytes',
+      'payloadOffset',
+      'slotBytes',
+      'slots',
+      'version',
+    ]);
+    expect(metaOf(plainDir).version).toBe(1);
   });
 
   it('writes through and prefetches through the codec', async () => {
