@@ -23,6 +23,8 @@ export {
   BlockCodec,
   CODEC_NAMES,
   codecIsa,
+  codecThreads,
+  setCodecThreads,
   type CodecName,
   type CodecParams,
   type CodecSpec,

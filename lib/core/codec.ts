@@ -57,7 +57,10 @@ function bytesOf(view: unknown, name: string): Uint8Array {
   return bad(`${name} must be an ArrayBuffer or a typed array, got ${describe(view)}`);
 }
 
-/** Which decode path this CPU uses: 'avx2' (AVX2 and F16C) or 'scalar'; both give the same bits. */
+/**
+ * Which encode and decode path this CPU uses: 'avx2' (AVX2 and F16C) or 'scalar' (the portable
+ * one, also used on arm64: no NEON path is written); both give the same bits.
+ */
 export function codecIsa(): string {
   return native().codecIsa();
 }
@@ -77,8 +80,8 @@ function codecPool(): NativeCodecPool {
 }
 
 /**
- * Sets how many threads the asynchronous codec calls share (1 to 256). Calls already queued finish
- * on the old threads; the next call starts the new ones.
+ * Sets how many threads the asynchronous codec calls share (1 to 256). The calls already queued
+ * finish on the old threads, and this call waits for them; the next call starts the new ones.
  */
 export function setCodecThreads(threads: number): void {
   if (!Number.isSafeInteger(threads) || threads < 1 || threads > 256) {
@@ -156,9 +159,23 @@ export class BlockCodec {
     return this.encodedBytes / this.decodedBytes;
   }
 
-  /** Encodes `blocks` consecutive blocks of src into dst. */
-  encode(src: ArrayBufferView | ArrayBuffer, dst: ArrayBufferView | ArrayBuffer, blocks = 1): void {
-    native().codecEncode(this.params, bytesOf(src, 'src'), bytesOf(dst, 'dst'), blocks);
+  /**
+   * Encodes `blocks` consecutive blocks of src into dst. `isa: 'scalar'` forces the portable path
+   * (the SIMD one writes the same bytes; tests compare the two).
+   */
+  encode(
+    src: ArrayBufferView | ArrayBuffer,
+    dst: ArrayBufferView | ArrayBuffer,
+    blocks = 1,
+    options: { isa?: 'scalar' | 'auto' } = {},
+  ): void {
+    native().codecEncode(
+      this.params,
+      bytesOf(src, 'src'),
+      bytesOf(dst, 'dst'),
+      blocks,
+      options.isa,
+    );
   }
 
   /**
@@ -189,8 +206,16 @@ export class BlockCodec {
     src: ArrayBufferView | ArrayBuffer,
     dst: ArrayBufferView | ArrayBuffer,
     blocks = 1,
+    options: { isa?: 'scalar' | 'auto' } = {},
   ): Promise<void> {
-    await codecPool().run('encode', this.params, bytesOf(src, 'src'), bytesOf(dst, 'dst'), blocks);
+    await codecPool().run(
+      'encode',
+      this.params,
+      bytesOf(src, 'src'),
+      bytesOf(dst, 'dst'),
+      blocks,
+      options.isa,
+    );
   }
 
   /**

@@ -248,7 +248,13 @@ export interface NativeAddon {
     generation: Float64Array;
   };
   /** KV block codecs (native/codec/codec_js.h); lib/core/codec.ts is their face. */
-  codecEncode(params: CodecParams, src: Uint8Array, dst: Uint8Array, blocks: number): void;
+  codecEncode(
+    params: CodecParams,
+    src: Uint8Array,
+    dst: Uint8Array,
+    blocks: number,
+    isa?: 'scalar' | 'auto',
+  ): void;
   codecDecode(
     params: CodecParams,
     src: Uint8Array,

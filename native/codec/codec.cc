@@ -5,6 +5,7 @@
 #include <initializer_list>
 
 #include "convert.h"
+#include "encode_rows.h"
 #include "rows.h"
 
 namespace kvtier::codec {
@@ -21,17 +22,6 @@ bool KnownDtype(Dtype d) { return d == Dtype::kFp16 || d == Dtype::kBf16 || d ==
 bool IsKivi(Codec c) { return c == Codec::kKivi2 || c == Codec::kKivi4; }
 
 unsigned KiviBits(Codec c) { return c == Codec::kKivi2 ? 2 : 4; }
-
-float Load(Dtype dtype, const uint8_t* src, size_t i) {
-  if (dtype == Dtype::kFp32) {
-    float f;
-    std::memcpy(&f, src + 4 * i, 4);
-    return f;
-  }
-  uint16_t h;
-  std::memcpy(&h, src + 2 * i, 2);
-  return dtype == Dtype::kFp16 ? HalfToFloatInline(h) : Bf16ToFloat(h);
-}
 
 void PutU32(uint8_t* out, uint32_t v) {
   for (int i = 0; i < 4; i++) out[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -80,34 +70,25 @@ uint64_t PayloadBytes(const Params& p) {
   return ScaleCount(p) * 4 + s.L * 2 * s.slab();
 }
 
-bool NonFinite(float f) { return !std::isfinite(f); }
-
 // --- fp8
 // ------------------------------------------------------------------------------------------
 
-const char* EncodeFp8(const Params& p, const uint8_t* src, uint8_t* out) {
+const char* EncodeFp8(const Params& p, const uint8_t* src, uint8_t* out, const EncodeKernels& k) {
   Shape s = ShapeOf(p);
+  const size_t ib = DtypeBytes(p.dtype);
   uint8_t* scales = out;
   uint8_t* codes = out + ScaleCount(p) * 4;
   for (uint64_t slab = 0; slab < s.L * 2; slab++) {
-    const uint64_t base = slab * s.slab();
     for (uint64_t h = 0; h < s.H; h++) {
-      float amax = 0;
-      for (uint64_t t = 0; t < s.T; t++) {
-        for (uint64_t d = 0; d < s.D; d++) {
-          float x = Load(p.dtype, src, base + (t * s.H + h) * s.D + d);
-          if (NonFinite(x)) return "a value to encode is not finite";
-          amax = std::fmax(amax, std::fabs(x));
-        }
+      // The (slab, head): T rows of D values, H·D apart.
+      const uint64_t first = slab * s.slab() + h * s.D;
+      float amax;
+      if (!k.amax(src + first * ib, s.D, s.T, s.H * s.D, &amax)) {
+        return "a value to encode is not finite";
       }
       const float scale = amax > 0 ? amax / kFp8Max : 1.0f;
       PutF32(scales + 4 * (slab * s.H + h), scale);
-      for (uint64_t t = 0; t < s.T; t++) {
-        const uint64_t row = base + (t * s.H + h) * s.D;
-        for (uint64_t d = 0; d < s.D; d++) {
-          codes[row + d] = FloatToE4m3(Load(p.dtype, src, row + d) / scale);
-        }
-      }
+      k.fp8(src + first * ib, s.D, s.T, s.H * s.D, scale, codes + first);
     }
   }
   return nullptr;
@@ -134,49 +115,40 @@ void DecodeFp8(const Params& p, const uint8_t* in, uint8_t* dst, const RowKernel
 
 float Int8Scale(float amax) { return amax > 0 ? amax / 127.0f : 1.0f; }
 
-uint8_t QuantizeInt8(float x, float scale) {
-  float q = std::nearbyint(x / scale);
-  q = std::fmin(127.0f, std::fmax(-127.0f, q));
-  return static_cast<uint8_t>(static_cast<int8_t>(q));
-}
-
-const char* EncodeInt8(const Params& p, const uint8_t* src, uint8_t* out) {
+const char* EncodeInt8(const Params& p, const uint8_t* src, uint8_t* out, const EncodeKernels& k) {
   Shape s = ShapeOf(p);
+  const size_t ib = DtypeBytes(p.dtype);
   uint8_t* scales = out;
   uint8_t* codes = out + ScaleCount(p) * 4;
+  constexpr uint64_t kChunk = 1024;  // channels whose scales are computed together
+  float channel[kChunk];
   uint64_t next_scale = 0;
   for (uint64_t slab = 0; slab < s.L * 2; slab++) {
     const uint64_t base = slab * s.slab();
-    for (uint64_t i = 0; i < s.slab(); i++) {
-      if (NonFinite(Load(p.dtype, src, base + i))) return "a value to encode is not finite";
-    }
     if (p.scales == Scales::kKivi && slab % 2 == 0) {
       for (uint64_t h = 0; h < s.H; h++) {
-        for (uint64_t d = 0; d < s.D; d++) {
-          float amax = 0;
-          for (uint64_t t = 0; t < s.T; t++) {
-            amax = std::fmax(amax, std::fabs(Load(p.dtype, src, base + (t * s.H + h) * s.D + d)));
+        for (uint64_t d0 = 0; d0 < s.D; d0 += kChunk) {
+          const uint64_t n = s.D - d0 < kChunk ? s.D - d0 : kChunk;
+          const uint64_t first = base + h * s.D + d0;
+          if (!k.column_amax(src + first * ib, n, s.T, s.H * s.D, channel)) {
+            return "a value to encode is not finite";
           }
-          const float scale = Int8Scale(amax);
-          PutF32(scales + 4 * (next_scale + h * s.D + d), scale);
-          for (uint64_t t = 0; t < s.T; t++) {
-            const uint64_t i = base + (t * s.H + h) * s.D + d;
-            codes[i] = QuantizeInt8(Load(p.dtype, src, i), scale);
+          for (uint64_t i = 0; i < n; i++) {
+            channel[i] = Int8Scale(channel[i]);
+            PutF32(scales + 4 * (next_scale + h * s.D + d0 + i), channel[i]);
           }
+          k.int8(src + first * ib, n, s.T, s.H * s.D, 0, channel, codes + first);
         }
       }
       next_scale += s.H * s.D;
     } else {
       for (uint64_t r = 0; r < s.T * s.H; r++) {
-        float amax = 0;
-        for (uint64_t d = 0; d < s.D; d++) {
-          amax = std::fmax(amax, std::fabs(Load(p.dtype, src, base + r * s.D + d)));
-        }
+        const uint64_t first = base + r * s.D;
+        float amax;
+        if (!k.amax(src + first * ib, s.D, 1, 0, &amax)) return "a value to encode is not finite";
         const float scale = Int8Scale(amax);
         PutF32(scales + 4 * (next_scale + r), scale);
-        for (uint64_t d = 0; d < s.D; d++) {
-          codes[base + r * s.D + d] = QuantizeInt8(Load(p.dtype, src, base + r * s.D + d), scale);
-        }
+        k.int8(src + first * ib, s.D, 1, 0, scale, nullptr, codes + first);
       }
       next_scale += s.T * s.H;
     }
@@ -248,144 +220,107 @@ const char* KiviParams(float lo, float hi, unsigned levels, Group* g) {
   return nullptr;
 }
 
-uint8_t QuantizeKivi(float x, const Group& g, unsigned levels) {
-  const float s = HalfToFloatInline(g.scale);
-  if (s == 0) return 0;
-  float q = std::nearbyint((x - HalfToFloatInline(g.min)) / s);
-  q = std::fmin(static_cast<float>(levels), std::fmax(0.0f, q));
-  return static_cast<uint8_t>(q);
-}
-
-void PutCode(uint8_t* codes, uint64_t i, unsigned bits, uint8_t q) {
-  const uint64_t bit = i * bits;
-  codes[bit / 8] |= static_cast<uint8_t>(q << (bit % 8));
-}
-
-uint8_t GetCode(const uint8_t* codes, uint64_t i, unsigned bits) {
-  const uint64_t bit = i * bits;
-  return static_cast<uint8_t>((codes[bit / 8] >> (bit % 8)) & ((1u << bits) - 1));
-}
-
 void PutGroup(uint8_t* at, const Group& g) {
   std::memcpy(at, &g.scale, 2);
   std::memcpy(at + 2, &g.min, 2);
 }
 
-Group GetGroup(const uint8_t* at) {
-  Group g;
-  std::memcpy(&g.scale, at, 2);
-  std::memcpy(&g.min, at + 2, 2);
-  return g;
-}
-
-const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out) {
+const char* EncodeKivi(const Params& p, const uint8_t* src, uint8_t* out, const EncodeKernels& k) {
   Shape s = ShapeOf(p);
+  const size_t ib = DtypeBytes(p.dtype);
   const unsigned bits = KiviBits(p.codec);
   const unsigned levels = (1u << bits) - 1;
   const uint64_t layer_groups = KiviKeyGroups(s) + KiviValueGroups(s);
   uint8_t* codes_base = out + s.L * layer_groups * 4;
   const uint64_t slab_codes = KiviSlabCodeBytes(s, bits);
   std::memset(codes_base, 0, s.L * 2 * slab_codes);
+  // Ranges and parameters a chunk of groups at a time; the parameters as fp32 for quantizing.
+  constexpr uint64_t kChunk = 1024;
+  float lo[kChunk], hi[kChunk], scales[kChunk], mins[kChunk];
+  // One group's parameters, checked and stored; errors in group order, as documented.
+  auto params_of = [&](float l, float h, uint8_t* at, uint64_t j) -> const char* {
+    Group g;
+    if (const char* why = KiviParams(l, h, levels, &g)) return why;
+    PutGroup(at, g);
+    scales[j] = HalfToFloatInline(g.scale);
+    mins[j] = HalfToFloatInline(g.min);
+    return nullptr;
+  };
   for (uint64_t l = 0; l < s.L; l++) {
     uint8_t* params = out + l * layer_groups * 4;
-    // Keys: one group per (head, channel) over the block's tokens.
-    const uint64_t kbase = (l * 2) * s.slab();
+    // Keys: one group per (head, channel) over the block's tokens (T rows, H·D apart).
+    const uint8_t* ksrc = src + (l * 2) * s.slab() * ib;
     uint8_t* kcodes = codes_base + (l * 2) * slab_codes;
     for (uint64_t h = 0; h < s.H; h++) {
-      for (uint64_t d = 0; d < s.D; d++) {
-        float lo = INFINITY, hi = -INFINITY;
-        for (uint64_t t = 0; t < s.T; t++) {
-          float x = Load(p.dtype, src, kbase + (t * s.H + h) * s.D + d);
-          if (NonFinite(x)) return "a value to encode is not finite";
-          lo = std::fmin(lo, x);
-          hi = std::fmax(hi, x);
+      for (uint64_t d0 = 0; d0 < s.D; d0 += kChunk) {
+        const uint64_t n = s.D - d0 < kChunk ? s.D - d0 : kChunk;
+        const uint64_t first = h * s.D + d0;
+        const size_t bad = k.kivi_column_range(ksrc + first * ib, n, s.T, s.H * s.D, lo, hi);
+        for (uint64_t j = 0; j < n; j++) {
+          if (j == bad) return "a value to encode is not finite";
+          if (const char* why = params_of(lo[j], hi[j], params + 4 * (first + j), j)) return why;
         }
-        Group g;
-        if (const char* why = KiviParams(lo, hi, levels, &g)) return why;
-        PutGroup(params + 4 * (h * s.D + d), g);
-        for (uint64_t t = 0; t < s.T; t++) {
-          const uint64_t i = (t * s.H + h) * s.D + d;
-          PutCode(kcodes, i, bits, QuantizeKivi(Load(p.dtype, src, kbase + i), g, levels));
-        }
+        k.kivi(ksrc + first * ib, n, s.T, s.H * s.D, bits, scales, mins, 1, kcodes, first);
       }
     }
-    // Values: one group per (token, head, G channels).
-    const uint64_t vbase = (l * 2 + 1) * s.slab();
+    // Values: one group per G consecutive elements (token, head, G channels).
+    const uint8_t* vsrc = src + (l * 2 + 1) * s.slab() * ib;
     uint8_t* vcodes = codes_base + (l * 2 + 1) * slab_codes;
     uint8_t* vparams = params + 4 * KiviKeyGroups(s);
-    for (uint64_t gi = 0; gi < KiviValueGroups(s); gi++) {
-      const uint64_t first = gi * s.G;  // groups tile each row of D channels in order
-      float lo = INFINITY, hi = -INFINITY;
-      for (uint64_t j = 0; j < s.G; j++) {
-        float x = Load(p.dtype, src, vbase + first + j);
-        if (NonFinite(x)) return "a value to encode is not finite";
-        lo = std::fmin(lo, x);
-        hi = std::fmax(hi, x);
+    const uint64_t groups = KiviValueGroups(s);
+    const uint64_t per_call = s.G < kChunk ? kChunk / s.G : 1;
+    for (uint64_t g0 = 0; g0 < groups; g0 += per_call) {
+      const uint64_t count = groups - g0 < per_call ? groups - g0 : per_call;
+      for (uint64_t j = 0; j < count; j++) {
+        const uint64_t first = (g0 + j) * s.G;
+        float l0, h0;
+        if (!k.kivi_range(vsrc + first * ib, s.G, &l0, &h0)) {
+          return "a value to encode is not finite";
+        }
+        if (const char* why = params_of(l0, h0, vparams + 4 * (g0 + j), j)) return why;
       }
-      Group g;
-      if (const char* why = KiviParams(lo, hi, levels, &g)) return why;
-      PutGroup(vparams + 4 * gi, g);
-      for (uint64_t j = 0; j < s.G; j++) {
-        PutCode(vcodes, first + j, bits,
-                QuantizeKivi(Load(p.dtype, src, vbase + first + j), g, levels));
-      }
+      k.kivi(vsrc + g0 * s.G * ib, count * s.G, 1, 0, bits, scales, mins, s.G, vcodes, g0 * s.G);
     }
   }
   return nullptr;
 }
 
-template <Dtype D>
-void DecodeKiviT(const Params& p, const uint8_t* in, uint8_t* dst) {
+void DecodeKivi(const Params& p, const uint8_t* in, uint8_t* dst, const RowKernels& k) {
   Shape s = ShapeOf(p);
   const unsigned bits = KiviBits(p.codec);
   const uint64_t layer_groups = KiviKeyGroups(s) + KiviValueGroups(s);
   const uint8_t* codes_base = in + s.L * layer_groups * 4;
   const uint64_t slab_codes = KiviSlabCodeBytes(s, bits);
-  const size_t ob = DtypeBytes(D);
-  auto store = [&](uint64_t i, float x) {
-    if constexpr (D == Dtype::kFp32) {
-      std::memcpy(dst + 4 * i, &x, 4);
-    } else {
-      uint16_t h = D == Dtype::kFp16 ? FloatToHalfInline(x) : FloatToBf16Inline(x);
-      std::memcpy(dst + ob * i, &h, 2);
-    }
-  };
+  const size_t ob = DtypeBytes(p.dtype);
+  // Group parameters are converted to fp32 once per chunk of groups, then reused by every row.
+  constexpr uint64_t kChunk = 1024;
+  float scales[kChunk], mins[kChunk];
   for (uint64_t l = 0; l < s.L; l++) {
     const uint8_t* params = in + l * layer_groups * 4;
+    // Keys: a (scale, min) per (head, channel), shared by the block's tokens.
     const uint8_t* kcodes = codes_base + (l * 2) * slab_codes;
-    const uint64_t kbase = (l * 2) * s.slab();
-    for (uint64_t r = 0; r < s.T * s.H; r++) {
-      const uint64_t h = r % s.H;
-      for (uint64_t d = 0; d < s.D; d++) {
-        Group g = GetGroup(params + 4 * (h * s.D + d));
-        const float q = GetCode(kcodes, r * s.D + d, bits);
-        const float prod = q * HalfToFloatInline(g.scale);
-        store(kbase + r * s.D + d, HalfToFloatInline(g.min) + prod);
+    uint8_t* kout = dst + (l * 2) * s.slab() * ob;
+    for (uint64_t h = 0; h < s.H; h++) {
+      for (uint64_t d0 = 0; d0 < s.D; d0 += kChunk) {
+        const uint64_t n = s.D - d0 < kChunk ? s.D - d0 : kChunk;
+        k.kivi_params(params + 4 * (h * s.D + d0), n, scales, mins);
+        for (uint64_t t = 0; t < s.T; t++) {
+          const uint64_t first = (t * s.H + h) * s.D + d0;
+          k.kivi(kcodes, first, n, bits, scales, mins, 1, kout + first * ob);
+        }
       }
     }
+    // Values: a (scale, min) per G consecutive elements, in block order.
     const uint8_t* vparams = params + 4 * KiviKeyGroups(s);
     const uint8_t* vcodes = codes_base + (l * 2 + 1) * slab_codes;
-    const uint64_t vbase = (l * 2 + 1) * s.slab();
-    for (uint64_t gi = 0; gi < KiviValueGroups(s); gi++) {
-      Group g = GetGroup(vparams + 4 * gi);
-      const float sc = HalfToFloatInline(g.scale), mn = HalfToFloatInline(g.min);
-      for (uint64_t j = 0; j < s.G; j++) {
-        const uint64_t i = gi * s.G + j;
-        const float prod = static_cast<float>(GetCode(vcodes, i, bits)) * sc;
-        store(vbase + i, mn + prod);
-      }
+    uint8_t* vout = dst + (l * 2 + 1) * s.slab() * ob;
+    const uint64_t groups = KiviValueGroups(s);
+    const uint64_t per_call = s.G < kChunk ? kChunk / s.G : 1;
+    for (uint64_t g0 = 0; g0 < groups; g0 += per_call) {
+      const uint64_t count = groups - g0 < per_call ? groups - g0 : per_call;
+      k.kivi_params(vparams + 4 * g0, count, scales, mins);
+      k.kivi(vcodes, g0 * s.G, count * s.G, bits, scales, mins, s.G, vout + g0 * s.G * ob);
     }
-  }
-}
-
-void DecodeKivi(const Params& p, const uint8_t* in, uint8_t* dst) {
-  switch (p.dtype) {
-    case Dtype::kFp16:
-      return DecodeKiviT<Dtype::kFp16>(p, in, dst);
-    case Dtype::kBf16:
-      return DecodeKiviT<Dtype::kBf16>(p, in, dst);
-    case Dtype::kFp32:
-      return DecodeKiviT<Dtype::kFp32>(p, in, dst);
   }
 }
 
@@ -396,21 +331,7 @@ float HalfToFloat(uint16_t h) { return HalfToFloatInline(h); }
 uint16_t FloatToBf16(float f) { return FloatToBf16Inline(f); }
 float E4m3ToFloat(uint8_t b) { return E4m3ToFloatInline(b); }
 
-uint8_t FloatToE4m3(float f) {
-  const uint32_t u = Bits(f);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
-  const float v = std::fabs(f);
-  if (!(v < kFp8Max)) return sign | 0x7E;  // saturate (NaN never reaches here: refused earlier)
-  if (v < 0x1.0p-6f) {
-    // Subnormal range: steps of 2^-9; code 8 is the smallest normal, 2^-6, as it should be.
-    return sign | static_cast<uint8_t>(std::nearbyint(v * 512.0f));
-  }
-  uint32_t r = Bits(v);
-  r += 0x7FFFFu + ((r >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
-  const int e = static_cast<int>(r >> 23) - 127;
-  const uint32_t code = (static_cast<uint32_t>(e + 7) << 3) | ((r >> 20) & 7u);
-  return sign | static_cast<uint8_t>(code > 0x7E ? 0x7E : code);
-}
+uint8_t FloatToE4m3(float f) { return FloatToE4m3Inline(f); }
 
 Isa BestIsa() { return CpuHasAvx2() ? Isa::kAvx2 : Isa::kScalar; }
 
@@ -487,17 +408,19 @@ const char* ReadHeader(const uint8_t* in, size_t len, Params* p) {
   return nullptr;
 }
 
-const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst) {
+const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
   if (const char* why = CheckParams(p)) return why;
   WriteHeader(p, dst);
   uint8_t* out = dst + kHeaderBytes;
+  const EncodeKernels* k = &ScalarEncoders(p.dtype);
+  if (isa == Isa::kAvx2 && Avx2Encoders(p.dtype) != nullptr) k = Avx2Encoders(p.dtype);
   switch (p.codec) {
     case Codec::kFp8E4m3:
-      return EncodeFp8(p, src, out);
+      return EncodeFp8(p, src, out, *k);
     case Codec::kInt8:
-      return EncodeInt8(p, src, out);
+      return EncodeInt8(p, src, out, *k);
     default:
-      return EncodeKivi(p, src, out);
+      return EncodeKivi(p, src, out, *k);
   }
 }
 
@@ -524,7 +447,7 @@ const char* Decode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa) {
       DecodeInt8(p, in, dst, *rows);
       break;
     default:
-      DecodeKivi(p, in, dst);
+      DecodeKivi(p, in, dst, *rows);
       break;
   }
   return nullptr;

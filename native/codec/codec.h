@@ -34,7 +34,7 @@ struct Params {
 
 enum class Isa : uint8_t { kScalar = 0, kAvx2 = 1 };
 
-// The fastest decode path this CPU has (kAvx2 needs AVX2 and F16C).
+// The fastest encode and decode path this CPU has (kAvx2 needs AVX2 and F16C).
 Isa BestIsa();
 const char* IsaName(Isa isa);
 
@@ -52,8 +52,8 @@ const char* ReadHeader(const uint8_t* in, size_t len, Params* p);
 
 // Encodes one block: src holds DecodedBytes(p) bytes, dst EncodedBytes(p). nullptr on success;
 // else why not (a non-finite value, or a value kivi's fp16 group parameters cannot hold), and dst
-// is unspecified.
-const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst);
+// is unspecified. Every isa writes the same bytes; kScalar is the portable reference.
+const char* Encode(const Params& p, const uint8_t* src, uint8_t* dst, Isa isa);
 
 // nullptr when the block's header is the one p writes; else why not (the header's own defect if it
 // is not a header at all, else that another codec, dtype or shape wrote it). Batches check every

@@ -67,6 +67,14 @@ Params CodecParamsArg(Napi::Env env, Napi::Value v) {
   return p;
 }
 
+codec::Isa CodecIsaArg(Napi::Env env, Napi::Value v) {
+  if (v.IsUndefined()) return codec::BestIsa();
+  std::string name = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (name == "scalar") return codec::Isa::kScalar;
+  if (name != "auto") Throw(env, kBadArgument, "isa must be 'scalar' or 'auto'");
+  return codec::BestIsa();
+}
+
 void CheckCodecSpans(Napi::Env env, const uint8_t* src, size_t src_len, uint64_t src_block,
                      const uint8_t* dst, size_t dst_len, uint64_t dst_block, uint64_t blocks) {
   if (src_len / src_block < blocks) {
@@ -114,10 +122,11 @@ Napi::Value Encode(const Napi::CallbackInfo& info) {
   Bytes src = BytesArg(env, info[1], "src");
   Bytes dst = BytesArg(env, info[2], "dst");
   uint64_t blocks = ByteCountArg(env, info[3], "blocks");
+  const codec::Isa isa = CodecIsaArg(env, info[4]);
   const uint64_t in = codec::DecodedBytes(p), out = codec::EncodedBytes(p);
   CheckSpans(env, src, in, dst, out, blocks);
   for (uint64_t b = 0; b < blocks; b++) {
-    if (const char* why = codec::Encode(p, src.data + b * in, dst.data + b * out)) {
+    if (const char* why = codec::Encode(p, src.data + b * in, dst.data + b * out, isa)) {
       Throw(env, kBadArgument, "block " + std::to_string(b) + ": " + why);
     }
   }
@@ -130,14 +139,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   Bytes src = BytesArg(env, info[1], "src");
   Bytes dst = BytesArg(env, info[2], "dst");
   uint64_t blocks = ByteCountArg(env, info[3], "blocks");
-  codec::Isa isa = codec::BestIsa();
-  if (!info[4].IsUndefined()) {
-    std::string name = info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "";
-    if (name == "scalar")
-      isa = codec::Isa::kScalar;
-    else if (name != "auto")
-      Throw(env, kBadArgument, "isa must be 'scalar' or 'auto'");
-  }
+  const codec::Isa isa = CodecIsaArg(env, info[4]);
   const uint64_t in = codec::EncodedBytes(p), out = codec::DecodedBytes(p);
   CheckSpans(env, src, in, dst, out, blocks);
   // Every header first, so a refused batch leaves dst as it was.

@@ -11,7 +11,7 @@
 
 namespace kvtier {
 
-// codecEncode(params, src: Uint8Array, dst: Uint8Array, blocks: number): void
+// codecEncode(params, src: Uint8Array, dst: Uint8Array, blocks: number, isa?: 'scalar' | 'auto')
 // codecDecode(params, src: Uint8Array, dst: Uint8Array, blocks: number, isa?: 'scalar' | 'auto')
 // codecSizes(params): { decodedBytes, encodedBytes }
 // codecReadHeader(src: Uint8Array): params
@@ -21,6 +21,8 @@ Napi::Object CodecExports(Napi::Env env, Napi::Object exports);
 
 // The codec parameters object every call takes, checked (KVTIER_BAD_ARGUMENT otherwise).
 codec::Params CodecParamsArg(Napi::Env env, Napi::Value v);
+// 'scalar' or 'auto' (undefined: 'auto', the fastest path this CPU has).
+codec::Isa CodecIsaArg(Napi::Env env, Napi::Value v);
 // Throws unless src holds `blocks` blocks of src_block bytes, dst of dst_block, not overlapping.
 void CheckCodecSpans(Napi::Env env, const uint8_t* src, size_t src_len, uint64_t src_block,
                      const uint8_t* dst, size_t dst_len, uint64_t dst_block, uint64_t blocks);

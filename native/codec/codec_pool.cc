@@ -68,8 +68,8 @@ void CodecPool::Execute(Task& task) {
   for (uint64_t b = task.first; b < task.last; b++) {
     const uint8_t* in = c.src + b * c.srcBlock;
     uint8_t* out = c.dst + b * c.dstBlock;
-    const char* why =
-        c.encode ? codec::Encode(c.params, in, out) : codec::Decode(c.params, in, out, c.isa);
+    const char* why = c.encode ? codec::Encode(c.params, in, out, c.isa)
+                               : codec::Decode(c.params, in, out, c.isa);
     if (why != nullptr) {
       std::lock_guard<std::mutex> lock(c.mu);
       if (b < c.failedBlock) {
@@ -118,14 +118,7 @@ Napi::Value CodecPool::Run(const Napi::CallbackInfo& info) {
   TargetRef srcRef = ClassifyTarget(env, info[2], 0);
   TargetRef dstRef = ClassifyTarget(env, info[3], 1);
   const uint64_t blocks = ByteCountArg(env, info[4], "blocks");
-  codec::Isa isa = codec::BestIsa();
-  if (!info[5].IsUndefined()) {
-    std::string name = info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "";
-    if (name == "scalar")
-      isa = codec::Isa::kScalar;
-    else if (name != "auto")
-      Throw(env, kBadArgument, "isa must be 'scalar' or 'auto'");
-  }
+  const codec::Isa isa = CodecIsaArg(env, info[5]);
   std::vector<Target> targets;
   targets.push_back(TargetMemory(env, srcRef, 0));
   targets.push_back(TargetMemory(env, dstRef, 1));

@@ -1,6 +1,7 @@
 // Scalar number conversions shared by the codecs' scalar and SIMD paths. Each is exact or rounds
 // to nearest, ties to even, with IEEE single-precision operations only, so every machine gets the
-// same bits (fp16 ones follow Maratyszcza's FP16 library and agree with F16C's VCVTPS2PH).
+// same bits (fp16 ones follow Maratyszcza's FP16 library and agree with F16C's VCVTPS2PH, NaNs
+// included).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -41,7 +42,9 @@ inline uint16_t FloatToHalfInline(float f) {
   const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
   const uint32_t mantissa_bits = bits & 0x00000FFFu;
   const uint32_t nonsign = exp_bits + mantissa_bits;
-  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
+  // A NaN keeps its payload's top bits and is quieted, as F16C's VCVTPS2PH does.
+  const uint32_t nan = 0x7E00u | ((w >> 13) & 0x3FFu);
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? nan : nonsign));
 }
 
 // No NaN reaches it from a decoder (scales and values are finite).
@@ -59,6 +62,23 @@ inline float Bf16ToFloat(uint16_t h) { return FromBits(static_cast<uint32_t>(h) 
 inline float E4m3ToFloatInline(uint8_t b) {
   const uint16_t h = static_cast<uint16_t>(((b & 0x7Fu) << 7) | ((b & 0x80u) << 8));
   return HalfToFloatInline(h) * 256.0f;
+}
+
+// fp32 to e4m3: round to nearest even, saturating at +-448 (0x7E); 0x7F (NaN) is never written.
+inline uint8_t FloatToE4m3Inline(float f) {
+  const uint32_t u = Bits(f);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
+  const float v = __builtin_fabsf(f);
+  if (!(v < 448.0f)) return sign | 0x7E;  // saturate (NaN never reaches here: refused earlier)
+  if (v < 0x1.0p-6f) {
+    // Subnormal range: steps of 2^-9; code 8 is the smallest normal, 2^-6, as it should be.
+    return sign | static_cast<uint8_t>(__builtin_nearbyintf(v * 512.0f));
+  }
+  uint32_t r = Bits(v);
+  r += 0x7FFFFu + ((r >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
+  const int e = static_cast<int>(r >> 23) - 127;
+  const uint32_t code = (static_cast<uint32_t>(e + 7) << 3) | ((r >> 20) & 7u);
+  return sign | static_cast<uint8_t>(code > 0x7E ? 0x7E : code);
 }
 
 }  // namespace kvtier::codec

@@ -54,10 +54,33 @@ void Int8Scalar(const uint8_t* codes, size_t n, float scale, const float* scales
   }
 }
 
+inline unsigned KiviCode(const uint8_t* codes, uint64_t i, unsigned bits) {
+  const uint64_t bit = i * bits;
+  return (codes[bit / 8] >> (bit % 8)) & ((1u << bits) - 1);
+}
+
+template <Dtype D>
+void KiviScalar(const uint8_t* codes, uint64_t first, size_t n, unsigned bits, const float* scales,
+                const float* mins, size_t group, uint8_t* out) {
+  for (size_t i = 0; i < n; i++) {
+    const float prod = static_cast<float>(KiviCode(codes, first + i, bits)) * scales[i / group];
+    Store(D, out, i, mins[i / group] + prod);
+  }
+}
+
+void KiviParamsScalar(const uint8_t* pairs, size_t n, float* scales, float* mins) {
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h[2];
+    std::memcpy(h, pairs + 4 * i, 4);
+    scales[i] = HalfToFloatInline(h[0]);
+    mins[i] = HalfToFloatInline(h[1]);
+  }
+}
+
 const RowKernels kScalar[3] = {
-    {Fp8Scalar<Dtype::kFp16>, Int8Scalar<Dtype::kFp16>},
-    {Fp8Scalar<Dtype::kBf16>, Int8Scalar<Dtype::kBf16>},
-    {Fp8Scalar<Dtype::kFp32>, Int8Scalar<Dtype::kFp32>},
+    {Fp8Scalar<Dtype::kFp16>, Int8Scalar<Dtype::kFp16>, KiviScalar<Dtype::kFp16>, KiviParamsScalar},
+    {Fp8Scalar<Dtype::kBf16>, Int8Scalar<Dtype::kBf16>, KiviScalar<Dtype::kBf16>, KiviParamsScalar},
+    {Fp8Scalar<Dtype::kFp32>, Int8Scalar<Dtype::kFp32>, KiviScalar<Dtype::kFp32>, KiviParamsScalar},
 };
 
 // --- AVX2 + F16C
@@ -158,10 +181,79 @@ KVTIER_AVX2 void Int8Avx2(const uint8_t* codes, size_t n, float scale, const flo
   Int8Scalar<D>(codes + i, n - i, scale, scales != nullptr ? scales + i : nullptr, out + i * kOut);
 }
 
+// Eight codes from one 16-bit (2-bit codes) or 32-bit (4-bit codes) load: broadcast, shifted
+// right per lane by 0, bits, 2·bits, ..., masked.
+template <unsigned kBits>
+KVTIER_AVX2 inline __m256 KiviCodes8(const uint8_t* at) {
+  uint32_t word = 0;
+  std::memcpy(&word, at, kBits);  // 8 codes of kBits bits are kBits bytes
+  const __m256i shifts = kBits == 2 ? _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)
+                                    : _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i q =
+      _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts),
+                       _mm256_set1_epi32((1 << kBits) - 1));
+  return _mm256_cvtepi32_ps(q);
+}
+
+template <Dtype D, unsigned kBits>
+KVTIER_AVX2 size_t KiviAvx2Body(const uint8_t* codes, size_t n, const float* scales,
+                                const float* mins, size_t group, uint8_t* out) {
+  constexpr size_t kOut = D == Dtype::kFp32 ? 4 : 2;
+  size_t i = 0;
+  if (group == 1) {
+    for (; i + 8 <= n; i += 8) {
+      const __m256 prod =
+          _mm256_mul_ps(KiviCodes8<kBits>(codes + i * kBits / 8), _mm256_loadu_ps(scales + i));
+      Store8<D>(out + i * kOut, _mm256_add_ps(_mm256_loadu_ps(mins + i), prod));
+    }
+  } else if (group % 8 == 0) {
+    for (size_t g = 0; g < n / group; g++) {
+      const __m256 s = _mm256_set1_ps(scales[g]), m = _mm256_set1_ps(mins[g]);
+      for (const size_t end = i + group; i < end; i += 8) {
+        const __m256 prod = _mm256_mul_ps(KiviCodes8<kBits>(codes + i * kBits / 8), s);
+        Store8<D>(out + i * kOut, _mm256_add_ps(m, prod));
+      }
+    }
+  }
+  return i;
+}
+
+template <Dtype D>
+KVTIER_AVX2 void KiviAvx2(const uint8_t* codes, uint64_t first, size_t n, unsigned bits,
+                          const float* scales, const float* mins, size_t group, uint8_t* out) {
+  constexpr size_t kOut = D == Dtype::kFp32 ? 4 : 2;
+  size_t i = 0;
+  // Byte-aligned rows only (every shape whose channels are a multiple of 8 has them).
+  if ((first * bits) % 8 == 0) {
+    const uint8_t* at = codes + first * bits / 8;
+    i = bits == 2 ? KiviAvx2Body<D, 2>(at, n, scales, mins, group, out)
+                  : KiviAvx2Body<D, 4>(at, n, scales, mins, group, out);
+  }
+  // i is a multiple of `group` (or 0), so the rest starts at a group's first element.
+  KiviScalar<D>(codes, first + i, n - i, bits, scales + i / group, mins + i / group, group,
+                out + i * kOut);
+}
+
+// Eight (scale, min) pairs a step: the low halves of the 32-bit pairs are the scales, the high
+// halves the mins; packed apart and converted by F16C (exact, as HalfToFloat).
+KVTIER_AVX2 void KiviParamsAvx2(const uint8_t* pairs, size_t n, float* scales, float* mins) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pairs + 4 * i));
+    const __m256i lo = _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF));
+    const __m256i hi = _mm256_srli_epi32(v, 16);
+    // [s0-3 m0-3 | s4-7 m4-7] -> [s0-7 | m0-7]
+    const __m256i sm = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+    _mm256_storeu_ps(scales + i, _mm256_cvtph_ps(_mm256_castsi256_si128(sm)));
+    _mm256_storeu_ps(mins + i, _mm256_cvtph_ps(_mm256_extracti128_si256(sm, 1)));
+  }
+  KiviParamsScalar(pairs + 4 * i, n - i, scales + i, mins + i);
+}
+
 const RowKernels kAvx2[3] = {
-    {Fp8Avx2<Dtype::kFp16>, Int8Avx2<Dtype::kFp16>},
-    {Fp8Avx2<Dtype::kBf16>, Int8Avx2<Dtype::kBf16>},
-    {Fp8Avx2<Dtype::kFp32>, Int8Avx2<Dtype::kFp32>},
+    {Fp8Avx2<Dtype::kFp16>, Int8Avx2<Dtype::kFp16>, KiviAvx2<Dtype::kFp16>, KiviParamsAvx2},
+    {Fp8Avx2<Dtype::kBf16>, Int8Avx2<Dtype::kBf16>, KiviAvx2<Dtype::kBf16>, KiviParamsAvx2},
+    {Fp8Avx2<Dtype::kFp32>, Int8Avx2<Dtype::kFp32>, KiviAvx2<Dtype::kFp32>, KiviParamsAvx2},
 };
 #endif
 

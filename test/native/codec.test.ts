@@ -14,28 +14,13 @@ import {
 import {
   BlockCodec,
   codecIsa,
-  codecThreads,
-  setCodecThreads,
   type CodecName,
   type CodecSpec,
 } from '../../lib/core/codec.js';
 import { KvtierError } from '../../lib/core/errors.js';
 import { describeKvLayout } from '../../lib/layout/index.js';
 
-interface Shape {
-  layers: number;
-  tokens: number;
-  heads: number;
-  dim: number;
-}
-
-const layoutOf = (s: Shape, dtype: string) => ({
-  dtype,
-  numLayers: s.layers,
-  blockTokens: s.tokens,
-  kvHeads: s.heads,
-  headDim: s.dim,
-});
+import { arbCase, codecs, dtypes, layoutOf, type Shape } from './codec-cases.js';
 
 /** Output rounding of the decoded dtype, relative. */
 const OUT_EPS: Record<KvFloatDtype, number> = { fp16: 2 ** -11, bf16: 2 ** -8, fp32: 0 };
@@ -100,34 +85,8 @@ function bounds(spec: CodecSpec, s: Shape, x: Float32Array, dtype: KvFloatDtype)
   return out;
 }
 
-const codecs: CodecName[] = ['fp8-e4m3', 'int8', 'kivi2', 'kivi4'];
-const dtypes: KvFloatDtype[] = ['fp16', 'bf16', 'fp32'];
-
-const arbCase = fc
-  .record({
-    codec: fc.constantFrom(...codecs),
-    dtype: fc.constantFrom(...dtypes),
-    layers: fc.integer({ min: 1, max: 3 }),
-    tokens: fc.integer({ min: 1, max: 20 }),
-    heads: fc.integer({ min: 1, max: 4 }),
-    groups: fc.integer({ min: 1, max: 4 }),
-    group: fc.constantFrom(1, 2, 3, 4, 5, 8, 12, 16),
-    scales: fc.constantFrom('token' as const, 'kivi' as const),
-    blocks: fc.integer({ min: 1, max: 3 }),
-    seed: fc.integer({ min: 0, max: 2 ** 31 - 1 }),
-    magnitude: fc.constantFrom(1, 12, 300),
-  })
-  .map((c) => {
-    const kivi = c.codec === 'kivi2' || c.codec === 'kivi4';
-    const spec: CodecSpec = { codec: c.codec };
-    if (kivi) spec.group = c.group;
-    if (c.codec === 'int8') spec.scales = c.scales;
-    const shape = { layers: c.layers, tokens: c.tokens, heads: c.heads, dim: c.group * c.groups };
-    return { ...c, spec, shape };
-  });
-
 describe('codec round trips', () => {
-  it(`decodes every codec and dtype within its bound, SIMD (${codecIsa()}) equal to scalar`, () => {
+  it(`decodes every codec and dtype within its bound, SIMD (${codecIsa()}) encode and decode equal to scalar`, () => {
     fc.assert(
       fc.property(arbCase, ({ spec, shape, dtype, blocks, seed, magnitude }) => {
         const codec = BlockCodec.open(spec, layoutOf(shape, dtype));
@@ -141,6 +100,9 @@ describe('codec round trips', () => {
         const src = toBytes(x, dtype);
         const enc = new Uint8Array(codec.encodedBytes * blocks);
         codec.encode(src, enc, blocks);
+        const encScalar = new Uint8Array(codec.encodedBytes * blocks).fill(0xee);
+        codec.encode(src, encScalar, blocks, { isa: 'scalar' });
+        expect(Buffer.from(enc).equals(Buffer.from(encScalar))).toBe(true);
         const fast = new Uint8Array(src.length);
         const scalar = new Uint8Array(src.length).fill(0xee);
         codec.decode(enc, fast, blocks);
@@ -162,7 +124,7 @@ describe('codec round trips', () => {
     );
   });
 
-  it('SIMD and scalar decoders agree on every fp8 code and on extreme int8 scales', () => {
+  it('SIMD and scalar decoders agree on every fp8 code, extreme int8 scales and arbitrary kivi payloads', () => {
     // One fp16 block whose fp8 codes are all 256 bytes (written over an encoded block: the
     // decoders must agree on any payload, 0x7F included), and an int8 block with scales at the
     // edges of fp32 (subnormal products, results that overflow fp16 to infinity).
@@ -198,7 +160,103 @@ describe('codec round trips', () => {
       int8.decode(e2, c);
       int8.decode(e2, d, 1, { isa: 'scalar' });
       expect(Buffer.from(c).equals(Buffer.from(d))).toBe(true);
+
+      // kivi with every byte after the header arbitrary: fp16 parameters of every kind (subnormal,
+      // infinite, NaN) and every code, for groups of 8 and 16 (the SIMD path) and 4 (scalar).
+      for (const [bits, group] of [[2, 8], [4, 16], [2, 4]] as const) {
+        const kshape = { layers: 2, tokens: 8, heads: 2, dim: 32 };
+        const kivi = BlockCodec.open({ codec: bits === 2 ? 'kivi2' : 'kivi4', group }, layoutOf(kshape, dtype));
+        const e3 = new Uint8Array(kivi.encodedBytes);
+        kivi.encode(toBytes(syntheticKv(kshape, 1, 9), dtype), e3);
+        for (let i = 32; i < e3.length; i++) e3[i] = (i * 151 + (i >> 8) * 17) & 0xff;
+        const f = new Uint8Array(kivi.decodedBytes);
+        const g = new Uint8Array(kivi.decodedBytes);
+        kivi.decode(e3, f);
+        kivi.decode(e3, g, 1, { isa: 'scalar' });
+        expect(Buffer.from(f).equals(Buffer.from(g))).toBe(true);
+      }
     }
+  });
+});
+
+/**
+ * Values where rounding decides. At scale 1 (a group whose amax is 448 for fp8, 127 for int8)
+ * these are ties between two codes, subnormal e4m3 steps and their midpoints; times a power of
+ * two they stay ties, as the scale scales with them.
+ */
+const FP8_TIES = [448, 1.0625, -1.1875, 1.1875, 2 ** -10, 3 * 2 ** -10, -(5 * 2 ** -10), 2 ** -6 - 2 ** -10, 2 ** -6 - 2 ** -11, 0.5625, 17, 19, -0, 0, 440, 444, 436, 2 ** -9];
+const INT8_TIES = [127, 0.5, 1.5, 2.5, -2.5, -0.5, 126.5, -126.5, 3.5, -0, 0, 64.5];
+const EXTREMES = [65504, -65504, 3e38, -3e38, 1e-30, 2 ** -24, 3 * 2 ** -24, 1.17549435e-38, 1e-45, -1e-45, 2 ** -126, 1];
+
+describe('SIMD encoders', () => {
+  it('write the scalar encoder\'s bytes on ties, subnormals, saturation, ±0 and the dtypes\' extremes', () => {
+    let compared = 0;
+    let refused = 0;
+    for (const dtype of dtypes) {
+      for (const dim of [8, 16, 20, 40]) {
+        const shape = { layers: 2, tokens: 5, heads: 3, dim };
+        const n = 2 * 2 * 5 * 3 * dim;
+        for (const [k, shift] of [0, -12, 9, 40].entries()) {
+          // Each (layer, K or V, head) gets a theme: fp8 ties, int8 ties (every row and every
+          // channel reaching 127), extremes, zeros of both signs, or the smallest values.
+          const x = new Float32Array(n);
+          for (let i = 0; i < n; i++) {
+            const d = i % dim;
+            const h = Math.floor(i / dim) % 3;
+            const t = Math.floor(i / (dim * 3)) % 5;
+            const slab = Math.floor(i / (dim * 15));
+            const theme = (slab * 3 + h + k) % 5;
+            const pick = (set: number[]): number => set[(i * 7 + k) % set.length] as number;
+            if (theme === 0) x[i] = (t === 0 && d === 0 ? 448 : pick(FP8_TIES)) * 2 ** shift;
+            else if (theme === 1) x[i] = (t === 0 || d === 0 ? (i % 2 ? 127 : -127) : pick(INT8_TIES)) * 2 ** shift;
+            else if (theme === 2) x[i] = pick(EXTREMES);
+            else if (theme === 3) x[i] = i % 3 === 0 ? -0 : 0;
+            else x[i] = pick(EXTREMES) * 2 ** -100;
+          }
+          // As the dtype holds them, with beyond-range values saturated to its largest finite one.
+          const max = dtype === 'fp16' ? 65504 : dtype === 'bf16' ? 3.3895313892515355e38 : 3.4028234663852886e38;
+          const src = toBytes(x.map((v) => (Math.abs(v) > max ? Math.sign(v) * max : v)), dtype);
+          // kivi refuses values beyond fp16, so it gets the same block within ±60000 as well.
+          const small = toBytes(x.map((v) => Math.max(-60000, Math.min(60000, v))), dtype);
+          const specs: [CodecSpec, Uint8Array][] = [
+            [{ codec: 'fp8-e4m3' }, src],
+            [{ codec: 'int8', scales: 'kivi' }, src],
+            [{ codec: 'int8', scales: 'token' }, src],
+            [{ codec: 'kivi2', group: dim % 8 === 0 ? 8 : 4 }, small],
+            [{ codec: 'kivi4', group: dim }, small],
+            [{ codec: 'kivi4', group: 4 }, src],
+          ];
+          for (const [spec, input] of specs) {
+            const c = BlockCodec.open(spec, layoutOf(shape, dtype));
+            const a = new Uint8Array(c.encodedBytes);
+            const b = new Uint8Array(c.encodedBytes).fill(0xee);
+            const outcome = (f: () => void): string => {
+              try {
+                f();
+                return 'ok';
+              } catch (err) {
+                return (err as KvtierError).message;
+              }
+            };
+            const oa = outcome(() => c.encode(input, a));
+            expect(oa).toBe(outcome(() => c.encode(input, b, 1, { isa: 'scalar' })));
+            if (oa !== 'ok') {
+              expect(oa).toMatch(/beyond \+-65504/);
+              refused++;
+              continue;
+            }
+            if (!Buffer.from(a).equals(Buffer.from(b))) {
+              const i = a.findIndex((v, j) => v !== b[j]);
+              throw new Error(`${spec.codec} ${dtype} dim ${dim} shift ${shift}: byte ${i} ${a[i]} vs scalar ${b[i]}`);
+            }
+            compared++;
+          }
+        }
+      }
+    }
+    expect(compared + refused).toBe(3 * 4 * 4 * 6);
+    expect(refused).toBeGreaterThan(0); // kivi4 group 4 on the unclamped block
+    expect(compared).toBeGreaterThan(3 * 4 * 4 * 5);
   });
 });
 
@@ -290,117 +348,29 @@ describe('codec refusals', () => {
     const big = new Float32Array(32).fill(1e6);
     const k = BlockCodec.open({ codec: 'kivi4', group: 8 }, layoutOf(s, 'fp32'));
     badArg(() => k.encode(big, new Uint8Array(k.encodedBytes)), /beyond \+-65504/);
-  });
-});
-
-/** The KvtierError a call throws or rejects with, or a failure when it succeeds. */
-async function refusal(fn: () => unknown): Promise<KvtierError> {
-  try {
-    await fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(KvtierError);
-    return e as KvtierError;
-  }
-  throw new Error('no error');
-}
-
-describe('codec async calls on the codec threads', () => {
-  it('encode and decode the same bytes as the synchronous calls, batches split across 3 threads', async () => {
-    setCodecThreads(3);
-    expect(codecThreads()).toBe(3);
-    await fc.assert(
-      fc.asyncProperty(arbCase, fc.integer({ min: 1, max: 7 }), async ({ spec, shape, dtype, seed, magnitude }, blocks) => {
-        const codec = BlockCodec.open(spec, layoutOf(shape, dtype));
-        const src = toBytes(syntheticKv(shape, blocks, seed, { channels: 2, magnitude }), dtype);
-        const encSync = new Uint8Array(codec.encodedBytes * blocks);
-        codec.encode(src, encSync, blocks);
-        const encAsync = new Uint8Array(codec.encodedBytes * blocks).fill(0xa5);
-        await codec.encodeAsync(src, encAsync, blocks);
-        expect(Buffer.from(encAsync).equals(Buffer.from(encSync))).toBe(true);
-        const decSync = new Uint8Array(src.length);
-        codec.decode(encSync, decSync, blocks);
-        for (const isa of ['auto', 'scalar'] as const) {
-          const decAsync = new Uint8Array(src.length).fill(0xa5);
-          await codec.decodeAsync(encAsync, decAsync, blocks, { isa });
-          expect(Buffer.from(decAsync).equals(Buffer.from(decSync))).toBe(true);
-        }
-      }),
-      { numRuns: 60 },
-    );
-  });
-
-  it('settles many concurrent calls, each with its own bytes', async () => {
-    setCodecThreads(2);
-    const shape = { layers: 2, tokens: 8, heads: 2, dim: 32 };
-    const codecsOpen = codecs.map((c) => BlockCodec.open({ codec: c }, layoutOf(shape, 'bf16')));
-    const jobs = Array.from({ length: 24 }, (_, i) => {
-      const codec = codecsOpen[i % codecsOpen.length]!;
-      const src = toBytes(syntheticKv(shape, 3, 100 + i), 'bf16');
-      const want = new Uint8Array(codec.encodedBytes * 3);
-      codec.encode(src, want, 3);
-      const got = new Uint8Array(want.length);
-      return { codec, src, want, got, done: codec.encodeAsync(src, got, 3) };
-    });
-    await Promise.all(jobs.map((j) => j.done));
-    for (const j of jobs) expect(Buffer.from(j.got).equals(Buffer.from(j.want))).toBe(true);
-    const back = await Promise.all(
-      jobs.map(async (j) => {
-        const out = new Uint8Array(j.src.length);
-        await j.codec.decodeAsync(j.got, out, 3);
-        const ref = new Uint8Array(j.src.length);
-        j.codec.decode(j.want, ref, 3);
-        return Buffer.from(out).equals(Buffer.from(ref));
-      }),
-    );
-    expect(back.every(Boolean)).toBe(true);
-  });
-
-  it('refuses as the synchronous calls do: the same codes and messages, a refused decode leaving dst untouched', async () => {
-    setCodecThreads(3);
-    const s = { layers: 1, tokens: 4, heads: 2, dim: 8 };
-    for (const codec of codecs) {
-      const c = BlockCodec.open({ codec, ...(codec.startsWith('kivi') ? { group: 4 } : {}) }, layoutOf(s, 'fp32'));
-      const n = c.decodedBytes / 4;
-      // Five blocks, a NaN in block 3 and an infinity in block 4: the first refused block is named.
-      const x = new Float32Array(5 * n).fill(0.5);
-      x[3 * n + 7] = NaN;
-      x[4 * n + 1] = -Infinity;
-      const syncErr = await refusal(() => c.encode(x, new Uint8Array(5 * c.encodedBytes), 5));
-      const asyncErr = await refusal(() => c.encodeAsync(x, new Uint8Array(5 * c.encodedBytes), 5));
-      expect(syncErr.code).toBe('KVTIER_BAD_ARGUMENT');
-      expect(asyncErr.code).toBe(syncErr.code);
-      expect(asyncErr.message).toBe(syncErr.message);
-      expect(asyncErr.message).toMatch(/^block 3: .*not finite/);
-
-      // A second block written by another codec: refused before the first block is decoded.
-      const good = new Uint8Array(2 * c.encodedBytes);
-      c.encode(new Float32Array(2 * n).fill(0.25), good, 2);
-      const other = BlockCodec.open({ codec: codec === 'int8' ? 'fp8-e4m3' : 'int8' }, layoutOf(s, 'fp32'));
-      const foreign = new Uint8Array(other.encodedBytes);
-      other.encode(new Float32Array(n).fill(0.25), foreign);
-      good.set(foreign.subarray(0, 32), c.encodedBytes);
-      const dst = new Uint8Array(2 * c.decodedBytes).fill(0x5a);
-      const dSync = await refusal(() => c.decode(good, dst, 2));
-      const dAsync = await refusal(() => c.decodeAsync(good, dst, 2));
-      expect(dAsync.code).toBe('KVTIER_BAD_ARGUMENT');
-      expect(dAsync.message).toBe(dSync.message);
-      expect(dAsync.message).toMatch(/^block 1: the block was encoded with another codec/);
-      expect(dst.every((b) => b === 0x5a)).toBe(true);
-
-      const small = await refusal(() => c.decodeAsync(good, dst.subarray(1), 2));
-      expect(small.code).toBe('KVTIER_BAD_ARGUMENT');
-      expect(small.message).toMatch(/dst holds/);
-      const overlap = await refusal(() => c.encodeAsync(new Uint8Array(good.buffer), good.subarray(0, c.encodedBytes), 1));
-      expect(overlap.code).toBe('KVTIER_BAD_ARGUMENT');
+    // The first group in order decides which refusal, on both paths: key channels (over the
+    // tokens), then value groups.
+    const w = { layers: 1, tokens: 3, heads: 2, dim: 16 };
+    const kv = BlockCodec.open({ codec: 'kivi2', group: 8 }, layoutOf(w, 'fp32'));
+    const n = kv.decodedBytes / 4;
+    const at = (kvi: number, t: number, h: number, d: number): number => ((kvi * 3 + t) * 2 + h) * 16 + d;
+    for (const [bigAt, nanAt, want] of [
+      [at(0, 2, 0, 5), at(0, 1, 0, 9), /beyond/],
+      [at(0, 2, 0, 9), at(0, 0, 0, 5), /not finite/],
+      [at(0, 0, 1, 0), at(0, 2, 0, 15), /not finite/],
+      [at(1, 0, 0, 7), at(1, 0, 1, 3), /beyond/],
+      [at(1, 1, 0, 9), at(1, 0, 1, 3), /not finite/], // value group 5 after group 2
+      [at(1, 0, 1, 2), at(1, 1, 0, 9), /beyond/],
+      [at(1, 2, 1, 9), at(1, 0, 1, 3), /not finite/],
+      [at(1, 0, 0, 0), at(0, 2, 1, 12), /not finite/],
+    ] as const) {
+      const y = new Float32Array(n).fill(0.5);
+      y[bigAt] = -7e4;
+      y[nanAt] = NaN;
+      for (const isa of ['auto', 'scalar'] as const) {
+        badArg(() => kv.encode(y, new Uint8Array(kv.encodedBytes), 1, { isa }), want);
+      }
     }
-    const k = BlockCodec.open({ codec: 'kivi2', group: 8 }, layoutOf(s, 'fp32'));
-    const big = new Float32Array(2 * (k.decodedBytes / 4)).fill(1);
-    big[k.decodedBytes / 4 + 3] = 1e6;
-    const e = await refusal(() => k.encodeAsync(big, new Uint8Array(2 * k.encodedBytes), 2));
-    expect(e.code).toBe('KVTIER_BAD_ARGUMENT');
-    expect(e.message).toMatch(/^block 1: .*beyond \+-65504/);
-    await refusal(() => k.encodeAsync('nope' as unknown as Uint8Array, new Uint8Array(k.encodedBytes)));
-    expect(() => setCodecThreads(0)).toThrow(/codec threads/);
   });
 });
 

@@ -1,13 +1,14 @@
 /**
- * `kvtier bench codec`: the KV block codecs (docs/codecs.md) on one core. Speed: encode and decode
- * GB/s of decoded bytes, next to a memcpy of the same decoded bytes, sampled alternately so drift
- * on a shared machine hits both; medians. Accuracy: reconstruction error of K and V, and the error
+ * `kvtier bench codec`: the KV block codecs (docs/codecs.md) on one core. Speed: encode (SIMD and
+ * scalar) and decode GB/s of decoded bytes, next to a memcpy of the same decoded bytes, sampled
+ * alternately so drift on a shared machine hits both; medians. Also the asynchronous calls, whose
+ * batch is split across kvtier's codec threads (all cores, up to 8). Accuracy: reconstruction error of K and V, and the error
  * of attention outputs softmax(QKᵀ/√d)V computed with the original and the decoded K and V, on
  * synthetic KV whose keys have outlier channels (KIVI's observation). Model quality (perplexity)
  * is not measured here.
  */
 import { KvtierError } from '../../index.js';
-import { BlockCodec, codecIsa, type CodecSpec } from '../../internal.js';
+import { BlockCodec, codecIsa, codecThreads, type CodecSpec } from '../../internal.js';
 import { fromBytes, gaussian, prng, syntheticKv, toBytes, type KvFloatDtype } from './kv-values.js';
 import { median } from './stats.js';
 
@@ -51,7 +52,12 @@ export interface CodecSpeedRow {
   /** Encoded / decoded bytes. */
   ratio: number;
   encodeGBps: number;
+  /** The portable scalar encoder (the reference the SIMD one must match byte for byte). */
+  encodeScalarGBps: number;
   decodeGBps: number;
+  /** encodeAsync/decodeAsync of the same blocks on the codec threads (report.threads). */
+  encodeAsyncGBps: number;
+  decodeAsyncGBps: number;
   memcpyGBps: number;
   /** decode GB/s / memcpy GB/s of the same decoded bytes. */
   decodeVsMemcpy: number;
@@ -72,6 +78,8 @@ export interface CodecAccuracyRow {
 export interface CodecBenchReport {
   options: CodecBenchOptions;
   isa: string;
+  /** Codec threads the asynchronous calls ran on. */
+  threads: number;
   speed: CodecSpeedRow[];
   accuracy: CodecAccuracyRow[];
   notes: string[];
@@ -93,7 +101,13 @@ function timeOnce(fn: () => void): number {
   return now() - t0;
 }
 
-export function runCodecBench(options: CodecBenchOptions): CodecBenchReport {
+async function timeAsync(fn: () => Promise<void>): Promise<number> {
+  const t0 = now();
+  await fn();
+  return now() - t0;
+}
+
+export async function runCodecBench(options: CodecBenchOptions): Promise<CodecBenchReport> {
   const o = options;
   if (o.accuracyLayers > o.layers) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'accuracy layers exceed the layers of the shape');
@@ -114,14 +128,24 @@ export function runCodecBench(options: CodecBenchOptions): CodecBenchReport {
     const codec = BlockCodec.open(c.spec(o.group), layout);
     const enc = new Uint8Array(codec.encodedBytes * o.blocks).fill(1);
     const enc_t: number[] = [];
+    const scalar_t: number[] = [];
     const dec_t: number[] = [];
     const cpy_t: number[] = [];
+    const aenc_t: number[] = [];
+    const adec_t: number[] = [];
     codec.encode(src, enc, o.blocks); // warm-up
     codec.decode(enc, decoded, o.blocks);
+    await codec.decodeAsync(enc, decoded, o.blocks);
     for (let r = 0; r < o.reps; r++) {
       enc_t.push(timeOnce(() => codec.encode(src, enc, o.blocks)));
       dec_t.push(timeOnce(() => codec.decode(enc, decoded, o.blocks)));
       cpy_t.push(timeOnce(() => copy.set(decoded)));
+      aenc_t.push(await timeAsync(() => codec.encodeAsync(src, enc, o.blocks)));
+      adec_t.push(await timeAsync(() => codec.decodeAsync(enc, decoded, o.blocks)));
+      // The scalar encoder is slow: a third of the samples tell its speed well enough.
+      if (r % 3 === 0) {
+        scalar_t.push(timeOnce(() => codec.encode(src, enc, o.blocks, { isa: 'scalar' })));
+      }
     }
     const gb = src.length / 1e9;
     const decodeGBps = gb / median(dec_t);
@@ -132,6 +156,9 @@ export function runCodecBench(options: CodecBenchOptions): CodecBenchReport {
       encodedBlockBytes: codec.encodedBytes,
       ratio: codec.encodedBytes / codec.decodedBytes,
       encodeGBps: gb / median(enc_t),
+      encodeScalarGBps: gb / median(scalar_t),
+      encodeAsyncGBps: gb / median(aenc_t),
+      decodeAsyncGBps: gb / median(adec_t),
       decodeGBps,
       memcpyGBps,
       decodeVsMemcpy: decodeGBps / memcpyGBps,
@@ -140,10 +167,12 @@ export function runCodecBench(options: CodecBenchOptions): CodecBenchReport {
   return {
     options: o,
     isa: codecIsa(),
+    threads: codecThreads(),
     speed,
     accuracy: accuracyTable(o),
     notes: [
-      'one core, synchronous calls; GB/s of decoded bytes; memcpy is TypedArray.set of the same decoded bytes',
+      'one core, synchronous calls, unless marked async; GB/s of decoded bytes; memcpy is TypedArray.set of the same decoded bytes',
+      `async: encodeAsync/decodeAsync, each pass of ${o.blocks} blocks split across ${codecThreads()} codec threads`,
       'accuracy on synthetic Gaussian KV with 4 outlier key channels per head (magnitude ~12); perplexity was not measured',
     ],
   };
@@ -267,13 +296,13 @@ const e = (x: number): string => x.toExponential(2);
 export function formatCodecBench(r: CodecBenchReport): string {
   const o = r.options;
   const lines = [
-    `KV ${o.dtype}, ${o.layers} layers × ${o.tokens} tokens × ${o.heads} heads × ${o.dim} dim (block ${r.speed[0]?.decodedBlockBytes ?? 0} B), ${o.blocks} blocks a pass, ${o.reps} reps, decode path ${r.isa}, one core`,
+    `KV ${o.dtype}, ${o.layers} layers × ${o.tokens} tokens × ${o.heads} heads × ${o.dim} dim (block ${r.speed[0]?.decodedBlockBytes ?? 0} B), ${o.blocks} blocks a pass, ${o.reps} reps, encode and decode path ${r.isa}, one core (async: ${r.threads} threads)`,
     '',
-    '| codec | bytes/block | ratio | encode GB/s | decode GB/s | memcpy GB/s | decode / memcpy |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    `| codec | bytes/block | ratio | encode GB/s | encode scalar GB/s | decode GB/s | memcpy GB/s | decode / memcpy | encode async ×${r.threads} | decode async ×${r.threads} |`,
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...r.speed.map(
       (s) =>
-        `| ${s.codec} | ${s.encodedBlockBytes} | ${f(s.ratio, 3)} | ${f(s.encodeGBps)} | ${f(s.decodeGBps)} | ${f(s.memcpyGBps)} | ${f(s.decodeVsMemcpy)} |`,
+        `| ${s.codec} | ${s.encodedBlockBytes} | ${f(s.ratio, 3)} | ${f(s.encodeGBps)} | ${f(s.encodeScalarGBps)} | ${f(s.decodeGBps)} | ${f(s.memcpyGBps)} | ${f(s.decodeVsMemcpy)} | ${f(s.encodeAsyncGBps)} | ${f(s.decodeAsyncGBps)} |`,
     ),
     '',
     `Accuracy: ${o.accuracyLayers} layers, ${o.accuracyBlocks} blocks (${o.accuracyBlocks * o.tokens}-token context), ${o.queries} random queries per head`,

@@ -38,9 +38,10 @@ export function registerCodecBench(bench: Command): void {
   const cmd = bench
     .command('codec')
     .description(
-      'KV block codecs (fp8-e4m3, int8, kivi4, kivi2) on one core: encode and decode GB/s next to ' +
-        'memcpy of the same decoded bytes, bytes per block, and reconstruction and attention-output ' +
-        'error on synthetic KV with outlier key channels',
+      'KV block codecs (fp8-e4m3, int8, kivi4, kivi2) on one core: encode (SIMD and scalar) and ' +
+        'decode GB/s next to memcpy of the same decoded bytes, the asynchronous calls on the codec ' +
+        'threads, bytes per block, and reconstruction and attention-output error on synthetic KV ' +
+        'with outlier key channels',
     )
     .option('--dtype <dtype>', 'fp16, bf16 or fp32', CODEC_DEFAULTS.dtype);
   for (const [key, value] of Object.entries(CODEC_DEFAULTS)) {
@@ -55,7 +56,7 @@ export function registerCodecBench(bench: Command): void {
       const options = codecBenchOptions(raw);
       const progress = startBench(raw);
       progress.show('encoding and decoding (one core)...');
-      const report = runCodecBench(options);
+      const report = await runCodecBench(options);
       await finishBench(raw, progress, report, {
         json: codecBenchJson,
         table: formatCodecBench,
