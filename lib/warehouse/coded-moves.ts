@@ -96,7 +96,13 @@ export async function runCoded(
     if (!isHost(other)) decoded += m.length;
   }
   const storing = Region.allocate(stored, { pin: 'auto' });
-  const decoding = decoded > 0 ? Region.allocate(decoded, { pin: 'auto' }) : undefined;
+  let decoding: Region | undefined;
+  try {
+    decoding = decoded > 0 ? Region.allocate(decoded, { pin: 'auto' }) : undefined;
+  } catch (e) {
+    await storing.close();
+    throw e;
+  }
   const stagedPlace = (i: number): HostPlace => ({
     kind: 'memory',
     target: decoding!,
@@ -143,7 +149,9 @@ export async function runCoded(
         try {
           await encodeBlock(into.codec, src, dst.subarray(0, into.codec.encodedBytes));
         } catch (e) {
-          out[i] = { ...failed(e as KvtierError), refused: true }; // a NaN, say
+          // The codec refuses the block itself (a NaN, say) with KVTIER_BAD_ARGUMENT.
+          const error = e as KvtierError;
+          out[i] = { ...failed(error), refused: error.code === 'KVTIER_BAD_ARGUMENT' };
         }
         return;
       }
