@@ -22,6 +22,7 @@ import {
   type WarehouseOptions,
 } from '../../lib/index.js';
 import { tempDir } from '../helpers.js';
+import { killAll, runCli, startServe, TOKEN, writeToken } from '../peer/serve-process.js';
 
 const SHAPE = { layers: 2, tokens: 16, heads: 2, dim: 64 };
 const layoutOf = (dtype: KvFloatDtype) => ({
@@ -43,7 +44,10 @@ const CODECS: CodecSpec[] = [
 ];
 
 const dirs: { remove(): void }[] = [];
-afterAll(() => dirs.forEach((d) => d.remove()));
+afterAll(() => {
+  killAll();
+  dirs.forEach((d) => d.remove());
+});
 function dir(): string {
   const d = tempDir('kvtier-whc-');
   dirs.push(d);
@@ -569,6 +573,75 @@ describe('a server whose file tier encodes', () => {
       await client.close();
       await server.close();
       await wh.close();
+    }
+  });
+});
+
+describe('kvtier serve --file-codec', () => {
+  it('serves a file tier that encodes, and says so in its listening line', async () => {
+    const dtype = 'fp16';
+    const bs = blockBytesOf(dtype);
+    const d = dir();
+    const shape = `${dtype},${SHAPE.layers},${SHAPE.tokens},${SHAPE.heads},${SHAPE.dim}`;
+    const serve = await startServe({
+      dir: join(d, 'tier'),
+      blockBytes: bs,
+      hostBytes: 2 * bs,
+      fileBytes: 16 * bs,
+      tokenFile: writeToken(d),
+      extra: ['--file-codec', 'kivi4:16', '--kv-shape', shape],
+    });
+    try {
+      const listening = await serve.waitFor('listening');
+      const tiers = listening.tiers as { kind: string; codec?: unknown; capacityBlocks: number }[];
+      expect(tiers[0]!.codec).toBe('none');
+      expect(tiers[1]!.codec).toEqual({ codec: 'kivi4', group: 16 });
+      const codec = BlockCodec.open({ codec: 'kivi4', group: 16 }, layoutOf(dtype));
+      expect(tiers[1]!.capacityBlocks).toBe(Math.floor((16 * bs) / codec.encodedBytes));
+      const client = await connect(`127.0.0.1:${serve.port}`, { token: TOKEN });
+      try {
+        const keys = keysOf(4, 'serve-cli');
+        const x = kvBlocks(4, dtype, 41);
+        expect((await client.put(keys, x, { durable: true })).stored).toBe(4);
+        const dst = Buffer.alloc(4 * bs);
+        expect((await client.get(keys, dst)).count).toBe(4);
+        // The host tier holds two of them exactly; the others come back decoded.
+        const lossy = roundTrip(codec, x, 4);
+        let exact = 0;
+        for (let i = 0; i < 4; i++) {
+          const got = dst.subarray(i * bs, (i + 1) * bs);
+          if (got.equals(x.subarray(i * bs, (i + 1) * bs))) exact++;
+          else expect(got.equals(lossy.subarray(i * bs, (i + 1) * bs)), `block ${i}`).toBe(true);
+        }
+        expect(exact).toBe(2);
+      } finally {
+        await client.close();
+      }
+    } finally {
+      await serve.stop();
+    }
+  });
+
+  it('refuses a codec without a shape, an unknown codec, and a shape that is not the blocks', async () => {
+    const d = dir();
+    const token = writeToken(d);
+    const base = ['serve', '--listen', '127.0.0.1:0', '--token-file', token, '--dir', join(d, 't')];
+    const bs = String(blockBytesOf('fp16'));
+    const cases: [string[], RegExp][] = [
+      [['--file-codec', 'int8'], /--file-codec needs --kv-shape/],
+      [['--file-codec', 'zstd', '--kv-shape', 'fp16,2,16,2,64'], /--file-codec must be one of/],
+      [['--file-codec', 'int8:8', '--kv-shape', 'fp16,2,16,2,64'], /takes no group size/],
+      [['--file-codec', 'int8', '--kv-shape', 'fp16,2,16,2'], /--kv-shape must be/],
+      [
+        ['--file-codec', 'int8', '--kv-shape', 'bf16,4,16,2,64'],
+        /makes blocks of 32768 bytes.*blockBytes is 16384/,
+      ],
+    ];
+    for (const [extra, pattern] of cases) {
+      const r = await runCli([...base, '--file-bytes', '1MiB', '--block-bytes', bs, ...extra]);
+      expect(r.code, r.stderr).not.toBe(0);
+      expect(r.stderr).toMatch(pattern);
+      expect(r.stderr).toMatch(/KVTIER_BAD_ARGUMENT/);
     }
   });
 });
