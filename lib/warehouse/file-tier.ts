@@ -221,6 +221,12 @@ export class FileTier implements Tier {
       );
     }
     checkCodecRecord(dir, meta.codec, coding);
+    if (coding && meta.storedBytes !== roundUp(coding.encodedBytes, meta.headerBytes)) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${dir}'s record gives ${String(meta.storedBytes)} stored bytes per block, not ${roundUp(coding.encodedBytes, meta.headerBytes)}; refusing to reinterpret it`,
+      );
+    }
     if (meta.slots !== slots) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',

@@ -370,6 +370,14 @@ describe('Warehouse with an encoding file tier', () => {
       'KVTIER_BAD_ARGUMENT',
       /zstd-kv.*does not know.*'int8'/,
     );
+    const shrunk = JSON.parse(before) as Meta;
+    shrunk.storedBytes = shrunk.storedBytes! - 512;
+    writeFileSync(join(d, 'kvtier.meta.json'), JSON.stringify(shrunk));
+    await rejectsWith(
+      open(d, { codec: 'int8', layout }, 4 * bs),
+      'KVTIER_BAD_ARGUMENT',
+      /stored bytes per block/,
+    );
     writeFileSync(join(d, 'kvtier.meta.json'), before);
     // Still the same blocks with the codec it was written with.
     const back = await open(d, { codec: 'int8', layout }, 4 * bs);
