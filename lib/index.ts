@@ -25,6 +25,7 @@ export {
   Warehouse,
   type WarehouseOptions,
   type TierOptions,
+  type FileTierCodecOptions,
   type PutResult,
   type PutStatus,
   type EvictResult,

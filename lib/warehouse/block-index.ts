@@ -330,6 +330,17 @@ export class BlockIndex<K> {
     if (plan.fresh) this.release(plan.tier, plan.slot);
   }
 
+  /**
+   * Sets the checksum of `key`'s block: what a lossy tier's copy decoded to, once that copy is the
+   * only one (reads.ts). False when the key is not held.
+   */
+  setChecksum(key: K, checksum: number): boolean {
+    const id = this.ids.get(key);
+    if (id < 0) return false;
+    this.sum[id] = checksum;
+    return true;
+  }
+
   /** Drops the copy of `key` in `tier` (or every copy), freeing the slots. */
   remove(key: K, tier?: number): boolean {
     const id = this.ids.get(key);

@@ -25,6 +25,7 @@ import { sourceKind, Sources } from './sources.js';
 import { StatsBook } from './stats.js';
 import type { TenantOwners } from './tenant-quotas.js';
 import type { Tier } from './tier.js';
+import { openTierCodec } from './tier-codec.js';
 import type {
   LocalTierOptions,
   PolicyOption,
@@ -162,6 +163,8 @@ function checkOrder(tiers: readonly TierOptions[]): void {
 
 function checkCapacities(tiers: readonly LocalTierOptions[], blockBytes: number): void {
   for (const t of tiers) {
+    // Encoded blocks are smaller: FileTier.open counts them, and refuses room for none.
+    if (t.kind === 'file' && t.codec !== undefined) continue;
     if (t.kind === 'gpu' && t.region !== undefined) {
       if (!(t.region instanceof DeviceRegion)) {
         throw new KvtierError('KVTIER_BAD_ARGUMENT', 'a GPU tier region must be a DeviceRegion');
@@ -195,16 +198,14 @@ async function openTier(
     }
     return GpuTier.allocate(name, Math.floor(t.bytes / blockBytes), blockBytes, t.device ?? 0);
   }
-  const slots = Math.floor(t.bytes / blockBytes);
-  if (t.kind === 'host') return new HostTier(t.name ?? 'host', slots, blockBytes);
-  return FileTier.open({
-    name: t.name ?? 'file',
-    dir: t.dir,
-    slots,
-    blockBytes,
-    durability,
-    engine,
-  });
+  if (t.kind === 'host') {
+    return new HostTier(t.name ?? 'host', Math.floor(t.bytes / blockBytes), blockBytes);
+  }
+  const name = t.name ?? 'file';
+  const codec = t.codec ? openTierCodec(t.codec, blockBytes, name) : undefined;
+  // A tier of N bytes holds N / (bytes per stored block) blocks: the point of a codec.
+  const slots = Math.floor(t.bytes / (codec?.encodedBytes ?? blockBytes));
+  return FileTier.open({ name, dir: t.dir, slots, blockBytes, durability, engine, codec });
 }
 
 /** Rebuilds the index from what the file tier already holds. */

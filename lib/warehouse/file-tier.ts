@@ -8,16 +8,20 @@ import { dirname, join, resolve } from 'node:path';
 
 import { ensureDir } from '../core/dirs.js';
 
+import type { BlockCodec } from '../core/codec.js';
 import { TransferBatch as Batch, type IoEngine, type TransferBatch } from '../core/engine.js';
 import { fromSystemError, KvtierError } from '../core/errors.js';
 import { openFile, type KvFile } from '../core/file.js';
 import { native, type NativeAddon } from '../core/native.js';
 import { Region } from '../core/region.js';
-import type { FoundBlock, ScanResult, SlotBlock, SlotPlace, Tier } from './tier.js';
+import { checkCodecRecord, codecRecord, codecSpec, type CodecRecord } from './tier-codec.js';
+import type { FoundBlock, ScanResult, SlotBlock, SlotPlace, Tier, TierCodecInfo } from './tier.js';
 import { KEY_BYTES, type Key } from '../keys/keys.js';
 
 export const FORMAT = 'kvtier-file-tier';
 export const FORMAT_VERSION = 1;
+/** Directories whose blocks are stored encoded: an older kvtier refuses them by this number. */
+export const CODED_FORMAT_VERSION = 2;
 const MAGIC = Buffer.from('KVTBLK01', 'latin1');
 const HEADER_FIELDS = 72; // bytes covered by the header checksum
 /** decodeSlotHeaders' statuses (native/io/slot_header.h). */
@@ -33,6 +37,9 @@ export interface FileTierMeta {
   slots: number;
   headerBytes: number;
   payloadOffset: number;
+  /** Version 2: the codec the blocks are stored with, and the bytes each one takes. */
+  codec?: CodecRecord;
+  storedBytes?: number;
 }
 
 export type Durability = 'none' | 'sync';
@@ -44,6 +51,8 @@ export interface FileTierOptions {
   blockBytes: number;
   durability: Durability;
   engine: IoEngine;
+  /** Store blocks encoded with this codec (its decodedBytes is blockBytes). */
+  codec?: BlockCodec;
 }
 
 const roundUp = (n: number, to: number): number => Math.ceil(n / to) * to;
@@ -87,7 +96,10 @@ function checkAlignment(dir: string, blockBytes: number, align: number): void {
 export class FileTier implements Tier {
   readonly kind = 'file';
   readonly durable: boolean;
+  readonly codec: TierCodecInfo | undefined;
   private generation = 0;
+  /** With a codec: per slot, the CRC-32C of its stored bytes (what reads check). */
+  private readonly storedSums: Uint32Array | undefined;
 
   private constructor(
     readonly name: string,
@@ -97,8 +109,18 @@ export class FileTier implements Tier {
     readonly file: KvFile,
     private readonly engine: IoEngine,
     durability: Durability,
+    private readonly blockCodec: BlockCodec | undefined,
   ) {
     this.durable = durability === 'sync';
+    if (blockCodec) {
+      this.codec = { spec: codecSpec(blockCodec), storedBlockBytes: meta.storedBytes! };
+      this.storedSums = new Uint32Array(meta.slots);
+    }
+  }
+
+  /** Bytes of one slot's payload: the block, or its encoding padded to the O_DIRECT alignment. */
+  private get payloadBytes(): number {
+    return this.meta.storedBytes ?? this.meta.blockBytes;
   }
 
   get slots(): number {
@@ -133,18 +155,28 @@ export class FileTier implements Tier {
       lock.native.lock();
       // Only the holder may remove the lock file: another opener may be waiting on it.
       if (!lockExisted) undo.push(() => unlink(lockPath));
-      const found = await FileTier.readMeta(dir, slots, blockBytes);
-      const meta = found ?? FileTier.newMeta(dir, slots, blockBytes);
+      const coding = options.codec ? codecRecord(options.codec) : undefined;
+      const found = await FileTier.readMeta(dir, slots, blockBytes, coding);
+      const meta = found ?? FileTier.newMeta(dir, slots, blockBytes, coding);
       const blocksPath = join(dir, 'blocks.kvt');
       const blocksExisted = await exists(blocksPath);
       const size = meta.payloadOffset + meta.slots * meta.slotBytes;
       const file = await openFile(blocksPath, { create: true, size });
       if (!blocksExisted) undo.push(() => unlink(blocksPath));
       undo.push(() => file.close());
-      checkAlignment(dir, blockBytes, file.offsetAlign);
+      checkAlignment(dir, meta.storedBytes ?? blockBytes, file.offsetAlign);
       // The record goes last: a directory holds one only once its blocks file has room.
       if (!found) await FileTier.writeMeta(dir, meta);
-      return new FileTier(options.name, dir, meta, lock, file, options.engine, options.durability);
+      return new FileTier(
+        options.name,
+        dir,
+        meta,
+        lock,
+        file,
+        options.engine,
+        options.durability,
+        options.codec,
+      );
     } catch (e) {
       for (const step of undo.reverse()) await step().catch(() => undefined);
       throw e;
@@ -156,6 +188,7 @@ export class FileTier implements Tier {
     dir: string,
     slots: number,
     blockBytes: number,
+    coding: CodecRecord | undefined,
   ): Promise<FileTierMeta | undefined> {
     const path = join(dir, 'kvtier.meta.json');
     let text: string;
@@ -174,16 +207,24 @@ export class FileTier implements Tier {
         `${path} is not a kvtier format record; refusing to reuse ${dir}`,
       );
     }
-    if (meta.format !== FORMAT || meta.version !== FORMAT_VERSION) {
+    const version = meta.codec === undefined ? FORMAT_VERSION : CODED_FORMAT_VERSION;
+    if (meta.format !== FORMAT || meta.version !== version) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
-        `${dir} holds ${meta.format ?? 'unknown'} version ${meta.version ?? '?'}; this kvtier reads ${FORMAT} version ${FORMAT_VERSION}`,
+        `${dir} holds ${meta.format ?? 'unknown'} version ${meta.version ?? '?'}; this kvtier reads ${FORMAT} versions ${FORMAT_VERSION} and ${CODED_FORMAT_VERSION} (with a codec)`,
       );
     }
     if (meta.blockBytes !== blockBytes) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
         `${dir} holds a warehouse with blockBytes ${meta.blockBytes}, not ${blockBytes}; refusing to reinterpret it`,
+      );
+    }
+    checkCodecRecord(dir, meta.codec, coding);
+    if (coding && meta.storedBytes !== roundUp(coding.encodedBytes, meta.headerBytes)) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${dir}'s record gives ${String(meta.storedBytes)} stored bytes per block, not ${roundUp(coding.encodedBytes, meta.headerBytes)}; refusing to reinterpret it`,
       );
     }
     if (meta.slots !== slots) {
@@ -196,7 +237,12 @@ export class FileTier implements Tier {
   }
 
   /** The geometry of a new directory, from its filesystem's O_DIRECT alignment. */
-  private static newMeta(dir: string, slots: number, blockBytes: number): FileTierMeta {
+  private static newMeta(
+    dir: string,
+    slots: number,
+    blockBytes: number,
+    coding: CodecRecord | undefined,
+  ): FileTierMeta {
     const direct = native().probeDirect(dir);
     if (!direct.available) {
       throw new KvtierError(
@@ -204,16 +250,29 @@ export class FileTier implements Tier {
         `the file tier needs O_DIRECT in ${dir}: ${direct.reason}`,
       );
     }
-    checkAlignment(dir, blockBytes, direct.offsetAlign ?? 1);
     const headerBytes = Math.max(512, direct.offsetAlign ?? PAGE);
+    const base = { format: FORMAT, blockBytes, slots, headerBytes };
+    const payloadOffset = roundUp(slots * headerBytes, PAGE);
+    if (coding) {
+      // Encoded blocks are padded to the O_DIRECT alignment only (not a page): slots of a few
+      // hundred KiB would otherwise lose up to 4 KiB each.
+      const storedBytes = roundUp(coding.encodedBytes, headerBytes);
+      const slotBytes = storedBytes;
+      return {
+        ...base,
+        version: CODED_FORMAT_VERSION,
+        slotBytes,
+        payloadOffset,
+        codec: coding,
+        storedBytes,
+      };
+    }
+    checkAlignment(dir, blockBytes, direct.offsetAlign ?? 1);
     return {
-      format: FORMAT,
+      ...base,
       version: FORMAT_VERSION,
-      blockBytes,
       slotBytes: roundUp(blockBytes, PAGE),
-      slots,
-      headerBytes,
-      payloadOffset: roundUp(slots * headerBytes, PAGE),
+      payloadOffset,
     };
   }
 
@@ -231,11 +290,18 @@ export class FileTier implements Tier {
   }
 
   place(slot: number): SlotPlace {
-    return {
-      kind: 'file',
-      file: this.file,
-      offset: this.meta.payloadOffset + slot * this.meta.slotBytes,
+    const offset = this.meta.payloadOffset + slot * this.meta.slotBytes;
+    if (!this.blockCodec) return { kind: 'file', file: this.file, offset };
+    const coded = {
+      codec: this.blockCodec,
+      storedBytes: this.payloadBytes,
+      stored: this.storedSums![slot]!,
     };
+    return { kind: 'file', file: this.file, offset, coded };
+  }
+
+  recordStored(slot: number, checksum: number): void {
+    if (this.storedSums) this.storedSums[slot] = checksum;
   }
 
   describe(batch: TransferBatch, blocks: readonly SlotBlock[]): void {
@@ -271,8 +337,11 @@ export class FileTier implements Tier {
     MAGIC.copy(out, at);
     // Keys are canonical hex (toKey): 16 to 32 bytes.
     out.writeUInt32LE(out.write(block.key, at + 16, KEY_BYTES, 'hex'), at + 8);
-    writeU64(out, at + 48, block.length);
-    out.writeUInt32LE(block.checksum >>> 0, at + 56);
+    // With a codec, the header describes what the slot holds: the stored bytes and their CRC.
+    const coded = this.storedSums !== undefined;
+    writeU64(out, at + 48, coded ? this.payloadBytes : block.length);
+    const sum = coded ? (block.stored ?? this.storedSums[block.slot]!) : block.checksum;
+    out.writeUInt32LE(sum >>> 0, at + 56);
     writeU64(out, at + 64, ++this.generation);
     const fields = new Uint8Array(out.buffer, out.byteOffset + at, HEADER_FIELDS);
     out.writeUInt32LE(addon.crc32c(fields), at + HEADER_FIELDS);
@@ -295,6 +364,7 @@ export class FileTier implements Tier {
    */
   async scan(): Promise<ScanResult> {
     const { headerBytes, slots, blockBytes } = this.meta;
+    const payloadBytes = this.payloadBytes;
     const chunkSlots = Math.max(1, Math.floor((8 << 20) / headerBytes));
     const buffer = Region.allocate(chunkSlots * headerBytes, { pin: false });
     const byKey = new Map<Key, FoundBlock>();
@@ -308,17 +378,20 @@ export class FileTier implements Tier {
         );
         result.throwIfFailed();
         const view = new Uint8Array(buffer.buffer, 0, count * headerBytes);
-        const h = addon.decodeSlotHeaders(view, headerBytes, blockBytes);
+        const h = addon.decodeSlotHeaders(view, headerBytes, payloadBytes);
         for (let i = 0; i < count; i++) {
           if (h.status[i] === SLOT_BAD) corrupt++;
           if (h.status[i] !== SLOT_VALID) continue;
+          // With a codec the index's checksum is the stored bytes' until a read decodes the
+          // block (reads.ts): no decoded copy exists to compare with before that.
           const found: FoundBlock = {
             key: h.keys.toString('hex', i * KEY_BYTES, i * KEY_BYTES + h.keyLength[i]!),
             slot: first + i,
-            length: h.length[i]!,
+            length: blockBytes,
             checksum: h.checksum[i]!,
             generation: h.generation[i]!,
           };
+          this.recordStored(found.slot, found.checksum);
           this.generation = Math.max(this.generation, found.generation);
           const other = byKey.get(found.key);
           if (!other || other.generation < found.generation) byKey.set(found.key, found);

@@ -3,6 +3,7 @@
  * object of the right types, before it touches any state.
  */
 import { checkEngineOptions } from '../core/engine.js';
+import { KvtierError } from '../core/errors.js';
 import { DeviceRegion } from '../core/gpu/device-region.js';
 import {
   badArgument,
@@ -25,6 +26,7 @@ import type {
   WarehouseOptions,
 } from './types.js';
 import { sourceKind } from './sources.js';
+import { checkCodecOption } from './tier-codec.js';
 
 const TIER_FIELDS = [
   'kind',
@@ -35,6 +37,7 @@ const TIER_FIELDS = [
   'layout',
   'blocks',
   'dir',
+  'codec',
 ] as const;
 
 const LOCAL_KINDS: readonly unknown[] = ['gpu', 'host', 'file'];
@@ -70,6 +73,16 @@ function checkTier(given: unknown, name: string): TierOptions {
     });
   }
   if (kind === 'file') string(t.dir, `${name}.dir`);
+  if (t.codec !== undefined) {
+    // Blocks in GPU and host memory are the engine's, read and written in place: full precision.
+    if (kind !== 'file') {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `${name}.codec: only a file tier stores blocks encoded; ${kind} tiers keep them at full precision`,
+      );
+    }
+    t.codec = checkCodecOption(t.codec, `${name}.codec`);
+  }
   return t as unknown as TierOptions;
 }
 

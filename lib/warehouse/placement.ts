@@ -22,14 +22,10 @@ import type { ChangeFeed } from './changes.js';
 import type { Hold, KeyLocks } from './key-locks.js';
 import type { StatsBook } from './stats.js';
 import type { SlotBlock, SlotPlace, Tier } from './tier.js';
+import { dropRefused, failureOf, makeRoom, type PlaceFailure } from './make-room.js';
 import { TransferRound } from './transfers.js';
 
-/** Why a block could not be placed. */
-export type PlaceFailure = 'no-space' | 'io-error';
-
-export function failureOf(error: KvtierError | undefined): PlaceFailure {
-  return error?.code === 'KVTIER_NO_SPACE' ? 'no-space' : 'io-error';
-}
+export { failureOf, type PlaceFailure } from './make-room.js';
 
 /** One block to place: its plan, where its bytes come from, and how it is accessed. */
 export interface Placing {
@@ -39,6 +35,8 @@ export interface Placing {
   readonly length: number;
   /** The block's CRC-32C: when given, the copy must match it; otherwise the copy computes it. */
   checksum?: number;
+  /** Into an encoding tier: the CRC-32C of the stored bytes (the slot header's). */
+  stored?: number;
   /** For the policies at commit: priority, position in its chain, chain length. */
   readonly priority: number;
   readonly depth: number;
@@ -112,11 +110,16 @@ export class Placement {
     hold.add(keys);
     const batch = new PlacementBatch(this, items, hold);
     try {
-      const failed = await this.makeRoom(items.map((p) => p.plan));
+      const refused: { key: Key; tier: number }[] = [];
+      const failed = await this.makeRoom(
+        items.map((p) => p.plan),
+        refused,
+      );
       for (const p of items) {
         const why = failed.get(p.plan);
         if (why !== undefined) batch.drop(p, why);
       }
+      dropRefused(this.env, refused);
       return batch;
     } catch (e) {
       batch.abort();
@@ -192,45 +195,14 @@ export class Placement {
   }
 
   /**
-   * Carries out the moves of plans: victims written down a tier, deepest tier first, so every
-   * slot a move frees is free before the next move (or the new block) reuses it. Returns the
-   * plans whose moves failed, and why; those must be aborted, not committed.
+   * Carries out the moves of plans (make-room.ts); returns the plans whose moves failed, and why:
+   * those must be aborted, not committed.
    */
-  async makeRoom(plans: readonly Plan<Key>[]): Promise<Map<Plan<Key>, PlaceFailure>> {
-    const { index, tiers, stats } = this.env;
-    const failed = new Map<Plan<Key>, PlaceFailure>();
-    for (let from = tiers.length - 1; from >= 0; from--) {
-      const round = new TransferRound();
-      const owners: Plan<Key>[] = [];
-      const dests: number[] = [];
-      const landing = tiers.map((): SlotBlock[] => []);
-      for (const plan of plans) {
-        for (const m of plan.moves) {
-          if (m.fromTier !== from || m.toTier === ABSENT) continue;
-          const e = index.get(m.key)!;
-          round.move(this.place(m.fromTier, m.fromSlot), this.place(m.toTier, m.toSlot), e.length);
-          landing[m.toTier]!.push({
-            slot: m.toSlot,
-            key: m.key,
-            length: e.length,
-            checksum: e.checksum,
-          });
-          owners.push(plan);
-          dests.push(m.toTier);
-          stats.tiers[m.fromTier]!.bytesOut += e.length;
-          stats.tiers[m.toTier]!.bytesIn += e.length;
-        }
-      }
-      if (round.length === 0) continue;
-      this.describeAll(round, landing);
-      (await this.runRound(round)).forEach((o, n) => {
-        if (!o.ok) {
-          failed.set(owners[n]!, failureOf(o.error));
-          stats.ioError(dests[n]);
-        }
-      });
-    }
-    return failed;
+  makeRoom(
+    plans: readonly Plan<Key>[],
+    refused: { key: Key; tier: number }[] = [],
+  ): Promise<Map<Plan<Key>, PlaceFailure>> {
+    return makeRoom(this, plans, refused);
   }
 
   /** Syncs the file tiers once pending header writes are down; resolves with why it failed. */
@@ -380,16 +352,28 @@ export class PlacementBatch {
     }
     if (moving.length === 0) return;
     const outcomes = await this.exec.runRound(round);
+    const { tiers } = this.exec.env;
     for (const { p, at } of moving) {
       const o = outcomes[at]!;
       if (o.error) this.errors.push(o.error);
-      if (!o.ok || o.checksum === undefined) {
+      if (o.ok && o.intact === false) {
+        // Out of an encoding tier, damaged: not copied. The next get that reads it counts it
+        // corrupt and drops it (reads.ts).
+        this.fail(p, 'io-error');
+      } else if (!o.ok || o.checksum === undefined) {
         this.fail(p, failureOf(o.error));
         stats.ioError(p.plan.tier);
+      } else if (o.intact === true) {
+        // Decoded out of an encoding tier: the block is now what the codec gives back.
+        p.checksum = o.checksum;
       } else if (p.checksum === undefined) {
         p.checksum = o.checksum;
       } else if (p.checksum !== o.checksum) {
         this.fail(p, 'io-error'); // the source changed or is damaged: not this copy
+      }
+      if (o.stored !== undefined && !this.failed.has(p)) {
+        p.stored = o.stored;
+        tiers[p.plan.tier]!.recordStored?.(p.plan.slot, o.stored);
       }
     }
   }
@@ -554,6 +538,7 @@ export class PlacementBatch {
   }
 
   private block(p: Placing): SlotBlock {
-    return { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum! };
+    const b = { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum! };
+    return p.stored === undefined ? b : { ...b, stored: p.stored };
   }
 }

@@ -108,9 +108,14 @@ async function readLocal(
     const key = keys[i]!;
     const want = expected[i]!;
     const t = tiers[i]!;
-    if (o.ok && o.bytes === want.length && o.checksum === want.checksum) {
+    // Out of an encoding tier the stored bytes' CRC was checked (intact); what they decode to
+    // is the block from now on, since no other copy is left (reads go to the top copy).
+    if (o.ok && o.bytes === want.length && (o.intact ?? o.checksum === want.checksum)) {
       found[i] = true;
       stats.tiers[t]!.bytesOut += want.length;
+      if (o.intact && o.checksum !== undefined && index.get(key)?.slots[t] === want.slot) {
+        index.setChecksum(key, o.checksum);
+      }
       return;
     }
     // Corrupt, torn or unreadable: this copy is gone; a lower copy may still serve.

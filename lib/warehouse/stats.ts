@@ -98,6 +98,8 @@ export class StatsBook {
             promotions: a.stats.promotions,
             demotions: a.stats.demotions,
             ...this.tiers[i]!,
+            codec: t.codec?.spec ?? 'none',
+            storedBlockBytes: t.codec?.storedBlockBytes ?? blockBytes,
           };
         })
         .concat(sources.tierStats()),

@@ -6,6 +6,7 @@
 import type { Target, TransferBatch } from '../core/engine.js';
 import type { KvFile } from '../core/file.js';
 import type { DeviceRegion } from '../core/gpu/device-region.js';
+import type { BlockCodec } from '../core/codec.js';
 import type { KvCopyPlan } from '../layout/copy-plan.js';
 import type { Key } from '../keys/keys.js';
 
@@ -14,9 +15,21 @@ export type TierKind = 'gpu' | 'host' | 'file';
 /** Where a slot's payload lives: in memory an engine can copy, or in a file it can read. */
 export type SlotPlace =
   | { kind: 'memory'; target: Target; offset: number }
-  | { kind: 'file'; file: KvFile; offset: number }
+  | { kind: 'file'; file: KvFile; offset: number; coded?: CodedSlot }
   /** Engine block `block` of a paged KV pool in GPU memory: pieces gathered and scattered. */
   | { kind: 'layout'; pool: DeviceRegion; plan: KvCopyPlan; block: number };
+
+/**
+ * A slot of a tier that stores blocks encoded (docs/codecs.md, "In the Warehouse"): moves in encode,
+ * moves out check the stored bytes' CRC-32C and decode.
+ */
+export interface CodedSlot {
+  readonly codec: BlockCodec;
+  /** Bytes the slot's payload takes on disk: the encoded block padded to the O_DIRECT alignment. */
+  readonly storedBytes: number;
+  /** The CRC-32C of the stored bytes as the tier last recorded them: what a read must find. */
+  readonly stored: number;
+}
 
 export interface BlockMeta {
   length: number;
@@ -27,6 +40,8 @@ export interface BlockMeta {
 export interface SlotBlock extends BlockMeta {
   slot: number;
   key: Key;
+  /** An encoding tier: the CRC-32C of the stored (encoded) bytes, which the slot header carries. */
+  stored?: number;
 }
 
 /** A block a tier found in its storage on open. */
@@ -41,6 +56,14 @@ export interface ScanResult {
   blocks: FoundBlock[];
   /** Slots whose description is damaged beyond use (left free). */
   corrupt: number;
+}
+
+/** What stats() says of a tier's codec. */
+export interface TierCodecInfo {
+  /** The codec's name and options, e.g. { codec: 'int8', scales: 'kivi' }. */
+  readonly spec: { codec: string; group?: number; scales?: string };
+  /** Bytes one block takes in the tier (the encoded block padded to the O_DIRECT alignment). */
+  readonly storedBlockBytes: number;
 }
 
 export interface Tier {
@@ -58,6 +81,10 @@ export interface Tier {
   forget?(batch: TransferBatch, slot: number): void;
   /** Blocks already stored (a file tier reopened after a restart or a crash). */
   scan?(): Promise<ScanResult>;
+  /** An encoding tier: its codec ('none' when it stores blocks as they are). */
+  readonly codec?: TierCodecInfo;
+  /** An encoding tier: notes the CRC-32C of the bytes just stored in `slot` (reads check it). */
+  recordStored?(slot: number, checksum: number): void;
   /** Whether writes to this tier must be followed by a sync before put() resolves. */
   readonly durable: boolean;
   /** Adds a sync of the tier's storage to `batch` (durable tiers). */

@@ -13,15 +13,10 @@ import { TransferBatch, type BatchResult, type IoEngine } from '../core/engine.j
 import { KvtierError } from '../core/errors.js';
 import { DeviceRegion } from '../core/gpu/device-region.js';
 import { Region } from '../core/region.js';
+import { codedOf, runCoded, type CodedMove, type MoveOutcome, type Round } from './coded-moves.js';
 import type { SlotPlace } from './tier.js';
 
-export interface TransferOutcome {
-  ok: boolean;
-  bytes: number;
-  /** Undefined when not asked for, or when both sides are GPU memory (nothing can checksum it). */
-  checksum: number | undefined;
-  error: KvtierError | undefined;
-}
+export type TransferOutcome = MoveOutcome;
 
 const MEMORY = 0;
 const FILE = 1;
@@ -37,6 +32,8 @@ interface Ref {
   sum?: { batch: typeof MEMORY; index: number } | { after: SlotPlace & { kind: 'memory' } };
   /** A file <-> GPU move: its two steps through host staging, built when the round runs. */
   staged?: { from: SlotPlace; to: SlotPlace; length: number; first?: Ref; second?: Ref };
+  /** A move into or out of an encoding tier (coded-moves.ts), run beside the others. */
+  coded?: CodedMove;
 }
 
 function onGpu(place: SlotPlace): boolean {
@@ -81,6 +78,10 @@ export class TransferRound {
 
   /** Adds a transfer of `length` bytes; returns its index in the outcomes. */
   move(from: SlotPlace, to: SlotPlace, length: number, checksum = false): number {
+    if (codedOf(from) || codedOf(to)) {
+      this.refs.push({ batch: FILE, index: -1, coded: { from, to, length, checksum } });
+      return this.refs.length - 1;
+    }
     if ((from.kind === 'file' && onGpu(to)) || (onGpu(from) && to.kind === 'file')) {
       this.refs.push({ batch: FILE, index: -1, staged: { from, to, length } });
       return this.refs.length - 1;
@@ -156,6 +157,37 @@ export class TransferRound {
     fileEngine: IoEngine,
     /** The GPU copy engine, for rounds with GPU places. */
     gpu?: IoEngine,
+  ): Promise<TransferOutcome[]> {
+    const coded = this.refs.filter((r) => r.coded);
+    if (coded.length === 0) return this.runPlain(memoryEngine, fileEngine, gpu);
+    // Both parts run to the end before a refusal of either rejects the round (see settle()).
+    const [plain, encoded] = await Promise.allSettled([
+      this.runPlain(memoryEngine, fileEngine, gpu),
+      runCoded(
+        coded.map((r) => r.coded!),
+        (): Round => {
+          const round = new TransferRound();
+          return {
+            get length() {
+              return round.length;
+            },
+            move: (from, to, length, checksum) => round.move(from, to, length, checksum),
+            checksum: (place, length) => round.checksum(place, length),
+            run: () => round.run(memoryEngine, fileEngine, gpu),
+          };
+        },
+      ),
+    ]);
+    if (plain.status === 'rejected') throw plain.reason;
+    if (encoded.status === 'rejected') throw encoded.reason;
+    let n = 0;
+    return plain.value.map((o, i) => (this.refs[i]!.coded ? encoded.value[n++]! : o));
+  }
+
+  private async runPlain(
+    memoryEngine: IoEngine,
+    fileEngine: IoEngine,
+    gpu: IoEngine | undefined,
   ): Promise<TransferOutcome[]> {
     const staged = this.refs.filter((r) => r.staged);
     if (((this.gpuBatch?.length ?? 0) > 0 || staged.length > 0) && !gpu) {

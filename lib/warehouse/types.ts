@@ -11,6 +11,7 @@ import type { Key } from '../keys/keys.js';
 import type { EvictionPolicy } from '../policy/policy.js';
 import type { Durability } from './file-tier.js';
 import type { TierKind } from './tier.js';
+import type { FileTierCodecOptions } from './tier-codec.js';
 
 /**
  * GPU memory above the host tier: `bytes` of a pool kvtier allocates on `device`, or `region`, GPU
@@ -47,9 +48,14 @@ export interface HostTierOptions {
 export interface FileTierOptions {
   kind: 'file';
   dir: string;
+  /** Capacity in bytes: bytes / blockBytes blocks, or bytes / the encoded size with a codec. */
   bytes: number;
   name?: string;
+  /** Store blocks encoded (lossy; docs/codecs.md). Default: as they are. */
+  codec?: FileTierCodecOptions;
 }
+
+export type { FileTierCodecOptions } from './tier-codec.js';
 
 /**
  * The options of tier kinds that a layer above registers as block sources (lib/warehouse/
@@ -320,6 +326,13 @@ export interface TierStats {
   ioErrors?: number;
   /** Source tiers (a peer): operations that failed (their keys counted as misses). */
   errors?: number;
+  /**
+   * Local tiers: the codec blocks are stored with, 'none' when stored as they are. `bytesIn` and
+   * `bytesOut` count blocks as the warehouse sees them (blockBytes each), not as stored.
+   */
+  codec?: 'none' | { codec: string; group?: number; scales?: string };
+  /** Local tiers: bytes one block takes in the tier (blockBytes, or its encoding padded). */
+  storedBlockBytes?: number;
 }
 
 export interface WarehouseStats {

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
+import { BlockCodec } from '../../lib/core/codec.js';
 import { Warehouse } from '../../lib/index.js';
 import { blockFor } from '../blocks.js';
 import { tempDir } from '../helpers.js';
@@ -66,7 +67,23 @@ function runAndKill(
   });
 }
 
-describe.each(['file', 'host+file', 'host+file+writethrough'])(
+/** The writer's 'file+fp8' mode: its fp16 blocks (bit 14 cleared), stored fp8-encoded. */
+const fp8 = {
+  codec: 'fp8-e4m3' as const,
+  layout: { dtype: 'fp16', numLayers: 1, blockTokens: 16, kvHeads: 2, headDim: BS / 128 },
+};
+function expected(key: string, mode: string): Buffer {
+  const block = blockFor(key, BS);
+  if (mode !== 'file+fp8') return block;
+  for (let i = 1; i < BS; i += 2) block[i]! &= 0xbf;
+  const codec = BlockCodec.open(fp8, fp8.layout);
+  const enc = new Uint8Array(codec.encodedBytes);
+  codec.encode(block, enc);
+  codec.decode(enc, block);
+  return block;
+}
+
+describe.each(['file', 'host+file', 'host+file+writethrough', 'file+fp8'])(
   'SIGKILL during durable puts (%s)',
   (mode) => {
     it('loses no acknowledged block and returns nothing wrong, across many kills', async () => {
@@ -79,7 +96,12 @@ describe.each(['file', 'host+file', 'host+file+writethrough'])(
         const run = await runAndKill(dir, round + 1, acksIn(round), putsIn(round), mode);
         durable.push(...run.keys);
         run.sizes.forEach((n) => sizes.add(n));
-        const file = { kind: 'file' as const, dir, bytes: FILE_BLOCKS * BS };
+        const file = {
+          kind: 'file' as const,
+          dir,
+          bytes: FILE_BLOCKS * BS,
+          ...(mode === 'file+fp8' ? { codec: fp8 } : {}),
+        };
         const tiers = mode.startsWith('host+file')
           ? [{ kind: 'host' as const, bytes: 8 * BS }, file]
           : [file];
@@ -93,7 +115,7 @@ describe.each(['file', 'host+file', 'host+file+writethrough'])(
         const lost = durable.filter((_, i) => !got.found[i]);
         expect(lost, `round ${round}: acknowledged blocks lost`).toEqual([]);
         durable.forEach((k, i) => {
-          expect(Buffer.compare(dst.subarray(i * BS, (i + 1) * BS), blockFor(k, BS)), k).toBe(0);
+          expect(Buffer.compare(dst.subarray(i * BS, (i + 1) * BS), expected(k, mode)), k).toBe(0);
         });
         expect(wh.stats().corrupt).toBe(0);
         await wh.close();

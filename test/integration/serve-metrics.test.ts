@@ -60,6 +60,7 @@ interface TierStatsLike {
   usedBlocks: number;
   capacityBlocks: number;
   ioErrors: number;
+  storedBlockBytes: number;
 }
 
 describe('kvtier serve --metrics', () => {
@@ -161,6 +162,9 @@ describe('kvtier serve --metrics', () => {
       expect(value(after, 'kvtier_tier_used_blocks', l)).toBe(t.usedBlocks);
       expect(value(after, 'kvtier_tier_capacity_blocks', l)).toBe(t.capacityBlocks);
       expect(value(after, 'kvtier_tier_io_errors_total', l)).toBe(t.ioErrors);
+      const stored = value(after, 'kvtier_tier_stored_block_bytes', { ...l, codec: 'none' });
+      expect(stored).toBe(t.storedBlockBytes);
+      expect(stored).toBe(BLOCK_BYTES);
     }
 
     // And they moved by what was done: 24 + 4 keys found, 5 not.

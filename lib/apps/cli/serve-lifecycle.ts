@@ -16,6 +16,7 @@ export function tierSummary(warehouse: Warehouse): Record<string, unknown> {
       name: t.name,
       kind: t.kind,
       capacityBlocks: t.capacityBlocks,
+      ...(t.codec !== undefined ? { codec: t.codec } : {}),
     })),
   };
 }

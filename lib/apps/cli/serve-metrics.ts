@@ -143,6 +143,17 @@ export class ServeMetrics {
       this.gauge(name, help, ['tier', 'kind'], () => perTier(field));
     level('kvtier_tier_used_blocks', 'Slots of this tier holding a block', 'usedBlocks');
     level('kvtier_tier_capacity_blocks', 'Slots of this tier', 'capacityBlocks');
+    this.gauge(
+      'kvtier_tier_stored_block_bytes',
+      'Bytes one block takes in this local tier, encoded by its codec if it has one',
+      ['tier', 'kind', 'codec'],
+      () =>
+        wh().tiers.flatMap((t): Reading[] => {
+          if (t.storedBlockBytes === undefined) return [];
+          const codec = typeof t.codec === 'object' ? t.codec.codec : 'none';
+          return [[{ tier: t.name, kind: t.kind, codec }, t.storedBlockBytes]];
+        }),
+    );
   }
 
   private peerMetrics(): void {

@@ -16,6 +16,7 @@ import {
   readTokenFile,
   type TransportOption,
 } from '../../internal.js';
+import { fileCodecOption, type ServeCodecOptions } from './serve-codec.js';
 import { serveUntilSignal, tierSummary } from './serve-lifecycle.js';
 import { parseMetricsAddress, ServeMetrics } from './serve-metrics.js';
 import {
@@ -39,7 +40,7 @@ import {
   type ServeClusterOptions,
 } from './serve-cluster.js';
 
-export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions {
+export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions, ServeCodecOptions {
   listen?: string;
   dir?: string;
   hostBytes?: string;
@@ -79,11 +80,15 @@ function warehouseOptions(opts: ServeOptions): { blockBytes: number; tiers: Tier
     if (opts.dir === undefined || opts.fileBytes === undefined) {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', '--dir and --file-bytes go together');
     }
+    const codec = fileCodecOption(opts);
     tiers.push({
       kind: 'file',
       dir: resolve(opts.dir),
       bytes: parseSize(opts.fileBytes, 'file bytes'),
+      ...(codec ? { codec } : {}),
     });
+  } else if (opts.fileCodec !== undefined) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', '--file-codec needs a file tier (--dir)');
   }
   if (tiers.length === 0) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --host-bytes, --dir or both');
@@ -226,6 +231,11 @@ export function registerServe(program: Command): void {
     .option('--dir <dir>', 'file tier directory (kept across restarts)')
     .option('--host-bytes <size>', 'host memory tier capacity, e.g. 1GiB')
     .option('--file-bytes <size>', 'file tier capacity, e.g. 64GiB')
+    .option(
+      '--file-codec <codec>',
+      'store the file tier lossy: fp8-e4m3 | int8 | int8-token | kivi4 | kivi2 (kivi2:64 sets the group); needs --kv-shape',
+    )
+    .option('--kv-shape <shape>', "the blocks' KV: dtype,layers,blockTokens,kvHeads,headDim")
     .requiredOption('--block-bytes <size>', 'bytes per block, e.g. 1MiB')
     .option('--token-file <file>', 'file holding the shared secret (at least 16 bytes)')
     .option(
