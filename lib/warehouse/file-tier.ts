@@ -100,6 +100,8 @@ export class FileTier implements Tier {
   private generation = 0;
   /** With a codec: per slot, the CRC-32C of its stored bytes (what reads check). */
   private readonly storedSums: Uint32Array | undefined;
+  /** With a codec: CRCs of bytes written by placements not yet committed or aborted. */
+  private readonly pendingSums = new Map<number, number>();
 
   private constructor(
     readonly name: string,
@@ -301,7 +303,14 @@ export class FileTier implements Tier {
   }
 
   recordStored(slot: number, checksum: number): void {
-    if (this.storedSums) this.storedSums[slot] = checksum;
+    if (this.storedSums) this.pendingSums.set(slot, checksum);
+  }
+
+  settleStored(slot: number, keep: boolean): void {
+    const sum = this.pendingSums.get(slot);
+    if (sum === undefined) return;
+    this.pendingSums.delete(slot);
+    if (keep) this.storedSums![slot] = sum;
   }
 
   describe(batch: TransferBatch, blocks: readonly SlotBlock[]): void {
@@ -391,7 +400,7 @@ export class FileTier implements Tier {
             checksum: h.checksum[i]!,
             generation: h.generation[i]!,
           };
-          this.recordStored(found.slot, found.checksum);
+          if (this.storedSums) this.storedSums[found.slot] = found.checksum;
           this.generation = Math.max(this.generation, found.generation);
           const other = byKey.get(found.key);
           if (!other || other.generation < found.generation) byKey.set(found.key, found);

@@ -337,6 +337,7 @@ export class PlacementBatch {
     this.fail(p, why);
     if (this.ended.has(p)) return;
     this.ended.add(p);
+    settleCoded(this.exec.env.tiers, p.plan, false);
     this.exec.env.index.abort(p.plan);
   }
 
@@ -476,9 +477,11 @@ export class PlacementBatch {
       if (this.ended.has(p)) continue;
       this.ended.add(p);
       if (this.failed.has(p) || p.checksum === undefined) {
+        settleCoded(this.exec.env.tiers, p.plan, false);
         index.abort(p.plan);
         continue;
       }
+      settleCoded(this.exec.env.tiers, p.plan, true);
       index.commit(p.plan, this.exec.info(p.priority, p.depth, p.chain), {
         length: p.length,
         checksum: p.checksum,
@@ -504,9 +507,11 @@ export class PlacementBatch {
       if (this.ended.has(p)) continue;
       this.ended.add(p);
       if (this.failed.has(p)) {
+        settleCoded(this.exec.env.tiers, p.plan, false);
         index.abort(p.plan);
         continue;
       }
+      settleCoded(this.exec.env.tiers, p.plan, true);
       index.claim(p.plan, this.exec.info(p.priority, p.depth, p.chain));
       this.committed.push(p);
       feed.evictedBy(p.plan, removed);
@@ -519,6 +524,7 @@ export class PlacementBatch {
     for (const p of this.items) {
       if (this.ended.has(p)) continue;
       this.ended.add(p);
+      settleCoded(this.exec.env.tiers, p.plan, false);
       this.exec.env.index.abort(p.plan);
     }
   }
@@ -541,4 +547,13 @@ export class PlacementBatch {
     const b = { slot: p.plan.slot, key: p.plan.key, length: p.length, checksum: p.checksum! };
     return p.stored === undefined ? b : { ...b, stored: p.stored };
   }
+}
+
+/**
+ * Settles what a plan wrote into encoding tiers (its own slot, and the slots its victims moved
+ * down to): kept on commit, dropped on abort (Tier.settleStored says why).
+ */
+function settleCoded(tiers: readonly Tier[], plan: Plan<Key>, keep: boolean): void {
+  tiers[plan.tier]?.settleStored?.(plan.slot, keep);
+  for (const m of plan.moves) if (m.toTier >= 0) tiers[m.toTier]?.settleStored?.(m.toSlot, keep);
 }

@@ -83,8 +83,17 @@ export interface Tier {
   scan?(): Promise<ScanResult>;
   /** An encoding tier: its codec ('none' when it stores blocks as they are). */
   readonly codec?: TierCodecInfo;
-  /** An encoding tier: notes the CRC-32C of the bytes just stored in `slot` (reads check it). */
+  /**
+   * An encoding tier: notes the CRC-32C of the bytes just stored in `slot`, pending until the
+   * placement that wrote them ends (settleStored): reads check the slot's settled CRC.
+   */
   recordStored?(slot: number, checksum: number): void;
+  /**
+   * Ends what recordStored noted for `slot`: kept when the placement committed; dropped when it
+   * aborted, so a victim given its old slot back is checked against its own bytes' CRC (a miss,
+   * counted corrupt, if they were overwritten), never against the aborted block's.
+   */
+  settleStored?(slot: number, keep: boolean): void;
   /** Whether writes to this tier must be followed by a sync before put() resolves. */
   readonly durable: boolean;
   /** Adds a sync of the tier's storage to `batch` (durable tiers). */
