@@ -347,9 +347,22 @@ describe('an engine socket bound to a tenant (--engine-tenant)', () => {
       );
       expect(loadB.loaded).toEqual([false, false]);
       // The engine's stats name its own tenant only.
-      const { stats } = (await engine.stats()) as unknown as { stats: { tenants?: Stats[] } };
+      type EngineStats = { stats: { tenants?: Stats[]; blocks: number; hits: number } };
+      const { stats } = (await engine.stats()) as unknown as EngineStats;
       expect(stats.tenants?.map((t) => t.name)).toEqual(['a']);
       expect(stats.tenants?.[0]?.written.blocks).toBe(6);
+      expect(stats.blocks).toBe(6);
+      // Tenant b's puts and hits do not show in any figure the engine can read (no side channel).
+      const before = JSON.stringify(stats);
+      const more = engineKeys(3, 'more-from-b').map((k) => k.toString('hex'));
+      await b.put(more, randomBytes(3 * ENGINE_BLOCK_BYTES));
+      expect((await b.get(more, Buffer.alloc(3 * ENGINE_BLOCK_BYTES))).found).toEqual([
+        true,
+        true,
+        true,
+      ]);
+      const after = (await engine.stats()) as unknown as EngineStats;
+      expect(JSON.stringify(after.stats)).toBe(before);
       await engine.release('kv');
     } finally {
       engine.close();

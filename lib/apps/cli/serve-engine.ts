@@ -28,8 +28,8 @@ export function addEngineSocketOptions(cmd: Command): void {
 /**
  * The warehouse as one tenant sees it, for the engine channel (`--engine-tenant`): its blocks go
  * through the tenant's view (keys mapped into the tenant's namespace, its quota, its counters);
- * what describes the warehouse (blockBytes, tiers) is the warehouse's, and stats() lists only this
- * tenant's statistics, never another's.
+ * what describes the warehouse (blockBytes, the tiers' names, kinds, capacities and codecs) is the
+ * warehouse's; every figure in stats() is this tenant's own or 0, never another's or the sum.
  */
 export function engineTenantWarehouse(warehouse: Warehouse, name: string): Warehouse {
   const view = warehouse.tenant(name);
@@ -42,10 +42,42 @@ export function engineTenantWarehouse(warehouse: Warehouse, name: string): Wareh
     'pin',
     'unpin',
   ]);
-  const stats = (): ReturnType<Warehouse['stats']> => ({
-    ...warehouse.stats(),
-    tenants: [view.stats()],
-  });
+  // Only what the tenant may see: the tiers' static description (name, kind, capacity, codec)
+  // and its own usage and counters. The server-wide counters would show another tenant's puts
+  // and hits happening (a side channel), so they read 0 here.
+  const stats = (): ReturnType<Warehouse['stats']> => {
+    const all = warehouse.stats();
+    const own = view.stats();
+    const used = new Map(own.tiers.map((t) => [t.name, t.blocks]));
+    return {
+      blockBytes: all.blockBytes,
+      blocks: own.tiers.reduce((n, t) => n + t.blocks, 0),
+      gets: 0,
+      hits: own.read.blocks,
+      misses: 0,
+      hitRate: 0,
+      corrupt: 0,
+      ioErrors: 0,
+      remoteHits: 0,
+      tiers: all.tiers.map((t) => ({
+        name: t.name,
+        kind: t.kind,
+        capacityBlocks: t.capacityBlocks,
+        usedBlocks: used.get(t.name) ?? 0,
+        hits: 0,
+        misses: 0,
+        bytesIn: 0,
+        bytesOut: 0,
+        evictions: 0,
+        promotions: 0,
+        demotions: 0,
+        corrupt: 0,
+        ...(t.codec !== undefined ? { codec: t.codec } : {}),
+        ...(t.storedBlockBytes !== undefined ? { storedBlockBytes: t.storedBlockBytes } : {}),
+      })),
+      tenants: [own],
+    };
+  };
   return new Proxy(warehouse, {
     get(target, prop) {
       if (prop === 'hostSlots') return view.hostSlots;
