@@ -285,15 +285,17 @@ export class BlockIndex<K> {
     const id = this.ids.get(key);
     if (id < 0) return false;
     const row = id * this.nt;
+    let last = ABSENT;
     for (let t = 0; t < this.nt; t++) {
       if ((tier === undefined || tier === t) && this.slot[row + t] !== ABSENT) {
         this.release(t, this.slot[row + t]!);
         this.tenants?.charge(key, t, -1);
         this.slot[row + t] = ABSENT;
         this.tiers[t]!.policy.remove(key);
+        last = t;
       }
     }
-    if (this.top(id) === ABSENT) this.ids.delete(key, id);
+    if (this.top(id) === ABSENT) this.gone(key, id, last);
     return true;
   }
 
@@ -555,7 +557,13 @@ export class BlockIndex<K> {
       to.policy.insert(m.key, d);
       to.stats.demotions++;
     }
-    if (this.top(id) === ABSENT) this.ids.delete(m.key, id);
+    if (this.top(id) === ABSENT) this.gone(m.key, id, m.fromTier);
+  }
+
+  /** The row of `key` holds no copy any more: its last one left from `tier`. */
+  private gone(key: K, id: number, tier: number): void {
+    this.ids.delete(key, id);
+    this.tenants?.left(key, tier);
   }
 
   private rollback(moves: readonly Move<K>[], count: number): void {

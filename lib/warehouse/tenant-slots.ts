@@ -33,6 +33,11 @@ export interface Owners<K> {
     forKey: K,
     depth: number,
   ): K | undefined;
+  /**
+   * The key's block left the index: its last copy, in `tier`, was dropped (evicted for space,
+   * removed, or found corrupt). Called inside the index's operation, so it must not call back.
+   */
+  left?(key: K, tier: number): void;
 }
 
 export class TenantSlots<K> {
@@ -71,6 +76,11 @@ export class TenantSlots<K> {
   adopt(key: K, tier: number): void {
     this.owned[tier]! -= 1;
     this.charge(key, tier, 1);
+  }
+
+  /** The key's last copy, in `tier`, is gone. */
+  left(key: K, tier: number): void {
+    this.owners.left?.(key, tier);
   }
 
   /** A claimed slot of `tier` is freed. */
