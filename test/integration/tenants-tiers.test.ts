@@ -146,6 +146,30 @@ describe('tenants: accounting per tier', () => {
     await wh.close();
   });
 
+  it('a write-through put is written once, in the highest tier it went to', async () => {
+    const d = tempDir('kvtier-tenant-tiers-');
+    dirs.push(d);
+    const wh = await Warehouse.open({
+      blockBytes: BS,
+      writeThrough: true,
+      tiers: [
+        { kind: 'host', bytes: 4 * BS },
+        { kind: 'file', dir: d.path, bytes: 8 * BS },
+      ],
+      tenancy: { blockTokens: TOKENS, secret: Buffer.alloc(32, 7), tenants: [{ name: 'a' }] },
+    });
+    const a = wh.tenant('a');
+    const keys = chain(3, 'w');
+    const r = await a.put(keys, blocksFor(keys, BS));
+    expect(r.tiers).toEqual([0, 0, 0]);
+    const s = a.stats();
+    // Both copies are held (and charged), but the put wrote each block once.
+    expect(s.tiers.map((t) => t.blocks)).toEqual([3, 3]);
+    expect(perTier(s).written).toEqual([3, 0]);
+    expect(s.written).toEqual(count(3));
+    await wh.close();
+  });
+
   it("a tenant's own evict counts in no tier; a duplicate key in a put is written once", async () => {
     const wh = await Warehouse.open({
       blockBytes: BS,
