@@ -38,7 +38,12 @@ const EVENTS = ['written', 'read', 'evicted', 'expired'] as const;
 function perTier(s: TenantStats): Record<(typeof EVENTS)[number], number[]> {
   const of = (e: (typeof EVENTS)[number]): number[] =>
     s.tiers.map((t: TenantTierStats) => t[e].blocks);
-  return { written: of('written'), read: of('read'), evicted: of('evicted'), expired: of('expired') };
+  return {
+    written: of('written'),
+    read: of('read'),
+    evicted: of('evicted'),
+    expired: of('expired'),
+  };
 }
 
 /** Each total is the sum over the tiers, in blocks, bytes and tokens. */
