@@ -151,9 +151,10 @@ describe('tenants: accounting per tier', () => {
     await wh.close();
   });
 
-  it('a write-through put is written once, in the highest tier it went to', async () => {
+  it('a write-through put is written once, in the highest tier; it expires from the lowest', async () => {
     const d = tempDir('kvtier-tenant-tiers-');
     dirs.push(d);
+    let now = 0;
     const wh = await Warehouse.open({
       blockBytes: BS,
       writeThrough: true,
@@ -161,7 +162,13 @@ describe('tenants: accounting per tier', () => {
         { kind: 'host', bytes: 4 * BS },
         { kind: 'file', dir: d.path, bytes: 8 * BS },
       ],
-      tenancy: { blockTokens: TOKENS, secret: Buffer.alloc(32, 7), tenants: [{ name: 'a' }] },
+      tenancy: {
+        blockTokens: TOKENS,
+        secret: Buffer.alloc(32, 7),
+        now: () => now,
+        retentionClasses: { short: MIN },
+        tenants: [{ name: 'a', retention: 'short' }],
+      },
     });
     const a = wh.tenant('a');
     const keys = chain(3, 'w');
@@ -172,6 +179,60 @@ describe('tenants: accounting per tier', () => {
     expect(s.tiers.map((t) => t.blocks)).toEqual([3, 3]);
     expect(perTier(s).written).toEqual([3, 0]);
     expect(s.written).toEqual(count(3));
+    // Every copy goes at once; the block is counted once, in the tier of its last copy.
+    now += 2 * MIN;
+    expect((await a.get(chain(1, 'none'), Buffer.alloc(BS))).count).toBe(0);
+    const e = a.stats();
+    expect(wh.keys()).toHaveLength(0);
+    expect(perTier(e).expired).toEqual([0, 3]);
+    expect(e.expired).toEqual(count(3));
+    expectSums(e);
+    await wh.close();
+  });
+
+  it('evicted from the host tier when no tier below can take the block', async () => {
+    const d = tempDir('kvtier-tenant-tiers-');
+    dirs.push(d);
+    let now = 0;
+    const wh = await Warehouse.open({
+      blockBytes: BS,
+      policy: 'lru',
+      tiers: [
+        { kind: 'host', bytes: 2 * BS },
+        { kind: 'file', dir: d.path, bytes: 2 * BS },
+      ],
+      tenancy: {
+        blockTokens: TOKENS,
+        secret: Buffer.alloc(32, 7),
+        now: () => now,
+        retentionClasses: { short: MIN },
+        tenants: [{ name: 'a', retention: 'short' }],
+      },
+    });
+    const a = wh.tenant('a');
+    const [P, Q, R] = [chain(2, 'P'), chain(2, 'Q'), chain(2, 'R')];
+    await a.put(P, blocksFor(P, BS));
+    await a.put(Q, blocksFor(Q, BS)); // P demoted to the file tier, which is then full
+    expect(a.lookup(P).tiers).toEqual([1, 1]);
+    const lease = a.pin(P, { ttlMs: 10 * MIN });
+    // R takes the host tier; Q cannot go down (P is held there): Q's only copies leave from host.
+    expect((await a.put(R, blocksFor(R, BS))).tiers).toEqual([0, 0]);
+    expect(a.lookup(Q).tiers).toEqual([-1, -1]);
+    a.unpin(lease);
+    let s = a.stats();
+    expect(perTier(s).evicted).toEqual([2, 0]);
+    expect(perTier(s).written).toEqual([6, 0]);
+    expectSums(s);
+
+    now += 2 * MIN;
+    expect((await a.get(chain(1, 'none'), Buffer.alloc(BS))).count).toBe(0);
+    s = a.stats();
+    expect(wh.keys()).toHaveLength(0);
+    // R expired from the host tier, P from the file tier.
+    expect(perTier(s).expired).toEqual([2, 2]);
+    expect(s.expired).toEqual(count(4));
+    expect(s.written.blocks - s.evicted.blocks - s.expired.blocks).toBe(0);
+    expectSums(s);
     await wh.close();
   });
 
