@@ -3,8 +3,7 @@
  * keys (tenant-keys.ts), quotas (tenant-quotas.ts, inside the BlockIndex), retention list
  * (tenant-retention.ts) and counters per tenant and tier, is told by the BlockIndex of every
  * block that leaves (to count evictions and expiry), expires blocks whose time-to-live ran out,
- * and reports stats. TenantView (tenant-view.ts) is what a tenant's
- * caller holds.
+ * and reports stats. TenantView (tenant-view.ts) is what a tenant's caller holds.
  */
 import { KvtierError } from '../core/errors.js';
 import type { Key } from '../keys/keys.js';
@@ -20,7 +19,6 @@ const zero = (): TenantCount => ({ blocks: 0, bytes: 0, tokens: 0 });
 
 /** What a tenant's counters count (docs/tenants.md, "Accounting"). */
 export type TenantEvent = 'written' | 'read' | 'evicted' | 'expired';
-export const TENANT_EVENTS: readonly TenantEvent[] = ['written', 'read', 'evicted', 'expired'];
 
 const zeros = (): Record<TenantEvent, TenantCount> => ({
   written: zero(),
