@@ -7,9 +7,16 @@
  * memory): evicting a block that has a copy lower down costs nothing, and only a block whose last
  * copy is evicted is written down (demoted) or dropped.
  */
-import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
-import { badArgument, boolean, guard, integer, options as readOptions } from '../core/validate.js';
+import type { AccessInfo } from '../policy/policy.js';
+import { boolean, options as readOptions } from '../core/validate.js';
 import { MapKeyIds, type KeyIds } from './key-ids.js';
+import { TenantSlots, type Owners } from './tenant-slots.js';
+import {
+  checkTierConfigs,
+  tierAccounts,
+  type TierAccount,
+  type TierConfig,
+} from './tier-accounts.js';
 
 export const ABSENT = -1;
 
@@ -25,25 +32,6 @@ export interface BlockEntry {
   pins: number;
   /** Tiers where the block is being copied in or out: not evictable there until committed. */
   busy: number;
-}
-
-export interface TierAccount<K> {
-  readonly name: string;
-  /** Capacity in slots (blocks). */
-  readonly capacity: number;
-  readonly policy: EvictionPolicy<K>;
-  /** Slots in use or reserved. */
-  used: number;
-  readonly stats: TierCounters;
-}
-
-export interface TierCounters {
-  hits: number;
-  misses: number;
-  inserts: number;
-  evictions: number;
-  promotions: number;
-  demotions: number;
 }
 
 /** One step of a plan: copy `key` from one tier's slot to another's, or drop that copy. */
@@ -71,39 +59,9 @@ export interface Plan<K> {
   moves: Move<K>[];
 }
 
-export interface TierConfig<K> {
-  name: string;
-  capacity: number;
-  policy: EvictionPolicy<K>;
-}
-
 export { DENSE_KEY_LIMIT, DenseKeyIds, MapKeyIds, type KeyIds } from './key-ids.js';
-
-/**
- * Owners of blocks (tenants, lib/warehouse/tenants.ts): who a key belongs to, whether an owner is
- * at its quota in a tier, and which block makes room for whom. Without owners the index is as it
- * always was (one policy per tier decides).
- */
-export interface Owners<K> {
-  /** Owner count, 0 (no owner) included: owners are 0 .. count-1. */
-  readonly count: number;
-  /** The key's owner (0: none). A pure function of the key, so it needs no row. */
-  of(key: K): number;
-  /** Whether `owner` taking one more slot of `tier` would pass its quota there. */
-  atQuota(tier: number, owner: number): boolean;
-  /**
-   * The block of `tier` to evict for a new copy of a key of `owner` (its own when `capped`), or
-   * undefined when none may go. `depth` > 0: forKey is itself a victim being written down.
-   */
-  victim(
-    tier: number,
-    owner: number,
-    capped: boolean,
-    evictable: (key: K) => boolean,
-    forKey: K,
-    depth: number,
-  ): K | undefined;
-}
+export type { Owners } from './tenant-slots.js';
+export type { TierAccount, TierConfig, TierCounters } from './tier-accounts.js';
 
 export interface BlockIndexOptions<K> {
   /** Whether a block evicted from its last tier is written to the next one (default true). */
@@ -141,31 +99,20 @@ export class BlockIndex<K> {
   private readonly demoteInfo: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 0 };
   /** Whether the slot the last reserve() returned was free (else an evicted block's). */
   private fresh = false;
-  private readonly owners: Owners<K> | undefined;
-  /**
-   * Slots per owner and tier (owner * nt + tier), reserved ones included: a slot is charged to
-   * its new owner when planned, and given back to the victim if the plan is aborted.
-   */
-  private readonly owned: Float64Array;
+  /** Slots per owner (tenant) and tier, when there are owners. */
+  private readonly tenants: TenantSlots<K> | undefined;
 
   constructor(tiers: TierConfig<K>[], options: BlockIndexOptions<K> = {}) {
     tiers = checkTierConfigs(tiers);
     options = readOptions<BlockIndexOptions<K>>(options, 'options', ['demote', 'ids', 'owners']);
     if (options.demote !== undefined) boolean(options.demote, 'options.demote');
-    this.tiers = tiers.map((t) => ({
-      name: t.name,
-      capacity: t.capacity,
-      policy: t.policy,
-      used: 0,
-      stats: { hits: 0, misses: 0, inserts: 0, evictions: 0, promotions: 0, demotions: 0 },
-    }));
+    this.tiers = tierAccounts(tiers);
     this.nt = tiers.length;
     this.ids = options.ids ?? new MapKeyIds<K>();
     this.free = tiers.map(() => []);
     this.nextSlot = tiers.map(() => 0);
     this.demote = options.demote ?? true;
-    this.owners = options.owners;
-    this.owned = new Float64Array(this.owners ? this.owners.count * this.nt : 0);
+    this.tenants = options.owners ? new TenantSlots(options.owners, this.nt) : undefined;
     this.evictable = tiers.map((_, t) => (key: K) => {
       const id = this.ids.get(key);
       return id >= 0 && this.pinned[id] === 0 && (this.busyBits[id]! & (1 << t)) === 0;
@@ -179,11 +126,7 @@ export class BlockIndex<K> {
 
   /** Slots `owner` holds (or has reserved) in `tier`; 0 without owners. */
   usage(owner: number, tier: number): number {
-    return this.owned[owner * this.nt + tier] ?? 0;
-  }
-
-  private charge(key: K, tier: number, n: number): void {
-    if (this.owners) this.owned[this.owners.of(key) * this.nt + tier]! += n;
+    return this.tenants?.usage(owner, tier) ?? 0;
   }
 
   /** A snapshot of the block's entry (changes to the index later do not show in it). */
@@ -306,17 +249,13 @@ export class BlockIndex<K> {
     info: AccessInfo,
     meta: { length: number; checksum: number },
   ): void {
-    if (this.owners) {
-      // The claimed slot was charged to no owner (a landing name): it passes to the key's.
-      this.owned[tier]! -= 1;
-      this.charge(key, tier, 1);
-    }
+    this.tenants?.adopt(key, tier);
     this.finish(key, tier, slot, this.scratch, 0, info, meta);
   }
 
   /** Frees a claimed slot. */
   unclaim(tier: number, slot: number): void {
-    if (this.owners) this.owned[tier]! -= 1;
+    this.tenants?.unclaim(tier);
     this.release(tier, slot);
   }
 
@@ -325,7 +264,7 @@ export class BlockIndex<K> {
     const id = this.ids.get(plan.key);
     if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
     if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
-    this.charge(plan.key, plan.tier, -1);
+    this.tenants?.charge(plan.key, plan.tier, -1);
     this.rollback(plan.moves, plan.moves.length);
     if (plan.fresh) this.release(plan.tier, plan.slot);
   }
@@ -346,15 +285,17 @@ export class BlockIndex<K> {
     const id = this.ids.get(key);
     if (id < 0) return false;
     const row = id * this.nt;
+    let last = ABSENT;
     for (let t = 0; t < this.nt; t++) {
       if ((tier === undefined || tier === t) && this.slot[row + t] !== ABSENT) {
         this.release(t, this.slot[row + t]!);
-        this.charge(key, t, -1);
+        this.tenants?.charge(key, t, -1);
         this.slot[row + t] = ABSENT;
         this.tiers[t]!.policy.remove(key);
+        last = t;
       }
     }
-    if (this.top(id) === ABSENT) this.ids.delete(key, id);
+    if (this.top(id) === ABSENT) this.gone(key, id, last);
     return true;
   }
 
@@ -389,7 +330,7 @@ export class BlockIndex<K> {
     let id = this.ids.get(key);
     if (id < 0) id = this.newRow(key, meta, info.priority);
     this.slot[id * this.nt + tier] = slot;
-    this.charge(key, tier, 1);
+    this.tenants?.charge(key, tier, 1);
     const t = this.tiers[tier]!;
     t.used++;
     this.nextSlot[tier] = Math.max(this.nextSlot[tier]!, slot + 1);
@@ -524,26 +465,23 @@ export class BlockIndex<K> {
     depth: number,
   ): number {
     const t = this.tiers[tier]!;
-    const o = this.owners;
-    const owner = o ? o.of(forKey) : 0;
+    const o = this.tenants;
+    const owner = o ? o.owners.of(forKey) : 0;
     // An owner at its quota makes room with its own blocks, even where slots are free.
-    const capped = o !== undefined && o.atQuota(tier, owner);
+    const capped = o !== undefined && o.owners.atQuota(tier, owner);
     if (t.used < t.capacity && !capped) {
       t.used++;
-      if (o) this.owned[owner * this.nt + tier]! += 1;
+      o?.take(owner, tier);
       const free = this.free[tier]!;
       this.fresh = true;
       return free.length > 0 ? free.pop()! : this.nextSlot[tier]!++;
     }
     const victim = o
-      ? o.victim(tier, owner, capped, this.evictable[tier]!, forKey, depth)
+      ? o.owners.victim(tier, owner, capped, this.evictable[tier]!, forKey, depth)
       : t.policy.victim(this.evictable[tier]);
     if (victim === undefined) return ABSENT;
     if (depth === 0 && t.policy.admit && !t.policy.admit(forKey, info, victim)) return ABSENT;
-    if (o) {
-      this.owned[owner * this.nt + tier]! += 1;
-      this.charge(victim, tier, -1);
-    }
+    o?.pass(owner, victim, tier);
     const v = this.ids.get(victim);
     const vSlot = this.slot[v * this.nt + tier]!;
     this.busyBits[v]! |= 1 << tier;
@@ -619,7 +557,13 @@ export class BlockIndex<K> {
       to.policy.insert(m.key, d);
       to.stats.demotions++;
     }
-    if (this.top(id) === ABSENT) this.ids.delete(m.key, id);
+    if (this.top(id) === ABSENT) this.gone(m.key, id, m.fromTier);
+  }
+
+  /** The row of `key` holds no copy any more: its last one left from `tier`. */
+  private gone(key: K, id: number, tier: number): void {
+    this.ids.delete(key, id);
+    this.tenants?.left(key, tier);
   }
 
   private rollback(moves: readonly Move<K>[], count: number): void {
@@ -629,9 +573,9 @@ export class BlockIndex<K> {
       const id = this.ids.get(m.key);
       if (id >= 0) this.busyBits[id]! &= ~(1 << m.fromTier);
       // The victim holds its slot again, and gives back the one reserved for it lower down.
-      this.charge(m.key, m.fromTier, 1);
+      this.tenants?.charge(m.key, m.fromTier, 1);
       if (m.toTier !== ABSENT) {
-        this.charge(m.key, m.toTier, -1);
+        this.tenants?.charge(m.key, m.toTier, -1);
         if (id >= 0) this.busyBits[id]! &= ~(1 << m.toTier);
         if (m.toFresh) this.release(m.toTier, m.toSlot);
       }
@@ -642,23 +586,4 @@ export class BlockIndex<K> {
     this.tiers[tier]!.used--;
     this.free[tier]!.push(slot);
   }
-}
-
-/** The tiers of a BlockIndex, checked and copied: a name, a capacity in slots and a policy each. */
-function checkTierConfigs<K>(tiers: unknown): TierConfig<K>[] {
-  if (!guard('tiers', () => Array.isArray(tiers))) {
-    throw badArgument('tiers', 'an array of { name, capacity, policy }', tiers);
-  }
-  return guard('tiers', () =>
-    Array.from(tiers as unknown[], (t, i) => {
-      const c = readOptions<TierConfig<K>>(t, `tiers[${i}]`, ['name', 'capacity', 'policy']);
-      if (t === undefined) throw badArgument(`tiers[${i}]`, 'a tier', t);
-      if (typeof c.name !== 'string') throw badArgument(`tiers[${i}].name`, 'a string', c.name);
-      integer(c.capacity, `tiers[${i}].capacity`);
-      if (typeof c.policy !== 'object' || c.policy === null) {
-        throw badArgument(`tiers[${i}].policy`, 'an eviction policy', c.policy);
-      }
-      return c as TierConfig<K>;
-    }),
-  );
 }

@@ -105,6 +105,8 @@ export class TenantOwners implements Owners<Key> {
   readonly refused = new Set<Key>();
   /** Whether each owner's blocks are kept from other tenants' pressure ('pinned' retention). */
   private readonly pinned: boolean[];
+  /** Told of every block that leaves the index, with the tier of its last copy (tenants.ts). */
+  onLeft: ((key: Key, tier: number) => void) | undefined;
 
   constructor(
     private readonly tenants: readonly QuotaTenant[],
@@ -158,6 +160,10 @@ export class TenantOwners implements Owners<Key> {
     if (this.refused.size >= REFUSED_LIMIT)
       this.refused.delete(this.refused.values().next().value!);
     this.refused.add(key);
+  }
+
+  left(key: Key, tier: number): void {
+    this.onLeft?.(key, tier);
   }
 
   atQuota(tier: number, owner: number): boolean {

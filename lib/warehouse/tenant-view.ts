@@ -116,7 +116,7 @@ export class TenantView {
       s === 'busy' && refused.has(list[i]!) ? 'no-space' : s,
     );
     for (const k of list) refused.delete(k);
-    this.tenancy.count(this.tenant.written, result.stored);
+    this.tenancy.countAt(this.tenant, 'written', firstStored(list, status, result.tiers));
     this.tenancy.used(
       this.tenant,
       list.filter((_, i) => status[i] === 'stored' || status[i] === 'present'),
@@ -133,7 +133,8 @@ export class TenantView {
     const list = this.internal(keys);
     await this.fresh();
     const result = await this.store.get(list, dst, options);
-    this.tenancy.count(this.tenant.read, result.count);
+    // Where each hit was served from (-1 for a miss).
+    this.tenancy.countAt(this.tenant, 'read', result.tiers);
     this.tenancy.used(
       this.tenant,
       list.filter((_, i) => result.found[i]),
@@ -294,7 +295,8 @@ export class TenantHostSlots {
     const list = this.internal(keys);
     return this.store.hostSlots.lend(list, async (places) => {
       const hit = list.filter((_, i) => places[i] !== undefined);
-      this.tenancy.count(this.tenant.read, hit.length);
+      // Lent copies are host-tier copies (tier 0).
+      this.tenancy.count(this.tenant, 'read', 0, hit.length);
       this.tenancy.used(this.tenant, hit);
       return use(places);
     });
@@ -302,7 +304,25 @@ export class TenantHostSlots {
 
   private wrote(keys: readonly Key[], stored: readonly boolean[]): void {
     const landed = keys.filter((_, i) => stored[i]);
-    this.tenancy.count(this.tenant.written, landed.length);
+    // In-place landings go into host-tier slots (tier 0).
+    this.tenancy.count(this.tenant, 'written', 0, landed.length);
     this.tenancy.used(this.tenant, landed);
   }
+}
+
+/**
+ * Per key position, the tier its block was written into, counting each stored key once (at its
+ * first mention, as PutResult.stored does); -1 elsewhere.
+ */
+function firstStored(
+  keys: readonly Key[],
+  status: readonly PutStatus[],
+  tiers: readonly number[] | undefined,
+): number[] {
+  const seen = new Set<Key>();
+  return keys.map((k, i) => {
+    if (status[i] !== 'stored' || seen.has(k)) return -1;
+    seen.add(k);
+    return tiers?.[i] ?? -1;
+  });
 }

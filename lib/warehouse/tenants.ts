@@ -1,9 +1,9 @@
 /**
  * Tenancy: the tenants of one warehouse (docs/tenants.md, "The model"). It holds each tenant's
  * keys (tenant-keys.ts), quotas (tenant-quotas.ts, inside the BlockIndex), retention list
- * (tenant-retention.ts) and counters, follows the change feed to count evictions, expires blocks
- * whose time-to-live ran out, and reports stats. TenantView (tenant-view.ts) is what a tenant's
- * caller holds.
+ * (tenant-retention.ts) and counters per tenant and tier, is told by the BlockIndex of every
+ * block that leaves (to count evictions and expiry), expires blocks whose time-to-live ran out,
+ * and reports stats. TenantView (tenant-view.ts) is what a tenant's caller holds.
  */
 import { KvtierError } from '../core/errors.js';
 import type { Key } from '../keys/keys.js';
@@ -17,6 +17,16 @@ import { evictNow } from './writes.js';
 
 const zero = (): TenantCount => ({ blocks: 0, bytes: 0, tokens: 0 });
 
+/** What a tenant's counters count (docs/tenants.md, "Accounting"). */
+export type TenantEvent = 'written' | 'read' | 'evicted' | 'expired';
+
+const zeros = (): Record<TenantEvent, TenantCount> => ({
+  written: zero(),
+  read: zero(),
+  evicted: zero(),
+  expired: zero(),
+});
+
 /** One tenant's state. */
 export interface Tenant {
   readonly config: TenantConfig;
@@ -28,6 +38,11 @@ export interface Tenant {
   readonly read: TenantCount;
   readonly evicted: TenantCount;
   readonly expired: TenantCount;
+  /**
+   * The same counters per tier: the local tiers, then the source tiers (a peer), as in
+   * stats().tiers. Each total is the sum over tiers, but for blocks the cluster served.
+   */
+  readonly byTier: Record<TenantEvent, TenantCount>[];
 }
 
 /** What opening needs before the parts exist: the secret, the tenants' keys, the owners. */
@@ -54,6 +69,7 @@ export async function prepareTenancy(
     read: zero(),
     evicted: zero(),
     expired: zero(),
+    byTier: [],
   }));
   const tags = new Map<string, string>();
   for (const t of tenants) {
@@ -80,12 +96,15 @@ export class Tenancy {
   private readonly byName = new Map<string, Tenant>();
   private readonly list: readonly Tenant[];
   readonly now: () => number;
-  /** Keys being removed by expiry or their tenant's evict: not counted as evicted for space. */
+  /** Keys being removed by their tenant's evict: not counted as evicted for space. */
   readonly explicit = new Set<Key>();
+  /** Keys being removed by expiry: counted as expired, not as evicted. */
+  private readonly expiring = new Set<Key>();
+  /** Names of the tiers counted per tenant (local, then source tiers). */
+  private readonly tierNames: string[];
   private sweeping: Promise<void> | undefined;
   private readonly timer: SweepTimer;
   private closed = false;
-  private readonly unwatch: () => void;
 
   constructor(
     private readonly parts: Parts,
@@ -97,7 +116,13 @@ export class Tenancy {
     for (const t of this.list) this.byName.set(t.config.name, t);
     this.now = setup.config.now ?? parts.now;
     this.timer = new SweepTimer(this.now, () => void this.sweep().catch(() => undefined));
-    this.unwatch = parts.feed.watch((_added, removed) => this.left(removed));
+    this.tierNames = [
+      ...parts.tiers.map((t) => t.name),
+      ...parts.sources.tierStats().map((t) => t.name),
+    ];
+    for (const t of this.list) t.byTier.push(...this.tierNames.map(zeros));
+    // Told by the BlockIndex itself, which alone knows the tier a block's last copy left from.
+    this.owners.onLeft = (key, tier) => this.left(key, tier);
     // Blocks found on disk: their last use is unknown, so their time starts now.
     const now = this.now();
     for (const [key] of parts.index) this.tenantOf(key)?.retention?.use(key, now);
@@ -124,7 +149,22 @@ export class Tenancy {
     return o === 0 ? undefined : this.list[o - 1];
   }
 
-  count(c: TenantCount, blocks: number): void {
+  /**
+   * `blocks` more of `event` for tenant `t` in `tier` (a local or source tier: counted there and
+   * in the total; past them, the cluster: in the total only).
+   */
+  count(t: Tenant, event: TenantEvent, tier: number, blocks = 1): void {
+    this.add(t[event], blocks);
+    const at = t.byTier[tier];
+    if (at) this.add(at[event], blocks);
+  }
+
+  /** Counts one block of `event` per key position, in the tier given for it (-1: none). */
+  countAt(t: Tenant, event: TenantEvent, tiers: readonly number[]): void {
+    for (const tier of tiers) if (tier >= 0) this.count(t, event, tier);
+  }
+
+  private add(c: TenantCount, blocks: number): void {
     c.blocks += blocks;
     c.bytes += blocks * this.parts.blockBytes;
     c.tokens += blocks * this.blockTokens;
@@ -161,14 +201,20 @@ export class Tenancy {
       name: c.name,
       ...(c.retention !== undefined ? { retention: c.retention } : {}),
       ...(c.ttlMs !== undefined ? { ttlMs: c.ttlMs } : {}),
-      tiers: tiers.map((tier, i) => {
-        const blocks = index.usage(t.owner, i);
-        const q = this.owners.quota(t.owner, i);
+      tiers: this.tierNames.map((name, i) => {
+        // A source tier (past the local ones) holds nothing of the tenant's here.
+        const blocks = i < tiers.length ? index.usage(t.owner, i) : 0;
+        const q = i < tiers.length ? this.owners.quota(t.owner, i) : Infinity;
+        const c = t.byTier[i]!;
         return {
-          name: tier.name,
+          name,
           blocks,
           usedBytes: blocks * blockBytes,
           ...(q !== Infinity ? { quotaBytes: q * blockBytes } : {}),
+          written: { ...c.written },
+          read: { ...c.read },
+          evicted: { ...c.evicted },
+          expired: { ...c.expired },
         };
       }),
       written: { ...t.written },
@@ -185,7 +231,7 @@ export class Tenancy {
   close(): void {
     this.closed = true;
     this.timer.stop();
-    this.unwatch();
+    this.owners.onLeft = undefined;
   }
 
   private arm(): void {
@@ -195,14 +241,16 @@ export class Tenancy {
     this.timer.arm(next);
   }
 
-  /** Blocks that left the warehouse: out of their lists, and counted unless expiry or an evict. */
-  private left(removed: readonly Key[]): void {
-    for (const key of removed) {
-      const t = this.tenantOf(key);
-      if (!t) continue;
-      t.retention?.forget(key);
-      if (!this.explicit.has(key)) this.count(t.evicted, 1);
-    }
+  /**
+   * A block left the warehouse, its last copy from `tier`: out of its retention list, and counted
+   * there as expired (a sweep's), not at all (its tenant's evict), or else as evicted for space.
+   */
+  private left(key: Key, tier: number): void {
+    const t = this.tenantOf(key);
+    if (!t) return;
+    t.retention?.forget(key);
+    if (this.expiring.has(key)) this.count(t, 'expired', tier);
+    else if (!this.explicit.has(key)) this.count(t, 'evicted', tier);
   }
 
   private async sweepNow(): Promise<void> {
@@ -210,22 +258,20 @@ export class Tenancy {
     for (const t of this.list) {
       const due = t.retention?.due(now) ?? [];
       if (due.length === 0) continue;
-      for (const k of due) this.explicit.add(k);
+      // Counted as expired by left(), in the tier each block's last copy left from.
+      for (const k of due) this.expiring.add(k);
       let status;
       try {
         status = (await evictNow(this.parts, due)).status;
       } finally {
-        for (const k of due) this.explicit.delete(k);
+        for (const k of due) this.expiring.delete(k);
       }
-      let expired = 0;
       status.forEach((s, i) => {
         const key = due[i]!;
-        if (s === 'removed') expired++;
         // Held under a lease when its time came: kept, its time starts again.
         if (s === 'pinned') t.retention!.use(key, now);
         else t.retention!.forget(key);
       });
-      this.count(t.expired, expired);
     }
   }
 }

@@ -158,6 +158,15 @@ export interface TenantTierStats {
   blocks: number;
   usedBytes: number;
   quotaBytes?: number;
+  /**
+   * The tenant's counters in this tier (docs/tenants.md, "Accounting"): blocks its puts stored
+   * into this tier (the highest of a put's copies; a demotion or promotion is no write), hits
+   * served from it, and blocks whose last copy left from it, for space or by expiry.
+   */
+  written: TenantCount;
+  read: TenantCount;
+  evicted: TenantCount;
+  expired: TenantCount;
 }
 
 export interface TenantStats {
@@ -165,6 +174,10 @@ export interface TenantStats {
   retention?: string;
   /** The retention class's time-to-live (absent: none, or 'pinned'). */
   ttlMs?: number;
+  /**
+   * Per tier: the local tiers, then the source tiers (a peer), as in WarehouseStats.tiers. Each
+   * counter below is the sum of the tiers' (blocks the cluster served count in `read` alone).
+   */
   tiers: TenantTierStats[];
   /** Counters since open. Blocks stored by this tenant's puts (cache writes). */
   written: TenantCount;
@@ -204,6 +217,11 @@ export interface PutResult {
    * counts above count it once).
    */
   status: PutStatus[];
+  /**
+   * Per key, the tier this put stored its block into (the highest, when a write-through copy went
+   * lower too), or -1 where it stored none ('present' included). Set by a local warehouse.
+   */
+  tiers?: number[];
 }
 
 /**

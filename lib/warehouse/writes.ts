@@ -41,8 +41,9 @@ export async function putNow(
   if (fresh.length > 0) {
     // A sink's copy (a peer) is written beside the local one; put resolves once both are done,
     // since the caller may reuse src then. A failing sink is counted, and costs only that copy.
+    const placed = new Map<Key, number>();
     const [outcome] = await Promise.all([
-      storeBlocks(parts, keys, fresh, src, priority, writeThrough),
+      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed),
       sources.store(keys, fresh, src),
     ]);
     for (const i of fresh) {
@@ -50,6 +51,11 @@ export async function putNow(
       if (status[i] === 'stored') result.stored++;
       else result.rejected++;
     }
+    result.tiers = keys.map((k) =>
+      status[first.get(k)!] === 'stored' ? (placed.get(k) ?? ABSENT) : ABSENT,
+    );
+  } else {
+    result.tiers = keys.map(() => ABSENT);
   }
   for (let i = 0; i < keys.length; i++) status[i] ??= status[first.get(keys[i]!)!]!;
   return result;
@@ -59,6 +65,7 @@ export async function putNow(
  * Stores blocks `fresh` of src (block i at i*blockBytes) under their keys: a slot in the top tier
  * (and the file tier when writing through, which durability 'sync' implies) for each. Per key
  * its status; a key with neither a stored copy nor a failure found no slot (absent: 'busy').
+ * `placed`, when given, receives per stored key the highest tier (lowest number) it went to.
  */
 export async function storeBlocks(
   parts: Parts,
@@ -67,6 +74,7 @@ export async function storeBlocks(
   src: Target,
   priority: number,
   writeThrough: boolean,
+  placed?: Map<Key, number>,
 ): Promise<Map<Key, PutStatus>> {
   const { index, tiers, placement, blockBytes: bs } = parts;
   const durable = durableTier(parts);
@@ -101,6 +109,8 @@ export async function storeBlocks(
   for (const p of batch.committed) {
     // Under durability 'sync', only a durable copy makes a block stored.
     if (durable === ABSENT || p.plan.tier === durable) status.set(p.plan.key, 'stored');
+    const top = placed?.get(p.plan.key);
+    if (placed && (top === undefined || p.plan.tier < top)) placed.set(p.plan.key, p.plan.tier);
   }
   return status;
 }

@@ -40,7 +40,16 @@ interface Moved {
 interface Stats {
   name: string;
   retention?: string;
-  tiers: { name: string; blocks: number; usedBytes: number; quotaBytes?: number }[];
+  tiers: {
+    name: string;
+    blocks: number;
+    usedBytes: number;
+    quotaBytes?: number;
+    written: Moved;
+    read: Moved;
+    evicted: Moved;
+    expired: Moved;
+  }[];
   written: Moved;
   read: Moved;
   evicted: Moved;
@@ -254,6 +263,22 @@ describe('isolation through serve', () => {
       aStats.tiers.find((t) => t.name === 'host')!.usedBytes,
     );
     expect(line('kvtier_tenant_tier_quota_bytes', { tenant: 'b', tier: 'host' })).toBe(64 * BS);
+    // Per tier and event: the server's puts landed in the host tier, and were read from it.
+    const host = aStats.tiers.find((t) => t.name === 'host')!;
+    expect(host.written.blocks).toBe(aStats.written.blocks);
+    expect(host.read.blocks).toBe(aStats.read.blocks);
+    for (const event of ['written', 'read', 'evicted', 'expired'] as const) {
+      expect(
+        line('kvtier_tenant_tier_event_blocks_total', { tenant: 'a', tier: 'host', event }),
+      ).toBe(host[event].blocks);
+    }
+    expect(
+      line('kvtier_tenant_tier_event_tokens_total', {
+        tenant: 'a',
+        tier: 'host',
+        event: 'written',
+      }),
+    ).toBe(aKeys.length * BLOCK_TOKENS);
     // The tenants' requests are timed like any peer request.
     const count = (op: string): number =>
       line('kvtier_operation_duration_seconds_count', { channel: 'peer', op });
@@ -267,6 +292,10 @@ describe('isolation through serve', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^tenant\s+retention\s+tier/m);
     expect(r.stdout).toMatch(/^a\s+long\s+host\s+8\s/m);
+    // Each tenant's tiers, then its totals: a wrote its 8 blocks of BLOCK_TOKENS tokens.
+    expect(r.stdout).toMatch(
+      new RegExp(`^\\s+total\\s+8\\s+\\S+\\s+-\\s+${8 * BLOCK_TOKENS}\\s`, 'm'),
+    );
     expect(r.stdout).toMatch(/^b\s+short\s+host\s/m);
     const aFile = join(dir.path, 'a.token');
     writeFileSync(aFile, tokens.a);

@@ -159,7 +159,8 @@ describe('tenants: accounting', () => {
     expect(s.written).toEqual(count(6));
     expect(s.read).toEqual(count(4));
     expect(s.evicted).toEqual(count(0)); // its own evict is not an eviction for space
-    expect(s.tiers).toEqual([{ name: 'host', blocks: 4, usedBytes: 4 * BS }]);
+    expect(s.tiers).toMatchObject([{ name: 'host', blocks: 4, usedBytes: 4 * BS }]);
+    expect(s.tiers[0]!.quotaBytes).toBeUndefined();
 
     // b fills the tier (8 slots): 4 free, then a's least recently used go for space.
     expect((await b.put(kb.slice(0, 4), blocksFor(kb.slice(0, 4), BS))).stored).toBe(4);
@@ -207,7 +208,12 @@ describe('tenants: quotas', () => {
     // 6 more: 2 take free slots up to the quota (8 of 16), 4 take the place of a's oldest.
     expect((await a.put(keys.slice(6, 12), blocksFor(keys.slice(6, 12), BS))).stored).toBe(6);
     const s = a.stats();
-    expect(s.tiers[0]).toEqual({ name: 'host', blocks: 8, usedBytes: 8 * BS, quotaBytes: 8 * BS });
+    expect(s.tiers[0]).toMatchObject({
+      name: 'host',
+      blocks: 8,
+      usedBytes: 8 * BS,
+      quotaBytes: 8 * BS,
+    });
     expect(s.evicted).toEqual(count(4));
     expect(wh.stats().tiers[0]!.usedBlocks).toBe(8); // 8 slots still free: a may not have them
     // The 6 just put, and 2 of the first 6 (which: the policy's choice) are held.
@@ -219,7 +225,13 @@ describe('tenants: quotas', () => {
     const lease = a.pin(heldKeys, { ttlMs: 60_000 });
     expect(lease.keys).toEqual(heldKeys);
     const r = await a.put(keys.slice(12), blocksFor(keys.slice(12), BS));
-    expect(r).toEqual({ stored: 0, present: 0, rejected: 2, status: ['no-space', 'no-space'] });
+    expect(r).toEqual({
+      stored: 0,
+      present: 0,
+      rejected: 2,
+      status: ['no-space', 'no-space'],
+      tiers: [-1, -1],
+    });
     // b's puts still find the free half.
     const kb = chain(8, 'b');
     expect((await wh.tenant('b').put(kb, blocksFor(kb, BS))).stored).toBe(8);

@@ -184,6 +184,7 @@ describe('put status', () => {
       present: 1,
       rejected: 3,
       status: ['present', 'busy', 'busy', 'busy', 'busy'],
+      tiers: [-1, -1, -1, -1, -1],
     });
     expect(wh.lookup(more).tiers).toEqual([-1, -1, -1]);
     await wh.close();

@@ -47,17 +47,22 @@ describe('Warehouse', () => {
     const wh = await open();
     const keys = chain(20);
     const src = blocksFor(keys, BS);
-    expect(await wh.put(keys, src)).toEqual({
+    const first = await wh.put(keys, src);
+    expect(first).toEqual({
       stored: 20,
       present: 0,
       rejected: 0,
       status: keys.map(() => 'stored'),
+      // Where each block went: nothing moved since, so where lookup finds it.
+      tiers: wh.lookup(keys).tiers,
     });
+    expect(first.tiers!.filter((t) => t === 0)).toHaveLength(8);
     expect(await wh.put(keys, src)).toEqual({
       stored: 0,
       present: 20,
       rejected: 0,
       status: keys.map(() => 'present'),
+      tiers: keys.map(() => -1),
     });
     const look = wh.lookup(keys);
     expect(look.prefix).toBe(20);

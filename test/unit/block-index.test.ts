@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { LruPolicy } from '../../lib/policy/lru.js';
 import type { AccessInfo } from '../../lib/policy/policy.js';
-import { ABSENT, BlockIndex } from '../../lib/warehouse/block-index.js';
+import { ABSENT, BlockIndex, type Owners } from '../../lib/warehouse/block-index.js';
 
 const info = (now = 0): AccessInfo => ({ now, priority: 0, depth: 0, chainLength: 1 });
 const meta = { length: 10, checksum: 1 };
@@ -139,6 +139,54 @@ describe('BlockIndex', () => {
     expect(new Set(slots)).toEqual(new Set([0, 1, 2, 3]));
     expect(ix.remove('x')).toBe(true);
     expect(ix.remove('x')).toBe(false);
+    consistent(ix);
+  });
+});
+
+describe('BlockIndex owners: blocks that leave', () => {
+  /** An index of two tiers (2 and 2 slots) whose owners record every block that left, and from where. */
+  function watched(): { ix: BlockIndex<string>; left: [string, number][] } {
+    const left: [string, number][] = [];
+    const owners: Owners<string> = {
+      count: 1,
+      of: () => 0,
+      atQuota: () => false,
+      victim: (tier, _o, _c, evictable) => ix.tiers[tier]!.policy.victim(evictable),
+      left: (key, tier) => left.push([key, tier]),
+    };
+    const ix = new BlockIndex<string>(
+      [2, 2].map((capacity, i) => ({ name: `t${i}`, capacity, policy: new LruPolicy<string>() })),
+      { owners },
+    );
+    return { ix, left };
+  }
+
+  it('tells the tier of the last copy: a demotion is no leaving, a drop from the last tier is', () => {
+    const { ix, left } = watched();
+    for (const k of ['a', 'b', 'c', 'd']) put(ix, k); // a, b demoted to t1
+    expect(left).toEqual([]);
+    put(ix, 'e'); // c demoted to t1, whose LRU (a) is dropped: its last copy left from t1
+    expect(left).toEqual([['a', 1]]);
+    expect(ix.topTier('a')).toBe(ABSENT);
+    consistent(ix);
+  });
+
+  it('tells remove() of every copy, once, with the lowest tier; a copy dropped above another, not at all', () => {
+    const { ix, left } = watched();
+    put(ix, 'a');
+    put(ix, 'a', 1); // a copy in both tiers
+    ix.remove('a', 0);
+    expect(left).toEqual([]);
+    expect(ix.topTier('a')).toBe(1);
+    put(ix, 'a');
+    ix.remove('a');
+    expect(left).toEqual([['a', 1]]);
+    put(ix, 'b');
+    ix.remove('b', 0);
+    expect(left).toEqual([
+      ['a', 1],
+      ['b', 0],
+    ]);
     consistent(ix);
   });
 });

@@ -5,9 +5,12 @@
 import { Counter, Gauge, type Registry } from 'prom-client';
 
 /** What the metrics read of one tenant's statistics (tenant-contract: TenantStats). */
-export interface TenantFigures {
+export interface TenantFigures extends Events {
   name: string;
-  tiers: { name: string; blocks: number; usedBytes: number; quotaBytes?: number }[];
+  tiers: (Events & { name: string; blocks: number; usedBytes: number; quotaBytes?: number })[];
+}
+
+interface Events {
   written: Moved;
   read: Moved;
   evicted: Moved;
@@ -48,6 +51,37 @@ export function registerTenantMetrics(
   counter(
     'tokens',
     'Tokens of a tenant by event, blocks times the config blockTokens: the unit providers bill in',
+  );
+  // The same per tier: summed over `tier`, each is the series above (but for cluster reads).
+  const perTier = (unit: keyof Moved, help: string): void => {
+    new Counter({
+      name: `kvtier_tenant_tier_event_${unit}_total`,
+      help,
+      labelNames: ['tenant', 'tier', 'event'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const t of read()) {
+          for (const tier of t.tiers) {
+            for (const event of EVENTS) {
+              this.inc({ tenant: t.name, tier: tier.name, event }, tier[event][unit]);
+            }
+          }
+        }
+      },
+    });
+  };
+  perTier(
+    'blocks',
+    'Blocks of a tenant by tier and event: written (the tier a put stored into), read (the tier a hit was served from), evicted and expired (the tier the last copy left from)',
+  );
+  perTier(
+    'bytes',
+    'Bytes of a tenant by tier and event (as kvtier_tenant_tier_event_blocks_total)',
+  );
+  perTier(
+    'tokens',
+    'Tokens of a tenant by tier and event (as kvtier_tenant_tier_event_blocks_total)',
   );
   const gauge = (
     name: string,

@@ -26,7 +26,10 @@ function rowsOf(answer: unknown): Row[] {
   return tenants as Row[];
 }
 
-/** One line per tenant and tier; the counters (which are per tenant) on its first line. */
+/**
+ * One line per tenant and tier with that tier's counters (docs/tenants.md, "Accounting"), then a
+ * "total" line with the tenant's totals, the sums over its tiers.
+ */
 export function formatTenants(rows: readonly Row[]): string {
   const head = [
     'tenant',
@@ -41,22 +44,31 @@ export function formatTenants(rows: readonly Row[]): string {
     'expired tok',
   ];
   const lines: string[][] = [head];
+  const counters = (c: Pick<Row, 'written' | 'read' | 'evicted' | 'expired'>): string[] =>
+    [c.written, c.read, c.evicted, c.expired].map((m) => String(m.tokens));
   for (const t of rows) {
-    const tiers = t.tiers.length > 0 ? t.tiers : [undefined];
-    tiers.forEach((tier, i) => {
+    t.tiers.forEach((tier, i) => {
       lines.push([
         i === 0 ? t.name : '',
         i === 0 ? (t.retention ?? '-') : '',
-        tier?.name ?? '-',
-        tier ? String(tier.blocks) : '-',
-        tier ? formatSize(tier.usedBytes) : '-',
-        tier?.quotaBytes !== undefined ? formatSize(tier.quotaBytes) : '-',
-        i === 0 ? String(t.written.tokens) : '',
-        i === 0 ? String(t.read.tokens) : '',
-        i === 0 ? String(t.evicted.tokens) : '',
-        i === 0 ? String(t.expired.tokens) : '',
+        tier.name,
+        String(tier.blocks),
+        formatSize(tier.usedBytes),
+        tier.quotaBytes !== undefined ? formatSize(tier.quotaBytes) : '-',
+        ...counters(tier),
       ]);
     });
+    const blocks = t.tiers.reduce((n, tier) => n + tier.blocks, 0);
+    const used = t.tiers.reduce((n, tier) => n + tier.usedBytes, 0);
+    lines.push([
+      t.tiers.length === 0 ? t.name : '',
+      t.tiers.length === 0 ? (t.retention ?? '-') : '',
+      'total',
+      String(blocks),
+      formatSize(used),
+      '-',
+      ...counters(t),
+    ]);
   }
   const widths = head.map((_, c) => Math.max(...lines.map((l) => l[c]!.length)));
   return lines
