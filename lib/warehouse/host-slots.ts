@@ -134,9 +134,9 @@ export class HostSlots {
    * 'rejected'. The keys and the slots' previous owners are held until commit() (checksums the
    * filled slots and stores them) or abort(). Resolves undefined when bytes cannot go in place,
    * or the batch is larger than the host tier takes at once: the caller then puts from its own
-   * buffer.
+   * buffer. `priority` is the blocks' eviction priority, as put's.
    */
-  async reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
+  async reserve(keys: readonly KeyLike[], priority = 0): Promise<Reservation | undefined> {
     this.enter(true);
     const list = toKeys(keys);
     if (!this.inPlace()) return undefined;
@@ -156,9 +156,9 @@ export class HostSlots {
           return;
         }
         seen.add(key);
-        const plan = index.plan(key, 0, placement.info(0, i, list.length));
+        const plan = index.plan(key, 0, placement.info(priority, i, list.length));
         slots.push('rejected'); // until its slot is ready (below)
-        if (plan) items.push({ plan, length: bs, priority: 0, depth: i, chain: list.length });
+        if (plan) items.push({ plan, length: bs, priority, depth: i, chain: list.length });
         else spill = true;
       });
       if (spill) {

@@ -45,7 +45,7 @@ export interface TenantStore {
       checksums: ArrayLike<number>,
     ): Promise<boolean[]>;
     giveBack(slots: readonly LandingSlot[]): void;
-    reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined>;
+    reserve(keys: readonly KeyLike[], priority?: number): Promise<Reservation | undefined>;
     readonly persists: boolean;
     persist(keys: readonly Key[]): Promise<boolean[]>;
     lend<T>(
@@ -78,12 +78,8 @@ export class TenantView {
     return this.tenant.keys.internalAll(toKeys(keys));
   }
 
-  /**
-   * Expires what is due before an operation looks. A sweep that fails (a file tier that cannot
-   * forget a block) fails no operation: the blocks stay due, and the next sweep tries again.
-   */
-  private async fresh(): Promise<void> {
-    if (this.tenancy.due()) await this.tenancy.sweep().catch(() => undefined);
+  private fresh(): Promise<void> {
+    return this.tenancy.fresh();
   }
 
   /**
@@ -262,9 +258,22 @@ export class TenantHostSlots {
     return stored;
   }
 
+  /**
+   * hostSlots.reserve for this tenant, with put's rules: a chain shorter than minPrefixTokens gets
+   * every slot 'rejected' (nothing stored), and the blocks take the tenant's priority.
+   */
   async reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
     const list = this.internal(keys);
-    const r = await this.store.hostSlots.reserve(list);
+    const c = this.tenant.config;
+    if (list.length * this.tenancy.blockTokens < c.minPrefixTokens) {
+      return {
+        slots: list.map(() => 'rejected' as const),
+        commit: () => Promise.resolve({ stored: [], present: 0 }),
+        abort: () => undefined,
+      };
+    }
+    await this.tenancy.fresh();
+    const r = await this.store.hostSlots.reserve(list, c.priority);
     if (!r) return r;
     return {
       slots: r.slots,
@@ -293,6 +302,8 @@ export class TenantHostSlots {
     use: (places: (LentBlock | undefined)[]) => Promise<T>,
   ): Promise<T> {
     const list = this.internal(keys);
+    // Blocks past their retention are not lent (and their clock does not restart): as lookup.
+    await this.tenancy.fresh();
     return this.store.hostSlots.lend(list, async (places) => {
       const hit = list.filter((_, i) => places[i] !== undefined);
       // Lent copies are host-tier copies (tier 0).

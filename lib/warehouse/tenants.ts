@@ -188,6 +188,14 @@ export class Tenancy {
     return this.sweeping;
   }
 
+  /**
+   * Expires what is due before an operation looks. A sweep that fails (a file tier that cannot
+   * forget a block) fails no operation: the blocks stay due, and the next sweep tries again.
+   */
+  async fresh(): Promise<void> {
+    if (this.due()) await this.sweep().catch(() => undefined);
+  }
+
   /** Whether a sweep would find anything now (operations skip the await otherwise). */
   due(): boolean {
     const now = this.now();
