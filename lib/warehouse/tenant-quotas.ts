@@ -119,9 +119,18 @@ export class TenantOwners implements Owners<Key> {
 
   of = (key: Key): number => this.byTag.get(tagOf(key)) ?? 0;
 
-  /** Resolves the quotas once the tiers are open (a share needs the tier's size). */
-  bind(tiers: readonly { name: string; slots: number }[]): this {
+  /** Bytes one block takes in each tier: blockBytes, or an encoding tier's stored size. */
+  private units: number[] = [];
+
+  /**
+   * Resolves the quotas once the tiers are open (a share needs the tier's size). Bytes are the
+   * tier's own: a quota in bytes on an encoding tier holds as many blocks as those bytes store.
+   */
+  bind(
+    tiers: readonly { name: string; slots: number; codec?: { storedBlockBytes: number } }[],
+  ): this {
     this.nt = tiers.length;
+    this.units = tiers.map((t) => t.codec?.storedBlockBytes ?? this.blockBytes);
     this.quotas = new Float64Array(this.count * this.nt).fill(Infinity);
     this.tenants.forEach((t, i) => {
       for (const [name, q] of Object.entries(t.quota ?? {})) {
@@ -129,11 +138,16 @@ export class TenantOwners implements Owners<Key> {
         const slots =
           'share' in q
             ? Math.floor(q.share * tiers[tier]!.slots)
-            : Math.floor(q.bytes / this.blockBytes);
+            : Math.floor(q.bytes / this.units[tier]!);
         this.quotas[(i + 1) * this.nt + tier] = slots;
       }
     });
     return this;
+  }
+
+  /** Bytes one block takes in tier `tier` (for usage and quota in bytes). */
+  unitBytes(tier: number): number {
+    return this.units[tier] ?? this.blockBytes;
   }
 
   /** The policy of tier `tier` of `slots` blocks, wrapped to know each tenant's order too. */

@@ -203,7 +203,7 @@ export class Tenancy {
   }
 
   stats(t: Tenant): TenantStats {
-    const { index, tiers, blockBytes } = this.parts;
+    const { index, tiers } = this.parts;
     const c = t.config;
     return {
       name: c.name,
@@ -217,8 +217,8 @@ export class Tenancy {
         return {
           name,
           blocks,
-          usedBytes: blocks * blockBytes,
-          ...(q !== Infinity ? { quotaBytes: q * blockBytes } : {}),
+          usedBytes: blocks * this.owners.unitBytes(i),
+          ...(q !== Infinity ? { quotaBytes: q * this.owners.unitBytes(i) } : {}),
           written: { ...c.written },
           read: { ...c.read },
           evicted: { ...c.evicted },
