@@ -85,6 +85,7 @@ describe('kvtier sim --tenants', () => {
       ['a:share=0.5:quota=1', /unknown field 'quota'/],
       ['a', /needs share=/],
       ['a:share=0.5,a:share=0.5', /named twice/],
+      ['a:share=0x1', /share must be above 0 and at most 1, not '0x1'/],
     ] as const) {
       const r = run('sim', '--trace', '/nonexistent', '--tenants', spec);
       expect(r.status).toBe(1);

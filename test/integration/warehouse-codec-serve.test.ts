@@ -125,6 +125,9 @@ describe('kvtier serve --file-codec', () => {
       [['--file-codec', 'int8'], /--file-codec needs --kv-shape/],
       [['--file-codec', 'zstd', '--kv-shape', 'fp16,2,16,2,64'], /--file-codec must be one of/],
       [['--file-codec', 'int8:8', '--kv-shape', 'fp16,2,16,2,64'], /takes no group size/],
+      [['--file-codec', 'kivi2:32:64', '--kv-shape', 'fp16,2,16,2,64'], /one group size at most/],
+      [['--file-codec', 'kivi2:0x20', '--kv-shape', 'fp16,2,16,2,64'], /a positive integer/],
+      [['--file-codec', 'int8', '--kv-shape', 'fp16,2,0x10,2,64'], /--kv-shape must be/],
       [['--file-codec', 'int8', '--kv-shape', 'fp16,2,16,2'], /--kv-shape must be/],
       [
         ['--file-codec', 'int8', '--kv-shape', 'bf16,4,16,2,64'],

@@ -29,7 +29,8 @@ export function fileCodecOption(opts: ServeCodecOptions): FileTierCodecOptions |
     return undefined;
   }
   // kivi takes a group size after a colon: kivi2:64.
-  const [name = '', group] = opts.fileCodec.split(':');
+  const [name = '', group, ...rest] = opts.fileCodec.split(':');
+  if (rest.length > 0) bad(`--file-codec takes one group size at most, got ${opts.fileCodec}`);
   const spec = CODECS[name];
   if (!spec) {
     bad(
@@ -45,12 +46,13 @@ export function fileCodecOption(opts: ServeCodecOptions): FileTierCodecOptions |
   }
   const fields = opts.kvShape.split(',');
   const sizes = fields.slice(1).map(Number);
-  if (fields.length !== 5 || !sizes.every((n) => Number.isSafeInteger(n) && n > 0)) {
+  const decimal = fields.slice(1).every((f) => /^[0-9]+$/.test(f));
+  if (fields.length !== 5 || !decimal || !sizes.every((n) => Number.isSafeInteger(n) && n > 0)) {
     bad(`--kv-shape must be dtype,layers,blockTokens,kvHeads,headDim, got ${opts.kvShape}`);
   }
   const [numLayers, blockTokens, kvHeads, headDim] = sizes as [number, number, number, number];
   const g = group === undefined ? undefined : Number(group);
-  if (g !== undefined && !(Number.isSafeInteger(g) && g > 0)) {
+  if (g !== undefined && !(/^[0-9]+$/.test(group!) && Number.isSafeInteger(g) && g > 0)) {
     bad(`--file-codec's group size must be a positive integer, got ${group}`);
   }
   return {

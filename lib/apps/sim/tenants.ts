@@ -56,7 +56,8 @@ const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000,
 const bad = (m: string): KvtierError => new KvtierError('KVTIER_BAD_ARGUMENT', `--tenants: ${m}`);
 
 function fraction(text: string, what: string): number {
-  const x = Number(text);
+  // Decimal only: Number() would also read '0x1', '1e0' or ' 1'.
+  const x = /^(0|1)?(\.[0-9]+)?$/.test(text) && text !== '' ? Number(text) : NaN;
   if (!(x > 0 && x <= 1)) throw bad(`${what} must be above 0 and at most 1, not '${text}'`);
   return x;
 }
