@@ -6,7 +6,7 @@
  */
 import { IoEngine } from '../engine.js';
 import { KvtierError } from '../errors.js';
-import { native } from '../native.js';
+import { native, type NativeCopyEngine } from '../native.js';
 import { gpuFilePathOf } from '../probe.js';
 import { oneOf, options as readOptions } from '../validate.js';
 
@@ -32,13 +32,14 @@ export class GpuCopyEngine extends IoEngine {
   readonly batchCopy: boolean;
   /** Empty when small pieces go through the segment-copy kernel; otherwise why they do not. */
   readonly kernelPath: string;
+  /** Empty when the codec decode kernels loaded (GpuCodec); otherwise why they did not. */
+  readonly decodePath: string;
+  /** @internal GpuCodec's way in. */
+  readonly copy: NativeCopyEngine;
 
   /** @internal */
-  constructor(
-    nativeEngine: ConstructorParameters<typeof IoEngine>[0],
-    batchCopy: boolean,
-    kernelPath: string,
-  ) {
+  constructor(nativeEngine: NativeCopyEngine) {
+    const { batchCopy, kernelPath } = nativeEngine;
     super(
       nativeEngine,
       (batchCopy
@@ -50,6 +51,8 @@ export class GpuCopyEngine extends IoEngine {
     );
     this.batchCopy = batchCopy;
     this.kernelPath = kernelPath;
+    this.decodePath = nativeEngine.decodePath;
+    this.copy = nativeEngine;
   }
 }
 
@@ -71,7 +74,7 @@ export function createCopyEngine(given: CopyEngineOptions = {}): GpuCopyEngine {
     batch: options.batch ?? true,
     kernel: options.kernel ?? true,
   });
-  return new GpuCopyEngine(engine, engine.batchCopy, engine.kernelPath);
+  return new GpuCopyEngine(engine);
 }
 
 export type GpuFileIo = 'auto' | 'cufile' | 'posix';
