@@ -4,13 +4,14 @@
  * host-to-device copy of the decoded bytes, the issue's yardstick (target: ≥ 0.8×). Llama-3-8B
  * shaped bf16 blocks of synthetic KV; every figure's bytes checked against the CPU decoder.
  */
-import { BlockCodec, type CodecSpec } from '../../core/codec.js';
-import { KvtierError } from '../../core/errors.js';
-import { GpuCodec } from '../../core/gpu/codec.js';
-import { DeviceRegion } from '../../core/gpu/device-region.js';
-import type { GpuCopyEngine } from '../../core/gpu/engines.js';
-import { Region } from '../../core/region.js';
-import { TransferBatch } from '../../core/engine.js';
+import {
+  DeviceRegion,
+  type GpuCopyEngine,
+  KvtierError,
+  Region,
+  TransferBatch,
+} from '../../index.js';
+import { BlockCodec, type CodecSpec, GpuCodec } from '../../internal.js';
 import { syntheticKv, toBytes } from './kv-values.js';
 import { median } from './stats.js';
 
