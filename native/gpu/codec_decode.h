@@ -35,11 +35,11 @@ constexpr u64 kHeaderBytes = 32;
 struct Shape {
   unsigned codec, dtype, scales, bits;  // bits: kivi's code width, else 0
   u64 T, H, D, G;
-  u64 slab;         // T·H·D: elements of one layer's K or V
-  u64 elements;     // L·2·slab
-  u64 codesAt;      // payload offset of the codes
-  u64 layerGroups;  // kivi: (scale, min) pairs per layer
-  u64 slabCodes;    // kivi: code bytes per slab
+  u64 slab;                        // T·H·D: elements of one layer's K or V
+  u64 elements;                    // L·2·slab
+  u64 codesAt;                     // payload offset of the codes
+  u64 layerGroups;                 // kivi: (scale, min) pairs per layer
+  u64 slabCodes;                   // kivi: code bytes per slab
   u64 encodedBytes, decodedBytes;  // one block each, the encoded one with its header
 };
 

@@ -2,9 +2,9 @@
 
 #include <string>
 
+#include "../codec/codec_js.h"
 #include "../common/args.h"
 #include "../common/errors.h"
-#include "../codec/codec_js.h"
 
 namespace kvtier {
 

@@ -17,7 +17,7 @@ struct CopyEngine::JsBatch {
   Napi::Promise::Deferred deferred;
   std::vector<napi_ref> borrowed;                // user buffers, released on the main thread
   std::vector<std::shared_ptr<void>> keepAlive;  // regions' memory, host and device
-  std::vector<shim::cu::DevicePtr> dsts, srcs;         // the copies, in submission order
+  std::vector<shim::cu::DevicePtr> dsts, srcs;   // the copies, in submission order
   std::vector<size_t> sizes;
   std::vector<char> dstDevice, srcDevice;  // whether each side is GPU memory
   void* table = nullptr;                   // the kernel's segment table, if any
@@ -28,7 +28,7 @@ struct CopyEngine::JsBatch {
   // completer thread, on this stream, so the event loop never waits for a copy.
   shim::cu::Stream deferredOn = nullptr;
   shim::cu::Result rc = shim::cu::kSuccess;  // set by the completer
-  std::string error;             // set by the completer when it cannot wait
+  std::string error;                         // set by the completer when it cannot wait
 };
 
 }  // namespace kvtier

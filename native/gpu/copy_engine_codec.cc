@@ -116,12 +116,11 @@ Napi::Value CopyEngine::Decode(const Napi::CallbackInfo& info) {
   Lane& lane = lanes_[nextStream_++ % lanes_.size()];
   const uint64_t encoded = blocks * shape.encodedBytes;
   if (!EnsureStaging(lane, encoded)) {
-    Throw(env, kIo,
-          "no room in GPU memory to stage " + std::to_string(encoded) + " encoded bytes");
+    Throw(env, kIo, "no room in GPU memory to stage " + std::to_string(encoded) + " encoded bytes");
   }
   HoldTargets(env, targets, &batch->borrowed, &batch->keepAlive);
-  cu::Result rc = api_->memcpyAsync(lane.staging, reinterpret_cast<cu::DevicePtr>(in), encoded,
-                                    lane.stream);
+  cu::Result rc =
+      api_->memcpyAsync(lane.staging, reinterpret_cast<cu::DevicePtr>(in), encoded, lane.stream);
   const char* step = "cuMemcpyAsync (encoded blocks to staging)";
   if (rc == cu::kSuccess) {
     cu::DevicePtr staged = lane.staging;

@@ -63,7 +63,7 @@ describe.skipIf(!hasGpu)('GPU decode', () => {
     return out;
   }
 
-  it('decodes to the CPU decoder\'s bytes, every codec and dtype', async () => {
+  it("decodes to the CPU decoder's bytes, every codec and dtype", async () => {
     expect(engine.decodePath).toBe('');
     for (const dtype of DTYPES) {
       for (const spec of SPECS) {
@@ -80,7 +80,11 @@ describe.skipIf(!hasGpu)('GPU decode', () => {
             headDim: shape.dim,
           });
           const enc = new Uint8Array(codec.encodedBytes * blocks);
-          codec.encode(toBytes(syntheticKv(shape, blocks, 11, { channels: 2, magnitude: 12 }), dtype), enc, blocks);
+          codec.encode(
+            toBytes(syntheticKv(shape, blocks, 11, { channels: 2, magnitude: 12 }), dtype),
+            enc,
+            blocks,
+          );
           const cpu = Buffer.alloc(codec.decodedBytes * blocks);
           codec.decode(enc, cpu, blocks);
           const gpu = await onGpu(codec, enc, blocks);
@@ -114,16 +118,25 @@ describe.skipIf(!hasGpu)('GPU decode', () => {
     const int8 = BlockCodec.open({ codec: 'int8' }, layout);
     const fp8 = BlockCodec.open({ codec: 'fp8-e4m3' }, layout);
     const enc = new Uint8Array(int8.encodedBytes * 2);
-    int8.encode(toBytes(syntheticKv({ layers: 2, tokens: 16, heads: 2, dim: 64 }, 2, 1), 'fp16'), enc, 2);
+    int8.encode(
+      toBytes(syntheticKv({ layers: 2, tokens: 16, heads: 2, dim: 64 }, 2, 1), 'fp16'),
+      enc,
+      2,
+    );
     enc[int8.encodedBytes + 5] = 1; // block 1 claims fp8
     const src = Region.allocate(enc.length, { pin: true });
     src.view().set(enc);
     const dev = DeviceRegion.allocate(int8.decodedBytes * 2 + 2);
     const fill = Region.allocate(int8.decodedBytes * 2 + 2, { pin: true });
     randomFillSync(fill.view());
-    (await engine.submit(new TransferBatch().copy(dev, 0, fill, 0, fill.byteLength))).throwIfFailed();
+    (
+      await engine.submit(new TransferBatch().copy(dev, 0, fill, 0, fill.byteLength))
+    ).throwIfFailed();
     const refused = async (p: Promise<void>, pattern: RegExp): Promise<void> => {
-      const e = await p.then(() => undefined, (x: unknown) => x);
+      const e = await p.then(
+        () => undefined,
+        (x: unknown) => x,
+      );
       expect(isKvtierError(e, 'KVTIER_BAD_ARGUMENT'), String(e)).toBe(true);
       expect((e as Error).message).toMatch(pattern);
     };
@@ -135,7 +148,9 @@ describe.skipIf(!hasGpu)('GPU decode', () => {
     unpinned.view().set(enc);
     await refused(GpuCodec.open(engine, int8).decodeToDevice(unpinned, 0, dev, 0, 1), /pinned/);
     const back = Region.allocate(fill.byteLength, { pin: true });
-    (await engine.submit(new TransferBatch().copy(back, 0, dev, 0, fill.byteLength))).throwIfFailed();
+    (
+      await engine.submit(new TransferBatch().copy(back, 0, dev, 0, fill.byteLength))
+    ).throwIfFailed();
     expect(Buffer.from(back.view()).equals(Buffer.from(fill.view()))).toBe(true);
     await Promise.all([src.close(), dev.close(), fill.close(), back.close(), unpinned.close()]);
   });
