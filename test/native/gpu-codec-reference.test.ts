@@ -3,6 +3,8 @@
 // every fp8 code, extreme scales and arbitrary kivi payloads, and docs/codecs.md's test vectors;
 // and the same refusals. The kernels compile the same header with __fmul_rn/__fadd_rn, so this is
 // what can be checked of them without a GPU (test/gpu/codec.test.ts runs them on one).
+import { readFileSync } from 'node:fs';
+
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 
@@ -95,6 +97,17 @@ describe('GPU decode arithmetic on the CPU', () => {
       decodeLikeGpu(c, Buffer.from(v.hex, 'hex'), dec);
       expect([...fromBytes(dec, v.dtype)]).toEqual(v.y);
     }
+  });
+
+  it('is what the embedded PTX runs: decode entries, IEEE round-to-nearest, no FMA, no flush to zero', () => {
+    // kernels_ptx.h is kernels.cu compiled (scripts/gen-ptx.sh --check proves it where nvcc is).
+    const ptx = readFileSync(new URL('../../native/gpu/kernels_ptx.h', import.meta.url), 'utf8');
+    for (const entry of ['kvtier_decode_fp8', 'kvtier_decode_int8', 'kvtier_decode_kivi']) {
+      expect(ptx).toContain(`.visible .entry ${entry}(`);
+    }
+    expect(ptx).toMatch(/mul\.rn\.f32/);
+    expect(ptx).toMatch(/add\.rn\.f32/);
+    expect(ptx).not.toMatch(/\bfma\.|\.ftz|\.approx/);
   });
 
   it('refuses what the CPU decoder refuses, leaving dst as it was', () => {
