@@ -63,7 +63,7 @@ export class GpuCodec {
   ): Promise<void> {
     if (!(src instanceof Region)) bad(`src must be a Region, got ${describe(src)}`);
     if (!(dst instanceof DeviceRegion)) bad(`dst must be a DeviceRegion, got ${describe(dst)}`);
-    await this.engine.copy.decode(
+    await this.engine.decode(
       this.codec.params,
       src.native,
       count(srcOffset, 'srcOffset'),

@@ -34,8 +34,9 @@ export class GpuCopyEngine extends IoEngine {
   readonly kernelPath: string;
   /** Empty when the codec decode kernels loaded (GpuCodec); otherwise why they did not. */
   readonly decodePath: string;
-  /** @internal GpuCodec's way in. */
-  readonly copy: NativeCopyEngine;
+  private readonly copy: NativeCopyEngine;
+  /** Decodes in flight, settled or not: close() lets them finish first. */
+  private readonly decodes = new Set<Promise<void>>();
 
   /** @internal */
   constructor(nativeEngine: NativeCopyEngine) {
@@ -53,6 +54,24 @@ export class GpuCopyEngine extends IoEngine {
     this.kernelPath = kernelPath;
     this.decodePath = nativeEngine.decodePath;
     this.copy = nativeEngine;
+  }
+
+  /** @internal GpuCodec's way in (native/gpu/copy_engine_codec.cc). */
+  decode(...args: Parameters<NativeCopyEngine['decode']>): Promise<Float64Array> {
+    const running = this.copy.decode(...args);
+    const settled = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.decodes.add(settled);
+    void settled.then(() => this.decodes.delete(settled));
+    return running;
+  }
+
+  /** Lets submitted batches and decodes finish, then stops the engine. Idempotent. */
+  override async close(): Promise<void> {
+    await Promise.all([...this.decodes]);
+    return super.close();
   }
 }
 
