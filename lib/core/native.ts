@@ -322,6 +322,7 @@ export interface NativeAddon {
     streams: number;
     batch: boolean;
     kernel: boolean;
+    decodeStagingBytes?: number;
   }) => NativeCopyEngine;
   NativeGpuFileEngine: new (options: {
     device: number;

@@ -49,7 +49,7 @@ Napi::Function CopyEngine::Define(Napi::Env env) {
        InstanceAccessor<&CopyEngine::DecodePath>("decodePath")});
 }
 
-// new NativeCopyEngine({ device, streams, batch, kernel })
+// new NativeCopyEngine({ device, streams, batch, kernel, decodeStagingBytes })
 CopyEngine::CopyEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CopyEngine>(info) {
   Napi::Env env = info.Env();
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
@@ -62,6 +62,11 @@ CopyEngine::CopyEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CopyEn
   device_ = static_cast<int>(device);
   useBatch_ = BoolOption(opts, "batch", true);
   useKernel_ = BoolOption(opts, "kernel", true);
+  Napi::Value ds = opts.Get("decodeStagingBytes");
+  if (!ds.IsUndefined()) {
+    decodeStaging_ = ByteCountArg(env, ds, "decodeStagingBytes");
+    if (decodeStaging_ == 0) Throw(env, kBadArgument, "decodeStagingBytes must be at least 1");
+  }
 
   Cuda& cuda = Cuda::instance();
   std::string why;

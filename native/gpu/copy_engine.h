@@ -73,6 +73,7 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   // The decode kernels: fp8, int8, kivi (both widths); null with decodeReason_ when not loaded.
   shim::cu::Function decodeKernels_[3] = {nullptr, nullptr, nullptr};
   std::string decodeReason_;
+  uint64_t decodeStaging_ = uint64_t{256} << 20;  // bytes of encoded blocks a decode run stages
   size_t nextStream_ = 0;
   std::thread completer_;
   std::mutex mutex_;

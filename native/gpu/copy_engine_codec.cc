@@ -114,21 +114,31 @@ Napi::Value CopyEngine::Decode(const Napi::CallbackInfo& info) {
     spareEvents_.push_back(e);
   }
   Lane& lane = lanes_[nextStream_++ % lanes_.size()];
-  const uint64_t encoded = blocks * shape.encodedBytes;
-  if (!EnsureStaging(lane, encoded)) {
-    Throw(env, kIo, "no room in GPU memory to stage " + std::to_string(encoded) + " encoded bytes");
+  const uint64_t run =
+      std::max<uint64_t>(1, std::min<uint64_t>(blocks, decodeStaging_ / shape.encodedBytes));
+  // Larger calls go in runs of blocks that fit, one after another on the lane's stream, so a
+  // lane's staging stays bounded (it is kept for the engine's life).
+  const uint64_t staging = run * shape.encodedBytes;
+  if (!EnsureStaging(lane, staging)) {
+    Throw(env, kIo, "no room in GPU memory to stage " + std::to_string(staging) + " encoded bytes");
   }
   HoldTargets(env, targets, &batch->borrowed, &batch->keepAlive);
-  cu::Result rc =
-      api_->memcpyAsync(lane.staging, reinterpret_cast<cu::DevicePtr>(in), encoded, lane.stream);
-  const char* step = "cuMemcpyAsync (encoded blocks to staging)";
-  if (rc == cu::kSuccess) {
+  cu::Result rc = cu::kSuccess;
+  const char* step = "";
+  for (uint64_t first = 0; first < blocks && rc == cu::kSuccess; first += run) {
+    const uint64_t n = std::min(run, blocks - first);
+    // The lane's stream orders this copy after the previous run's kernel, its staging's reader.
+    rc = api_->memcpyAsync(lane.staging,
+                           reinterpret_cast<cu::DevicePtr>(in + first * shape.encodedBytes),
+                           n * shape.encodedBytes, lane.stream);
+    step = "cuMemcpyAsync (encoded blocks to staging)";
+    if (rc != cu::kSuccess) break;
     cu::DevicePtr staged = lane.staging;
-    cu::DevicePtr target = out;
+    cu::DevicePtr target = out + first * shape.decodedBytes;
     gpucodec::Shape s = shape;
-    unsigned long long count = blocks;
+    unsigned long long count = n;
     void* params[] = {&staged, &target, &s, &count};
-    const uint64_t total = blocks * shape.elements;
+    const uint64_t total = n * shape.elements;
     const unsigned grid =
         static_cast<unsigned>(std::min<uint64_t>((total + kThreads - 1) / kThreads, kMaxGrid));
     rc = api_->launchKernel(kernel, grid, 1, 1, kThreads, 1, 1, 0, lane.stream, params, nullptr);

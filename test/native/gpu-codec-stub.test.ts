@@ -115,7 +115,22 @@ describe('GPU decode through a host-memory stub driver', () => {
             await Promise.all([src.close(), dev.close(), back.close()]);
           }
       await engine.close();
+      // Staging for two blocks: five go in runs of 2, 2 and 1, the last one at its own offset.
+      const c = BlockCodec.open({ codec: 'kivi4', group: 8 }, { dtype: 'fp16', numLayers: 2,
+        blockTokens: 5, kvHeads: 3, headDim: 16 });
+      const small = kv.createCopyEngine({ decodeStagingBytes: 2 * c.encodedBytes + 1 });
+      const enc = kv.Region.allocate(c.encodedBytes * 5, { pin: true });
+      c.encode(toBytes(syntheticKv({ layers: 2, tokens: 5, heads: 3, dim: 16 }, 5, 8), 'fp16'), enc.view(), 5);
+      const dev = kv.DeviceRegion.allocate(c.decodedBytes * 5);
+      await GpuCodec.open(small, c).decodeToDevice(enc, 0, dev, 0, 5);
+      const back = kv.Region.allocate(c.decodedBytes * 5, { pin: true });
+      (await small.submit(new kv.TransferBatch().copy(back, 0, dev, 0, back.byteLength))).throwIfFailed();
+      const cpu = new Uint8Array(back.byteLength);
+      c.decode(enc.view(), cpu, 5);
+      out.runs = Buffer.from(back.view()).equals(Buffer.from(cpu));
+      await small.close();
       process.stdout.write(JSON.stringify(out));`) as {
+      runs: boolean;
       decodePath: string;
       checked: number;
       bad: unknown[];
@@ -123,7 +138,13 @@ describe('GPU decode through a host-memory stub driver', () => {
     expect(r.decodePath).toBe('');
     expect(r.bad).toEqual([]);
     expect(r.checked).toBe(30);
-    expect(launches().length).toBe(30);
+    expect(r.runs).toBe(true);
+    expect(launches().map((l) => l.replace(/^decode codec=\d /, '')).slice(30)).toEqual([
+      'blocks=2',
+      'blocks=2',
+      'blocks=1',
+    ]);
+    expect(launches().length).toBe(33);
   });
 
   it('refuses bad headers, unpinned sources, misaligned and short targets before any launch', () => {

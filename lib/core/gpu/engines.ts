@@ -25,6 +25,11 @@ export interface CopyEngineOptions {
    * memory with kvtier's segment-copy kernel, so PCIe sees a few large DMA copies (default true).
    */
   kernel?: boolean;
+  /**
+   * GPU memory each stream stages encoded blocks in for GpuCodec decodes (default 256 MiB); a
+   * larger call is decoded in runs of blocks that fit, and a block larger than it is staged alone.
+   */
+  decodeStagingBytes?: number;
 }
 
 export class GpuCopyEngine extends IoEngine {
@@ -86,12 +91,16 @@ export function createCopyEngine(given: CopyEngineOptions = {}): GpuCopyEngine {
     'streams',
     'batch',
     'kernel',
+    'decodeStagingBytes',
   ]);
   const engine = new (native().NativeCopyEngine)({
     device: options.device ?? 0,
     streams: options.streams ?? 2,
     batch: options.batch ?? true,
     kernel: options.kernel ?? true,
+    ...(options.decodeStagingBytes === undefined
+      ? {}
+      : { decodeStagingBytes: options.decodeStagingBytes }),
   });
   return new GpuCopyEngine(engine);
 }
