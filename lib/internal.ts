@@ -29,6 +29,8 @@ export {
   type CodecParams,
   type CodecSpec,
 } from './core/codec.js';
+// core: decoding those blocks on a GPU (lib/core/gpu/codec.ts), which `kvtier bench gpu` measures.
+export { GpuCodec } from './core/gpu/codec.js';
 
 // keys
 export { KEY_BYTES } from './keys/keys.js';

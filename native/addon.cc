@@ -4,6 +4,7 @@
 
 #include "codec/codec_js.h"
 #include "common/errors.h"
+#include "gpu/codec_reference.h"
 #include "gpu/copy_engine.h"
 #include "gpu/device_region.h"
 #include "gpu/gpu_file_engine.h"
@@ -50,6 +51,8 @@ Napi::Object RegisterAll(Napi::Env env, Napi::Object exports) {
               Napi::Function::New(env, kvtier::PeerCredentials, "peerCredentials"));
   exports.Set("verbsProbe", Napi::Function::New(env, kvtier::VerbsProbe, "verbsProbe"));
   kvtier::CodecExports(env, exports);
+  exports.Set("gpuCodecReference",
+              Napi::Function::New(env, kvtier::GpuCodecReferenceJs, "gpuCodecReference"));
   return exports;
 }
 

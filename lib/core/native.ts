@@ -192,6 +192,23 @@ export interface NativeVerbs {
   close(): void;
 }
 
+/** The GPU copy engine (native/gpu/copy_engine.h); lib/core/gpu/engines.ts is its face. */
+export type NativeCopyEngine = NativeEngine & {
+  readonly batchCopy: boolean;
+  readonly kernelPath: string;
+  /** '' when the decode kernels loaded, else why not. */
+  readonly decodePath: string;
+  /** Encoded blocks in pinned host memory to decoded ones in GPU memory (copy_engine_codec.cc). */
+  decode(
+    params: CodecParams,
+    src: NativeRegion,
+    srcOffset: number,
+    dst: NativeDeviceRegion,
+    dstOffset: number,
+    blocks: number,
+  ): Promise<Float64Array>;
+};
+
 /** What the native side takes, and what a block's header says. */
 export interface CodecParams {
   codec: 'fp8-e4m3' | 'int8' | 'kivi2' | 'kivi4';
@@ -265,6 +282,8 @@ export interface NativeAddon {
   codecSizes(params: CodecParams): { decodedBytes: number; encodedBytes: number };
   codecReadHeader(src: Uint8Array): CodecParams;
   codecIsa(): string;
+  /** The GPU decode kernels' arithmetic run on the CPU (native/gpu/codec_reference.h), for tests. */
+  gpuCodecReference(params: CodecParams, src: Uint8Array, dst: Uint8Array, blocks: number): void;
   NativeCodecPool: new (options: { threads: number }) => NativeCodecPool;
   verbsProbe(options: { device?: string; port?: number }): {
     available: boolean;
@@ -303,7 +322,8 @@ export interface NativeAddon {
     streams: number;
     batch: boolean;
     kernel: boolean;
-  }) => NativeEngine & { readonly batchCopy: boolean; readonly kernelPath: string };
+    decodeStagingBytes?: number;
+  }) => NativeCopyEngine;
   NativeGpuFileEngine: new (options: {
     device: number;
     io: 'cufile' | 'posix';

@@ -5,14 +5,19 @@
  * bytes on the engine thread. A move out reads the stored bytes, checks their CRC-32C against the
  * one the tier recorded for the slot, decodes (straight into the destination when it is host
  * memory) and, when asked, checksums the decoded block. Two rounds of ordinary moves with the
- * codec work between them.
+ * codec work between them. Into GPU memory, where the copy engine has the decode kernels, the
+ * encoded bytes cross PCIe and are decoded on the GPU (GpuCodec); a checksum asked for is then
+ * that of the same block decoded on the CPU into staging (bit-identical), which is not copied.
  *
  * transfers.ts imports this file, so the rounds are made through the factory it passes in.
  */
 import type { BlockCodec } from '../core/codec.js';
 import { hostBytes } from '../core/bytes.js';
-import type { KvtierError } from '../core/errors.js';
+import type { IoEngine } from '../core/engine.js';
+import { isKvtierError, type KvtierError } from '../core/errors.js';
+import { GpuCodec } from '../core/gpu/codec.js';
 import { DeviceRegion } from '../core/gpu/device-region.js';
+import type { GpuCopyEngine } from '../core/gpu/engines.js';
 import { Region } from '../core/region.js';
 import type { CodedSlot, SlotPlace } from './tier.js';
 import { decodeBlock, encodeBlock } from './tier-codec.js';
@@ -79,6 +84,8 @@ const CORRUPT: MoveOutcome = {
 export async function runCoded(
   moves: readonly CodedMove[],
   newRound: () => Round,
+  /** The GPU copy engine, when the round has one: it may decode on the GPU. */
+  gpu?: IoEngine,
 ): Promise<MoveOutcome[]> {
   const out = new Array<MoveOutcome>(moves.length);
   // Stored bytes of every move side by side (aligned: slots are multiples of the O_DIRECT
@@ -103,6 +110,9 @@ export async function runCoded(
     await storing.close();
     throw e;
   }
+  // Out of the tier into GPU memory: decoded there when the engine can and the bytes are pinned.
+  const gpuDecode = storing.pinned && GpuCodec.unavailable(gpu) === '';
+  const onGpu = moves.map((m) => gpuDecode && codedOf(m.from) !== undefined && !isHost(m.to));
   const stagedPlace = (i: number): HostPlace => ({
     kind: 'memory',
     target: decoding!,
@@ -163,9 +173,13 @@ export async function runCoded(
       const dst = isHost(m.to)
         ? hostBytes(m.to.target, m.to.offset, m.length)
         : decoding!.view(decodedAt[i], m.length);
-      if (!(await decodes(c.codec, storing.view(storedAt[i], c.codec.encodedBytes), dst))) {
-        out[i] = CORRUPT;
-      }
+      const encoded = storing.view(storedAt[i], c.codec.encodedBytes);
+      const [cpu, onDevice] = await Promise.all([
+        !onGpu[i] || m.checksum ? decodes(c.codec, encoded, dst) : true,
+        onGpu[i] ? decodesOnGpu(gpu!, c.codec, storing, storedAt[i]!, m.to, m.length) : undefined,
+      ]);
+      if (!cpu) out[i] = CORRUPT;
+      else if (onDevice !== undefined && (!onDevice.ok || !m.checksum)) out[i] = onDevice;
     });
     await Promise.all(work);
     const second = newRound();
@@ -181,6 +195,8 @@ export async function runCoded(
           into.storedBytes,
           true,
         );
+      } else if (onGpu[i]) {
+        at2[i] = second.checksum(stagedPlace(i), m.length); // the block is on the GPU already
       } else if (!isHost(m.to)) {
         at2[i] = second.move(stagedPlace(i), m.to, m.length, m.checksum);
       } else if (m.checksum) {
@@ -216,6 +232,30 @@ export async function runCoded(
   } finally {
     await storing.close();
     await decoding?.close();
+  }
+}
+
+/** Decodes on the GPU into `to`; a header the codec refuses is damage, counted as corrupt. */
+async function decodesOnGpu(
+  gpu: IoEngine,
+  codec: BlockCodec,
+  src: Region,
+  srcOffset: number,
+  to: SlotPlace,
+  length: number,
+): Promise<MoveOutcome> {
+  const place = to as HostPlace;
+  try {
+    await GpuCodec.open(gpu as GpuCopyEngine, codec).decodeToDevice(
+      src,
+      srcOffset,
+      place.target as DeviceRegion,
+      place.offset,
+    );
+    return { ok: true, bytes: length, checksum: undefined, error: undefined, intact: true };
+  } catch (e) {
+    if (isKvtierError(e, 'KVTIER_BAD_ARGUMENT')) return CORRUPT;
+    return failed(e as KvtierError);
   }
 }
 

@@ -176,6 +176,7 @@ export class TransferRound {
             run: () => round.run(memoryEngine, fileEngine, gpu),
           };
         },
+        gpu,
       ),
     ]);
     if (plain.status === 'rejected') throw plain.reason;

@@ -11,6 +11,7 @@
 #include "../common/instance_data.h"
 #include "../common/targets.h"
 #include "../shim/cuda.h"
+#include "copy_engine_batch.h"
 #include "kernels_ptx.h"
 
 namespace kvtier {
@@ -35,25 +36,6 @@ struct Segment {
 };
 }  // namespace
 
-struct CopyEngine::JsBatch {
-  explicit JsBatch(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise::Deferred deferred;
-  std::vector<napi_ref> borrowed;                // user buffers, released on the main thread
-  std::vector<std::shared_ptr<void>> keepAlive;  // regions' memory, host and device
-  std::vector<cu::DevicePtr> dsts, srcs;         // the copies, in submission order
-  std::vector<size_t> sizes;
-  std::vector<char> dstDevice, srcDevice;  // whether each side is GPU memory
-  void* table = nullptr;                   // the kernel's segment table, if any
-  size_t tableBytes = 0;
-  std::vector<double> results;  // bytes per descriptor
-  cu::Event event = nullptr;
-  // Pageable host memory makes the driver copy synchronously: such batches are queued by the
-  // completer thread, on this stream, so the event loop never waits for a copy.
-  cu::Stream deferredOn = nullptr;
-  cu::Result rc = cu::kSuccess;  // set by the completer
-  std::string error;             // set by the completer when it cannot wait
-};
-
 Napi::Function CopyEngine::Define(Napi::Env env) {
   return DefineClass(
       env, "NativeCopyEngine",
@@ -62,10 +44,12 @@ Napi::Function CopyEngine::Define(Napi::Env env) {
        InstanceAccessor<&CopyEngine::QueueDepth>("queueDepth"),
        InstanceAccessor<&CopyEngine::InFlight>("inFlight"),
        InstanceAccessor<&CopyEngine::BatchCopy>("batchCopy"),
-       InstanceAccessor<&CopyEngine::KernelPath>("kernelPath")});
+       InstanceAccessor<&CopyEngine::KernelPath>("kernelPath"),
+       InstanceMethod<&CopyEngine::Decode>("decode"),
+       InstanceAccessor<&CopyEngine::DecodePath>("decodePath")});
 }
 
-// new NativeCopyEngine({ device, streams, batch, kernel })
+// new NativeCopyEngine({ device, streams, batch, kernel, decodeStagingBytes })
 CopyEngine::CopyEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CopyEngine>(info) {
   Napi::Env env = info.Env();
   Napi::Object opts = info[0].IsObject() ? info[0].As<Napi::Object>() : Napi::Object::New(env);
@@ -78,6 +62,11 @@ CopyEngine::CopyEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CopyEn
   device_ = static_cast<int>(device);
   useBatch_ = BoolOption(opts, "batch", true);
   useKernel_ = BoolOption(opts, "kernel", true);
+  Napi::Value ds = opts.Get("decodeStagingBytes");
+  if (!ds.IsUndefined()) {
+    decodeStaging_ = ByteCountArg(env, ds, "decodeStagingBytes");
+    if (decodeStaging_ == 0) Throw(env, kBadArgument, "decodeStagingBytes must be at least 1");
+  }
 
   Cuda& cuda = Cuda::instance();
   std::string why;
@@ -202,20 +191,38 @@ void CopyEngine::Deliver(Napi::Env env, Napi::Function, CopyEngine* engine, JsBa
 }
 
 void CopyEngine::LoadKernel() {
-  if (!useKernel_) {
-    kernelReason_ = "the kernel path was turned off";
-    return;
-  }
   if (api_->moduleLoadData == nullptr || api_->moduleGetFunction == nullptr ||
       api_->launchKernel == nullptr || api_->memHostGetDevicePointer == nullptr) {
     kernelReason_ =
         "the driver lacks cuModuleLoadData, cuLaunchKernel or cuMemHostGetDevicePointer";
+    decodeReason_ = kernelReason_;
     return;
   }
   cu::Result rc = api_->moduleLoadData(&module_, kKernelsPtx);
-  if (rc == cu::kSuccess) rc = api_->moduleGetFunction(&kernel_, module_, "kvtier_copy_segments");
   if (rc != cu::kSuccess) {
     // An older driver cannot JIT newer PTX: copies still run, on the DMA path alone.
+    kernelReason_ = Cuda::instance().fail("loading kvtier's GPU kernels", rc);
+    decodeReason_ = kernelReason_;
+    module_ = nullptr;
+    return;
+  }
+  // The decoders load whatever the segment-copy option says: they are not an alternative path.
+  static const char* const kDecoders[3] = {"kvtier_decode_fp8", "kvtier_decode_int8",
+                                           "kvtier_decode_kivi"};
+  for (int i = 0; i < 3; ++i) {
+    rc = api_->moduleGetFunction(&decodeKernels_[i], module_, kDecoders[i]);
+    if (rc != cu::kSuccess) {
+      decodeReason_ = Cuda::instance().fail((std::string("loading ") + kDecoders[i]).c_str(), rc);
+      for (cu::Function& f : decodeKernels_) f = nullptr;
+      break;
+    }
+  }
+  if (!useKernel_) {
+    kernelReason_ = "the kernel path was turned off";
+    return;
+  }
+  rc = api_->moduleGetFunction(&kernel_, module_, "kvtier_copy_segments");
+  if (rc != cu::kSuccess) {
     kernelReason_ = Cuda::instance().fail("loading kvtier's segment-copy kernel", rc);
     kernel_ = nullptr;
   }
@@ -251,6 +258,22 @@ cu::Result CopyEngine::Dma(std::vector<cu::DevicePtr>& dsts, std::vector<cu::Dev
   return cu::kSuccess;
 }
 
+bool CopyEngine::EnsureStaging(Lane& lane, size_t bytes) {
+  if (bytes <= lane.stagingBytes) return true;
+  // Earlier batches on this lane may still read the old buffer; the lane is stream-ordered, so
+  // waiting for it is enough.
+  size_t want = (bytes + kStagingQuantum - 1) / kStagingQuantum * kStagingQuantum;
+  cu::DevicePtr fresh = 0;
+  if (api_->streamSynchronize(lane.stream) != cu::kSuccess ||
+      api_->memAlloc(&fresh, want) != cu::kSuccess) {
+    return false;
+  }
+  if (lane.staging != 0) (void)api_->memFree(lane.staging);
+  lane.staging = fresh;
+  lane.stagingBytes = want;
+  return true;
+}
+
 bool CopyEngine::EnqueueStaged(JsBatch* batch, Lane& lane, std::string* error) {
   size_t n = batch->sizes.size();
   if (kernel_ == nullptr || n < kKernelMinCopies) return false;
@@ -264,19 +287,7 @@ bool CopyEngine::EnqueueStaged(JsBatch* batch, Lane& lane, std::string* error) {
   if (total / n > kKernelMaxMeanBytes || staged > kStagingMax) return false;
 
   Cuda& cuda = Cuda::instance();
-  if (staged > lane.stagingBytes) {
-    // Earlier batches on this lane may still read the old buffer; the lane is stream-ordered, so
-    // waiting for it is enough.
-    size_t want = (staged + kStagingQuantum - 1) / kStagingQuantum * kStagingQuantum;
-    cu::DevicePtr fresh = 0;
-    if (api_->streamSynchronize(lane.stream) != cu::kSuccess ||
-        api_->memAlloc(&fresh, want) != cu::kSuccess) {
-      return false;  // no room in HBM: the DMA path needs none
-    }
-    if (lane.staging != 0) (void)api_->memFree(lane.staging);
-    lane.staging = fresh;
-    lane.stagingBytes = want;
-  }
+  if (!EnsureStaging(lane, staged)) return false;  // no room in HBM: the DMA path needs none
   size_t tableBytes = n * sizeof(Segment);
   for (size_t i = 0; i < spareTables_.size(); ++i) {
     if (spareTables_[i].second >= tableBytes) {

@@ -32,6 +32,10 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   Napi::Value InFlight(const Napi::CallbackInfo& info);
   Napi::Value BatchCopy(const Napi::CallbackInfo& info);
   Napi::Value KernelPath(const Napi::CallbackInfo& info);
+  // decode(params, src, srcOffset, dst, dstOffset, blocks): encoded blocks in pinned host memory
+  // to decoded blocks in GPU memory, PCIe carrying the encoded form (copy_engine_codec.cc).
+  Napi::Value Decode(const Napi::CallbackInfo& info);
+  Napi::Value DecodePath(const Napi::CallbackInfo& info);
   // Waits for each batch's completion event in submission order, off the main thread.
   void Complete();
   // Joins the completer (every queued batch finishes first) and frees the CUDA resources.
@@ -51,6 +55,8 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   // Returns false (nothing queued) when it does not apply; *error when it failed part-way.
   bool EnqueueStaged(JsBatch* batch, Lane& lane, std::string* error);
   void LoadKernel();
+  // Grows the lane's HBM staging to at least `bytes`; false when there is no room.
+  bool EnsureStaging(Lane& lane, size_t bytes);
 
   using Tsfn = Napi::TypedThreadSafeFunction<CopyEngine, JsBatch, &CopyEngine::Deliver>;
   const shim::cu::Api* api_ = nullptr;
@@ -64,6 +70,10 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   shim::cu::Module module_ = nullptr;
   shim::cu::Function kernel_ = nullptr;
   std::string kernelReason_;  // why the kernel path is off, when it is
+  // The decode kernels: fp8, int8, kivi (both widths); null with decodeReason_ when not loaded.
+  shim::cu::Function decodeKernels_[3] = {nullptr, nullptr, nullptr};
+  std::string decodeReason_;
+  uint64_t decodeStaging_ = uint64_t{256} << 20;  // bytes of encoded blocks a decode run stages
   size_t nextStream_ = 0;
   std::thread completer_;
   std::mutex mutex_;

@@ -94,6 +94,974 @@ $L__BB0_10:
 	ret;
 
 }
+	// .globl	kvtier_decode_fp8
+.visible .entry kvtier_decode_fp8(
+	.param .u64 kvtier_decode_fp8_param_0,
+	.param .u64 kvtier_decode_fp8_param_1,
+	.param .align 8 .b8 kvtier_decode_fp8_param_2[104],
+	.param .u64 kvtier_decode_fp8_param_3
+)
+{
+	.reg .pred 	%p<17>;
+	.reg .f32 	%f<34>;
+	.reg .b32 	%r<98>;
+	.reg .b64 	%rd<119>;
+
+
+	ld.param.u64 	%rd58, [kvtier_decode_fp8_param_0];
+	ld.param.u64 	%rd59, [kvtier_decode_fp8_param_1];
+	ld.param.v2.u32 	{%r14, %r15}, [kvtier_decode_fp8_param_2];
+	ld.param.u64 	%rd60, [kvtier_decode_fp8_param_3];
+	ld.param.u64 	%rd57, [kvtier_decode_fp8_param_2+96];
+	ld.param.u64 	%rd56, [kvtier_decode_fp8_param_2+88];
+	ld.param.u64 	%rd53, [kvtier_decode_fp8_param_2+64];
+	ld.param.u64 	%rd52, [kvtier_decode_fp8_param_2+56];
+	ld.param.u64 	%rd51, [kvtier_decode_fp8_param_2+48];
+	ld.param.u64 	%rd49, [kvtier_decode_fp8_param_2+32];
+	ld.param.u64 	%rd48, [kvtier_decode_fp8_param_2+24];
+	cvta.to.global.u64 	%rd1, %rd59;
+	cvta.to.global.u64 	%rd2, %rd58;
+	mul.lo.s64 	%rd5, %rd52, %rd60;
+	mov.u32 	%r18, %nctaid.x;
+	mov.u32 	%r19, %ntid.x;
+	mul.wide.u32 	%rd6, %r18, %r19;
+	mov.u32 	%r20, %ctaid.x;
+	mul.wide.u32 	%rd61, %r20, %r19;
+	mov.u32 	%r21, %tid.x;
+	cvt.u64.u32 	%rd62, %r21;
+	add.s64 	%rd109, %rd61, %rd62;
+	setp.ge.u64 	%p1, %rd109, %rd5;
+	@%p1 bra 	$L__BB1_39;
+
+	setp.eq.s32 	%p2, %r15, 3;
+	@%p2 bra 	$L__BB1_22;
+	bra.uni 	$L__BB1_2;
+
+$L__BB1_22:
+	cvt.u32.u64 	%r70, %rd52;
+	cvt.u32.u64 	%r73, %rd51;
+	cvt.u32.u64 	%r76, %rd49;
+
+$L__BB1_23:
+	or.b64  	%rd86, %rd109, %rd52;
+	and.b64  	%rd87, %rd86, -4294967296;
+	setp.eq.s64 	%p11, %rd87, 0;
+	@%p11 bra 	$L__BB1_25;
+
+	div.u64 	%rd115, %rd109, %rd52;
+	bra.uni 	$L__BB1_26;
+
+$L__BB1_25:
+	cvt.u32.u64 	%r71, %rd109;
+	div.u32 	%r72, %r71, %r70;
+	cvt.u64.u32 	%rd115, %r72;
+
+$L__BB1_26:
+	mul.lo.s64 	%rd88, %rd115, %rd52;
+	sub.s64 	%rd34, %rd109, %rd88;
+	mul.lo.s64 	%rd89, %rd115, %rd56;
+	add.s64 	%rd35, %rd89, 32;
+	or.b64  	%rd90, %rd34, %rd51;
+	and.b64  	%rd91, %rd90, -4294967296;
+	setp.eq.s64 	%p12, %rd91, 0;
+	@%p12 bra 	$L__BB1_28;
+
+	div.u64 	%rd116, %rd34, %rd51;
+	bra.uni 	$L__BB1_29;
+
+$L__BB1_28:
+	cvt.u32.u64 	%r74, %rd34;
+	div.u32 	%r75, %r74, %r73;
+	cvt.u64.u32 	%rd116, %r75;
+
+$L__BB1_29:
+	mul.lo.s64 	%rd92, %rd116, %rd51;
+	sub.s64 	%rd39, %rd34, %rd92;
+	or.b64  	%rd93, %rd39, %rd49;
+	and.b64  	%rd94, %rd93, -4294967296;
+	setp.eq.s64 	%p13, %rd94, 0;
+	@%p13 bra 	$L__BB1_31;
+
+	div.u64 	%rd117, %rd39, %rd49;
+	bra.uni 	$L__BB1_32;
+
+$L__BB1_31:
+	cvt.u32.u64 	%r77, %rd39;
+	div.u32 	%r78, %r77, %r76;
+	cvt.u64.u32 	%rd117, %r78;
+
+$L__BB1_32:
+	or.b64  	%rd95, %rd117, %rd48;
+	and.b64  	%rd96, %rd95, -4294967296;
+	setp.eq.s64 	%p14, %rd96, 0;
+	@%p14 bra 	$L__BB1_34;
+
+	rem.u64 	%rd118, %rd117, %rd48;
+	bra.uni 	$L__BB1_35;
+
+$L__BB1_34:
+	cvt.u32.u64 	%r79, %rd48;
+	cvt.u32.u64 	%r80, %rd117;
+	rem.u32 	%r81, %r80, %r79;
+	cvt.u64.u32 	%rd118, %r81;
+
+$L__BB1_35:
+	add.s64 	%rd97, %rd34, %rd53;
+	add.s64 	%rd98, %rd97, %rd35;
+	add.s64 	%rd99, %rd2, %rd98;
+	ld.global.u8 	%r8, [%rd99];
+	and.b32  	%r9, %r8, 127;
+	setp.lt.u32 	%p15, %r9, 8;
+	@%p15 bra 	$L__BB1_37;
+	bra.uni 	$L__BB1_36;
+
+$L__BB1_37:
+	shl.b32 	%r84, %r9, 7;
+	or.b32  	%r85, %r84, 1056964608;
+	mov.b32 	%f25, %r85;
+	mov.f32 	%f26, 0fBF000000;
+	add.rn.f32 	%f33, %f25, %f26;
+	bra.uni 	$L__BB1_38;
+
+$L__BB1_36:
+	shl.b32 	%r82, %r9, 20;
+	or.b32  	%r83, %r82, 1879048192;
+	mov.b32 	%f23, %r83;
+	mov.f32 	%f24, 0f07800000;
+	mul.rn.f32 	%f33, %f23, %f24;
+
+$L__BB1_38:
+	mov.b32 	%r86, %f33;
+	shl.b32 	%r87, %r8, 24;
+	and.b32  	%r88, %r87, -2147483648;
+	or.b32  	%r89, %r88, %r86;
+	mov.b32 	%f27, %r89;
+	mov.f32 	%f28, 0f43800000;
+	mul.rn.f32 	%f29, %f27, %f28;
+	mul.lo.s64 	%rd100, %rd116, %rd48;
+	add.s64 	%rd101, %rd118, %rd100;
+	shl.b64 	%rd102, %rd101, 2;
+	add.s64 	%rd103, %rd102, %rd35;
+	add.s64 	%rd104, %rd2, %rd103;
+	ld.global.u8 	%r90, [%rd104];
+	ld.global.u8 	%r91, [%rd104+1];
+	prmt.b32 	%r92, %r91, %r90, 30212;
+	ld.global.u8 	%r93, [%rd104+2];
+	ld.global.u8 	%r94, [%rd104+3];
+	prmt.b32 	%r95, %r94, %r93, 8452;
+	prmt.b32 	%r96, %r95, %r92, 4180;
+	mov.b32 	%f30, %r96;
+	mul.rn.f32 	%f31, %f29, %f30;
+	shl.b64 	%rd105, %rd34, 2;
+	mul.lo.s64 	%rd106, %rd115, %rd57;
+	add.s64 	%rd107, %rd105, %rd106;
+	add.s64 	%rd108, %rd1, %rd107;
+	st.global.f32 	[%rd108], %f31;
+	add.s64 	%rd109, %rd109, %rd6;
+	setp.lt.u64 	%p16, %rd109, %rd5;
+	@%p16 bra 	$L__BB1_23;
+	bra.uni 	$L__BB1_39;
+
+$L__BB1_2:
+	cvt.u32.u64 	%r22, %rd52;
+	cvt.u32.u64 	%r25, %rd51;
+	cvt.u32.u64 	%r28, %rd49;
+
+$L__BB1_3:
+	or.b64  	%rd63, %rd109, %rd52;
+	and.b64  	%rd64, %rd63, -4294967296;
+	setp.eq.s64 	%p3, %rd64, 0;
+	@%p3 bra 	$L__BB1_5;
+
+	div.u64 	%rd110, %rd109, %rd52;
+	bra.uni 	$L__BB1_6;
+
+$L__BB1_5:
+	cvt.u32.u64 	%r23, %rd109;
+	div.u32 	%r24, %r23, %r22;
+	cvt.u64.u32 	%rd110, %r24;
+
+$L__BB1_6:
+	mul.lo.s64 	%rd65, %rd110, %rd52;
+	sub.s64 	%rd17, %rd109, %rd65;
+	mul.lo.s64 	%rd66, %rd110, %rd56;
+	add.s64 	%rd18, %rd66, 32;
+	or.b64  	%rd67, %rd17, %rd51;
+	and.b64  	%rd68, %rd67, -4294967296;
+	setp.eq.s64 	%p4, %rd68, 0;
+	@%p4 bra 	$L__BB1_8;
+
+	div.u64 	%rd111, %rd17, %rd51;
+	bra.uni 	$L__BB1_9;
+
+$L__BB1_8:
+	cvt.u32.u64 	%r26, %rd17;
+	div.u32 	%r27, %r26, %r25;
+	cvt.u64.u32 	%rd111, %r27;
+
+$L__BB1_9:
+	mul.lo.s64 	%rd69, %rd111, %rd51;
+	sub.s64 	%rd22, %rd17, %rd69;
+	or.b64  	%rd70, %rd22, %rd49;
+	and.b64  	%rd71, %rd70, -4294967296;
+	setp.eq.s64 	%p5, %rd71, 0;
+	@%p5 bra 	$L__BB1_11;
+
+	div.u64 	%rd112, %rd22, %rd49;
+	bra.uni 	$L__BB1_12;
+
+$L__BB1_11:
+	cvt.u32.u64 	%r29, %rd22;
+	div.u32 	%r30, %r29, %r28;
+	cvt.u64.u32 	%rd112, %r30;
+
+$L__BB1_12:
+	or.b64  	%rd72, %rd112, %rd48;
+	and.b64  	%rd73, %rd72, -4294967296;
+	setp.eq.s64 	%p6, %rd73, 0;
+	@%p6 bra 	$L__BB1_14;
+
+	rem.u64 	%rd113, %rd112, %rd48;
+	bra.uni 	$L__BB1_15;
+
+$L__BB1_14:
+	cvt.u32.u64 	%r31, %rd48;
+	cvt.u32.u64 	%r32, %rd112;
+	rem.u32 	%r33, %r32, %r31;
+	cvt.u64.u32 	%rd113, %r33;
+
+$L__BB1_15:
+	add.s64 	%rd74, %rd17, %rd53;
+	add.s64 	%rd75, %rd74, %rd18;
+	add.s64 	%rd76, %rd2, %rd75;
+	ld.global.u8 	%r2, [%rd76];
+	and.b32  	%r3, %r2, 127;
+	setp.lt.u32 	%p7, %r3, 8;
+	@%p7 bra 	$L__BB1_17;
+	bra.uni 	$L__BB1_16;
+
+$L__BB1_17:
+	shl.b32 	%r36, %r3, 7;
+	or.b32  	%r37, %r36, 1056964608;
+	mov.b32 	%f9, %r37;
+	mov.f32 	%f10, 0fBF000000;
+	add.rn.f32 	%f32, %f9, %f10;
+	bra.uni 	$L__BB1_18;
+
+$L__BB1_16:
+	shl.b32 	%r34, %r3, 20;
+	or.b32  	%r35, %r34, 1879048192;
+	mov.b32 	%f7, %r35;
+	mov.f32 	%f8, 0f07800000;
+	mul.rn.f32 	%f32, %f7, %f8;
+
+$L__BB1_18:
+	mov.b32 	%r38, %f32;
+	shl.b32 	%r39, %r2, 24;
+	and.b32  	%r40, %r39, -2147483648;
+	or.b32  	%r41, %r40, %r38;
+	mov.b32 	%f11, %r41;
+	mov.f32 	%f12, 0f43800000;
+	mul.rn.f32 	%f13, %f11, %f12;
+	mul.lo.s64 	%rd77, %rd111, %rd48;
+	add.s64 	%rd78, %rd113, %rd77;
+	shl.b64 	%rd79, %rd78, 2;
+	add.s64 	%rd80, %rd79, %rd18;
+	add.s64 	%rd81, %rd2, %rd80;
+	ld.global.u8 	%r42, [%rd81];
+	ld.global.u8 	%r43, [%rd81+1];
+	prmt.b32 	%r44, %r43, %r42, 30212;
+	ld.global.u8 	%r45, [%rd81+2];
+	ld.global.u8 	%r46, [%rd81+3];
+	prmt.b32 	%r47, %r46, %r45, 8452;
+	prmt.b32 	%r48, %r47, %r44, 4180;
+	mov.b32 	%f14, %r48;
+	mul.rn.f32 	%f15, %f13, %f14;
+	mov.b32 	%r4, %f15;
+	setp.eq.s32 	%p8, %r15, 1;
+	@%p8 bra 	$L__BB1_20;
+	bra.uni 	$L__BB1_19;
+
+$L__BB1_20:
+	and.b32  	%r53, %r4, 2147483647;
+	mov.b32 	%f16, %r53;
+	mov.f32 	%f17, 0f77800000;
+	mul.rn.f32 	%f18, %f16, %f17;
+	mov.f32 	%f19, 0f08800000;
+	mul.rn.f32 	%f20, %f18, %f19;
+	shl.b32 	%r54, %r4, 1;
+	and.b32  	%r55, %r54, -16777216;
+	max.u32 	%r56, %r55, 1895825408;
+	shr.u32 	%r57, %r56, 1;
+	add.s32 	%r58, %r57, 125829120;
+	mov.b32 	%f21, %r58;
+	add.rn.f32 	%f22, %f21, %f20;
+	mov.b32 	%r59, %f22;
+	shr.u32 	%r60, %r59, 13;
+	and.b32  	%r61, %r60, 31744;
+	and.b32  	%r62, %r59, 4095;
+	add.s32 	%r63, %r61, %r62;
+	shr.u32 	%r64, %r4, 13;
+	and.b32  	%r65, %r64, 511;
+	or.b32  	%r66, %r65, 32256;
+	and.b32  	%r67, %r4, -2147483648;
+	shr.u32 	%r68, %r67, 16;
+	setp.gt.u32 	%p9, %r54, -16777216;
+	selp.b32 	%r69, %r66, %r63, %p9;
+	or.b32  	%r97, %r69, %r68;
+	bra.uni 	$L__BB1_21;
+
+$L__BB1_19:
+	shr.u32 	%r49, %r4, 16;
+	and.b32  	%r50, %r49, 1;
+	add.s32 	%r51, %r4, %r50;
+	add.s32 	%r52, %r51, 32767;
+	shr.u32 	%r97, %r52, 16;
+
+$L__BB1_21:
+	shl.b64 	%rd82, %rd17, 1;
+	mul.lo.s64 	%rd83, %rd110, %rd57;
+	add.s64 	%rd84, %rd82, %rd83;
+	add.s64 	%rd85, %rd1, %rd84;
+	st.global.u16 	[%rd85], %r97;
+	add.s64 	%rd109, %rd109, %rd6;
+	setp.lt.u64 	%p10, %rd109, %rd5;
+	@%p10 bra 	$L__BB1_3;
+
+$L__BB1_39:
+	ret;
+
+}
+	// .globl	kvtier_decode_int8
+.visible .entry kvtier_decode_int8(
+	.param .u64 kvtier_decode_int8_param_0,
+	.param .u64 kvtier_decode_int8_param_1,
+	.param .align 8 .b8 kvtier_decode_int8_param_2[104],
+	.param .u64 kvtier_decode_int8_param_3
+)
+{
+	.reg .pred 	%p<22>;
+	.reg .b16 	%rs<3>;
+	.reg .f32 	%f<21>;
+	.reg .b32 	%r<103>;
+	.reg .b64 	%rd<127>;
+
+
+	ld.param.u64 	%rd58, [kvtier_decode_int8_param_0];
+	ld.param.u64 	%rd59, [kvtier_decode_int8_param_1];
+	ld.param.v2.u32 	{%r12, %r13}, [kvtier_decode_int8_param_2];
+	ld.param.v2.u32 	{%r14, %r15}, [kvtier_decode_int8_param_2+8];
+	ld.param.u64 	%rd60, [kvtier_decode_int8_param_3];
+	ld.param.u64 	%rd57, [kvtier_decode_int8_param_2+96];
+	ld.param.u64 	%rd56, [kvtier_decode_int8_param_2+88];
+	ld.param.u64 	%rd53, [kvtier_decode_int8_param_2+64];
+	ld.param.u64 	%rd52, [kvtier_decode_int8_param_2+56];
+	ld.param.u64 	%rd51, [kvtier_decode_int8_param_2+48];
+	ld.param.u64 	%rd49, [kvtier_decode_int8_param_2+32];
+	ld.param.u64 	%rd48, [kvtier_decode_int8_param_2+24];
+	ld.param.u64 	%rd47, [kvtier_decode_int8_param_2+16];
+	cvta.to.global.u64 	%rd1, %rd59;
+	cvta.to.global.u64 	%rd2, %rd58;
+	mul.lo.s64 	%rd4, %rd52, %rd60;
+	mov.u32 	%r16, %nctaid.x;
+	mov.u32 	%r17, %ntid.x;
+	mul.wide.u32 	%rd5, %r16, %r17;
+	mov.u32 	%r18, %ctaid.x;
+	mul.wide.u32 	%rd61, %r18, %r17;
+	mov.u32 	%r19, %tid.x;
+	cvt.u64.u32 	%rd62, %r19;
+	add.s64 	%rd119, %rd61, %rd62;
+	setp.ge.u64 	%p1, %rd119, %rd4;
+	@%p1 bra 	$L__BB2_40;
+
+	setp.eq.s32 	%p2, %r14, 1;
+	mul.lo.s64 	%rd12, %rd48, %rd47;
+	mul.lo.s64 	%rd13, %rd48, %rd49;
+	@%p2 bra 	$L__BB2_23;
+	bra.uni 	$L__BB2_2;
+
+$L__BB2_23:
+	cvt.u32.u64 	%r62, %rd52;
+	cvt.u32.u64 	%r65, %rd51;
+	cvt.u32.u64 	%r68, %rd49;
+
+$L__BB2_24:
+	or.b64  	%rd91, %rd119, %rd52;
+	and.b64  	%rd92, %rd91, -4294967296;
+	setp.eq.s64 	%p15, %rd92, 0;
+	@%p15 bra 	$L__BB2_26;
+
+	div.u64 	%rd124, %rd119, %rd52;
+	bra.uni 	$L__BB2_27;
+
+$L__BB2_26:
+	cvt.u32.u64 	%r63, %rd119;
+	div.u32 	%r64, %r63, %r62;
+	cvt.u64.u32 	%rd124, %r64;
+
+$L__BB2_27:
+	mul.lo.s64 	%rd93, %rd124, %rd52;
+	sub.s64 	%rd37, %rd119, %rd93;
+	or.b64  	%rd94, %rd37, %rd51;
+	and.b64  	%rd95, %rd94, -4294967296;
+	setp.eq.s64 	%p16, %rd95, 0;
+	@%p16 bra 	$L__BB2_29;
+
+	div.u64 	%rd125, %rd37, %rd51;
+	bra.uni 	$L__BB2_30;
+
+$L__BB2_29:
+	cvt.u32.u64 	%r66, %rd37;
+	div.u32 	%r67, %r66, %r65;
+	cvt.u64.u32 	%rd125, %r67;
+
+$L__BB2_30:
+	mul.lo.s64 	%rd96, %rd125, %rd51;
+	sub.s64 	%rd41, %rd37, %rd96;
+	or.b64  	%rd97, %rd41, %rd49;
+	and.b64  	%rd98, %rd97, -4294967296;
+	setp.eq.s64 	%p17, %rd98, 0;
+	@%p17 bra 	$L__BB2_32;
+
+	div.u64 	%rd126, %rd41, %rd49;
+	bra.uni 	$L__BB2_33;
+
+$L__BB2_32:
+	cvt.u32.u64 	%r69, %rd41;
+	div.u32 	%r70, %r69, %r68;
+	cvt.u64.u32 	%rd126, %r70;
+
+$L__BB2_33:
+	mul.lo.s64 	%rd99, %rd124, %rd56;
+	add.s64 	%rd100, %rd99, 32;
+	add.s64 	%rd101, %rd37, %rd53;
+	add.s64 	%rd102, %rd101, %rd100;
+	add.s64 	%rd103, %rd2, %rd102;
+	ld.global.s8 	%rs2, [%rd103];
+	cvt.rn.f32.s16 	%f12, %rs2;
+	mul.lo.s64 	%rd104, %rd12, %rd125;
+	add.s64 	%rd105, %rd126, %rd104;
+	shl.b64 	%rd106, %rd105, 2;
+	add.s64 	%rd107, %rd106, %rd100;
+	add.s64 	%rd108, %rd2, %rd107;
+	ld.global.u8 	%r71, [%rd108];
+	ld.global.u8 	%r72, [%rd108+1];
+	prmt.b32 	%r73, %r72, %r71, 30212;
+	ld.global.u8 	%r74, [%rd108+2];
+	ld.global.u8 	%r75, [%rd108+3];
+	prmt.b32 	%r76, %r75, %r74, 8452;
+	prmt.b32 	%r77, %r76, %r73, 4180;
+	mov.b32 	%f13, %r77;
+	mul.rn.f32 	%f2, %f12, %f13;
+	mul.lo.s64 	%rd45, %rd124, %rd57;
+	setp.eq.s32 	%p18, %r13, 3;
+	@%p18 bra 	$L__BB2_36;
+
+	setp.ne.s32 	%p19, %r13, 1;
+	@%p19 bra 	$L__BB2_37;
+
+	mov.b32 	%r78, %f2;
+	and.b32  	%r79, %r78, 2147483647;
+	mov.b32 	%f14, %r79;
+	mov.f32 	%f15, 0f77800000;
+	mul.rn.f32 	%f16, %f14, %f15;
+	mov.f32 	%f17, 0f08800000;
+	mul.rn.f32 	%f18, %f16, %f17;
+	shl.b32 	%r80, %r78, 1;
+	and.b32  	%r81, %r78, -2147483648;
+	and.b32  	%r82, %r80, -16777216;
+	max.u32 	%r83, %r82, 1895825408;
+	shr.u32 	%r84, %r83, 1;
+	add.s32 	%r85, %r84, 125829120;
+	mov.b32 	%f19, %r85;
+	add.rn.f32 	%f20, %f19, %f18;
+	mov.b32 	%r86, %f20;
+	shr.u32 	%r87, %r86, 13;
+	and.b32  	%r88, %r87, 31744;
+	and.b32  	%r89, %r86, 4095;
+	add.s32 	%r90, %r88, %r89;
+	shr.u32 	%r91, %r78, 13;
+	and.b32  	%r92, %r91, 511;
+	or.b32  	%r93, %r92, 32256;
+	shr.u32 	%r94, %r81, 16;
+	setp.gt.u32 	%p20, %r80, -16777216;
+	selp.b32 	%r95, %r93, %r90, %p20;
+	or.b32  	%r102, %r95, %r94;
+	bra.uni 	$L__BB2_38;
+
+$L__BB2_36:
+	shl.b64 	%rd109, %rd37, 2;
+	add.s64 	%rd110, %rd109, %rd45;
+	add.s64 	%rd111, %rd1, %rd110;
+	st.global.f32 	[%rd111], %f2;
+	bra.uni 	$L__BB2_39;
+
+$L__BB2_37:
+	mov.b32 	%r96, %f2;
+	shr.u32 	%r97, %r96, 16;
+	and.b32  	%r98, %r97, 1;
+	add.s32 	%r99, %r96, %r98;
+	add.s32 	%r100, %r99, 32767;
+	shr.u32 	%r102, %r100, 16;
+
+$L__BB2_38:
+	shl.b64 	%rd112, %rd37, 1;
+	add.s64 	%rd113, %rd112, %rd45;
+	add.s64 	%rd114, %rd1, %rd113;
+	st.global.u16 	[%rd114], %r102;
+
+$L__BB2_39:
+	add.s64 	%rd119, %rd119, %rd5;
+	setp.lt.u64 	%p21, %rd119, %rd4;
+	@%p21 bra 	$L__BB2_24;
+	bra.uni 	$L__BB2_40;
+
+$L__BB2_2:
+	add.s64 	%rd14, %rd13, %rd12;
+	cvt.u32.u64 	%r20, %rd52;
+	cvt.u32.u64 	%r23, %rd51;
+	cvt.u32.u64 	%r26, %rd49;
+	cvt.u32.u64 	%r29, %rd13;
+
+$L__BB2_3:
+	or.b64  	%rd63, %rd119, %rd52;
+	and.b64  	%rd64, %rd63, -4294967296;
+	setp.eq.s64 	%p3, %rd64, 0;
+	@%p3 bra 	$L__BB2_5;
+
+	div.u64 	%rd120, %rd119, %rd52;
+	bra.uni 	$L__BB2_6;
+
+$L__BB2_5:
+	cvt.u32.u64 	%r21, %rd119;
+	div.u32 	%r22, %r21, %r20;
+	cvt.u64.u32 	%rd120, %r22;
+
+$L__BB2_6:
+	mul.lo.s64 	%rd65, %rd120, %rd52;
+	sub.s64 	%rd19, %rd119, %rd65;
+	or.b64  	%rd66, %rd19, %rd51;
+	and.b64  	%rd67, %rd66, -4294967296;
+	setp.eq.s64 	%p4, %rd67, 0;
+	@%p4 bra 	$L__BB2_8;
+
+	div.u64 	%rd121, %rd19, %rd51;
+	bra.uni 	$L__BB2_9;
+
+$L__BB2_8:
+	cvt.u32.u64 	%r24, %rd19;
+	div.u32 	%r25, %r24, %r23;
+	cvt.u64.u32 	%rd121, %r25;
+
+$L__BB2_9:
+	mul.lo.s64 	%rd68, %rd121, %rd51;
+	sub.s64 	%rd23, %rd19, %rd68;
+	and.b64  	%rd69, %rd121, 1;
+	setp.eq.b64 	%p5, %rd69, 1;
+	mov.pred 	%p6, 0;
+	xor.pred  	%p7, %p5, %p6;
+	not.pred 	%p8, %p7;
+	@%p8 bra 	$L__BB2_13;
+	bra.uni 	$L__BB2_10;
+
+$L__BB2_13:
+	or.b64  	%rd72, %rd23, %rd13;
+	and.b64  	%rd73, %rd72, -4294967296;
+	setp.eq.s64 	%p10, %rd73, 0;
+	@%p10 bra 	$L__BB2_15;
+
+	rem.u64 	%rd122, %rd23, %rd13;
+	bra.uni 	$L__BB2_16;
+
+$L__BB2_10:
+	or.b64  	%rd70, %rd23, %rd49;
+	and.b64  	%rd71, %rd70, -4294967296;
+	setp.eq.s64 	%p9, %rd71, 0;
+	@%p9 bra 	$L__BB2_12;
+
+	div.u64 	%rd24, %rd23, %rd49;
+	add.s64 	%rd122, %rd24, %rd13;
+	bra.uni 	$L__BB2_16;
+
+$L__BB2_15:
+	cvt.u32.u64 	%r30, %rd23;
+	rem.u32 	%r31, %r30, %r29;
+	cvt.u64.u32 	%rd122, %r31;
+	bra.uni 	$L__BB2_16;
+
+$L__BB2_12:
+	cvt.u32.u64 	%r27, %rd23;
+	div.u32 	%r28, %r27, %r26;
+	cvt.u64.u32 	%rd25, %r28;
+	add.s64 	%rd122, %rd25, %rd13;
+
+$L__BB2_16:
+	mul.lo.s64 	%rd74, %rd120, %rd56;
+	add.s64 	%rd75, %rd74, 32;
+	add.s64 	%rd76, %rd19, %rd53;
+	add.s64 	%rd77, %rd76, %rd75;
+	add.s64 	%rd78, %rd2, %rd77;
+	ld.global.s8 	%rs1, [%rd78];
+	cvt.rn.f32.s16 	%f3, %rs1;
+	shr.u64 	%rd79, %rd121, 1;
+	mul.lo.s64 	%rd80, %rd79, %rd14;
+	add.s64 	%rd81, %rd122, %rd80;
+	shl.b64 	%rd82, %rd81, 2;
+	add.s64 	%rd83, %rd82, %rd75;
+	add.s64 	%rd84, %rd2, %rd83;
+	ld.global.u8 	%r32, [%rd84];
+	ld.global.u8 	%r33, [%rd84+1];
+	prmt.b32 	%r34, %r33, %r32, 30212;
+	ld.global.u8 	%r35, [%rd84+2];
+	ld.global.u8 	%r36, [%rd84+3];
+	prmt.b32 	%r37, %r36, %r35, 8452;
+	prmt.b32 	%r38, %r37, %r34, 4180;
+	mov.b32 	%f4, %r38;
+	mul.rn.f32 	%f1, %f3, %f4;
+	mul.lo.s64 	%rd31, %rd120, %rd57;
+	setp.eq.s32 	%p11, %r13, 3;
+	@%p11 bra 	$L__BB2_19;
+
+	setp.ne.s32 	%p12, %r13, 1;
+	@%p12 bra 	$L__BB2_20;
+
+	mov.b32 	%r39, %f1;
+	and.b32  	%r40, %r39, 2147483647;
+	mov.b32 	%f5, %r40;
+	mov.f32 	%f6, 0f77800000;
+	mul.rn.f32 	%f7, %f5, %f6;
+	mov.f32 	%f8, 0f08800000;
+	mul.rn.f32 	%f9, %f7, %f8;
+	shl.b32 	%r41, %r39, 1;
+	and.b32  	%r42, %r39, -2147483648;
+	and.b32  	%r43, %r41, -16777216;
+	max.u32 	%r44, %r43, 1895825408;
+	shr.u32 	%r45, %r44, 1;
+	add.s32 	%r46, %r45, 125829120;
+	mov.b32 	%f10, %r46;
+	add.rn.f32 	%f11, %f10, %f9;
+	mov.b32 	%r47, %f11;
+	shr.u32 	%r48, %r47, 13;
+	and.b32  	%r49, %r48, 31744;
+	and.b32  	%r50, %r47, 4095;
+	add.s32 	%r51, %r49, %r50;
+	shr.u32 	%r52, %r39, 13;
+	and.b32  	%r53, %r52, 511;
+	or.b32  	%r54, %r53, 32256;
+	shr.u32 	%r55, %r42, 16;
+	setp.gt.u32 	%p13, %r41, -16777216;
+	selp.b32 	%r56, %r54, %r51, %p13;
+	or.b32  	%r101, %r56, %r55;
+	bra.uni 	$L__BB2_21;
+
+$L__BB2_19:
+	shl.b64 	%rd85, %rd19, 2;
+	add.s64 	%rd86, %rd85, %rd31;
+	add.s64 	%rd87, %rd1, %rd86;
+	st.global.f32 	[%rd87], %f1;
+	bra.uni 	$L__BB2_22;
+
+$L__BB2_20:
+	mov.b32 	%r57, %f1;
+	shr.u32 	%r58, %r57, 16;
+	and.b32  	%r59, %r58, 1;
+	add.s32 	%r60, %r57, %r59;
+	add.s32 	%r61, %r60, 32767;
+	shr.u32 	%r101, %r61, 16;
+
+$L__BB2_21:
+	shl.b64 	%rd88, %rd19, 1;
+	add.s64 	%rd89, %rd88, %rd31;
+	add.s64 	%rd90, %rd1, %rd89;
+	st.global.u16 	[%rd90], %r101;
+
+$L__BB2_22:
+	add.s64 	%rd119, %rd119, %rd5;
+	setp.lt.u64 	%p14, %rd119, %rd4;
+	@%p14 bra 	$L__BB2_3;
+
+$L__BB2_40:
+	ret;
+
+}
+	// .globl	kvtier_decode_kivi
+.visible .entry kvtier_decode_kivi(
+	.param .u64 kvtier_decode_kivi_param_0,
+	.param .u64 kvtier_decode_kivi_param_1,
+	.param .align 8 .b8 kvtier_decode_kivi_param_2[104],
+	.param .u64 kvtier_decode_kivi_param_3
+)
+{
+	.reg .pred 	%p<16>;
+	.reg .f32 	%f<29>;
+	.reg .b32 	%r<87>;
+	.reg .b64 	%rd<90>;
+
+
+	ld.param.u64 	%rd50, [kvtier_decode_kivi_param_0];
+	ld.param.u64 	%rd51, [kvtier_decode_kivi_param_1];
+	ld.param.v2.u32 	{%r15, %r16}, [kvtier_decode_kivi_param_2];
+	ld.param.v2.u32 	{%r17, %r18}, [kvtier_decode_kivi_param_2+8];
+	ld.param.u64 	%rd52, [kvtier_decode_kivi_param_3];
+	ld.param.u64 	%rd49, [kvtier_decode_kivi_param_2+96];
+	ld.param.u64 	%rd48, [kvtier_decode_kivi_param_2+88];
+	ld.param.u64 	%rd47, [kvtier_decode_kivi_param_2+80];
+	ld.param.u64 	%rd46, [kvtier_decode_kivi_param_2+72];
+	ld.param.u64 	%rd45, [kvtier_decode_kivi_param_2+64];
+	ld.param.u64 	%rd44, [kvtier_decode_kivi_param_2+56];
+	ld.param.u64 	%rd43, [kvtier_decode_kivi_param_2+48];
+	ld.param.u64 	%rd42, [kvtier_decode_kivi_param_2+40];
+	ld.param.u64 	%rd41, [kvtier_decode_kivi_param_2+32];
+	ld.param.u64 	%rd40, [kvtier_decode_kivi_param_2+24];
+	cvta.to.global.u64 	%rd1, %rd51;
+	cvta.to.global.u64 	%rd2, %rd50;
+	mul.lo.s64 	%rd6, %rd44, %rd52;
+	mov.u32 	%r19, %ntid.x;
+	cvt.u64.u32 	%rd7, %r19;
+	mov.u32 	%r20, %ctaid.x;
+	mul.wide.u32 	%rd53, %r20, %r19;
+	mov.u32 	%r21, %tid.x;
+	cvt.u64.u32 	%rd54, %r21;
+	add.s64 	%rd85, %rd53, %rd54;
+	setp.ge.u64 	%p1, %rd85, %rd6;
+	@%p1 bra 	$L__BB3_28;
+
+	shl.b64 	%rd11, %rd46, 2;
+	mul.lo.s64 	%rd12, %rd40, %rd41;
+	shl.b64 	%rd13, %rd12, 2;
+	cvt.u64.u32 	%rd14, %r18;
+	mov.u32 	%r22, -1;
+	shl.b32 	%r23, %r22, %r18;
+	not.b32 	%r1, %r23;
+	mov.u32 	%r24, %nctaid.x;
+	cvt.u64.u32 	%rd55, %r24;
+	mul.lo.s64 	%rd15, %rd55, %rd7;
+
+$L__BB3_2:
+	or.b64  	%rd56, %rd85, %rd44;
+	and.b64  	%rd57, %rd56, -4294967296;
+	setp.eq.s64 	%p2, %rd57, 0;
+	@%p2 bra 	$L__BB3_4;
+
+	div.u64 	%rd86, %rd85, %rd44;
+	bra.uni 	$L__BB3_5;
+
+$L__BB3_4:
+	cvt.u32.u64 	%r25, %rd44;
+	cvt.u32.u64 	%r26, %rd85;
+	div.u32 	%r27, %r26, %r25;
+	cvt.u64.u32 	%rd86, %r27;
+
+$L__BB3_5:
+	mul.lo.s64 	%rd58, %rd86, %rd44;
+	sub.s64 	%rd22, %rd85, %rd58;
+	mul.lo.s64 	%rd59, %rd86, %rd48;
+	add.s64 	%rd23, %rd59, 32;
+	or.b64  	%rd60, %rd22, %rd43;
+	and.b64  	%rd61, %rd60, -4294967296;
+	setp.eq.s64 	%p3, %rd61, 0;
+	@%p3 bra 	$L__BB3_7;
+
+	div.u64 	%rd87, %rd22, %rd43;
+	bra.uni 	$L__BB3_8;
+
+$L__BB3_7:
+	cvt.u32.u64 	%r28, %rd43;
+	cvt.u32.u64 	%r29, %rd22;
+	div.u32 	%r30, %r29, %r28;
+	cvt.u64.u32 	%rd87, %r30;
+
+$L__BB3_8:
+	mul.lo.s64 	%rd62, %rd87, %rd43;
+	sub.s64 	%rd27, %rd22, %rd62;
+	and.b64  	%rd63, %rd87, 1;
+	setp.eq.b64 	%p4, %rd63, 1;
+	mov.pred 	%p5, 0;
+	xor.pred  	%p6, %p4, %p5;
+	not.pred 	%p7, %p6;
+	shr.u64 	%rd64, %rd87, 1;
+	mul.lo.s64 	%rd88, %rd11, %rd64;
+	@%p7 bra 	$L__BB3_12;
+	bra.uni 	$L__BB3_9;
+
+$L__BB3_12:
+	or.b64  	%rd67, %rd27, %rd12;
+	and.b64  	%rd68, %rd67, -4294967296;
+	setp.eq.s64 	%p9, %rd68, 0;
+	@%p9 bra 	$L__BB3_14;
+
+	rem.u64 	%rd89, %rd27, %rd12;
+	bra.uni 	$L__BB3_15;
+
+$L__BB3_9:
+	add.s64 	%rd88, %rd88, %rd13;
+	or.b64  	%rd65, %rd27, %rd42;
+	and.b64  	%rd66, %rd65, -4294967296;
+	setp.eq.s64 	%p8, %rd66, 0;
+	@%p8 bra 	$L__BB3_11;
+
+	div.u64 	%rd89, %rd27, %rd42;
+	bra.uni 	$L__BB3_15;
+
+$L__BB3_14:
+	cvt.u32.u64 	%r34, %rd12;
+	cvt.u32.u64 	%r35, %rd27;
+	rem.u32 	%r36, %r35, %r34;
+	cvt.u64.u32 	%rd89, %r36;
+	bra.uni 	$L__BB3_15;
+
+$L__BB3_11:
+	cvt.u32.u64 	%r31, %rd42;
+	cvt.u32.u64 	%r32, %rd27;
+	div.u32 	%r33, %r32, %r31;
+	cvt.u64.u32 	%rd89, %r33;
+
+$L__BB3_15:
+	add.s64 	%rd69, %rd88, %rd23;
+	shl.b64 	%rd70, %rd89, 2;
+	add.s64 	%rd71, %rd69, %rd70;
+	add.s64 	%rd36, %rd2, %rd71;
+	ld.global.u8 	%r37, [%rd36];
+	ld.global.u8 	%r3, [%rd36+1];
+	prmt.b32 	%r4, %r3, %r37, 30212;
+	shl.b32 	%r38, %r3, 25;
+	setp.lt.u32 	%p10, %r38, 134217728;
+	@%p10 bra 	$L__BB3_17;
+	bra.uni 	$L__BB3_16;
+
+$L__BB3_17:
+	and.b32  	%r42, %r4, 32767;
+	or.b32  	%r43, %r42, 1056964608;
+	mov.b32 	%f10, %r43;
+	mov.f32 	%f11, 0fBF000000;
+	add.rn.f32 	%f27, %f10, %f11;
+	bra.uni 	$L__BB3_18;
+
+$L__BB3_16:
+	shl.b32 	%r39, %r4, 13;
+	and.b32  	%r40, %r39, 268427264;
+	or.b32  	%r41, %r40, 1879048192;
+	mov.b32 	%f8, %r41;
+	mov.f32 	%f9, 0f07800000;
+	mul.rn.f32 	%f27, %f8, %f9;
+
+$L__BB3_18:
+	mov.b32 	%r44, %f27;
+	shl.b32 	%r45, %r3, 24;
+	and.b32  	%r46, %r45, -2147483648;
+	or.b32  	%r5, %r46, %r44;
+	ld.global.u8 	%r47, [%rd36+2];
+	ld.global.u8 	%r6, [%rd36+3];
+	prmt.b32 	%r7, %r6, %r47, 30212;
+	shl.b32 	%r48, %r6, 25;
+	setp.lt.u32 	%p11, %r48, 134217728;
+	@%p11 bra 	$L__BB3_20;
+	bra.uni 	$L__BB3_19;
+
+$L__BB3_20:
+	and.b32  	%r52, %r7, 32767;
+	or.b32  	%r53, %r52, 1056964608;
+	mov.b32 	%f14, %r53;
+	mov.f32 	%f15, 0fBF000000;
+	add.rn.f32 	%f28, %f14, %f15;
+	bra.uni 	$L__BB3_21;
+
+$L__BB3_19:
+	shl.b32 	%r49, %r7, 13;
+	and.b32  	%r50, %r49, 268427264;
+	or.b32  	%r51, %r50, 1879048192;
+	mov.b32 	%f12, %r51;
+	mov.f32 	%f13, 0f07800000;
+	mul.rn.f32 	%f28, %f12, %f13;
+
+$L__BB3_21:
+	mov.b32 	%r54, %f28;
+	shl.b32 	%r55, %r6, 24;
+	and.b32  	%r56, %r55, -2147483648;
+	or.b32  	%r57, %r56, %r54;
+	mov.b32 	%f16, %r57;
+	mul.lo.s64 	%rd72, %rd87, %rd47;
+	add.s64 	%rd73, %rd72, %rd45;
+	mul.lo.s64 	%rd74, %rd27, %rd14;
+	shr.u64 	%rd75, %rd74, 3;
+	add.s64 	%rd76, %rd73, %rd23;
+	add.s64 	%rd77, %rd76, %rd75;
+	add.s64 	%rd78, %rd2, %rd77;
+	ld.global.u8 	%r58, [%rd78];
+	cvt.u32.u64 	%r59, %rd74;
+	and.b32  	%r60, %r59, 7;
+	shr.u32 	%r61, %r58, %r60;
+	and.b32  	%r62, %r61, %r1;
+	cvt.rn.f32.u32 	%f17, %r62;
+	mov.b32 	%f18, %r5;
+	mul.rn.f32 	%f19, %f17, %f18;
+	add.rn.f32 	%f7, %f16, %f19;
+	mul.lo.s64 	%rd37, %rd86, %rd49;
+	setp.eq.s32 	%p12, %r16, 3;
+	@%p12 bra 	$L__BB3_24;
+
+	setp.ne.s32 	%p13, %r16, 1;
+	@%p13 bra 	$L__BB3_25;
+
+	mov.b32 	%r63, %f7;
+	and.b32  	%r64, %r63, 2147483647;
+	mov.b32 	%f20, %r64;
+	mov.f32 	%f21, 0f77800000;
+	mul.rn.f32 	%f22, %f20, %f21;
+	mov.f32 	%f23, 0f08800000;
+	mul.rn.f32 	%f24, %f22, %f23;
+	shl.b32 	%r65, %r63, 1;
+	and.b32  	%r66, %r63, -2147483648;
+	and.b32  	%r67, %r65, -16777216;
+	max.u32 	%r68, %r67, 1895825408;
+	shr.u32 	%r69, %r68, 1;
+	add.s32 	%r70, %r69, 125829120;
+	mov.b32 	%f25, %r70;
+	add.rn.f32 	%f26, %f25, %f24;
+	mov.b32 	%r71, %f26;
+	shr.u32 	%r72, %r71, 13;
+	and.b32  	%r73, %r72, 31744;
+	and.b32  	%r74, %r71, 4095;
+	add.s32 	%r75, %r73, %r74;
+	shr.u32 	%r76, %r63, 13;
+	and.b32  	%r77, %r76, 511;
+	or.b32  	%r78, %r77, 32256;
+	shr.u32 	%r79, %r66, 16;
+	setp.gt.u32 	%p14, %r65, -16777216;
+	selp.b32 	%r80, %r78, %r75, %p14;
+	or.b32  	%r86, %r80, %r79;
+	bra.uni 	$L__BB3_26;
+
+$L__BB3_24:
+	shl.b64 	%rd79, %rd22, 2;
+	add.s64 	%rd80, %rd79, %rd37;
+	add.s64 	%rd81, %rd1, %rd80;
+	st.global.f32 	[%rd81], %f7;
+	bra.uni 	$L__BB3_27;
+
+$L__BB3_25:
+	mov.b32 	%r81, %f7;
+	shr.u32 	%r82, %r81, 16;
+	and.b32  	%r83, %r82, 1;
+	add.s32 	%r84, %r81, %r83;
+	add.s32 	%r85, %r84, 32767;
+	shr.u32 	%r86, %r85, 16;
+
+$L__BB3_26:
+	shl.b64 	%rd82, %rd22, 1;
+	add.s64 	%rd83, %rd82, %rd37;
+	add.s64 	%rd84, %rd1, %rd83;
+	st.global.u16 	[%rd84], %r86;
+
+$L__BB3_27:
+	add.s64 	%rd85, %rd85, %rd15;
+	setp.lt.u64 	%p15, %rd85, %rd6;
+	@%p15 bra 	$L__BB3_2;
+
+$L__BB3_28:
+	ret;
+
+}
 
 )kvtierptx";
 }  // namespace kvtier

@@ -2,7 +2,8 @@
  * `kvtier bench gpu`: kvtier's GPU data path next to the obvious peers, on the same GPU in the
  * same run. PyTorch (pinned `copy_` timed with CUDA events) for host<->device copies; a
  * contiguous copy of the same bytes for layout gathers; POSIX reads into pinned memory plus a copy
- * for file -> GPU; and a measured Llama-3-8B prefill for restoring a 128k-token context.
+ * for file -> GPU; encoded KV blocks decoded on the GPU next to a copy of the decoded bytes
+ * (gpu-codec-bench.ts); and a measured Llama-3-8B prefill for restoring a 128k-token context.
  */
 import { spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
@@ -29,6 +30,7 @@ import {
   scatterBlocks,
   TransferBatch,
 } from '../../index.js';
+import { gpuDecodes } from './gpu-codec-bench.js';
 import { median } from './stats.js';
 
 const MiB = 2 ** 20;
@@ -472,6 +474,7 @@ export async function runGpuBench(options: Partial<GpuBenchOptions> = {}): Promi
   const gpu = createCopyEngine({ streams: 2 });
   try {
     const torch = await copies(o, gpu, rows, notes);
+    await gpuDecodes(o, gpu, rows, notes);
     await gathers(o, rows, notes);
     const cufile = await fileReads(o, gpu, rows, notes);
     const restored = o.restoreTokens > 0 ? await restore(o, gpu, notes) : undefined;

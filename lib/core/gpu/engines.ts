@@ -6,7 +6,7 @@
  */
 import { IoEngine } from '../engine.js';
 import { KvtierError } from '../errors.js';
-import { native } from '../native.js';
+import { native, type NativeCopyEngine } from '../native.js';
 import { gpuFilePathOf } from '../probe.js';
 import { oneOf, options as readOptions } from '../validate.js';
 
@@ -25,6 +25,11 @@ export interface CopyEngineOptions {
    * memory with kvtier's segment-copy kernel, so PCIe sees a few large DMA copies (default true).
    */
   kernel?: boolean;
+  /**
+   * GPU memory each stream stages encoded blocks in for GpuCodec decodes (default 256 MiB); a
+   * larger call is decoded in runs of blocks that fit, and a block larger than it is staged alone.
+   */
+  decodeStagingBytes?: number;
 }
 
 export class GpuCopyEngine extends IoEngine {
@@ -32,13 +37,15 @@ export class GpuCopyEngine extends IoEngine {
   readonly batchCopy: boolean;
   /** Empty when small pieces go through the segment-copy kernel; otherwise why they do not. */
   readonly kernelPath: string;
+  /** Empty when the codec decode kernels loaded (GpuCodec); otherwise why they did not. */
+  readonly decodePath: string;
+  private readonly copy: NativeCopyEngine;
+  /** Decodes in flight, settled or not: close() lets them finish first. */
+  private readonly decodes = new Set<Promise<void>>();
 
   /** @internal */
-  constructor(
-    nativeEngine: ConstructorParameters<typeof IoEngine>[0],
-    batchCopy: boolean,
-    kernelPath: string,
-  ) {
+  constructor(nativeEngine: NativeCopyEngine) {
+    const { batchCopy, kernelPath } = nativeEngine;
     super(
       nativeEngine,
       (batchCopy
@@ -50,6 +57,26 @@ export class GpuCopyEngine extends IoEngine {
     );
     this.batchCopy = batchCopy;
     this.kernelPath = kernelPath;
+    this.decodePath = nativeEngine.decodePath;
+    this.copy = nativeEngine;
+  }
+
+  /** @internal GpuCodec's way in (native/gpu/copy_engine_codec.cc). */
+  decode(...args: Parameters<NativeCopyEngine['decode']>): Promise<Float64Array> {
+    const running = this.copy.decode(...args);
+    const settled = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.decodes.add(settled);
+    void settled.then(() => this.decodes.delete(settled));
+    return running;
+  }
+
+  /** Lets submitted batches and decodes finish, then stops the engine. Idempotent. */
+  override async close(): Promise<void> {
+    await Promise.all([...this.decodes]);
+    return super.close();
   }
 }
 
@@ -64,14 +91,18 @@ export function createCopyEngine(given: CopyEngineOptions = {}): GpuCopyEngine {
     'streams',
     'batch',
     'kernel',
+    'decodeStagingBytes',
   ]);
   const engine = new (native().NativeCopyEngine)({
     device: options.device ?? 0,
     streams: options.streams ?? 2,
     batch: options.batch ?? true,
     kernel: options.kernel ?? true,
+    ...(options.decodeStagingBytes === undefined
+      ? {}
+      : { decodeStagingBytes: options.decodeStagingBytes }),
   });
-  return new GpuCopyEngine(engine, engine.batchCopy, engine.kernelPath);
+  return new GpuCopyEngine(engine);
 }
 
 export type GpuFileIo = 'auto' | 'cufile' | 'posix';

@@ -1,3 +1,4 @@
+export { GpuCodec } from './codec.js';
 export {
   DeviceRegion,
   type DeviceOptions,
