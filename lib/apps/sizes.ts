@@ -89,3 +89,14 @@ export function formatSize(bytes: number): string {
   }
   return `${bytes}B`;
 }
+
+/** An amount of bytes for reading, rounded to one decimal in the largest unit: "1.5 GiB". */
+export function formatBytes(n: number): string {
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
+}

@@ -477,6 +477,12 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
     batch->table = nullptr;
     refuse(cuda.fail("cuEventRecord", rc));
   }
+  HandOff(env, std::move(batch));
+  return promise;
+}
+
+// Hands a batch whose work is queued on its stream to the completion thread.
+void CopyEngine::HandOff(Napi::Env env, std::unique_ptr<JsBatch> batch) {
   life_.Busy(env);
   Ref();  // the JS engine object stays alive while its batches are out
   {
@@ -484,7 +490,6 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
     pending_.push_back(batch.release());
   }
   wake_.notify_one();
-  return promise;
 }
 
 Napi::Value CopyEngine::Close(const Napi::CallbackInfo& info) {

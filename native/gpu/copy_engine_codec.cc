@@ -160,13 +160,7 @@ Napi::Value CopyEngine::Decode(const Napi::CallbackInfo& info) {
     ReleaseTargets(env, &batch->borrowed);
     Throw(env, kIo, cuda.fail(step, rc));
   }
-  life_.Busy(env);
-  Ref();  // the JS engine object stays alive while its batches are out
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    pending_.push_back(batch.release());
-  }
-  wake_.notify_one();
+  HandOff(env, std::move(batch));
   return promise;
 }
 

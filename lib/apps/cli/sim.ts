@@ -2,6 +2,7 @@
  * `kvtier sim`: replays a serving trace through the Warehouse's own BlockIndex and policies (tiers
  * that account capacity and move no bytes) and reports hit rates per tier.
  */
+import { formatBytes } from '../sizes.js';
 import { basename } from 'node:path';
 
 import type { Command } from 'commander';
@@ -75,16 +76,6 @@ interface SimOpts {
 
 const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
 
-function bytes(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
-}
-
 export function formatSim(r: SimResult): string {
   const out: string[] = [];
   out.push(
@@ -111,8 +102,8 @@ export function formatSim(r: SimResult): string {
       tier.capacity.toLocaleString('en-US'),
       pct(tier.hitRate.prefix),
       pct(tier.hitRate.any),
-      r.blockBytes ? bytes(tier.bytesPromoted) : tier.promotions.toLocaleString('en-US'),
-      r.blockBytes ? bytes(tier.bytesDemoted) : tier.demotions.toLocaleString('en-US'),
+      r.blockBytes ? formatBytes(tier.bytesPromoted) : tier.promotions.toLocaleString('en-US'),
+      r.blockBytes ? formatBytes(tier.bytesDemoted) : tier.demotions.toLocaleString('en-US'),
       tier.evictions.toLocaleString('en-US'),
     ]);
   }

@@ -9,6 +9,7 @@
  * a bound, no overlap of read and decode). Encoding happens on the write-back path and is not on
  * any request's TTFT; it is not priced.
  */
+import { formatBytes } from '../sizes.js';
 import { readFileSync } from 'node:fs';
 
 import { KvtierError } from '../../index.js';
@@ -310,15 +311,6 @@ export async function simulateCodecs(o: CodecSimOptions): Promise<CodecSimResult
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
-function size(n: number): string {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${u[i]}`;
-}
 const ms = (x: number): string => (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0));
 
 /** A markdown table, one row per codec (the README takes it as printed). */
@@ -368,14 +360,14 @@ export function formatCodecSim(r: CodecSimResult): string {
         ms(t.ttft.warehouse.p50),
         ms(t.ttft.warehouse.p90),
         ms(t.ttft.warehouse.mean),
-        size(read),
+        formatBytes(read),
       );
     } else if (row.sim) {
       cells.push(
         pct(row.sim.hitRate.prefix),
         pct(row.sim.hitRate.any),
-        size(row.encodedBytesRead ?? 0),
-        size(row.encodedBytesWritten ?? 0),
+        formatBytes(row.encodedBytesRead ?? 0),
+        formatBytes(row.encodedBytesWritten ?? 0),
       );
     }
     lines.push(`| ${cells.join(' | ')} |`);
