@@ -176,6 +176,21 @@ export class BlockIndex<K> {
   }
 
   /**
+   * A held key written again (a put of a block already there): its priority rises to the put's,
+   * and the policy of its top tier is told, as place() does for a key already in the tier. No hit
+   * or miss is counted. False when the key is not held.
+   */
+  rewrite(key: K, info: AccessInfo): boolean {
+    const id = this.ids.get(key);
+    if (id < 0) return false;
+    const top = this.top(id);
+    if ((this.busyBits[id]! & (1 << top)) !== 0) return true; // being moved: its commit tells
+    if (info.priority > this.prio[id]!) this.prio[id] = info.priority;
+    this.tiers[top]!.policy.touch(key, info);
+    return true;
+  }
+
+  /**
    * Plans giving `key` a slot in `tier`, evicting (and where needed demoting) other blocks.
    * Returns undefined when the tier is full of blocks that cannot be evicted, or when its policy
    * will not admit the key. Reserved slots and victims stay reserved until commit() or abort().

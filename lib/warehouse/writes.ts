@@ -6,6 +6,7 @@
 import type { Target } from '../core/engine.js';
 import type { Key } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
+import type { CallContext } from './calls.js';
 import { durableTier, type Parts } from './configure.js';
 import type { Placing } from './placement.js';
 import { TransferRound } from './transfers.js';
@@ -17,8 +18,9 @@ export async function putNow(
   src: Target,
   priority: number,
   writeThrough: boolean,
+  call?: CallContext,
 ): Promise<PutResult> {
-  const { locks, index, sources } = parts;
+  const { locks, index, sources, placement } = parts;
   while (locks.unsettled(keys)) await locks.settle(keys);
   const status = new Array<PutStatus>(keys.length);
   const result: PutResult = { stored: 0, present: 0, rejected: 0, status };
@@ -34,6 +36,8 @@ export async function putNow(
     if (e && (durable === ABSENT || e.slots[durable] !== ABSENT)) {
       result.present++;
       status[i] = 'present';
+      // Written again: the policy learns of it as the simulator's replay tells it (BlockIndex.place).
+      index.rewrite(key, placement.info(priority, i, keys.length, call));
     } else {
       fresh.push(i);
     }
@@ -43,7 +47,7 @@ export async function putNow(
     // since the caller may reuse src then. A failing sink is counted, and costs only that copy.
     const placed = new Map<Key, number>();
     const [outcome] = await Promise.all([
-      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed),
+      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed, call),
       sources.store(keys, fresh, src),
     ]);
     for (const i of fresh) {
@@ -75,6 +79,7 @@ export async function storeBlocks(
   priority: number,
   writeThrough: boolean,
   placed?: Map<Key, number>,
+  call?: CallContext,
 ): Promise<Map<Key, PutStatus>> {
   const { index, tiers, placement, blockBytes: bs } = parts;
   const durable = durableTier(parts);
@@ -82,7 +87,7 @@ export async function storeBlocks(
   const targets = (writeThrough || durable !== ABSENT) && last > 0 ? [0, last] : [0];
   const items: Placing[] = [];
   for (const i of fresh) {
-    const info = placement.info(priority, i, keys.length);
+    const info = placement.info(priority, i, keys.length, call);
     const e = index.get(keys[i]!);
     for (const t of targets) {
       if (e && e.slots[t] !== ABSENT) continue; // already there (a host copy awaiting its durable one)
@@ -91,7 +96,8 @@ export async function storeBlocks(
         const plan = index.plan(keys[i]!, at, info);
         if (plan) {
           const from = { kind: 'memory' as const, target: src, offset: i * bs };
-          items.push({ plan, from, length: bs, priority, depth: i, chain: keys.length });
+          const chain = keys.length;
+          items.push({ plan, from, length: bs, priority, depth: i, chain, ...(call && { call }) });
           break;
         }
         if (targets.includes(at + 1)) break;
