@@ -25,6 +25,8 @@ export async function putNow(
   const status = new Array<PutStatus>(keys.length);
   const result: PutResult = { stored: 0, present: 0, rejected: 0, status };
   const fresh: number[] = [];
+  /** Keys already there: written again, which their policy hears of, in chain order. */
+  const again: number[] = [];
   const first = new Map<Key, number>();
   const durable = durableTier(parts);
   for (let i = 0; i < keys.length; i++) {
@@ -36,8 +38,7 @@ export async function putNow(
     if (e && (durable === ABSENT || e.slots[durable] !== ABSENT)) {
       result.present++;
       status[i] = 'present';
-      // Written again: the policy learns of it as the simulator's replay tells it (BlockIndex.place).
-      index.rewrite(key, placement.info(priority, i, keys.length, call));
+      again.push(i);
     } else {
       fresh.push(i);
     }
@@ -47,7 +48,7 @@ export async function putNow(
     // since the caller may reuse src then. A failing sink is counted, and costs only that copy.
     const placed = new Map<Key, number>();
     const [outcome] = await Promise.all([
-      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed, call),
+      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed, call, again),
       sources.store(keys, fresh, src),
     ]);
     for (const i of fresh) {
@@ -59,6 +60,7 @@ export async function putNow(
       status[first.get(k)!] === 'stored' ? (placed.get(k) ?? ABSENT) : ABSENT,
     );
   } else {
+    for (const i of again) index.rewrite(keys[i]!, placement.info(priority, i, keys.length, call));
     result.tiers = keys.map(() => ABSENT);
   }
   for (let i = 0; i < keys.length; i++) status[i] ??= status[first.get(keys[i]!)!]!;
@@ -80,13 +82,20 @@ export async function storeBlocks(
   writeThrough: boolean,
   placed?: Map<Key, number>,
   call?: CallContext,
+  again: readonly number[] = [],
 ): Promise<Map<Key, PutStatus>> {
   const { index, tiers, placement, blockBytes: bs } = parts;
   const durable = durableTier(parts);
   const last = tiers.length - 1;
   const targets = (writeThrough || durable !== ABSENT) && last > 0 ? [0, last] : [0];
   const items: Placing[] = [];
+  // Keys written again (`again`) and new ones, in chain order, as the simulator's replay places
+  // them: each plan tells its tier's policy at once (BlockIndex.plan), so the order is theirs.
+  let a = 0;
   for (const i of fresh) {
+    for (; a < again.length && again[a]! < i; a++) {
+      index.rewrite(keys[again[a]!]!, placement.info(priority, again[a]!, keys.length, call));
+    }
     const info = placement.info(priority, i, keys.length, call);
     const e = index.get(keys[i]!);
     for (const t of targets) {
@@ -103,6 +112,9 @@ export async function storeBlocks(
         if (targets.includes(at + 1)) break;
       }
     }
+  }
+  for (; a < again.length; a++) {
+    index.rewrite(keys[again[a]!]!, placement.info(priority, again[a]!, keys.length, call));
   }
   const sync = parts.durability === 'sync' && tiers.some((t) => t.durable);
   const batch = await placement.run(items, {
