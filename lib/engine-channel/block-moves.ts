@@ -197,41 +197,45 @@ export async function loadBlocks(
     return found;
   }
   const engine = ctx.engineFor(pool);
-  const rest = await ctx.warehouse.hostSlots.lend(keys, async (places) => {
-    // Scattered straight from the host-tier slots, each piece's CRC taken as it lands in the
-    // pool; a block whose pieces do not add up to its checksum is reported not loaded and
-    // fetched again through get (which drops the bad copy and verifies before it scatters).
-    const misses: number[] = [];
-    const lent: number[] = [];
-    const spans: number[] = [];
-    const scatter = new TransferBatch();
-    places.forEach((p, j) => {
-      if (!p || p.length !== ctx.blockBytes) {
-        misses.push(j);
-        return;
-      }
-      lent.push(j);
-      spans.push(scatter.length);
-      appendScatter(scatter, pool.plan, pool.memory.target, [blocks[j]!], p.target, {
-        packedOffset: p.offset,
-        checksum: true,
+  const rest = await ctx.warehouse.hostSlots.lend(
+    keys,
+    async (places) => {
+      // Scattered straight from the host-tier slots, each piece's CRC taken as it lands in the
+      // pool; a block whose pieces do not add up to its checksum is reported not loaded and
+      // fetched again through get (which drops the bad copy and verifies before it scatters).
+      const misses: number[] = [];
+      const lent: number[] = [];
+      const spans: number[] = [];
+      const scatter = new TransferBatch();
+      places.forEach((p, j) => {
+        if (!p || p.length !== ctx.blockBytes) {
+          misses.push(j);
+          return;
+        }
+        lent.push(j);
+        spans.push(scatter.length);
+        appendScatter(scatter, pool.plan, pool.memory.target, [blocks[j]!], p.target, {
+          packedOffset: p.offset,
+          checksum: true,
+        });
       });
-    });
-    spans.push(scatter.length);
-    if (scatter.length === 0) return misses;
-    const result = await engine.submit(scatter);
-    const sums = blockChecksums(result, spans);
-    lent.forEach((j, k) => {
-      const failed = result.errors.slice(spans[k], spans[k + 1]).some((e) => e !== undefined);
-      if (failed || sums[k] !== places[j]!.checksum) {
-        misses.push(j);
-        return;
-      }
-      found[j] = true;
-      ctx.counters.loadedFromSlots++;
-    });
-    return misses.sort((a, b) => a - b);
-  }, call);
+      spans.push(scatter.length);
+      if (scatter.length === 0) return misses;
+      const result = await engine.submit(scatter);
+      const sums = blockChecksums(result, spans);
+      lent.forEach((j, k) => {
+        const failed = result.errors.slice(spans[k], spans[k + 1]).some((e) => e !== undefined);
+        if (failed || sums[k] !== places[j]!.checksum) {
+          misses.push(j);
+          return;
+        }
+        found[j] = true;
+        ctx.counters.loadedFromSlots++;
+      });
+      return misses.sort((a, b) => a - b);
+    },
+    call,
+  );
   if (rest.length > 0) await scatterFromStaging(ctx, pool, keys, blocks, rest, found, call);
   return found;
 }

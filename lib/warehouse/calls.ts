@@ -52,7 +52,11 @@ export function checkCallOptions<T extends CallOptions>(o: T, scoped = true): T 
         ? v.length > 0 && v.length <= (scoped && v.startsWith('\u0000') ? MAX_SCOPED_ID : MAX_ID)
         : typeof v === 'number' && Number.isSafeInteger(v);
     if (!ok) {
-      throw badArgument(`options.${field}`, `a string of 1 to ${MAX_ID} characters or an integer`, v);
+      throw badArgument(
+        `options.${field}`,
+        `a string of 1 to ${MAX_ID} characters or an integer`,
+        v,
+      );
     }
   }
   if (o.hint !== undefined) oneOf(o.hint, 'options.hint', HINTS);
@@ -120,7 +124,8 @@ export class CallNumbers {
         ? this.nextRequest++
         : this.requests.number(o.request, () => this.nextRequest++);
     const c: CallContext = { request };
-    if (o.session !== undefined) c.session = this.sessions.number(o.session, () => this.nextSession++);
+    if (o.session !== undefined)
+      c.session = this.sessions.number(o.session, () => this.nextSession++);
     if (o.hint !== undefined) c.hint = o.hint;
     return c;
   }

@@ -129,11 +129,7 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
 }
 
 export function checkPutOptions(given: unknown): PutOptions {
-  const o = readOptions<PutOptions>(given, 'options', [
-    'priority',
-    'writeThrough',
-    ...CALL_FIELDS,
-  ]);
+  const o = readOptions<PutOptions>(given, 'options', ['priority', 'writeThrough', ...CALL_FIELDS]);
   optional(o.priority, (v) => finite(v, 'options.priority'));
   optional(o.writeThrough, (v) => boolean(v, 'options.writeThrough'));
   return checkCallOptions(o);

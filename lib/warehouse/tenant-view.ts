@@ -320,13 +320,17 @@ export class TenantHostSlots {
     const scoped = scopeCall(options, this.tenant.config.name);
     // Blocks past their retention are not lent (and their clock does not restart): as lookup.
     await this.tenancy.fresh();
-    return this.store.hostSlots.lend(list, async (places) => {
-      const hit = list.filter((_, i) => places[i] !== undefined);
-      // Lent copies are host-tier copies (tier 0).
-      this.tenancy.count(this.tenant, 'read', 0, hit.length);
-      this.tenancy.used(this.tenant, hit);
-      return use(places);
-    }, scoped);
+    return this.store.hostSlots.lend(
+      list,
+      async (places) => {
+        const hit = list.filter((_, i) => places[i] !== undefined);
+        // Lent copies are host-tier copies (tier 0).
+        this.tenancy.count(this.tenant, 'read', 0, hit.length);
+        this.tenancy.used(this.tenant, hit);
+        return use(places);
+      },
+      scoped,
+    );
   }
 
   private wrote(keys: readonly Key[], stored: readonly boolean[]): void {

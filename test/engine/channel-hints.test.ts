@@ -51,9 +51,10 @@ describe('engine channel: session and hint fields', () => {
       const k = keys(3);
 
       for (const bad of [{ hint: 'later' }, { session: '' }, { session: 1.5 }, { request: {} }]) {
-        const e = await client
-          .save('kv', k, [0, 1, 2], undefined, bad as object)
-          .then(() => undefined, (x: unknown) => x);
+        const e = await client.save('kv', k, [0, 1, 2], undefined, bad as object).then(
+          () => undefined,
+          (x: unknown) => x,
+        );
         expect(isKvtierError(e, 'KVTIER_BAD_ARGUMENT'), String(e)).toBe(true);
         const l = await client.load('kv', k, [3, 4, 5], bad as object).catch((x: unknown) => x);
         expect(isKvtierError(l, 'KVTIER_BAD_ARGUMENT'), String(l)).toBe(true);

@@ -99,7 +99,9 @@ describe('session, hint and request options', () => {
         new Set([p1[0]!.session]),
       );
       // Another session, and none; each call without a request id is a request of its own.
-      expect(other.every((s) => s.session !== p1[0]!.session && s.session !== undefined)).toBe(true);
+      expect(other.every((s) => s.session !== p1[0]!.session && s.session !== undefined)).toBe(
+        true,
+      );
       expect(plain.every((s) => s.session === undefined && s.hint === undefined)).toBe(true);
       expect(new Set([other[0]!.request, plain[0]!.request, request]).size).toBe(3);
     } finally {
@@ -159,7 +161,9 @@ describe('session, hint and request options', () => {
       expect(a2.session).toBe(a1.session);
       // A tenant's caller is held to the caller's limits, whatever the view adds.
       await rejects(() => wh.tenant('a').put(keys, src, { session: 'x'.repeat(257) }));
-      await rejects(() => wh.tenant('a').get(keys, Buffer.alloc(2 * BS), { hint: 'never' as 'soon' }));
+      await rejects(() =>
+        wh.tenant('a').get(keys, Buffer.alloc(2 * BS), { hint: 'never' as 'soon' }),
+      );
       expect(new Set(seen.map((x) => x.request)).size).toBe(3);
     } finally {
       await wh.close();

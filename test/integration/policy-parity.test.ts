@@ -34,20 +34,29 @@ function traceOf(requests: readonly Req[]): Trace {
     blockTokens: 1,
     keySpace: undefined,
     skipped: 0,
-    async *requests(): AsyncIterable<TraceRequest> {
-      for (const r of requests) {
-        yield {
-          time: r.time,
-          keys: r.keys,
-          length: r.keys.length,
-          inputTokens: 0,
-          outputTokens: 0,
-          priority: r.priority,
-          session: r.session,
-          hint: r.hint,
-        };
-      }
+    requests(): AsyncIterable<TraceRequest> {
+      let i = 0;
+      const next = (): Promise<IteratorResult<TraceRequest>> =>
+        Promise.resolve(
+          i < requests.length
+            ? { value: toRequest(requests[i++]!), done: false }
+            : { value: undefined, done: true },
+        );
+      return { [Symbol.asyncIterator]: () => ({ next }) };
     },
+  };
+}
+
+function toRequest(r: Req): TraceRequest {
+  return {
+    time: r.time,
+    keys: r.keys,
+    length: r.keys.length,
+    inputTokens: 0,
+    outputTokens: 0,
+    priority: r.priority,
+    session: r.session,
+    hint: r.hint,
   };
 }
 
@@ -73,7 +82,7 @@ function fixture(): Req[] {
  */
 function conversations(priorities: boolean, closed = false): Req[] {
   let seed = 12345;
-  const rand = (): number => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x80000000);
+  const rand = (): number => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x80000000;
   const out: Req[] = [];
   let nextKey = 1000;
   for (let s = 0; s < 16; s++) {
@@ -99,7 +108,10 @@ function conversations(priorities: boolean, closed = false): Req[] {
     }
   }
   // Stable: requests at the same time keep their order.
-  return out.map((r, i) => ({ r, i })).sort((a, b) => a.r.time - b.r.time || a.i - b.i).map((x) => x.r);
+  return out
+    .map((r, i) => ({ r, i }))
+    .sort((a, b) => a.r.time - b.r.time || a.i - b.i)
+    .map((x) => x.r);
 }
 
 interface Hits {
@@ -187,7 +199,12 @@ async function viaWarehouse(
 
 describe('the Warehouse and the simulator run the same policy', () => {
   const cases: { name: string; requests: Req[]; capacity: number; withCalls: boolean }[] = [
-    { name: 'Mooncake fixture (400 requests)', requests: fixture(), capacity: 600, withCalls: false },
+    {
+      name: 'Mooncake fixture (400 requests)',
+      requests: fixture(),
+      capacity: 600,
+      withCalls: false,
+    },
     {
       name: 'conversations with session ids and hints',
       requests: conversations(false),
