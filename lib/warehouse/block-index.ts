@@ -607,10 +607,13 @@ export class BlockIndex<K> {
       const id = this.ids.get(m.key);
       if (id >= 0) {
         this.busyBits[id]! &= ~(1 << m.fromTier);
-        // Back in the policy it left when chosen (as a fresh insertion: what it knew is lost).
-        const r = this.restoreInfo;
-        r.priority = this.prio[id]!;
-        this.tiers[m.fromTier]!.policy.insert(m.key, r);
+        // Back in the policy it left when chosen (as a fresh insertion: what it knew is lost),
+        // unless its copy there was dropped meanwhile (a corrupt read).
+        if (this.slot[id * this.nt + m.fromTier] !== ABSENT) {
+          const r = this.restoreInfo;
+          r.priority = this.prio[id]!;
+          this.tiers[m.fromTier]!.policy.insert(m.key, r);
+        }
       }
       // The victim holds its slot again, and gives back the one reserved for it lower down.
       this.tenants?.charge(m.key, m.fromTier, 1);
