@@ -20,6 +20,7 @@ import type { ChannelContext } from './context.js';
 import { crc32cOfPieces } from './crc-combine.js';
 import type { Pool } from './pools.js';
 import type { SaveStatus } from './put-status.js';
+import type { CallOptions } from '../warehouse/warehouse.js';
 
 /** Per block, the CRC of its pieces (descriptors spans[k] to spans[k + 1] of the batch). */
 function blockChecksums(result: BatchResult, spans: readonly number[]): number[] {
@@ -49,6 +50,7 @@ async function putFromPool(
   keys: string[],
   blocks: number[],
   priority: number,
+  call: CallOptions,
 ): Promise<SaveStatus[]> {
   const region = pool.memory.target as Region;
   const bs = ctx.blockBytes;
@@ -56,7 +58,7 @@ async function putFromPool(
   const results = await Promise.all(
     runsOf(blocks).map(([j, b, len]) =>
       ctx.warehouse
-        .put(keys.slice(j, j + len), region.view(base + b * bs, len * bs), { priority })
+        .put(keys.slice(j, j + len), region.view(base + b * bs, len * bs), { ...call, priority })
         .then((r) => ({ j, len, r })),
     ),
   );
@@ -74,8 +76,9 @@ async function gatherIntoSlots(
   pool: Pool,
   keys: string[],
   blocks: number[],
+  call: CallOptions,
 ): Promise<SaveStatus[] | undefined> {
-  const reservation = await ctx.warehouse.hostSlots.reserve(keys);
+  const reservation = await ctx.warehouse.hostSlots.reserve(keys, 0, call);
   if (!reservation) return undefined;
   const status = reservation.slots.map((s): SaveStatus => (s === 'present' ? 'present' : 'busy'));
   let checksums: number[];
@@ -115,30 +118,38 @@ async function putThroughStaging(
   keys: string[],
   blocks: number[],
   priority: number,
+  call: CallOptions,
 ): Promise<SaveStatus[]> {
   const n = keys.length;
   return ctx.staging.with(pool.memory.kind === 'cuda-ipc', async (staging) => {
     await gatherBlocks(ctx.engineFor(pool), pool.memory.target, pool.plan, blocks, staging);
-    const r = await ctx.warehouse.put(keys, staging.view(0, n * ctx.blockBytes), { priority });
+    const r = await ctx.warehouse.put(keys, staging.view(0, n * ctx.blockBytes), {
+      ...call,
+      priority,
+    });
     ctx.counters.savedStaged += r.stored;
     return r.status;
   });
 }
 
-/** Saves engine blocks `blocks` under `keys`; a status per key. */
+/**
+ * Saves engine blocks `blocks` under `keys`; a status per key. `call`: the request's session, hint
+ * and request id, passed to the Warehouse for its policies.
+ */
 export async function saveBlocks(
   ctx: ChannelContext,
   pool: Pool,
   keys: string[],
   blocks: number[],
   priority: number,
+  call: CallOptions = {},
 ): Promise<SaveStatus[]> {
-  if (pool.packedInPlace) return putFromPool(ctx, pool, keys, blocks, priority);
+  if (pool.packedInPlace) return putFromPool(ctx, pool, keys, blocks, priority, call);
   if (pool.memory.kind === 'memfd' && priority === 0) {
-    const status = await gatherIntoSlots(ctx, pool, keys, blocks);
+    const status = await gatherIntoSlots(ctx, pool, keys, blocks, call);
     if (status) return status;
   }
-  return putThroughStaging(ctx, pool, keys, blocks, priority);
+  return putThroughStaging(ctx, pool, keys, blocks, priority, call);
 }
 
 /** Scatters blocks from staging (key j at j * blockBytes) for the keys `which` lists. */
@@ -149,12 +160,14 @@ async function scatterFromStaging(
   blocks: number[],
   which: number[],
   found: boolean[],
+  call: CallOptions,
 ): Promise<void> {
   const bs = ctx.blockBytes;
   await ctx.staging.with(pool.memory.kind === 'cuda-ipc', async (staging) => {
     const got = await ctx.warehouse.get(
       which.map((j) => keys[j]!),
       staging.view(0, which.length * bs),
+      call,
     );
     const batch = new TransferBatch();
     which.forEach((j, w) => {
@@ -175,49 +188,54 @@ export async function loadBlocks(
   pool: Pool,
   keys: string[],
   blocks: number[],
+  call: CallOptions = {},
 ): Promise<boolean[]> {
   const n = keys.length;
   const found = new Array<boolean>(n).fill(false);
   if (pool.memory.kind !== 'memfd') {
-    await scatterFromStaging(ctx, pool, keys, blocks, [...keys.keys()], found);
+    await scatterFromStaging(ctx, pool, keys, blocks, [...keys.keys()], found, call);
     return found;
   }
   const engine = ctx.engineFor(pool);
-  const rest = await ctx.warehouse.hostSlots.lend(keys, async (places) => {
-    // Scattered straight from the host-tier slots, each piece's CRC taken as it lands in the
-    // pool; a block whose pieces do not add up to its checksum is reported not loaded and
-    // fetched again through get (which drops the bad copy and verifies before it scatters).
-    const misses: number[] = [];
-    const lent: number[] = [];
-    const spans: number[] = [];
-    const scatter = new TransferBatch();
-    places.forEach((p, j) => {
-      if (!p || p.length !== ctx.blockBytes) {
-        misses.push(j);
-        return;
-      }
-      lent.push(j);
-      spans.push(scatter.length);
-      appendScatter(scatter, pool.plan, pool.memory.target, [blocks[j]!], p.target, {
-        packedOffset: p.offset,
-        checksum: true,
+  const rest = await ctx.warehouse.hostSlots.lend(
+    keys,
+    async (places) => {
+      // Scattered straight from the host-tier slots, each piece's CRC taken as it lands in the
+      // pool; a block whose pieces do not add up to its checksum is reported not loaded and
+      // fetched again through get (which drops the bad copy and verifies before it scatters).
+      const misses: number[] = [];
+      const lent: number[] = [];
+      const spans: number[] = [];
+      const scatter = new TransferBatch();
+      places.forEach((p, j) => {
+        if (!p || p.length !== ctx.blockBytes) {
+          misses.push(j);
+          return;
+        }
+        lent.push(j);
+        spans.push(scatter.length);
+        appendScatter(scatter, pool.plan, pool.memory.target, [blocks[j]!], p.target, {
+          packedOffset: p.offset,
+          checksum: true,
+        });
       });
-    });
-    spans.push(scatter.length);
-    if (scatter.length === 0) return misses;
-    const result = await engine.submit(scatter);
-    const sums = blockChecksums(result, spans);
-    lent.forEach((j, k) => {
-      const failed = result.errors.slice(spans[k], spans[k + 1]).some((e) => e !== undefined);
-      if (failed || sums[k] !== places[j]!.checksum) {
-        misses.push(j);
-        return;
-      }
-      found[j] = true;
-      ctx.counters.loadedFromSlots++;
-    });
-    return misses.sort((a, b) => a - b);
-  });
-  if (rest.length > 0) await scatterFromStaging(ctx, pool, keys, blocks, rest, found);
+      spans.push(scatter.length);
+      if (scatter.length === 0) return misses;
+      const result = await engine.submit(scatter);
+      const sums = blockChecksums(result, spans);
+      lent.forEach((j, k) => {
+        const failed = result.errors.slice(spans[k], spans[k + 1]).some((e) => e !== undefined);
+        if (failed || sums[k] !== places[j]!.checksum) {
+          misses.push(j);
+          return;
+        }
+        found[j] = true;
+        ctx.counters.loadedFromSlots++;
+      });
+      return misses.sort((a, b) => a - b);
+    },
+    call,
+  );
+  if (rest.length > 0) await scatterFromStaging(ctx, pool, keys, blocks, rest, found, call);
   return found;
 }

@@ -79,6 +79,16 @@ function packKeys(keys: readonly Uint8Array[]): { payload: Buffer; keyBytes: num
   return { payload, keyBytes };
 }
 
+/**
+ * The optional header fields of save, load and lookup for the Warehouse's policies
+ * (docs/engine-channel.md): the engine's conversation, its hint, and its request id.
+ */
+export interface ChannelCall {
+  session?: string | number;
+  hint?: 'soon' | 'closed';
+  request?: string | number;
+}
+
 export class EngineClient {
   blockBytes = 0;
   maxBatch = 0;
@@ -175,9 +185,12 @@ export class EngineClient {
     await this.request({ op: 'release', pool });
   }
 
-  async lookup(keys: readonly Uint8Array[]): Promise<{ prefix: number; present: boolean[] }> {
+  async lookup(
+    keys: readonly Uint8Array[],
+    call: ChannelCall = {},
+  ): Promise<{ prefix: number; present: boolean[] }> {
     const { payload, keyBytes } = packKeys(keys);
-    const a = await this.request({ op: 'lookup', keyBytes, n: keys.length }, payload);
+    const a = await this.request({ op: 'lookup', keyBytes, n: keys.length, ...call }, payload);
     return { prefix: a.prefix as number, present: a.present as boolean[] };
   }
 
@@ -186,10 +199,18 @@ export class EngineClient {
     keys: readonly Uint8Array[],
     blocks: readonly number[],
     priority?: number,
+    call: ChannelCall = {},
   ): Promise<{ status: SaveStatus[]; stored: number; present: number; rejected: number }> {
     const { payload, keyBytes } = packKeys(keys);
     const a = await this.request(
-      { op: 'save', pool, blocks, keyBytes, ...(priority === undefined ? {} : { priority }) },
+      {
+        op: 'save',
+        pool,
+        blocks,
+        keyBytes,
+        ...(priority === undefined ? {} : { priority }),
+        ...call,
+      },
       payload,
     );
     return {
@@ -204,9 +225,10 @@ export class EngineClient {
     pool: string,
     keys: readonly Uint8Array[],
     blocks: readonly number[],
+    call: ChannelCall = {},
   ): Promise<{ loaded: boolean[]; prefix: number }> {
     const { payload, keyBytes } = packKeys(keys);
-    const a = await this.request({ op: 'load', pool, blocks, keyBytes }, payload);
+    const a = await this.request({ op: 'load', pool, blocks, keyBytes, ...call }, payload);
     return { loaded: a.loaded as boolean[], prefix: a.prefix as number };
   }
 

@@ -59,6 +59,8 @@ export class ChannelContext {
     loadedFromSlots: 0,
     loadedStaged: 0,
   };
+  /** Numbers the saves and loads that name no request (handlers.ts, callOf). */
+  callSerial = 0;
   private hostEngine: IoEngine | undefined;
   private readonly gpuEngines = new Map<number, IoEngine>();
 

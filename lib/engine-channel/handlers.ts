@@ -12,6 +12,7 @@ import { checkCudaIpc, openGpuMemory } from './gpu-memory.js';
 import { checkMemfd, openHostMemory } from './host-memory.js';
 import { Pool, type PoolMemory } from './pools.js';
 import { loadBlocks, saveBlocks } from './block-moves.js';
+import type { CallOptions } from '../warehouse/warehouse.js';
 
 export type Answer = Record<string, unknown>;
 type Handler = (
@@ -36,6 +37,31 @@ function name(v: unknown, what: string): string {
   if (typeof v !== 'string' || v === '' || v.length > 256)
     bad(`${what} must be a non-empty string`);
   return v;
+}
+
+/**
+ * The request's optional `session` and `hint` (and `request`) header fields, for the Warehouse's
+ * policies (docs/engine-channel.md). Without a `request`, each save or load is one request to the
+ * policy, even when it reaches the Warehouse as several calls.
+ */
+function callOf(ctx: ChannelContext, h: Header): CallOptions {
+  const call: CallOptions = {};
+  for (const field of ['session', 'request'] as const) {
+    const v = h[field];
+    if (v === undefined) continue;
+    const ok =
+      typeof v === 'string'
+        ? v !== '' && v.length <= 256
+        : typeof v === 'number' && Number.isSafeInteger(v);
+    if (!ok) bad(`${field} must be a string of 1 to 256 characters or an integer`);
+    call[field] = v as string | number;
+  }
+  if (h.hint !== undefined) {
+    if (h.hint !== 'soon' && h.hint !== 'closed') bad(`hint must be 'soon' or 'closed'`);
+    call.hint = h.hint;
+  }
+  call.request ??= `\u0001channel-${++ctx.callSerial}`;
+  return call;
 }
 
 /** The keys of a request: `n` keys of `keyBytes` each, exactly filling the payload. */
@@ -149,8 +175,9 @@ async function release(ctx: ChannelContext, s: SessionState, h: Header): Promise
 function lookup(ctx: ChannelContext, _s: SessionState, h: Header, payload: Buffer): Answer {
   const n = int(h.n, 'n', 0);
   const keys = keysIn(h, payload, n, Number.MAX_SAFE_INTEGER);
+  const call = callOf(ctx, h);
   ctx.counters.lookups++;
-  const r = ctx.warehouse.lookup(keys);
+  const r = ctx.warehouse.lookup(keys, call);
   return { prefix: r.prefix, present: r.tiers.map((t) => t >= 0) };
 }
 
@@ -166,7 +193,8 @@ async function save(
   const blocks = blocksOf(pool, h.blocks, n);
   const priority = h.priority === undefined ? 0 : Number(h.priority);
   if (!Number.isFinite(priority)) bad('priority must be a number');
-  const status = await pool.use(() => saveBlocks(ctx, pool, keys, blocks, priority));
+  const call = callOf(ctx, h);
+  const status = await pool.use(() => saveBlocks(ctx, pool, keys, blocks, priority, call));
   let stored = 0;
   let present = 0;
   for (const st of status) {
@@ -189,7 +217,8 @@ async function load(
   const keys = keysIn(h, payload, n, ctx.maxBatch);
   const blocks = blocksOf(pool, h.blocks, n);
   if (new Set(blocks).size !== n) bad('blocks must not repeat: two keys cannot fill one block');
-  const found = await pool.use(() => loadBlocks(ctx, pool, keys, blocks));
+  const call = callOf(ctx, h);
+  const found = await pool.use(() => loadBlocks(ctx, pool, keys, blocks, call));
   let prefix = 0;
   while (prefix < n && found[prefix]) prefix++;
   ctx.counters.loads++;

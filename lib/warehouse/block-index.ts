@@ -57,6 +57,11 @@ export interface Plan<K> {
   /** Whether slot was free (true) or comes from an evicted block. */
   fresh: boolean;
   moves: Move<K>[];
+  /**
+   * Whether the tier's policy was told of the key at plan time (plan() does, as the simulator's
+   * place() does at once): commit() then does not tell it again, and abort() takes it back.
+   */
+  told?: boolean;
 }
 
 export { DENSE_KEY_LIMIT, DenseKeyIds, MapKeyIds, type KeyIds } from './key-ids.js';
@@ -97,6 +102,8 @@ export class BlockIndex<K> {
   private readonly scratch: Move<K>[] = [];
   private scratchN = 0;
   private readonly demoteInfo: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 0 };
+  /** For victims put back into their policy by rollback(): the clock of the last placement. */
+  private readonly restoreInfo: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 1 };
   /** Whether the slot the last reserve() returned was free (else an evicted block's). */
   private fresh = false;
   /** Slots per owner (tenant) and tier, when there are owners. */
@@ -176,6 +183,21 @@ export class BlockIndex<K> {
   }
 
   /**
+   * A held key written again (a put of a block already there): its priority rises to the put's,
+   * and the policy of its top tier is told, as place() does for a key already in the tier. No hit
+   * or miss is counted. False when the key is not held.
+   */
+  rewrite(key: K, info: AccessInfo): boolean {
+    const id = this.ids.get(key);
+    if (id < 0) return false;
+    const top = this.top(id);
+    if ((this.busyBits[id]! & (1 << top)) !== 0) return true; // being moved: its commit tells
+    if (info.priority > this.prio[id]!) this.prio[id] = info.priority;
+    this.tiers[top]!.policy.touch(key, info);
+    return true;
+  }
+
+  /**
    * Plans giving `key` a slot in `tier`, evicting (and where needed demoting) other blocks.
    * Returns undefined when the tier is full of blocks that cannot be evicted, or when its policy
    * will not admit the key. Reserved slots and victims stay reserved until commit() or abort().
@@ -188,7 +210,10 @@ export class BlockIndex<K> {
     const moves: Move<K>[] = [];
     const slot = this.makeRoom(key, tier, info, id, moves);
     if (slot === ABSENT) return undefined;
-    return { key, tier, slot, fresh: this.fresh, moves };
+    // The policy hears of the key now, before the next plan picks its victim: a put of many
+    // blocks then evicts what the simulator's block-by-block place() evicts (the same hits).
+    this.tiers[tier]!.policy.insert(key, info);
+    return { key, tier, slot, fresh: this.fresh, moves, told: true };
   }
 
   /**
@@ -196,7 +221,8 @@ export class BlockIndex<K> {
    * counters change together.
    */
   commit(plan: Plan<K>, info: AccessInfo, meta: { length: number; checksum: number }): void {
-    this.finish(plan.key, plan.tier, plan.slot, plan.moves, plan.moves.length, info, meta);
+    const { key, tier, slot, moves } = plan;
+    this.finish(key, tier, slot, moves, moves.length, info, meta, plan.told === true);
   }
 
   /**
@@ -217,7 +243,7 @@ export class BlockIndex<K> {
         if (info.priority > this.prio[id]!) this.prio[id] = info.priority;
         this.tiers[tier]!.policy.touch(key, info);
       } else {
-        this.commit(this.plan(key, tier, info)!, info, meta);
+        this.commit({ ...this.plan(key, tier, info)!, told: false }, info, meta);
       }
       return true;
     }
@@ -235,6 +261,8 @@ export class BlockIndex<K> {
    */
   claim(plan: Plan<K>, info: AccessInfo): number {
     for (const m of plan.moves) this.applyMove(m, info);
+    // The slot holds no key yet: adopt() tells the policy of the one it gets.
+    if (plan.told) this.tiers[plan.tier]!.policy.remove(plan.key);
     return plan.slot;
   }
 
@@ -265,6 +293,7 @@ export class BlockIndex<K> {
     if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
     if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
     this.tenants?.charge(plan.key, plan.tier, -1);
+    if (plan.told) this.tiers[plan.tier]!.policy.remove(plan.key);
     this.rollback(plan.moves, plan.moves.length);
     if (plan.fresh) this.release(plan.tier, plan.slot);
   }
@@ -411,6 +440,7 @@ export class BlockIndex<K> {
 
   /** Reserves a slot for `key` in `tier` (its moves into `moves`); ABSENT when there is none. */
   private makeRoom(key: K, tier: number, info: AccessInfo, id: number, moves: Move<K>[]): number {
+    if (info.now > this.restoreInfo.now) this.restoreInfo.now = info.now;
     // The key's own copies are the source of this placement (a promotion): while the plan makes
     // room, they must not be chosen as victims, or a demotion could overwrite the copy to be read.
     if (id >= 0) this.pinned[id]!++;
@@ -432,6 +462,7 @@ export class BlockIndex<K> {
     count: number,
     info: AccessInfo,
     meta: { length: number; checksum: number },
+    told = false,
   ): void {
     for (let i = 0; i < count; i++) this.applyMove(moves[i]!, info);
     let id = this.ids.get(key);
@@ -448,7 +479,7 @@ export class BlockIndex<K> {
     if (this.slot[at] === ABSENT) {
       const from = this.top(id);
       this.slot[at] = slot;
-      tier.policy.insert(key, info);
+      if (!told) tier.policy.insert(key, info);
       if (from !== ABSENT && from > tierNo) tier.stats.promotions++;
       else tier.stats.inserts++;
     } else {
@@ -485,6 +516,9 @@ export class BlockIndex<K> {
     const v = this.ids.get(victim);
     const vSlot = this.slot[v * this.nt + tier]!;
     this.busyBits[v]! |= 1 << tier;
+    // The victim leaves the policy as soon as it is chosen (as in the simulator, where the move
+    // is applied at once), so the next victim is chosen without it; rollback() brings it back.
+    t.policy.remove(victim);
     if (this.lowerCopy(v, tier) === ABSENT && this.demote && tier + 1 < this.nt) {
       // Nested moves are pushed first: the lower tier must make room before the victim lands.
       const to = this.reserve(tier + 1, victim, info, moves, depth + 1);
@@ -542,7 +576,7 @@ export class BlockIndex<K> {
     const from = this.tiers[m.fromTier]!;
     this.busyBits[id]! &= ~(1 << m.fromTier);
     this.slot[row + m.fromTier] = ABSENT;
-    from.policy.remove(m.key);
+    // Its policy let it go when reserve() chose it.
     from.stats.evictions++;
     if (m.toTier !== ABSENT) {
       const to = this.tiers[m.toTier]!;
@@ -571,7 +605,16 @@ export class BlockIndex<K> {
     for (let i = count - 1; i >= 0; i--) {
       const m = moves[i]!;
       const id = this.ids.get(m.key);
-      if (id >= 0) this.busyBits[id]! &= ~(1 << m.fromTier);
+      if (id >= 0) {
+        this.busyBits[id]! &= ~(1 << m.fromTier);
+        // Back in the policy it left when chosen (as a fresh insertion: what it knew is lost),
+        // unless its copy there was dropped meanwhile (a corrupt read).
+        if (this.slot[id * this.nt + m.fromTier] !== ABSENT) {
+          const r = this.restoreInfo;
+          r.priority = this.prio[id]!;
+          this.tiers[m.fromTier]!.policy.insert(m.key, r);
+        }
+      }
       // The victim holds its slot again, and gives back the one reserved for it lower down.
       this.tenants?.charge(m.key, m.fromTier, 1);
       if (m.toTier !== ABSENT) {

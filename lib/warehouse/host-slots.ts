@@ -18,6 +18,7 @@ import { KvtierError } from '../core/errors.js';
 import { integer } from '../core/validate.js';
 import { toKeys, type Key, type KeyLike } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
+import { checkCallOptions, type CallNumbers, type CallOptions } from './calls.js';
 import { durableTier, persistTier, type Parts } from './configure.js';
 import type { Placing, PlacementBatch } from './placement.js';
 import type { SlotPlace } from './tier.js';
@@ -34,6 +35,8 @@ export class HostSlots {
     private readonly parts: Parts,
     /** Throws KVTIER_CLOSED once the warehouse closes; ends leases whose time has come. */
     private readonly enter: (expire: boolean) => void,
+    /** The warehouse's session and request numbers (calls.ts). */
+    private readonly calls: CallNumbers,
   ) {}
 
   /** Whether bytes may be written straight into host-tier slots (reserve(), claim()). */
@@ -136,9 +139,14 @@ export class HostSlots {
    * or the batch is larger than the host tier takes at once: the caller then puts from its own
    * buffer. `priority` is the blocks' eviction priority, as put's.
    */
-  async reserve(keys: readonly KeyLike[], priority = 0): Promise<Reservation | undefined> {
+  async reserve(
+    keys: readonly KeyLike[],
+    priority = 0,
+    options: CallOptions = {},
+  ): Promise<Reservation | undefined> {
     this.enter(true);
     const list = toKeys(keys);
+    const call = this.calls.next(checkCallOptions({ ...options }));
     if (!this.inPlace()) return undefined;
     const { locks, index, placement, inflight, blockBytes: bs } = this.parts;
     let finish!: () => void;
@@ -156,9 +164,9 @@ export class HostSlots {
           return;
         }
         seen.add(key);
-        const plan = index.plan(key, 0, placement.info(priority, i, list.length));
+        const plan = index.plan(key, 0, placement.info(priority, i, list.length, call));
         slots.push('rejected'); // until its slot is ready (below)
-        if (plan) items.push({ plan, length: bs, priority, depth: i, chain: list.length });
+        if (plan) items.push({ plan, length: bs, priority, depth: i, chain: list.length, call });
         else spill = true;
       });
       if (spill) {
@@ -270,9 +278,11 @@ export class HostSlots {
   async lend<T>(
     keys: readonly KeyLike[],
     use: (places: (LentBlock | undefined)[]) => Promise<T>,
+    options: CallOptions = {},
   ): Promise<T> {
     this.enter(false);
     const list = toKeys(keys);
+    const call = this.calls.next(checkCallOptions({ ...options }));
     const { locks, index, placement, stats, inflight, tiers } = this.parts;
     return inflight.track(
       (async () => {
@@ -284,7 +294,7 @@ export class HostSlots {
           const p = placement.place(0, e.slots[0]!);
           if (p.kind !== 'memory' || !index.pin(k)) return undefined;
           pinned.push(k);
-          index.access(k, placement.info(0, i, list.length));
+          index.access(k, placement.info(0, i, list.length, call));
           stats.tiers[0]!.bytesOut += e.length;
           return { target: p.target, offset: p.offset, length: e.length, checksum: e.checksum };
         });

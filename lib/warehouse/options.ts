@@ -18,8 +18,10 @@ import {
   signal,
   string,
 } from '../core/validate.js';
+import { checkCallOptions } from './calls.js';
 import type {
   GetOptions,
+  LookupOptions,
   PrefetchOptions,
   PutOptions,
   TierOptions,
@@ -39,6 +41,9 @@ const TIER_FIELDS = [
   'dir',
   'codec',
 ] as const;
+
+/** The fields of CallOptions (calls.ts), accepted by put, get, lookup and prefetch. */
+const CALL_FIELDS = ['session', 'hint', 'request'] as const;
 
 const LOCAL_KINDS: readonly unknown[] = ['gpu', 'host', 'file'];
 
@@ -124,18 +129,27 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
 }
 
 export function checkPutOptions(given: unknown): PutOptions {
-  const o = readOptions<PutOptions>(given, 'options', ['priority', 'writeThrough']);
+  const o = readOptions<PutOptions>(given, 'options', ['priority', 'writeThrough', ...CALL_FIELDS]);
   optional(o.priority, (v) => finite(v, 'options.priority'));
   optional(o.writeThrough, (v) => boolean(v, 'options.writeThrough'));
-  return o;
+  return checkCallOptions(o);
 }
 
 export function checkGetOptions(given: unknown): GetOptions {
-  const o = readOptions<GetOptions>(given, 'options', ['signal', 'promote', 'remote']);
+  const o = readOptions<GetOptions>(given, 'options', [
+    'signal',
+    'promote',
+    'remote',
+    ...CALL_FIELDS,
+  ]);
   signal(o.signal, 'options.signal');
   optional(o.promote, (v) => boolean(v, 'options.promote'));
   optional(o.remote, (v) => boolean(v, 'options.remote'));
-  return o;
+  return checkCallOptions(o);
+}
+
+export function checkLookupOptions(given: unknown): LookupOptions {
+  return checkCallOptions(readOptions<LookupOptions>(given, 'options', CALL_FIELDS));
 }
 
 export function checkPrefetchOptions(given: unknown): PrefetchOptions {
@@ -144,6 +158,7 @@ export function checkPrefetchOptions(given: unknown): PrefetchOptions {
     'priority',
     'signal',
     'deadline',
+    ...CALL_FIELDS,
   ]);
   optional(o.to, (v) => {
     if (typeof v !== 'number' && typeof v !== 'string') {
@@ -153,7 +168,7 @@ export function checkPrefetchOptions(given: unknown): PrefetchOptions {
   optional(o.priority, (v) => finite(v, 'options.priority'));
   signal(o.signal, 'options.signal');
   optional(o.deadline, (v) => finite(v, 'options.deadline'));
-  return o;
+  return checkCallOptions(o);
 }
 
 export function checkPinOptions(given: unknown, maxTtlMs: number): { ttlMs?: number } {

@@ -18,6 +18,7 @@ import type { InFlight } from '../core/inflight.js';
 import type { Key } from '../keys/keys.js';
 import type { AccessInfo } from '../policy/policy.js';
 import { ABSENT, type BlockIndex, type Plan } from './block-index.js';
+import type { CallContext } from './calls.js';
 import type { ChangeFeed } from './changes.js';
 import type { Hold, KeyLocks } from './key-locks.js';
 import type { StatsBook } from './stats.js';
@@ -41,6 +42,8 @@ export interface Placing {
   readonly priority: number;
   readonly depth: number;
   readonly chain: number;
+  /** The call the block is placed for (its request, session and hint), when one is known. */
+  readonly call?: CallContext;
 }
 
 /**
@@ -94,8 +97,15 @@ export class Placement {
 
   constructor(readonly env: PlacementEnv) {}
 
-  info(priority: number, depth: number, chain: number): AccessInfo {
-    return { now: this.env.now(), priority, depth, chainLength: chain };
+  /** The AccessInfo of one block of a call (`call`: its request, session and hint). */
+  info(priority: number, depth: number, chain: number, call?: CallContext): AccessInfo {
+    const info: AccessInfo = { now: this.env.now(), priority, depth, chainLength: chain };
+    if (call) {
+      info.request = call.request;
+      if (call.session !== undefined) info.session = call.session;
+      if (call.hint !== undefined) info.hint = call.hint;
+    }
+    return info;
   }
 
   /** Holds the plans' keys, their victims and `also`, and makes room for them. */
@@ -169,6 +179,7 @@ export class Placement {
   async copyTo(
     items: readonly { key: Key; from: SlotPlace }[],
     to: number,
+    call?: CallContext,
   ): Promise<PlacementBatch> {
     const { index } = this.env;
     const placing: Placing[] = [];
@@ -179,7 +190,7 @@ export class Placement {
       seen.add(key);
       const e = index.get(key);
       if (!e || e.slots[to] !== ABSENT) continue;
-      const plan = index.plan(key, to, this.info(e.priority, 0, 1));
+      const plan = index.plan(key, to, this.info(e.priority, 0, 1, call));
       if (!plan) continue;
       placing.push({
         plan,
@@ -189,6 +200,7 @@ export class Placement {
         priority: e.priority,
         depth: 0,
         chain: 1,
+        ...(call ? { call } : {}),
       });
     }
     return this.run(placing, { headers: 'each' });
@@ -482,7 +494,7 @@ export class PlacementBatch {
         continue;
       }
       settleCoded(this.exec.env.tiers, p.plan, true);
-      index.commit(p.plan, this.exec.info(p.priority, p.depth, p.chain), {
+      index.commit(p.plan, this.exec.info(p.priority, p.depth, p.chain, p.call), {
         length: p.length,
         checksum: p.checksum,
       });
@@ -512,7 +524,7 @@ export class PlacementBatch {
         continue;
       }
       settleCoded(this.exec.env.tiers, p.plan, true);
-      index.claim(p.plan, this.exec.info(p.priority, p.depth, p.chain));
+      index.claim(p.plan, this.exec.info(p.priority, p.depth, p.chain, p.call));
       this.committed.push(p);
       feed.evictedBy(p.plan, removed);
     }

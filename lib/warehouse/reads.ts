@@ -7,6 +7,7 @@ import type { Target } from '../core/engine.js';
 import { abortError } from '../core/errors.js';
 import type { Key } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
+import type { CallContext } from './calls.js';
 import type { Parts } from './configure.js';
 import { TransferRound } from './transfers.js';
 import type { GetOptions, GetResult } from './types.js';
@@ -17,6 +18,7 @@ export async function getNow(
   keys: Key[],
   dst: Target,
   options: GetOptions,
+  call?: CallContext,
 ): Promise<GetResult> {
   const { locks, index, placement, stats } = parts;
   while (locks.unsettled(keys)) await locks.settle(keys);
@@ -29,7 +31,7 @@ export async function getNow(
     // Who holds what: one policy touch per key, then reads until every key is served or lost.
     let pending: number[] = [];
     for (let i = 0; i < n; i++) {
-      const t = index.access(keys[i]!, placement.info(0, i, n));
+      const t = index.access(keys[i]!, placement.info(0, i, n, call));
       if (t === ABSENT) continue;
       index.pin(keys[i]!);
       pinned.push(keys[i]!);
@@ -49,9 +51,11 @@ export async function getNow(
       const fetchedKeys = fetched.map((i) => keys[i]!);
       while (locks.unsettled(fetchedKeys)) await locks.settle(fetchedKeys);
       const fresh = fetched.filter((i) => !index.get(keys[i]!));
-      if (fresh.length > 0) await storeBlocks(parts, keys, fresh, dst, 0, parts.writeThrough);
+      if (fresh.length > 0) {
+        await storeBlocks(parts, keys, fresh, dst, 0, parts.writeThrough, undefined, call);
+      }
     }
-    if (promote) await promoteFrom(parts, keys, dst, tiers, found);
+    if (promote) await promoteFrom(parts, keys, dst, tiers, found, call);
   } finally {
     for (const k of pinned) index.unpin(k);
   }
@@ -145,6 +149,7 @@ async function promoteFrom(
   dst: Target,
   tiers: readonly number[],
   found: readonly boolean[],
+  call: CallContext | undefined,
 ): Promise<void> {
   const items: { key: Key; from: { kind: 'memory'; target: Target; offset: number } }[] = [];
   for (let i = 0; i < keys.length; i++) {
@@ -156,5 +161,5 @@ async function promoteFrom(
       });
     }
   }
-  if (items.length > 0) await parts.placement.copyTo(items, 0);
+  if (items.length > 0) await parts.placement.copyTo(items, 0, call);
 }

@@ -8,6 +8,7 @@
 import { checkTarget, type Target } from '../core/engine.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
+import { scopeCall, type CallOptions } from './calls.js';
 import { checkPutOptions, leaseId } from './options.js';
 import type { Tenancy, Tenant } from './tenants.js';
 import type {
@@ -31,7 +32,7 @@ import type {
 export interface TenantStore {
   put(keys: readonly KeyLike[], src: Target, options?: PutOptions): Promise<PutResult>;
   get(keys: readonly KeyLike[], dst: Target, options?: GetOptions): Promise<GetResult>;
-  lookup(keys: readonly KeyLike[]): LookupResult;
+  lookup(keys: readonly KeyLike[], options?: CallOptions): LookupResult;
   prefetch(keys: readonly KeyLike[], options?: PrefetchOptions): Promise<PrefetchResult>;
   evict(keys: readonly KeyLike[]): Promise<EvictResult>;
   pin(keys: readonly KeyLike[], options?: { ttlMs?: number }): Lease;
@@ -45,12 +46,17 @@ export interface TenantStore {
       checksums: ArrayLike<number>,
     ): Promise<boolean[]>;
     giveBack(slots: readonly LandingSlot[]): void;
-    reserve(keys: readonly KeyLike[], priority?: number): Promise<Reservation | undefined>;
+    reserve(
+      keys: readonly KeyLike[],
+      priority?: number,
+      options?: CallOptions,
+    ): Promise<Reservation | undefined>;
     readonly persists: boolean;
     persist(keys: readonly Key[]): Promise<boolean[]>;
     lend<T>(
       keys: readonly KeyLike[],
       use: (places: (LentBlock | undefined)[]) => Promise<T>,
+      options?: CallOptions,
     ): Promise<T>;
   };
 }
@@ -105,7 +111,7 @@ export class TenantView {
     const { refused } = this.tenancy.owners;
     for (const k of list) refused.delete(k);
     const result = await this.store.put(list, src, {
-      ...options,
+      ...scopeCall(options, this.name),
       priority: options.priority ?? c.priority,
     });
     const status: PutStatus[] = result.status.map((s, i) =>
@@ -127,8 +133,9 @@ export class TenantView {
     options: GetOptions = {},
   ): Promise<GetResult> {
     const list = this.internal(keys);
+    const scoped = scopeCall(options, this.name);
     await this.fresh();
-    const result = await this.store.get(list, dst, options);
+    const result = await this.store.get(list, dst, scoped);
     // Where each hit was served from (-1 for a miss).
     this.tenancy.countAt(this.tenant, 'read', result.tiers);
     this.tenancy.used(
@@ -139,9 +146,9 @@ export class TenantView {
   }
 
   /** Warehouse.lookup for this tenant; a block past its time-to-live is not reported. */
-  lookup(keys: KeyChain | readonly KeyLike[]): LookupResult {
+  lookup(keys: KeyChain | readonly KeyLike[], options: CallOptions = {}): LookupResult {
     const list = this.internal(keys);
-    const result = this.store.lookup(list);
+    const result = this.store.lookup(list, scopeCall(options, this.name));
     const retention = this.tenant.retention;
     if (retention) {
       const now = this.tenancy.now();
@@ -167,8 +174,9 @@ export class TenantView {
     options: PrefetchOptions = {},
   ): Promise<PrefetchResult> {
     const list = this.internal(keys);
+    const scoped = scopeCall(options, this.name);
     await this.fresh();
-    return this.store.prefetch(list, options);
+    return this.store.prefetch(list, scoped);
   }
 
   /** Warehouse.evict for this tenant's blocks (not counted as evicted: the tenant asked). */
@@ -260,10 +268,16 @@ export class TenantHostSlots {
 
   /**
    * hostSlots.reserve for this tenant, with put's rules: a chain shorter than minPrefixTokens gets
-   * every slot 'rejected' (nothing stored), and the blocks take the tenant's priority.
+   * every slot 'rejected' (nothing stored), and the blocks take the tenant's priority (whatever
+   * priority is given).
    */
-  async reserve(keys: readonly KeyLike[]): Promise<Reservation | undefined> {
+  async reserve(
+    keys: readonly KeyLike[],
+    _priority?: number,
+    options: CallOptions = {},
+  ): Promise<Reservation | undefined> {
     const list = this.internal(keys);
+    const scoped = scopeCall(options, this.tenant.config.name);
     const c = this.tenant.config;
     if (list.length * this.tenancy.blockTokens < c.minPrefixTokens) {
       return {
@@ -273,7 +287,7 @@ export class TenantHostSlots {
       };
     }
     await this.tenancy.fresh();
-    const r = await this.store.hostSlots.reserve(list, c.priority);
+    const r = await this.store.hostSlots.reserve(list, c.priority, scoped);
     if (!r) return r;
     return {
       slots: r.slots,
@@ -300,17 +314,23 @@ export class TenantHostSlots {
   async lend<T>(
     keys: readonly KeyLike[],
     use: (places: (LentBlock | undefined)[]) => Promise<T>,
+    options: CallOptions = {},
   ): Promise<T> {
     const list = this.internal(keys);
+    const scoped = scopeCall(options, this.tenant.config.name);
     // Blocks past their retention are not lent (and their clock does not restart): as lookup.
     await this.tenancy.fresh();
-    return this.store.hostSlots.lend(list, async (places) => {
-      const hit = list.filter((_, i) => places[i] !== undefined);
-      // Lent copies are host-tier copies (tier 0).
-      this.tenancy.count(this.tenant, 'read', 0, hit.length);
-      this.tenancy.used(this.tenant, hit);
-      return use(places);
-    });
+    return this.store.hostSlots.lend(
+      list,
+      async (places) => {
+        const hit = list.filter((_, i) => places[i] !== undefined);
+        // Lent copies are host-tier copies (tier 0).
+        this.tenancy.count(this.tenant, 'read', 0, hit.length);
+        this.tenancy.used(this.tenant, hit);
+        return use(places);
+      },
+      scoped,
+    );
   }
 
   private wrote(keys: readonly Key[], stored: readonly boolean[]): void {

@@ -12,6 +12,9 @@ import type { EvictionPolicy } from '../policy/policy.js';
 import type { Durability } from './file-tier.js';
 import type { TierKind } from './tier.js';
 import type { FileTierCodecOptions } from './tier-codec.js';
+import type { CallOptions } from './calls.js';
+
+export type { CallId, CallOptions, Hint } from './calls.js';
 
 /**
  * GPU memory above the host tier: `bytes` of a pool kvtier allocates on `device`, or `region`, GPU
@@ -100,7 +103,10 @@ export interface WarehouseOptions {
   engine?: EngineOptions;
   /** Bound on bytes that prefetches move at once (default 64 blocks). */
   prefetchBytes?: number;
-  /** Clock for policies and leases, in milliseconds (default Date.now). */
+  /**
+   * Clock for policies and leases, in milliseconds (default Date.now). For tests and simulations
+   * (test/integration/policy-parity.test.ts replays a trace's clock); it must never go backwards.
+   */
   now?: () => number;
   /**
    * Tenants (docs/tenants.md): quotas per tier, retention classes, accounting and isolated keys,
@@ -189,7 +195,7 @@ export interface TenantStats {
   expired: TenantCount;
 }
 
-export interface PutOptions {
+export interface PutOptions extends CallOptions {
   /** Engine-given priority: higher survives eviction longer. */
   priority?: number;
   writeThrough?: boolean;
@@ -237,6 +243,9 @@ export interface EvictResult {
   status: EvictStatus[];
 }
 
+/** lookup changes nothing, so the fields are checked and reach no policy (docs/policies.md). */
+export type LookupOptions = CallOptions;
+
 export interface LookupResult {
   /** Leading keys cached: the prefix an engine need not recompute. */
   prefix: number;
@@ -244,7 +253,7 @@ export interface LookupResult {
   tiers: number[];
 }
 
-export interface GetOptions {
+export interface GetOptions extends CallOptions {
   signal?: AbortSignal;
   promote?: boolean;
   /** Whether a local miss may be fetched from the cluster (setRemote; default true). */
@@ -306,7 +315,7 @@ export interface ClusterStats {
 /** Told, after each operation, which keys entered the warehouse and which left it entirely. */
 export type ChangeListener = (added: readonly Key[], removed: readonly Key[]) => void;
 
-export interface PrefetchOptions {
+export interface PrefetchOptions extends CallOptions {
   /** Tier index or name to bring blocks up to (default: the top tier). */
   to?: number | string;
   priority?: number;

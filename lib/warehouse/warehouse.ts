@@ -17,12 +17,14 @@ import { Region } from '../core/region.js';
 import { func, guard } from '../core/validate.js';
 import { KeyChain, toKey, toKeys, type Key, type KeyLike } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
+import { CallNumbers, type CallContext } from './calls.js';
 import { openParts, type Parts } from './configure.js';
 import { HostSlots } from './host-slots.js';
 import { MAX_TIMER_MS } from './leases.js';
 import {
   checkWarehouseOptions,
   checkGetOptions,
+  checkLookupOptions,
   checkPinOptions,
   checkPrefetchOptions,
   checkPutOptions,
@@ -40,6 +42,7 @@ import type {
   GetOptions,
   GetResult,
   Lease,
+  LookupOptions,
   LookupResult,
   PrefetchOptions,
   PrefetchResult,
@@ -65,15 +68,21 @@ export class Warehouse {
   private closing: Promise<void> | undefined;
   private readonly tenancy: Tenancy | undefined;
   private readonly views = new Map<string, TenantView>();
+  /** Session and request numbers for the policies (calls.ts). */
+  private readonly calls = new CallNumbers();
 
   private constructor(parts: Parts, tenancy?: Tenancy) {
     this.parts = parts;
     this.tenancy = tenancy;
     this.blockBytes = parts.blockBytes;
-    this.hostSlots = new HostSlots(parts, (expire) => {
-      this.assertOpen();
-      if (expire) parts.leases.expire();
-    });
+    this.hostSlots = new HostSlots(
+      parts,
+      (expire) => {
+        this.assertOpen();
+        if (expire) parts.leases.expire();
+      },
+      this.calls,
+    );
   }
 
   static async open(options: WarehouseOptions): Promise<Warehouse> {
@@ -154,14 +163,19 @@ export class Warehouse {
     const options = checkPutOptions(given);
     this.checkSpan('src', src, list.length);
     const writeThrough = options.writeThrough ?? this.parts.writeThrough;
+    const call = this.calls.next(options);
     return this.parts.inflight.track(
-      putNow(this.parts, list, src, options.priority ?? 0, writeThrough),
+      putNow(this.parts, list, src, options.priority ?? 0, writeThrough, call),
     );
   }
 
-  /** How much of a chain is cached, and where; changes nothing. */
-  lookup(keys: KeyChain | readonly KeyLike[]): LookupResult {
+  /**
+   * How much of a chain is cached, and where; changes nothing (no policy hears of it, so the
+   * session and hint options are checked and go no further).
+   */
+  lookup(keys: KeyChain | readonly KeyLike[], options: LookupOptions = {}): LookupResult {
     this.assertOpen();
+    checkLookupOptions(options);
     // A proxy's traps may throw anywhere in the walk below: that is a bad argument too.
     const tiers = guard('keys', () => this.topTiers(keys));
     let prefix = 0;
@@ -206,7 +220,9 @@ export class Warehouse {
     const options = checkGetOptions(given);
     this.checkSpan('dst', dst, list.length);
     if (options.signal?.aborted) throw abortError(options.signal);
-    return this.parts.inflight.track(getNow(this.parts, list, dst, options));
+    return this.parts.inflight.track(
+      getNow(this.parts, list, dst, options, this.calls.next(options)),
+    );
   }
 
   /**
@@ -223,6 +239,7 @@ export class Warehouse {
     const options = checkPrefetchOptions(given);
     const to = this.tierIndex(options.to);
     if (options.signal?.aborted) throw abortError(options.signal);
+    const call = this.calls.next(options);
     const job = this.parts.prefetcher.enqueue(
       {
         bytes: list.length * this.blockBytes,
@@ -230,7 +247,7 @@ export class Warehouse {
         ...(options.deadline !== undefined ? { deadline: options.deadline } : {}),
         ...(options.signal !== undefined ? { signal: options.signal } : {}),
       },
-      () => this.prefetchNow(list, to),
+      () => this.prefetchNow(list, to, call),
     );
     return this.parts.inflight.track(job);
   }
@@ -245,7 +262,7 @@ export class Warehouse {
     return t;
   }
 
-  private async prefetchNow(keys: Key[], to: number): Promise<PrefetchResult> {
+  private async prefetchNow(keys: Key[], to: number, call: CallContext): Promise<PrefetchResult> {
     const { locks, index, placement } = this.parts;
     while (locks.unsettled(keys)) await locks.settle(keys);
     const result: PrefetchResult = { moved: 0, alreadyThere: 0, missing: 0 };
@@ -268,7 +285,7 @@ export class Warehouse {
     }
     if (items.length === 0) return result;
     try {
-      result.moved = (await placement.copyTo(items, to)).committed.length;
+      result.moved = (await placement.copyTo(items, to, call)).committed.length;
     } finally {
       for (const k of pinned) index.unpin(k);
     }

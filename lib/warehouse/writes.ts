@@ -6,6 +6,7 @@
 import type { Target } from '../core/engine.js';
 import type { Key } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
+import type { CallContext } from './calls.js';
 import { durableTier, type Parts } from './configure.js';
 import type { Placing } from './placement.js';
 import { TransferRound } from './transfers.js';
@@ -17,12 +18,15 @@ export async function putNow(
   src: Target,
   priority: number,
   writeThrough: boolean,
+  call?: CallContext,
 ): Promise<PutResult> {
-  const { locks, index, sources } = parts;
+  const { locks, index, sources, placement } = parts;
   while (locks.unsettled(keys)) await locks.settle(keys);
   const status = new Array<PutStatus>(keys.length);
   const result: PutResult = { stored: 0, present: 0, rejected: 0, status };
   const fresh: number[] = [];
+  /** Keys already there: written again, which their policy hears of, in chain order. */
+  const again: number[] = [];
   const first = new Map<Key, number>();
   const durable = durableTier(parts);
   for (let i = 0; i < keys.length; i++) {
@@ -34,6 +38,7 @@ export async function putNow(
     if (e && (durable === ABSENT || e.slots[durable] !== ABSENT)) {
       result.present++;
       status[i] = 'present';
+      again.push(i);
     } else {
       fresh.push(i);
     }
@@ -43,7 +48,7 @@ export async function putNow(
     // since the caller may reuse src then. A failing sink is counted, and costs only that copy.
     const placed = new Map<Key, number>();
     const [outcome] = await Promise.all([
-      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed),
+      storeBlocks(parts, keys, fresh, src, priority, writeThrough, placed, call, again),
       sources.store(keys, fresh, src),
     ]);
     for (const i of fresh) {
@@ -55,6 +60,7 @@ export async function putNow(
       status[first.get(k)!] === 'stored' ? (placed.get(k) ?? ABSENT) : ABSENT,
     );
   } else {
+    for (const i of again) index.rewrite(keys[i]!, placement.info(priority, i, keys.length, call));
     result.tiers = keys.map(() => ABSENT);
   }
   for (let i = 0; i < keys.length; i++) status[i] ??= status[first.get(keys[i]!)!]!;
@@ -75,14 +81,22 @@ export async function storeBlocks(
   priority: number,
   writeThrough: boolean,
   placed?: Map<Key, number>,
+  call?: CallContext,
+  again: readonly number[] = [],
 ): Promise<Map<Key, PutStatus>> {
   const { index, tiers, placement, blockBytes: bs } = parts;
   const durable = durableTier(parts);
   const last = tiers.length - 1;
   const targets = (writeThrough || durable !== ABSENT) && last > 0 ? [0, last] : [0];
   const items: Placing[] = [];
+  // Keys written again (`again`) and new ones, in chain order, as the simulator's replay places
+  // them: each plan tells its tier's policy at once (BlockIndex.plan), so the order is theirs.
+  let a = 0;
   for (const i of fresh) {
-    const info = placement.info(priority, i, keys.length);
+    for (; a < again.length && again[a]! < i; a++) {
+      index.rewrite(keys[again[a]!]!, placement.info(priority, again[a]!, keys.length, call));
+    }
+    const info = placement.info(priority, i, keys.length, call);
     const e = index.get(keys[i]!);
     for (const t of targets) {
       if (e && e.slots[t] !== ABSENT) continue; // already there (a host copy awaiting its durable one)
@@ -91,12 +105,16 @@ export async function storeBlocks(
         const plan = index.plan(keys[i]!, at, info);
         if (plan) {
           const from = { kind: 'memory' as const, target: src, offset: i * bs };
-          items.push({ plan, from, length: bs, priority, depth: i, chain: keys.length });
+          const chain = keys.length;
+          items.push({ plan, from, length: bs, priority, depth: i, chain, ...(call && { call }) });
           break;
         }
         if (targets.includes(at + 1)) break;
       }
     }
+  }
+  for (; a < again.length; a++) {
+    index.rewrite(keys[again[a]!]!, placement.info(priority, again[a]!, keys.length, call));
   }
   const sync = parts.durability === 'sync' && tiers.some((t) => t.durable);
   const batch = await placement.run(items, {
