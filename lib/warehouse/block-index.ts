@@ -76,9 +76,12 @@ export class BlockIndex<K> {
     this.nextSlot = tiers.map(() => 0);
     this.demote = options.demote ?? true;
     this.tenants = options.owners ? new TenantSlots(options.owners, this.nt) : undefined;
-    this.evictable = tiers.map((_, t) => (key: K) => {
+    this.evictable = tiers.map(() => (key: K) => {
       const id = this.ids.get(key);
-      return id >= 0 && this.pinned[id] === 0 && (this.busyBits[id]! & (1 << t)) === 0;
+      // Any placement in flight for the key (in any tier) keeps it from being a victim: evicting
+      // a copy whose key is being placed elsewhere could demote it into the very tier that plan
+      // fills, leaving two slots in flight for one key.
+      return id >= 0 && this.pinned[id] === 0 && this.busyBits[id] === 0;
     });
     this.grow(1024);
   }

@@ -58,6 +58,9 @@ export async function makeRoom(
     const sources: number[] = [];
     const landing = tiers.map((): SlotBlock[] => []);
     for (const plan of plans) {
+      // A plan whose deeper move failed is aborted: its victims keep their slots, so nothing may
+      // be written over them now.
+      if (failed.has(plan)) continue;
       for (const m of plan.moves) {
         if (m.fromTier !== from || m.toTier === ABSENT) continue;
         const e = index.get(m.key)!;

@@ -32,6 +32,24 @@ function consistent(ix: BlockIndex<string>): void {
 }
 
 describe('BlockIndex', () => {
+  it('never picks a key with a placement in flight as a victim (no second slot for one key)', () => {
+    // K lives in t0 only and a plan gives it a t1 copy (a durable put's write-down); a concurrent
+    // plan for X needs room in t0. Demoting K's t0 copy would send K into t1 a second time.
+    for (const end of ['commit', 'abort'] as const) {
+      const ix = index(1, 4);
+      put(ix, 'K');
+      const pk = ix.plan('K', 1, info())!;
+      expect(pk).toBeDefined();
+      const px = ix.plan('X', 0, info());
+      expect(px?.moves.some((m) => m.key === 'K') ?? false).toBe(false);
+      if (px) ix.abort(px);
+      if (end === 'commit') ix.commit(pk, info(), meta);
+      else ix.abort(pk);
+      consistent(ix);
+      expect(ix.get('K')!.slots).toEqual(end === 'commit' ? [0, pk.slot] : [0, ABSENT]);
+    }
+  });
+
   it('evicts the LRU block from a full single tier', () => {
     const ix = index(2);
     put(ix, 'a');
