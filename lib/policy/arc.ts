@@ -204,6 +204,15 @@ export class ArcPolicy<K> implements EvictionPolicy<K> {
     if (l.sizes[ghost]! > this.ghostLimit) l.free(l.head(ghost));
   }
 
+  forget(key: K): void {
+    const l = this.l;
+    const n = l.find(key);
+    if (n === 0) return;
+    const where = l.list[n]!;
+    if (this.orphans && where !== B1 && where !== B2 && where !== ORPHANS) this.orphan(n);
+    l.free(n);
+  }
+
   victim(evictable?: (key: K) => boolean): K | undefined {
     const l = this.l;
     if (l.sizes[ORPHANS]! > 0) {

@@ -48,6 +48,12 @@ export interface EvictionPolicy<K> {
   /** The key left the tier (evicted, demoted, deleted). */
   remove(key: K): void;
   /**
+   * Optional: the key was never really there (a placement told at plan time, then aborted; a
+   * landing slot's placeholder name): forget it without the trace remove() may keep (a ghost),
+   * which would count a later insertion of the key as a return. Policies without it get remove().
+   */
+  forget?(key: K): void;
+  /**
    * The key to evict next, among those for which `evictable` holds (pinned or in-flight keys do
    * not). Does not remove it: the caller calls remove() once the eviction is done.
    */
@@ -63,3 +69,9 @@ export interface EvictionPolicy<K> {
 
 /** Creates a policy for a tier of `capacity` blocks. */
 export type PolicyFactory = <K>(capacity: number) => EvictionPolicy<K>;
+
+/** policy.forget(key) where the policy has it, else remove(key). */
+export function forget<K>(policy: EvictionPolicy<K>, key: K): void {
+  if (policy.forget) policy.forget(key);
+  else policy.remove(key);
+}

@@ -7,7 +7,7 @@
  * While every block has priority 0 (every trace without priorities, and any engine that never
  * sets one) this adds one branch per call and nothing else: the base policy runs alone.
  */
-import type { AccessInfo, EvictionPolicy } from './policy.js';
+import { forget, type AccessInfo, type EvictionPolicy } from './policy.js';
 
 export class PriorityPolicy<K> implements EvictionPolicy<K> {
   readonly name: string;
@@ -68,6 +68,12 @@ export class PriorityPolicy<K> implements EvictionPolicy<K> {
   remove(key: K): void {
     const p = this.classOf(key);
     this.classFor(p).remove(key);
+    if (p !== 0) this.keyClass.delete(key);
+  }
+
+  forget(key: K): void {
+    const p = this.classOf(key);
+    forget(this.classFor(p), key);
     if (p !== 0) this.keyClass.delete(key);
   }
 

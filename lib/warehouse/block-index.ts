@@ -7,7 +7,7 @@
  * memory): evicting a block that has a copy lower down costs nothing, and only a block whose last
  * copy is evicted is written down (demoted) or dropped.
  */
-import type { AccessInfo } from '../policy/policy.js';
+import { forget, type AccessInfo } from '../policy/policy.js';
 import { boolean, options as readOptions } from '../core/validate.js';
 import { MapKeyIds, type KeyIds } from './key-ids.js';
 import { TenantSlots, type Owners } from './tenant-slots.js';
@@ -221,7 +221,7 @@ export class BlockIndex<K> {
   claim(plan: Plan<K>, info: AccessInfo): number {
     for (const m of plan.moves) this.applyMove(m, info);
     // The slot holds no key yet: adopt() tells the policy of the one it gets.
-    if (plan.told) this.tiers[plan.tier]!.policy.remove(plan.key);
+    if (plan.told) forget(this.tiers[plan.tier]!.policy, plan.key);
     return plan.slot;
   }
 
@@ -252,7 +252,7 @@ export class BlockIndex<K> {
     if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
     if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
     this.tenants?.charge(plan.key, plan.tier, -1);
-    if (plan.told) this.tiers[plan.tier]!.policy.remove(plan.key);
+    if (plan.told) forget(this.tiers[plan.tier]!.policy, plan.key);
     this.rollback(plan.moves, plan.moves.length);
     if (plan.fresh) this.release(plan.tier, plan.slot);
   }

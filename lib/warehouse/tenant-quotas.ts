@@ -19,7 +19,7 @@
  * demotions, explicit evicts and expiry.
  */
 import type { Key } from '../keys/keys.js';
-import type { AccessInfo, EvictionPolicy } from '../policy/policy.js';
+import { forget, type AccessInfo, type EvictionPolicy } from '../policy/policy.js';
 import type { BlockIndex, Owners } from './block-index.js';
 import { tagOf } from './tenant-keys.js';
 
@@ -66,6 +66,13 @@ export class TenantPolicy implements EvictionPolicy<Key> {
     this.global.remove(key);
     const o = this.of(key);
     if (o > 0) this.own[o]?.remove(key);
+  }
+
+  forget(key: Key): void {
+    forget(this.global, key);
+    const o = this.of(key);
+    const own = o > 0 ? this.own[o] : undefined;
+    if (own) forget(own, key);
   }
 
   victim(evictable?: (key: Key) => boolean): Key | undefined {

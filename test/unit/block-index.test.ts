@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
+import { ArcPolicy } from '../../lib/policy/arc.js';
 import { LruPolicy } from '../../lib/policy/lru.js';
 import type { AccessInfo } from '../../lib/policy/policy.js';
 import { ABSENT, BlockIndex, type Owners } from '../../lib/warehouse/block-index.js';
@@ -32,6 +33,23 @@ function consistent(ix: BlockIndex<string>): void {
 }
 
 describe('BlockIndex', () => {
+  it('leaves no ghost of a key that was never really there (claimed placeholders, aborted plans)', () => {
+    const arc = new ArcPolicy<string>(4, { leafFirst: true, orphans: true });
+    const ix = new BlockIndex<string>([{ name: 'host', capacity: 4, policy: arc }]);
+    const known = (k: string): boolean =>
+      (arc as unknown as { l: { find(k: string): number } }).l.find(k) !== 0;
+    for (let i = 0; i < 4; i++) put(ix, `k${i}`);
+    // A peer server's landing: slots claimed under placeholder names, then adopted by real keys.
+    const plans = [0, 1].map((i) => ix.plan(`landing ${i}`, 0, info())!);
+    plans.forEach((p, i) => ix.adopt(`p${i}`, 0, ix.claim(p, info()), info(), meta));
+    // And a put that is aborted.
+    ix.abort(ix.plan('gone', 0, info())!);
+    expect(['landing 0', 'landing 1', 'gone'].map(known)).toEqual([false, false, false]);
+    // What was evicted for real is remembered (a ghost), as ARC does.
+    expect(['k0', 'k1'].map(known)).toEqual([true, true]);
+    consistent(ix);
+  });
+
   it('never picks a key with a placement in flight as a victim (no second slot for one key)', () => {
     // K lives in t0 only and a plan gives it a t1 copy (a durable put's write-down); a concurrent
     // plan for X needs room in t0. Demoting K's t0 copy would send K into t1 a second time.
