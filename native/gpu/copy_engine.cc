@@ -431,14 +431,7 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   }
 
   Cuda& cuda = Cuda::instance();
-  std::string why;
-  if (!cuda.makeCurrent(device_, &why)) Throw(env, kNotAvailable, why);
-  if (spareEvents_.empty()) {
-    cu::Event e = nullptr;
-    cu::Result rc = api_->eventCreate(&e, cu::kEventDisableTiming);
-    if (rc != cu::kSuccess) Throw(env, kIo, cuda.fail("cuEventCreate", rc));
-    spareEvents_.push_back(e);
-  }
+  MakeReady(env);
   HoldTargets(env, targets, &batch->borrowed, &batch->keepAlive);
   auto refuse = [&](const std::string& message) {
     ReleaseTargets(env, &batch->borrowed);
@@ -479,6 +472,20 @@ Napi::Value CopyEngine::Submit(const Napi::CallbackInfo& info) {
   }
   HandOff(env, std::move(batch));
   return promise;
+}
+
+// Makes the engine's device current and keeps one completion event spare, before a batch queues
+// anything: a failure here throws with nothing queued.
+void CopyEngine::MakeReady(Napi::Env env) {
+  Cuda& cuda = Cuda::instance();
+  std::string why;
+  if (!cuda.makeCurrent(device_, &why)) Throw(env, kNotAvailable, why);
+  if (spareEvents_.empty()) {
+    cu::Event e = nullptr;
+    cu::Result rc = api_->eventCreate(&e, cu::kEventDisableTiming);
+    if (rc != cu::kSuccess) Throw(env, kIo, cuda.fail("cuEventCreate", rc));
+    spareEvents_.push_back(e);
+  }
 }
 
 // Hands a batch whose work is queued on its stream to the completion thread.

@@ -37,6 +37,8 @@ class CopyEngine : public Napi::ObjectWrap<CopyEngine> {
   // to decoded blocks in GPU memory, PCIe carrying the encoded form (copy_engine_codec.cc).
   Napi::Value Decode(const Napi::CallbackInfo& info);
   Napi::Value DecodePath(const Napi::CallbackInfo& info);
+  // Makes the device current and keeps one completion event spare (throws, nothing queued).
+  void MakeReady(Napi::Env env);
   // Hands a batch queued on its stream to the completion thread.
   void HandOff(Napi::Env env, std::unique_ptr<JsBatch> batch);
   // Waits for each batch's completion event in submission order, off the main thread.

@@ -105,14 +105,7 @@ Napi::Value CopyEngine::Decode(const Napi::CallbackInfo& info) {
     return promise;
   }
   Cuda& cuda = Cuda::instance();
-  std::string why;
-  if (!cuda.makeCurrent(device_, &why)) Throw(env, kNotAvailable, why);
-  if (spareEvents_.empty()) {
-    cu::Event e = nullptr;
-    cu::Result rc = api_->eventCreate(&e, cu::kEventDisableTiming);
-    if (rc != cu::kSuccess) Throw(env, kIo, cuda.fail("cuEventCreate", rc));
-    spareEvents_.push_back(e);
-  }
+  MakeReady(env);
   Lane& lane = lanes_[nextStream_++ % lanes_.size()];
   const uint64_t run =
       std::max<uint64_t>(1, std::min<uint64_t>(blocks, decodeStaging_ / shape.encodedBytes));

@@ -9,8 +9,8 @@
  */
 import { KvtierError } from '../../index.js';
 import { BlockCodec, codecIsa, codecThreads, type CodecSpec } from '../../internal.js';
-import { fromBytes, gaussian, prng, syntheticKv, toBytes, type KvFloatDtype } from './kv-values.js';
-import { median } from './stats.js';
+import { fromBytes, gaussian, syntheticKv, toBytes, type KvFloatDtype } from './kv-values.js';
+import { median, seededRandom } from './stats.js';
 
 export const CODEC_TARGETS = { decodeVsMemcpy: 0.5 } as const;
 
@@ -190,7 +190,7 @@ function accuracyTable(o: CodecBenchOptions): CodecAccuracyRow[] {
   const B = o.accuracyBlocks;
   const bytes = toBytes(syntheticKv(shape, B, 2), o.dtype);
   const x = fromBytes(bytes, o.dtype); // the stored values are the reference
-  const rand = prng(3);
+  const rand = seededRandom(3);
   const rows: CodecAccuracyRow[] = [];
   for (const c of BENCH_CODECS) {
     const codec = BlockCodec.open(c.spec(o.group), layout);

@@ -26,7 +26,8 @@ import {
   type LlamaModelSpec,
 } from '../../llama/index.js';
 import { BENCH_CODECS } from './codec-bench.js';
-import { fromBytes, prng, toBytes } from './kv-values.js';
+import { fromBytes, toBytes } from './kv-values.js';
+import { seededRandom } from './stats.js';
 import { at, gather, scatter, type Shape } from './llama-kv.js';
 
 export interface CodecLlamaOptions {
@@ -187,7 +188,7 @@ function errors(
     return out;
   };
   // The same query positions for every codec (a fixed seed).
-  const rand = prng(11);
+  const rand = seededRandom(11);
   const errs: number[] = [];
   for (let l = 0; l < s.layers; l++)
     for (let h = 0; h < s.heads; h++)

@@ -2,6 +2,8 @@
  * Element conversions and synthetic KV for the codec benchmark and tests: KV blocks are handled
  * as Float32Arrays of their values (in NHD packing order) and written in the layout's dtype.
  */
+import { seededRandom } from './stats.js';
+
 export type KvFloatDtype = 'fp16' | 'bf16' | 'fp32';
 
 const f32 = new Float32Array(1);
@@ -86,18 +88,6 @@ export interface KvShape {
   dim: number;
 }
 
-/** A deterministic PRNG (mulberry32), so benchmark inputs are the same on every run. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A standard normal draw (Box-Muller). */
 export function gaussian(rand: () => number): number {
   const u = Math.max(rand(), 1e-12);
@@ -116,7 +106,7 @@ export function syntheticKv(
   outliers = { channels: 4, magnitude: 12 },
 ): Float32Array {
   const { layers: L, tokens: T, heads: H, dim: D } = shape;
-  const rand = prng(seed);
+  const rand = seededRandom(seed);
   const slab = T * H * D;
   const out = new Float32Array(blocks * L * 2 * slab);
   // Outlier channels per (layer, head), the same across blocks and tokens.
