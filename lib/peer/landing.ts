@@ -7,6 +7,7 @@
  */
 import { regionOf } from '../core/engine.js';
 import type { LandingSlot, Warehouse } from '../warehouse/warehouse.js';
+import type { CallOptions } from '../warehouse/calls.js';
 import type { Key } from '../keys/keys.js';
 import type { Net } from './net.js';
 import { MsgType } from './protocol.js';
@@ -134,17 +135,18 @@ export class Landing {
   /**
    * Stores the blocks a PUT's payload landed in (tokens in key order, with the checksums the
    * transport computed). Per key, whether this put stored it; slots of keys that were already
-   * there go back to the transport.
+   * there go back to the transport. `call`: the put's session, hint and request (RequestFlag.CALL).
    */
   async store(
     keys: readonly Key[],
     tokens: Uint32Array,
     checksums: Uint32Array,
+    call: CallOptions = {},
   ): Promise<boolean[]> {
     const slots = Array.from(tokens, (t) => this.back(t)!);
     let stored: boolean[] | undefined;
     try {
-      stored = await this.warehouse.hostSlots.land(keys, slots, checksums);
+      stored = await this.warehouse.hostSlots.land(keys, slots, checksums, call);
       return stored;
     } finally {
       tokens.forEach((token, i) => {

@@ -82,16 +82,30 @@ export const RequestFlag = {
    * the server's file tier with its header written and synced (docs/protocol.md, "Durable puts").
    */
   DURABLE: 0x08,
+  /**
+   * On a PUT, PUT_OFFER, GET or LOOKUP: a call section (session, hint, request id) follows the key
+   * batch in the metadata (call-codec.ts; docs/protocol.md, "Calls"). Only to servers announcing
+   * Capability.CALLS.
+   */
+  CALL: 0x10,
 } as const;
 
 /** Capability bits of HELLO and CHALLENGE. */
+/** CALLS (server only): the server reads call sections (RequestFlag.CALL). */
 /** LANDS (server only): one-step PUT blocks land straight in the store, so offers gain nothing. */
 /** DURABLE (server only): the server honours RequestFlag.DURABLE (it has a file tier). */
 /**
  * TENANTS (server only): the server serves tenants; AUTH names one (its token signs the proof),
  * or names none and signs with the operator's token (docs/protocol.md, Tenants).
  */
-export const Capability = { TCP: 1, VERBS: 2, LANDS: 4, DURABLE: 8, TENANTS: 16 } as const;
+export const Capability = {
+  TCP: 1,
+  VERBS: 2,
+  LANDS: 4,
+  DURABLE: 8,
+  TENANTS: 16,
+  CALLS: 32,
+} as const;
 /** Most bytes of a STATS_RESULT's metadata (the statistics of every tenant, as JSON). */
 export const MAX_STATS_BYTES = 1 << 20;
 export const TransportId = { tcp: 0, verbs: 1 } as const;

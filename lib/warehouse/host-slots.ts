@@ -91,18 +91,21 @@ export class HostSlots {
   /**
    * Gives claimed slots whose bytes have arrived their keys: keys[i]'s block is in slots[i], and
    * checksums[i] is its CRC-32C (computed as it arrived). Per key, whether it was stored; a key
-   * already stored (or repeated in `keys`) is not, and its slot stays claimed.
+   * already stored (or repeated in `keys`) is not, and its slot stays claimed. `options`: the
+   * put's session, hint and request, as put's.
    */
   async land(
     keys: readonly Key[],
     slots: readonly LandingSlot[],
     checksums: ArrayLike<number>,
+    options: CallOptions = {},
   ): Promise<boolean[]> {
     this.enter(false);
     if (slots.length !== keys.length || checksums.length !== keys.length) {
       throw new KvtierError('KVTIER_BAD_ARGUMENT', 'one slot and one checksum per key are needed');
     }
     const { locks, index, placement, stats, feed, inflight, blockBytes: bs } = this.parts;
+    const call = this.calls.next(checkCallOptions({ ...options }));
     return inflight.track(
       (async () => {
         while (locks.unsettled(keys)) await locks.settle(keys);
@@ -112,7 +115,7 @@ export class HostSlots {
         const stored = keys.map((key, i) => {
           if (seen.has(key) || index.get(key)) return false;
           seen.add(key);
-          index.adopt(key, 0, slots[i]!.slot, placement.info(0, i, keys.length), {
+          index.adopt(key, 0, slots[i]!.slot, placement.info(0, i, keys.length, call), {
             length: bs,
             checksum: checksums[i]! >>> 0,
           });

@@ -10,6 +10,7 @@ import type { Command } from 'commander';
 
 import { parseSize } from '../sizes.js';
 import { KvtierError, PeerServer, type TierOptions, Warehouse } from '../../index.js';
+import { DEFAULT_POLICY, policyNames } from '../../internal.js';
 import {
   type EngineChannel,
   parseAddress,
@@ -55,6 +56,7 @@ export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions, 
   payloadTimeout?: string;
   metrics?: string;
   tenants?: string;
+  policy?: string;
 }
 
 /** A whole number from min to max, or KVTIER_BAD_ARGUMENT naming the option. */
@@ -70,7 +72,11 @@ function log(event: string, fields: Record<string, unknown> = {}): void {
   process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), event, ...fields })}\n`);
 }
 
-function warehouseOptions(opts: ServeOptions): { blockBytes: number; tiers: TierOptions[] } {
+function warehouseOptions(opts: ServeOptions): {
+  blockBytes: number;
+  tiers: TierOptions[];
+  policy?: string;
+} {
   const blockBytes = parseSize(opts.blockBytes, 'block size');
   const tiers: TierOptions[] = [];
   if (opts.hostBytes !== undefined) {
@@ -93,7 +99,13 @@ function warehouseOptions(opts: ServeOptions): { blockBytes: number; tiers: Tier
   if (tiers.length === 0) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'serve needs --host-bytes, --dir or both');
   }
-  return { blockBytes, tiers };
+  if (opts.policy !== undefined && !policyNames({ offline: false }).includes(opts.policy)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--policy must be one of ${policyNames({ offline: false }).join(', ')}, not ${opts.policy}`,
+    );
+  }
+  return { blockBytes, tiers, ...(opts.policy !== undefined ? { policy: opts.policy } : {}) };
 }
 
 export async function serve(opts: ServeOptions): Promise<void> {
@@ -117,7 +129,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--listen needs --token-file (or --tenants)');
   }
   const { host, port } = parseAddress(opts.listen);
-  const { blockBytes, tiers } = warehouseOptions(opts);
+  const { blockBytes, tiers, policy } = warehouseOptions(opts);
   const transport = (opts.transport ?? 'auto') as TransportOption;
   const maxConnections = opts.maxConnections === undefined ? 256 : Number(opts.maxConnections);
   if (!Number.isSafeInteger(maxConnections) || maxConnections < 1 || maxConnections > 65536) {
@@ -152,6 +164,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const warehouse = await Warehouse.open({
     blockBytes,
     tiers,
+    ...(policy !== undefined ? { policy } : {}),
     durability,
     ...(tenants ? { tenancy: tenants.tenancy } : {}),
   });
@@ -241,6 +254,10 @@ export function registerServe(program: Command): void {
     .option(
       '--tenants <file>',
       'serve tenants: a JSON config of tenants, their tokens, quotas and retention (docs/tenants.md)',
+    )
+    .option(
+      '--policy <name>',
+      `eviction policy: ${policyNames({ offline: false }).join(', ')} (default ${DEFAULT_POLICY})`,
     )
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')

@@ -26,6 +26,7 @@ export type SendBatch = (
   flags: number,
   keys: Key[],
   memory: Memory | undefined,
+  call?: Buffer,
 ) => Promise<Batch>;
 
 /** A put or get waiting to leave with the others asked for in the same turn. */
@@ -58,6 +59,7 @@ export class Coalescer {
     keys: Key[],
     target: Target,
     slots: readonly number[],
+    call?: Buffer,
   ): Promise<Batch> {
     // The caller's memory stays in use from now until its answer, as if it had left at once.
     const region = regionOf(target);
@@ -65,12 +67,13 @@ export class Coalescer {
     region?.inFlight.begin();
     const end = (): void => region?.inFlight.end();
     return new Promise((resolve, reject) => {
-      const name = `${type}:${flags}`;
+      // Only calls with the same call section (or none) share a request: it is the request's.
+      const name = `${type}:${flags}:${call?.toString('hex') ?? ''}`;
       let queue = this.queued.get(name);
       if (!queue) {
         queue = [];
         this.queued.set(name, queue);
-        setImmediate(() => this.flush(name, type, flags));
+        setImmediate(() => this.flush(name, type, flags, call));
       }
       queue.push({
         session: s,
@@ -89,7 +92,7 @@ export class Coalescer {
     });
   }
 
-  private flush(name: string, type: number, flags: number): void {
+  private flush(name: string, type: number, flags: number, call: Buffer | undefined): void {
     const queue = this.queued.get(name) ?? [];
     this.queued.delete(name);
     let s: Session;
@@ -113,18 +116,24 @@ export class Coalescer {
     for (const w of live) {
       const b = w.keys.length * s.blockBytes;
       if (group.length > 0 && bytes + b > COALESCE_BYTES) {
-        this.send(s, type, flags, group);
+        this.send(s, type, flags, group, call);
         group = [];
         bytes = 0;
       }
       group.push(w);
       bytes += b;
     }
-    if (group.length > 0) this.send(s, type, flags, group);
+    if (group.length > 0) this.send(s, type, flags, group, call);
   }
 
   /** One request for the keys of several callers; each gets its own statuses back. */
-  private send(s: Session, type: number, flags: number, live: Waiting[]): void {
+  private send(
+    s: Session,
+    type: number,
+    flags: number,
+    live: Waiting[],
+    call: Buffer | undefined,
+  ): void {
     const keys: Key[] = [];
     const targets: Target[] = [];
     const slots: number[] = [];
@@ -137,7 +146,7 @@ export class Coalescer {
     }
     let done: Promise<Batch>;
     try {
-      done = this.sendBatch(s, type, flags, keys, { targets, slots });
+      done = this.sendBatch(s, type, flags, keys, { targets, slots }, call);
     } catch (e) {
       for (const w of live) w.reject(e as Error);
       return;

@@ -12,8 +12,8 @@ import type { Answer, DataPath, Session, Sessions } from './session.js';
 export class TcpPath implements DataPath {
   constructor(private readonly sessions: Sessions) {}
 
-  get(s: Session, keys: Key[], memory: Memory, flags: number): Promise<Answer> {
-    return this.sessions.request(s, MsgType.GET, keys, memory, flags);
+  get(s: Session, keys: Key[], memory: Memory, flags: number, call?: Buffer): Promise<Answer> {
+    return this.sessions.request(s, MsgType.GET, keys, memory, flags, call ? { call } : undefined);
   }
 
   putData(
@@ -60,6 +60,7 @@ export class TwoStepPuts {
     keys: Key[],
     memory: Memory,
     flags: number,
+    call?: Buffer,
   ): Promise<{ statuses: number[]; word: number }> {
     const rid = this.sessions.nextId();
     await this.slot();
@@ -68,6 +69,7 @@ export class TwoStepPuts {
       const accept = await this.sessions.request(s, MsgType.PUT_OFFER, keys, undefined, flags, {
         rid,
         placed: s.transport.remote,
+        ...(call ? { call } : {}),
       });
       data = await s.path.putData(s, rid, keys, memory, accept);
     } finally {

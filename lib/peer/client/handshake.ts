@@ -129,6 +129,7 @@ export function handshake(d: Dial, events: SessionEvents): Promise<Session> {
         lands: (c.capabilities & Capability.LANDS) !== 0,
         durable: (c.capabilities & Capability.DURABLE) !== 0,
         tenants: serverTenants,
+        calls: (c.capabilities & Capability.CALLS) !== 0,
       };
       if (session.blockBytes < 1 || session.maxBatch < 1) return protocol('bad limits');
       d.chose(

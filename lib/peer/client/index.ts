@@ -12,8 +12,17 @@ import { requireHostMemory } from '../../core/bytes.js';
 import { Region } from '../../core/region.js';
 import { string } from '../../core/validate.js';
 import { toKeys, type Key, type KeyChain, type KeyLike } from '../../keys/keys.js';
-import { MsgType, parseAddress, RequestFlag, Status } from '../protocol.js';
+import {
+  BATCH_FIXED_BYTES,
+  KEY_ENTRY_BYTES,
+  MsgType,
+  parseAddress,
+  RequestFlag,
+  Status,
+} from '../protocol.js';
+import type { CallOptions } from '../../warehouse/calls.js';
 import { chooseTransport } from '../transports.js';
+import { CallSections, checkPeerCall } from './calls.js';
 import { Coalescer, type Batch } from './coalescing.js';
 import { TcpPath, TwoStepPuts } from './data-path.js';
 import { handshake } from './handshake.js';
@@ -28,6 +37,13 @@ import { Sessions, type Session } from './session.js';
 import { VerbsPath } from './verbs-path.js';
 
 export { connectOptions, type ConnectOptions, type PeerPutOptions } from './options.js';
+
+/**
+ * What a get or lookup tells the server's eviction policy about its request: the engine's session
+ * and request ids and a hint (docs/policies.md, "Hints through the API"). Sent only to servers
+ * that read them (Capability.CALLS); an older server gets the request without them.
+ */
+export type PeerCallOptions = CallOptions;
 
 export interface PeerPutResult {
   /** Per key: 'stored', 'present' (already there) or 'rejected' (no room or failed). */
@@ -68,6 +84,7 @@ export class PeerClient {
   private readonly tcp: TcpPath;
   private readonly twoStep: TwoStepPuts;
   private readonly coalescer: Coalescer;
+  private readonly calls = new CallSections();
   readonly timeoutMs: number;
   /** Why this transport was chosen. */
   transportReason = '';
@@ -102,8 +119,8 @@ export class PeerClient {
     this.verbs = new VerbsPath(this.sessions);
     this.tcp = new TcpPath(this.sessions);
     this.twoStep = new TwoStepPuts(this.sessions);
-    this.coalescer = new Coalescer(this.sessions, (s, type, flags, keys, memory) =>
-      this.frames(s, type, flags, keys, memory),
+    this.coalescer = new Coalescer(this.sessions, (s, type, flags, keys, memory, call) =>
+      this.frames(s, type, flags, keys, memory, call),
     );
   }
 
@@ -145,9 +162,14 @@ export class PeerClient {
     target?: Target,
     at?: readonly number[],
     flags = 0,
+    given: CallOptions = {},
   ): Promise<Batch> {
+    const checked = checkPeerCall(given);
     const s = this.sessions.ready();
     const list = toKeys(keys);
+    // Advice only: a server that cannot read a call section serves the request without it.
+    const call = s.calls ? this.calls.section(checked) : undefined;
+    if (call) flags |= RequestFlag.CALL;
     const slots = at ?? list.map((_, i) => i);
     if (target !== undefined) {
       requireHostMemory(target, 'a peer transfer target');
@@ -168,7 +190,7 @@ export class PeerClient {
       }
     }
     if (target !== undefined && this.coalescer.fits(s, list.length)) {
-      return this.coalescer.add(s, type, flags, list, target, slots);
+      return this.coalescer.add(s, type, flags, list, target, slots, call);
     }
     return this.frames(
       s,
@@ -176,6 +198,7 @@ export class PeerClient {
       flags,
       list,
       target ? { targets: list.map(() => target), slots } : undefined,
+      call,
     );
   }
 
@@ -186,22 +209,34 @@ export class PeerClient {
     flags: number,
     list: Key[],
     memory: Memory | undefined,
+    call?: Buffer,
   ): Promise<Batch> {
     const chunks: Promise<Batch>[] = [];
-    for (let from = 0; from < list.length || from === 0; from += s.maxBatch) {
-      const part = list.slice(from, from + s.maxBatch);
+    // A call section takes metadata room the server allows beside a full batch (it announces a
+    // larger maxMeta); fewer keys per frame if it allows less.
+    const step = call
+      ? Math.max(
+          1,
+          Math.min(
+            s.maxBatch,
+            Math.floor((s.maxMeta - BATCH_FIXED_BYTES - call.length) / KEY_ENTRY_BYTES),
+          ),
+        )
+      : s.maxBatch;
+    for (let from = 0; from < list.length || from === 0; from += step) {
+      const part = list.slice(from, from + step);
       const mem = memory
         ? {
-            targets: memory.targets.slice(from, from + s.maxBatch),
-            slots: memory.slots.slice(from, from + s.maxBatch),
+            targets: memory.targets.slice(from, from + step),
+            slots: memory.slots.slice(from, from + step),
           }
         : undefined;
       if (type === MsgType.PUT && mem && s.transport.twoStepPut(s.blockBytes, s.lands)) {
-        chunks.push(this.twoStep.put(s, part, mem, flags));
+        chunks.push(this.twoStep.put(s, part, mem, flags, call));
       } else if (type === MsgType.GET && mem) {
-        chunks.push(s.path.get(s, part, mem, flags));
+        chunks.push(s.path.get(s, part, mem, flags, call));
       } else {
-        chunks.push(this.sessions.request(s, type, part, mem, flags));
+        chunks.push(this.sessions.request(s, type, part, mem, flags, call ? { call } : undefined));
       }
       if (list.length === 0) break;
     }
@@ -247,7 +282,7 @@ export class PeerClient {
       );
     }
     const flags = durable ? RequestFlag.DURABLE : 0;
-    const { statuses } = await this.batched(MsgType.PUT, keys, src, at, flags);
+    const { statuses } = await this.batched(MsgType.PUT, keys, src, at, flags, options);
     const status = statuses.map((s) =>
       s === Status.OK ? 'stored' : s === Status.PRESENT ? 'present' : 'rejected',
     ) as PeerPutResult['status'];
@@ -264,9 +299,13 @@ export class PeerClient {
    * Reads blocks into dst (block i at i*blockBytes). A block is reported found only once all of
    * its bytes arrived; bytes of missing blocks are left untouched.
    */
-  async get(keys: KeyChain | readonly KeyLike[], dst: Target): Promise<PeerGetResult> {
+  async get(
+    keys: KeyChain | readonly KeyLike[],
+    dst: Target,
+    options: PeerCallOptions = {},
+  ): Promise<PeerGetResult> {
     checkTarget(dst, 'dst');
-    return this.getAt(keys, dst);
+    return this.getAt(keys, dst, undefined, options);
   }
 
   /**
@@ -277,18 +316,38 @@ export class PeerClient {
     keys: KeyChain | readonly KeyLike[],
     dst: Target,
     at?: readonly number[],
-    options: { localOnly?: boolean } = {},
+    options: { localOnly?: boolean } & PeerCallOptions = {},
   ): Promise<PeerGetResult> {
+    if (options === null || typeof options !== 'object') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'get options must be an object');
+    }
     const flags = options.localOnly ? RequestFlag.LOCAL_ONLY : 0;
-    const { statuses } = await this.batched(MsgType.GET, keys, dst, at, flags);
+    const { statuses } = await this.batched(MsgType.GET, keys, dst, at, flags, options);
     const found = statuses.map((s) => s === Status.OK);
     let prefix = 0;
     while (prefix < found.length && found[prefix]) prefix++;
     return { found, count: found.filter(Boolean).length, prefix };
   }
 
-  async lookup(keys: KeyChain | readonly KeyLike[]): Promise<PeerLookupResult> {
-    const { statuses, word } = await this.batched(MsgType.LOOKUP, keys);
+  /**
+   * Which blocks the peer holds. Its session, hint and request id (like a Warehouse lookup's)
+   * change nothing on the server: they are checked and go no further.
+   */
+  async lookup(
+    keys: KeyChain | readonly KeyLike[],
+    options: PeerCallOptions = {},
+  ): Promise<PeerLookupResult> {
+    if (options === null || typeof options !== 'object') {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', 'lookup options must be an object');
+    }
+    const { statuses, word } = await this.batched(
+      MsgType.LOOKUP,
+      keys,
+      undefined,
+      undefined,
+      0,
+      options,
+    );
     return { present: statuses.map((s) => s === Status.OK), prefix: word };
   }
 

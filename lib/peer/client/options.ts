@@ -10,6 +10,7 @@ import {
 } from '../../core/validate.js';
 import { checkSecret, readTokenFile, TENANT_NAME, type Secret } from '../auth.js';
 import type { TransportOption } from '../transports.js';
+import type { CallOptions } from '../../warehouse/calls.js';
 
 export interface ConnectOptions {
   /** The shared secret, or */
@@ -35,7 +36,11 @@ export interface ConnectOptions {
   durable?: boolean;
 }
 
-export interface PeerPutOptions {
+/**
+ * A put's options; its session, hint and request id reach the server's eviction policy
+ * (PeerCallOptions).
+ */
+export interface PeerPutOptions extends CallOptions {
   /**
    * Resolve only once every block reported stored or present is in the server's file tier with
    * its header written and synced, so that a crash of the server loses none of them

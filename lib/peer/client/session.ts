@@ -40,7 +40,7 @@ export interface Answer {
  */
 export interface DataPath {
   /** A GET whose found blocks end up in `memory`, each verified against its checksum. */
-  get(s: Session, keys: Key[], memory: Memory, flags: number): Promise<Answer>;
+  get(s: Session, keys: Key[], memory: Memory, flags: number, call?: Buffer): Promise<Answer>;
   /**
    * The second step of a put, once the server accepted the offer: moves the accepted blocks and
    * sends PUT_DATA. Resolves once PUT_DATA is sent (so the offer's place can go to the next),
@@ -71,6 +71,8 @@ export interface Session {
   durable: boolean;
   /** The server serves tenants (Capability.TENANTS). */
   tenants?: boolean;
+  /** The server reads call sections (Capability.CALLS). */
+  calls?: boolean;
   /** The connected queue pair of a verbs session. */
   qp?: number;
 }
@@ -180,12 +182,17 @@ export class Sessions {
     keys: Key[],
     memory?: Memory,
     flags = 0,
-    step?: { rid: number; accepted?: number[]; placed?: boolean },
+    step?: { rid?: number; accepted?: number[]; placed?: boolean; call?: Buffer },
   ): Promise<Answer> {
     const rid = step?.rid ?? this.nextId();
     const accepted = step?.accepted;
-    // PUT_DATA repeats the server's answer to the offer, and carries only the blocks it wants.
-    const meta = accepted ? encodeResults(accepted) : encodeKeys(keys);
+    // PUT_DATA repeats the server's answer to the offer, and carries only the blocks it wants;
+    // a request with a call section (RequestFlag.CALL) carries it after its keys.
+    const meta = accepted
+      ? encodeResults(accepted)
+      : step?.call
+        ? Buffer.concat([encodeKeys(keys), step.call])
+        : encodeKeys(keys);
     const sends = (i: number): boolean => !accepted || accepted[i] === Status.OK;
     const bs = s.blockBytes;
     let targets: NativeTarget[] = [];

@@ -46,7 +46,13 @@ export class VerbsPath implements DataPath, QueuePairs {
    * A get over verbs: the server answers where the blocks lie and lends them; the client reads
    * them straight into the caller's memory, checks each against its checksum, and releases them.
    */
-  async get(s: Session, keys: Key[], memory: Memory, flags: number): Promise<Answer> {
+  async get(
+    s: Session,
+    keys: Key[],
+    memory: Memory,
+    flags: number,
+    call?: Buffer,
+  ): Promise<Answer> {
     const sessions = this.sessions;
     const rid = sessions.nextId();
     // The caller's memory stays held from before the request until the reads are done.
@@ -61,6 +67,7 @@ export class VerbsPath implements DataPath, QueuePairs {
         {
           rid,
           placed: true,
+          ...(call ? { call } : {}),
         },
       );
       if (answer.placements!.length === 0) return answer;

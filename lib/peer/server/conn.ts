@@ -3,6 +3,7 @@ import type { NativeTarget } from '../../core/native.js';
 import type { Region } from '../../core/region.js';
 import type { Key } from '../../keys/keys.js';
 import type { Reservation } from '../../warehouse/warehouse.js';
+import type { CallOptions } from '../../warehouse/calls.js';
 import { TCP, type Transport } from '../transports.js';
 import type { PeerStore } from './store.js';
 
@@ -84,4 +85,6 @@ export interface Offer {
   receive?: Region;
   /** The offer carried RequestFlag.DURABLE: PUT_RESULT waits for the file tier's sync. */
   durable: boolean;
+  /** The offer's call section (RequestFlag.CALL), for a put made when its data comes. */
+  call: CallOptions;
 }

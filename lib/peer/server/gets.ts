@@ -6,6 +6,7 @@
 import { nativeTargetOf } from '../../core/engine.js';
 import { native, type NativeTarget } from '../../core/native.js';
 import type { Key } from '../../keys/keys.js';
+import type { CallOptions } from '../../warehouse/calls.js';
 import {
   encodePlacedResults,
   encodeResults,
@@ -25,10 +26,16 @@ export class Gets {
   constructor(private readonly core: ServerCore) {}
 
   /** A GET answered in its frame: the blocks follow GET_RESULT on the connection. */
-  async send(state: ConnState, rid: number, keys: Key[], localOnly: boolean): Promise<void> {
+  async send(
+    state: ConnState,
+    rid: number,
+    keys: Key[],
+    localOnly: boolean,
+    call: CallOptions,
+  ): Promise<void> {
     const { core } = this;
     const bs = core.blockBytes;
-    await this.withBlocks(state, keys, localOnly, async (blocks) => {
+    await this.withBlocks(state, keys, localOnly, call, async (blocks) => {
       if (state.phase === 'closed') return;
       const targets: NativeTarget[] = [];
       const index = new Map<unknown, number>();
@@ -67,7 +74,13 @@ export class Gets {
    * registered send region for blocks from lower tiers) and keeps those pinned until the client
    * has read them with RDMA READ and sent RELEASE, or the lease times out.
    */
-  async lend(state: ConnState, rid: number, keys: Key[], localOnly: boolean): Promise<void> {
+  async lend(
+    state: ConnState,
+    rid: number,
+    keys: Key[],
+    localOnly: boolean,
+    call: CallOptions,
+  ): Promise<void> {
     const { core } = this;
     if (state.leases.has(rid)) {
       core.drop(state, ErrorKind.PROTOCOL, `request id ${rid} already holds a lease`);
@@ -84,7 +97,7 @@ export class Gets {
     const released = new Promise<void>((resolve) => (end = resolve));
     state.leases.set(rid, end);
     try {
-      await this.lent(state, rid, keys, localOnly, released);
+      await this.lent(state, rid, keys, localOnly, call, released);
     } finally {
       if (state.leases.get(rid) === end) state.leases.delete(rid);
     }
@@ -96,10 +109,11 @@ export class Gets {
     rid: number,
     keys: Key[],
     localOnly: boolean,
+    call: CallOptions,
     released: Promise<void>,
   ): Promise<void> {
     const { core } = this;
-    await this.withBlocks(state, keys, localOnly, async (blocks) => {
+    await this.withBlocks(state, keys, localOnly, call, async (blocks) => {
       if (state.phase === 'closed') return;
       const statuses: number[] = [];
       const checksums: number[] = [];
@@ -141,37 +155,42 @@ export class Gets {
     state: ConnState,
     keys: Key[],
     localOnly: boolean,
+    call: CallOptions,
     use: (blocks: (SentBlock | undefined)[]) => Promise<void>,
   ): Promise<void> {
     const { core } = this;
     const wh = state.store!;
     const bs = core.blockBytes;
-    await lendOf(wh)(keys, async (lent) => {
-      const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
-      const region = rest.length > 0 ? core.pool.take(rest.length * bs) : undefined;
-      region?.inFlight.begin();
-      try {
-        const got = region
-          ? await wh.get(
-              rest.map((i) => keys[i]!),
-              region,
-              localOnly ? { remote: false } : {},
-            )
-          : undefined;
-        let j = 0;
-        const blocks = keys.map((_, i): SentBlock | undefined => {
-          const b = lent[i];
-          if (b)
-            return { target: nativeTargetOf(b.target), offset: b.offset, checksum: b.checksum };
-          const at = j++;
-          if (!got!.found[at]) return undefined;
-          const bytes = region!.view(at * bs, bs);
-          return { target: region!.native, offset: at * bs, checksum: native().crc32c(bytes) };
-        });
-        await use(blocks);
-      } finally {
-        if (region) core.release(region);
-      }
-    });
+    await lendOf(wh)(
+      keys,
+      async (lent) => {
+        const rest = keys.flatMap((_, i) => (lent[i] ? [] : [i]));
+        const region = rest.length > 0 ? core.pool.take(rest.length * bs) : undefined;
+        region?.inFlight.begin();
+        try {
+          const got = region
+            ? await wh.get(
+                rest.map((i) => keys[i]!),
+                region,
+                localOnly ? { ...call, remote: false } : call,
+              )
+            : undefined;
+          let j = 0;
+          const blocks = keys.map((_, i): SentBlock | undefined => {
+            const b = lent[i];
+            if (b)
+              return { target: nativeTargetOf(b.target), offset: b.offset, checksum: b.checksum };
+            const at = j++;
+            if (!got!.found[at]) return undefined;
+            const bytes = region!.view(at * bs, bs);
+            return { target: region!.native, offset: at * bs, checksum: native().crc32c(bytes) };
+          });
+          await use(blocks);
+        } finally {
+          if (region) core.release(region);
+        }
+      },
+      call,
+    );
   }
 }

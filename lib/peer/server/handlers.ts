@@ -5,8 +5,9 @@
  */
 import type { NetEvent } from '../../core/native.js';
 import type { Key } from '../../keys/keys.js';
+import type { CallOptions } from '../../warehouse/calls.js';
+import { decodeKeysAndCall } from '../call-codec.js';
 import {
-  decodeKeys,
   encodeResults,
   ErrorKind,
   MAX_OFFERS,
@@ -28,9 +29,14 @@ const REQUESTS: readonly number[] = [
   MsgType.PUT_OFFER,
 ];
 
+/** The requests a call section may follow (RequestFlag.CALL); on others the bit means nothing. */
+const WITH_CALL: readonly number[] = [MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.PUT_OFFER];
+
 export class Handlers {
   readonly offers: Offers;
   private readonly gets: Gets;
+  /** Names the requests of frames whose call section gives no request id. */
+  private callSerial = 0;
 
   constructor(private readonly core: ServerCore) {
     this.offers = new Offers(core);
@@ -61,8 +67,10 @@ export class Handlers {
       return undefined;
     }
     let keys: Key[];
+    let call: CallOptions | undefined;
     try {
-      keys = decodeKeys(ev.meta!, core.maxBatch);
+      const hasCall = (flags & RequestFlag.CALL) !== 0 && WITH_CALL.includes(type);
+      ({ keys, call } = decodeKeysAndCall(ev.meta!, core.maxBatch, hasCall));
     } catch (e) {
       const kind = /exceeds the limit/.test((e as Error).message)
         ? ErrorKind.LIMIT
@@ -109,12 +117,17 @@ export class Handlers {
     // With tenants nothing lands: landed slots would be stored under the keys as sent, outside
     // the tenant's namespace (the LANDS capability is not offered, so clients put by copy).
     const tenants = core.options.tenants !== undefined;
+    // A frame is one request to the policy, however the server serves it (lent blocks and blocks
+    // read up are two warehouse calls): one without a request id of its own gets one.
+    const given: CallOptions = call
+      ? { ...call, request: call.request ?? `\u0001peer-frame-${++this.callSerial}` }
+      : {};
     if (!tenants && (type === MsgType.PUT || type === MsgType.PUT_OFFER)) core.landing.demand();
     if (!tenants && type === MsgType.PUT && ev.landed) {
-      return core.track(state, type, rid, this.putLanded(state, rid, keys, ev, durable));
+      return core.track(state, type, rid, this.putLanded(state, rid, keys, ev, durable, given));
     }
     const payload = core.payloadOf(ev, payloadBytes);
-    return core.track(state, type, rid, this.serve(state, type, rid, keys, payload, flags));
+    return core.track(state, type, rid, this.serve(state, type, rid, keys, payload, flags, given));
   }
 
   private async serve(
@@ -124,13 +137,14 @@ export class Handlers {
     keys: Key[],
     payload: Uint8Array | undefined,
     flags: number,
+    call: CallOptions,
   ): Promise<void> {
     const { core } = this;
     const wh = state.store!;
     switch (type) {
       case MsgType.PUT: {
         core.putCounts.copied += keys.length;
-        const put = keys.length > 0 ? (await wh.put(keys, payload!)).status : [];
+        const put = keys.length > 0 ? (await wh.put(keys, payload!, call)).status : [];
         let statuses: number[] = put.map((s) =>
           s === 'present' ? Status.PRESENT : s === 'stored' ? Status.OK : Status.REJECTED,
         );
@@ -147,14 +161,14 @@ export class Handlers {
         const localOnly = (flags & RequestFlag.LOCAL_ONLY) !== 0;
         // REMOTE_READ (verbs only: Transport.refuses) asks for the blocks lent, not sent.
         if ((flags & RequestFlag.REMOTE_READ) !== 0) {
-          return this.gets.lend(state, rid, keys, localOnly);
+          return this.gets.lend(state, rid, keys, localOnly, call);
         }
-        return this.gets.send(state, rid, keys, localOnly);
+        return this.gets.send(state, rid, keys, localOnly, call);
       }
       case MsgType.PUT_OFFER:
-        return this.offers.offer(state, rid, keys, core.durable(type, flags));
+        return this.offers.offer(state, rid, keys, core.durable(type, flags), call);
       case MsgType.LOOKUP: {
-        const r = wh.lookup(keys);
+        const r = wh.lookup(keys, call);
         const statuses = r.tiers.map((t) => (t >= 0 ? Status.OK : Status.MISSING));
         core.reply(state, MsgType.LOOKUP_RESULT, rid, encodeResults(statuses, r.prefix));
         return;
@@ -200,12 +214,13 @@ export class Handlers {
     keys: Key[],
     ev: NetEvent,
     durable: boolean,
+    call: CallOptions,
   ): Promise<void> {
     const { core } = this;
     const tokens = ev.landed!;
     ev.landed = undefined; // the slots are this put's now, not onFrame()'s to give back
     core.putCounts.landed += keys.length;
-    const stored = await core.landing.store(keys, tokens, ev.checksums!);
+    const stored = await core.landing.store(keys, tokens, ev.checksums!, call);
     // A key repeated in the batch is stored once; every copy of it answers as stored.
     const mine = new Set(keys.filter((_, i) => stored[i]));
     let statuses: number[] = keys.map((k) => (mine.has(k) ? Status.OK : Status.PRESENT));

@@ -25,6 +25,7 @@ import {
   MsgType,
   PROTOCOL_VERSION,
 } from '../protocol.js';
+import { MAX_CALL_BYTES } from '../call-codec.js';
 import { TCP, transportOfId, VERBS } from '../transports.js';
 import type { ConnState } from './conn.js';
 import type { ServerCore } from './core.js';
@@ -74,7 +75,7 @@ export class ServerHandshake {
       capabilities: this.capabilities(),
       blockBytes: mine,
       maxBatch: core.maxBatch,
-      maxMeta: maxMetaFor(core.maxBatch),
+      maxMeta: maxMetaFor(core.maxBatch) + MAX_CALL_BYTES,
       maxPayload: core.maxBatch * mine,
       serverNonce: state.serverNonce,
     });
@@ -89,7 +90,8 @@ export class ServerHandshake {
       (core.transport.verbs ? VERBS.capability : 0) |
       (core.landing.enabled && !core.options.tenants ? Capability.LANDS : 0) |
       (core.options.warehouse.hostSlots.persists ? Capability.DURABLE : 0) |
-      (core.options.tenants ? Capability.TENANTS : 0)
+      (core.options.tenants ? Capability.TENANTS : 0) |
+      Capability.CALLS
     );
   }
 
@@ -150,7 +152,7 @@ export class ServerHandshake {
     // Only now may the peer send frames larger than a handshake.
     core.net.setLimits(
       state.id,
-      maxMetaFor(core.maxBatch),
+      maxMetaFor(core.maxBatch) + MAX_CALL_BYTES,
       core.maxBatch * bs,
       Math.max(1, core.queueLimit),
       { type: MsgType.GET, unit: bs },

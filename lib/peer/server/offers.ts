@@ -6,6 +6,7 @@
 import { nativeTargetOf } from '../../core/engine.js';
 import type { NativeTarget, NetEvent } from '../../core/native.js';
 import type { Key } from '../../keys/keys.js';
+import type { CallOptions } from '../../warehouse/calls.js';
 import type { Reservation } from '../../warehouse/warehouse.js';
 import {
   decodeResults,
@@ -44,7 +45,13 @@ export class Offers {
    * A two-step put: reserves host-tier slots and tells the transport where the blocks of the
    * coming PUT_DATA go, so the bytes are copied once.
    */
-  async offer(state: ConnState, rid: number, keys: Key[], durable: boolean): Promise<void> {
+  async offer(
+    state: ConnState,
+    rid: number,
+    keys: Key[],
+    durable: boolean,
+    call: CallOptions,
+  ): Promise<void> {
     const { core } = this;
     const wh = state.store!;
     if (state.offers.has(rid) || state.offering.has(rid)) {
@@ -56,7 +63,9 @@ export class Offers {
     let reservation: Reservation | undefined;
     try {
       // A store that cannot reserve (a tenant's view) takes the data like a one-step put's.
-      reservation = wh.hostSlots?.reserve ? await wh.hostSlots.reserve(keys) : undefined;
+      reservation = wh.hostSlots?.reserve
+        ? await wh.hostSlots.reserve(keys, undefined, call)
+        : undefined;
     } finally {
       state.offering.delete(rid);
     }
@@ -92,6 +101,7 @@ export class Offers {
       timer,
       transport: state.transport,
       durable,
+      call,
     };
     state.offers.set(rid, offer);
     this.accept[offer.transport.kind](state, rid, offer);
@@ -241,7 +251,7 @@ export class Offers {
       for (const i of stored) result[i] = Status.OK;
     } else {
       const sent = offer.keys.filter((_, i) => offer.statuses[i] === Status.OK);
-      const put = sent.length > 0 ? (await wh.put(sent, payload!)).status : [];
+      const put = sent.length > 0 ? (await wh.put(sent, payload!, offer.call)).status : [];
       let next = 0;
       offer.statuses.forEach((x, i) => {
         if (x !== Status.OK) return;

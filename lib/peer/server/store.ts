@@ -7,12 +7,21 @@
  */
 import type { Target } from '../../core/engine.js';
 import type { Key } from '../../keys/keys.js';
+import type { CallOptions } from '../../warehouse/calls.js';
 import type { HostSlots } from '../../warehouse/host-slots.js';
 
+/**
+ * `CallOptions` everywhere: a request's session, hint and request id (RequestFlag.CALL), which a
+ * tenant's view scopes to its tenant.
+ */
 export interface PeerStore {
-  put(keys: Key[], src: Target): Promise<{ status: readonly string[] }>;
-  get(keys: Key[], dst: Target, options?: { remote?: boolean }): Promise<{ found: boolean[] }>;
-  lookup(keys: Key[]): { tiers: readonly number[]; prefix: number };
+  put(keys: Key[], src: Target, options?: CallOptions): Promise<{ status: readonly string[] }>;
+  get(
+    keys: Key[],
+    dst: Target,
+    options?: { remote?: boolean } & CallOptions,
+  ): Promise<{ found: boolean[] }>;
+  lookup(keys: Key[], options?: CallOptions): { tiers: readonly number[]; prefix: number };
   evict(keys: Key[]): Promise<{ status: readonly string[] }>;
   readonly hostSlots?: Partial<Pick<HostSlots, 'lend' | 'reserve' | 'persist' | 'persists'>>;
 }
@@ -23,6 +32,6 @@ type Lend = HostSlots['lend'];
 export function lendOf(store: PeerStore): Lend {
   const lend = store.hostSlots?.lend;
   if (lend) return lend.bind(store.hostSlots);
-  return ((keys: readonly unknown[], use: (lent: undefined[]) => Promise<unknown>) =>
+  return ((keys: readonly unknown[], use: (lent: undefined[]) => Promise<unknown>, _?: unknown) =>
     use(keys.map(() => undefined))) as unknown as Lend;
 }
