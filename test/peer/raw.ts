@@ -91,7 +91,17 @@ export class RawPeer {
   async handshake(
     secret: string,
     options: { version?: number; blockBytes?: number; transport?: number } = {},
-  ): Promise<{ blockBytes: number; maxBatch: number; maxPayload: number } | RawFrame | undefined> {
+  ): Promise<
+    | {
+        blockBytes: number;
+        maxBatch: number;
+        maxPayload: number;
+        capabilities: number;
+        maxMeta: number;
+      }
+    | RawFrame
+    | undefined
+  > {
     const clientNonce = randomBytes(32);
     const hello = Buffer.alloc(48);
     hello.writeUInt16LE(options.version ?? 1, 0);
@@ -123,6 +133,8 @@ export class RawPeer {
       blockBytes: Number(ch.meta.readBigUInt64LE(8)),
       maxBatch: ch.meta.readUInt32LE(16),
       maxPayload: Number(ch.meta.readBigUInt64LE(24)),
+      capabilities: ch.meta.readUInt32LE(4),
+      maxMeta: ch.meta.readUInt32LE(20),
     };
   }
 
