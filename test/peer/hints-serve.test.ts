@@ -237,6 +237,10 @@ describe('the call section on the wire', () => {
   it('a section written from the protocol page is accepted on PUT, GET and LOOKUP', async () => {
     const keys = chain(++seed, 2);
     const { peer } = await raw();
+    // The page's example, byte for byte.
+    expect(section({ hint: 2, session: text('chat-42') }).toString('hex')).toBe(
+      '0102010007000000' + Buffer.from('chat-42').toString('hex'),
+    );
     const call = section({ hint: 2, session: text('chat-42'), request: integer(-5n) });
     const meta = Buffer.concat([keysMeta(keys), call]);
     peer.send(rawFrame(0x10, 1, meta, fill(2, BS, 6), undefined, RequestFlag.CALL));
