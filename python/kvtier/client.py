@@ -7,6 +7,7 @@ KVTIER_CLOSED and later calls raise it too, so the engine recomputes instead of 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -47,6 +48,37 @@ def _block_ids(block_ids: Sequence[int]) -> list[int]:
         if isinstance(b, bool) or not hasattr(b, "__index__"):
             raise KvtierError(BAD_ARGUMENT, f"block id {b!r} is not an integer")
         out.append(b.__index__())
+    return out
+
+
+HINTS = ("soon", "closed")
+_MAX_ID = 256
+_MAX_SAFE = 2**53 - 1
+
+
+def _call_fields(session: str | int | None, hint: str | None, request: str | int | None) -> dict[str, Any]:
+    """The header fields telling the server's eviction policy about this request, checked here with
+    the server's rules (docs/policies.md, "Hints through the API"): ids are strings of 1 to 256
+    characters (UTF-16 code units, as the server counts them) or integers within +-(2^53 - 1)."""
+    out: dict[str, Any] = {}
+    for name, value in (("session", session), ("request", request)):
+        if value is None:
+            continue
+        if isinstance(value, str):
+            try:
+                units = len(value.encode("utf-16-le")) // 2
+            except UnicodeEncodeError:  # a lone surrogate: no JSON text can carry it
+                units = 0
+            ok = 1 <= units <= _MAX_ID
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _MAX_SAFE
+        if not ok:
+            raise KvtierError(BAD_ARGUMENT, f"{name} must be a string of 1 to {_MAX_ID} characters or an integer")
+        out[name] = value
+    if hint is not None:
+        if hint not in HINTS:
+            raise KvtierError(BAD_ARGUMENT, f"hint must be 'soon' or 'closed', not {hint!r}")
+        out["hint"] = hint
     return out
 
 
@@ -91,6 +123,9 @@ class EngineClient:
         self._send_lock = threading.Lock()
         self._pending: dict[int, Future[Answer]] = {}
         self._next_id = 1
+        # Names this client's own request ids apart from every other client's.
+        self._call_prefix = os.urandom(8).hex()
+        self._call_serial = 0
         self._closed: KvtierError | None = None
         self._pools: dict[str, Pool] = {}
         self.block_bytes = 0
@@ -280,12 +315,30 @@ class EngineClient:
         step = self.max_batch if self.max_batch > 0 else max(n, 1)
         return [slice(i, i + step) for i in range(0, n, step)]
 
-    def lookup_async(self, keys: Sequence[bytes]) -> Future[LookupResult]:
+    def _call_of(self, session: str | int | None, hint: str | None, request: str | int | None) -> dict[str, Any]:
+        """A call's checked fields. One that names a session or hint but no request gets a request
+        id of its own, so that its requests (one per maxBatch keys) are one request to the policy."""
+        fields = _call_fields(session, hint, request)
+        if fields and "request" not in fields:
+            with self._lock:
+                self._call_serial += 1
+                fields["request"] = f"\u0001py-{self._call_prefix}-{self._call_serial}"
+        return fields
+
+    def lookup_async(
+        self,
+        keys: Sequence[bytes],
+        *,
+        session: str | int | None = None,
+        hint: str | None = None,
+        request: str | int | None = None,
+    ) -> Future[LookupResult]:
         keys = list(keys)
+        call = _call_fields(session, hint, request)
         parts: list[Future[LookupResult]] = []
         for s in self._spans(keys):
             size, payload = _keys_payload(keys[s])
-            header = {"op": "lookup", "keyBytes": size, "n": len(keys[s])}
+            header = {"op": "lookup", "keyBytes": size, "n": len(keys[s]), **call}
             parts.append(self._map(self._request(header, payload), _lookup_result))
         if not parts:
             return _resolved(LookupResult(0, []))
@@ -296,9 +349,17 @@ class EngineClient:
 
         return _combine(parts, merge)
 
-    def lookup(self, keys: Sequence[bytes]) -> LookupResult:
-        """How many leading keys are held, and which."""
-        return self._wait(self.lookup_async(keys))
+    def lookup(
+        self,
+        keys: Sequence[bytes],
+        *,
+        session: str | int | None = None,
+        hint: str | None = None,
+        request: str | int | None = None,
+    ) -> LookupResult:
+        """How many leading keys are held, and which. ``session``, ``hint`` and ``request`` are checked
+        like a save's; a lookup changes nothing, so they go no further."""
+        return self._wait(self.lookup_async(keys, session=session, hint=hint, request=request))
 
     def _block_requests(
         self, op: str, pool: Pool, keys: Sequence[bytes], block_ids: Sequence[int], extra: dict[str, Any]
@@ -312,9 +373,17 @@ class EngineClient:
         return parts
 
     def save_async(
-        self, pool: Pool, keys: Sequence[bytes], block_ids: Sequence[int], priority: int | None = None
+        self,
+        pool: Pool,
+        keys: Sequence[bytes],
+        block_ids: Sequence[int],
+        priority: int | None = None,
+        *,
+        session: str | int | None = None,
+        hint: str | None = None,
+        request: str | int | None = None,
     ) -> Future[SaveResult]:
-        extra = {} if priority is None else {"priority": priority}
+        extra = {**({} if priority is None else {"priority": priority}), **self._call_of(session, hint, request)}
         answers = self._block_requests("save", pool, keys, block_ids, extra)
         if not answers:
             return _resolved(SaveResult([], 0, 0, 0))
@@ -328,17 +397,39 @@ class EngineClient:
         return _combine([self._map(a, _save_result) for a in answers], merge)
 
     def save(
-        self, pool: Pool, keys: Sequence[bytes], block_ids: Sequence[int], priority: int | None = None
+        self,
+        pool: Pool,
+        keys: Sequence[bytes],
+        block_ids: Sequence[int],
+        priority: int | None = None,
+        *,
+        session: str | int | None = None,
+        hint: str | None = None,
+        request: str | int | None = None,
     ) -> SaveResult:
         """Gathers each listed block out of the pool and stores it under its key.
 
         A call longer than maxBatch goes as several requests; a bad one among them fails the call
-        though the others may have stored their blocks.
+        though the others may have stored their blocks. ``session`` (the engine's conversation id),
+        ``hint`` ('soon': waiting for a tool; 'closed': the conversation is over) and ``request``
+        (the engine's request id: a load and a save naming the same one are one request) tell the
+        server's eviction policy what the engine knows (docs/policies.md, "Hints through the API").
         """
-        return self._wait(self.save_async(pool, keys, block_ids, priority))
+        return self._wait(
+            self.save_async(pool, keys, block_ids, priority, session=session, hint=hint, request=request)
+        )
 
-    def load_async(self, pool: Pool, keys: Sequence[bytes], block_ids: Sequence[int]) -> Future[LoadResult]:
-        answers = self._block_requests("load", pool, keys, block_ids, {})
+    def load_async(
+        self,
+        pool: Pool,
+        keys: Sequence[bytes],
+        block_ids: Sequence[int],
+        *,
+        session: str | int | None = None,
+        hint: str | None = None,
+        request: str | int | None = None,
+    ) -> Future[LoadResult]:
+        answers = self._block_requests("load", pool, keys, block_ids, self._call_of(session, hint, request))
         if not answers:
             return _resolved(LoadResult([], 0))
 
@@ -348,13 +439,23 @@ class EngineClient:
 
         return _combine([self._map(a, _load_result) for a in answers], merge)
 
-    def load(self, pool: Pool, keys: Sequence[bytes], block_ids: Sequence[int]) -> LoadResult:
+    def load(
+        self,
+        pool: Pool,
+        keys: Sequence[bytes],
+        block_ids: Sequence[int],
+        *,
+        session: str | int | None = None,
+        hint: str | None = None,
+        request: str | int | None = None,
+    ) -> LoadResult:
         """Scatters each found, verified block into its listed engine block.
 
         Raises KvtierError if the request fails (KVTIER_CLOSED when the sidecar went away): then no
-        block counts as loaded, whatever the pool holds (``LoadResult.none(n)``).
+        block counts as loaded, whatever the pool holds (``LoadResult.none(n)``). ``session``,
+        ``hint`` and ``request`` as for save.
         """
-        return self._wait(self.load_async(pool, keys, block_ids))
+        return self._wait(self.load_async(pool, keys, block_ids, session=session, hint=hint, request=request))
 
     def pin(self, keys: Sequence[bytes], ttl_ms: int | None = None) -> int:
         """Keeps the keys' blocks from eviction; returns the lease id for unpin."""
