@@ -96,6 +96,7 @@ export {
   connect,
   PeerClient,
   type ConnectOptions,
+  type PeerCallOptions,
   type PeerGetResult,
   type PeerLookupResult,
   type PeerPutOptions,

@@ -7,6 +7,7 @@ export {
   connectOptions,
   PeerClient,
   type ConnectOptions,
+  type PeerCallOptions,
   type PeerGetResult,
   type PeerLookupResult,
   type PeerPutOptions,
