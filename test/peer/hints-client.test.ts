@@ -3,7 +3,8 @@
  * wrapper around LRU, in one process over real sockets): the session, hint and request of a put,
  * a get and a two-step put arrive in every AccessInfo of the request's blocks, a call split into
  * several frames is one request, calls without options carry none, and a client facing a server
- * that does not announce CALLS (as before calls existed) sends the request without its section.
+ * that does not announce CALLS (as before calls existed) sends the request without its section;
+ * a raw frame whose section names no request is one request, however the server serves it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -17,7 +18,10 @@ import {
   type EvictionPolicy,
   type PeerClient,
 } from '../../lib/index.js';
+import { encodeCall } from '../../lib/peer/call-codec.js';
 import type { Session } from '../../lib/peer/client/session.js';
+import { tempDir } from '../helpers.js';
+import { keysMeta, rawFrame, RawPeer } from './raw.js';
 
 const BS = 4096;
 const secret = 'hints-client-secret-0123456789abc';
@@ -155,6 +159,54 @@ describe("a peer client's call, as the server's policy hears it", () => {
       });
     } finally {
       s.calls = true;
+    }
+  });
+});
+
+describe('a raw frame whose section names no request', () => {
+  it('is one request, though its blocks are lent from memory and read up from the file tier', async () => {
+    const dir = tempDir('kvtier-hints-raw-');
+    const two = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [
+        { kind: 'host', bytes: 4 * BS },
+        { kind: 'file', dir: dir.path, bytes: 64 * BS },
+      ],
+      policy: recording,
+    });
+    const srv = PeerServer.start({
+      host: '127.0.0.1',
+      port: 0,
+      warehouse: two,
+      secret: Buffer.from(secret),
+    });
+    try {
+      const keys = chain(4);
+      await two.put(keys.slice(0, 2), Buffer.alloc(2 * BS, 5));
+      // Two more blocks push the first two down to the file tier.
+      await two.put(chain(2), Buffer.alloc(2 * BS, 6));
+      await two.put(keys.slice(2), Buffer.alloc(2 * BS, 7));
+      expect(two.lookup(keys).tiers).toEqual([1, 1, 0, 0]);
+      const peer = await RawPeer.open(srv.port);
+      await peer.handshake(secret);
+      const from = heard.length;
+      const call = encodeCall({ session: 'raw', hint: 'soon' });
+      peer.send(
+        rawFrame(0x12, 1, Buffer.concat([keysMeta(keys), call]), undefined, undefined, 0x10),
+      );
+      const got = (await peer.next())!;
+      expect(got.type).toBe(0x13);
+      expect(got.payload.length).toBe(4 * BS);
+      peer.close();
+      const infos = of(keys, from);
+      // Each block heard of (lent ones in the host tier; the others read up and placed there).
+      expect(new Set(heard.slice(from).map((h) => h.key)).size).toBeGreaterThanOrEqual(4);
+      expect(infos.every((i) => i.hint === 'soon' && i.session !== undefined)).toBe(true);
+      expect(new Set(infos.map((i) => i.request)).size).toBe(1);
+    } finally {
+      await srv.close();
+      await two.close();
+      dir.remove();
     }
   });
 });
