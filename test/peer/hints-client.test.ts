@@ -1,10 +1,10 @@
 /**
- * What a peer client's call reaches on the server, seen from inside its policy (a recording
- * wrapper around LRU, in one process over real sockets): the session, hint and request of a put
- * and a get arrive in every AccessInfo of the request's blocks, a call split into
- * several frames is one request, calls without options carry none, and a client facing a server
- * that does not announce CALLS (as before calls existed) sends the request without its section;
- * a raw frame whose section names no request is one request, however the server serves it.
+ * What a peer client's call reaches on the server, seen from inside its policy (a recording wrapper
+ * around LRU, in one process over real sockets): the session, hint and request of a put and a get
+ * arrive in every AccessInfo of the request's blocks, a call split into several frames is one
+ * request, calls without options carry none, and a client facing a server that does not announce
+ * CALLS (as before calls existed) sends the request without its section; a raw frame whose section
+ * names no request is one request, however the server serves it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 

@@ -1,12 +1,12 @@
 /**
- * Sessions and hints over the peer protocol (docs/protocol.md, "Calls"), against real
- * `kvtier serve --policy return-time` processes: a 'closed' hint sent with a put, or with a get,
- * reaches the server's policy (the hinted chain is evicted before an older unhinted one, and
- * without the hint the older one goes first), on one-step puts and on two-step puts (those on a
- * tenant's connection, through its view of the warehouse). A client
- * that sends no call section (written from the protocol page, as before calls existed) is served
- * as before; bad values are refused by the client before anything is sent, and malformed call
- * sections by the server with PROTOCOL, with the store unchanged either way.
+ * Sessions and hints over the peer protocol (docs/protocol.md, "Calls"), against real `kvtier serve
+ * --policy return-time` processes: a 'closed' hint sent with a put, or with a get, reaches the
+ * server's policy (the hinted chain is evicted before an older unhinted one, and without the hint
+ * the older one goes first), on one-step puts and on two-step puts (those on a tenant's connection,
+ * through its view of the warehouse). A client that sends no call section (written from the
+ * protocol page, as before calls existed) is served as before; bad values are refused by the client
+ * before anything is sent, and malformed call sections by the server with PROTOCOL, with the store
+ * unchanged either way.
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
