@@ -1,0 +1,168 @@
+/**
+ * Predictive prefetch in the simulator. Before each request, in the time since the previous one,
+ * the top tier's policy forecasts which blocks it let go of will be asked for soonest, and those
+ * still held lower down are promoted into the top tier (BlockIndex.place: the path a hit takes),
+ * within a bandwidth budget per source tier, and only while the staged block is worth more than
+ * the top tier's next victim ("never at the cost of blocks more likely to be read").
+ *
+ * The forecast is made at the previous request's time (what the prefetcher knew when it started)
+ * and the budget is what the source tier moves, at its share of bandwidth, until the request
+ * arrives. Staging reads compete with nothing here: the timed model prices request loads as if
+ * the staging share of bandwidth were free (said in docs/policies.md).
+ */
+import { type AccessInfo, type BlockIndex, type EvictionPolicy, KvtierError } from '../../index.js';
+
+export interface PrefetchOptions {
+  /**
+   * Blocks per millisecond of trace time each tier can send up for staging, by tier position
+   * (index 0, the top tier, is ignored). A tier with 0 (or no entry) is never staged from.
+   */
+  blocksPerMs: number[];
+  /** At most this many blocks staged before one request (default: the top tier's capacity). */
+  burst?: number;
+}
+
+export interface PrefetchResult {
+  /** Blocks promoted into the top tier by prefetch. */
+  staged: number;
+  /** Staged blocks read by a request while still in the top tier. */
+  read: number;
+  /** ... of which within the request's prefix (what a prefix hit counts). */
+  stagedHits: number;
+  /** Staged blocks that left the top tier without being read. */
+  wasted: number;
+  /** Staged blocks still in the top tier, unread, at the end. */
+  resident: number;
+  /** Staged blocks per source tier (by position). */
+  stagedFrom: number[];
+  /** Forecast keys not staged because they were worth less than the top tier's victim. */
+  refused: number;
+}
+
+/** Tracks staged blocks and the budget; `wrap` the top tier's policy, then call before/read. */
+export class SimPrefetcher {
+  private readonly rates: number[];
+  private readonly credit: number[];
+  private readonly burst: number;
+  private readonly pending = new Set<number>();
+  private policy: EvictionPolicy<number> | undefined;
+  private staging = false;
+  private last = NaN;
+  private readonly info: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 1 };
+  private readonly meta = { length: 0, checksum: 0 };
+  readonly result: PrefetchResult;
+
+  constructor(options: PrefetchOptions) {
+    for (const r of options.blocksPerMs) {
+      if (!(r >= 0) || !Number.isFinite(r)) {
+        throw new KvtierError('KVTIER_BAD_ARGUMENT', `prefetch: bad budget ${r} blocks per ms`);
+      }
+    }
+    if (options.burst !== undefined && !(options.burst > 0)) {
+      throw new KvtierError('KVTIER_BAD_ARGUMENT', `prefetch: burst must be > 0`);
+    }
+    this.rates = options.blocksPerMs.slice();
+    this.credit = this.rates.map(() => 0);
+    this.burst = options.burst ?? Infinity;
+    this.result = {
+      staged: 0,
+      read: 0,
+      stagedHits: 0,
+      wasted: 0,
+      resident: 0,
+      stagedFrom: this.rates.map(() => 0),
+      refused: 0,
+    };
+  }
+
+  /** The top tier's policy, wrapped: staged keys rejoin their groups; departures are counted. */
+  wrap(inner: EvictionPolicy<number>): EvictionPolicy<number> {
+    if (!inner.forecast || !inner.worth || !inner.victimWorth || !inner.stage) {
+      throw new KvtierError(
+        'KVTIER_BAD_ARGUMENT',
+        `prefetch needs a policy that predicts returns (return-time), not ${inner.name}`,
+      );
+    }
+    this.policy = inner;
+    const pending = this.pending;
+    const result = this.result;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this;
+    return {
+      name: inner.name,
+      get size() {
+        return inner.size;
+      },
+      insert(key, info) {
+        if (!self.staging || !inner.stage!(key, info.now)) inner.insert(key, info);
+      },
+      touch: (key, info) => inner.touch(key, info),
+      remove(key) {
+        inner.remove(key);
+        if (pending.delete(key)) result.wasted++;
+      },
+      forget(key) {
+        if (inner.forget) inner.forget(key);
+        else inner.remove(key);
+      },
+      victim: (evictable) => inner.victim(evictable),
+      miss: (key, info) => inner.miss?.(key, info),
+      admit: (key, info, victim) =>
+        self.staging || !inner.admit ? true : inner.admit(key, info, victim),
+    };
+  }
+
+  /** A request read `key` from tier `tier` (call for every hit). */
+  read(key: number, tier: number, prefix: boolean): void {
+    if (tier !== 0 || !this.pending.delete(key)) return;
+    this.result.read++;
+    if (prefix) this.result.stagedHits++;
+  }
+
+  /** Stages what the time since the previous request allows, before a request at `now`. */
+  before(now: number, index: BlockIndex<number>): void {
+    const p = this.policy!;
+    const last = this.last;
+    this.last = now;
+    if (!(now > last)) return;
+    let total = 0;
+    for (let t = 1; t < this.rates.length; t++) {
+      this.credit[t] = Math.min(this.burst, this.credit[t]! + this.rates[t]! * (now - last));
+      total += Math.floor(this.credit[t]!);
+    }
+    const max = Math.min(total, this.burst);
+    if (max < 1) return;
+    const keys = p.forecast!(last, max);
+    const top = index.tiers[0]!;
+    const info = this.info;
+    info.now = last;
+    this.staging = true;
+    try {
+      for (let i = 0; i < keys.length; i++) {
+        const key = keys[i]!;
+        const from = index.topTier(key);
+        if (from <= 0 || this.credit[from]! < 1) continue;
+        const worth = p.worth!(key, last);
+        if (worth < 0) continue;
+        if (top.used >= top.capacity && !(worth > p.victimWorth!(last))) {
+          this.result.refused++;
+          continue;
+        }
+        info.depth = i;
+        if (!index.place(key, 0, info, this.meta)) continue;
+        this.credit[from]!--;
+        this.result.staged++;
+        this.result.stagedFrom[from]!++;
+        this.pending.add(key);
+      }
+    } finally {
+      this.staging = false;
+    }
+  }
+
+  /** The counters, with the staged blocks still unread counted as resident. */
+  finish(): PrefetchResult {
+    this.result.resident = this.pending.size;
+    return this.result;
+  }
+}
