@@ -571,6 +571,8 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   }
 
   victimWorth(now: number): number {
+    // As in victim(): the current request's lineage is decided before its value is compared.
+    if (this.cur !== 0 && !this.decided) this.decide();
     if (this.l.sizes[ORPHAN]! > 0 || this.gNext[DEAD] !== DEAD) return 0;
     let best = Infinity;
     for (let c = 0; c < CLASSES; c++) {

@@ -1,9 +1,15 @@
 /**
  * Predictive prefetch in the simulator. Before each request, in the time since the previous one,
- * the top tier's policy forecasts which blocks it let go of will be asked for soonest, and those
- * still held lower down are promoted into the top tier (BlockIndex.place: the path a hit takes),
- * within a bandwidth budget per source tier, and only while the staged block is worth more than
- * the top tier's next victim ("never at the cost of blocks more likely to be read").
+ * the top tier's policy forecasts which blocks it let go of will be asked for soonest, and each
+ * one still held lower down moves one tier up (file to host, host to the top tier) through
+ * BlockIndex.place (the path a hit takes), within a bandwidth budget per source tier, and only
+ * while it is worth more than what it displaces ("never at the cost of blocks more likely to be
+ * read"): in the top tier, its next victim; in a lower tier, that tier's victim as the top tier's
+ * model values it (a block it does not expect back is worth 0). One model judges both.
+ *
+ * One tier up, not straight to the top: the top tier holds a few conversations, and a block
+ * staged there from the file tier and evicted unread falls back to the file tier (its copy is
+ * still there); staged into host memory it waits where a read costs 1/30 of a file read.
  *
  * The forecast is made at the previous request's time (what the prefetcher knew when it started)
  * and the budget is what the source tier moves, at its share of bandwidth, until the request
@@ -29,6 +35,8 @@ export interface PrefetchResult {
   read: number;
   /** ... of which within the request's prefix (what a prefix hit counts). */
   stagedHits: number;
+  /** Those prefix hits by the tier they were staged into (and read from). */
+  stagedHitsByTier: number[];
   /** Staged blocks that left the top tier without being read. */
   wasted: number;
   /** Staged blocks still in the top tier, unread, at the end. */
@@ -44,7 +52,8 @@ export class SimPrefetcher {
   private readonly rates: number[];
   private readonly credit: number[];
   private readonly burst: number;
-  private readonly pending = new Set<number>();
+  /** Staged blocks not yet read: the tier each was staged into. */
+  private readonly pending = new Map<number, number>();
   private policy: EvictionPolicy<number> | undefined;
   private staging = false;
   private last = NaN;
@@ -71,19 +80,23 @@ export class SimPrefetcher {
       wasted: 0,
       resident: 0,
       stagedFrom: this.rates.map(() => 0),
+      stagedHitsByTier: this.rates.map(() => 0),
       refused: 0,
     };
   }
 
-  /** The top tier's policy, wrapped: staged keys rejoin their groups; departures are counted. */
-  wrap(inner: EvictionPolicy<number>): EvictionPolicy<number> {
-    if (!inner.forecast || !inner.worth || !inner.victimWorth || !inner.stage) {
+  /**
+   * Tier `tier`'s policy, wrapped: departures of staged blocks are counted; in the top tier,
+   * staged keys rejoin their groups.
+   */
+  wrap(inner: EvictionPolicy<number>, tier: number): EvictionPolicy<number> {
+    if (tier === 0 && (!inner.forecast || !inner.worth || !inner.victimWorth || !inner.stage)) {
       throw new KvtierError(
         'KVTIER_BAD_ARGUMENT',
         `prefetch needs a policy that predicts returns (return-time), not ${inner.name}`,
       );
     }
-    this.policy = inner;
+    if (tier === 0) this.policy = inner;
     const pending = this.pending;
     const result = this.result;
     // eslint-disable-next-line @typescript-eslint/no-this-alias
@@ -94,12 +107,15 @@ export class SimPrefetcher {
         return inner.size;
       },
       insert(key, info) {
-        if (!self.staging || !inner.stage!(key, info.now)) inner.insert(key, info);
+        if (tier !== 0 || !self.staging || !inner.stage!(key, info.now)) inner.insert(key, info);
       },
       touch: (key, info) => inner.touch(key, info),
       remove(key) {
         inner.remove(key);
-        if (pending.delete(key)) result.wasted++;
+        if (pending.get(key) === tier) {
+          pending.delete(key);
+          result.wasted++;
+        }
       },
       forget(key) {
         if (inner.forget) inner.forget(key);
@@ -114,9 +130,13 @@ export class SimPrefetcher {
 
   /** A request read `key` from tier `tier` (call for every hit). */
   read(key: number, tier: number, prefix: boolean): void {
-    if (tier !== 0 || !this.pending.delete(key)) return;
+    if (this.pending.get(key) !== tier) return;
+    this.pending.delete(key);
     this.result.read++;
-    if (prefix) this.result.stagedHits++;
+    if (prefix) {
+      this.result.stagedHits++;
+      this.result.stagedHitsByTier[tier]!++;
+    }
   }
 
   /** Stages what the time since the previous request allows, before a request at `now`. */
@@ -133,7 +153,6 @@ export class SimPrefetcher {
     const max = Math.min(total, this.burst);
     if (max < 1) return;
     const keys = p.forecast!(last, max);
-    const top = index.tiers[0]!;
     const info = this.info;
     info.now = last;
     this.staging = true;
@@ -144,20 +163,31 @@ export class SimPrefetcher {
         if (from <= 0 || this.credit[from]! < 1) continue;
         const worth = p.worth!(key, last);
         if (worth < 0) continue;
-        if (top.used >= top.capacity && !(worth > p.victimWorth!(last))) {
+        const to = from - 1;
+        if (!(worth > this.displaced(index, to, last))) {
           this.result.refused++;
           continue;
         }
         info.depth = i;
-        if (!index.place(key, 0, info, this.meta)) continue;
+        if (!index.place(key, to, info, this.meta)) continue;
         this.credit[from]!--;
         this.result.staged++;
         this.result.stagedFrom[from]!++;
-        this.pending.add(key);
+        this.pending.set(key, to);
       }
     } finally {
       this.staging = false;
     }
+  }
+
+  /** What a block staged into `tier` would displace is worth (0: a free slot). */
+  private displaced(index: BlockIndex<number>, tier: number, now: number): number {
+    const t = index.tiers[tier]!;
+    if (t.used < t.capacity) return 0;
+    const p = this.policy!;
+    if (tier === 0) return p.victimWorth!(now);
+    const v = t.policy.victim();
+    return v === undefined ? Infinity : Math.max(0, p.worth!(v, now));
   }
 
   /** The counters, with the staged blocks still unread counted as resident. */

@@ -195,7 +195,7 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
   const index = new BlockIndex<number>(
     options.tiers.map((t, i) => {
       const policy = policyByName<number>(options.policy, t.capacity);
-      return { name: t.name, capacity: t.capacity, policy: pf && i === 0 ? pf.wrap(policy) : policy };
+      return { name: t.name, capacity: t.capacity, policy: pf ? pf.wrap(policy, i) : policy };
     }),
     // Integer keys in a compact range are their own row ids: no hashing per access.
     { ids: stats.maxKey < DENSE_KEY_LIMIT ? new DenseKeyIds(stats.maxKey + 1) : new MapKeyIds() },

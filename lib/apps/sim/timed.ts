@@ -72,9 +72,12 @@ export interface TimedOptions {
 /** With prefetch: what it staged, what came of it, and the warehouse case without it. */
 export interface TimedPrefetch extends PrefetchResult {
   share: number;
-  /** Prefix hits (blocks) served by tiers below the top one, with prefetch. */
+  /** Prefix hits (blocks) served by tiers below the top one and not staged there, with prefetch. */
   lowerHits: number;
-  /** stagedHits / (stagedHits + lowerHits): lower-tier reads that were staged up in time. */
+  /**
+   * stagedHits / (stagedHits + lowerHits): the share of reads that would have come from a lower
+   * tier (without being staged) that found their block already staged up.
+   */
   shareStaged: number;
   /** Top-tier prefix hits (blocks) not counting staged ones, with and without prefetch. */
   topHits: { with: number; without: number };
@@ -221,18 +224,17 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
   const input = all.noCache.reduce((a, b) => a + b, 0);
   const lower = (s: SimResult): number => s.tiers.slice(1).reduce((a, t) => a + t.hits.prefix, 0);
   const pf = all.sim.prefetch;
+  const unstaged = pf ? lower(all.sim) - (pf.stagedHits - pf.stagedHitsByTier[0]!) : 0;
   const prefetch: TimedPrefetch | undefined =
     pf && plain
       ? {
           ...pf,
           share: share!,
-          lowerHits: lower(all.sim),
+          lowerHits: unstaged,
           shareStaged:
-            pf.stagedHits + lower(all.sim) > 0
-              ? pf.stagedHits / (pf.stagedHits + lower(all.sim))
-              : 0,
+            pf.stagedHits + unstaged > 0 ? pf.stagedHits / (pf.stagedHits + unstaged) : 0,
           topHits: {
-            with: all.sim.tiers[0]!.hits.prefix - pf.stagedHits,
+            with: all.sim.tiers[0]!.hits.prefix - pf.stagedHitsByTier[0]!,
             without: plain.sim.tiers[0]!.hits.prefix,
           },
           without: {
@@ -309,7 +311,7 @@ function formatPrefetch(p: TimedPrefetch, row: (name: string, p: Percentiles) =>
   return [
     `prefetch (each lower tier stages at ${pct(p.share)} of its bandwidth; with it, above):`,
     row('warehouse, no prefetch', p.without.ttft),
-    `  staged ${n(p.staged)} blocks (${p.stagedFrom.slice(1).map(n).join(' / ')} from the lower tiers): read ${n(p.read)} (${n(p.stagedHits)} as prefix hits), evicted unread ${n(p.wasted)}, still staged ${n(p.resident)}; refused as worth less than the victim: ${n(p.refused)}`,
+    `  staged ${n(p.staged)} blocks one tier up (${p.stagedFrom.slice(1).map(n).join(' / ')} from the lower tiers): read ${n(p.read)} (${n(p.stagedHits)} as prefix hits: ${p.stagedHitsByTier.map(n).join(' / ')} by tier), evicted unread ${n(p.wasted)}, still staged ${n(p.resident)}; refused as worth less than the victim: ${n(p.refused)}`,
     `  lower-tier prefix hits ${n(p.lowerHits)} (without prefetch ${n(p.without.lowerHits)}); share already staged up when asked: ${pct(p.shareStaged)}`,
     `  input tokens found ${pct(p.without.hitRate)} without prefetch; top tier's own prefix hits ${n(p.topHits.with)} against ${n(p.topHits.without)} without (${(top * 100).toFixed(2)}%)`,
   ];
