@@ -7,7 +7,12 @@ import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
 let request = 0;
 
 /** One request by the sim's rules, straight on a policy: reads what is resident, places the rest. */
-function send(p: ReturnTimePolicy<number>, now: number, keys: number[], resident: Set<number>): void {
+function send(
+  p: ReturnTimePolicy<number>,
+  now: number,
+  keys: number[],
+  resident: Set<number>,
+): void {
   request++;
   const at = (depth: number): AccessInfo => ({
     now,
@@ -108,7 +113,8 @@ describe('ReturnTimePolicy forecast (predictive prefetch)', () => {
     const rt = policyByName<number>('return-time', 10);
     expect(typeof rt.forecast).toBe('function');
     expect(rt.forecast!(0, 10)).toEqual([]);
-    expect(policyByName<number>('lru', 10).forecast).toBeUndefined();
-    expect(policyByName<number>('arc-tree', 10).forecast).toBeUndefined();
+    // The priority wrapper declares the member but leaves it unset for a base that lacks it.
+    expect(typeof policyByName<number>('lru', 10).forecast).toBe('undefined');
+    expect(typeof policyByName<number>('arc-tree', 10).forecast).toBe('undefined');
   });
 });

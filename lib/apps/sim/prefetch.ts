@@ -55,6 +55,8 @@ export class SimPrefetcher {
   /** Staged blocks not yet read: the tier each was staged into. */
   private readonly pending = new Map<number, number>();
   private policy: EvictionPolicy<number> | undefined;
+  /** Each tier's own policy (unwrapped), by position. */
+  private readonly inner: EvictionPolicy<number>[] = [];
   private staging = false;
   private last = NaN;
   private readonly info: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 1 };
@@ -97,6 +99,7 @@ export class SimPrefetcher {
       );
     }
     if (tier === 0) this.policy = inner;
+    this.inner[tier] = inner;
     const pending = this.pending;
     const result = this.result;
     // eslint-disable-next-line @typescript-eslint/no-this-alias
@@ -187,7 +190,10 @@ export class SimPrefetcher {
     const p = this.policy!;
     if (tier === 0) return p.victimWorth!(now);
     const v = t.policy.victim();
-    return v === undefined ? Infinity : Math.max(0, p.worth!(v, now));
+    if (v === undefined) return Infinity;
+    // A block the top tier's model has forgotten is judged by its own tier's model, if any.
+    const own = this.inner[tier]!.worth?.(v, now) ?? 0;
+    return Math.max(0, p.worth!(v, now), own);
   }
 
   /** The counters, with the staged blocks still unread counted as resident. */

@@ -11,7 +11,13 @@
  */
 import { KvtierError } from '../../index.js';
 import type { PrefetchResult } from './prefetch.js';
-import { simulate, type SimOptions, type SimResult, type SimTier, type TraceStats } from './replay.js';
+import {
+  simulate,
+  type SimOptions,
+  type SimResult,
+  type SimTier,
+  type TraceStats,
+} from './replay.js';
 import type { Trace } from './trace.js';
 
 /** Bandwidth (GB/s, 1e9 bytes) and latency (ms, once per request that reads the tier). */
