@@ -25,7 +25,7 @@ describe('kvtier sim --timed --prefetch', () => {
     const p = j.prefetch!;
     expect(p.share).toBe(0.5);
     expect(p.staged).toBeGreaterThan(0);
-    expect(p.staged).toBe(p.read + p.wasted + p.resident);
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
     expect(p.stagedFrom.reduce((a, b) => a + b, 0)).toBe(p.staged);
     expect(p.stagedHitsByTier.reduce((a, b) => a + b, 0)).toBe(p.stagedHits);
     expect(p.shareStaged).toBeCloseTo(p.stagedHits / (p.stagedHits + p.lowerHits), 12);

@@ -49,7 +49,7 @@ describe('sim: predictive prefetch', () => {
     const p = r.prefetch!;
     expect(p.staged).toBeGreaterThan(0);
     expect(p.stagedHits).toBeGreaterThan(0);
-    expect(p.staged).toBe(p.read + p.wasted + p.resident);
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
     expect(p.stagedFrom).toEqual([0, p.staged]);
     expect(p.stagedHitsByTier).toEqual([p.stagedHits, 0]);
     expect(p.read).toBeGreaterThanOrEqual(p.stagedHits);
@@ -69,9 +69,29 @@ describe('sim: predictive prefetch', () => {
       prefetch: { blocksPerMs: [0, 1] },
     });
     const p = r.prefetch!;
-    expect(p.staged).toBe(p.read + p.wasted + p.resident);
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
     expect(p.read).toBeGreaterThan(0);
     expect(p.wasted + p.resident).toBeGreaterThan(0);
+  });
+
+  it('through three tiers: file to host memory, host memory to the GPU, reconciled', async () => {
+    const trace = await openTrace(writeTrace(8, 30));
+    const r = await simulate(trace, {
+      tiers: [
+        { name: 'gpu', capacity: 40 },
+        { name: 'host', capacity: 80 },
+        { name: 'file', capacity: 10_000 },
+      ],
+      policy: 'return-time',
+      prefetch: { blocksPerMs: [0, 1, 0.05] },
+    });
+    const p = r.prefetch!;
+    expect(p.stagedFrom[1]).toBeGreaterThan(0);
+    expect(p.stagedFrom[2]).toBeGreaterThan(0);
+    expect(p.stagedFrom[0]! + p.stagedFrom[1]! + p.stagedFrom[2]!).toBe(p.staged);
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
+    expect(p.restaged).toBeGreaterThan(0);
+    expect(p.stagedHitsByTier.reduce((a, b) => a + b, 0)).toBe(p.stagedHits);
   });
 
   it('prices staged hits as free in --timed and reports the share staged', async () => {

@@ -39,8 +39,10 @@ export interface PrefetchResult {
   stagedHitsByTier: number[];
   /** Staged blocks that left the top tier without being read. */
   wasted: number;
-  /** Staged blocks still in the top tier, unread, at the end. */
+  /** Staged blocks still staged (unread) at the end. */
   resident: number;
+  /** Staged blocks staged once more (one more tier up) before any read: counted again. */
+  restaged: number;
   /** Staged blocks per source tier (by position). */
   stagedFrom: number[];
   /** Forecast keys not staged because they were worth less than the top tier's victim. */
@@ -81,6 +83,7 @@ export class SimPrefetcher {
       stagedHits: 0,
       wasted: 0,
       resident: 0,
+      restaged: 0,
       stagedFrom: this.rates.map(() => 0),
       stagedHitsByTier: this.rates.map(() => 0),
       refused: 0,
@@ -176,6 +179,7 @@ export class SimPrefetcher {
         this.credit[from]!--;
         this.result.staged++;
         this.result.stagedFrom[from]!++;
+        if (this.pending.has(key)) this.result.restaged++;
         this.pending.set(key, to);
       }
     } finally {

@@ -317,7 +317,7 @@ function formatPrefetch(p: TimedPrefetch, row: (name: string, p: Percentiles) =>
   return [
     `prefetch (each lower tier stages at ${pct(p.share)} of its bandwidth; with it, above):`,
     row('warehouse, no prefetch', p.without.ttft),
-    `  staged ${n(p.staged)} blocks one tier up (${p.stagedFrom.slice(1).map(n).join(' / ')} from the lower tiers): read ${n(p.read)} (${n(p.stagedHits)} as prefix hits: ${p.stagedHitsByTier.map(n).join(' / ')} by tier), evicted unread ${n(p.wasted)}, still staged ${n(p.resident)}; refused as worth less than the victim: ${n(p.refused)}`,
+    `  staged ${n(p.staged)} blocks one tier up (${p.stagedFrom.slice(1).map(n).join(' / ')} from the lower tiers): read ${n(p.read)} (${n(p.stagedHits)} as prefix hits: ${p.stagedHitsByTier.map(n).join(' / ')} by tier), evicted unread ${n(p.wasted)}, still staged ${n(p.resident)}, staged again one more tier up ${n(p.restaged)}; refused as worth less than the victim: ${n(p.refused)}`,
     `  lower-tier prefix hits ${n(p.lowerHits)} (without prefetch ${n(p.without.lowerHits)}); share already staged up when asked: ${pct(p.shareStaged)}`,
     `  input tokens found ${pct(p.without.hitRate)} without prefetch; top tier's own prefix hits ${n(p.topHits.with)} against ${n(p.topHits.without)} without (${(top * 100).toFixed(2)}%)`,
   ];
