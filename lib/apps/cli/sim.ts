@@ -441,7 +441,7 @@ export function registerSim(program: Command): void {
     )
     .option(
       '--prefetch [share]',
-      "timed, return-time: stage predicted returns into the top tier at this share of each lower tier's bandwidth (default 0.5)",
+      "timed, return-time: stage predicted returns one tier up (file to host, host to GPU) at this share of each lower tier's bandwidth (default 0.5)",
     )
     .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
     .option(

@@ -136,7 +136,7 @@ export interface SimOptions {
   onRequest?: (r: TraceRequest, hitTokens: Float64Array) => void;
   /** Called every few hundred requests with the requests replayed so far. */
   onProgress?: (requests: number) => void;
-  /** Predictive prefetch into the top tier (prefetch.ts); needs a policy that forecasts. */
+  /** Predictive prefetch, one tier up (prefetch.ts); needs a policy that forecasts. */
   prefetch?: PrefetchOptions;
 }
 
