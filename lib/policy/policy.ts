@@ -65,6 +65,21 @@ export interface EvictionPolicy<K> {
    * filter admit everything.
    */
   admit?(key: K, info: AccessInfo, victim: K): boolean;
+  /**
+   * Optional (predictive prefetch): keys of blocks that left this tier and whose conversation is
+   * predicted to return soonest, best first (each group's blocks root first), at most `maxKeys`.
+   */
+  forecast?(now: number, maxKeys: number): K[];
+  /** Optional: what a key (resident or remembered) is worth at `now`; -1 when not known. */
+  worth?(key: K, now: number): number;
+  /** Optional: what the block victim() would choose next is worth at `now` (0: worthless). */
+  victimWorth?(now: number): number;
+  /**
+   * Optional: a forecast key came back into the tier by prefetch, not by a request: it rejoins
+   * its old group instead of starting a request of its own. False when the key is not known
+   * (the caller then inserts it).
+   */
+  stage?(key: K, now: number): boolean;
 }
 
 /** Creates a policy for a tier of `capacity` blocks. */

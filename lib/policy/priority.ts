@@ -25,7 +25,21 @@ export class PriorityPolicy<K> implements EvictionPolicy<K> {
   ) {
     this.base = create(capacity);
     this.name = this.base.name;
+    // Prediction (prefetch) passes through while there is one class: the base policy sees all.
+    const b = this.base;
+    if (b.forecast && b.worth && b.victimWorth && b.stage) {
+      const one = (): boolean => this.classes.size === 0;
+      this.forecast = (now, max) => (one() ? b.forecast!(now, max) : []);
+      this.worth = (key, now) => (one() ? b.worth!(key, now) : -1);
+      this.victimWorth = (now) => (one() ? b.victimWorth!(now) : Infinity);
+      this.stage = (key, now) => one() && b.stage!(key, now);
+    }
   }
+
+  readonly forecast?: (now: number, maxKeys: number) => K[];
+  readonly worth?: (key: K, now: number) => number;
+  readonly victimWorth?: (now: number) => number;
+  readonly stage?: (key: K, now: number) => boolean;
 
   get size(): number {
     let n = this.base.size;

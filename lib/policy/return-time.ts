@@ -519,4 +519,96 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     }
     return 0;
   }
+
+  // ---- predictive prefetch (forecast, worth, victimWorth, stage) ----
+
+  /** What group g is worth at `now`: its class's index at its idle time; 0 when it is over. */
+  private groupWorth(g: number, now: number): number {
+    if (this.gState[g] !== ALIVE) return this.gState[g] === PENDING ? Infinity : 0;
+    return this.model.value(this.gClass[g]!, Math.max(0, now - this.gTime[g]!));
+  }
+
+  /**
+   * Remembered keys of the groups worth most at `now`, best group first, each group's blocks
+   * root first (its ghosts were evicted deepest first, so the newest ghost is its shallowest).
+   * Scans at most `scan` of the newest ghosts: a bounded cost per call, and the groups evicted
+   * long ago are worth little anyway (within a class the index falls with idle time).
+   */
+  forecast(now: number, maxKeys: number, scan = 4 * maxKeys + 1024): K[] {
+    const l = this.l;
+    if (!(maxKeys > 0)) return [];
+    const found = new Map<number, { value: number; keys: K[] }>();
+    let seen = 0;
+    for (let n = l.prev[GHOST]!; n !== GHOST && seen < scan; n = l.prev[n]!, seen++) {
+      const g = l.aux[n]!;
+      if (this.gSerial[g] !== l.tag[n] || this.gState[g] !== ALIVE) continue;
+      let e = found.get(g);
+      if (!e) {
+        e = { value: this.groupWorth(g, now), keys: [] };
+        if (!(e.value > 0)) continue;
+        found.set(g, e);
+      }
+      e.keys.push(l.keys[n] as K);
+    }
+    const groups = [...found.values()].sort((a, b) => b.value - a.value);
+    const out: K[] = [];
+    for (const e of groups) {
+      for (const k of e.keys) {
+        if (out.length >= maxKeys) return out;
+        out.push(k);
+      }
+    }
+    return out;
+  }
+
+  worth(key: K, now: number): number {
+    const l = this.l;
+    const n = l.find(key);
+    if (n === 0) return -1;
+    const g = l.aux[n]!;
+    if (l.list[n] === GHOST) return this.gSerial[g] === l.tag[n] ? this.groupWorth(g, now) : -1;
+    return l.list[n] === ORPHAN || g === 0 ? 0 : this.groupWorth(g, now);
+  }
+
+  victimWorth(now: number): number {
+    // As in victim(): the current request's lineage is decided before its value is compared.
+    if (this.cur !== 0 && !this.decided) this.decide();
+    if (this.l.sizes[ORPHAN]! > 0 || this.gNext[DEAD] !== DEAD) return 0;
+    let best = Infinity;
+    for (let c = 0; c < CLASSES; c++) {
+      const g = this.gNext[c]!;
+      if (g !== c) best = Math.min(best, this.groupWorth(g, now));
+    }
+    return best === Infinity ? 0 : best;
+  }
+
+  stage(key: K, _now: number): boolean {
+    const l = this.l;
+    const n = l.find(key);
+    if (n === 0 || l.list[n] !== GHOST) return false;
+    const g = l.aux[n]!;
+    if (this.gSerial[g] !== l.tag[n] || this.gState[g] !== ALIVE) return false;
+    this.gGhosts[g]!--;
+    l.moveToTail(n, LIVE);
+    l.aux[n] = 0;
+    // Staged root first: the group's deepest resident block is this one's parent.
+    const t = this.gTail[g]!;
+    this.parent[n] = t;
+    this.child[n] = 0;
+    if (t !== 0) this.child[t] = n;
+    const listed = this.gList[g] !== 255;
+    this.join(n, g);
+    if (!listed) {
+      // An old group: at the oldest end of its class, where victim() looks (not the newest end).
+      this.unlistGroup(g);
+      const c = this.gClass[g]!;
+      const h = this.gNext[c]!;
+      this.gPrev[g] = c;
+      this.gNext[g] = h;
+      this.gPrev[h] = g;
+      this.gNext[c] = g;
+      this.gList[g] = c;
+    }
+    return true;
+  }
 }

@@ -72,6 +72,7 @@ interface SimOpts {
   codecTiers?: string;
   decodeGbps?: string;
   decodeRates?: string;
+  prefetch?: boolean | string;
 }
 
 const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
@@ -143,6 +144,7 @@ export async function runSim(
   choice('hints', opts.hints ?? 'none', ['none', 'soon', 'closed', 'both']);
   const hints = (opts.hints ?? 'none') as 'none' | 'soon' | 'closed' | 'both';
   policyByName(opts.policy, 1); // unknown policy: fail before reading anything
+  const prefetch = prefetchShare(opts);
   if (opts.tenants !== undefined) checkTenantsSim(opts);
   if (opts.capacity !== undefined && opts.tiers !== undefined) {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'give --capacity or --tiers, not both');
@@ -239,7 +241,9 @@ export async function runSim(
       },
     }).finally(() => progress.clear());
   }
-  if (opts.timed) return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, hints);
+  if (opts.timed) {
+    return runTimed(opts, trace, stats, tiers, blockTokens, blockBytes, hints, prefetch);
+  }
   const progress = new ProgressBar({ json: opts.json, label: `replaying (${opts.policy})` });
   const result = await simulate(trace, {
     tiers,
@@ -282,6 +286,31 @@ export async function runSim(
     );
   }
   return result;
+}
+
+/** --prefetch[=share]: the share of each lower tier's bandwidth staging may use (default 0.5). */
+function prefetchShare(opts: SimOpts): number | undefined {
+  if (opts.prefetch === undefined || opts.prefetch === false) return undefined;
+  const share = opts.prefetch === true ? 0.5 : Number(opts.prefetch);
+  if (!(share > 0 && share <= 1)) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--prefetch ${String(opts.prefetch)}: expected a share of bandwidth in (0, 1], e.g. 0.5`,
+    );
+  }
+  const clash = [
+    !opts.timed && 'no --timed (staging is priced in time)',
+    opts.codec !== undefined && '--codec',
+    opts.tenants !== undefined && '--tenants',
+  ].find(Boolean);
+  if (clash) throw new KvtierError('KVTIER_BAD_ARGUMENT', `--prefetch does not go with ${clash}`);
+  if (!policyByName(opts.policy, 1).forecast) {
+    throw new KvtierError(
+      'KVTIER_BAD_ARGUMENT',
+      `--prefetch needs a policy that forecasts returns (return-time), not ${opts.policy}`,
+    );
+  }
+  return share;
 }
 
 /** --tenants: the spec checked before the trace is read, and what it cannot go with. */
@@ -347,6 +376,7 @@ async function runTimed(
   blockTokens: number,
   blockBytes: number | undefined,
   hints: 'none' | 'soon' | 'closed' | 'both',
+  prefetch: number | undefined,
 ): Promise<TimedResult> {
   // Timed replays price bytes: a model (default llama3-8b) or --block-bytes gives bytes per token.
   const model = opts.model ?? (opts.blockBytes === undefined ? 'llama3-8b' : undefined);
@@ -366,10 +396,11 @@ async function runTimed(
     stats,
     ...(opts.sessions ? { sessions: true } : {}),
     hints,
+    ...(prefetch !== undefined ? { prefetch: { share: prefetch } } : {}),
     onProgress: (n) => {
       if (n < lastN) base += lastN;
       lastN = n;
-      progress.update(base + n, stats.requests * 2);
+      progress.update(base + n, stats.requests * (prefetch !== undefined ? 3 : 2));
     },
   }).finally(() => progress.clear());
 }
@@ -407,6 +438,10 @@ export function registerSim(program: Command): void {
     .option(
       '--tier-rates <list>',
       'timed: GB/s[:latency ms] per tier (default host=53.8:0.01,file=1.87:0.1)',
+    )
+    .option(
+      '--prefetch [share]',
+      "timed, return-time: stage predicted returns one tier up (file to host, host to GPU) at this share of each lower tier's bandwidth (default 0.5)",
     )
     .option('--sessions', "pass the trace's session ids to the policy (AccessInfo.session)")
     .option(

@@ -16,6 +16,7 @@ import {
   MapKeyIds,
   policyByName,
 } from '../../internal.js';
+import { type PrefetchOptions, type PrefetchResult, SimPrefetcher } from './prefetch.js';
 import type { Trace, TraceRequest } from './trace.js';
 
 export interface TraceStats {
@@ -135,6 +136,8 @@ export interface SimOptions {
   onRequest?: (r: TraceRequest, hitTokens: Float64Array) => void;
   /** Called every few hundred requests with the requests replayed so far. */
   onProgress?: (requests: number) => void;
+  /** Predictive prefetch, one tier up (prefetch.ts); needs a policy that forecasts. */
+  prefetch?: PrefetchOptions;
 }
 
 export interface TierResult {
@@ -167,6 +170,8 @@ export interface SimResult {
   /** Seconds spent replaying (not counting the scan). */
   replaySeconds: number;
   accessesPerSecond: number;
+  /** With `prefetch`: what was staged and what became of it. */
+  prefetch?: PrefetchResult;
 }
 
 export async function simulate(trace: Trace, options: SimOptions): Promise<SimResult> {
@@ -184,12 +189,14 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
   }
   let stats = options.stats;
   if (!stats || (offline && !stats.next)) stats = await scanTrace(trace, { next: offline });
+  const pf = options.prefetch
+    ? new SimPrefetcher({ burst: options.tiers[0]!.capacity, ...options.prefetch })
+    : undefined;
   const index = new BlockIndex<number>(
-    options.tiers.map((t) => ({
-      name: t.name,
-      capacity: t.capacity,
-      policy: policyByName<number>(options.policy, t.capacity),
-    })),
+    options.tiers.map((t, i) => {
+      const policy = policyByName<number>(options.policy, t.capacity);
+      return { name: t.name, capacity: t.capacity, policy: pf ? pf.wrap(policy, i) : policy };
+    }),
     // Integer keys in a compact range are their own row ids: no hashing per access.
     { ids: stats.maxKey < DENSE_KEY_LIMIT ? new DenseKeyIds(stats.maxKey + 1) : new MapKeyIds() },
   );
@@ -230,11 +237,13 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
       const h = r.hint;
       info.hint = (h === 'soon' && soon) || (h === 'closed' && closed) ? h : undefined;
     }
+    if (pf) pf.before(r.time, index);
     let prefix = true;
     for (let i = 0; i < n; i++) {
       info.depth = i;
       if (next) info.next = next[accesses + i]!;
       const t = index.access(keys[i]!, info);
+      if (pf && t !== ABSENT) pf.read(keys[i]!, t, prefix);
       if (t === ABSENT) {
         prefix = false;
       } else {
@@ -296,5 +305,6 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
     skipped: trace.skipped,
     replaySeconds,
     accessesPerSecond: replaySeconds > 0 ? accesses / replaySeconds : 0,
+    ...(pf ? { prefetch: pf.finish() } : {}),
   };
 }

@@ -10,7 +10,14 @@
  * as the engine's own prefix cache, same capacity and policy), and no cache at all.
  */
 import { KvtierError } from '../../index.js';
-import { simulate, type SimOptions, type SimTier, type TraceStats } from './replay.js';
+import type { PrefetchResult } from './prefetch.js';
+import {
+  simulate,
+  type SimOptions,
+  type SimResult,
+  type SimTier,
+  type TraceStats,
+} from './replay.js';
 import type { Trace } from './trace.js';
 
 /** Bandwidth (GB/s, 1e9 bytes) and latency (ms, once per request that reads the tier). */
@@ -60,7 +67,28 @@ export interface TimedOptions {
   stats?: TraceStats;
   sessions?: boolean;
   hints?: SimOptions['hints'];
+  /**
+   * Predictive prefetch into the top tier: each lower tier stages at this share (0..1] of its
+   * bandwidth. The warehouse case is then replayed with and without it.
+   */
+  prefetch?: { share: number };
   onProgress?: (requests: number) => void;
+}
+
+/** With prefetch: what it staged, what came of it, and the warehouse case without it. */
+export interface TimedPrefetch extends PrefetchResult {
+  share: number;
+  /** Prefix hits (blocks) served by tiers below the top one and not staged there, with prefetch. */
+  lowerHits: number;
+  /**
+   * stagedHits / (stagedHits + lowerHits): the share of reads that would have come from a lower
+   * tier (without being staged) that found their block already staged up.
+   */
+  shareStaged: number;
+  /** Top-tier prefix hits (blocks) not counting staged ones, with and without prefetch. */
+  topHits: { with: number; without: number };
+  /** The warehouse case without prefetch. */
+  without: { ttft: Percentiles; hitRate: number; lowerHits: number };
 }
 
 export interface Percentiles {
@@ -85,6 +113,7 @@ export interface TimedResult {
   /** Bytes read from each tier as stored (encoded where a codec applies), warehouse case. */
   loadedBytes: number[];
   hitRate: { warehouse: number; gpuOnly: number };
+  prefetch?: TimedPrefetch;
 }
 
 /** Nearest-rank percentiles of `xs` (sorted in place). */
@@ -110,6 +139,10 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       );
     }
   }
+  const share = o.prefetch?.share;
+  if (share !== undefined && !(share > 0 && share <= 1)) {
+    throw new KvtierError('KVTIER_BAD_ARGUMENT', `prefetch share ${share}: expected (0, 1]`);
+  }
   for (const c of o.codecs ?? []) {
     if (c && !(c.ratio > 0 && c.ratio <= 1 && c.decodeGBps > 0)) {
       throw new KvtierError(
@@ -123,12 +156,14 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
   let last = -Infinity;
   const run = async (
     tiers: SimTier[],
+    prefetch = false,
   ): Promise<{
     ttft: Float64Array;
     noCache: Float64Array;
     saved: number;
     load: number;
     loaded: number[];
+    sim: SimResult;
   }> => {
     const ttft: number[] = [];
     const loaded = tiers.map(() => 0);
@@ -143,6 +178,7 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       ...(o.sessions ? { sessions: true } : {}),
       ...(o.hints ? { hints: o.hints } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+      ...(prefetch && share !== undefined ? { prefetch: { blocksPerMs: budget(share) } } : {}),
       onRequest: (r, hit) => {
         if (r.time < first) first = r.time;
         if (r.time > last) last = r.time;
@@ -169,8 +205,9 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
         load += loadMs;
       },
     };
-    await simulate(trace, base);
+    const sim = await simulate(trace, base);
     return {
+      sim,
       ttft: Float64Array.from(ttft),
       noCache: Float64Array.from(noCache),
       saved,
@@ -178,11 +215,41 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       loaded,
     };
   };
-  const all = await run(o.tiers);
+  /** Blocks per ms each tier moves at `share` of its bandwidth (stored bytes, codec or not). */
+  const budget = (sh: number): number[] =>
+    o.tiers.map((_, t) => {
+      if (t === 0) return 0;
+      const blockBytes = o.blockTokens * o.bytesPerToken * (o.codecs?.[t]?.ratio ?? 1);
+      return (sh * o.rates[t]!.gbps * 1e6) / blockBytes;
+    });
+  const all = await run(o.tiers, share !== undefined);
+  const plain = share !== undefined && o.tiers.length > 1 ? await run(o.tiers) : undefined;
   const gpu = o.tiers.length > 1 ? await run([o.tiers[0]!]) : all;
   const hours = last > first ? (last - first) / 3.6e6 : 0;
   const perHour = (x: number): number => (hours > 0 ? x / hours : 0);
   const input = all.noCache.reduce((a, b) => a + b, 0);
+  const lower = (s: SimResult): number => s.tiers.slice(1).reduce((a, t) => a + t.hits.prefix, 0);
+  const pf = all.sim.prefetch;
+  const unstaged = pf ? lower(all.sim) - (pf.stagedHits - pf.stagedHitsByTier[0]!) : 0;
+  const prefetch: TimedPrefetch | undefined =
+    pf && plain
+      ? {
+          ...pf,
+          share: share!,
+          lowerHits: unstaged,
+          shareStaged:
+            pf.stagedHits + unstaged > 0 ? pf.stagedHits / (pf.stagedHits + unstaged) : 0,
+          topHits: {
+            with: all.sim.tiers[0]!.hits.prefix - pf.stagedHitsByTier[0]!,
+            without: plain.sim.tiers[0]!.hits.prefix,
+          },
+          without: {
+            ttft: percentiles(plain.ttft),
+            hitRate: input > 0 ? plain.saved / rate / (input / 1000) : 0,
+            lowerHits: lower(plain.sim),
+          },
+        }
+      : undefined;
   return {
     policy: o.policy,
     requests: all.ttft.length,
@@ -203,6 +270,7 @@ export async function simulateTimed(trace: Trace, o: TimedOptions): Promise<Time
       warehouse: input > 0 ? all.saved / rate / (input / 1000) : 0,
       gpuOnly: input > 0 ? gpu.saved / rate / (input / 1000) : 0,
     },
+    ...(prefetch ? { prefetch } : {}),
   };
 }
 
@@ -238,5 +306,19 @@ export function formatTimed(r: TimedResult): string {
     row('no cache', r.ttft.noCache),
     `input tokens found: ${(r.hitRate.warehouse * 100).toFixed(2)}% with the warehouse, ${(r.hitRate.gpuOnly * 100).toFixed(2)}% GPU tier alone`,
     `GPU-seconds of prefill avoided per hour of traffic: ${r.prefillSecondsAvoidedPerHour.warehouse.toFixed(0)} with the warehouse, ${r.prefillSecondsAvoidedPerHour.gpuOnly.toFixed(0)} GPU tier alone; loading from lower tiers: ${r.loadSecondsPerHour.toFixed(1)} s per hour`,
+    ...(r.prefetch ? formatPrefetch(r.prefetch, row) : []),
   ].join('\n');
+}
+
+function formatPrefetch(p: TimedPrefetch, row: (name: string, p: Percentiles) => string): string[] {
+  const n = (x: number): string => x.toLocaleString('en-US');
+  const pct = (x: number): string => `${(x * 100).toFixed(2)}%`;
+  const top = p.topHits.without > 0 ? p.topHits.with / p.topHits.without - 1 : 0;
+  return [
+    `prefetch (each lower tier stages at ${pct(p.share)} of its bandwidth; with it, above):`,
+    row('warehouse, no prefetch', p.without.ttft),
+    `  staged ${n(p.staged)} blocks one tier up (${p.stagedFrom.slice(1).map(n).join(' / ')} from the lower tiers): read ${n(p.read)} (${n(p.stagedHits)} as prefix hits: ${p.stagedHitsByTier.map(n).join(' / ')} by tier), evicted unread ${n(p.wasted)}, still staged ${n(p.resident)}, staged again one more tier up ${n(p.restaged)}; refused as worth less than the victim: ${n(p.refused)}`,
+    `  lower-tier prefix hits ${n(p.lowerHits)} (without prefetch ${n(p.without.lowerHits)}); share already staged up when asked: ${pct(p.shareStaged)}`,
+    `  input tokens found ${pct(p.without.hitRate)} without prefetch; top tier's own prefix hits ${n(p.topHits.with)} against ${n(p.topHits.without)} without (${(top * 100).toFixed(2)}%)`,
+  ];
 }

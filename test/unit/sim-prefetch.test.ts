@@ -1,0 +1,175 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { describe, expect, it, onTestFinished } from 'vitest';
+
+import { openTrace } from '../../lib/apps/sim/open.js';
+import { SimPrefetcher } from '../../lib/apps/sim/prefetch.js';
+import { simulate, type SimOptions } from '../../lib/apps/sim/replay.js';
+import { simulateTimed, type TimedOptions } from '../../lib/apps/sim/timed.js';
+import { KvtierError } from '../../lib/core/errors.js';
+import { policyByName } from '../../lib/policy/index.js';
+import type { AccessInfo } from '../../lib/policy/policy.js';
+import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
+import { BlockIndex } from '../../lib/warehouse/block-index.js';
+import { tempDir } from '../helpers.js';
+
+/**
+ * Agent-like sessions taking turns: session s sends a request every `period` ms (offset by s
+ * seconds), each one its whole chain so far plus one new block (keys s * 1000 + i). The GPU tier
+ * holds about one session, host memory all of them: every return reads its chain from host
+ * memory unless it was staged up in time.
+ */
+function writeTrace(sessions = 6, turns = 30, period = 20_000): string {
+  const dir = tempDir('kvtier-prefetch-');
+  onTestFinished(() => dir.remove());
+  const file = join(dir.path, 'agents.jsonl');
+  const lines: object[] = [{ kvtier: 'trace', version: 1, blockTokens: 4 }];
+  for (let turn = 0; turn < turns; turn++) {
+    for (let s = 0; s < sessions; s++) {
+      const keys = Array.from({ length: 4 + turn }, (_, i) => s * 1000 + i);
+      lines.push({ t: turn * period + s * 1000, keys, in: keys.length * 4 });
+    }
+  }
+  writeFileSync(file, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
+  return file;
+}
+
+const tiers = [
+  { name: 'gpu', capacity: 40 },
+  { name: 'host', capacity: 10_000 },
+];
+
+describe('sim: predictive prefetch', () => {
+  it('stages forecast blocks, and staged = read + evicted unread + still staged', async () => {
+    const trace = await openTrace(writeTrace());
+    const base: SimOptions = { tiers, policy: 'return-time' };
+    const plain = await simulate(trace, base);
+    const r = await simulate(trace, { ...base, prefetch: { blocksPerMs: [0, 0.01] } });
+    const p = r.prefetch!;
+    expect(p.staged).toBeGreaterThan(0);
+    expect(p.stagedHits).toBeGreaterThan(0);
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
+    expect(p.stagedFrom).toEqual([0, p.staged]);
+    expect(p.stagedHitsByTier).toEqual([p.stagedHits, 0]);
+    expect(p.read).toBeGreaterThanOrEqual(p.stagedHits);
+    // Every access is a hit or a miss, with or without prefetch; staging only moves blocks up.
+    expect(r.hitRate.prefix).toBeCloseTo(plain.hitRate.prefix, 12);
+    expect(r.tiers[0]!.hits.prefix).toBeGreaterThan(plain.tiers[0]!.hits.prefix);
+    expect(r.tiers[0]!.promotions).toBeGreaterThanOrEqual(p.staged);
+    expect(plain.prefetch).toBeUndefined();
+  });
+
+  it('counts staged blocks evicted unread, and those still staged at the end', async () => {
+    // A budget far beyond what the next request reads: staging outruns the reads.
+    const trace = await openTrace(writeTrace(8, 12, 30_000));
+    const r = await simulate(trace, {
+      tiers,
+      policy: 'return-time',
+      prefetch: { blocksPerMs: [0, 1] },
+    });
+    const p = r.prefetch!;
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
+    expect(p.read).toBeGreaterThan(0);
+    expect(p.wasted + p.resident).toBeGreaterThan(0);
+  });
+
+  it('through three tiers: file to host memory, host memory to the GPU, reconciled', async () => {
+    const trace = await openTrace(writeTrace(8, 30));
+    const r = await simulate(trace, {
+      tiers: [
+        { name: 'gpu', capacity: 40 },
+        { name: 'host', capacity: 80 },
+        { name: 'file', capacity: 10_000 },
+      ],
+      policy: 'return-time',
+      prefetch: { blocksPerMs: [0, 1, 0.05] },
+    });
+    const p = r.prefetch!;
+    expect(p.stagedFrom[1]).toBeGreaterThan(0);
+    expect(p.stagedFrom[2]).toBeGreaterThan(0);
+    expect(p.stagedFrom[0]! + p.stagedFrom[1]! + p.stagedFrom[2]!).toBe(p.staged);
+    expect(p.staged).toBe(p.read + p.wasted + p.resident + p.restaged);
+    expect(p.restaged).toBeGreaterThan(0);
+    expect(p.stagedHitsByTier.reduce((a, b) => a + b, 0)).toBe(p.stagedHits);
+  });
+
+  it('prices staged hits as free in --timed and reports the share staged', async () => {
+    const trace = await openTrace(writeTrace());
+    const o: TimedOptions = {
+      tiers,
+      rates: [
+        { gbps: 1, latencyMs: 0 },
+        { gbps: 1, latencyMs: 0.1 },
+      ],
+      policy: 'return-time',
+      blockTokens: 4,
+      bytesPerToken: 1e5,
+      prefillTokensPerSecond: 1000,
+    };
+    const r = await simulateTimed(trace, { ...o, prefetch: { share: 0.5 } });
+    const p = r.prefetch!;
+    expect(p.stagedHits).toBeGreaterThan(0);
+    expect(p.shareStaged).toBeCloseTo(p.stagedHits / (p.stagedHits + p.lowerHits), 12);
+    expect(p.shareStaged).toBeGreaterThan(0);
+    // Staged hits load nothing at request time: the mean TTFT falls.
+    expect(r.ttft.warehouse.mean).toBeLessThan(p.without.ttft.mean);
+    expect(p.topHits.without).toBeGreaterThan(0);
+    const plain = await simulateTimed(trace, o);
+    expect(plain.prefetch).toBeUndefined();
+    expect(plain.ttft.warehouse).toEqual(p.without.ttft);
+    await expect(simulateTimed(trace, { ...o, prefetch: { share: 1.5 } })).rejects.toThrow(
+      KvtierError,
+    );
+  });
+
+  it('rejects bad budgets and a policy that cannot forecast', async () => {
+    expect(() => new SimPrefetcher({ blocksPerMs: [0, -1] })).toThrow(KvtierError);
+    expect(() => new SimPrefetcher({ blocksPerMs: [0, NaN] })).toThrow(KvtierError);
+    expect(() => new SimPrefetcher({ blocksPerMs: [0, 1], burst: 0 })).toThrow(KvtierError);
+    const trace = await openTrace(writeTrace(2, 2));
+    await expect(
+      simulate(trace, { tiers, policy: 'lru', prefetch: { blocksPerMs: [0, 1] } }),
+    ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
+  });
+
+  it('never stages a block worth less than the victim it would displace', () => {
+    const pf = new SimPrefetcher({ blocksPerMs: [0, 1] });
+    // Curves: a first turn (class 0) never comes back; a second quick turn (class 2) comes back
+    // within 2 s.
+    const top = new ReturnTimePolicy<number>(3);
+    for (let i = 0; i < 300; i++) {
+      top.model.censored(0, 3_600_000);
+      top.model.returned(2, 2000);
+    }
+    top.model.rebuild();
+    const index = new BlockIndex<number>([
+      { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
+      { name: 'host', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 1) },
+    ]);
+    let request = 0;
+    const send = (now: number, keys: number[]): void => {
+      pf.before(now, index);
+      request++;
+      const info = (depth: number): AccessInfo => ({
+        now,
+        priority: 0,
+        depth,
+        chainLength: keys.length,
+        request,
+      });
+      keys.forEach((k, i) => pf.read(k, index.access(k, info(i)), true));
+      keys.forEach((k, i) => index.place(k, 0, info(i), { length: 0, checksum: 0 }));
+    };
+    send(0, [100, 101, 102]); // G: a first turn, gone
+    send(1000, [1, 2]); // S, turn 1
+    send(3000, [1, 2, 3]); // S, turn 2 (class 2): G is pushed down to host memory
+    expect([100, 101, 102].map((k) => index.topTier(k))).toEqual([1, 1, 1]);
+    // 10 s later G is forecast, but S (back soon) is worth more: nothing is staged.
+    send(13_000, [1, 2, 3]);
+    expect(top.forecast(13_000, 10)).toContain(100);
+    expect(pf.result.refused).toBeGreaterThan(0);
+    expect(pf.result.staged).toBe(0);
+    expect([100, 101, 102].map((k) => index.topTier(k))).toEqual([1, 1, 1]);
+  });
+});
