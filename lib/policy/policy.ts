@@ -35,6 +35,12 @@ export interface AccessInfo {
    * back soon) or 'closed' (the conversation is over).
    */
   hint?: 'soon' | 'closed' | undefined;
+  /**
+   * Optional: the block is placed by predictive prefetch, not by a request. A placement that
+   * sees it calls stage() where the policy has it (the key rejoins its old group) and inserts
+   * only when stage() does not know the key.
+   */
+  staged?: boolean;
 }
 
 export interface EvictionPolicy<K> {

@@ -171,7 +171,11 @@ export class BlockIndex<K> {
     if (slot === ABSENT) return undefined;
     // The policy hears of the key now, before the next plan picks its victim: a put of many
     // blocks then evicts what the simulator's block-by-block place() evicts (the same hits).
-    this.tiers[tier]!.policy.insert(key, info);
+    // A staged block (predictive prefetch) rejoins its old group: no request put it there.
+    const policy = this.tiers[tier]!.policy;
+    if (!(info.staged === true && policy.stage?.(key, info.now) === true)) {
+      policy.insert(key, info);
+    }
     return { key, tier, slot, fresh: this.fresh, moves, told: true };
   }
 

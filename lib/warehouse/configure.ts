@@ -22,6 +22,7 @@ import { checkWarehouseOptions } from './options.js';
 import { Placement, type PlacementEnv } from './placement.js';
 import { PrefetchQueue } from './prefetch.js';
 import { sourceKind, Sources } from './sources.js';
+import { Staging } from './staging.js';
 import { StatsBook } from './stats.js';
 import type { TenantOwners } from './tenant-quotas.js';
 import type { Tier } from './tier.js';
@@ -47,6 +48,8 @@ export interface Parts extends PlacementEnv {
   readonly durability: Durability;
   readonly promote: boolean;
   readonly writeThrough: boolean;
+  /** Predictive prefetch (option predictivePrefetch), when asked for. */
+  readonly staging: Staging | undefined;
 }
 
 export function isLocal(t: TierOptions): t is LocalTierOptions {
@@ -96,13 +99,15 @@ export async function openParts(given: WarehouseOptions, owners?: TenantOwners):
       sourceTiers.push(await sourceKind(t.kind, 'tier kind').open(t, blockBytes));
     }
     const now = options.now ?? Date.now;
+    const staging = options.predictivePrefetch
+      ? new Staging(options.predictivePrefetch)
+      : undefined;
     owners?.bind(tiers);
     const index = new BlockIndex<Key>(
-      tiers.map((t, i) => ({
-        name: t.name,
-        capacity: t.slots,
-        policy: owners ? owners.policy(i, policy, t.slots) : policy<Key>(t.slots),
-      })),
+      tiers.map((t, i) => {
+        const p = owners ? owners.policy(i, policy, t.slots) : policy<Key>(t.slots);
+        return { name: t.name, capacity: t.slots, policy: staging ? staging.wrap(p, i) : p };
+      }),
       owners ? { owners } : {},
     );
     owners?.attach(index);
@@ -131,8 +136,10 @@ export async function openParts(given: WarehouseOptions, owners?: TenantOwners):
       durability,
       promote: options.promote ?? true,
       writeThrough: options.writeThrough ?? false,
+      staging,
     };
     await restore(parts);
+    staging?.start(parts);
     return parts;
   } catch (e) {
     await Promise.allSettled([...tiers, ...sourceTiers].map((t) => t.close()));

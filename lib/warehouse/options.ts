@@ -22,6 +22,7 @@ import { checkCallOptions } from './calls.js';
 import type {
   GetOptions,
   LookupOptions,
+  PredictivePrefetchOptions,
   PrefetchOptions,
   PutOptions,
   TierOptions,
@@ -103,6 +104,7 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
     'promote',
     'engine',
     'prefetchBytes',
+    'predictivePrefetch',
     'now',
     'tenancy',
   ]);
@@ -123,9 +125,24 @@ export function checkWarehouseOptions(given: unknown): WarehouseOptions {
   optional(o.promote, (v) => boolean(v, 'promote'));
   if (o.engine !== undefined) o.engine = checkEngineOptions(o.engine, 'engine');
   optional(o.prefetchBytes, (v) => integer(v, 'prefetchBytes', { min: 1 }));
+  if (o.predictivePrefetch !== undefined) {
+    o.predictivePrefetch = checkPredictivePrefetch(o.predictivePrefetch);
+  }
   optional(o.now, (v) => func(v, 'now'));
   // tenancy is checked by tenant-options.ts (Warehouse.open), against these tiers.
   return o as WarehouseOptions;
+}
+
+function checkPredictivePrefetch(given: unknown): PredictivePrefetchOptions {
+  const name = 'predictivePrefetch';
+  const o = readOptions<PredictivePrefetchOptions>(given, name, ['bytesPerSecond', 'intervalMs']);
+  if (typeof o.bytesPerSecond !== 'number' || !(o.bytesPerSecond > 0)) {
+    throw badArgument(`${name}.bytesPerSecond`, 'a positive number of bytes', o.bytesPerSecond);
+  }
+  finite(o.bytesPerSecond, `${name}.bytesPerSecond`);
+  // A timer's delay is at most 2^31 - 1 ms (about 24.8 days).
+  optional(o.intervalMs, (v) => integer(v, `${name}.intervalMs`, { min: 1, max: 2 ** 31 - 1 }));
+  return { ...o } as PredictivePrefetchOptions;
 }
 
 export function checkPutOptions(given: unknown): PutOptions {

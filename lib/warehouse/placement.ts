@@ -175,11 +175,13 @@ export class Placement {
    * Gives each key a slot in tier `to` (making room as a put does) and copies its bytes there
    * from `from`, verified against the checksum the index knows: promotion, prefetch, write-down.
    * Returns the ended batch (its `committed` landed; its `errors` say why others did not).
+   * `staged`: placed by predictive prefetch (AccessInfo.staged), not by a request.
    */
   async copyTo(
     items: readonly { key: Key; from: SlotPlace }[],
     to: number,
     call?: CallContext,
+    staged = false,
   ): Promise<PlacementBatch> {
     const { index } = this.env;
     const placing: Placing[] = [];
@@ -190,7 +192,9 @@ export class Placement {
       seen.add(key);
       const e = index.get(key);
       if (!e || e.slots[to] !== ABSENT) continue;
-      const plan = index.plan(key, to, this.info(e.priority, 0, 1, call));
+      const info = this.info(e.priority, 0, 1, call);
+      if (staged) info.staged = true;
+      const plan = index.plan(key, to, info);
       if (!plan) continue;
       placing.push({
         plan,

@@ -117,6 +117,7 @@ async function readLocal(
     if (o.ok && o.bytes === want.length && (o.intact ?? o.checksum === want.checksum)) {
       found[i] = true;
       stats.tiers[t]!.bytesOut += want.length;
+      parts.staging?.read(key, t);
       if (o.intact && o.checksum !== undefined && index.get(key)?.slots[t] === want.slot) {
         index.setChecksum(key, o.checksum);
       }

@@ -15,6 +15,8 @@ export async function closeParts(parts: Parts): Promise<void> {
   let unwritten: Key[] = [];
   const errors: unknown[] = [];
   try {
+    // No forecast after this: staging may only finish the block it is copying.
+    parts.staging?.stop();
     parts.prefetcher.cancelQueued();
     await parts.inflight.drained();
     parts.leases.clear();

@@ -104,6 +104,15 @@ export interface WarehouseOptions {
   /** Bound on bytes that prefetches move at once (default 64 blocks). */
   prefetchBytes?: number;
   /**
+   * Predictive prefetch (docs/policies.md, "Predictive prefetch"): every `intervalMs` (default
+   * 100) the top tier's policy forecasts which conversations return soonest, and their blocks held
+   * in a lower tier move one tier up, within `bytesPerSecond` (credit capped at one second's
+   * worth, at least one block), only when worth more than what they displace. Off by default;
+   * with a policy that does not forecast (only `return-time` does) it is accepted and does
+   * nothing (stats().predictivePrefetch.active is false).
+   */
+  predictivePrefetch?: PredictivePrefetchOptions;
+  /**
    * Clock for policies and leases, in milliseconds (default Date.now). For tests and simulations
    * (test/integration/policy-parity.test.ts replays a trace's clock); it must never go backwards.
    */
@@ -362,6 +371,41 @@ export interface TierStats {
   storedBlockBytes?: number;
 }
 
+export interface PredictivePrefetchOptions {
+  /** Bytes per second staging may move up (each lower tier's copies together). */
+  bytesPerSecond: number;
+  /** How often the forecast is asked for, in ms (default 100). */
+  intervalMs?: number;
+}
+
+/** Predictive prefetch's counters for the blocks staged into one tier. */
+export interface StagedTierStats {
+  name: string;
+  /** Blocks staged into this tier. */
+  staged: number;
+  /** Staged blocks a get read from this tier before they left it. */
+  read: number;
+  /** Staged blocks that left this tier unread (evicted, or removed by evict()). */
+  evictedUnread: number;
+  /** Staged blocks staged once more, one tier further up, before any read. */
+  restaged: number;
+  /** Staged blocks still in this tier, unread: staged = read + evictedUnread + restaged + resident. */
+  resident: number;
+}
+
+export interface PredictivePrefetchStats {
+  /** False when the top tier's policy does not forecast returns: the option does nothing. */
+  active: boolean;
+  /** Why it is not active. */
+  reason?: string;
+  /** Forecasts asked for so far (timer ticks that ran). */
+  ticks: number;
+  /** Forecast blocks not staged: worth no more than what they would displace. */
+  refused: number;
+  /** Per local tier, in tier order. */
+  tiers: StagedTierStats[];
+}
+
 export interface WarehouseStats {
   blockBytes: number;
   blocks: number;
@@ -379,6 +423,8 @@ export interface WarehouseStats {
   cluster?: ClusterStats;
   /** Present with `tenancy`: each tenant's usage and counters. */
   tenants?: TenantStats[];
+  /** Present with the `predictivePrefetch` option. */
+  predictivePrefetch?: PredictivePrefetchStats;
 }
 
 /** Slots reserved for bytes written in place (Warehouse.reserve). */

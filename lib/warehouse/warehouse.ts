@@ -348,6 +348,7 @@ export class Warehouse {
     const p = this.parts;
     p.leases.expire();
     const report = p.stats.report(this.blockBytes, p.index, p.tiers, p.sources);
+    if (p.staging) report.predictivePrefetch = p.staging.report(p.tiers.map((t) => t.name));
     if (this.tenancy) {
       if (this.tenancy.due()) void this.tenancy.sweep().catch(() => undefined);
       report.tenants = this.tenancy.allStats();
