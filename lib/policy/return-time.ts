@@ -536,6 +536,9 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
    */
   forecast(now: number, maxKeys: number, scan = 4 * maxKeys + 1024): K[] {
     const l = this.l;
+    // Between requests (the Warehouse's staging timer) time passes: victim() and admit() value
+    // groups at this.now, which only requests moved, so it must see the forecast's clock too.
+    if (now > this.now) this.now = now;
     if (!(maxKeys > 0)) return [];
     const found = new Map<number, { value: number; keys: K[] }>();
     let seen = 0;

@@ -100,7 +100,7 @@ export class Staging {
   start(env: StagingEnv): void {
     this.env = env;
     const top = env.index.tiers[0]!.policy;
-    if (!top.forecast || !top.worth || !top.victimWorth || !top.stage) {
+    if (!top.forecast || !top.worth || !top.stage) {
       this.reason = `policy ${top.name} does not forecast returns (only return-time does)`;
       return;
     }
@@ -212,15 +212,19 @@ export class Staging {
     }
   }
 
-  /** What a block staged into `tier` would displace is worth (0: a free slot). */
+  /**
+   * What a block staged into `tier` would displace is worth (0: a free slot): the block its
+   * policy would evict now, valued by the top tier's model or, for a block that model has
+   * forgotten, by the tier's own. The victim itself rather than victimWorth(): the block that
+   * goes is what the gate must weigh, also when the lowest-valued group has no evictable block
+   * (victim() then takes another).
+   */
   private displaced(index: BlockIndex<Key>, tier: number, now: number): number {
     const t = index.tiers[tier]!;
     if (t.used < t.capacity) return 0;
-    const top = index.tiers[0]!.policy;
-    if (tier === 0) return top.victimWorth!(now);
     const v = t.policy.victim();
     if (v === undefined) return Infinity;
-    // A block the top tier's model has forgotten is judged by its own tier's model, if any.
+    const top = index.tiers[0]!.policy;
     return Math.max(0, top.worth!(v, now), t.policy.worth?.(v, now) ?? 0);
   }
 }

@@ -1,0 +1,301 @@
+// Predictive prefetch in the Warehouse (option predictivePrefetch): real file tier, real bytes,
+// an injected clock; the timer's ticks are waited for (stats().predictivePrefetch.ticks), never
+// slept for.
+import { afterAll, describe, expect, it } from 'vitest';
+
+import {
+  chainKeys,
+  isKvtierError,
+  Warehouse,
+  type PredictivePrefetchStats,
+  type WarehouseOptions,
+} from '../../lib/index.js';
+import type { EvictionPolicy } from '../../lib/policy/policy.js';
+import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
+import { randomBytes, tempDir, until } from '../helpers.js';
+
+const BS = 16 * 1024;
+const dirs: { remove(): void }[] = [];
+afterAll(() => dirs.forEach((d) => d.remove()));
+
+function chain(n: number, namespace: string): string[] {
+  const tokens = Uint32Array.from({ length: n * 4 }, (_, i) => i);
+  return chainKeys(tokens, { blockTokens: 4, namespace }).keys();
+}
+
+/**
+ * return-time whose curves say: a first turn (class 0) comes back within 1 s or never; a
+ * conversation in its second quick turn (class 2) comes back after about 30 s. `made` collects
+ * the instances, in tier order.
+ */
+function taught(made: ReturnTimePolicy<string>[]) {
+  return <K>(capacity: number): EvictionPolicy<K> => {
+    const p = new ReturnTimePolicy<K>(capacity);
+    for (let i = 0; i < 300; i++) {
+      p.model.returned(0, 1000);
+      p.model.censored(0, 3_600_000);
+      p.model.returned(2, 30_000);
+    }
+    p.model.rebuild();
+    made.push(p as unknown as ReturnTimePolicy<string>);
+    return p;
+  };
+}
+
+interface Setup {
+  w: Warehouse;
+  dir: string;
+  clock: { t: number };
+  policies: ReturnTimePolicy<string>[];
+  data: Map<string, Buffer>;
+}
+
+async function open(
+  prefetch: { bytesPerSecond: number; intervalMs?: number },
+  extra: Partial<WarehouseOptions> = {},
+): Promise<Setup> {
+  const d = tempDir('kvtier-whs-');
+  dirs.push(d);
+  const clock = { t: 0 };
+  const policies: ReturnTimePolicy<string>[] = [];
+  const w = await Warehouse.open({
+    blockBytes: BS,
+    tiers: [
+      { kind: 'host', bytes: 4 * BS },
+      { kind: 'file', dir: d.path, bytes: 32 * BS },
+    ],
+    policy: taught(policies),
+    now: () => clock.t,
+    predictivePrefetch: { intervalMs: 2, ...prefetch },
+    ...extra,
+  });
+  return { w, dir: d.path, clock, policies, data: new Map() };
+}
+
+/** One request of a conversation: a get of its chain (hits and misses), then a put of it all. */
+async function turn(s: Setup, keys: string[], request: string): Promise<void> {
+  const dst = Buffer.alloc(keys.length * BS);
+  await s.w.get(keys, dst, { request });
+  const src = Buffer.alloc(keys.length * BS);
+  keys.forEach((k, i) => {
+    let b = s.data.get(k);
+    if (!b) s.data.set(k, (b = randomBytes(BS)));
+    b.copy(src, i * BS);
+  });
+  await s.w.put(keys, src, { request });
+}
+
+const S = chain(4, 's');
+const X = chain(4, 'x');
+
+/**
+ * S: two quick turns (1 s, then 3 s: class 2, back in about 30 s); X at 4 s: a first turn, worth
+ * more than S for its first second (it may come back within 1 s), which fills host memory and
+ * pushes S down to the file tier, deepest block first.
+ */
+async function conversations(s: Setup): Promise<void> {
+  s.clock.t = 1000;
+  await turn(s, S.slice(0, 2), 's1');
+  s.clock.t = 3000;
+  await turn(s, S, 's2');
+  s.clock.t = 4000;
+  await turn(s, X, 'x1');
+  expect(S.map(where(s))).toEqual([1, 1, 1, 1]);
+}
+
+function where(s: Setup): (key: string) => number {
+  return (key) => s.w.lookup([key]).tiers[0]!;
+}
+
+function staging(s: Setup): PredictivePrefetchStats {
+  return s.w.stats().predictivePrefetch!;
+}
+
+/** staged = read + evicted unread + staged again further up + still staged, in every tier. */
+function reconciles(p: PredictivePrefetchStats): void {
+  for (const t of p.tiers) {
+    expect(t.staged, t.name).toBe(t.read + t.evictedUnread + t.restaged + t.resident);
+  }
+}
+
+/** Waits for `n` more ticks of the staging timer (each a forecast on the current state). */
+async function ticks(s: Setup, n: number): Promise<void> {
+  const from = staging(s).ticks;
+  await until(`${n} staging ticks`, () => staging(s).ticks >= from + n);
+}
+
+describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
+  it('stages a conversation predicted back soon from the file tier to host memory; a get reads it there', async () => {
+    const s = await open({ bytesPerSecond: 1e9 });
+    await conversations(s);
+    // 6 s later X is most likely over and S is due: S's blocks come back up with no get.
+    s.clock.t = 10_000;
+    await until('S staged into host memory', () => S.every((k) => where(s)(k) === 0));
+    const before = s.w.stats();
+    expect(before.predictivePrefetch!.active).toBe(true);
+    expect(before.predictivePrefetch!.tiers[0]!.staged).toBeGreaterThanOrEqual(4);
+    // Staged blocks rejoined S's group (no request of their own): S keeps its class's worth,
+    // and is not forecast again.
+    const top = s.policies[0]!;
+    expect(top.worth(S[0]!, 10_000)).toBeGreaterThan(top.worth(X[0]!, 10_000));
+    expect(top.forecast(10_000, 16)).not.toEqual(expect.arrayContaining([S[0]]));
+    // X, worth less now, went down to the file tier, where its bytes still are.
+    expect(X.map(where(s))).toEqual([1, 1, 1, 1]);
+
+    const dst = Buffer.alloc(4 * BS);
+    const got = await s.w.get(S, dst, { request: 's3' });
+    expect(got.tiers).toEqual([0, 0, 0, 0]);
+    S.forEach((k, i) => expect(dst.subarray(i * BS, (i + 1) * BS).equals(s.data.get(k)!)).toBe(true));
+    const after = s.w.stats();
+    expect(after.tiers[0]!.hits - before.tiers[0]!.hits).toBe(4);
+    expect(after.tiers[1]!.hits - before.tiers[1]!.hits).toBe(0);
+    const p = after.predictivePrefetch!;
+    expect(p.tiers[0]!.read - before.predictivePrefetch!.tiers[0]!.read).toBe(4);
+    reconciles(p);
+    await s.w.close();
+    reconciles(staging(s));
+  });
+
+  it('does not stage a forecast group worth less than host memory’s victim', async () => {
+    const s = await open({ bytesPerSecond: 1e9 });
+    await conversations(s);
+    const top = s.policies[0]!;
+    // At 4 s, S is forecast (remembered, worth more than 0) but worth less than X, which it
+    // would displace.
+    expect(top.forecast(4000, 16)).toEqual(expect.arrayContaining(S));
+    expect(top.worth(S[0]!, 4000)).toBeGreaterThan(0);
+    expect(top.worth(S[0]!, 4000)).toBeLessThan(top.victimWorth(4000));
+    await until('a refusal', () => staging(s).refused > 0);
+    await ticks(s, 3);
+    expect(S.map(where(s))).toEqual([1, 1, 1, 1]);
+    expect(X.map(where(s))).toEqual([0, 0, 0, 0]);
+    expect(staging(s).tiers[0]!.staged).toBe(0);
+    await s.w.close();
+  });
+
+  it('stages no more than its byte budget: one block per second of clock, at most one second saved', async () => {
+    const s = await open({ bytesPerSecond: BS });
+    await conversations(s);
+    const staged = (): number => staging(s).tiers[0]!.staged;
+    s.clock.t = 10_000;
+    await until('one block staged', () => staged() === 1);
+    // The clock stands still: more ticks, no more credit, nothing more staged.
+    await ticks(s, 5);
+    expect(staged()).toBe(1);
+    // Half a second: half a block of credit.
+    s.clock.t += 500;
+    await ticks(s, 5);
+    expect(staged()).toBe(1);
+    s.clock.t += 600;
+    await until('a second block staged', () => staged() === 2);
+    await ticks(s, 5);
+    expect(staged()).toBe(2);
+    // Five seconds earn one block, not five: the credit is capped (here at one block).
+    s.clock.t += 5000;
+    await until('a third block staged', () => staged() === 3);
+    await ticks(s, 5);
+    expect(staged()).toBe(3);
+    expect(S.slice(0, 3).map(where(s))).toEqual([0, 0, 0]);
+    reconciles(staging(s));
+    await s.w.close();
+  });
+
+  it('closes while staging: no error, no work after close, every block readable after reopen', async () => {
+    const s = await open({ bytesPerSecond: 1e9, intervalMs: 1 });
+    await conversations(s);
+    s.clock.t = 10_000;
+    // Close as soon as the first block is staged (the job goes on to the next one).
+    await until('a block staged', () => staging(s).tiers[0]!.staged > 0);
+    await s.w.close();
+    const after = staging(s);
+    expect(after.tiers[0]!.staged).toBeLessThanOrEqual(4);
+    reconciles(after);
+    // No tick and no staging after close resolved, whatever the clock does.
+    s.clock.t = 20_000;
+    await new Promise((r) => setTimeout(r, 0));
+    expect(staging(s)).toEqual(after);
+    // Every block put is on disk: reopen without staging and read them all back.
+    const again = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [
+        { kind: 'host', bytes: 4 * BS },
+        { kind: 'file', dir: s.dir, bytes: 32 * BS },
+      ],
+    });
+    const keys = [...S, ...X];
+    const dst = Buffer.alloc(keys.length * BS);
+    const got = await again.get(keys, dst);
+    expect(got.count).toBe(keys.length);
+    keys.forEach((k, i) =>
+      expect(dst.subarray(i * BS, (i + 1) * BS).equals(s.data.get(k)!)).toBe(true),
+    );
+    await again.close();
+  });
+
+  it('is accepted and does nothing with a policy that does not forecast (lru, arc-tree)', async () => {
+    for (const policy of ['lru', 'arc-tree'] as const) {
+      const d = tempDir('kvtier-whs-lru-');
+      dirs.push(d);
+      const w = await Warehouse.open({
+        blockBytes: BS,
+        tiers: [
+          { kind: 'host', bytes: 2 * BS },
+          { kind: 'file', dir: d.path, bytes: 8 * BS },
+        ],
+        policy,
+        predictivePrefetch: { bytesPerSecond: 1e9, intervalMs: 1 },
+      });
+      const keys = chain(4, policy);
+      await w.put(keys, randomBytes(4 * BS));
+      const p = w.stats().predictivePrefetch!;
+      expect(p.active).toBe(false);
+      expect(p.reason).toContain(policy);
+      expect(p.ticks).toBe(0);
+      expect(p.tiers.map((t) => t.staged)).toEqual([0, 0]);
+      await w.close();
+    }
+  });
+
+  it('refuses bad option values with KVTIER_BAD_ARGUMENT, opening nothing', async () => {
+    const d = tempDir('kvtier-whs-bad-');
+    dirs.push(d);
+    const base = {
+      blockBytes: BS,
+      tiers: [
+        { kind: 'host' as const, bytes: 4 * BS },
+        { kind: 'file' as const, dir: d.path, bytes: 8 * BS },
+      ],
+    };
+    const bad: unknown[] = [
+      null,
+      5,
+      {},
+      { bytesPerSecond: 0 },
+      { bytesPerSecond: -1 },
+      { bytesPerSecond: Infinity },
+      { bytesPerSecond: NaN },
+      { bytesPerSecond: '1000' },
+      { bytesPerSecond: 1000, intervalMs: 0 },
+      { bytesPerSecond: 1000, intervalMs: 1.5 },
+      { bytesPerSecond: 1000, intervalMs: 2 ** 31 },
+    ];
+    for (const predictivePrefetch of bad) {
+      const e = await Warehouse.open({
+        ...base,
+        predictivePrefetch,
+      } as unknown as WarehouseOptions).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(isKvtierError(e, 'KVTIER_BAD_ARGUMENT'), String(predictivePrefetch)).toBe(true);
+    }
+    // Nothing was opened: the directory is free for a warehouse that opens.
+    const w = await Warehouse.open({
+      ...base,
+      policy: 'return-time',
+      predictivePrefetch: { bytesPerSecond: 1 },
+    });
+    expect(w.stats().predictivePrefetch!.active).toBe(true);
+    await w.close();
+  });
+});
