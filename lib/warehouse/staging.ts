@@ -162,9 +162,8 @@ export class Staging {
     const keys = env.index.tiers[0]!.policy.forecast!(now, max);
     if (keys.length === 0) return;
     this.busy = true;
-    const job = env.prefetcher.enqueue(
-      { bytes: env.blockBytes, priority: STAGING_PRIORITY },
-      () => this.stage(env, keys, now),
+    const job = env.prefetcher.enqueue({ bytes: env.blockBytes, priority: STAGING_PRIORITY }, () =>
+      this.stage(env, keys, now),
     );
     // Dropped when close() cancels it before it starts; nothing else rejects.
     void env.inflight

@@ -128,15 +128,20 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
   it('stages a conversation predicted back soon from the file tier to host memory; a get reads it there', async () => {
     const s = await open({ bytesPerSecond: 1e9 });
     await conversations(s);
+    const top = s.policies[0]!;
+    const learned = (): number[] => [...top.model.events, ...top.model.atRisk];
+    const before0 = learned();
     // 6 s later X is most likely over and S is due: S's blocks come back up with no get.
     s.clock.t = 10_000;
     await until('S staged into host memory', () => S.every((k) => where(s)(k) === 0));
+    // Staging is no request: the model saw no return (an insertion of a remembered key would
+    // count as S coming back).
+    expect(learned()).toEqual(before0);
     const before = s.w.stats();
     expect(before.predictivePrefetch!.active).toBe(true);
     expect(before.predictivePrefetch!.tiers[0]!.staged).toBeGreaterThanOrEqual(4);
     // Staged blocks rejoined S's group (no request of their own): S keeps its class's worth,
     // and is not forecast again.
-    const top = s.policies[0]!;
     expect(top.worth(S[0]!, 10_000)).toBeGreaterThan(top.worth(X[0]!, 10_000));
     expect(top.forecast(10_000, 16)).not.toEqual(expect.arrayContaining([S[0]]));
     // X, worth less now, went down to the file tier, where its bytes still are.
@@ -145,7 +150,9 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
     const dst = Buffer.alloc(4 * BS);
     const got = await s.w.get(S, dst, { request: 's3' });
     expect(got.tiers).toEqual([0, 0, 0, 0]);
-    S.forEach((k, i) => expect(dst.subarray(i * BS, (i + 1) * BS).equals(s.data.get(k)!)).toBe(true));
+    S.forEach((k, i) =>
+      expect(dst.subarray(i * BS, (i + 1) * BS).equals(s.data.get(k)!)).toBe(true),
+    );
     const after = s.w.stats();
     expect(after.tiers[0]!.hits - before.tiers[0]!.hits).toBe(4);
     expect(after.tiers[1]!.hits - before.tiers[1]!.hits).toBe(0);
@@ -211,8 +218,12 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
     expect(after.tiers[0]!.staged).toBeLessThanOrEqual(4);
     reconciles(after);
     // No tick and no staging after close resolved, whatever the clock does.
+    // Waited for by counting: an interval as short as the staging timer's, started after it,
+    // fires after it would have.
     s.clock.t = 20_000;
-    await new Promise((r) => setTimeout(r, 0));
+    let fired = 0;
+    const probe = setInterval(() => fired++, 1);
+    await until('three 1 ms intervals', () => fired >= 3).finally(() => clearInterval(probe));
     expect(staging(s)).toEqual(after);
     // Every block put is on disk: reopen without staging and read them all back.
     const again = await Warehouse.open({
