@@ -10,6 +10,7 @@ import {
   type PredictivePrefetchStats,
   type WarehouseOptions,
 } from '../../lib/index.js';
+import { ServeMetrics } from '../../lib/apps/cli/serve-metrics.js';
 import type { EvictionPolicy } from '../../lib/policy/policy.js';
 import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
 import { randomBytes, tempDir, until } from '../helpers.js';
@@ -241,6 +242,37 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
       expect(dst.subarray(i * BS, (i + 1) * BS).equals(s.data.get(k)!)).toBe(true),
     );
     await again.close();
+  });
+
+  it('serve --metrics exposes the counters (kvtier_prefetch_*), only for a warehouse that stages', async () => {
+    const s = await open({ bytesPerSecond: 1e9 });
+    await conversations(s);
+    s.clock.t = 10_000;
+    await until('S staged into host memory', () => S.every((k) => where(s)(k) === 0));
+    await s.w.get(S, Buffer.alloc(4 * BS), { request: 's3' });
+    const p = staging(s);
+    const text = await new ServeMetrics(s.w).registry.metrics();
+    const value = (series: string): number => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      expect(line, series).toBeDefined();
+      return Number(line!.split(' ').pop());
+    };
+    expect(value('kvtier_prefetch_active')).toBe(1);
+    expect(value('kvtier_prefetch_staged_blocks_total{tier="host"}')).toBe(p.tiers[0]!.staged);
+    expect(value('kvtier_prefetch_read_blocks_total{tier="host"}')).toBe(p.tiers[0]!.read);
+    expect(p.tiers[0]!.read).toBeGreaterThanOrEqual(4);
+    expect(value('kvtier_prefetch_evicted_unread_blocks_total{tier="host"}')).toBe(
+      p.tiers[0]!.evictedUnread,
+    );
+    expect(value('kvtier_prefetch_resident_blocks{tier="host"}')).toBe(p.tiers[0]!.resident);
+    expect(value('kvtier_prefetch_refused_blocks_total')).toBe(p.refused);
+    await s.w.close();
+    const plain = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [{ kind: 'host', bytes: 4 * BS }],
+    });
+    expect(await new ServeMetrics(plain).registry.metrics()).not.toContain('kvtier_prefetch_');
+    await plain.close();
   });
 
   it('is accepted and does nothing with a policy that does not forecast (lru, arc-tree)', async () => {

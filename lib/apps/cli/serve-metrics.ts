@@ -154,6 +154,44 @@ export class ServeMetrics {
           return [[{ tier: t.name, kind: t.kind, codec }, t.storedBlockBytes]];
         }),
     );
+    // Only a warehouse opened with predictivePrefetch has these series.
+    if (wh().predictivePrefetch !== undefined) this.prefetchMetrics(wh);
+  }
+
+  /** Predictive prefetch's counters (stats().predictivePrefetch), per tier staged into. */
+  private prefetchMetrics(wh: () => ReturnType<Warehouse['stats']>): void {
+    type Field = 'staged' | 'read' | 'evictedUnread' | 'restaged' | 'resident';
+    const perTier = (field: Field) => (): Reading[] =>
+      (wh().predictivePrefetch?.tiers ?? []).map((t): Reading => [{ tier: t.name }, t[field]]);
+    const staged = (name: string, help: string, field: Field): void =>
+      this.counter(name, help, ['tier'], perTier(field));
+    staged('kvtier_prefetch_staged_blocks_total', 'Blocks staged up into this tier', 'staged');
+    staged('kvtier_prefetch_read_blocks_total', 'Staged blocks a get read here', 'read');
+    staged(
+      'kvtier_prefetch_evicted_unread_blocks_total',
+      'Staged blocks that left this tier unread',
+      'evictedUnread',
+    );
+    staged(
+      'kvtier_prefetch_restaged_blocks_total',
+      'Staged blocks staged again one tier further up before a read',
+      'restaged',
+    );
+    this.gauge(
+      'kvtier_prefetch_resident_blocks',
+      'Staged blocks still in this tier, unread',
+      ['tier'],
+      perTier('resident'),
+    );
+    this.counter(
+      'kvtier_prefetch_refused_blocks_total',
+      'Forecast blocks worth too little',
+      [],
+      () => [[{}, wh().predictivePrefetch?.refused ?? 0]],
+    );
+    this.gauge('kvtier_prefetch_active', 'Whether the policy forecasts (1) or not (0)', [], () => [
+      [{}, wh().predictivePrefetch?.active ? 1 : 0],
+    ]);
   }
 
   private peerMetrics(): void {

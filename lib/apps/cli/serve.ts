@@ -57,6 +57,7 @@ export interface ServeOptions extends ServeClusterOptions, EngineSocketOptions, 
   metrics?: string;
   tenants?: string;
   policy?: string;
+  predictivePrefetch?: string;
 }
 
 /** A whole number from min to max, or KVTIER_BAD_ARGUMENT naming the option. */
@@ -76,6 +77,7 @@ function warehouseOptions(opts: ServeOptions): {
   blockBytes: number;
   tiers: TierOptions[];
   policy?: string;
+  predictivePrefetch?: { bytesPerSecond: number };
 } {
   const blockBytes = parseSize(opts.blockBytes, 'block size');
   const tiers: TierOptions[] = [];
@@ -105,7 +107,15 @@ function warehouseOptions(opts: ServeOptions): {
       `--policy must be one of ${policyNames({ offline: false }).join(', ')}, not ${opts.policy}`,
     );
   }
-  return { blockBytes, tiers, ...(opts.policy !== undefined ? { policy: opts.policy } : {}) };
+  const rate = opts.predictivePrefetch;
+  return {
+    blockBytes,
+    tiers,
+    ...(opts.policy !== undefined ? { policy: opts.policy } : {}),
+    ...(rate !== undefined
+      ? { predictivePrefetch: { bytesPerSecond: parseSize(rate, 'predictive prefetch rate') } }
+      : {}),
+  };
 }
 
 export async function serve(opts: ServeOptions): Promise<void> {
@@ -129,7 +139,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', '--listen needs --token-file (or --tenants)');
   }
   const { host, port } = parseAddress(opts.listen);
-  const { blockBytes, tiers, policy } = warehouseOptions(opts);
+  const { blockBytes, tiers, policy, predictivePrefetch } = warehouseOptions(opts);
   const transport = (opts.transport ?? 'auto') as TransportOption;
   const maxConnections = opts.maxConnections === undefined ? 256 : Number(opts.maxConnections);
   if (!Number.isSafeInteger(maxConnections) || maxConnections < 1 || maxConnections > 65536) {
@@ -165,6 +175,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     blockBytes,
     tiers,
     ...(policy !== undefined ? { policy } : {}),
+    ...(predictivePrefetch ? { predictivePrefetch } : {}),
     durability,
     ...(tenants ? { tenancy: tenants.tenancy } : {}),
   });
@@ -258,6 +269,10 @@ export function registerServe(program: Command): void {
     .option(
       '--policy <name>',
       `eviction policy: ${policyNames({ offline: false }).join(', ')} (default ${DEFAULT_POLICY})`,
+    )
+    .option(
+      '--predictive-prefetch <bytes-per-second>',
+      'stage blocks of conversations the policy predicts back soon one tier up, e.g. 1GiB (return-time only)',
     )
     .option('--transport <kind>', 'auto | tcp | verbs', 'auto')
     .option('--max-connections <n>', 'connections open at once; more are refused', '256')
