@@ -88,7 +88,11 @@ export class Staging {
       victim: (evictable) => inner.victim(evictable),
     };
     if (inner.miss) wrapped.miss = (key, info) => inner.miss!(key, info);
-    if (inner.admit) wrapped.admit = (key, info, victim) => inner.admit!(key, info, victim);
+    // A staged block passed the worth gate already; admission filters judge requests.
+    if (inner.admit) {
+      wrapped.admit = (key, info, victim) =>
+        info.staged === true || inner.admit!(key, info, victim);
+    }
     if (inner.forecast) wrapped.forecast = (now, max) => inner.forecast!(now, max);
     if (inner.worth) wrapped.worth = (key, now) => inner.worth!(key, now);
     if (inner.victimWorth) wrapped.victimWorth = (now) => inner.victimWorth!(now);
