@@ -299,6 +299,20 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
     }
   });
 
+  it('says it is inactive under tenancy (the quota wrapper does not forecast)', async () => {
+    const w = await Warehouse.open({
+      blockBytes: BS,
+      tiers: [{ kind: 'host', bytes: 4 * BS }],
+      policy: 'return-time',
+      predictivePrefetch: { bytesPerSecond: 1e9, intervalMs: 1 },
+      tenancy: { blockTokens: 4, secret: Buffer.alloc(32, 7), tenants: [{ name: 'a' }] },
+    });
+    const p = w.stats().predictivePrefetch!;
+    expect(p.active).toBe(false);
+    expect(p.reason).toMatch(/does not forecast/);
+    await w.close();
+  });
+
   it('refuses bad option values with KVTIER_BAD_ARGUMENT, opening nothing', async () => {
     const d = tempDir('kvtier-whs-bad-');
     dirs.push(d);
