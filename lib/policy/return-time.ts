@@ -21,7 +21,7 @@
  */
 import { KeyLists } from './list.js';
 import type { AccessInfo, EvictionPolicy } from './policy.js';
-import { SurvivalModel } from './survival.js';
+import { BINS, binOf, SurvivalModel } from './survival.js';
 
 const LIVE = 0;
 const ORPHAN = 1;
@@ -50,6 +50,11 @@ export interface ReturnTimeOptions {
   continues?: number;
   /** Bypass: a new block is not admitted when its group is worth less than the victim's. */
   bypass?: boolean;
+  /**
+   * Exact victim: the lowest-valued live group of each class, not only its oldest (the index
+   * need not fall with idle time: a class whose hazard rises). Default false.
+   */
+  exact?: boolean;
 }
 
 /** A copy of `a` in a new array of `size` elements. */
@@ -72,6 +77,13 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private readonly ghostLimit: number;
   private readonly continues: number;
   private readonly bypass: boolean;
+  private readonly exact: boolean;
+  /** The exact victim group chosen while the clock and the model stood still (0: none). */
+  private pick = 0;
+  private pickSerial = -1;
+  private pickListed = -1;
+  /** Counts groups put on a class list (a new group may undercut the cached pick). */
+  private listed = 0;
   // Per node: its group's chain (deeper / shallower neighbour), parent and child in the prefix tree.
   private bNext: Int32Array = new Int32Array(16);
   private bPrev: Int32Array = new Int32Array(16);
@@ -120,6 +132,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? 4) * capacity));
     this.continues = options.continues ?? 0.3;
     this.bypass = options.bypass ?? false;
+    this.exact = options.exact ?? false;
     for (let g = 0; g < LISTS; g++) {
       this.gPrev[g] = g;
       this.gNext[g] = g;
@@ -286,6 +299,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   /** Puts group g at the young end of list `to`. */
   private listGroup(g: number, to: number): void {
     this.unlistGroup(g);
+    this.listed++;
     const p = this.gPrev[to]!;
     this.gPrev[g] = p;
     this.gNext[g] = to;
@@ -470,6 +484,15 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     const fresh = this.now === this.valueNow && this.model.version === this.valueVersion;
     this.valueNow = this.now;
     this.valueVersion = this.model.version;
+    if (this.exact) {
+      best = this.exactVictim(fresh);
+      if (best !== 0) {
+        const n = this.deepest(best, evictable);
+        if (n !== 0) return l.keys[n];
+      }
+      const n = l.first(LIVE, evictable);
+      return n === 0 ? undefined : l.keys[n];
+    }
     for (let c = 0; c < CLASSES; c++) {
       const g = this.gNext[c]!;
       if (g === c) continue;
@@ -510,6 +533,61 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     const mine = this.model.value(c, 0);
     const theirs = this.model.value(this.gClass[v]!, this.now - this.gTime[v]!);
     return mine >= theirs;
+  }
+
+  /**
+   * The lowest-valued live group (ties: the older). Within a class the list runs oldest first, so
+   * idle bins fall along it: a class is walked only down to the first group in its cheapest bin
+   * among the bins present. The choice holds while the clock and the model stand still (a
+   * group's value does not depend on its size), until the group empties or changes list.
+   */
+  private exactVictim(fresh: boolean): number {
+    const g0 = this.pick;
+    if (
+      fresh &&
+      g0 !== 0 &&
+      this.pickListed === this.listed &&
+      this.gSerial[g0] === this.pickSerial &&
+      this.gCount[g0]! > 0 &&
+      this.gList[g0]! < CLASSES
+    ) {
+      return g0;
+    }
+    const m = this.model;
+    let best = 0;
+    let bestValue = Infinity;
+    let bestTime = Infinity;
+    for (let c = 0; c < CLASSES; c++) {
+      const first = this.gNext[c]!;
+      if (first === c) continue;
+      const hi = binOf(this.now - this.gTime[first]!);
+      const lo = binOf(this.now - this.gTime[this.gPrev[c]!]!);
+      let floor = Infinity;
+      for (let b = Math.min(lo, hi); b <= Math.max(lo, hi); b++) {
+        const v = m.index[c * BINS + b]!;
+        if (v < floor) floor = v;
+      }
+      if (floor > bestValue) continue;
+      let lastBin = -1;
+      let v = Infinity;
+      for (let g = first; g !== c; g = this.gNext[g]!) {
+        const b = binOf(this.now - this.gTime[g]!);
+        if (b !== lastBin) {
+          lastBin = b;
+          v = m.index[c * BINS + b]!;
+        }
+        if (v < bestValue || (v === bestValue && this.gTime[g]! < bestTime)) {
+          best = g;
+          bestValue = v;
+          bestTime = this.gTime[g]!;
+        }
+        if (v <= floor) break;
+      }
+    }
+    this.pick = best;
+    this.pickListed = this.listed;
+    this.pickSerial = best === 0 ? -1 : this.gSerial[best]!;
+    return best;
   }
 
   /** The deepest evictable block of group g (0: none). */
