@@ -9,7 +9,8 @@
  *   request after the same conversation's next request re-read the rest).
  * - Lineages: a request continues an earlier one when it re-reads (or misses on the remembered
  *   keys of) a large part of that request's group; no session id is needed. `AccessInfo.session`,
- *   when given, decides instead.
+ *   when given, narrows the candidates to the same session's groups (it does not override the
+ *   re-reads: a sub-agent's requests carry their parent's session id).
  * - Learned return times (survival.ts): per class of lineage (first turn; previous gap short,
  *   medium or long × quick turns in a row), the gap to the next request, censored when a group is
  *   forgotten without a return. The live groups with the lowest Gittins-style index are evicted.
@@ -55,6 +56,11 @@ export interface ReturnTimeOptions {
    * need not fall with idle time: a class whose hazard rises). Default false.
    */
   exact?: boolean;
+  /**
+   * Live exposure: conversations still away count as at risk in the bins they have passed (not
+   * only once they return or are forgotten). Default false.
+   */
+  live?: boolean;
 }
 
 /** A copy of `a` in a new array of `size` elements. */
@@ -104,6 +110,9 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private gPrev: Int32Array = new Int32Array(16);
   private gNext: Int32Array = new Int32Array(16);
   private gList: Uint8Array = new Uint8Array(16);
+  /** Live groups (waiting for a return), per class, in no order: for the exposure count. */
+  private aPrev: Int32Array = new Int32Array(16);
+  private aNext: Int32Array = new Int32Array(16);
   private freeGroups: number[] = [];
   private groupsUsed = LISTS;
   private serial = 0;
@@ -136,7 +145,10 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     for (let g = 0; g < LISTS; g++) {
       this.gPrev[g] = g;
       this.gNext[g] = g;
+      this.aPrev[g] = g;
+      this.aNext[g] = g;
     }
+    if (options.live) this.model.exposure = (live) => this.exposure(live);
   }
 
   get size(): number {
@@ -192,13 +204,10 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     let c = 0;
     let quick = 0;
     let p = this.cand;
-    if (this.curSession >= 0) {
-      // The engine's session id decides: the predecessor is that session's latest group.
-      p = this.sessionLatest.get(this.curSession) ?? 0;
-      if (p !== 0 && this.gSession[p] !== this.curSession) p = 0;
-      this.sessionLatest.set(this.curSession, g);
-      this.gSession[g] = this.curSession;
-    } else if (
+    // A session id narrows the candidates (saw() skips other sessions' groups); the re-reads
+    // still decide: a sub-agent's request carries its parent's session and continues nothing.
+    if (this.curSession >= 0) this.gSession[g] = this.curSession;
+    if (
       p !== 0 &&
       (this.gSerial[p] !== this.candSerial || this.candCount < this.continues * this.gPeak[p]!)
     ) {
@@ -210,6 +219,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       quick = gap < SHORT ? this.gQuick[p]! + 1 : 0;
       c = classOf(gap, quick);
       // What the next request did not re-read of p will not be read again.
+      if (this.gState[p] === ALIVE) this.unlistAlive(p);
       this.gState[p] = GONE;
       if (this.gCount[p]! > 0) this.listGroup(p, DEAD);
       else this.maybeFree(p);
@@ -227,14 +237,15 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       return;
     }
     this.gState[g] = ALIVE;
+    this.listAlive(g, c);
     if (this.gCount[g]! > 0) this.listGroup(g, c);
   }
-
-  private readonly sessionLatest = new Map<number, number>();
 
   /** A block of group g (or its ghost) was read by the current request. */
   private saw(g: number): void {
     if (g === this.cur || g < LISTS) return;
+    const s = this.gSession[g]!;
+    if (this.curSession >= 0 && s >= 0 && s !== this.curSession) return;
     if (g === this.cand && this.gSerial[g] === this.candSerial) this.candCount++;
     else {
       const old = this.cand;
@@ -283,6 +294,8 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.gSerial = grow(this.gSerial, size);
     this.gSession = grow(this.gSession, size);
     this.gPrev = grow(this.gPrev, size);
+    this.aPrev = grow(this.aPrev, size);
+    this.aNext = grow(this.aNext, size);
     this.gNext = grow(this.gNext, size);
     this.gList = grow(this.gList, size);
   }
@@ -308,18 +321,48 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.gList[g] = to;
   }
 
+  private listAlive(g: number, c: number): void {
+    const n = this.aNext[c]!;
+    this.aPrev[g] = c;
+    this.aNext[g] = n;
+    this.aPrev[n] = g;
+    this.aNext[c] = g;
+  }
+
+  private unlistAlive(g: number): void {
+    const p = this.aPrev[g]!;
+    const n = this.aNext[g]!;
+    this.aNext[p] = n;
+    this.aPrev[n] = p;
+  }
+
+  /** Adds the bins passed by every live group, per class and pooled (at each model rebuild). */
+  private exposure(live: Float64Array): void {
+    const pool = CLASSES * BINS;
+    for (let c = 0; c < CLASSES; c++) {
+      const o = c * BINS;
+      // Count groups by their current bin, then each bin below it was passed.
+      for (let g = this.aNext[c]!; g !== c; g = this.aNext[g]!) {
+        const b = binOf(this.now - this.gTime[g]!);
+        if (b > 0) live[o + b - 1]!++;
+      }
+      for (let b = BINS - 2; b >= 0; b--) live[o + b]! += live[o + b + 1]!;
+      for (let b = 0; b < BINS; b++) live[pool + b]! += live[o + b]!;
+    }
+  }
+
   /** Frees group g once nothing refers to it; a lineage that never came back is censored. */
   private maybeFree(g: number): void {
     // The current request's candidate predecessor is kept until its lineage is decided.
     if (g === this.cur || this.gState[g] === FREE || (g === this.cand && !this.decided)) return;
     if (this.gCount[g]! > 0 || this.gGhosts[g]! > 0) return;
-    if (this.gState[g] === ALIVE) this.model.censored(this.gClass[g]!, this.now - this.gTime[g]!);
+    if (this.gState[g] === ALIVE) {
+      this.unlistAlive(g);
+      this.model.censored(this.gClass[g]!, this.now - this.gTime[g]!);
+    }
     this.unlistGroup(g);
     this.gState[g] = FREE;
     this.gSerial[g] = -1;
-    if (this.gSession[g]! >= 0 && this.sessionLatest.get(this.gSession[g]!) === g) {
-      this.sessionLatest.delete(this.gSession[g]!);
-    }
     this.freeGroups.push(g);
   }
 

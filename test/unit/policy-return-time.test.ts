@@ -64,6 +64,65 @@ describe('ReturnTimePolicy', () => {
     expect(p.victim()).toBe(21);
   });
 
+  it("a session id narrows a request's predecessors: a sub-agent in its parent's session continues nothing", () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    const inSession = (session: number, now: number, keys: number[]): void => {
+      request++;
+      const info = (i: number): AccessInfo => ({ ...at(now, i, keys.length), session });
+      keys.forEach((k, i) => (resident.has(k) ? p.touch(k, info(i)) : p.miss(k, info(i))));
+      keys.forEach((k, i) => {
+        if (resident.has(k)) p.touch(k, info(i));
+        else {
+          p.insert(k, info(i));
+          resident.add(k);
+        }
+      });
+    };
+    inSession(1, 0, [20, 21]); // another conversation, older
+    inSession(7, 500, [1, 2, 3]); // the parent's turn
+    inSession(7, 1000, [30, 31]); // a sub-agent: the parent's session, none of its blocks
+    inSession(1, 1500, [40]); // ends the sub-agent's request
+    // The parent's blocks are not dead: the oldest group goes first, deepest block first.
+    expect(p.victim()).toBe(21);
+    p.remove(21);
+    expect(p.victim()).toBe(20);
+    p.remove(20);
+    expect(p.victim()).toBe(3);
+    // Within the session, a request that re-reads the parent's turn still continues it.
+    inSession(7, 2000, [1, 2, 5]);
+    inSession(1, 2500, [41]);
+    expect(p.victim()).toBe(3);
+  });
+
+  it("a session id keeps another session's re-read from continuing a conversation", () => {
+    for (const sessions of [true, false]) {
+      const p = new ReturnTimePolicy<number>(10);
+      const resident = new Set<number>();
+      const send2 = (session: number, now: number, keys: number[]): void => {
+        request++;
+        const info = (i: number): AccessInfo => ({
+          ...at(now, i, keys.length),
+          ...(sessions ? { session } : {}),
+        });
+        keys.forEach((k, i) => (resident.has(k) ? p.touch(k, info(i)) : p.miss(k, info(i))));
+        keys.forEach((k, i) => {
+          if (resident.has(k)) p.touch(k, info(i));
+          else {
+            p.insert(k, info(i));
+            resident.add(k);
+          }
+        });
+      };
+      send2(5, 0, [20, 21]);
+      send2(1, 500, [1, 2, 3]);
+      send2(9, 1000, [1, 4]); // another session shares block 1 (a third of session 1's turn)
+      send2(5, 1500, [22]);
+      // Without session ids the shared block makes it a continuation, and 2, 3 dead.
+      expect(p.victim()).toBe(sessions ? 21 : 3);
+    }
+  });
+
   it("takes the engine's 'closed' hint: the conversation's blocks go first", () => {
     const p = new ReturnTimePolicy<number>(10);
     const resident = new Set<number>();
