@@ -61,6 +61,12 @@ export interface ReturnTimeOptions {
    * only once they return or are forgotten). Default false.
    */
   live?: boolean;
+  /** Weight (in conversations) of the pooled curve in each class's curve. Default 4. */
+  prior?: number;
+  /** Counts halve every this many updates. Default 32,768. */
+  halfLife?: number;
+  /** Share of the current bin counted as still to be held (see SurvivalModel). Default 1. */
+  firstBin?: number;
 }
 
 /** A copy of `a` in a new array of `size` elements. */
@@ -78,7 +84,7 @@ function classOf(gap: number, quick: number): number {
 
 export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   readonly name = 'return-time';
-  readonly model = new SurvivalModel(CLASSES);
+  readonly model: SurvivalModel;
   private readonly l = new KeyLists<K>(3);
   private readonly ghostLimit: number;
   private readonly continues: number;
@@ -142,6 +148,13 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.continues = options.continues ?? 0.3;
     this.bypass = options.bypass ?? false;
     this.exact = options.exact ?? false;
+    this.model = new SurvivalModel(
+      CLASSES,
+      64,
+      options.halfLife ?? 1 << 15,
+      options.prior ?? 4,
+      options.firstBin ?? 1,
+    );
     for (let g = 0; g < LISTS; g++) {
       this.gPrev[g] = g;
       this.gNext[g] = g;

@@ -55,6 +55,13 @@ export class SurvivalModel {
     private readonly refresh = 64,
     /** Counts are halved every this many updates, so the curves follow a changing workload. */
     private readonly halfLife = 1 << 15,
+    /** Weight (in conversations) of the pooled curve in a class's estimate. */
+    private readonly prior = PRIOR,
+    /**
+     * Share of the current bin still to be held: 1 counts a whole bin although the conversation is
+     * partway through it on average; 0.5 counts half.
+     */
+    private readonly firstBin = 1,
   ) {
     // The pooled curve is stored as one more class.
     this.pool = classes;
@@ -92,7 +99,7 @@ export class SurvivalModel {
     const p = this.pool * BINS + b;
     const pooled = (this.events[p]! + START_HAZARD) / (this.atRisk[p]! + this.live[p]! + 1);
     const o = c * BINS + b;
-    return (this.events[o]! + PRIOR * pooled) / (this.atRisk[o]! + this.live[o]! + PRIOR);
+    return (this.events[o]! + this.prior * pooled) / (this.atRisk[o]! + this.live[o]! + this.prior);
   }
 
   /** The index of class c at idle time `idle` ms (hits per block-ms, times 1e6). */
@@ -128,7 +135,7 @@ export class SurvivalModel {
         for (let b = a; b < BINS; b++) {
           const hb = h[b]!;
           hits += s * hb;
-          held += s * WIDTH[b]! * (1 - hb / 2);
+          held += s * WIDTH[b]! * (1 - hb / 2) * (b === a ? this.firstBin : 1);
           const v = hits / held;
           if (v > best) best = v;
           s *= 1 - hb;

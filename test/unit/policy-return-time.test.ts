@@ -190,6 +190,48 @@ describe('ReturnTimePolicy', () => {
     expect(p.model.hazard(0, binOf(2000))).toBeLessThan(p.model.hazard(1, binOf(2000)));
   });
 
+  it('exact: evicts the lowest-valued group of a class even when it is not the oldest', () => {
+    for (const exact of [true, false]) {
+      const p = new ReturnTimePolicy<number>(10, { exact });
+      const resident = new Set<number>();
+      send(p, 0, [1, 2], resident);
+      send(p, 60_000, [3, 4], resident);
+      send(p, 120_000, [5], resident);
+      // A first-turn class whose value rises with idle time (a tool call of typical duration),
+      // and the request just seen (idle 0) worth most.
+      for (let b = 0; b < BINS; b++) p.model.index[b] = b === 0 ? 1000 : b;
+      // At 120 s, [3, 4] (idle 60 s) is worth less than [1, 2] (idle 120 s).
+      expect(p.victim()).toBe(exact ? 4 : 2);
+      p.remove(exact ? 4 : 2);
+      expect(p.victim()).toBe(exact ? 3 : 1);
+    }
+  });
+
+  it('live: conversations still away count as exposure in the bins they passed', () => {
+    const hazards: number[] = [];
+    for (const live of [true, false]) {
+      const p = new ReturnTimePolicy<number>(100, { live });
+      const resident = new Set<number>();
+      send(p, 0, [1, 2], resident);
+      send(p, 2000, [1, 2, 3], resident); // a return after 2 s (class 0), now in class 2
+      for (let i = 0; i < 10; i++) send(p, 3000 + i, [10 + i], resident); // ten first turns, waiting
+      send(p, 100_000, [50], resident); // still undecided: not counted
+      p.model.rebuild();
+      const b = binOf(2000);
+      if (live) {
+        expect(p.model.live[b]).toBe(10);
+        expect(p.model.live[2 * BINS + b]).toBe(1);
+        expect(p.model.live[p.model.classes * BINS + b]).toBe(11);
+        expect(p.model.live[binOf(100_000)]).toBe(0);
+      } else {
+        expect(p.model.live.every((x) => x === 0)).toBe(true);
+      }
+      hazards.push(p.model.hazard(0, b));
+    }
+    // Ten waits past 2 s lower the estimated chance of a return at 2 s.
+    expect(hazards[0]).toBeLessThan(hazards[1]! / 2);
+  });
+
   it('keeps its state bounded: ghosts at most ghosts × capacity, groups by the keys it keeps', () => {
     const capacity = 64;
     const policy = new ReturnTimePolicy<number>(capacity, { ghosts: 2 });
