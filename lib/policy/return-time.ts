@@ -34,7 +34,9 @@ const SHORT = 15_000;
 const MEDIUM = 120_000;
 /** Lineage classes: first turn, then 3 gap classes × 4 run-length classes, then hinted 'soon'. */
 const SOON = 13;
-const CLASSES = 14;
+/** Blocks a request read from another conversation's group (a shared prefix), with `shared`. */
+const SHARED = 14;
+const CLASSES = 15;
 /** Group lists: one per class, then the dead list; list sentinels are groups 0 .. LISTS-1. */
 const DEAD = CLASSES;
 const LISTS = CLASSES + 1;
@@ -52,6 +54,11 @@ export interface ReturnTimeOptions {
   /** Bypass: a new block is not admitted when its group is worth less than the victim's. */
   bypass?: boolean;
   /**
+   * Bypass only for a class with at least this many conversations resolved (returned or
+   * forgotten); 0: always. Default 0.
+   */
+  bypassKnown?: number;
+  /**
    * Exact victim: the lowest-valued live group of each class, not only its oldest (the index
    * need not fall with idle time: a class whose hazard rises). Default false.
    */
@@ -61,6 +68,11 @@ export interface ReturnTimeOptions {
    * only once they return or are forgotten). Default false.
    */
   live?: boolean;
+  /**
+   * Shared prefixes: blocks a request read from a group other than its predecessor's go to a
+   * group of their own class, whose return is the next read by anyone. Default false.
+   */
+  shared?: boolean;
   /** Weight (in conversations) of the pooled curve in each class's curve. Default 4. */
   prior?: number;
   /** Counts halve every this many updates. Default 32,768. */
@@ -89,7 +101,11 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private readonly ghostLimit: number;
   private readonly continues: number;
   private readonly bypass: boolean;
+  private readonly bypassKnown: number;
   private readonly exact: boolean;
+  private readonly shared: boolean;
+  /** Per node: the group it was taken from by the current request (0: placed by it). */
+  private fromG: Int32Array = new Int32Array(16);
   /** The exact victim group chosen while the clock and the model stood still (0: none). */
   private pick = 0;
   private pickSerial = -1;
@@ -147,7 +163,9 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? 4) * capacity));
     this.continues = options.continues ?? 0.3;
     this.bypass = options.bypass ?? false;
+    this.bypassKnown = options.bypassKnown ?? 0;
     this.exact = options.exact ?? false;
+    this.shared = options.shared ?? false;
     this.model = new SurvivalModel(
       CLASSES,
       64,
@@ -237,6 +255,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       if (this.gCount[p]! > 0) this.listGroup(p, DEAD);
       else this.maybeFree(p);
     }
+    if (this.shared) this.split(g, p);
     const cand = this.cand;
     this.cand = 0;
     if (cand !== 0 && this.gSerial[cand] === this.candSerial) this.maybeFree(cand);
@@ -257,6 +276,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   /** A block of group g (or its ghost) was read by the current request. */
   private saw(g: number): void {
     if (g === this.cur || g < LISTS) return;
+    if (this.gClass[g] === SHARED && this.gState[g] === ALIVE) return;
     const s = this.gSession[g]!;
     if (this.curSession >= 0 && s >= 0 && s !== this.curSession) return;
     if (g === this.cand && this.gSerial[g] === this.candSerial) this.candCount++;
@@ -332,6 +352,35 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.gNext[p] = g;
     this.gPrev[to] = g;
     this.gList[g] = to;
+  }
+
+  /**
+   * Moves the blocks group g read from groups other than its predecessor p into a shared group
+   * of their own; a shared group they came from has come back (once per request).
+   */
+  private split(g: number, p: number): void {
+    let s = 0;
+    for (let n = this.gHead[g]!; n !== 0; ) {
+      const next = this.bNext[n]!;
+      const h = this.fromG[n]!;
+      if (h !== 0 && h !== p) {
+        if (this.gClass[h] === SHARED && this.gState[h] === ALIVE && this.gTime[h]! < this.now) {
+          this.model.returned(SHARED, this.now - this.gTime[h]!);
+          this.gTime[h] = this.now;
+          if (this.gCount[h]! > 0) this.listGroup(h, SHARED);
+        }
+        if (s === 0) {
+          s = this.newGroup(this.now);
+          this.gState[s] = ALIVE;
+          this.gClass[s] = SHARED;
+          this.listAlive(s, SHARED);
+        }
+        this.leave(n);
+        this.join(n, s);
+      }
+      this.fromG[n] = 0;
+      n = next;
+    }
   }
 
   private listAlive(g: number, c: number): void {
@@ -421,12 +470,14 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.bPrev = grow(this.bPrev, size);
     this.parent = grow(this.parent, size);
     this.child = grow(this.child, size);
+    this.fromG = grow(this.fromG, size);
   }
 
   /** Node n is read or placed by the current request at `depth`. */
   private use(n: number, info: AccessInfo): void {
     const l = this.l;
     if (l.aux[n] !== this.cur) {
+      this.fromG[n] = l.aux[n]!;
       this.leave(n);
       this.join(n, this.cur);
     }
@@ -452,6 +503,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     if (n === 0) {
       n = l.add(key, LIVE);
       this.growNodes(n);
+      this.fromG[n] = 0;
       l.aux[n] = 0;
       this.parent[n] = 0;
       this.child[n] = 0;
@@ -585,7 +637,9 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     if (n === 0 || l.list[n] !== LIVE) return true;
     const v = l.aux[n]!;
     if (v === 0 || v === this.cur || this.gState[v] !== ALIVE) return true;
+    if (!this.decided) this.decide();
     const c = this.gClass[this.cur]!;
+    if (this.model.atRisk[c * BINS]! < this.bypassKnown) return true;
     const mine = this.model.value(c, 0);
     const theirs = this.model.value(this.gClass[v]!, this.now - this.gTime[v]!);
     return mine >= theirs;
