@@ -13,10 +13,13 @@
  *   re-reads: a sub-agent's requests carry their parent's session id).
  * - Learned return times (survival.ts): per class of lineage (first turn; previous gap short,
  *   medium or long × quick turns in a row), the gap to the next request, censored when a group is
- *   forgotten without a return. The live groups with the lowest Gittins-style index are evicted.
+ *   forgotten without a return; conversations still away count as exposure in the bins they
+ *   passed. The live group with the lowest Gittins-style index is evicted (the true minimum: the
+ *   index rises with idle time where the hazard rises, e.g. a tool call of typical duration).
  *
- * Cost: one key lookup per access; per eviction one index read per class (the oldest group of
- * each class: within a class the index falls with idle time); per request one curve update.
+ * Cost: one key lookup per access; per request (and whenever the chosen group empties) one walk
+ * per class down its time-ordered list to the first group in the cheapest bin present; every 64
+ * curve updates a walk of the live groups for the exposure.
  * State: one node per resident or remembered key (ghosts: at most `ghosts` × capacity) and one
  * record per group that still has such a key.
  */
@@ -60,12 +63,12 @@ export interface ReturnTimeOptions {
   bypassKnown?: number;
   /**
    * Exact victim: the lowest-valued live group of each class, not only its oldest (the index
-   * need not fall with idle time: a class whose hazard rises). Default false.
+   * need not fall with idle time: a class whose hazard rises). Default true.
    */
   exact?: boolean;
   /**
    * Live exposure: conversations still away count as at risk in the bins they have passed (not
-   * only once they return or are forgotten). Default false.
+   * only once they return or are forgotten). Default true.
    */
   live?: boolean;
   /**
@@ -73,7 +76,7 @@ export interface ReturnTimeOptions {
    * group of their own class, whose return is the next read by anyone. Default false.
    */
   shared?: boolean;
-  /** Weight (in conversations) of the pooled curve in each class's curve. Default 4. */
+  /** Weight (in conversations) of the pooled curve in each class's curve. Default 16. */
   prior?: number;
   /** Counts halve every this many updates. Default 32,768. */
   halfLife?: number;
@@ -164,13 +167,13 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.continues = options.continues ?? 0.3;
     this.bypass = options.bypass ?? false;
     this.bypassKnown = options.bypassKnown ?? 0;
-    this.exact = options.exact ?? false;
+    this.exact = options.exact ?? true;
     this.shared = options.shared ?? false;
     this.model = new SurvivalModel(
       CLASSES,
       64,
       options.halfLife ?? 1 << 15,
-      options.prior ?? 4,
+      options.prior ?? 16,
       options.firstBin ?? 1,
     );
     for (let g = 0; g < LISTS; g++) {
@@ -179,7 +182,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       this.aPrev[g] = g;
       this.aNext[g] = g;
     }
-    if (options.live) this.model.exposure = (live) => this.exposure(live);
+    if (options.live ?? true) this.model.exposure = (live) => this.exposure(live);
   }
 
   get size(): number {
