@@ -39,7 +39,9 @@ const MEDIUM = 120_000;
 const SOON = 13;
 /** Blocks a request read from another conversation's group (a shared prefix), with `shared`. */
 const SHARED = 14;
-const CLASSES = 15;
+/** With `soonClasses`: a hinted request's class is its unhinted class (0 .. SOON-1) + SOON_BASE. */
+const SOON_BASE = 15;
+const CLASSES = SOON_BASE + SOON;
 /** Group lists: one per class, then the dead list; list sentinels are groups 0 .. LISTS-1. */
 const DEAD = CLASSES;
 const LISTS = CLASSES + 1;
@@ -71,6 +73,11 @@ export interface ReturnTimeOptions {
    * only once they return or are forgotten). Default true.
    */
   live?: boolean;
+  /**
+   * A request hinted 'soon' keeps its gap and run-length class, as a class of its own next to
+   * the unhinted one (instead of one 'soon' class for all). Default false.
+   */
+  soonClasses?: boolean;
   /**
    * Shared prefixes: blocks a request read from a group other than its predecessor's go to a
    * group of their own class, whose return is the next read by anyone. Default false.
@@ -107,6 +114,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private readonly bypassKnown: number;
   private readonly exact: boolean;
   private readonly shared: boolean;
+  private readonly soonClasses: boolean;
   /** Per node: the group it was taken from by the current request (0: placed by it). */
   private fromG: Int32Array = new Int32Array(16);
   /** The exact victim group chosen while the clock and the model stood still (0: none). */
@@ -169,6 +177,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.bypassKnown = options.bypassKnown ?? 0;
     this.exact = options.exact ?? true;
     this.shared = options.shared ?? false;
+    this.soonClasses = options.soonClasses ?? false;
     this.model = new SurvivalModel(
       CLASSES,
       64,
@@ -176,6 +185,8 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       options.prior ?? 16,
       options.firstBin ?? 1,
     );
+    // The list sentinels must fit in the group arrays.
+    this.growGroups(LISTS + 1);
     for (let g = 0; g < LISTS; g++) {
       this.gPrev[g] = g;
       this.gNext[g] = g;
@@ -262,7 +273,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     const cand = this.cand;
     this.cand = 0;
     if (cand !== 0 && this.gSerial[cand] === this.candSerial) this.maybeFree(cand);
-    if (this.curHint === 'soon') c = SOON;
+    if (this.curHint === 'soon') c = this.soonClasses ? SOON_BASE + c : SOON;
     this.gClass[g] = c;
     this.gQuick[g] = quick;
     if (this.curHint === 'closed') {
@@ -363,7 +374,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
    */
   private split(g: number, p: number): void {
     let s = 0;
-    for (let n = this.gHead[g]!; n !== 0; ) {
+    for (let n = this.gHead[g]!; n !== 0;) {
       const next = this.bNext[n]!;
       const h = this.fromG[n]!;
       if (h !== 0 && h !== p) {
