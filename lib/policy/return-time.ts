@@ -75,7 +75,7 @@ export interface ReturnTimeOptions {
   live?: boolean;
   /**
    * A request hinted 'soon' keeps its gap and run-length class, as a class of its own next to
-   * the unhinted one (instead of one 'soon' class for all). Default false.
+   * the unhinted one (instead of one 'soon' class for all). Default true.
    */
   soonClasses?: boolean;
   /**
@@ -177,7 +177,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.bypassKnown = options.bypassKnown ?? 0;
     this.exact = options.exact ?? true;
     this.shared = options.shared ?? false;
-    this.soonClasses = options.soonClasses ?? false;
+    this.soonClasses = options.soonClasses ?? true;
     this.model = new SurvivalModel(
       CLASSES,
       64,

@@ -232,6 +232,36 @@ describe('ReturnTimePolicy', () => {
     expect(hazards[0]).toBeLessThan(hazards[1]! / 2);
   });
 
+  it("soonClasses: a 'soon' hint keeps the request's gap and run class, in a class of its own", () => {
+    const classes: number[] = [];
+    for (const soonClasses of [true, false]) {
+      const p = new ReturnTimePolicy<number>(10, { soonClasses });
+      const resident = new Set<number>();
+      const hinted = (now: number, keys: number[]): void => {
+        request++;
+        const info = (i: number): AccessInfo => ({ ...at(now, i, keys.length), hint: 'soon' });
+        keys.forEach((k, i) => (resident.has(k) ? p.touch(k, info(i)) : p.miss(k, info(i))));
+        keys.forEach((k, i) => {
+          if (resident.has(k)) p.touch(k, info(i));
+          else {
+            p.insert(k, info(i));
+            resident.add(k);
+          }
+        });
+      };
+      send(p, 0, [1, 2], resident);
+      hinted(2000, [1, 2, 3]); // continues after 2 s: quick run 1 (class 2), hinted
+      send(p, 3000, [9], resident); // ends it
+      const inner = p as unknown as {
+        gClass: Uint8Array;
+        l: { aux: Int32Array; find(k: number): number };
+      };
+      classes.push(inner.gClass[inner.l.aux[inner.l.find(3)]!]!);
+    }
+    // With soonClasses: 15 + class 2; without: the one 'soon' class (13).
+    expect(classes).toEqual([17, 13]);
+  });
+
   it('keeps its state bounded: ghosts at most ghosts × capacity, groups by the keys it keeps', () => {
     const capacity = 64;
     const policy = new ReturnTimePolicy<number>(capacity, { ghosts: 2 });
