@@ -12,7 +12,7 @@
  *   when given, narrows the candidates to the same session's groups (it does not override the
  *   re-reads: a sub-agent's requests carry their parent's session id).
  * - Learned return times (survival.ts): per class of lineage (first turn; previous gap short,
- *   medium or long × quick turns in a row), the gap to the next request, censored when a group is
+ *   medium or long × quick turns in a row; each again when the engine hinted 'soon'), the gap to the next request, censored when a group is
  *   forgotten without a return; conversations still away count as exposure in the bins they
  *   passed. The live group with the lowest Gittins-style index is evicted (the true minimum: the
  *   index rises with idle time where the hazard rises, e.g. a tool call of typical duration).
