@@ -9,19 +9,23 @@
  *   request after the same conversation's next request re-read the rest).
  * - Lineages: a request continues an earlier one when it re-reads (or misses on the remembered
  *   keys of) a large part of that request's group; no session id is needed. `AccessInfo.session`,
- *   when given, decides instead.
+ *   when given, narrows the candidates to the same session's groups (it does not override the
+ *   re-reads: a sub-agent's requests carry their parent's session id).
  * - Learned return times (survival.ts): per class of lineage (first turn; previous gap short,
- *   medium or long × quick turns in a row), the gap to the next request, censored when a group is
- *   forgotten without a return. The live groups with the lowest Gittins-style index are evicted.
+ *   medium or long × quick turns in a row; each again when the engine hinted 'soon'), the gap to the next request, censored when a group is
+ *   forgotten without a return; conversations still away count as exposure in the bins they
+ *   passed. The live group with the lowest Gittins-style index is evicted (the true minimum: the
+ *   index rises with idle time where the hazard rises, e.g. a tool call of typical duration).
  *
- * Cost: one key lookup per access; per eviction one index read per class (the oldest group of
- * each class: within a class the index falls with idle time); per request one curve update.
+ * Cost: one key lookup per access; per request (and whenever the chosen group empties) one walk
+ * per class down its time-ordered list to the first group in the cheapest bin present; every 64
+ * curve updates a walk of the live groups for the exposure.
  * State: one node per resident or remembered key (ghosts: at most `ghosts` × capacity) and one
  * record per group that still has such a key.
  */
 import { KeyLists } from './list.js';
 import type { AccessInfo, EvictionPolicy } from './policy.js';
-import { SurvivalModel } from './survival.js';
+import { BINS, binOf, SurvivalModel } from './survival.js';
 
 const LIVE = 0;
 const ORPHAN = 1;
@@ -33,7 +37,11 @@ const SHORT = 15_000;
 const MEDIUM = 120_000;
 /** Lineage classes: first turn, then 3 gap classes × 4 run-length classes, then hinted 'soon'. */
 const SOON = 13;
-const CLASSES = 14;
+/** Blocks a request read from another conversation's group (a shared prefix), with `shared`. */
+const SHARED = 14;
+/** With `soonClasses`: a hinted request's class is its unhinted class (0 .. SOON-1) + SOON_BASE. */
+const SOON_BASE = 15;
+const CLASSES = SOON_BASE + SOON;
 /** Group lists: one per class, then the dead list; list sentinels are groups 0 .. LISTS-1. */
 const DEAD = CLASSES;
 const LISTS = CLASSES + 1;
@@ -50,6 +58,37 @@ export interface ReturnTimeOptions {
   continues?: number;
   /** Bypass: a new block is not admitted when its group is worth less than the victim's. */
   bypass?: boolean;
+  /**
+   * Bypass only for a class with at least this many conversations resolved (returned or
+   * forgotten); 0: always. Default 0.
+   */
+  bypassKnown?: number;
+  /**
+   * Exact victim: the lowest-valued live group of each class, not only its oldest (the index
+   * need not fall with idle time: a class whose hazard rises). Default true.
+   */
+  exact?: boolean;
+  /**
+   * Live exposure: conversations still away count as at risk in the bins they have passed (not
+   * only once they return or are forgotten). Default true.
+   */
+  live?: boolean;
+  /**
+   * A request hinted 'soon' keeps its gap and run-length class, as a class of its own next to
+   * the unhinted one (instead of one 'soon' class for all). Default true.
+   */
+  soonClasses?: boolean;
+  /**
+   * Shared prefixes: blocks a request read from a group other than its predecessor's go to a
+   * group of their own class, whose return is the next read by anyone. Default false.
+   */
+  shared?: boolean;
+  /** Weight (in conversations) of the pooled curve in each class's curve. Default 16. */
+  prior?: number;
+  /** Counts halve every this many updates. Default 32,768. */
+  halfLife?: number;
+  /** Share of the current bin counted as still to be held (see SurvivalModel). Default 1. */
+  firstBin?: number;
 }
 
 /** A copy of `a` in a new array of `size` elements. */
@@ -67,11 +106,23 @@ function classOf(gap: number, quick: number): number {
 
 export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   readonly name = 'return-time';
-  readonly model = new SurvivalModel(CLASSES);
+  readonly model: SurvivalModel;
   private readonly l = new KeyLists<K>(3);
   private readonly ghostLimit: number;
   private readonly continues: number;
   private readonly bypass: boolean;
+  private readonly bypassKnown: number;
+  private readonly exact: boolean;
+  private readonly shared: boolean;
+  private readonly soonClasses: boolean;
+  /** Per node: the group it was taken from by the current request (0: placed by it). */
+  private fromG: Int32Array = new Int32Array(16);
+  /** The exact victim group chosen while the clock and the model stood still (0: none). */
+  private pick = 0;
+  private pickSerial = -1;
+  private pickListed = -1;
+  /** Counts groups put on a class list (a new group may undercut the cached pick). */
+  private listed = 0;
   // Per node: its group's chain (deeper / shallower neighbour), parent and child in the prefix tree.
   private bNext: Int32Array = new Int32Array(16);
   private bPrev: Int32Array = new Int32Array(16);
@@ -92,6 +143,9 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private gPrev: Int32Array = new Int32Array(16);
   private gNext: Int32Array = new Int32Array(16);
   private gList: Uint8Array = new Uint8Array(16);
+  /** Live groups (waiting for a return), per class, in no order: for the exposure count. */
+  private aPrev: Int32Array = new Int32Array(16);
+  private aNext: Int32Array = new Int32Array(16);
   private freeGroups: number[] = [];
   private groupsUsed = LISTS;
   private serial = 0;
@@ -120,10 +174,26 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.ghostLimit = Math.max(1, Math.round((options.ghosts ?? 4) * capacity));
     this.continues = options.continues ?? 0.3;
     this.bypass = options.bypass ?? false;
+    this.bypassKnown = options.bypassKnown ?? 0;
+    this.exact = options.exact ?? true;
+    this.shared = options.shared ?? false;
+    this.soonClasses = options.soonClasses ?? true;
+    this.model = new SurvivalModel(
+      CLASSES,
+      64,
+      options.halfLife ?? 1 << 15,
+      options.prior ?? 16,
+      options.firstBin ?? 1,
+    );
+    // The list sentinels must fit in the group arrays.
+    this.growGroups(LISTS + 1);
     for (let g = 0; g < LISTS; g++) {
       this.gPrev[g] = g;
       this.gNext[g] = g;
+      this.aPrev[g] = g;
+      this.aNext[g] = g;
     }
+    if (options.live ?? true) this.model.exposure = (live) => this.exposure(live);
   }
 
   get size(): number {
@@ -179,13 +249,10 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     let c = 0;
     let quick = 0;
     let p = this.cand;
-    if (this.curSession >= 0) {
-      // The engine's session id decides: the predecessor is that session's latest group.
-      p = this.sessionLatest.get(this.curSession) ?? 0;
-      if (p !== 0 && this.gSession[p] !== this.curSession) p = 0;
-      this.sessionLatest.set(this.curSession, g);
-      this.gSession[g] = this.curSession;
-    } else if (
+    // A session id narrows the candidates (saw() skips other sessions' groups); the re-reads
+    // still decide: a sub-agent's request carries its parent's session and continues nothing.
+    if (this.curSession >= 0) this.gSession[g] = this.curSession;
+    if (
       p !== 0 &&
       (this.gSerial[p] !== this.candSerial || this.candCount < this.continues * this.gPeak[p]!)
     ) {
@@ -197,14 +264,16 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       quick = gap < SHORT ? this.gQuick[p]! + 1 : 0;
       c = classOf(gap, quick);
       // What the next request did not re-read of p will not be read again.
+      if (this.gState[p] === ALIVE) this.unlistAlive(p);
       this.gState[p] = GONE;
       if (this.gCount[p]! > 0) this.listGroup(p, DEAD);
       else this.maybeFree(p);
     }
+    if (this.shared) this.split(g, p);
     const cand = this.cand;
     this.cand = 0;
     if (cand !== 0 && this.gSerial[cand] === this.candSerial) this.maybeFree(cand);
-    if (this.curHint === 'soon') c = SOON;
+    if (this.curHint === 'soon') c = this.soonClasses ? SOON_BASE + c : SOON;
     this.gClass[g] = c;
     this.gQuick[g] = quick;
     if (this.curHint === 'closed') {
@@ -214,14 +283,16 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       return;
     }
     this.gState[g] = ALIVE;
+    this.listAlive(g, c);
     if (this.gCount[g]! > 0) this.listGroup(g, c);
   }
-
-  private readonly sessionLatest = new Map<number, number>();
 
   /** A block of group g (or its ghost) was read by the current request. */
   private saw(g: number): void {
     if (g === this.cur || g < LISTS) return;
+    if (this.gClass[g] === SHARED && this.gState[g] === ALIVE) return;
+    const s = this.gSession[g]!;
+    if (this.curSession >= 0 && s >= 0 && s !== this.curSession) return;
     if (g === this.cand && this.gSerial[g] === this.candSerial) this.candCount++;
     else {
       const old = this.cand;
@@ -270,6 +341,8 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.gSerial = grow(this.gSerial, size);
     this.gSession = grow(this.gSession, size);
     this.gPrev = grow(this.gPrev, size);
+    this.aPrev = grow(this.aPrev, size);
+    this.aNext = grow(this.aNext, size);
     this.gNext = grow(this.gNext, size);
     this.gList = grow(this.gList, size);
   }
@@ -286,6 +359,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   /** Puts group g at the young end of list `to`. */
   private listGroup(g: number, to: number): void {
     this.unlistGroup(g);
+    this.listed++;
     const p = this.gPrev[to]!;
     this.gPrev[g] = p;
     this.gNext[g] = to;
@@ -294,18 +368,77 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.gList[g] = to;
   }
 
+  /**
+   * Moves the blocks group g read from groups other than its predecessor p into a shared group
+   * of their own; a shared group they came from has come back (once per request).
+   */
+  private split(g: number, p: number): void {
+    let s = 0;
+    for (let n = this.gHead[g]!; n !== 0;) {
+      const next = this.bNext[n]!;
+      const h = this.fromG[n]!;
+      if (h !== 0 && h !== p) {
+        if (this.gClass[h] === SHARED && this.gState[h] === ALIVE && this.gTime[h]! < this.now) {
+          this.model.returned(SHARED, this.now - this.gTime[h]!);
+          this.gTime[h] = this.now;
+          if (this.gCount[h]! > 0) this.listGroup(h, SHARED);
+        }
+        if (s === 0) {
+          s = this.newGroup(this.now);
+          this.gState[s] = ALIVE;
+          this.gClass[s] = SHARED;
+          this.listAlive(s, SHARED);
+        }
+        this.leave(n);
+        this.join(n, s);
+      }
+      this.fromG[n] = 0;
+      n = next;
+    }
+  }
+
+  private listAlive(g: number, c: number): void {
+    const n = this.aNext[c]!;
+    this.aPrev[g] = c;
+    this.aNext[g] = n;
+    this.aPrev[n] = g;
+    this.aNext[c] = g;
+  }
+
+  private unlistAlive(g: number): void {
+    const p = this.aPrev[g]!;
+    const n = this.aNext[g]!;
+    this.aNext[p] = n;
+    this.aPrev[n] = p;
+  }
+
+  /** Adds the bins passed by every live group, per class and pooled (at each model rebuild). */
+  private exposure(live: Float64Array): void {
+    const pool = CLASSES * BINS;
+    for (let c = 0; c < CLASSES; c++) {
+      const o = c * BINS;
+      // Count groups by their current bin, then each bin below it was passed.
+      for (let g = this.aNext[c]!; g !== c; g = this.aNext[g]!) {
+        const b = binOf(this.now - this.gTime[g]!);
+        if (b > 0) live[o + b - 1]!++;
+      }
+      for (let b = BINS - 2; b >= 0; b--) live[o + b]! += live[o + b + 1]!;
+      for (let b = 0; b < BINS; b++) live[pool + b]! += live[o + b]!;
+    }
+  }
+
   /** Frees group g once nothing refers to it; a lineage that never came back is censored. */
   private maybeFree(g: number): void {
     // The current request's candidate predecessor is kept until its lineage is decided.
     if (g === this.cur || this.gState[g] === FREE || (g === this.cand && !this.decided)) return;
     if (this.gCount[g]! > 0 || this.gGhosts[g]! > 0) return;
-    if (this.gState[g] === ALIVE) this.model.censored(this.gClass[g]!, this.now - this.gTime[g]!);
+    if (this.gState[g] === ALIVE) {
+      this.unlistAlive(g);
+      this.model.censored(this.gClass[g]!, this.now - this.gTime[g]!);
+    }
     this.unlistGroup(g);
     this.gState[g] = FREE;
     this.gSerial[g] = -1;
-    if (this.gSession[g]! >= 0 && this.sessionLatest.get(this.gSession[g]!) === g) {
-      this.sessionLatest.delete(this.gSession[g]!);
-    }
     this.freeGroups.push(g);
   }
 
@@ -351,12 +484,14 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.bPrev = grow(this.bPrev, size);
     this.parent = grow(this.parent, size);
     this.child = grow(this.child, size);
+    this.fromG = grow(this.fromG, size);
   }
 
   /** Node n is read or placed by the current request at `depth`. */
   private use(n: number, info: AccessInfo): void {
     const l = this.l;
     if (l.aux[n] !== this.cur) {
+      this.fromG[n] = l.aux[n]!;
       this.leave(n);
       this.join(n, this.cur);
     }
@@ -382,6 +517,7 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     if (n === 0) {
       n = l.add(key, LIVE);
       this.growNodes(n);
+      this.fromG[n] = 0;
       l.aux[n] = 0;
       this.parent[n] = 0;
       this.child[n] = 0;
@@ -470,6 +606,15 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     const fresh = this.now === this.valueNow && this.model.version === this.valueVersion;
     this.valueNow = this.now;
     this.valueVersion = this.model.version;
+    if (this.exact) {
+      best = this.exactVictim(fresh);
+      if (best !== 0) {
+        const n = this.deepest(best, evictable);
+        if (n !== 0) return l.keys[n];
+      }
+      const n = l.first(LIVE, evictable);
+      return n === 0 ? undefined : l.keys[n];
+    }
     for (let c = 0; c < CLASSES; c++) {
       const g = this.gNext[c]!;
       if (g === c) continue;
@@ -506,10 +651,67 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     if (n === 0 || l.list[n] !== LIVE) return true;
     const v = l.aux[n]!;
     if (v === 0 || v === this.cur || this.gState[v] !== ALIVE) return true;
+    if (!this.decided) this.decide();
     const c = this.gClass[this.cur]!;
+    if (this.model.atRisk[c * BINS]! < this.bypassKnown) return true;
     const mine = this.model.value(c, 0);
     const theirs = this.model.value(this.gClass[v]!, this.now - this.gTime[v]!);
     return mine >= theirs;
+  }
+
+  /**
+   * The lowest-valued live group (ties: the older). Within a class the list runs oldest first, so
+   * idle bins fall along it: a class is walked only down to the first group in its cheapest bin
+   * among the bins present. The choice holds while the clock and the model stand still (a
+   * group's value does not depend on its size), until the group empties or changes list.
+   */
+  private exactVictim(fresh: boolean): number {
+    const g0 = this.pick;
+    if (
+      fresh &&
+      g0 !== 0 &&
+      this.pickListed === this.listed &&
+      this.gSerial[g0] === this.pickSerial &&
+      this.gCount[g0]! > 0 &&
+      this.gList[g0]! < CLASSES
+    ) {
+      return g0;
+    }
+    const m = this.model;
+    let best = 0;
+    let bestValue = Infinity;
+    let bestTime = Infinity;
+    for (let c = 0; c < CLASSES; c++) {
+      const first = this.gNext[c]!;
+      if (first === c) continue;
+      const hi = binOf(this.now - this.gTime[first]!);
+      const lo = binOf(this.now - this.gTime[this.gPrev[c]!]!);
+      let floor = Infinity;
+      for (let b = Math.min(lo, hi); b <= Math.max(lo, hi); b++) {
+        const v = m.index[c * BINS + b]!;
+        if (v < floor) floor = v;
+      }
+      if (floor > bestValue) continue;
+      let lastBin = -1;
+      let v = Infinity;
+      for (let g = first; g !== c; g = this.gNext[g]!) {
+        const b = binOf(this.now - this.gTime[g]!);
+        if (b !== lastBin) {
+          lastBin = b;
+          v = m.index[c * BINS + b]!;
+        }
+        if (v < bestValue || (v === bestValue && this.gTime[g]! < bestTime)) {
+          best = g;
+          bestValue = v;
+          bestTime = this.gTime[g]!;
+        }
+        if (v <= floor) break;
+      }
+    }
+    this.pick = best;
+    this.pickListed = this.listed;
+    this.pickSerial = best === 0 ? -1 : this.gSerial[best]!;
+    return best;
   }
 
   /** The deepest evictable block of group g (0: none). */

@@ -42,18 +42,33 @@ export class SurvivalModel {
   /** Changes whenever the index table does. */
   version = 0;
   private readonly pool: number;
+  /**
+   * Exposure of conversations still away, per class and bin (a bin counts once passed), filled
+   * by `exposure` at each rebuild: without it a long wait counts only once it is resolved, so
+   * early on the late bins see the returns but not the waits and look far too likely.
+   */
+  readonly live: Float64Array;
+  exposure: ((live: Float64Array) => void) | undefined = undefined;
 
   constructor(
     readonly classes: number,
     private readonly refresh = 64,
     /** Counts are halved every this many updates, so the curves follow a changing workload. */
     private readonly halfLife = 1 << 15,
+    /** Weight (in conversations) of the pooled curve in a class's estimate. */
+    private readonly prior = PRIOR,
+    /**
+     * Share of the current bin still to be held: 1 counts a whole bin although the conversation is
+     * partway through it on average; 0.5 counts half.
+     */
+    private readonly firstBin = 1,
   ) {
     // The pooled curve is stored as one more class.
     this.pool = classes;
     this.events = new Float64Array((classes + 1) * BINS);
     this.atRisk = new Float64Array((classes + 1) * BINS);
     this.index = new Float64Array(classes * BINS);
+    this.live = new Float64Array((classes + 1) * BINS);
     this.rebuild();
   }
 
@@ -82,9 +97,9 @@ export class SurvivalModel {
   /** Probability of a return within bin b, given the conversation reached it. */
   hazard(c: number, b: number): number {
     const p = this.pool * BINS + b;
-    const pooled = (this.events[p]! + START_HAZARD) / (this.atRisk[p]! + 1);
+    const pooled = (this.events[p]! + START_HAZARD) / (this.atRisk[p]! + this.live[p]! + 1);
     const o = c * BINS + b;
-    return (this.events[o]! + PRIOR * pooled) / (this.atRisk[o]! + PRIOR);
+    return (this.events[o]! + this.prior * pooled) / (this.atRisk[o]! + this.live[o]! + this.prior);
   }
 
   /** The index of class c at idle time `idle` ms (hits per block-ms, times 1e6). */
@@ -105,6 +120,10 @@ export class SurvivalModel {
   /** Recomputes the index table: O(classes × bins²), run every `refresh` updates. */
   rebuild(): void {
     this.version++;
+    if (this.exposure) {
+      this.live.fill(0);
+      this.exposure(this.live);
+    }
     const h = new Float64Array(BINS);
     for (let c = 0; c < this.classes; c++) {
       for (let b = 0; b < BINS; b++) h[b] = Math.min(1, this.hazard(c, b));
@@ -116,7 +135,7 @@ export class SurvivalModel {
         for (let b = a; b < BINS; b++) {
           const hb = h[b]!;
           hits += s * hb;
-          held += s * WIDTH[b]! * (1 - hb / 2);
+          held += s * WIDTH[b]! * (1 - hb / 2) * (b === a ? this.firstBin : 1);
           const v = hits / held;
           if (v > best) best = v;
           s *= 1 - hb;

@@ -64,6 +64,65 @@ describe('ReturnTimePolicy', () => {
     expect(p.victim()).toBe(21);
   });
 
+  it("a session id narrows a request's predecessors: a sub-agent in its parent's session continues nothing", () => {
+    const p = new ReturnTimePolicy<number>(10);
+    const resident = new Set<number>();
+    const inSession = (session: number, now: number, keys: number[]): void => {
+      request++;
+      const info = (i: number): AccessInfo => ({ ...at(now, i, keys.length), session });
+      keys.forEach((k, i) => (resident.has(k) ? p.touch(k, info(i)) : p.miss(k, info(i))));
+      keys.forEach((k, i) => {
+        if (resident.has(k)) p.touch(k, info(i));
+        else {
+          p.insert(k, info(i));
+          resident.add(k);
+        }
+      });
+    };
+    inSession(1, 0, [20, 21]); // another conversation, older
+    inSession(7, 500, [1, 2, 3]); // the parent's turn
+    inSession(7, 1000, [30, 31]); // a sub-agent: the parent's session, none of its blocks
+    inSession(1, 1500, [40]); // ends the sub-agent's request
+    // The parent's blocks are not dead: the oldest group goes first, deepest block first.
+    expect(p.victim()).toBe(21);
+    p.remove(21);
+    expect(p.victim()).toBe(20);
+    p.remove(20);
+    expect(p.victim()).toBe(3);
+    // Within the session, a request that re-reads the parent's turn still continues it.
+    inSession(7, 2000, [1, 2, 5]);
+    inSession(1, 2500, [41]);
+    expect(p.victim()).toBe(3);
+  });
+
+  it("a session id keeps another session's re-read from continuing a conversation", () => {
+    for (const sessions of [true, false]) {
+      const p = new ReturnTimePolicy<number>(10);
+      const resident = new Set<number>();
+      const send2 = (session: number, now: number, keys: number[]): void => {
+        request++;
+        const info = (i: number): AccessInfo => ({
+          ...at(now, i, keys.length),
+          ...(sessions ? { session } : {}),
+        });
+        keys.forEach((k, i) => (resident.has(k) ? p.touch(k, info(i)) : p.miss(k, info(i))));
+        keys.forEach((k, i) => {
+          if (resident.has(k)) p.touch(k, info(i));
+          else {
+            p.insert(k, info(i));
+            resident.add(k);
+          }
+        });
+      };
+      send2(5, 0, [20, 21]);
+      send2(1, 500, [1, 2, 3]);
+      send2(9, 1000, [1, 4]); // another session shares block 1 (a third of session 1's turn)
+      send2(5, 1500, [22]);
+      // Without session ids the shared block makes it a continuation, and 2, 3 dead.
+      expect(p.victim()).toBe(sessions ? 21 : 3);
+    }
+  });
+
   it("takes the engine's 'closed' hint: the conversation's blocks go first", () => {
     const p = new ReturnTimePolicy<number>(10);
     const resident = new Set<number>();
@@ -129,6 +188,78 @@ describe('ReturnTimePolicy', () => {
     p.remove(first);
     expect([1, 4]).toContain(p.victim());
     expect(p.model.hazard(0, binOf(2000))).toBeLessThan(p.model.hazard(1, binOf(2000)));
+  });
+
+  it('exact: evicts the lowest-valued group of a class even when it is not the oldest', () => {
+    for (const exact of [true, false]) {
+      const p = new ReturnTimePolicy<number>(10, { exact });
+      const resident = new Set<number>();
+      send(p, 0, [1, 2], resident);
+      send(p, 60_000, [3, 4], resident);
+      send(p, 120_000, [5], resident);
+      // A first-turn class whose value rises with idle time (a tool call of typical duration),
+      // and the request just seen (idle 0) worth most.
+      for (let b = 0; b < BINS; b++) p.model.index[b] = b === 0 ? 1000 : b;
+      // At 120 s, [3, 4] (idle 60 s) is worth less than [1, 2] (idle 120 s).
+      expect(p.victim()).toBe(exact ? 4 : 2);
+      p.remove(exact ? 4 : 2);
+      expect(p.victim()).toBe(exact ? 3 : 1);
+    }
+  });
+
+  it('live: conversations still away count as exposure in the bins they passed', () => {
+    const hazards: number[] = [];
+    for (const live of [true, false]) {
+      const p = new ReturnTimePolicy<number>(100, { live });
+      const resident = new Set<number>();
+      send(p, 0, [1, 2], resident);
+      send(p, 2000, [1, 2, 3], resident); // a return after 2 s (class 0), now in class 2
+      for (let i = 0; i < 10; i++) send(p, 3000 + i, [10 + i], resident); // ten first turns, waiting
+      send(p, 100_000, [50], resident); // still undecided: not counted
+      p.model.rebuild();
+      const b = binOf(2000);
+      if (live) {
+        expect(p.model.live[b]).toBe(10);
+        expect(p.model.live[2 * BINS + b]).toBe(1);
+        expect(p.model.live[p.model.classes * BINS + b]).toBe(11);
+        expect(p.model.live[binOf(100_000)]).toBe(0);
+      } else {
+        expect(p.model.live.every((x) => x === 0)).toBe(true);
+      }
+      hazards.push(p.model.hazard(0, b));
+    }
+    // Ten waits past 2 s lower the estimated chance of a return at 2 s.
+    expect(hazards[0]).toBeLessThan(hazards[1]! / 2);
+  });
+
+  it("soonClasses: a 'soon' hint keeps the request's gap and run class, in a class of its own", () => {
+    const classes: number[] = [];
+    for (const soonClasses of [true, false]) {
+      const p = new ReturnTimePolicy<number>(10, { soonClasses });
+      const resident = new Set<number>();
+      const hinted = (now: number, keys: number[]): void => {
+        request++;
+        const info = (i: number): AccessInfo => ({ ...at(now, i, keys.length), hint: 'soon' });
+        keys.forEach((k, i) => (resident.has(k) ? p.touch(k, info(i)) : p.miss(k, info(i))));
+        keys.forEach((k, i) => {
+          if (resident.has(k)) p.touch(k, info(i));
+          else {
+            p.insert(k, info(i));
+            resident.add(k);
+          }
+        });
+      };
+      send(p, 0, [1, 2], resident);
+      hinted(2000, [1, 2, 3]); // continues after 2 s: quick run 1 (class 2), hinted
+      send(p, 3000, [9], resident); // ends it
+      const inner = p as unknown as {
+        gClass: Uint8Array;
+        l: { aux: Int32Array; find(k: number): number };
+      };
+      classes.push(inner.gClass[inner.l.aux[inner.l.find(3)]!]!);
+    }
+    // With soonClasses: 15 + class 2; without: the one 'soon' class (13).
+    expect(classes).toEqual([17, 13]);
   });
 
   it('keeps its state bounded: ghosts at most ghosts × capacity, groups by the keys it keeps', () => {
