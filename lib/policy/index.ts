@@ -95,8 +95,12 @@ export function registerPolicy(
   });
 }
 
-/** The policy a tier gets when none is named. */
-export const DEFAULT_POLICY = 'arc-tree';
+/**
+ * The policy a tier gets when none is named: `return-time` closes 18.8 % of the LRU-to-Belady gap
+ * over the nine reference points and 43 % on the agentic traces, `arc-tree` 10.1 % and 14.8 %
+ * (docs/policies.md).
+ */
+export const DEFAULT_POLICY = 'return-time';
 
 export function policyNames(options: { offline?: boolean } = {}): string[] {
   return [...registry].filter(([, e]) => options.offline !== false || !e.offline).map(([n]) => n);

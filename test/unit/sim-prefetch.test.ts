@@ -20,13 +20,15 @@ import { tempDir } from '../helpers.js';
  * holds about one session, host memory all of them: every return reads its chain from host
  * memory unless it was staged up in time.
  */
-function writeTrace(sessions = 6, turns = 30, period = 20_000): string {
+function writeTrace(sessions = 6, turns = 30, period = 20_000, stopAt = turns): string {
   const dir = tempDir('kvtier-prefetch-');
   onTestFinished(() => dir.remove());
   const file = join(dir.path, 'agents.jsonl');
   const lines: object[] = [{ kvtier: 'trace', version: 1, blockTokens: 4 }];
   for (let turn = 0; turn < turns; turn++) {
     for (let s = 0; s < sessions; s++) {
+      // Past `stopAt`, the first half of the sessions never come back.
+      if (turn >= stopAt && s < sessions / 2) continue;
       const keys = Array.from({ length: 4 + turn }, (_, i) => s * 1000 + i);
       lines.push({ t: turn * period + s * 1000, keys, in: keys.length * 4 });
     }
@@ -61,10 +63,14 @@ describe('sim: predictive prefetch', () => {
   });
 
   it('counts staged blocks evicted unread, and those still staged at the end', async () => {
-    // A budget far beyond what the next request reads: staging outruns the reads.
-    const trace = await openTrace(writeTrace(8, 12, 30_000));
+    // A budget far beyond what the next request reads, and half the sessions stop coming back
+    // while the model still expects them: staging outruns the reads.
+    const trace = await openTrace(writeTrace(8, 24, 30_000, 12));
     const r = await simulate(trace, {
-      tiers,
+      tiers: [
+        { name: 'gpu', capacity: 20 },
+        { name: 'host', capacity: 10_000 },
+      ],
       policy: 'return-time',
       prefetch: { blocksPerMs: [0, 1] },
     });
