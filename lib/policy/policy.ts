@@ -88,8 +88,11 @@ export interface EvictionPolicy<K> {
   stage?(key: K, now: number): boolean;
 }
 
-/** Creates a policy for a tier of `capacity` blocks. */
-export type PolicyFactory = <K>(capacity: number) => EvictionPolicy<K>;
+/**
+ * Creates a policy for a tier of `capacity` blocks; `tier` is the tier's position (0: the top
+ * tier, where requests arrive; below it, tiers fed by demotion). Factories may ignore it.
+ */
+export type PolicyFactory = <K>(capacity: number, tier?: number) => EvictionPolicy<K>;
 
 /** policy.forget(key) where the policy has it, else remove(key). */
 export function forget<K>(policy: EvictionPolicy<K>, key: K): void {

@@ -10,7 +10,7 @@ import { createCopyEngine } from '../core/gpu/engines.js';
 import { InFlight } from '../core/inflight.js';
 import type { Key } from '../keys/keys.js';
 import { DEFAULT_POLICY, isOffline, policyByName } from '../policy/index.js';
-import type { EvictionPolicy } from '../policy/policy.js';
+import type { PolicyFactory } from '../policy/policy.js';
 import { ABSENT, BlockIndex } from './block-index.js';
 import { ChangeFeed } from './changes.js';
 import { FileTier, type Durability } from './file-tier.js';
@@ -105,7 +105,7 @@ export async function openParts(given: WarehouseOptions, owners?: TenantOwners):
     owners?.bind(tiers);
     const index = new BlockIndex<Key>(
       tiers.map((t, i) => {
-        const p = owners ? owners.policy(i, policy, t.slots) : policy<Key>(t.slots);
+        const p = owners ? owners.policy(i, policy, t.slots) : policy<Key>(t.slots, i);
         return { name: t.name, capacity: t.slots, policy: staging ? staging.wrap(p, i) : p };
       }),
       owners ? { owners } : {},
@@ -229,7 +229,7 @@ async function restore(parts: Parts): Promise<void> {
   }
 }
 
-function resolvePolicy(policy: PolicyOption): <K>(capacity: number) => EvictionPolicy<K> {
+function resolvePolicy(policy: PolicyOption): PolicyFactory {
   if (typeof policy === 'function') return policy;
   if (typeof policy !== 'string') {
     throw new KvtierError('KVTIER_BAD_ARGUMENT', 'policy must be a policy name or a factory');
@@ -241,5 +241,5 @@ function resolvePolicy(policy: PolicyOption): <K>(capacity: number) => EvictionP
     );
   }
   policyByName(policy, 1); // refuses unknown names now, before anything is opened
-  return <K>(capacity: number) => policyByName<K>(policy, capacity);
+  return <K>(capacity: number, tier?: number) => policyByName<K>(policy, capacity, tier);
 }

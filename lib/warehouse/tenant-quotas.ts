@@ -19,7 +19,12 @@
  * demotions, explicit evicts and expiry.
  */
 import type { Key } from '../keys/keys.js';
-import { forget, type AccessInfo, type EvictionPolicy } from '../policy/policy.js';
+import {
+  forget,
+  type AccessInfo,
+  type EvictionPolicy,
+  type PolicyFactory,
+} from '../policy/policy.js';
 import type { BlockIndex, Owners } from './block-index.js';
 import { tagOf } from './tenant-keys.js';
 
@@ -158,12 +163,8 @@ export class TenantOwners implements Owners<Key> {
   }
 
   /** The policy of tier `tier` of `slots` blocks, wrapped to know each tenant's order too. */
-  policy(
-    tier: number,
-    create: <K>(capacity: number) => EvictionPolicy<K>,
-    slots: number,
-  ): TenantPolicy {
-    const p = new TenantPolicy(create<Key>(slots), () => create<Key>(slots), this.of);
+  policy(tier: number, create: PolicyFactory, slots: number): TenantPolicy {
+    const p = new TenantPolicy(create<Key>(slots, tier), () => create<Key>(slots, tier), this.of);
     this.policies[tier] = p;
     return p;
   }

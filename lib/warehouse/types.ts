@@ -8,7 +8,7 @@ import type { KvtierError } from '../core/errors.js';
 import type { DeviceRegion } from '../core/gpu/device-region.js';
 import type { KvLayout } from '../layout/kv-layout.js';
 import type { Key } from '../keys/keys.js';
-import type { EvictionPolicy } from '../policy/policy.js';
+import type { PolicyFactory } from '../policy/policy.js';
 import type { Durability } from './file-tier.js';
 import type { TierKind } from './tier.js';
 import type { FileTierCodecOptions } from './tier-codec.js';
@@ -79,7 +79,7 @@ export type LocalTierOptions = GpuTierOptions | HostTierOptions | FileTierOption
 export type TierOptions = LocalTierOptions | SourceTierOptions;
 
 /** A policy name from lib/policy (default: the simulator-tested default), or a factory. */
-export type PolicyOption = string | (<K>(capacity: number) => EvictionPolicy<K>);
+export type PolicyOption = string | PolicyFactory;
 
 export interface WarehouseOptions {
   /** Bytes per block: all layers' K and V for one block of tokens. */

@@ -194,7 +194,7 @@ export async function simulate(trace: Trace, options: SimOptions): Promise<SimRe
     : undefined;
   const index = new BlockIndex<number>(
     options.tiers.map((t, i) => {
-      const policy = policyByName<number>(options.policy, t.capacity);
+      const policy = policyByName<number>(options.policy, t.capacity, i);
       return { name: t.name, capacity: t.capacity, policy: pf ? pf.wrap(policy, i) : policy };
     }),
     // Integer keys in a compact range are their own row ids: no hashing per access.
