@@ -9,7 +9,7 @@ import { simulate, type SimOptions } from '../../lib/apps/sim/replay.js';
 import { simulateTimed, type TimedOptions } from '../../lib/apps/sim/timed.js';
 import { KvtierError } from '../../lib/core/errors.js';
 import { policyByName } from '../../lib/policy/index.js';
-import type { AccessInfo } from '../../lib/policy/policy.js';
+import type { AccessInfo, EvictionPolicy } from '../../lib/policy/policy.js';
 import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
 import { BlockIndex } from '../../lib/warehouse/block-index.js';
 import { tempDir } from '../helpers.js';
@@ -35,6 +35,38 @@ function writeTrace(sessions = 6, turns = 30, period = 20_000, stopAt = turns): 
   }
   writeFileSync(file, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
   return file;
+}
+
+/**
+ * A top-tier return-time policy whose curves say: a first turn (class 0) never comes back; a
+ * second quick turn (class 2) comes back within 2 s.
+ */
+function trainedTop(): ReturnTimePolicy<number> {
+  const top = new ReturnTimePolicy<number>(3);
+  for (let i = 0; i < 300; i++) {
+    top.model.censored(0, 3_600_000);
+    top.model.returned(2, 2000);
+  }
+  top.model.rebuild();
+  return top;
+}
+
+/** Sends requests to `index` as the replay does: stage, read (prefix), place in the top tier. */
+function sender(pf: SimPrefetcher, index: BlockIndex<number>): (now: number, keys: number[]) => void {
+  let request = 0;
+  return (now, keys) => {
+    pf.before(now, index);
+    request++;
+    const info = (depth: number): AccessInfo => ({
+      now,
+      priority: 0,
+      depth,
+      chainLength: keys.length,
+      request,
+    });
+    keys.forEach((k, i) => pf.read(k, index.access(k, info(i)), true));
+    keys.forEach((k, i) => index.place(k, 0, info(i), { length: 0, checksum: 0 }));
+  };
 }
 
 const tiers = [
@@ -139,34 +171,65 @@ describe('sim: predictive prefetch', () => {
     ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
   });
 
+  it('a block staged into a lower tier reaches that tier\'s policy through stage(), not insert()', () => {
+    const pf = new SimPrefetcher({ blocksPerMs: [0, 0, 1] });
+    const top = trainedTop();
+    // Host memory's policy: LRU, recording what it is told.
+    const lru = policyByName<number>('lru', 3);
+    const calls: string[] = [];
+    const host: EvictionPolicy<number> = {
+      name: 'recording',
+      get size() {
+        return lru.size;
+      },
+      insert(key, info) {
+        calls.push(`insert ${key}`);
+        lru.insert(key, info);
+      },
+      touch: (key, info) => lru.touch(key, info),
+      remove: (key) => lru.remove(key),
+      victim: (evictable) => lru.victim(evictable),
+      stage(key, now) {
+        calls.push(`stage ${key}`);
+        lru.insert(key, { now, priority: 0, depth: 0, chainLength: 1 });
+        return true;
+      },
+    };
+    const index = new BlockIndex<number>([
+      { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
+      { name: 'host', capacity: 3, policy: pf.wrap(host, 1) },
+      { name: 'file', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 2) },
+    ]);
+    const send = sender(pf, index);
+    send(0, [100, 101, 102]); // G: a first turn, gone
+    send(1000, [1, 2]); // S, turn 1
+    send(3000, [1, 2, 3]); // S, turn 2 (class 2, back within 2 s)
+    send(4000, [200, 201, 202]); // first turns: blocks go down to host memory and the file tier
+    send(5000, [300, 301, 302]);
+    const keys = [100, 101, 102, 1, 2, 3, 200, 201, 202, 300, 301, 302];
+    calls.length = 0;
+    // Only the file tier has a budget: whatever is staged moves from the file tier to host memory.
+    pf.before(6000, index);
+    const n = pf.result.stagedFrom[2]!;
+    expect(n).toBeGreaterThan(0);
+    expect(pf.result.stagedFrom).toEqual([0, 0, n]);
+    // Host memory's policy heard of each as a staged block (one it may have let go of), never as
+    // a request's insertion (a staged block may displace another: counted as wasted).
+    expect(calls).toHaveLength(n);
+    expect(calls.filter((c) => !c.startsWith('stage '))).toEqual([]);
+    expect(keys.filter((k) => index.topTier(k) === 1).length).toBeGreaterThan(0);
+  });
+
   it('never stages a block worth less than the victim it would displace', () => {
     const pf = new SimPrefetcher({ blocksPerMs: [0, 1] });
     // Curves: a first turn (class 0) never comes back; a second quick turn (class 2) comes back
     // within 2 s.
-    const top = new ReturnTimePolicy<number>(3);
-    for (let i = 0; i < 300; i++) {
-      top.model.censored(0, 3_600_000);
-      top.model.returned(2, 2000);
-    }
-    top.model.rebuild();
+    const top = trainedTop();
     const index = new BlockIndex<number>([
       { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
       { name: 'host', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 1) },
     ]);
-    let request = 0;
-    const send = (now: number, keys: number[]): void => {
-      pf.before(now, index);
-      request++;
-      const info = (depth: number): AccessInfo => ({
-        now,
-        priority: 0,
-        depth,
-        chainLength: keys.length,
-        request,
-      });
-      keys.forEach((k, i) => pf.read(k, index.access(k, info(i)), true));
-      keys.forEach((k, i) => index.place(k, 0, info(i), { length: 0, checksum: 0 }));
-    };
+    const send = sender(pf, index);
     send(0, [100, 101, 102]); // G: a first turn, gone
     send(1000, [1, 2]); // S, turn 1
     send(3000, [1, 2, 3]); // S, turn 2 (class 2): G is pushed down to host memory

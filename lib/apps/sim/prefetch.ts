@@ -59,9 +59,15 @@ export class SimPrefetcher {
   private policy: EvictionPolicy<number> | undefined;
   /** Each tier's own policy (unwrapped), by position. */
   private readonly inner: EvictionPolicy<number>[] = [];
-  private staging = false;
   private last = NaN;
-  private readonly info: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 1 };
+  /** Staged, as the Warehouse's stager plans its copies: the landing tier's policy stage()s. */
+  private readonly info: AccessInfo = {
+    now: 0,
+    priority: 0,
+    depth: 0,
+    chainLength: 1,
+    staged: true,
+  };
   private readonly meta = { length: 0, checksum: 0 };
   readonly result: PrefetchResult;
 
@@ -91,8 +97,8 @@ export class SimPrefetcher {
   }
 
   /**
-   * Tier `tier`'s policy, wrapped: departures of staged blocks are counted; in the top tier,
-   * staged keys rejoin their groups.
+   * Tier `tier`'s policy, wrapped: departures of staged blocks are counted; stage() passes
+   * through, so a staged key rejoins its group in whichever tier it lands (BlockIndex.plan).
    */
   wrap(inner: EvictionPolicy<number>, tier: number): EvictionPolicy<number> {
     if (tier === 0 && (!inner.forecast || !inner.worth || !inner.victimWorth || !inner.stage)) {
@@ -105,16 +111,12 @@ export class SimPrefetcher {
     this.inner[tier] = inner;
     const pending = this.pending;
     const result = this.result;
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
-    const self = this;
-    return {
+    const wrapped: EvictionPolicy<number> = {
       name: inner.name,
       get size() {
         return inner.size;
       },
-      insert(key, info) {
-        if (tier !== 0 || !self.staging || !inner.stage!(key, info.now)) inner.insert(key, info);
-      },
+      insert: (key, info) => inner.insert(key, info),
       touch: (key, info) => inner.touch(key, info),
       remove(key) {
         inner.remove(key);
@@ -129,9 +131,12 @@ export class SimPrefetcher {
       },
       victim: (evictable) => inner.victim(evictable),
       miss: (key, info) => inner.miss?.(key, info),
+      // A staged block passed the worth gate already; admission filters judge requests.
       admit: (key, info, victim) =>
-        self.staging || !inner.admit ? true : inner.admit(key, info, victim),
+        info.staged === true || !inner.admit ? true : inner.admit(key, info, victim),
     };
+    if (inner.stage) wrapped.stage = (key, now) => inner.stage!(key, now);
+    return wrapped;
   }
 
   /** A request read `key` from tier `tier` (call for every hit). */
@@ -161,29 +166,28 @@ export class SimPrefetcher {
     const keys = p.forecast!(last, max);
     const info = this.info;
     info.now = last;
-    this.staging = true;
-    try {
-      for (let i = 0; i < keys.length; i++) {
-        const key = keys[i]!;
-        const from = index.topTier(key);
-        if (from <= 0 || this.credit[from]! < 1) continue;
-        const worth = p.worth!(key, last);
-        if (worth < 0) continue;
-        const to = from - 1;
-        if (!(worth > this.displaced(index, to, last))) {
-          this.result.refused++;
-          continue;
-        }
-        info.depth = i;
-        if (!index.place(key, to, info, this.meta)) continue;
-        this.credit[from]!--;
-        this.result.staged++;
-        this.result.stagedFrom[from]!++;
-        if (this.pending.has(key)) this.result.restaged++;
-        this.pending.set(key, to);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const from = index.topTier(key);
+      if (from <= 0 || this.credit[from]! < 1) continue;
+      const worth = p.worth!(key, last);
+      if (worth < 0) continue;
+      const to = from - 1;
+      if (!(worth > this.displaced(index, to, last))) {
+        this.result.refused++;
+        continue;
       }
-    } finally {
-      this.staging = false;
+      info.depth = i;
+      // plan() + commit(), the Warehouse's path (Placement.copyTo): plan() tells the landing
+      // tier's policy of a staged key through stage(), where place() would insert() it.
+      const plan = index.plan(key, to, info);
+      if (!plan) continue;
+      index.commit(plan, info, this.meta);
+      this.credit[from]!--;
+      this.result.staged++;
+      this.result.stagedFrom[from]!++;
+      if (this.pending.has(key)) this.result.restaged++;
+      this.pending.set(key, to);
     }
   }
 
