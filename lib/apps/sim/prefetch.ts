@@ -1,11 +1,15 @@
 /**
  * Predictive prefetch in the simulator. Before each request, in the time since the previous one,
  * the top tier's policy forecasts which blocks it let go of will be asked for soonest, and each
- * one still held lower down moves one tier up (file to host, host to the top tier) through
- * BlockIndex.place (the path a hit takes), within a bandwidth budget per source tier, and only
- * while it is worth more than what it displaces ("never at the cost of blocks more likely to be
- * read"): in the top tier, its next victim; in a lower tier, that tier's victim as the top tier's
- * model values it (a block it does not expect back is worth 0). One model judges both.
+ * one still held lower down moves one tier up (file to host, host to the top tier), within a
+ * bandwidth budget per source tier, and only while it is worth more than what it displaces
+ * ("never at the cost of blocks more likely to be read"): in the top tier, its next victim; in a
+ * lower tier, that tier's victim, valued by the top tier's model and by the tier's own (the
+ * higher counts: a block the top model forgot is judged by its tier's); a free slot is worth 0.
+ *
+ * The move is BlockIndex.plan() then commit(), the Warehouse's stager's path (staging.ts), with
+ * AccessInfo.staged: the landing tier's policy, whichever tier it is, hears stage() (the key
+ * rejoins its old group), not insert(), which would start a request that never happened.
  *
  * One tier up, not straight to the top: the top tier holds a few conversations, and a block
  * staged there from the file tier and evicted unread falls back to the file tier (its copy is
@@ -29,15 +33,15 @@ export interface PrefetchOptions {
 }
 
 export interface PrefetchResult {
-  /** Blocks promoted into the top tier by prefetch. */
+  /** Blocks staged one tier up (into any tier; by source in stagedFrom). */
   staged: number;
-  /** Staged blocks read by a request while still in the top tier. */
+  /** Staged blocks read by a request while still in the tier they were staged into. */
   read: number;
   /** ... of which within the request's prefix (what a prefix hit counts). */
   stagedHits: number;
   /** Those prefix hits by the tier they were staged into (and read from). */
   stagedHitsByTier: number[];
-  /** Staged blocks that left the top tier without being read. */
+  /** Staged blocks that left the tier they were staged into without being read. */
   wasted: number;
   /** Staged blocks still staged (unread) at the end. */
   resident: number;
@@ -45,11 +49,14 @@ export interface PrefetchResult {
   restaged: number;
   /** Staged blocks per source tier (by position). */
   stagedFrom: number[];
-  /** Forecast keys not staged because they were worth less than the top tier's victim. */
+  /**
+   * Forecast keys not staged because they were worth no more than what they would displace in
+   * the tier they would land in (its victim; a free slot is worth 0).
+   */
   refused: number;
 }
 
-/** Tracks staged blocks and the budget; `wrap` the top tier's policy, then call before/read. */
+/** Tracks staged blocks and the budget; `wrap` each tier's policy, then call before/read. */
 export class SimPrefetcher {
   private readonly rates: number[];
   private readonly credit: number[];
