@@ -52,7 +52,10 @@ function trainedTop(): ReturnTimePolicy<number> {
 }
 
 /** Sends requests to `index` as the replay does: stage, read (prefix), place in the top tier. */
-function sender(pf: SimPrefetcher, index: BlockIndex<number>): (now: number, keys: number[]) => void {
+function sender(
+  pf: SimPrefetcher,
+  index: BlockIndex<number>,
+): (now: number, keys: number[]) => void {
   let request = 0;
   return (now, keys) => {
     pf.before(now, index);
@@ -161,6 +164,60 @@ describe('sim: predictive prefetch', () => {
     );
   });
 
+  it('three tiers in --timed: the share staged leaves blocks staged into host memory out of the lower-tier hits', async () => {
+    const trace = await openTrace(writeTrace(8, 30));
+    const three = [
+      { name: 'gpu', capacity: 40 },
+      { name: 'host', capacity: 80 },
+      { name: 'file', capacity: 10_000 },
+    ];
+    const rates = [
+      { gbps: 1, latencyMs: 0 },
+      { gbps: 1, latencyMs: 0.01 },
+      { gbps: 0.05, latencyMs: 0.1 },
+    ];
+    const blockTokens = 4;
+    const bytesPerToken = 1e5;
+    const share = 0.4;
+    const r = await simulateTimed(trace, {
+      tiers: three,
+      rates,
+      policy: 'return-time',
+      blockTokens,
+      bytesPerToken,
+      prefillTokensPerSecond: 1000,
+      prefetch: { share },
+    });
+    const p = r.prefetch!;
+    // Lower-tier prefix hits counted from what the timed model loaded: each one block's bytes
+    // (every request's input is its whole chain here).
+    const blockBytes = blockTokens * bytesPerToken;
+    const lowerAll = (r.loadedBytes[1]! + r.loadedBytes[2]!) / blockBytes;
+    // The same replay untimed, at the budget --timed derives (share of each tier's bandwidth).
+    const plain = await simulate(trace, {
+      tiers: three,
+      policy: 'return-time',
+      blockTokens,
+      prefetch: {
+        blocksPerMs: rates.map((t, i) => (i === 0 ? 0 : (share * t.gbps * 1e6) / blockBytes)),
+      },
+    });
+    expect(plain.tiers[1]!.hits.prefix + plain.tiers[2]!.hits.prefix).toBe(lowerAll);
+    expect(plain.prefetch!.stagedHitsByTier).toEqual(p.stagedHitsByTier);
+    // Blocks staged into host memory and read there are lower-tier hits and staged hits at once.
+    const intoHost = p.stagedHitsByTier[1]!;
+    expect(intoHost).toBeGreaterThan(0);
+    expect(p.stagedHitsByTier[0]).toBeGreaterThan(0);
+    expect(p.stagedHitsByTier[2]).toBe(0); // nothing is staged into the bottom tier
+    // Numerator: staged prefix hits in any tier. Denominator: every prefix hit a lower tier
+    // served or would have served without staging (those staged up to the top tier included).
+    expect(p.lowerHits).toBe(lowerAll - intoHost);
+    expect(p.stagedHits + p.lowerHits).toBe(lowerAll + p.stagedHitsByTier[0]!);
+    expect(p.shareStaged).toBeCloseTo(p.stagedHits / (lowerAll + p.stagedHitsByTier[0]!), 12);
+    expect(p.shareStaged).toBeGreaterThan(0);
+    expect(p.shareStaged).toBeLessThan(1);
+  });
+
   it('rejects bad budgets and a policy that cannot forecast', async () => {
     expect(() => new SimPrefetcher({ blocksPerMs: [0, -1] })).toThrow(KvtierError);
     expect(() => new SimPrefetcher({ blocksPerMs: [0, NaN] })).toThrow(KvtierError);
@@ -171,7 +228,7 @@ describe('sim: predictive prefetch', () => {
     ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
   });
 
-  it('a block staged into a lower tier reaches that tier\'s policy through stage(), not insert()', () => {
+  it("a block staged into a lower tier reaches that tier's policy through stage(), not insert()", () => {
     const pf = new SimPrefetcher({ blocksPerMs: [0, 0, 1] });
     const top = trainedTop();
     // Host memory's policy: LRU, recording what it is told.
