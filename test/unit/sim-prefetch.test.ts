@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 
 import { openTrace } from '../../lib/apps/sim/open.js';
 import { SimPrefetcher } from '../../lib/apps/sim/prefetch.js';
@@ -265,16 +265,41 @@ describe('sim: predictive prefetch', () => {
     send(5000, [300, 301, 302]);
     const keys = [100, 101, 102, 1, 2, 3, 200, 201, 202, 300, 301, 302];
     calls.length = 0;
+    const earlier = pf.result.staged;
     // Only the file tier has a budget: whatever is staged moves from the file tier to host memory.
     pf.before(6000, index);
-    const n = pf.result.stagedFrom[2]!;
+    const n = pf.result.staged - earlier;
     expect(n).toBeGreaterThan(0);
-    expect(pf.result.stagedFrom).toEqual([0, 0, n]);
+    expect(pf.result.stagedFrom).toEqual([0, 0, pf.result.staged]);
     // Host memory's policy heard of each as a staged block (one it may have let go of), never as
     // a request's insertion (a staged block may displace another: counted as wasted).
     expect(calls).toHaveLength(n);
     expect(calls.filter((c) => !c.startsWith('stage '))).toEqual([]);
     expect(keys.filter((k) => index.topTier(k) === 1).length).toBeGreaterThan(0);
+  });
+
+  it('a block staged into the top tier rejoins its group there through stage(), not insert()', () => {
+    const pf = new SimPrefetcher({ blocksPerMs: [0, 1] });
+    const top = trainedTop();
+    const index = new BlockIndex<number>([
+      { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
+      { name: 'host', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 1) },
+    ]);
+    const send = sender(pf, index);
+    send(0, [100, 101, 102]);
+    send(1000, [1, 2]);
+    send(3000, [1, 2, 3]);
+    send(4000, [200, 201, 202]);
+    send(5000, [300, 301, 302]);
+    const stage = vi.spyOn(top, 'stage');
+    const insert = vi.spyOn(top, 'insert');
+    const earlier = pf.result.stagedFrom[1]!;
+    pf.before(6000, index);
+    const n = pf.result.stagedFrom[1]! - earlier;
+    expect(n).toBeGreaterThan(0);
+    expect(stage).toHaveBeenCalledTimes(n);
+    expect(stage.mock.results.every((r) => r.value === true)).toBe(true);
+    expect(insert).not.toHaveBeenCalled();
   });
 
   it('never stages a block worth less than the victim it would displace', () => {
