@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 
 import { openTrace } from '../../lib/apps/sim/open.js';
 import { SimPrefetcher } from '../../lib/apps/sim/prefetch.js';
@@ -9,7 +9,7 @@ import { simulate, type SimOptions } from '../../lib/apps/sim/replay.js';
 import { simulateTimed, type TimedOptions } from '../../lib/apps/sim/timed.js';
 import { KvtierError } from '../../lib/core/errors.js';
 import { policyByName } from '../../lib/policy/index.js';
-import type { AccessInfo } from '../../lib/policy/policy.js';
+import type { AccessInfo, EvictionPolicy } from '../../lib/policy/policy.js';
 import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
 import { BlockIndex } from '../../lib/warehouse/block-index.js';
 import { tempDir } from '../helpers.js';
@@ -35,6 +35,41 @@ function writeTrace(sessions = 6, turns = 30, period = 20_000, stopAt = turns): 
   }
   writeFileSync(file, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
   return file;
+}
+
+/**
+ * A top-tier return-time policy whose curves say: a first turn (class 0) never comes back; a
+ * second quick turn (class 2) comes back within 2 s.
+ */
+function trainedTop(): ReturnTimePolicy<number> {
+  const top = new ReturnTimePolicy<number>(3);
+  for (let i = 0; i < 300; i++) {
+    top.model.censored(0, 3_600_000);
+    top.model.returned(2, 2000);
+  }
+  top.model.rebuild();
+  return top;
+}
+
+/** Sends requests to `index` as the replay does: stage, read (prefix), place in the top tier. */
+function sender(
+  pf: SimPrefetcher,
+  index: BlockIndex<number>,
+): (now: number, keys: number[]) => void {
+  let request = 0;
+  return (now, keys) => {
+    pf.before(now, index);
+    request++;
+    const info = (depth: number): AccessInfo => ({
+      now,
+      priority: 0,
+      depth,
+      chainLength: keys.length,
+      request,
+    });
+    keys.forEach((k, i) => pf.read(k, index.access(k, info(i)), true));
+    keys.forEach((k, i) => index.place(k, 0, info(i), { length: 0, checksum: 0 }));
+  };
 }
 
 const tiers = [
@@ -129,6 +164,60 @@ describe('sim: predictive prefetch', () => {
     );
   });
 
+  it('three tiers in --timed: the share staged leaves blocks staged into host memory out of the lower-tier hits', async () => {
+    const trace = await openTrace(writeTrace(8, 30));
+    const three = [
+      { name: 'gpu', capacity: 40 },
+      { name: 'host', capacity: 80 },
+      { name: 'file', capacity: 10_000 },
+    ];
+    const rates = [
+      { gbps: 1, latencyMs: 0 },
+      { gbps: 1, latencyMs: 0.01 },
+      { gbps: 0.05, latencyMs: 0.1 },
+    ];
+    const blockTokens = 4;
+    const bytesPerToken = 1e5;
+    const share = 0.4;
+    const r = await simulateTimed(trace, {
+      tiers: three,
+      rates,
+      policy: 'return-time',
+      blockTokens,
+      bytesPerToken,
+      prefillTokensPerSecond: 1000,
+      prefetch: { share },
+    });
+    const p = r.prefetch!;
+    // Lower-tier prefix hits counted from what the timed model loaded: each one block's bytes
+    // (every request's input is its whole chain here).
+    const blockBytes = blockTokens * bytesPerToken;
+    const lowerAll = (r.loadedBytes[1]! + r.loadedBytes[2]!) / blockBytes;
+    // The same replay untimed, at the budget --timed derives (share of each tier's bandwidth).
+    const plain = await simulate(trace, {
+      tiers: three,
+      policy: 'return-time',
+      blockTokens,
+      prefetch: {
+        blocksPerMs: rates.map((t, i) => (i === 0 ? 0 : (share * t.gbps * 1e6) / blockBytes)),
+      },
+    });
+    expect(plain.tiers[1]!.hits.prefix + plain.tiers[2]!.hits.prefix).toBe(lowerAll);
+    expect(plain.prefetch!.stagedHitsByTier).toEqual(p.stagedHitsByTier);
+    // Blocks staged into host memory and read there are lower-tier hits and staged hits at once.
+    const intoHost = p.stagedHitsByTier[1]!;
+    expect(intoHost).toBeGreaterThan(0);
+    expect(p.stagedHitsByTier[0]).toBeGreaterThan(0);
+    expect(p.stagedHitsByTier[2]).toBe(0); // nothing is staged into the bottom tier
+    // Numerator: staged prefix hits in any tier. Denominator: every prefix hit a lower tier
+    // served or would have served without staging (those staged up to the top tier included).
+    expect(p.lowerHits).toBe(lowerAll - intoHost);
+    expect(p.stagedHits + p.lowerHits).toBe(lowerAll + p.stagedHitsByTier[0]!);
+    expect(p.shareStaged).toBeCloseTo(p.stagedHits / (lowerAll + p.stagedHitsByTier[0]!), 12);
+    expect(p.shareStaged).toBeGreaterThan(0);
+    expect(p.shareStaged).toBeLessThan(1);
+  });
+
   it('rejects bad budgets and a policy that cannot forecast', async () => {
     expect(() => new SimPrefetcher({ blocksPerMs: [0, -1] })).toThrow(KvtierError);
     expect(() => new SimPrefetcher({ blocksPerMs: [0, NaN] })).toThrow(KvtierError);
@@ -139,34 +228,90 @@ describe('sim: predictive prefetch', () => {
     ).rejects.toMatchObject({ code: 'KVTIER_BAD_ARGUMENT' });
   });
 
-  it('never stages a block worth less than the victim it would displace', () => {
+  it("a block staged into a lower tier reaches that tier's policy through stage(), not insert()", () => {
+    const pf = new SimPrefetcher({ blocksPerMs: [0, 0, 1] });
+    const top = trainedTop();
+    // Host memory's policy: LRU, recording what it is told.
+    const lru = policyByName<number>('lru', 3);
+    const calls: string[] = [];
+    const host: EvictionPolicy<number> = {
+      name: 'recording',
+      get size() {
+        return lru.size;
+      },
+      insert(key, info) {
+        calls.push(`insert ${key}`);
+        lru.insert(key, info);
+      },
+      touch: (key, info) => lru.touch(key, info),
+      remove: (key) => lru.remove(key),
+      victim: (evictable) => lru.victim(evictable),
+      stage(key, now) {
+        calls.push(`stage ${key}`);
+        lru.insert(key, { now, priority: 0, depth: 0, chainLength: 1 });
+        return true;
+      },
+    };
+    const index = new BlockIndex<number>([
+      { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
+      { name: 'host', capacity: 3, policy: pf.wrap(host, 1) },
+      { name: 'file', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 2) },
+    ]);
+    const send = sender(pf, index);
+    send(0, [100, 101, 102]); // G: a first turn, gone
+    send(1000, [1, 2]); // S, turn 1
+    send(3000, [1, 2, 3]); // S, turn 2 (class 2, back within 2 s)
+    send(4000, [200, 201, 202]); // first turns: blocks go down to host memory and the file tier
+    send(5000, [300, 301, 302]);
+    const keys = [100, 101, 102, 1, 2, 3, 200, 201, 202, 300, 301, 302];
+    calls.length = 0;
+    const earlier = pf.result.staged;
+    // Only the file tier has a budget: whatever is staged moves from the file tier to host memory.
+    pf.before(6000, index);
+    const n = pf.result.staged - earlier;
+    expect(n).toBeGreaterThan(0);
+    expect(pf.result.stagedFrom).toEqual([0, 0, pf.result.staged]);
+    // Host memory's policy heard of each as a staged block (one it may have let go of), never as
+    // a request's insertion (a staged block may displace another: counted as wasted).
+    expect(calls).toHaveLength(n);
+    expect(calls.filter((c) => !c.startsWith('stage '))).toEqual([]);
+    expect(keys.filter((k) => index.topTier(k) === 1).length).toBeGreaterThan(0);
+  });
+
+  it('a block staged into the top tier rejoins its group there through stage(), not insert()', () => {
     const pf = new SimPrefetcher({ blocksPerMs: [0, 1] });
-    // Curves: a first turn (class 0) never comes back; a second quick turn (class 2) comes back
-    // within 2 s.
-    const top = new ReturnTimePolicy<number>(3);
-    for (let i = 0; i < 300; i++) {
-      top.model.censored(0, 3_600_000);
-      top.model.returned(2, 2000);
-    }
-    top.model.rebuild();
+    const top = trainedTop();
     const index = new BlockIndex<number>([
       { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
       { name: 'host', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 1) },
     ]);
-    let request = 0;
-    const send = (now: number, keys: number[]): void => {
-      pf.before(now, index);
-      request++;
-      const info = (depth: number): AccessInfo => ({
-        now,
-        priority: 0,
-        depth,
-        chainLength: keys.length,
-        request,
-      });
-      keys.forEach((k, i) => pf.read(k, index.access(k, info(i)), true));
-      keys.forEach((k, i) => index.place(k, 0, info(i), { length: 0, checksum: 0 }));
-    };
+    const send = sender(pf, index);
+    send(0, [100, 101, 102]);
+    send(1000, [1, 2]);
+    send(3000, [1, 2, 3]);
+    send(4000, [200, 201, 202]);
+    send(5000, [300, 301, 302]);
+    const stage = vi.spyOn(top, 'stage');
+    const insert = vi.spyOn(top, 'insert');
+    const earlier = pf.result.stagedFrom[1]!;
+    pf.before(6000, index);
+    const n = pf.result.stagedFrom[1]! - earlier;
+    expect(n).toBeGreaterThan(0);
+    expect(stage).toHaveBeenCalledTimes(n);
+    expect(stage.mock.results.every((r) => r.value === true)).toBe(true);
+    expect(insert).not.toHaveBeenCalled();
+  });
+
+  it('never stages a block worth less than the victim it would displace', () => {
+    const pf = new SimPrefetcher({ blocksPerMs: [0, 1] });
+    // Curves: a first turn (class 0) never comes back; a second quick turn (class 2) comes back
+    // within 2 s.
+    const top = trainedTop();
+    const index = new BlockIndex<number>([
+      { name: 'gpu', capacity: 3, policy: pf.wrap(top, 0) },
+      { name: 'host', capacity: 100, policy: pf.wrap(policyByName<number>('lru', 100), 1) },
+    ]);
+    const send = sender(pf, index);
     send(0, [100, 101, 102]); // G: a first turn, gone
     send(1000, [1, 2]); // S, turn 1
     send(3000, [1, 2, 3]); // S, turn 2 (class 2): G is pushed down to host memory

@@ -1,11 +1,15 @@
 /**
  * Predictive prefetch in the simulator. Before each request, in the time since the previous one,
  * the top tier's policy forecasts which blocks it let go of will be asked for soonest, and each
- * one still held lower down moves one tier up (file to host, host to the top tier) through
- * BlockIndex.place (the path a hit takes), within a bandwidth budget per source tier, and only
- * while it is worth more than what it displaces ("never at the cost of blocks more likely to be
- * read"): in the top tier, its next victim; in a lower tier, that tier's victim as the top tier's
- * model values it (a block it does not expect back is worth 0). One model judges both.
+ * one still held lower down moves one tier up (file to host, host to the top tier), within a
+ * bandwidth budget per source tier, and only while it is worth more than what it displaces
+ * ("never at the cost of blocks more likely to be read"): in the top tier, its next victim; in a
+ * lower tier, that tier's victim, valued by the top tier's model and by the tier's own (the
+ * higher counts: a block the top model forgot is judged by its tier's); a free slot is worth 0.
+ *
+ * The move is BlockIndex.plan() then commit(), the Warehouse's stager's path (staging.ts), with
+ * AccessInfo.staged: the landing tier's policy, whichever tier it is, hears stage() (the key
+ * rejoins its old group), not insert(), which would start a request that never happened.
  *
  * One tier up, not straight to the top: the top tier holds a few conversations, and a block
  * staged there from the file tier and evicted unread falls back to the file tier (its copy is
@@ -29,15 +33,15 @@ export interface PrefetchOptions {
 }
 
 export interface PrefetchResult {
-  /** Blocks promoted into the top tier by prefetch. */
+  /** Blocks staged one tier up (into any tier; by source in stagedFrom). */
   staged: number;
-  /** Staged blocks read by a request while still in the top tier. */
+  /** Staged blocks read by a request while still in the tier they were staged into. */
   read: number;
   /** ... of which within the request's prefix (what a prefix hit counts). */
   stagedHits: number;
   /** Those prefix hits by the tier they were staged into (and read from). */
   stagedHitsByTier: number[];
-  /** Staged blocks that left the top tier without being read. */
+  /** Staged blocks that left the tier they were staged into without being read. */
   wasted: number;
   /** Staged blocks still staged (unread) at the end. */
   resident: number;
@@ -45,11 +49,14 @@ export interface PrefetchResult {
   restaged: number;
   /** Staged blocks per source tier (by position). */
   stagedFrom: number[];
-  /** Forecast keys not staged because they were worth less than the top tier's victim. */
+  /**
+   * Forecast keys not staged because they were worth no more than what they would displace in
+   * the tier they would land in (its victim; a free slot is worth 0).
+   */
   refused: number;
 }
 
-/** Tracks staged blocks and the budget; `wrap` the top tier's policy, then call before/read. */
+/** Tracks staged blocks and the budget; `wrap` each tier's policy, then call before/read. */
 export class SimPrefetcher {
   private readonly rates: number[];
   private readonly credit: number[];
@@ -59,9 +66,15 @@ export class SimPrefetcher {
   private policy: EvictionPolicy<number> | undefined;
   /** Each tier's own policy (unwrapped), by position. */
   private readonly inner: EvictionPolicy<number>[] = [];
-  private staging = false;
   private last = NaN;
-  private readonly info: AccessInfo = { now: 0, priority: 0, depth: 0, chainLength: 1 };
+  /** Staged, as the Warehouse's stager plans its copies: the landing tier's policy stage()s. */
+  private readonly info: AccessInfo = {
+    now: 0,
+    priority: 0,
+    depth: 0,
+    chainLength: 1,
+    staged: true,
+  };
   private readonly meta = { length: 0, checksum: 0 };
   readonly result: PrefetchResult;
 
@@ -91,8 +104,8 @@ export class SimPrefetcher {
   }
 
   /**
-   * Tier `tier`'s policy, wrapped: departures of staged blocks are counted; in the top tier,
-   * staged keys rejoin their groups.
+   * Tier `tier`'s policy, wrapped: departures of staged blocks are counted; stage() passes
+   * through, so a staged key rejoins its group in whichever tier it lands (BlockIndex.plan).
    */
   wrap(inner: EvictionPolicy<number>, tier: number): EvictionPolicy<number> {
     if (tier === 0 && (!inner.forecast || !inner.worth || !inner.victimWorth || !inner.stage)) {
@@ -105,16 +118,12 @@ export class SimPrefetcher {
     this.inner[tier] = inner;
     const pending = this.pending;
     const result = this.result;
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
-    const self = this;
-    return {
+    const wrapped: EvictionPolicy<number> = {
       name: inner.name,
       get size() {
         return inner.size;
       },
-      insert(key, info) {
-        if (tier !== 0 || !self.staging || !inner.stage!(key, info.now)) inner.insert(key, info);
-      },
+      insert: (key, info) => inner.insert(key, info),
       touch: (key, info) => inner.touch(key, info),
       remove(key) {
         inner.remove(key);
@@ -129,9 +138,12 @@ export class SimPrefetcher {
       },
       victim: (evictable) => inner.victim(evictable),
       miss: (key, info) => inner.miss?.(key, info),
+      // A staged block passed the worth gate already; admission filters judge requests.
       admit: (key, info, victim) =>
-        self.staging || !inner.admit ? true : inner.admit(key, info, victim),
+        info.staged === true || !inner.admit ? true : inner.admit(key, info, victim),
     };
+    if (inner.stage) wrapped.stage = (key, now) => inner.stage!(key, now);
+    return wrapped;
   }
 
   /** A request read `key` from tier `tier` (call for every hit). */
@@ -161,29 +173,28 @@ export class SimPrefetcher {
     const keys = p.forecast!(last, max);
     const info = this.info;
     info.now = last;
-    this.staging = true;
-    try {
-      for (let i = 0; i < keys.length; i++) {
-        const key = keys[i]!;
-        const from = index.topTier(key);
-        if (from <= 0 || this.credit[from]! < 1) continue;
-        const worth = p.worth!(key, last);
-        if (worth < 0) continue;
-        const to = from - 1;
-        if (!(worth > this.displaced(index, to, last))) {
-          this.result.refused++;
-          continue;
-        }
-        info.depth = i;
-        if (!index.place(key, to, info, this.meta)) continue;
-        this.credit[from]!--;
-        this.result.staged++;
-        this.result.stagedFrom[from]!++;
-        if (this.pending.has(key)) this.result.restaged++;
-        this.pending.set(key, to);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      const from = index.topTier(key);
+      if (from <= 0 || this.credit[from]! < 1) continue;
+      const worth = p.worth!(key, last);
+      if (worth < 0) continue;
+      const to = from - 1;
+      if (!(worth > this.displaced(index, to, last))) {
+        this.result.refused++;
+        continue;
       }
-    } finally {
-      this.staging = false;
+      info.depth = i;
+      // plan() + commit(), the Warehouse's path (Placement.copyTo): plan() tells the landing
+      // tier's policy of a staged key through stage(), where place() would insert() it.
+      const plan = index.plan(key, to, info);
+      if (!plan) continue;
+      index.commit(plan, info, this.meta);
+      this.credit[from]!--;
+      this.result.staged++;
+      this.result.stagedFrom[from]!++;
+      if (this.pending.has(key)) this.result.restaged++;
+      this.pending.set(key, to);
     }
   }
 

@@ -68,8 +68,8 @@ export interface TimedOptions {
   sessions?: boolean;
   hints?: SimOptions['hints'];
   /**
-   * Predictive prefetch into the top tier: each lower tier stages at this share (0..1] of its
-   * bandwidth. The warehouse case is then replayed with and without it.
+   * Predictive prefetch, one tier up (prefetch.ts): each lower tier stages at this share (0..1]
+   * of its bandwidth. The warehouse case is then replayed with and without it.
    */
   prefetch?: { share: number };
   onProgress?: (requests: number) => void;
@@ -78,7 +78,10 @@ export interface TimedOptions {
 /** With prefetch: what it staged, what came of it, and the warehouse case without it. */
 export interface TimedPrefetch extends PrefetchResult {
   share: number;
-  /** Prefix hits (blocks) served by tiers below the top one and not staged there, with prefetch. */
+  /**
+   * Prefix hits (blocks) served by tiers below the top one, with prefetch, less those staged
+   * into the tier that served them (counted in stagedHits).
+   */
   lowerHits: number;
   /**
    * stagedHits / (stagedHits + lowerHits): the share of reads that would have come from a lower
