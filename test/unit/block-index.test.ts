@@ -33,6 +33,39 @@ function consistent(ix: BlockIndex<string>): void {
 }
 
 describe('BlockIndex', () => {
+  it('discard() keeps the victims where their moves put them and frees the reused slot', () => {
+    const ix = index(1, 2);
+    put(ix, 'a'); // host
+    put(ix, 'b', 1); // file, no host copy
+    const plan = ix.plan('c', 0, info(1))!; // a leaves host for the file tier
+    expect(plan.fresh).toBe(false);
+    const slot = plan.slot;
+    expect(ix.get('a')!.slots[0]).toBe(slot);
+    // The copy into a's old slot failed after writing there: a must not get that slot back.
+    ix.discard(plan, info(1));
+    expect(ix.get('c')).toBeUndefined();
+    expect(ix.get('a')!.slots[0]).toBe(ABSENT);
+    expect(ix.get('a')!.slots[1]).not.toBe(ABSENT);
+    expect(ix.tiers[0]!.used).toBe(0);
+    consistent(ix);
+    // The freed slot is handed out again, fresh.
+    const next = ix.plan('d', 0, info(2))!;
+    expect(next.fresh).toBe(true);
+    expect(next.slot).toBe(slot);
+    ix.commit(next, info(2), meta);
+    consistent(ix);
+  });
+
+  it('abort() before anything was written gives the victim its slot back', () => {
+    const ix = index(1, 2);
+    put(ix, 'a');
+    const plan = ix.plan('c', 0, info(1))!;
+    ix.abort(plan);
+    expect(ix.get('a')!.slots[0]).toBe(plan.slot);
+    expect(ix.get('a')!.slots[1]).toBe(ABSENT);
+    consistent(ix);
+  });
+
   it('leaves no ghost of a key that was never really there (claimed placeholders, aborted plans)', () => {
     const arc = new ArcPolicy<string>(4, { leafFirst: true, orphans: true });
     const ix = new BlockIndex<string>([{ name: 'host', capacity: 4, policy: arc }]);
