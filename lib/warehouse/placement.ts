@@ -593,7 +593,8 @@ export class PlacementBatch {
       return;
     }
     // The victims' copies written down stay (settled as landed); the plan's own slot does not.
-    for (const m of p.plan.moves) if (m.toTier >= 0) tiers[m.toTier]?.settleStored?.(m.toSlot, true);
+    for (const m of p.plan.moves)
+      if (m.toTier >= 0) tiers[m.toTier]?.settleStored?.(m.toSlot, true);
     tiers[p.plan.tier]?.settleStored?.(p.plan.slot, false);
     index.discard(p.plan, this.exec.info(p.priority, p.depth, p.chain, p.call));
     if (feed.active) feed.evictedBy(p.plan, removed);

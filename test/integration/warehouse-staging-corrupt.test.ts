@@ -126,7 +126,6 @@ async function ticks(s: Setup, n: number): Promise<void> {
   await until(`${n} staging ticks`, () => staging(s).ticks >= from + n);
 }
 
-
 /** Flips one byte of each of these blocks' copies in the file tier's files. */
 function corrupt(s: Setup, keys: string[]): void {
   const files: string[] = [];

@@ -296,6 +296,7 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
     );
     expect(value('kvtier_prefetch_resident_blocks{tier="host"}')).toBe(p.tiers[0]!.resident);
     expect(value('kvtier_prefetch_refused_blocks_total')).toBe(p.refused);
+    expect(value('kvtier_prefetch_failed_blocks_total')).toBe(p.failed);
     await s.w.close();
     const plain = await Warehouse.open({
       blockBytes: BS,
