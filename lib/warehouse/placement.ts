@@ -380,8 +380,10 @@ export class PlacementBatch {
     for (const p of this.live) this.written.add(p);
   }
 
-  /** Fails an item before anything is written into its slot, and gives back its slot and
-   * victims now, not at the end. */
+  /**
+   * Fails an item before anything is written into its slot, and gives back its slot and victims
+   * now, not at the end.
+   */
   drop(p: Placing, why: PlaceFailure): void {
     this.fail(p, why);
     if (this.ended.has(p)) return;
@@ -593,8 +595,9 @@ export class PlacementBatch {
       return;
     }
     // The victims' copies written down stay (settled as landed); the plan's own slot does not.
-    for (const m of p.plan.moves)
+    for (const m of p.plan.moves) {
       if (m.toTier >= 0) tiers[m.toTier]?.settleStored?.(m.toSlot, true);
+    }
     tiers[p.plan.tier]?.settleStored?.(p.plan.slot, false);
     index.discard(p.plan, this.exec.info(p.priority, p.depth, p.chain, p.call));
     if (feed.active) feed.evictedBy(p.plan, removed);
