@@ -212,6 +212,31 @@ describe('BlockIndex', () => {
   });
 });
 
+describe('BlockIndex owners: a discarded plan', () => {
+  it('charges each owner the slots its blocks hold after discard(), as after abort()', () => {
+    const owners: Owners<string> = {
+      count: 2,
+      of: (key) => (key.startsWith('x') ? 1 : 0),
+      atQuota: () => false,
+      victim: (tier, _o, _c, evictable) => ix.tiers[tier]!.policy.victim(evictable),
+    };
+    const ix = new BlockIndex<string>(
+      [1, 2].map((capacity, i) => ({ name: `t${i}`, capacity, policy: new LruPolicy<string>() })),
+      { owners },
+    );
+    const usage = (): number[] => [ix.usage(0, 0), ix.usage(0, 1), ix.usage(1, 0), ix.usage(1, 1)];
+    put(ix, 'a');
+    ix.abort(ix.plan('x1', 0, info(1))!);
+    expect(usage()).toEqual([1, 0, 0, 0]);
+    ix.discard(ix.plan('x2', 0, info(2))!, info(2)); // a went down to t1, and stays there
+    expect(usage()).toEqual([0, 1, 0, 0]);
+    expect(ix.get('a')!.slots).toEqual([ABSENT, expect.any(Number)]);
+    put(ix, 'x3');
+    expect(usage()).toEqual([0, 1, 1, 0]);
+    consistent(ix);
+  });
+});
+
 describe('BlockIndex owners: blocks that leave', () => {
   /** An index of two tiers (2 and 2 slots) whose owners record every block that left, and from where. */
   function watched(): { ix: BlockIndex<string>; left: [string, number][] } {
