@@ -262,6 +262,27 @@ export class BlockIndex<K> {
   }
 
   /**
+   * Releases what plan() reserved once its slot may have been written (a copy into it failed part
+   * way or failed verification): a victim's bytes there may be gone, so it must not get that slot
+   * back. Its move is applied instead (it keeps the copy written down for it, or is dropped as
+   * planned, the bytes being lost either way) and the slot is freed. A plan with a fresh slot
+   * displaced nobody: abort().
+   */
+  discard(plan: Plan<K>, info: AccessInfo): void {
+    if (plan.fresh || plan.moves.length === 0) {
+      this.abort(plan);
+      return;
+    }
+    const id = this.ids.get(plan.key);
+    if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
+    if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
+    this.tenants?.charge(plan.key, plan.tier, -1);
+    if (plan.told) forget(this.tiers[plan.tier]!.policy, plan.key);
+    for (const m of plan.moves) this.applyMove(m, info);
+    this.release(plan.tier, plan.slot);
+  }
+
+  /**
    * Sets the checksum of `key`'s block: what a lossy tier's copy decoded to, once that copy is the
    * only one (reads.ts). False when the key is not held.
    */

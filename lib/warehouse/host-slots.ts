@@ -298,6 +298,8 @@ export class HostSlots {
           if (p.kind !== 'memory' || !index.pin(k)) return undefined;
           pinned.push(k);
           index.access(k, placement.info(0, i, list.length, call));
+          // A peer GET reads host blocks here, not through reads.ts: staging must hear of it too.
+          this.parts.staging?.read(k, 0);
           stats.tiers[0]!.bytesOut += e.length;
           return { target: p.target, offset: p.offset, length: e.length, checksum: e.checksum };
         });

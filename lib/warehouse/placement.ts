@@ -130,6 +130,7 @@ export class Placement {
         if (why !== undefined) batch.drop(p, why);
       }
       dropRefused(this.env, refused);
+      batch.handOut();
       return batch;
     } catch (e) {
       batch.abort();
@@ -175,10 +176,12 @@ export class Placement {
    * Gives each key a slot in tier `to` (making room as a put does) and copies its bytes there
    * from `from`, verified against the checksum the index knows: promotion, prefetch, write-down.
    * Returns the ended batch (its `committed` landed; its `errors` say why others did not).
-   * `staged`: placed by predictive prefetch (AccessInfo.staged), not by a request.
+   * `staged`: placed by predictive prefetch (AccessInfo.staged), not by a request. An item whose
+   * `tier` names the tier `from` is a slot of has that copy dropped, and counted corrupt, when the
+   * bytes it gave fail verification (as a get does with a copy it cannot use).
    */
   async copyTo(
-    items: readonly { key: Key; from: SlotPlace }[],
+    items: readonly { key: Key; from: SlotPlace; tier?: number }[],
     to: number,
     call?: CallContext,
     staged = false,
@@ -186,7 +189,8 @@ export class Placement {
     const { index } = this.env;
     const placing: Placing[] = [];
     const seen = new Set<Key>();
-    for (const { key, from } of items) {
+    const sources = new Map<Key, { tier: number; slot: number }>();
+    for (const { key, from, tier } of items) {
       // A key named twice (two sequences sharing a prompt in one get) gets one slot, not two.
       if (seen.has(key)) continue;
       seen.add(key);
@@ -196,6 +200,9 @@ export class Placement {
       if (staged) info.staged = true;
       const plan = index.plan(key, to, info);
       if (!plan) continue;
+      if (tier !== undefined && e.slots[tier] !== ABSENT) {
+        sources.set(key, { tier, slot: e.slots[tier]! });
+      }
       placing.push({
         plan,
         from,
@@ -207,7 +214,23 @@ export class Placement {
         ...(call ? { call } : {}),
       });
     }
-    return this.run(placing, { headers: 'each' });
+    const batch = await this.run(placing, { headers: 'each' });
+    if (batch.mismatched.size > 0) this.dropDamaged(batch.mismatched, sources);
+    return batch;
+  }
+
+  /** Drops the source copies whose bytes failed verification, if the index still points there. */
+  private dropDamaged(keys: Set<Key>, sources: Map<Key, { tier: number; slot: number }>): void {
+    const { index, stats, feed } = this.env;
+    const gone: Key[] = [];
+    for (const key of keys) {
+      const src = sources.get(key);
+      if (!src || index.get(key)?.slots[src.tier] !== src.slot) continue;
+      stats.corrupt(src.tier);
+      index.remove(key, src.tier);
+      if (!index.get(key)) gone.push(key);
+    }
+    feed.changed([], gone);
   }
 
   /**
@@ -331,7 +354,11 @@ export class PlacementBatch {
   readonly errors: KvtierError[] = [];
   /** Blocks committed (or claimed), in order. */
   readonly committed: Placing[] = [];
+  /** Keys whose copied bytes did not match the checksum the index knows: the source is damaged. */
+  readonly mismatched = new Set<Key>();
   private readonly ended = new Set<Placing>();
+  /** Items whose slots may have been written since: given back by discard(), not rolled back. */
+  private readonly written = new Set<Placing>();
 
   constructor(
     private readonly exec: Placement,
@@ -348,7 +375,15 @@ export class PlacementBatch {
     this.failed.set(p, why);
   }
 
-  /** Fails an item and gives back its slot and victims now, not at the end. */
+  /** Room is made: every live item's slot may be written from now on (begin() calls it). */
+  handOut(): void {
+    for (const p of this.live) this.written.add(p);
+  }
+
+  /**
+   * Fails an item before anything is written into its slot, and gives back its slot and victims
+   * now, not at the end.
+   */
   drop(p: Placing, why: PlaceFailure): void {
     this.fail(p, why);
     if (this.ended.has(p)) return;
@@ -387,6 +422,7 @@ export class PlacementBatch {
         p.checksum = o.checksum;
       } else if (p.checksum !== o.checksum) {
         this.fail(p, 'io-error'); // the source changed or is damaged: not this copy
+        this.mismatched.add(p.plan.key);
       }
       if (o.stored !== undefined && !this.failed.has(p)) {
         p.stored = o.stored;
@@ -493,8 +529,7 @@ export class PlacementBatch {
       if (this.ended.has(p)) continue;
       this.ended.add(p);
       if (this.failed.has(p) || p.checksum === undefined) {
-        settleCoded(this.exec.env.tiers, p.plan, false);
-        index.abort(p.plan);
+        this.giveBack(p, removed);
         continue;
       }
       settleCoded(this.exec.env.tiers, p.plan, true);
@@ -523,8 +558,7 @@ export class PlacementBatch {
       if (this.ended.has(p)) continue;
       this.ended.add(p);
       if (this.failed.has(p)) {
-        settleCoded(this.exec.env.tiers, p.plan, false);
-        index.abort(p.plan);
+        this.giveBack(p, removed);
         continue;
       }
       settleCoded(this.exec.env.tiers, p.plan, true);
@@ -537,12 +571,36 @@ export class PlacementBatch {
 
   /** Gives back what every item not yet committed or aborted holds. Idempotent. */
   abort(): void {
+    const removed: Key[] = [];
     for (const p of this.items) {
       if (this.ended.has(p)) continue;
       this.ended.add(p);
-      settleCoded(this.exec.env.tiers, p.plan, false);
-      this.exec.env.index.abort(p.plan);
+      this.giveBack(p, removed);
     }
+    this.exec.env.feed.changed([], removed);
+  }
+
+  /**
+   * Gives back a failed item's slot and victims. Before its slot was handed out the victims get
+   * their slots back (BlockIndex.abort); after, the slot may hold part of this block or bytes
+   * that failed verification, so the victims keep the moves that landed (BlockIndex.discard):
+   * a victim rolled back there would be a block whose only copy is damaged. Victims that left
+   * the store go into `removed` (for the change feed).
+   */
+  private giveBack(p: Placing, removed: Key[]): void {
+    const { index, feed, tiers } = this.exec.env;
+    if (!this.written.has(p)) {
+      settleCoded(tiers, p.plan, false);
+      index.abort(p.plan);
+      return;
+    }
+    // The victims' copies written down stay (settled as landed); the plan's own slot does not.
+    for (const m of p.plan.moves) {
+      if (m.toTier >= 0) tiers[m.toTier]?.settleStored?.(m.toSlot, true);
+    }
+    tiers[p.plan.tier]?.settleStored?.(p.plan.slot, false);
+    index.discard(p.plan, this.exec.info(p.priority, p.depth, p.chain, p.call));
+    if (feed.active) feed.evictedBy(p.plan, removed);
   }
 
   /** Lets other operations on the keys go on. */

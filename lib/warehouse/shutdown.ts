@@ -8,6 +8,7 @@ import type { Key } from '../keys/keys.js';
 import { ABSENT } from './block-index.js';
 import type { Parts } from './configure.js';
 import { FLUSH_BATCH } from './host-slots.js';
+import type { PlacementBatch } from './placement.js';
 import type { SlotPlace } from './tier.js';
 import type { CloseError } from './types.js';
 
@@ -64,7 +65,7 @@ async function flushDown(parts: Parts): Promise<{ unwritten: Key[]; errors: unkn
     const batch = items.slice(i, i + FLUSH_BATCH);
     // One batch failing whole (a refused round) must not stop the others from being saved.
     await placement.copyTo(batch, last).then(
-      (b) => errors.push(...b.errors),
+      (b) => errors.push(...b.errors, ...unexplained(b)),
       (e: unknown) => errors.push(e),
     );
     for (const { key } of batch) {
@@ -72,6 +73,37 @@ async function flushDown(parts: Parts): Promise<{ unwritten: Key[]; errors: unkn
     }
   }
   return { unwritten, errors };
+}
+
+/**
+ * Errors for the copies of a flush batch that failed with no engine error behind them (a copy
+ * that failed verification, a slot refused): close must name the real reason, not guess one.
+ */
+function unexplained(b: PlacementBatch): KvtierError[] {
+  const out: KvtierError[] = [];
+  const seen = new Set<string>();
+  for (const [key, why] of b.failures()) {
+    // Failures with an engine error are explained by it; a damaged copy never is.
+    if (b.errors.length > 0 && !b.mismatched.has(key)) continue;
+    const code = b.mismatched.has(key)
+      ? 'KVTIER_CORRUPT'
+      : why === 'no-space'
+        ? 'KVTIER_NO_SPACE'
+        : 'KVTIER_IO';
+    if (seen.has(code)) continue;
+    seen.add(code);
+    out.push(
+      new KvtierError(
+        code,
+        code === 'KVTIER_CORRUPT'
+          ? `block ${key} failed verification on its way down (its copy is damaged)`
+          : code === 'KVTIER_NO_SPACE'
+            ? 'no free slot in the file tier'
+            : `block ${key} could not be copied down (I/O error)`,
+      ),
+    );
+  }
+  return out;
 }
 
 function closeError(unwritten: Key[], errors: unknown[]): CloseError {

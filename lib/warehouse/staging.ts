@@ -48,6 +48,7 @@ export class Staging {
   private readonly counts: Counts[] = [];
   private ticks = 0;
   private refused = 0;
+  private failed = 0;
   private env: StagingEnv | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -140,6 +141,7 @@ export class Staging {
       active: this.reason === undefined,
       ticks: this.ticks,
       refused: this.refused,
+      failed: this.failed,
       tiers: names.map((name, t) => ({
         name,
         ...(this.counts[t] ?? { staged: 0, read: 0, evictedUnread: 0, restaged: 0 }),
@@ -198,11 +200,13 @@ export class Staging {
       index.pin(key);
       try {
         const batch = await placement.copyTo(
-          [{ key, from: placement.place(from, e.slots[from]!) }],
+          [{ key, from: placement.place(from, e.slots[from]!), tier: from }],
           to,
           undefined,
           true,
         );
+        // A copy that failed (its source damaged, dropped by copyTo, or an I/O error) is counted.
+        if (batch.failed.size > 0) this.failed++;
         if (batch.committed.length === 0) continue;
       } finally {
         index.unpin(key);

@@ -402,6 +402,8 @@ export interface PredictivePrefetchStats {
   ticks: number;
   /** Forecast blocks not staged: worth no more than what they would displace. */
   refused: number;
+  /** Forecast blocks whose copy failed (a damaged source, dropped and counted corrupt, or I/O). */
+  failed: number;
   /** Per local tier, in tier order. */
   tiers: StagedTierStats[];
 }

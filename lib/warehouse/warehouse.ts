@@ -266,7 +266,7 @@ export class Warehouse {
     const { locks, index, placement } = this.parts;
     while (locks.unsettled(keys)) await locks.settle(keys);
     const result: PrefetchResult = { moved: 0, alreadyThere: 0, missing: 0 };
-    const items: { key: Key; from: SlotPlace }[] = [];
+    const items: { key: Key; from: SlotPlace; tier: number }[] = [];
     const pinned: Key[] = [];
     for (const key of new Set(keys)) {
       const e = index.get(key);
@@ -281,7 +281,7 @@ export class Warehouse {
       }
       index.pin(key);
       pinned.push(key);
-      items.push({ key, from: placement.place(top, e.slots[top]!) });
+      items.push({ key, from: placement.place(top, e.slots[top]!), tier: top });
     }
     if (items.length === 0) return result;
     try {

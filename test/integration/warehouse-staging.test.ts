@@ -5,7 +5,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import {
   chainKeys,
+  connect,
   isKvtierError,
+  PeerServer,
   Warehouse,
   type PredictivePrefetchStats,
   type WarehouseOptions,
@@ -164,6 +166,34 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
     reconciles(staging(s));
   });
 
+  it('counts staged blocks a peer GET reads (served from host memory by lend) as read', async () => {
+    const s = await open({ bytesPerSecond: 1e9 });
+    await conversations(s);
+    s.clock.t = 10_000;
+    await until('S staged into host memory', () => S.every((k) => where(s)(k) === 0));
+    const before = staging(s).tiers[0]!;
+    expect(before.resident).toBeGreaterThanOrEqual(4);
+    const secret = Buffer.from('staging-lend-secret-0123456789abcdef');
+    const server = PeerServer.start({ host: '127.0.0.1', port: 0, warehouse: s.w, secret });
+    const client = await connect(`127.0.0.1:${server.port}`, { token: secret.toString() });
+    try {
+      const dst = Buffer.alloc(4 * BS);
+      const got = await client.get(S, dst);
+      expect(got.found).toEqual([true, true, true, true]);
+      S.forEach((k, i) =>
+        expect(dst.subarray(i * BS, (i + 1) * BS).equals(s.data.get(k)!)).toBe(true),
+      );
+    } finally {
+      await client.close();
+      await server.close();
+    }
+    const p = staging(s);
+    expect(p.tiers[0]!.read - before.read).toBe(4);
+    expect(before.resident - p.tiers[0]!.resident).toBe(4);
+    reconciles(p);
+    await s.w.close();
+  });
+
   it('does not stage a forecast group worth less than host memory’s victim', async () => {
     const s = await open({ bytesPerSecond: 1e9 });
     await conversations(s);
@@ -266,6 +296,7 @@ describe('Warehouse predictive prefetch (predictivePrefetch)', () => {
     );
     expect(value('kvtier_prefetch_resident_blocks{tier="host"}')).toBe(p.tiers[0]!.resident);
     expect(value('kvtier_prefetch_refused_blocks_total')).toBe(p.refused);
+    expect(value('kvtier_prefetch_failed_blocks_total')).toBe(p.failed);
     await s.w.close();
     const plain = await Warehouse.open({
       blockBytes: BS,

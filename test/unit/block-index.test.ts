@@ -33,6 +33,39 @@ function consistent(ix: BlockIndex<string>): void {
 }
 
 describe('BlockIndex', () => {
+  it('discard() keeps the victims where their moves put them and frees the reused slot', () => {
+    const ix = index(1, 2);
+    put(ix, 'a'); // host
+    put(ix, 'b', 1); // file, no host copy
+    const plan = ix.plan('c', 0, info(1))!; // a leaves host for the file tier
+    expect(plan.fresh).toBe(false);
+    const slot = plan.slot;
+    expect(ix.get('a')!.slots[0]).toBe(slot);
+    // The copy into a's old slot failed after writing there: a must not get that slot back.
+    ix.discard(plan, info(1));
+    expect(ix.get('c')).toBeUndefined();
+    expect(ix.get('a')!.slots[0]).toBe(ABSENT);
+    expect(ix.get('a')!.slots[1]).not.toBe(ABSENT);
+    expect(ix.tiers[0]!.used).toBe(0);
+    consistent(ix);
+    // The freed slot is handed out again, fresh.
+    const next = ix.plan('d', 0, info(2))!;
+    expect(next.fresh).toBe(true);
+    expect(next.slot).toBe(slot);
+    ix.commit(next, info(2), meta);
+    consistent(ix);
+  });
+
+  it('abort() before anything was written gives the victim its slot back', () => {
+    const ix = index(1, 2);
+    put(ix, 'a');
+    const plan = ix.plan('c', 0, info(1))!;
+    ix.abort(plan);
+    expect(ix.get('a')!.slots[0]).toBe(plan.slot);
+    expect(ix.get('a')!.slots[1]).toBe(ABSENT);
+    consistent(ix);
+  });
+
   it('leaves no ghost of a key that was never really there (claimed placeholders, aborted plans)', () => {
     const arc = new ArcPolicy<string>(4, { leafFirst: true, orphans: true });
     const ix = new BlockIndex<string>([{ name: 'host', capacity: 4, policy: arc }]);
@@ -175,6 +208,31 @@ describe('BlockIndex', () => {
     expect(new Set(slots)).toEqual(new Set([0, 1, 2, 3]));
     expect(ix.remove('x')).toBe(true);
     expect(ix.remove('x')).toBe(false);
+    consistent(ix);
+  });
+});
+
+describe('BlockIndex owners: a discarded plan', () => {
+  it('charges each owner the slots its blocks hold after discard(), as after abort()', () => {
+    const owners: Owners<string> = {
+      count: 2,
+      of: (key) => (key.startsWith('x') ? 1 : 0),
+      atQuota: () => false,
+      victim: (tier, _o, _c, evictable) => ix.tiers[tier]!.policy.victim(evictable),
+    };
+    const ix = new BlockIndex<string>(
+      [1, 2].map((capacity, i) => ({ name: `t${i}`, capacity, policy: new LruPolicy<string>() })),
+      { owners },
+    );
+    const usage = (): number[] => [ix.usage(0, 0), ix.usage(0, 1), ix.usage(1, 0), ix.usage(1, 1)];
+    put(ix, 'a');
+    ix.abort(ix.plan('x1', 0, info(1))!);
+    expect(usage()).toEqual([1, 0, 0, 0]);
+    ix.discard(ix.plan('x2', 0, info(2))!, info(2)); // a went down to t1, and stays there
+    expect(usage()).toEqual([0, 1, 0, 0]);
+    expect(ix.get('a')!.slots).toEqual([ABSENT, expect.any(Number)]);
+    put(ix, 'x3');
+    expect(usage()).toEqual([0, 1, 1, 0]);
     consistent(ix);
   });
 });

@@ -189,6 +189,12 @@ export class ServeMetrics {
       [],
       () => [[{}, wh().predictivePrefetch?.refused ?? 0]],
     );
+    this.counter(
+      'kvtier_prefetch_failed_blocks_total',
+      'Forecast blocks whose copy failed (a damaged source, or I/O)',
+      [],
+      () => [[{}, wh().predictivePrefetch?.failed ?? 0]],
+    );
     this.gauge('kvtier_prefetch_active', 'Whether the policy forecasts (1) or not (0)', [], () => [
       [{}, wh().predictivePrefetch?.active ? 1 : 0],
     ]);

@@ -3,6 +3,8 @@
  * connection's transport (Transport.refuses), then served from the Warehouse. PUT, LOOKUP and
  * DELETE are answered here; GET by gets.ts, PUT_OFFER and PUT_DATA by offers.ts.
  */
+import { randomBytes } from 'node:crypto';
+
 import type { NetEvent } from '../../core/native.js';
 import type { Key } from '../../keys/keys.js';
 import type { CallOptions } from '../../warehouse/calls.js';
@@ -31,6 +33,13 @@ const REQUESTS: readonly number[] = [
 
 /** The requests a call section may follow (RequestFlag.CALL); on others the bit means nothing. */
 const WITH_CALL: readonly number[] = [MsgType.PUT, MsgType.GET, MsgType.LOOKUP, MsgType.PUT_OFFER];
+
+/**
+ * The prefix of the request ids made up for frames whose call names none. A client may send any
+ * string as its request id; without tenants, one that matched a made-up id would join another
+ * connection's request. The random part, drawn once per process, is one no client can know.
+ */
+const FRAME_REQUEST = `\u0001peer-frame-${randomBytes(12).toString('hex')}-`;
 
 export class Handlers {
   readonly offers: Offers;
@@ -120,7 +129,7 @@ export class Handlers {
     // A frame is one request to the policy, however the server serves it (lent blocks and blocks
     // read up are two warehouse calls): one without a request id of its own gets one.
     const given: CallOptions = call
-      ? { ...call, request: call.request ?? `\u0001peer-frame-${++this.callSerial}` }
+      ? { ...call, request: call.request ?? `${FRAME_REQUEST}${++this.callSerial}` }
       : {};
     if (!tenants && (type === MsgType.PUT || type === MsgType.PUT_OFFER)) core.landing.demand();
     if (!tenants && type === MsgType.PUT && ev.landed) {
