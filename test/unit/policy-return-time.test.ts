@@ -253,10 +253,10 @@ describe('ReturnTimePolicy', () => {
       hinted(2000, [1, 2, 3]); // continues after 2 s: quick run 1 (class 2), hinted
       send(p, 3000, [9], resident); // ends it
       const inner = p as unknown as {
-        gClass: Uint8Array;
+        t: { gClass: Uint8Array };
         l: { aux: Int32Array; find(k: number): number };
       };
-      classes.push(inner.gClass[inner.l.aux[inner.l.find(3)]!]!);
+      classes.push(inner.t.gClass[inner.l.aux[inner.l.find(3)]!]!);
     }
     // With soonClasses: 15 + class 2; without: the one 'soon' class (13).
     expect(classes).toEqual([17, 13]);
