@@ -38,8 +38,13 @@ export class ReturnGroups {
   /** Per node (a block): its group's chain, deeper and shallower neighbour (0: none). */
   bNext: Int32Array = new Int32Array(16);
   bPrev: Int32Array = new Int32Array(16);
-  /** Counts groups put on a class list (a new group may undercut the cached pick). */
+  /** Counts listings that may undercut the cached pick (see undercuts). */
   private listed = 0;
+  /**
+   * Whether every class list runs oldest first (staging puts an old group first): then the
+   * pick is the least by (value, time, class, place) and a listing can be checked against it.
+   */
+  private ordered = true;
   private readonly freeGroups: number[] = [];
   private used = LISTS;
   private serial = 0;
@@ -47,6 +52,12 @@ export class ReturnGroups {
   private pick = 0;
   private pickSerial = -1;
   private pickListed = -1;
+  /** The pick's value, time and class, and the clock and index table it was chosen with. */
+  private pickValue = Infinity;
+  private pickTime = Infinity;
+  private pickClass = 0;
+  private pickNow = NaN;
+  private pickIndex: Float64Array | undefined = undefined;
   /** Per class: the head group whose value was last computed, and that value. */
   private readonly headGroup = new Int32Array(CLASSES);
   private readonly headSerial = new Float64Array(CLASSES);
@@ -166,8 +177,8 @@ export class ReturnGroups {
   /** Puts group g at the young end of list `to`. */
   list(g: number, to: number): void {
     this.unlist(g);
-    this.listed++;
     const p = this.gPrev[to]!;
+    if (to < CLASSES && this.undercuts(g, to, p)) this.listed++;
     this.gPrev[g] = p;
     this.gNext[g] = to;
     this.gNext[p] = g;
@@ -175,8 +186,26 @@ export class ReturnGroups {
     this.gList[g] = to;
   }
 
+  /**
+   * Whether group g, put after `tail` at the young end of class list `to`, may change the pick:
+   * it comes before the pick in (value, time, class, place), or the pick itself moves behind a
+   * group of its own time. A listing that cannot only saves the walk: the pick stays the least.
+   */
+  private undercuts(g: number, to: number, tail: number): boolean {
+    const t = this.gTime[g]!;
+    if (tail !== to && t < this.gTime[tail]!) this.ordered = false;
+    const index = this.pickIndex;
+    if (this.pick === 0 || !this.ordered || index === undefined) return true;
+    if (g === this.pick) return to !== this.pickClass || (tail !== to && this.gTime[tail] === t);
+    const v = index[to * BINS + binOf(this.pickNow - t)]!;
+    if (v !== this.pickValue) return v < this.pickValue;
+    if (t !== this.pickTime) return t < this.pickTime;
+    return to < this.pickClass;
+  }
+
   /** Puts group g at the oldest end of list `to`. */
   listOldest(g: number, to: number): void {
+    this.ordered = false;
     this.unlist(g);
     const h = this.gNext[to]!;
     this.gPrev[g] = to;
@@ -239,6 +268,7 @@ export class ReturnGroups {
     let best = 0;
     let bestValue = Infinity;
     let bestTime = Infinity;
+    let bestClass = 0;
     for (let c = 0; c < CLASSES; c++) {
       const first = this.gNext[c]!;
       if (first === c) continue;
@@ -262,6 +292,7 @@ export class ReturnGroups {
           best = g;
           bestValue = v;
           bestTime = this.gTime[g]!;
+          bestClass = c;
         }
         if (v <= floor) break;
       }
@@ -269,6 +300,11 @@ export class ReturnGroups {
     this.pick = best;
     this.pickListed = this.listed;
     this.pickSerial = best === 0 ? -1 : this.gSerial[best]!;
+    this.pickValue = bestValue;
+    this.pickTime = bestTime;
+    this.pickClass = bestClass;
+    this.pickNow = now;
+    this.pickIndex = index;
     return best;
   }
 
