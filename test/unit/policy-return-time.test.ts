@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { policyByName } from '../../lib/policy/index.js';
 import type { AccessInfo } from '../../lib/policy/policy.js';
+import { CLASSES, DEAD, ORPHAN } from '../../lib/policy/return-classes.js';
 import { ReturnTimePolicy } from '../../lib/policy/return-time.js';
 import { BINS, binOf, SurvivalModel } from '../../lib/policy/survival.js';
 import { ABSENT, BlockIndex, DenseKeyIds } from '../../lib/warehouse/block-index.js';
@@ -253,10 +254,10 @@ describe('ReturnTimePolicy', () => {
       hinted(2000, [1, 2, 3]); // continues after 2 s: quick run 1 (class 2), hinted
       send(p, 3000, [9], resident); // ends it
       const inner = p as unknown as {
-        gClass: Uint8Array;
+        t: { gClass: Uint8Array };
         l: { aux: Int32Array; find(k: number): number };
       };
-      classes.push(inner.gClass[inner.l.aux[inner.l.find(3)]!]!);
+      classes.push(inner.t.gClass[inner.l.aux[inner.l.find(3)]!]!);
     }
     // With soonClasses: 15 + class 2; without: the one 'soon' class (13).
     expect(classes).toEqual([17, 13]);
@@ -300,6 +301,74 @@ describe('ReturnTimePolicy', () => {
     }
     expect(policy.size).toBe(capacity);
     expect(hits).toBeGreaterThan(0);
+  });
+
+  it('evicts, at every eviction, the least-valued live group (then the older) of all class lists', () => {
+    const capacity = 48;
+    const policy = new ReturnTimePolicy<number>(capacity);
+    const inner = policy as unknown as {
+      t: { gNext: Int32Array; gTime: Float64Array };
+      l: { aux: Int32Array; sizes: Int32Array; find(k: number): number };
+      now: number;
+    };
+    // The least group by (value, time, class, place), walking every class list in full.
+    const least = (): number => {
+      const { gNext, gTime } = inner.t;
+      let best = 0;
+      let bestValue = Infinity;
+      let bestTime = Infinity;
+      for (let c = 0; c < CLASSES; c++) {
+        for (let g = gNext[c]!; g !== c; g = gNext[g]!) {
+          const v = policy.model.index[c * BINS + binOf(inner.now - gTime[g]!)]!;
+          if (v < bestValue || (v === bestValue && gTime[g]! < bestTime)) {
+            best = g;
+            bestValue = v;
+            bestTime = gTime[g]!;
+          }
+        }
+      }
+      return best;
+    };
+    let checked = 0;
+    const victim = policy.victim.bind(policy);
+    policy.victim = (evictable) => {
+      const key = victim(evictable);
+      // Orphans and dead groups go first; the learned values decide among the live groups.
+      if (key !== undefined && inner.l.sizes[ORPHAN] === 0 && inner.t.gNext[DEAD] === DEAD) {
+        expect(inner.l.aux[inner.l.find(key)]).toBe(least());
+        checked++;
+      }
+      return key;
+    };
+    const index = new BlockIndex<number>([{ name: 'c', capacity, policy }], {
+      ids: new DenseKeyIds(1 << 16),
+    });
+    let seed = 11;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const convs: number[][] = [];
+    let next = 0;
+    let now = 0;
+    for (let r = 0; r < 6000; r++) {
+      // Gaps from none (requests at the same time) to minutes, so values and times tie and differ.
+      if (rand(3) !== 0) now += rand(4) === 0 ? rand(300_000) : rand(20_000);
+      const c = rand(30);
+      if (convs[c] === undefined || rand(12) === 0) convs[c] = [];
+      const chain = [...convs[c], ...Array.from({ length: 1 + rand(6) }, () => next++)];
+      convs[c] = chain;
+      const info = (i: number): AccessInfo => ({
+        now,
+        priority: 0,
+        depth: i,
+        chainLength: chain.length,
+        request: r,
+      });
+      chain.forEach((k, i) => index.access(k, info(i)));
+      chain.forEach((k, i) => index.place(k, 0, info(i), { length: 1, checksum: 0 }));
+    }
+    expect(checked).toBeGreaterThan(10_000);
   });
 
   it('is registered by name and wrapped for priorities', () => {
