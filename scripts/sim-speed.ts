@@ -8,7 +8,8 @@
  *     ts.transpileModule(require('fs').readFileSync('scripts/sim-speed.ts','utf8'),
  *     {compilerOptions:{module:'ESNext',target:'ES2022'}}).outputText)")"
  * Environment: SIM_TRACE (default ../shared/traces/kv-cache-tester), SIM_RUNS (default 3),
- * SIM_POLICIES (default lru,arc-tree), SIM_CAPACITY (default 5%).
+ * SIM_POLICIES (default lru,arc-tree), SIM_CAPACITY (default 5%), SIM_OUT (default
+ * bench/results/sim-speed.json).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -117,5 +118,8 @@ const report = {
   results,
 };
 mkdirSync('bench/results', { recursive: true });
-writeFileSync('bench/results/sim-speed.json', `${JSON.stringify(report, null, 2)}\n`);
+writeFileSync(
+  process.env.SIM_OUT ?? 'bench/results/sim-speed.json',
+  `${JSON.stringify(report, null, 2)}\n`,
+);
 process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
