@@ -52,6 +52,9 @@ import { SurvivalModel } from './survival.js';
 
 export type { ReturnTimeOptions } from './return-classes.js';
 
+/** Requests whose group a later call can rejoin (calls in flight at once in a server). */
+const REQUESTS_KEPT = 1024;
+
 export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   readonly name = 'return-time';
   readonly model: SurvivalModel;
@@ -116,12 +119,43 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     this.curSession = info.session ?? -1;
     this.curHint = info.hint;
     if (info.now > this.now) this.now = info.now;
-    this.cur = this.t.create(info.now);
-    this.decided = false;
     this.cand = 0;
     this.candCount = 0;
     this.lastNode = 0;
     this.lastDepth = -1;
+    // In a server, one request's calls (its get, then its put) interleave with other requests':
+    // a later call of a request seen before rejoins its group, already decided, instead of
+    // starting a group that would count as that request's own return after 0 ms.
+    const back = info.request !== undefined ? this.reopen(info.request) : 0;
+    if (back !== 0) {
+      this.cur = back;
+      this.decided = true;
+      return;
+    }
+    this.cur = this.t.create(info.now);
+    this.decided = false;
+    if (info.request !== undefined) this.remember(info.request, this.cur);
+  }
+
+  /** Recent requests' groups (and their serials: group ids are reused), oldest first. */
+  private readonly requestGroups = new Map<number, number>();
+  private readonly requestSerials = new Map<number, number>();
+
+  private remember(request: number, g: number): void {
+    this.requestGroups.set(request, g);
+    this.requestSerials.set(request, this.t.gSerial[g]!);
+    if (this.requestGroups.size > REQUESTS_KEPT) {
+      const oldest = this.requestGroups.keys().next().value!;
+      this.requestGroups.delete(oldest);
+      this.requestSerials.delete(oldest);
+    }
+  }
+
+  /** The group of an earlier call of `request`, if it is still kept (0: none). */
+  private reopen(request: number): number {
+    const g = this.requestGroups.get(request);
+    if (g === undefined || this.t.gSerial[g] !== this.requestSerials.get(request)) return 0;
+    return g;
   }
 
   /** Ends the current request. */

@@ -161,9 +161,13 @@ export async function simulateTenants(
   const lanes: Lane[] = options.tenants.map((spec) => ({
     spec,
     index: new BlockIndex<number>(
-      tiers.map((t) => {
+      tiers.map((t, i) => {
         const capacity = Math.max(1, Math.floor(t.capacity * spec.share));
-        return { name: t.name, capacity, policy: policyByName<number>(options.policy, capacity) };
+        return {
+          name: t.name,
+          capacity,
+          policy: policyByName<number>(options.policy, capacity, i),
+        };
       }),
       { ids: stats.maxKey < DENSE_KEY_LIMIT ? new DenseKeyIds(stats.maxKey + 1) : new MapKeyIds() },
     ),
