@@ -66,7 +66,10 @@ export class PriorityPolicy<K> implements EvictionPolicy<K> {
     const p = info.priority;
     if (p === 0 && this.keyClass.size === 0) return this.base.insert(key, info);
     const old = this.classOf(key);
-    if (old !== p) this.classFor(old).remove(key);
+    if (old !== p) {
+      this.classFor(old).remove(key);
+      this.dropIfEmpty(old);
+    }
     this.classFor(p).insert(key, info);
     if (p === 0) this.keyClass.delete(key);
     else this.keyClass.set(key, p);
@@ -83,12 +86,27 @@ export class PriorityPolicy<K> implements EvictionPolicy<K> {
     const p = this.classOf(key);
     this.classFor(p).remove(key);
     if (p !== 0) this.keyClass.delete(key);
+    this.dropIfEmpty(p);
   }
 
   forget(key: K): void {
     const p = this.classOf(key);
     forget(this.classFor(p), key);
     if (p !== 0) this.keyClass.delete(key);
+    this.dropIfEmpty(p);
+  }
+
+  /**
+   * A priority class that holds no key any more goes: memory stays bounded by the priorities in
+   * use, not by every priority ever seen, and prediction (which needs one class) comes back once
+   * the prioritised blocks are gone.
+   */
+  private dropIfEmpty(p: number): void {
+    if (p === 0) return;
+    const c = this.classes.get(p);
+    if (c === undefined || c.size > 0) return;
+    this.classes.delete(p);
+    this.order = [0, ...this.classes.keys()].sort((a, b) => a - b);
   }
 
   victim(evictable?: (key: K) => boolean): K | undefined {
@@ -101,7 +119,9 @@ export class PriorityPolicy<K> implements EvictionPolicy<K> {
   }
 
   miss(key: K, info: AccessInfo): void {
-    this.classFor(info.priority).miss?.(key, info);
+    // A miss creates no class: a class exists while it holds keys.
+    const c = info.priority === 0 ? this.base : this.classes.get(info.priority);
+    c?.miss?.(key, info);
   }
 
   admit(key: K, info: AccessInfo, victim: K): boolean {
