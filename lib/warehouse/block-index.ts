@@ -9,6 +9,7 @@
  */
 import { forget, type AccessInfo } from '../policy/policy.js';
 import { boolean, options as readOptions } from '../core/validate.js';
+import { BlockRows } from './block-rows.js';
 import { MapKeyIds, type KeyIds } from './key-ids.js';
 import { TenantSlots, type Owners } from './tenant-slots.js';
 import {
@@ -34,21 +35,14 @@ export interface BlockIndexOptions<K> {
 }
 
 /**
- * The index keeps each block's row in typed arrays (slots per tier, length, checksum, priority,
- * pins, busy bits), by id: no object per block, so no allocation per insertion and good locality.
+ * The index keeps each block's row in typed arrays, by id (block-rows.ts): no object per block.
  * get() and the iterator hand out snapshots (BlockEntry objects).
  */
 export class BlockIndex<K> {
   readonly tiers: TierAccount<K>[];
   private readonly ids: KeyIds<K>;
   private readonly nt: number;
-  private rows = 0;
-  private slot: Int32Array = new Int32Array(0);
-  private len: Float64Array = new Float64Array(0);
-  private sum: Float64Array = new Float64Array(0);
-  private prio: Float64Array = new Float64Array(0);
-  private pinned: Int32Array = new Int32Array(0);
-  private busyBits: Int32Array = new Int32Array(0);
+  private readonly rows: BlockRows<K>;
   private readonly free: number[][];
   private readonly nextSlot: number[];
   /** Whether a block evicted from its last tier is written to the next one (write-back). */
@@ -72,6 +66,7 @@ export class BlockIndex<K> {
     this.tiers = tierAccounts(tiers);
     this.nt = tiers.length;
     this.ids = options.ids ?? new MapKeyIds<K>();
+    this.rows = new BlockRows(this.ids, this.nt);
     this.free = tiers.map(() => []);
     this.nextSlot = tiers.map(() => 0);
     this.demote = options.demote ?? true;
@@ -81,9 +76,8 @@ export class BlockIndex<K> {
       // Any placement in flight for the key (in any tier) keeps it from being a victim: evicting
       // a copy whose key is being placed elsewhere could demote it into the very tier that plan
       // fills, leaving two slots in flight for one key.
-      return id >= 0 && this.pinned[id] === 0 && this.busyBits[id] === 0;
+      return id >= 0 && this.rows.pinned[id] === 0 && this.rows.busyBits[id] === 0;
     });
-    this.grow(1024);
   }
 
   get size(): number {
@@ -98,13 +92,13 @@ export class BlockIndex<K> {
   /** A snapshot of the block's entry (changes to the index later do not show in it). */
   get(key: K): BlockEntry | undefined {
     const id = this.ids.get(key);
-    return id < 0 ? undefined : this.entry(id);
+    return id < 0 ? undefined : this.rows.entry(id);
   }
 
   /** The highest tier (lowest number) holding the key, or ABSENT. */
   topTier(key: K): number {
     const id = this.ids.get(key);
-    return id < 0 ? ABSENT : this.top(id);
+    return id < 0 ? ABSENT : this.rows.top(id);
   }
 
   /**
@@ -116,7 +110,7 @@ export class BlockIndex<K> {
     for (const key of keys) {
       const id = this.ids.get(key);
       if (id < 0) break;
-      if (tiersOut) tiersOut[n] = this.top(id);
+      if (tiersOut) tiersOut[n] = this.rows.top(id);
       n++;
     }
     return n;
@@ -128,7 +122,7 @@ export class BlockIndex<K> {
    */
   access(key: K, info: AccessInfo): number {
     const id = this.ids.get(key);
-    const top = id < 0 ? this.nt : this.top(id);
+    const top = id < 0 ? this.nt : this.rows.top(id);
     for (let t = 0; t < top; t++) {
       const tier = this.tiers[t]!;
       tier.stats.misses++;
@@ -149,9 +143,9 @@ export class BlockIndex<K> {
   rewrite(key: K, info: AccessInfo): boolean {
     const id = this.ids.get(key);
     if (id < 0) return false;
-    const top = this.top(id);
-    if ((this.busyBits[id]! & (1 << top)) !== 0) return true; // being moved: its commit tells
-    if (info.priority > this.prio[id]!) this.prio[id] = info.priority;
+    const top = this.rows.top(id);
+    if ((this.rows.busyBits[id]! & (1 << top)) !== 0) return true; // being moved: its commit tells
+    if (info.priority > this.rows.prio[id]!) this.rows.prio[id] = info.priority;
     this.tiers[top]!.policy.touch(key, info);
     return true;
   }
@@ -163,8 +157,8 @@ export class BlockIndex<K> {
    */
   plan(key: K, tier: number, info: AccessInfo): Plan<K> | undefined {
     const id = this.ids.get(key);
-    if (id >= 0 && this.slot[id * this.nt + tier] !== ABSENT) {
-      return { key, tier, slot: this.slot[id * this.nt + tier]!, fresh: false, moves: [] };
+    if (id >= 0 && this.rows.slot[id * this.nt + tier] !== ABSENT) {
+      return { key, tier, slot: this.rows.slot[id * this.nt + tier]!, fresh: false, moves: [] };
     }
     const moves: Move<K>[] = [];
     const slot = this.makeRoom(key, tier, info, id, moves);
@@ -199,11 +193,11 @@ export class BlockIndex<K> {
     meta: { length: number; checksum: number },
   ): boolean {
     const id = this.ids.get(key);
-    if (id >= 0 && this.slot[id * this.nt + tier] !== ABSENT) {
-      if ((this.busyBits[id]! & (1 << tier)) === 0) {
-        this.len[id] = meta.length;
-        this.sum[id] = meta.checksum;
-        if (info.priority > this.prio[id]!) this.prio[id] = info.priority;
+    if (id >= 0 && this.rows.slot[id * this.nt + tier] !== ABSENT) {
+      if ((this.rows.busyBits[id]! & (1 << tier)) === 0) {
+        this.rows.len[id] = meta.length;
+        this.rows.sum[id] = meta.checksum;
+        if (info.priority > this.rows.prio[id]!) this.rows.prio[id] = info.priority;
         this.tiers[tier]!.policy.touch(key, info);
       } else {
         this.commit({ ...this.plan(key, tier, info)!, told: false }, info, meta);
@@ -253,8 +247,8 @@ export class BlockIndex<K> {
   /** Releases what plan() reserved, leaving everything as it was. */
   abort(plan: Plan<K>): void {
     const id = this.ids.get(plan.key);
-    if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
-    if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
+    if (id >= 0 && this.rows.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
+    if (id >= 0) this.rows.busyBits[id]! &= ~(1 << plan.tier);
     this.tenants?.charge(plan.key, plan.tier, -1);
     if (plan.told) forget(this.tiers[plan.tier]!.policy, plan.key);
     this.rollback(plan.moves, plan.moves.length);
@@ -274,8 +268,8 @@ export class BlockIndex<K> {
       return;
     }
     const id = this.ids.get(plan.key);
-    if (id >= 0 && this.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
-    if (id >= 0) this.busyBits[id]! &= ~(1 << plan.tier);
+    if (id >= 0 && this.rows.slot[id * this.nt + plan.tier] === plan.slot) return; // already there
+    if (id >= 0) this.rows.busyBits[id]! &= ~(1 << plan.tier);
     this.tenants?.charge(plan.key, plan.tier, -1);
     if (plan.told) forget(this.tiers[plan.tier]!.policy, plan.key);
     for (const m of plan.moves) this.applyMove(m, info);
@@ -289,7 +283,7 @@ export class BlockIndex<K> {
   setChecksum(key: K, checksum: number): boolean {
     const id = this.ids.get(key);
     if (id < 0) return false;
-    this.sum[id] = checksum;
+    this.rows.sum[id] = checksum;
     return true;
   }
 
@@ -300,33 +294,33 @@ export class BlockIndex<K> {
     const row = id * this.nt;
     let last = ABSENT;
     for (let t = 0; t < this.nt; t++) {
-      if ((tier === undefined || tier === t) && this.slot[row + t] !== ABSENT) {
-        this.release(t, this.slot[row + t]!);
+      if ((tier === undefined || tier === t) && this.rows.slot[row + t] !== ABSENT) {
+        this.release(t, this.rows.slot[row + t]!);
         this.tenants?.charge(key, t, -1);
-        this.slot[row + t] = ABSENT;
+        this.rows.slot[row + t] = ABSENT;
         this.tiers[t]!.policy.remove(key);
         last = t;
       }
     }
-    if (this.top(id) === ABSENT) this.gone(key, id, last);
+    if (this.rows.top(id) === ABSENT) this.gone(key, id, last);
     return true;
   }
 
   pin(key: K): boolean {
     const id = this.ids.get(key);
     if (id < 0) return false;
-    this.pinned[id]!++;
+    this.rows.pinned[id]!++;
     return true;
   }
 
   unpin(key: K): void {
     const id = this.ids.get(key);
-    if (id >= 0 && this.pinned[id]! > 0) this.pinned[id]!--;
+    if (id >= 0 && this.rows.pinned[id]! > 0) this.rows.pinned[id]!--;
   }
 
   /** Every (key, entry snapshot), for persistence and checks. */
   *[Symbol.iterator](): IterableIterator<[K, BlockEntry]> {
-    for (const id of [...this.ids.ids()]) yield [this.ids.key(id), this.entry(id)];
+    for (const id of [...this.ids.ids()]) yield [this.ids.key(id), this.rows.entry(id)];
   }
 
   /**
@@ -341,8 +335,8 @@ export class BlockIndex<K> {
     info: AccessInfo,
   ): void {
     let id = this.ids.get(key);
-    if (id < 0) id = this.newRow(key, meta, info.priority);
-    this.slot[id * this.nt + tier] = slot;
+    if (id < 0) id = this.rows.add(key, meta, info.priority);
+    this.rows.slot[id * this.nt + tier] = slot;
     this.tenants?.charge(key, tier, 1);
     const t = this.tiers[tier]!;
     t.used++;
@@ -354,7 +348,7 @@ export class BlockIndex<K> {
   rebuildFreeSlots(tier: number): void {
     const taken = new Set<number>();
     for (const id of this.ids.ids()) {
-      const s = this.slot[id * this.nt + tier]!;
+      const s = this.rows.slot[id * this.nt + tier]!;
       if (s !== ABSENT) taken.add(s);
     }
     const free: number[] = [];
@@ -362,79 +356,19 @@ export class BlockIndex<K> {
     this.free[tier] = free;
   }
 
-  private entry(id: number): BlockEntry {
-    const slots: number[] = [];
-    for (let t = 0; t < this.nt; t++) slots.push(this.slot[id * this.nt + t]!);
-    return {
-      slots,
-      length: this.len[id]!,
-      checksum: this.sum[id]!,
-      priority: this.prio[id]!,
-      pins: this.pinned[id]!,
-      busy: this.busyBits[id]!,
-    };
-  }
-
-  /** The highest tier holding row `id`, or ABSENT. */
-  private top(id: number): number {
-    const s = this.slot;
-    const row = id * this.nt;
-    for (let t = 0; t < this.nt; t++) if (s[row + t] !== ABSENT) return t;
-    return ABSENT;
-  }
-
-  private grow(rows: number): void {
-    if (rows <= this.rows) return;
-    let n = Math.max(1024, this.rows * 2);
-    while (n < rows) n *= 2;
-    const nt = this.nt;
-    const slot = new Int32Array(n * nt).fill(ABSENT);
-    slot.set(this.slot);
-    this.slot = slot;
-    const f64 = (a: Float64Array): Float64Array => {
-      const b = new Float64Array(n);
-      b.set(a);
-      return b;
-    };
-    const i32 = (a: Int32Array): Int32Array => {
-      const b = new Int32Array(n);
-      b.set(a);
-      return b;
-    };
-    this.len = f64(this.len);
-    this.sum = f64(this.sum);
-    this.prio = f64(this.prio);
-    this.pinned = i32(this.pinned);
-    this.busyBits = i32(this.busyBits);
-    this.rows = n;
-  }
-
-  private newRow(key: K, meta: { length: number; checksum: number }, priority: number): number {
-    const id = this.ids.add(key);
-    if (id >= this.rows) this.grow(id + 1);
-    const row = id * this.nt;
-    for (let t = 0; t < this.nt; t++) this.slot[row + t] = ABSENT;
-    this.len[id] = meta.length;
-    this.sum[id] = meta.checksum;
-    this.prio[id] = priority;
-    this.pinned[id] = 0;
-    this.busyBits[id] = 0;
-    return id;
-  }
-
   /** Reserves a slot for `key` in `tier` (its moves into `moves`); ABSENT when there is none. */
   private makeRoom(key: K, tier: number, info: AccessInfo, id: number, moves: Move<K>[]): number {
     if (info.now > this.restoreInfo.now) this.restoreInfo.now = info.now;
     // The key's own copies are the source of this placement (a promotion): while the plan makes
     // room, they must not be chosen as victims, or a demotion could overwrite the copy to be read.
-    if (id >= 0) this.pinned[id]!++;
+    if (id >= 0) this.rows.pinned[id]!++;
     const slot = this.reserve(tier, key, info, moves, 0);
-    if (id >= 0) this.pinned[id]!--;
+    if (id >= 0) this.rows.pinned[id]!--;
     if (slot === ABSENT) {
       this.rollback(moves, moves === this.scratch ? this.scratchN : moves.length);
       return ABSENT;
     }
-    if (id >= 0) this.busyBits[id]! |= 1 << tier;
+    if (id >= 0) this.rows.busyBits[id]! |= 1 << tier;
     return slot;
   }
 
@@ -452,17 +386,17 @@ export class BlockIndex<K> {
     let id = this.ids.get(key);
     const tier = this.tiers[tierNo]!;
     if (id < 0) {
-      id = this.newRow(key, meta, info.priority);
+      id = this.rows.add(key, meta, info.priority);
     } else {
-      this.len[id] = meta.length;
-      this.sum[id] = meta.checksum;
-      this.prio[id] = Math.max(this.prio[id]!, info.priority);
+      this.rows.len[id] = meta.length;
+      this.rows.sum[id] = meta.checksum;
+      this.rows.prio[id] = Math.max(this.rows.prio[id]!, info.priority);
     }
-    this.busyBits[id]! &= ~(1 << tierNo);
+    this.rows.busyBits[id]! &= ~(1 << tierNo);
     const at = id * this.nt + tierNo;
-    if (this.slot[at] === ABSENT) {
-      const from = this.top(id);
-      this.slot[at] = slot;
+    if (this.rows.slot[at] === ABSENT) {
+      const from = this.rows.top(id);
+      this.rows.slot[at] = slot;
       if (!told) tier.policy.insert(key, info);
       if (from !== ABSENT && from > tierNo) tier.stats.promotions++;
       else tier.stats.inserts++;
@@ -498,18 +432,18 @@ export class BlockIndex<K> {
     if (depth === 0 && t.policy.admit && !t.policy.admit(forKey, info, victim)) return ABSENT;
     o?.pass(owner, victim, tier);
     const v = this.ids.get(victim);
-    const vSlot = this.slot[v * this.nt + tier]!;
-    this.busyBits[v]! |= 1 << tier;
+    const vSlot = this.rows.slot[v * this.nt + tier]!;
+    this.rows.busyBits[v]! |= 1 << tier;
     // The victim leaves the policy as soon as it is chosen (as in the simulator, where the move
     // is applied at once), so the next victim is chosen without it; rollback() brings it back.
     t.policy.remove(victim);
-    if (this.lowerCopy(v, tier) === ABSENT && this.demote && tier + 1 < this.nt) {
+    if (this.rows.lowerCopy(v, tier) === ABSENT && this.demote && tier + 1 < this.nt) {
       // Nested moves are pushed first: the lower tier must make room before the victim lands.
       const to = this.reserve(tier + 1, victim, info, moves, depth + 1);
       if (to === ABSENT) {
         this.addMove(moves, victim, tier, vSlot, ABSENT, ABSENT, false);
       } else {
-        this.busyBits[v]! |= 1 << (tier + 1);
+        this.rows.busyBits[v]! |= 1 << (tier + 1);
         this.addMove(moves, victim, tier, vSlot, tier + 1, to, this.fresh);
       }
     } else {
@@ -547,35 +481,29 @@ export class BlockIndex<K> {
     this.scratchN++;
   }
 
-  private lowerCopy(id: number, tier: number): number {
-    const row = id * this.nt;
-    for (let t = tier + 1; t < this.nt; t++) if (this.slot[row + t] !== ABSENT) return t;
-    return ABSENT;
-  }
-
   private applyMove(m: Move<K>, info: AccessInfo): void {
     const id = this.ids.get(m.key);
     if (id < 0) return;
     const row = id * this.nt;
     const from = this.tiers[m.fromTier]!;
-    this.busyBits[id]! &= ~(1 << m.fromTier);
-    this.slot[row + m.fromTier] = ABSENT;
+    this.rows.busyBits[id]! &= ~(1 << m.fromTier);
+    this.rows.slot[row + m.fromTier] = ABSENT;
     // Its policy let it go when reserve() chose it.
     from.stats.evictions++;
     if (m.toTier !== ABSENT) {
       const to = this.tiers[m.toTier]!;
-      this.busyBits[id]! &= ~(1 << m.toTier);
-      this.slot[row + m.toTier] = m.toSlot;
+      this.rows.busyBits[id]! &= ~(1 << m.toTier);
+      this.rows.slot[row + m.toTier] = m.toSlot;
       const d = this.demoteInfo;
       d.now = info.now;
-      d.priority = this.prio[id]!;
+      d.priority = this.rows.prio[id]!;
       d.depth = info.depth;
       d.chainLength = info.chainLength;
       d.next = info.next;
       to.policy.insert(m.key, d);
       to.stats.demotions++;
     }
-    if (this.top(id) === ABSENT) this.gone(m.key, id, m.fromTier);
+    if (this.rows.top(id) === ABSENT) this.gone(m.key, id, m.fromTier);
   }
 
   /** The row of `key` holds no copy any more: its last one left from `tier`. */
@@ -590,12 +518,12 @@ export class BlockIndex<K> {
       const m = moves[i]!;
       const id = this.ids.get(m.key);
       if (id >= 0) {
-        this.busyBits[id]! &= ~(1 << m.fromTier);
+        this.rows.busyBits[id]! &= ~(1 << m.fromTier);
         // Back in the policy it left when chosen (as a fresh insertion: what it knew is lost),
         // unless its copy there was dropped meanwhile (a corrupt read).
-        if (this.slot[id * this.nt + m.fromTier] !== ABSENT) {
+        if (this.rows.slot[id * this.nt + m.fromTier] !== ABSENT) {
           const r = this.restoreInfo;
-          r.priority = this.prio[id]!;
+          r.priority = this.rows.prio[id]!;
           this.tiers[m.fromTier]!.policy.insert(m.key, r);
         }
       }
@@ -603,7 +531,7 @@ export class BlockIndex<K> {
       this.tenants?.charge(m.key, m.fromTier, 1);
       if (m.toTier !== ABSENT) {
         this.tenants?.charge(m.key, m.toTier, -1);
-        if (id >= 0) this.busyBits[id]! &= ~(1 << m.toTier);
+        if (id >= 0) this.rows.busyBits[id]! &= ~(1 << m.toTier);
         if (m.toFresh) this.release(m.toTier, m.toSlot);
       }
     }

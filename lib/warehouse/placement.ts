@@ -24,6 +24,7 @@ import type { Hold, KeyLocks } from './key-locks.js';
 import type { StatsBook } from './stats.js';
 import type { SlotBlock, SlotPlace, Tier } from './tier.js';
 import { dropRefused, failureOf, makeRoom, type PlaceFailure } from './make-room.js';
+import { SlotHeaders } from './slot-headers.js';
 import { TransferRound } from './transfers.js';
 
 export { failureOf, type PlaceFailure } from './make-room.js';
@@ -48,20 +49,11 @@ export interface Placing {
 
 /**
  * How slot headers are written. 'later': not waited for, and gathered across concurrent puts into
- * one write (see Placement.laterHeaders; close and syncFiles wait); 'together': batched and waited
+ * one write (slot-headers.ts; close and syncFiles wait); 'together': batched and waited
  * for, a failure failing the whole tier's group; 'each': one write per block, waited for, so each
  * block knows whether its own landed.
  */
 export type HeaderMode = 'later' | 'together' | 'each';
-
-/**
- * 'later' headers gathered before they are written: at most this many blocks' worth, and for at
- * most LATER_HEADER_MS. Each header write is one more request on the ring, and a small one at the
- * far end of the file: writing those of 32-block puts one by one cost a 256 KiB put pass about a
- * tenth of its throughput (issue 13, "Speed").
- */
-export const LATER_HEADER_BLOCKS = 256;
-const LATER_HEADER_MS = 20;
 
 /** What the executor works with: the Warehouse's parts. */
 export interface PlacementEnv {
@@ -78,24 +70,12 @@ export interface PlacementEnv {
 }
 
 export class Placement {
-  /** File-tier header writes not waited for ('later'): a sync waits for them first. */
-  private readonly headerWrites = new Set<Promise<void>>();
-  /**
-   * 'later' headers not written yet, per tier and slot. A header is only ever written after its
-   * payload, so holding it back a little changes nothing on disk but when the slot becomes
-   * visible to a restart. A newer header for the slot (written directly, or gathered) replaces it,
-   * and an evicted slot's is dropped before its zero header is written (dropHeader), so a late
-   * header never brings back a block or overwrites a newer one.
-   */
-  private readonly laterHeaders = new Map<number, Map<number, SlotBlock>>();
-  private laterCount = 0;
-  private laterSince = 0;
-  /** Runs with 'later' headers between begin and their headers: what may join a gathered write. */
-  private laterRuns = 0;
-  /** Writes what is gathered once LATER_HEADER_MS have passed, if nothing did before. */
-  private laterTimer: NodeJS.Timeout | undefined;
+  /** The describe and sync steps, and the 'later' headers gathered across runs. */
+  readonly headers: SlotHeaders;
 
-  constructor(readonly env: PlacementEnv) {}
+  constructor(readonly env: PlacementEnv) {
+    this.headers = new SlotHeaders(env);
+  }
 
   /** The AccessInfo of one block of a call (`call`: its request, session and hint). */
   info(priority: number, depth: number, chain: number, call?: CallContext): AccessInfo {
@@ -145,14 +125,14 @@ export class Placement {
     options: { headers: HeaderMode; sync?: boolean; also?: Iterable<Key>; added?: boolean },
   ): Promise<PlacementBatch> {
     const later = options.headers === 'later';
-    if (later) this.laterRuns++;
+    if (later) this.headers.enter();
     let counted = later;
     try {
       const batch = await this.begin(items, options.also);
       try {
         await batch.transfer();
         counted = false;
-        this.laterRuns -= later ? 1 : 0;
+        if (later) this.headers.leave(false);
         await batch.describe(options.headers);
         if (options.sync) await batch.sync();
         batch.commit(options.added ?? false);
@@ -164,11 +144,8 @@ export class Placement {
         batch.release();
       }
     } finally {
-      if (counted) {
-        this.laterRuns--;
-        // A run that failed before its headers may have been what others were waiting to join.
-        if (this.laterRuns === 0) this.flushHeaders();
-      }
+      // A run that failed before its headers may have been what others were waiting to join.
+      if (counted) this.headers.leave(true);
     }
   }
 
@@ -244,24 +221,24 @@ export class Placement {
     return makeRoom(this, plans, refused);
   }
 
-  /** Syncs the file tiers once pending header writes are down; resolves with why it failed. */
-  async syncFiles(): Promise<PlaceFailure | undefined> {
-    this.flushHeaders();
-    await Promise.allSettled([...this.headerWrites]);
-    const sync = new TransferRound();
-    for (const t of this.env.tiers) t.sync?.(sync.file);
-    if (sync.file.length === 0) return undefined;
-    const r = await this.env.fileEngine.submit(sync.file);
-    if (r.ok) return undefined;
-    this.env.stats.ioError(this.fileTier());
-    return failureOf(r.errors.find((e) => e !== undefined));
+  /** Syncs the file tiers once pending header writes are down (SlotHeaders.sync). */
+  syncFiles(): Promise<PlaceFailure | undefined> {
+    return this.headers.sync();
   }
 
-  /** The tier that keeps slot headers and syncs (the file tier), if any: where header and sync
-   * failures are counted. */
+  /** The file tier, where header and sync failures are counted (for make-room.ts too). */
   fileTier(): number | undefined {
-    const t = this.env.tiers.findIndex((tier) => tier.describe !== undefined);
-    return t < 0 ? undefined : t;
+    return this.headers.fileTier();
+  }
+
+  /** Adds the header writes of blocks landing in each tier that keeps headers (make-room.ts). */
+  describeAll(round: TransferRound, landing: readonly SlotBlock[][]): void {
+    this.headers.describeAll(round, landing);
+  }
+
+  /** Forgets the gathered header of a slot about to get another header (or a zero one). */
+  dropHeader(tier: number, slot: number): void {
+    this.headers.drop(tier, slot);
   }
 
   place(tier: number, slot: number): SlotPlace {
@@ -270,79 +247,6 @@ export class Placement {
 
   runRound(round: TransferRound): ReturnType<TransferRound['run']> {
     return round.run(this.env.memoryEngine, this.env.fileEngine, this.env.gpuCopy);
-  }
-
-  /** Adds the header writes of blocks landing in each tier that keeps headers. */
-  describeAll(round: TransferRound, landing: readonly SlotBlock[][]): void {
-    landing.forEach((blocks, t) => {
-      const tier = this.env.tiers[t]!;
-      if (blocks.length === 0 || !tier.describe) return;
-      for (const b of blocks) this.dropHeader(t, b.slot);
-      tier.describe(round.file, blocks);
-    });
-  }
-
-  /**
-   * Gathers 'later' headers (`landing`, per tier); writes what is gathered once no other such run
-   * is under way (nothing more would join it soon), or enough has gathered, or it has waited long
-   * enough.
-   */
-  describeLater(landing: readonly SlotBlock[][]): void {
-    landing.forEach((blocks, t) => {
-      if (blocks.length === 0) return;
-      let slots = this.laterHeaders.get(t);
-      if (!slots) this.laterHeaders.set(t, (slots = new Map<number, SlotBlock>()));
-      for (const b of blocks) {
-        if (this.laterCount === 0) this.laterSince = performance.now();
-        if (!slots.has(b.slot)) this.laterCount++;
-        slots.set(b.slot, b);
-      }
-    });
-    if (
-      this.laterRuns === 0 ||
-      this.laterCount >= LATER_HEADER_BLOCKS ||
-      performance.now() - this.laterSince >= LATER_HEADER_MS
-    ) {
-      this.flushHeaders();
-    } else if (this.laterCount > 0 && this.laterTimer === undefined) {
-      // Puts that keep overlapping must not hold headers for ever: written after
-      // LATER_HEADER_MS at the latest. Unref'd: it never keeps the process alive, and close()
-      // flushes (and clears it) before the engines close.
-      this.laterTimer = setTimeout(() => {
-        this.laterTimer = undefined;
-        this.flushHeaders();
-      }, LATER_HEADER_MS);
-      this.laterTimer.unref();
-    }
-  }
-
-  /** Forgets the gathered header of a slot about to get another header (or a zero one). */
-  dropHeader(tier: number, slot: number): void {
-    if (this.laterCount > 0 && this.laterHeaders.get(tier)?.delete(slot)) this.laterCount--;
-  }
-
-  /** Writes the gathered 'later' headers, not waited for. */
-  flushHeaders(): void {
-    if (this.laterTimer !== undefined) clearTimeout(this.laterTimer);
-    this.laterTimer = undefined;
-    if (this.laterCount === 0) return;
-    const landing = this.env.tiers.map((_, t) => [...(this.laterHeaders.get(t)?.values() ?? [])]);
-    this.laterHeaders.clear();
-    this.laterCount = 0;
-    const round = new TransferRound();
-    this.describeAll(round, landing);
-    if (round.file.length > 0) this.writeLater(round);
-  }
-
-  /** Header writes nobody waits for: counted in flight (close waits), and by syncFiles(). */
-  writeLater(round: TransferRound): void {
-    const written = this.env.fileEngine.submit(round.file).then((r) => {
-      if (!r.ok) this.env.stats.ioError(this.fileTier());
-    });
-    this.headerWrites.add(written);
-    const forget = (): void => void this.headerWrites.delete(written);
-    written.then(forget, forget);
-    void this.env.inflight.track(written);
   }
 }
 
@@ -468,7 +372,7 @@ export class PlacementBatch {
       for (const p of this.live) {
         const tier = tiers[p.plan.tier]!;
         if (!tier.describe) continue;
-        this.exec.dropHeader(p.plan.tier, p.plan.slot);
+        this.exec.headers.drop(p.plan.tier, p.plan.slot);
         tier.describe(round.file, [this.block(p)]);
         described.push(p);
       }
@@ -496,10 +400,10 @@ export class PlacementBatch {
       // whose checksum the new payload fails: a miss after restart, never wrong data.
       // Called even with nothing to describe: this run may be the last of the concurrent ones,
       // and then what the others gathered is written now.
-      this.exec.describeLater(landing);
+      this.exec.headers.later(landing);
       return;
     }
-    this.exec.describeAll(round, landing);
+    this.exec.headers.describeAll(round, landing);
     if (round.file.length === 0) return;
     const r = await fileEngine.submit(round.file);
     if (!r.ok) {

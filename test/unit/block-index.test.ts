@@ -135,6 +135,19 @@ describe('BlockIndex', () => {
     consistent(ix);
   });
 
+  it('evicts a block that has a copy lower down without writing it down again', () => {
+    const ix = index(1, 2);
+    put(ix, 'a', 1);
+    put(ix, 'a'); // promoted: host copy over its file copy
+    const below = ix.get('a')!.slots[1]!;
+    expect(below).not.toBe(ABSENT);
+    put(ix, 'b'); // a leaves host; its file copy is enough
+    expect(ix.get('a')!.slots).toEqual([ABSENT, below]);
+    expect(ix.tiers[1]!.stats.demotions).toBe(0);
+    expect(ix.tiers[1]!.used).toBe(1);
+    consistent(ix);
+  });
+
   it('never evicts a pinned block, and fails when everything is pinned', () => {
     const ix = index(2);
     put(ix, 'a');
