@@ -45,6 +45,16 @@ class NodeIndex<K> {
     this.map.set(key, n);
   }
 
+  /**
+   * Forgets a key whose node is being freed, for an owner that checks the node's key on every
+   * lookup (KeyLists.find): a small integer key's slot is left as it is (the node's key no
+   * longer matches), which saves a scattered write; a Map key is deleted. `size` is then wrong.
+   */
+  release(key: K): void {
+    if (typeof key === 'number' && key >= 0 && key < DENSE_LIMIT && (key | 0) === key) return;
+    this.map.delete(key);
+  }
+
   delete(key: K): boolean {
     if (typeof key === 'number' && key >= 0 && key < DENSE_LIMIT && (key | 0) === key) {
       if (key >= this.dense.length || this.dense[key] === 0) return false;
@@ -240,7 +250,10 @@ export class KeyLists<K> {
 
   /** The key's node, or 0 (never a key's node... node 0 is a sentinel). */
   find(key: K): number {
-    return this.node.get(key) ?? 0;
+    const n = this.node.get(key);
+    // free() leaves small integer keys in the index: a freed or reused node names another key.
+    // (key !== key: NaN, only ever in the Map, which free() does clear.)
+    return n !== undefined && (this.keys[n] === key || key !== key) ? n : 0;
   }
 
   head(l: number): number {
@@ -316,7 +329,7 @@ export class KeyLists<K> {
 
   /** Removes node n and forgets its key. */
   free(n: number): void {
-    this.node.delete(this.keys[n] as K);
+    this.node.release(this.keys[n] as K);
     this.unlink(n);
     this.keys[n] = undefined;
     this.freeNodes.push(n);

@@ -82,6 +82,8 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
   private now = 0;
   private valueNow = NaN;
   private valueVersion = -1;
+  /** The node of the key victim() last returned: remove() of that key needs no lookup. */
+  private victimNode = 0;
 
   constructor(capacity: number, options: ReturnTimeOptions = {}) {
     const o = (this.o = withDefaults(options));
@@ -376,7 +378,10 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
 
   remove(key: K): void {
     const l = this.l;
-    const n = l.find(key);
+    const v = this.victimNode;
+    // BlockIndex removes the key victim() just chose: skip a scattered read of the key index.
+    const n = v !== 0 && l.keys[v] === key ? v : l.find(key);
+    this.victimNode = 0;
     if (n === 0 || l.list[n] === GHOST) return;
     // Its child can no longer be reached by a prefix lookup.
     const c = this.links.cut(n);
@@ -404,13 +409,19 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
     const l = this.l;
     if (l.sizes[ORPHAN]! > 0) {
       const o = l.first(ORPHAN, evictable);
-      if (o !== 0) return l.keys[o];
+      if (o !== 0) {
+        this.victimNode = o;
+        return l.keys[o];
+      }
     }
     // The current request's lineage is decided before anything is evicted for it.
     if (this.cur !== 0 && !this.decided) this.decide();
     for (let g = this.t.gNext[DEAD]!; g !== DEAD; g = this.t.gNext[g]!) {
       const n = this.t.deepest(g, l.keys, evictable);
-      if (n !== 0) return l.keys[n];
+      if (n !== 0) {
+        this.victimNode = n;
+        return l.keys[n];
+      }
     }
     const fresh = this.now === this.valueNow && this.model.version === this.valueVersion;
     this.valueNow = this.now;
@@ -420,17 +431,22 @@ export class ReturnTimePolicy<K> implements EvictionPolicy<K> {
       : this.t.lowestHead(this.model.index, this.now, fresh);
     if (best !== 0) {
       const n = this.t.deepest(best, l.keys, evictable);
-      if (n !== 0) return l.keys[n];
+      if (n !== 0) {
+        this.victimNode = n;
+        return l.keys[n];
+      }
     }
     // Pinned or busy blocks in the way: the first evictable block of any group, oldest first.
     const n = l.first(LIVE, evictable);
+    this.victimNode = n;
     return n === 0 ? undefined : l.keys[n];
   }
 
   admit(_key: K, _info: AccessInfo, victim: K): boolean {
     if (!this.o.bypass || this.cur === 0) return true;
     const l = this.l;
-    const n = l.find(victim);
+    const v0 = this.victimNode;
+    const n = v0 !== 0 && l.keys[v0] === victim ? v0 : l.find(victim);
     if (n === 0 || l.list[n] !== LIVE) return true;
     const v = l.aux[n]!;
     if (v === 0 || v === this.cur || this.t.gState[v] !== ALIVE) return true;
