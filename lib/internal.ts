@@ -37,6 +37,7 @@ export { KEY_BYTES } from './keys/keys.js';
 
 // policy: the registry by name (the simulator and `kvtier sim` choose policies by name).
 export { DEFAULT_POLICY, isOffline, policyByName, policyNames } from './policy/index.js';
+export { onDeparture } from './policy/departures.js';
 
 // warehouse: the block index's key tables, which the simulator replays traces through.
 export { ABSENT, DENSE_KEY_LIMIT, DenseKeyIds, MapKeyIds } from './warehouse/block-index.js';

@@ -15,6 +15,7 @@
 import type { InFlight } from '../core/inflight.js';
 import type { Key } from '../keys/keys.js';
 import type { EvictionPolicy } from '../policy/policy.js';
+import { onDeparture } from '../policy/departures.js';
 import { ABSENT, type BlockIndex } from './block-index.js';
 import type { KeyLocks } from './key-locks.js';
 import type { Placement } from './placement.js';
@@ -70,35 +71,7 @@ export class Staging {
       this.pending.delete(key);
       this.counts[tier]!.evictedUnread++;
     };
-    const wrapped: EvictionPolicy<Key> = {
-      name: inner.name,
-      get size() {
-        return inner.size;
-      },
-      insert: (key, info) => inner.insert(key, info),
-      touch: (key, info) => inner.touch(key, info),
-      remove(key) {
-        inner.remove(key);
-        left(key);
-      },
-      forget(key) {
-        if (inner.forget) inner.forget(key);
-        else inner.remove(key);
-        left(key);
-      },
-      victim: (evictable) => inner.victim(evictable),
-    };
-    if (inner.miss) wrapped.miss = (key, info) => inner.miss!(key, info);
-    // A staged block passed the worth gate already; admission filters judge requests.
-    if (inner.admit) {
-      wrapped.admit = (key, info, victim) =>
-        info.staged === true || inner.admit!(key, info, victim);
-    }
-    if (inner.forecast) wrapped.forecast = (now, max) => inner.forecast!(now, max);
-    if (inner.worth) wrapped.worth = (key, now) => inner.worth!(key, now);
-    if (inner.victimWorth) wrapped.victimWorth = (now) => inner.victimWorth!(now);
-    if (inner.stage) wrapped.stage = (key, now) => inner.stage!(key, now);
-    return wrapped;
+    return onDeparture(inner, left);
   }
 
   /** Starts the timer, when the top tier's policy forecasts; otherwise says why not. */

@@ -11,38 +11,23 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   chainKeys,
   connect,
-  LruPolicy,
   PeerServer,
   Warehouse,
   type AccessInfo,
-  type EvictionPolicy,
   type PeerClient,
 } from '../../lib/index.js';
 import { encodeCall } from '../../lib/peer/call-codec.js';
 import type { Session } from '../../lib/peer/client/session.js';
 import { tempDir } from '../helpers.js';
 import { keysMeta, rawFrame, RawPeer } from './raw.js';
+import { recordingPolicy, type Heard } from './recording-policy.js';
 
 const BS = 4096;
 const secret = 'hints-client-secret-0123456789abc';
 /** Every insert and touch the host tier's policy heard, with its key. */
-const heard: { key: unknown; info: AccessInfo }[] = [];
+const heard: Heard[] = [];
 
-function recording<K>(_capacity: number): EvictionPolicy<K> {
-  const inner = new LruPolicy<K>();
-  return new Proxy(inner, {
-    get(target, prop, receiver): unknown {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (prop === 'insert' || prop === 'touch') {
-        return (key: K, info: AccessInfo) => {
-          heard.push({ key, info });
-          (v as (k: K, i: AccessInfo) => void).call(target, key, info);
-        };
-      }
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-}
+const recording = recordingPolicy(heard);
 
 let wh: Warehouse;
 let server: PeerServer;

@@ -5,37 +5,17 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
-import {
-  chainKeys,
-  LruPolicy,
-  PeerServer,
-  Warehouse,
-  type AccessInfo,
-  type EvictionPolicy,
-} from '../../lib/index.js';
+import { chainKeys, PeerServer, Warehouse, type AccessInfo } from '../../lib/index.js';
 import { encodeCall } from '../../lib/peer/call-codec.js';
 import { keysMeta, rawFrame, RawPeer } from './raw.js';
+import { recordingPolicy, type Heard } from './recording-policy.js';
 
 const BS = 4096;
 const secret = 'request-ids-secret-0123456789abcd';
 /** Every insert and touch the host tier's policy heard, with its key. */
-const heard: { key: unknown; info: AccessInfo }[] = [];
+const heard: Heard[] = [];
 
-function recording<K>(_capacity: number): EvictionPolicy<K> {
-  const inner = new LruPolicy<K>();
-  return new Proxy(inner, {
-    get(target, prop, receiver): unknown {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (prop === 'insert' || prop === 'touch') {
-        return (key: K, info: AccessInfo) => {
-          heard.push({ key, info });
-          (v as (k: K, i: AccessInfo) => void).call(target, key, info);
-        };
-      }
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-}
+const recording = recordingPolicy(heard);
 
 let wh: Warehouse;
 let server: PeerServer;

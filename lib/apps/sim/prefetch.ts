@@ -21,6 +21,7 @@
  * the staging share of bandwidth were free (said in docs/policies.md).
  */
 import { type AccessInfo, type BlockIndex, type EvictionPolicy, KvtierError } from '../../index.js';
+import { onDeparture } from '../../internal.js';
 
 export interface PrefetchOptions {
   /**
@@ -116,34 +117,11 @@ export class SimPrefetcher {
     }
     if (tier === 0) this.policy = inner;
     this.inner[tier] = inner;
-    const pending = this.pending;
-    const result = this.result;
-    const wrapped: EvictionPolicy<number> = {
-      name: inner.name,
-      get size() {
-        return inner.size;
-      },
-      insert: (key, info) => inner.insert(key, info),
-      touch: (key, info) => inner.touch(key, info),
-      remove(key) {
-        inner.remove(key);
-        if (pending.get(key) === tier) {
-          pending.delete(key);
-          result.wasted++;
-        }
-      },
-      forget(key) {
-        if (inner.forget) inner.forget(key);
-        else inner.remove(key);
-      },
-      victim: (evictable) => inner.victim(evictable),
-      miss: (key, info) => inner.miss?.(key, info),
-      // A staged block passed the worth gate already; admission filters judge requests.
-      admit: (key, info, victim) =>
-        info.staged === true || !inner.admit ? true : inner.admit(key, info, victim),
-    };
-    if (inner.stage) wrapped.stage = (key, now) => inner.stage!(key, now);
-    return wrapped;
+    return onDeparture(inner, (key) => {
+      if (this.pending.get(key) !== tier) return;
+      this.pending.delete(key);
+      this.result.wasted++;
+    });
   }
 
   /** A request read `key` from tier `tier` (call for every hit). */
